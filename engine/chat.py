@@ -1,0 +1,258 @@
+"""A paid chat completion: check, hold, route, call, relay, settle, record.
+
+Every request that passes the checks follows one path:
+1. the wallet actor holds the most the request can cost (:mod:`engine.wallet`);
+2. the router obtains a slot on a deployment of the model (:mod:`engine.router`);
+3. the request's own task calls the upstream (an adapter of :mod:`engine.providers`);
+4. :meth:`Exchange.finish` settles the hold from the upstream's usage, gives the slot back
+   with the outcome and hands a request log to the usage aggregator, exactly once, in a
+   shielded, time-bounded step, whatever ended the request (success, upstream error, client
+   gone, shutdown).
+
+What is charged: the upstream's reported usage at the catalog price, never more than the
+hold. When the upstream never reported usage (the client left, the stream broke), the
+request is charged its prompt tokens (counted offline; the upstream had received them)
+plus the completion tokens actually delivered to the client, counted with the model's
+tokenizer. A request that failed before any content reached the client is not charged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import attrs
+import trio
+
+from engine.catalog import Catalog, cost_of
+from engine.chat_request import ChatRequest, parse_chat_request, upstream_body
+from engine.config import WalletConfig
+from engine.errors import InvalidRequest, NoHealthyDeployment, OmixaError, UpstreamError
+from engine.providers.base import Usage
+from engine.relay import StreamRelay
+from engine.router import Lease, Router
+from engine.tokens import count_text
+from engine.usage import UsageAggregator
+from engine.wallet import WalletPool
+from storage import Hold, RequestLog
+
+log = logging.getLogger("omixa.chat")
+
+# Bound on the shielded settle-and-record step that ends every request.
+FINISH_TIMEOUT = 10.0
+_CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+
+
+@attrs.frozen(kw_only=True)
+class Caller:
+    request_id: str
+    account_id: str
+    key_id: str
+
+
+def translate_upstream(exc: OmixaError) -> OmixaError:
+    """Map an upstream failure to what the client should see.
+
+    A 4xx that is the request's own fault becomes ``invalid_request`` with the upstream's
+    reason; an upstream 429 means this deployment has no room (``no_healthy_deployment``
+    with its Retry-After); auth failures upstream are the operator's, so they stay 502.
+    """
+    if isinstance(exc, UpstreamError):
+        if exc.upstream_status in _CLIENT_FAULT_STATUSES:
+            return InvalidRequest(f"The upstream rejected the request: {exc.message}")
+        if exc.upstream_status == 429:
+            return NoHealthyDeployment(retry_after=exc.retry_after or 1.0)
+    return exc
+
+
+class Exchange:
+    """One request's money and accounting, from hold to record. Finishes exactly once."""
+
+    def __init__(self, service: "ChatService", caller: Caller, request: ChatRequest) -> None:
+        self.service = service
+        self.caller = caller
+        self.request = request
+        self.hold: Hold | None = None
+        self.lease: Lease | None = None
+        self.reached_upstream = False
+        self.started = time.monotonic()
+        self.created_at = dt.datetime.now(dt.timezone.utc)
+        self.first_token_at: float | None = None
+        self.finished = False
+
+    def delivered_usage(self, delivered_text: str) -> Usage:
+        """What to charge when the upstream reported no usage."""
+        if not self.reached_upstream:
+            return Usage()
+        return Usage(
+            prompt_tokens=self.request.prompt_tokens,
+            completion_tokens=count_text(delivered_text, self.request.model.encoding),
+        )
+
+    async def finish(self, status: str, usage: Usage | None) -> None:
+        """Settle, give the slot back and record. Shielded and bounded; never raises."""
+        if self.finished:
+            return
+        self.finished = True
+        latency = time.monotonic() - self.started
+        cost = cost_of(usage, self.request.model.prices) if usage is not None else 0
+        charged = 0
+        with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
+            if self.hold is not None:
+                charged = await self._settle(cost)
+            if self.lease is not None:
+                await self.lease.finish(usage, status, latency)
+        if scope.cancelled_caught:
+            log.error("request %s: settling timed out; the hold expires later", self.caller.request_id)
+        self.service.usage.record(self._log(status, usage or Usage(), charged, latency))
+
+    async def _settle(self, cost: int) -> int:
+        assert self.hold is not None
+        if cost > self.hold.amount:
+            log.warning(
+                "request %s: usage cost %d exceeds hold %d; charging the hold",
+                self.caller.request_id, cost, self.hold.amount,
+            )
+        wallets = self.service.wallets
+        try:
+            if cost > 0:
+                settled = await wallets.settle(self.caller.account_id, self.hold.id, cost)
+            else:
+                settled = await wallets.release(self.caller.account_id, self.hold.id)
+        except Exception:
+            log.exception("request %s: settling hold %s failed", self.caller.request_id, self.hold.id)
+            return 0
+        return settled.charged
+
+    def _log(self, status: str, usage: Usage, charged: int, latency: float) -> RequestLog:
+        lease = self.lease
+        ttft = self.first_token_at
+        return RequestLog(
+            id=self.caller.request_id,
+            account_id=self.caller.account_id,
+            key_id=self.caller.key_id,
+            model=self.request.model.id,
+            provider=lease.actor.provider.name if lease else self.request.model.provider,
+            deployment=lease.actor.config.name if lease else None,
+            region=lease.actor.config.region if lease else None,
+            status=status,
+            stream=self.request.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=charged,
+            latency_ms=round(latency * 1000),
+            ttft_ms=round((ttft - self.started) * 1000) if ttft is not None else None,
+            created_at=self.created_at,
+        )
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        router: Router,
+        wallets: WalletPool,
+        usage: UsageAggregator,
+        wallet_config: WalletConfig,
+    ) -> None:
+        self.catalog = catalog
+        self.router = router
+        self.wallets = wallets
+        self.usage = usage
+        self.wallet_config = wallet_config
+
+    def parse(self, body: Any) -> ChatRequest:
+        """Check a request body. Errors: InvalidRequest, ModelNotFound."""
+        return parse_chat_request(body, self.catalog, self.router.models())
+
+    async def _begin(self, exchange: Exchange) -> dict[str, Any]:
+        """Hold the money and take a slot; return the upstream body."""
+        request = exchange.request
+        reserved = await self.wallets.reserve(
+            exchange.caller.account_id,
+            request_id=exchange.caller.request_id,
+            prompt_tokens=request.prompt_tokens,
+            output_tokens=request.output_tokens,
+            choices=request.choices,
+            prices=request.model.prices,
+            min_output_tokens=None if request.cap_is_clients else self.wallet_config.min_output_tokens,
+        )
+        exchange.hold = reserved.hold
+        estimated = request.prompt_tokens + reserved.output_tokens * request.choices
+        exchange.lease = await self.router.acquire(
+            request.model.id, exchange.caller.request_id, estimated
+        )
+        return upstream_body(request, reserved.output_tokens)
+
+    async def complete(self, caller: Caller, request: ChatRequest) -> dict[str, Any]:
+        """A non-streaming completion: the upstream's answer, paid for.
+
+        Errors: InsufficientBalance, NoHealthyDeployment, InvalidRequest (upstream 4xx),
+        UpstreamError, UpstreamTimeout, ServiceUnavailable.
+        Cancellation: the upstream call is abandoned (connection closed) and the request is
+        settled as ``client_closed``.
+        """
+        exchange = Exchange(self, caller, request)
+        try:
+            body = await self._begin(exchange)
+            assert exchange.lease is not None
+            exchange.reached_upstream = True
+            completion = await exchange.lease.actor.provider.complete(body)
+        except OmixaError as exc:
+            await self._fail(exchange, exc)
+            raise translate_upstream(exc) from None
+        except BaseException as exc:
+            await self._fail(exchange, exc)
+            raise
+        exchange.first_token_at = time.monotonic()
+        usage = completion.usage or exchange.delivered_usage(_answer_text(completion.body))
+        await exchange.finish("ok", usage)
+        return completion.body
+
+    async def open_stream(self, caller: Caller, request: ChatRequest) -> StreamRelay:
+        """Start a streaming completion; errors before the upstream's 200 raise here (so
+        the client gets a plain HTTP status), later ones become an error event.
+
+        The returned relay owns the upstream response: iterate it, and always ``aclose()`` it.
+        """
+        exchange = Exchange(self, caller, request)
+        try:
+            body = await self._begin(exchange)
+            assert exchange.lease is not None
+            exchange.reached_upstream = True
+            stream = exchange.lease.actor.provider.open_stream(body)
+            events = await stream.__aenter__()
+        except OmixaError as exc:
+            await self._fail(exchange, exc)
+            raise translate_upstream(exc) from None
+        except BaseException as exc:
+            await self._fail(exchange, exc)
+            raise
+        return StreamRelay(exchange, stream, events)
+
+    async def _fail(self, exchange: Exchange, exc: BaseException) -> None:
+        if isinstance(exc, OmixaError):
+            status, usage = translate_upstream(exc).code, None
+        elif isinstance(exc, trio.Cancelled):
+            status, usage = "client_closed", exchange.delivered_usage("")
+        else:
+            log.exception("request %s failed", exchange.caller.request_id, exc_info=exc)
+            status, usage = "internal_error", None
+        await exchange.finish(status, usage)
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for choice in body.get("choices") or ():
+        message = (choice.get("message") if isinstance(choice, dict) else None) or {}
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or ():
+            function = (call.get("function") if isinstance(call, dict) else None) or {}
+            parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
+    return "".join(parts)

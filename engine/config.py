@@ -1,0 +1,231 @@
+"""Typed configuration: TOML -> cattrs -> frozen attrs classes.
+
+Unknown keys and bad values stop start-up with the path of the offending key
+(``ConfigError("deployments[1].rpm: expected an integer >= 1")``). Relative paths resolve
+against the config file's folder; ``OMIXA_DATABASE_URL`` overrides ``[storage] url``.
+Upstream API keys may be written ``env:NAME`` and are resolved when the config is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+
+DEFAULT_CONFIG_PATH = Path("config/omixa.toml")
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"must be > 0, got {value!r}")
+
+
+def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8080, validator=_non_negative)
+    max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    # Grace period on SIGINT/SIGTERM before in-flight requests are cancelled (and settled).
+    shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_non_negative)
+    # Bound on a whole upstream call, head to last byte; streams of reasoning models are long.
+    upstream_timeout_seconds: float = attrs.field(default=600.0, validator=_positive)
+    upstream_connect_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    # Pool size per upstream endpoint (the httpx default of 20 churns at 64 concurrent).
+    upstream_max_connections: int = attrs.field(default=256, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class StorageConfig:
+    url: str = "sqlite:///omixa.db"
+
+
+@attrs.frozen(kw_only=True)
+class WalletConfig:
+    # A wallet actor with no message for this long is retired (respawned on demand).
+    idle_seconds: float = attrs.field(default=60.0, validator=_positive)
+    # A pending hold older than this is voided by the sweeper (a crashed process's holds).
+    hold_timeout_seconds: float = attrs.field(default=3600.0, validator=_positive)
+    # When the wallet cannot cover the model's default output cap, the cap is lowered to
+    # what it can cover, but never below this; below it the request gets 402.
+    min_output_tokens: int = attrs.field(default=16, validator=_positive)
+    self_top_up: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class UsageConfig:
+    # The aggregator writes a batch when it has this many records or this much time passed.
+    batch_size: int = attrs.field(default=256, validator=_positive)
+    flush_interval_seconds: float = attrs.field(default=0.2, validator=_positive)
+    queue_size: int = attrs.field(default=4096, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentConfig:
+    """One upstream deployment serving one catalog model.
+
+    ``name`` is the operator's label (unique); ``deployment`` is Azure's deployment name in the
+    URL. Routing is by ``model`` (the catalog id), never by the deployment name.
+    """
+
+    name: str
+    model: str
+    provider: Literal["azure", "simulator"] = "azure"
+    endpoint: str = ""
+    deployment: str = ""
+    api_key: str = ""
+    api_version: str = DEFAULT_AZURE_API_VERSION
+    region: str | None = None
+    rpm: int | None = attrs.field(default=None, validator=_positive)
+    tpm: int | None = attrs.field(default=None, validator=_positive)
+    hourly_tokens: int | None = attrs.field(default=None, validator=_positive)
+    weight: float = attrs.field(default=1.0, validator=_positive)
+    priority: bool = False
+    enabled: bool = True
+    # Simulator only: time to first token, pause between chunks, tokens per chunk.
+    sim_first_token_ms: float = attrs.field(default=50.0, validator=_non_negative)
+    sim_chunk_interval_ms: float = attrs.field(default=20.0, validator=_non_negative)
+    sim_tokens_per_chunk: int = attrs.field(default=3, validator=_positive)
+    sim_completion_tokens: int = attrs.field(default=60, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    wallet: WalletConfig = WalletConfig()
+    usage: UsageConfig = UsageConfig()
+    # Path of the model catalog; empty means the shipped config/models.toml.
+    catalog: str = ""
+    deployments: tuple[DeploymentConfig, ...] = ()
+    # Folder of the config file; relative paths resolve against it.
+    base_dir: str = "."
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    def _strict_int(value: Any, _t: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return value
+
+    def _strict_float(value: Any, _t: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+
+    def _strict_str(value: Any, _t: type) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+
+    def _strict_bool(value: Any, _t: type) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(float, _strict_float)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _resolve_secret(value: str, where: str) -> str:
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+def _check(config: Config) -> Config:
+    seen: set[str] = set()
+    deployments = []
+    for i, dep in enumerate(config.deployments):
+        where = f"deployments[{i}]"
+        if dep.name in seen:
+            raise ConfigError(f"{where}.name: duplicate deployment name {dep.name!r}")
+        seen.add(dep.name)
+        if dep.provider == "azure":
+            for key in ("endpoint", "deployment", "api_key"):
+                if not getattr(dep, key):
+                    raise ConfigError(f"{where}.{key}: required for an azure deployment")
+            if not dep.endpoint.startswith(("https://", "http://")):
+                raise ConfigError(f"{where}.endpoint: must start with https:// or http://")
+            dep = attrs.evolve(dep, api_key=_resolve_secret(dep.api_key, f"{where}.api_key"))
+        deployments.append(dep)
+    return attrs.evolve(config, deployments=tuple(deployments))
+
+
+def structure_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
+    """Build a Config from parsed TOML. Errors: ConfigError naming the offending key."""
+    raw = dict(raw)
+    if "base_dir" in raw:
+        raise ConfigError("base_dir: not a configuration key")
+    raw["base_dir"] = str(base_dir)
+    try:
+        config = _converter.structure(raw, Config)
+    except Exception as exc:  # cattrs raises ClassValidationError groups
+        messages = cattrs.transform_error(exc, path="config")
+        cleaned = [m.replace("config.", "", 1).replace("config[", "[", 1) for m in messages]
+        raise ConfigError("; ".join(cleaned)) from None
+    db_url = os.environ.get("OMIXA_DATABASE_URL")
+    if db_url:
+        config = attrs.evolve(config, storage=StorageConfig(url=db_url))
+    return _check(config)
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
+    """``--config``, else ``$OMIXA_CONFIG``, else ``config/omixa.toml``."""
+    if path:
+        return Path(path)
+    env = os.environ.get("OMIXA_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and check the config file. Errors: ConfigError."""
+    file = resolve_config_path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    return structure_config(raw, base_dir=file.resolve().parent)
+
+
+def resolve_path(config: Config, path: str) -> Path:
+    """A path from the config, relative to the config file's folder."""
+    p = Path(path)
+    return p if p.is_absolute() else Path(config.base_dir) / p
+
+
+def storage_url(config: Config) -> str:
+    """The storage URL with a relative SQLite path made relative to the config's folder."""
+    url = config.storage.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix):
+        path = url[len(prefix):]
+        if path != ":memory:" and not os.path.isabs(path):
+            return prefix + str(resolve_path(config, path))
+    return url

@@ -1,0 +1,116 @@
+"""Every error a client can see, in one tree with one mapping to HTTP.
+
+OmixaError                      code                    status
+ +-- InvalidRequest             invalid_request         400
+ +-- InvalidApiKey              invalid_api_key         401
+ +-- InsufficientBalance        insufficient_balance    402
+ +-- ModelNotFound              model_not_found         404
+ +-- NotFoundError              not_found               404
+ +-- MethodNotAllowed           method_not_allowed      405
+ +-- RequestTooLarge            request_too_large       413
+ +-- RateLimited                rate_limited            429 (+ Retry-After)
+ +-- InternalError              internal_error          500
+ +-- UpstreamError              upstream_error          502
+ +-- NoHealthyDeployment        no_healthy_deployment   503 (+ Retry-After)
+ +-- ServiceUnavailable         service_unavailable     503
+ +-- UpstreamTimeout            upstream_timeout        504
+
+The web layer renders any of these as ``{"error": {"code", "message", "type", "request_id"}}``
+with the status above; anything else becomes ``internal_error`` without leaking details.
+Provider adapters raise :class:`UpstreamError` / :class:`UpstreamTimeout` (translating httpx's
+exceptions at their one seam); storage errors are translated by the engine.
+"""
+
+from __future__ import annotations
+
+
+class OmixaError(Exception):
+    code = "internal_error"
+    status = 500
+    type = "server_error"
+    default_message = "Internal processing failure."
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+
+class InvalidRequest(OmixaError):
+    code, status, type = "invalid_request", 400, "invalid_request_error"
+    default_message = "The request is not valid."
+
+
+class InvalidApiKey(OmixaError):
+    code, status, type = "invalid_api_key", 401, "authentication_error"
+    default_message = "Missing or invalid API key. Send it as 'Authorization: Bearer omx_live_...'."
+
+
+class InsufficientBalance(OmixaError):
+    code, status, type = "insufficient_balance", 402, "billing_error"
+    default_message = "Wallet balance is not enough for this request."
+
+
+class ModelNotFound(OmixaError):
+    code, status, type = "model_not_found", 404, "invalid_request_error"
+    default_message = "The model does not exist or is not enabled."
+
+
+class NotFoundError(OmixaError):
+    code, status, type = "not_found", 404, "invalid_request_error"
+    default_message = "No such resource."
+
+
+class MethodNotAllowed(OmixaError):
+    code, status, type = "method_not_allowed", 405, "invalid_request_error"
+    default_message = "Method not allowed on this resource."
+
+
+class RequestTooLarge(OmixaError):
+    code, status, type = "request_too_large", 413, "invalid_request_error"
+    default_message = "The request body is larger than this server accepts."
+
+
+class RateLimited(OmixaError):
+    code, status, type = "rate_limited", 429, "rate_limit_error"
+    default_message = "Developer key exceeded rate limits."
+
+
+class InternalError(OmixaError):
+    pass
+
+
+class UpstreamError(OmixaError):
+    """The upstream answered with an error, a malformed body, or could not be reached.
+
+    ``upstream_status`` is the upstream's HTTP status (None for connection errors); the
+    router uses it (and ``retry_after``) to decide on failover and cooldown.
+    """
+
+    code, status, type = "upstream_error", 502, "upstream_error"
+    default_message = "Upstream or internal processing failure."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.upstream_status = upstream_status
+
+
+class NoHealthyDeployment(OmixaError):
+    code, status, type = "no_healthy_deployment", 503, "server_error"
+    default_message = "No healthy Azure deployment available."
+
+
+class ServiceUnavailable(OmixaError):
+    code, status, type = "service_unavailable", 503, "server_error"
+    default_message = "The service is shutting down or not ready."
+
+
+class UpstreamTimeout(OmixaError):
+    code, status, type = "upstream_timeout", 504, "upstream_error"
+    default_message = "The upstream did not answer in time."

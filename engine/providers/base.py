@@ -1,0 +1,104 @@
+"""What every provider adapter offers: translate, call, translate back. Nothing else.
+
+Routing, limits and billing live in the engine; an adapter knows one upstream's wire format.
+The request body handed to an adapter is already an OpenAI chat-completions body as the
+engine wants it sent (output cap set, ``stream_options.include_usage`` set for streams); the
+adapter adds what its upstream needs (URL, auth header, api-version) and nothing more.
+
+Errors: adapters raise only :class:`engine.errors.UpstreamError` (an upstream HTTP error, a
+malformed answer or a connection failure, with ``upstream_status`` and ``retry_after`` when
+known) and :class:`engine.errors.UpstreamTimeout`. httpx's exceptions never pass this seam.
+
+Cancellation: cancelling a call or leaving the stream's context closes the upstream
+connection at once (HTTP/1.1: the upstream sees the disconnect), so an abandoned request
+stops generating billed tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Any, AsyncIterator, Protocol
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class Usage:
+    """Token usage in OpenAI's terms. ``completion_tokens`` includes ``reasoning_tokens``;
+    ``prompt_tokens`` includes ``cached_tokens``."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> "Usage | None":
+        """Read an OpenAI ``usage`` object; None if it is missing or malformed."""
+        if not isinstance(usage, dict):
+            return None
+        try:
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+            pdet = usage.get("prompt_tokens_details") or {}
+            cdet = usage.get("completion_tokens_details") or {}
+            cached = int(pdet.get("cached_tokens") or 0) if isinstance(pdet, dict) else 0
+            reasoning = int(cdet.get("reasoning_tokens") or 0) if isinstance(cdet, dict) else 0
+        except (TypeError, ValueError):
+            return None
+        if min(prompt, completion, cached, reasoning) < 0:
+            return None
+        return cls(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cached_tokens=min(cached, prompt),
+            reasoning_tokens=min(reasoning, completion),
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Completion:
+    """A non-streaming answer: the upstream's JSON object, ready to relay, and its usage."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+
+
+@attrs.frozen(kw_only=True)
+class SseEvent:
+    """One server-sent event exactly as received (``raw`` ends with the blank line).
+
+    ``data`` is the parsed JSON of the ``data:`` field (None for comments, ``[DONE]`` or an
+    event without data); ``done`` marks ``data: [DONE]``; ``comment`` marks an event made only
+    of comment lines (``: ...``), which carries no content.
+    """
+
+    raw: bytes
+    data: dict[str, Any] | None = None
+    done: bool = False
+    comment: bool = False
+
+
+class Provider(Protocol):
+    """One upstream deployment's adapter."""
+
+    name: str  # "azure", "vertex", "simulator"
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        """Send a non-streaming chat completion and return the parsed answer."""
+        ...
+
+    def open_stream(
+        self, body: dict[str, Any]
+    ) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+        """Start a streaming chat completion.
+
+        Entering the context sends the request and waits for the response head (raising
+        UpstreamError/UpstreamTimeout on an error status or failure); iterating yields each
+        SSE event as soon as it is complete. Leaving the context closes the connection.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close pooled connections."""
+        ...

@@ -1,0 +1,110 @@
+"""The engine's tree: every actor started, supervised and stopped in order.
+
+``open_engine`` starts, under one nursery and each with ``await nursery.start(...)`` (ready
+only after ``task_status.started()``):
+- one deployment actor per configured deployment,
+- the wallet pool (wallet actors spawned per account on demand, plus the hold sweeper),
+- the usage aggregator.
+On exit the mailboxes are closed, so every actor serves what is queued (the aggregator
+flushes its last batch) and returns; then upstream connection pools are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import attrs
+import trio
+
+from engine.accounts import Accounts
+from engine.catalog import Catalog, load_catalog
+from engine.chat import ChatService
+from engine.config import Config, DeploymentConfig, ServerConfig, resolve_path
+from engine.deployment import DeploymentActor
+from engine.providers.azure import AzureProvider
+from engine.providers.base import Provider
+from engine.providers.simulator import SimulatorProvider
+from engine.router import Router
+from engine.supervise import supervised
+from engine.usage import UsageAggregator
+from engine.wallet import WalletPool
+from storage import Storage
+
+log = logging.getLogger("omixa.runtime")
+
+# Bound on draining the actors at shutdown (the aggregator may be retrying a write).
+DRAIN_TIMEOUT = 15.0
+
+
+@attrs.frozen(kw_only=True)
+class Engine:
+    config: Config
+    catalog: Catalog
+    storage: Storage
+    accounts: Accounts
+    deployments: tuple[DeploymentActor, ...]
+    router: Router
+    wallets: WalletPool
+    usage: UsageAggregator
+    chat: ChatService
+
+
+def make_provider(deployment: DeploymentConfig, server: ServerConfig) -> Provider:
+    if deployment.provider == "simulator":
+        return SimulatorProvider(deployment)
+    return AzureProvider(deployment, server)
+
+
+def catalog_for(config: Config) -> Catalog:
+    return load_catalog(resolve_path(config, config.catalog) if config.catalog else None)
+
+
+@asynccontextmanager
+async def open_engine(config: Config, storage: Storage, catalog: Catalog | None = None) -> AsyncIterator[Engine]:
+    """Start every actor; yield the engine; stop them in order.
+
+    Errors: catalog.CatalogError if the catalog is invalid; ValueError if a deployment
+    names a model the catalog lacks.
+    """
+    catalog = catalog or catalog_for(config)
+    for dep in config.deployments:
+        if catalog.get(dep.model) is None:
+            raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is not in the catalog")
+    actors = tuple(DeploymentActor(dep, make_provider(dep, config.server)) for dep in config.deployments)
+    wallets = WalletPool(storage, config.wallet)
+    usage = UsageAggregator(storage, config.usage)
+    router = Router(actors)
+    engine = Engine(
+        config=config,
+        catalog=catalog,
+        storage=storage,
+        accounts=Accounts(storage),
+        deployments=actors,
+        router=router,
+        wallets=wallets,
+        usage=usage,
+        chat=ChatService(
+            catalog=catalog, router=router, wallets=wallets, usage=usage, wallet_config=config.wallet
+        ),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            for actor in actors:
+                await nursery.start(supervised, f"deployment-{actor.config.name}", actor.run, name=f"deployment-{actor.config.name}")
+            await nursery.start(supervised, "wallets", wallets.run, name="wallets")
+            await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
+            try:
+                yield engine
+            finally:
+                # Every actor returns once its mailbox is closed and drained.
+                wallets.close()
+                usage.close()
+                for actor in actors:
+                    actor.close()
+                nursery.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
+    finally:
+        with trio.move_on_after(5, shield=True):
+            for actor in actors:
+                await actor.provider.aclose()

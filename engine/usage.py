@@ -1,0 +1,104 @@
+"""The usage aggregator: one per process; writes request logs in batches.
+
+Requests hand over one :class:`storage.RequestLog` each with :meth:`UsageAggregator.record`,
+which never blocks and never fails: the record goes into a bounded mailbox, or, when that is
+full, into a bounded overflow buffer that the aggregator drains next. A batch is written when
+``usage.batch_size`` records are waiting or ``usage.flush_interval_seconds`` passed since the
+first one. A failed write is retried with backoff, keeping the batch (ids make retries
+idempotent). On close, everything received is flushed before the actor returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+
+import trio
+
+from engine.config import UsageConfig
+from storage import RequestLog, Storage, StorageError
+
+log = logging.getLogger("omixa.usage")
+request_log = logging.getLogger("omixa.request")
+
+OVERFLOW_LIMIT = 100_000
+
+
+class UsageAggregator:
+    def __init__(self, storage: Storage, config: UsageConfig) -> None:
+        self._storage = storage
+        self._config = config
+        self._send, self._receive = trio.open_memory_channel[RequestLog](config.queue_size)
+        self._overflow: collections.deque[RequestLog] = collections.deque()
+        self.dropped = 0
+        self.written = 0
+        self._flushed = trio.Event()
+        self.recorded = 0
+
+    def record(self, entry: RequestLog) -> None:
+        """Queue one finished request for writing, and log its line. Never blocks."""
+        request_log.info(
+            "request id=%s account=%s model=%s deployment=%s status=%s stream=%s "
+            "prompt_tokens=%d completion_tokens=%d cost_nano=%d latency_ms=%d",
+            entry.id, entry.account_id, entry.model, entry.deployment, entry.status,
+            entry.stream, entry.prompt_tokens, entry.completion_tokens, entry.cost,
+            entry.latency_ms,
+        )
+        self.recorded += 1
+        try:
+            self._send.send_nowait(entry)
+        except trio.WouldBlock:
+            if len(self._overflow) >= OVERFLOW_LIMIT:
+                self.dropped += 1
+                log.error("usage overflow full: request log %s dropped", entry.id)
+            else:
+                self._overflow.append(entry)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.dropped += 1
+            log.error("usage aggregator closed: request log %s dropped", entry.id)
+
+    def close(self) -> None:
+        """Stop taking records; the actor flushes what it has and returns."""
+        self._send.close()
+
+    async def wait_flushed(self) -> None:
+        """Wait until every record handed over so far is written (or dropped)."""
+        target = self.recorded
+        while self.written + self.dropped < target:
+            self._flushed = trio.Event()
+            await self._flushed.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        batch: list[RequestLog] = []
+        closed = False
+        while not (closed and not batch and not self._overflow):
+            if not batch and not self._overflow:
+                try:
+                    batch.append(await self._receive.receive())
+                except trio.EndOfChannel:
+                    closed = True
+                    continue
+            with trio.move_on_after(self._config.flush_interval_seconds):
+                while len(batch) + len(self._overflow) < self._config.batch_size and not closed:
+                    try:
+                        batch.append(await self._receive.receive())
+                    except trio.EndOfChannel:
+                        closed = True
+            while self._overflow and len(batch) < self._config.batch_size:
+                batch.append(self._overflow.popleft())
+            await self._write(batch)
+            batch = []
+            self._flushed.set()
+
+    async def _write(self, batch: list[RequestLog]) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._storage.insert_request_logs(batch)
+                self.written += len(batch)
+                return
+            except StorageError as exc:
+                log.warning("writing %d request logs failed (%s); retrying in %.1fs", len(batch), exc, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)

@@ -1,0 +1,232 @@
+"""Wallet actors: one per account, spawned on demand, retired when idle.
+
+A wallet actor serializes the account's money movements in this process: reserve (hold),
+settle (charge at most the hold, release the rest) and release (void). The database's
+conditional update stays the arbiter across processes; the actor is the only writer of its
+account's balance here, so holds never race each other inside one process.
+
+Reserve-then-settle: the hold covers the most the request can cost (prompt tokens counted
+offline plus every output token of the cap). When the wallet cannot cover the model's
+default output cap, the cap is lowered to what it can cover, down to
+``wallet.min_output_tokens``; a cap the client chose is never lowered (402 instead).
+
+Mailboxes are bounded (:data:`MAILBOX_SIZE`); senders wait when one is full.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import attrs
+import trio
+
+from engine.catalog import Prices, affordable_output_tokens, max_cost
+from engine.config import WalletConfig
+from engine.errors import InsufficientBalance, ServiceUnavailable
+from engine.mailbox import Reply, ask
+from storage import Hold, Settlement, Storage, StorageError
+
+log = logging.getLogger("omixa.wallet")
+
+MAILBOX_SIZE = 64
+
+
+@attrs.frozen(kw_only=True)
+class Reserve:
+    """Hold the most a request can cost.
+
+    ``min_output_tokens`` None means the output cap is the client's and may not be lowered.
+    """
+
+    request_id: str
+    prompt_tokens: int
+    output_tokens: int  # cap per choice
+    choices: int
+    prices: Prices
+    min_output_tokens: int | None
+    reply: Reply["Reserved"]
+
+
+@attrs.frozen(kw_only=True)
+class Reserved:
+    hold: Hold
+    output_tokens: int  # the cap per choice the hold covers (maybe lowered)
+
+
+@attrs.frozen(kw_only=True)
+class Settle:
+    hold_id: str
+    charge: int
+    reply: Reply[Settlement]
+
+
+@attrs.frozen(kw_only=True)
+class Release:
+    hold_id: str
+    reply: Reply[Settlement]
+
+
+Message = Reserve | Settle | Release
+
+
+class WalletActor:
+    def __init__(self, account_id: str, pool: "WalletPool") -> None:
+        self.account_id = account_id
+        self._pool = pool
+        self.send, self._receive = trio.open_memory_channel[Message](MAILBOX_SIZE)
+
+    async def run(self) -> None:
+        idle = self._pool.config.idle_seconds
+        try:
+            while True:
+                with trio.move_on_after(idle):
+                    try:
+                        message = await self._receive.receive()
+                    except trio.EndOfChannel:
+                        return  # the pool is closing and the mailbox is drained
+                    await self._handle(message)
+                    continue
+                break
+            # Retire: leave the registry first (no checkpoint in between), then serve what
+            # is already queued; senders that find the mailbox closed spawn a new actor.
+            self._pool._forget(self)
+            while True:
+                try:
+                    message = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                await self._handle(message)
+        finally:
+            self._pool._forget(self)
+            self._receive.close()
+
+    async def _handle(self, message: Message) -> None:
+        try:
+            if isinstance(message, Reserve):
+                reserved = await self._reserve(message)
+                if not message.reply.send(reserved):
+                    # The requester was cancelled while we held money for it: undo.
+                    await self._pool.storage.void_hold(reserved.hold.id)
+            elif isinstance(message, Settle):
+                message.reply.send(await self._pool.storage.settle_hold(message.hold_id, message.charge))
+            else:
+                message.reply.send(await self._pool.storage.void_hold(message.hold_id))
+        except InsufficientBalance as exc:
+            message.reply.fail(exc)
+        except StorageError as exc:
+            log.error("wallet %s: storage failed: %s", self.account_id, exc)
+            message.reply.fail(ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
+
+    async def _reserve(self, msg: Reserve) -> Reserved:
+        storage = self._pool.storage
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(
+            seconds=self._pool.config.hold_timeout_seconds
+        )
+        cap = msg.output_tokens
+        for _ in range(2):
+            amount = max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
+            hold = await storage.create_hold(
+                account_id=self.account_id, request_id=msg.request_id, amount=amount, expires_at=expires
+            )
+            if hold is not None:
+                return Reserved(hold=hold, output_tokens=cap)
+            if msg.min_output_tokens is None:
+                break
+            wallet = await storage.get_wallet(self.account_id)
+            if wallet is None:
+                break
+            affordable = affordable_output_tokens(wallet.available, msg.prompt_tokens, msg.prices)
+            cap = min(cap, affordable // msg.choices)
+            if cap < msg.min_output_tokens:
+                break
+        raise InsufficientBalance()
+
+
+class WalletPool:
+    """Spawns wallet actors on demand and routes messages to them."""
+
+    def __init__(self, storage: Storage, config: WalletConfig) -> None:
+        self.storage = storage
+        self.config = config
+        self._actors: dict[str, WalletActor] = {}
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+        self._closed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the wallet actors and the expired-hold sweeper until :meth:`close`.
+
+        Returns once every actor has served what was queued before the close.
+        """
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            sweeper = trio.CancelScope()
+            nursery.start_soon(self._sweep_expired_holds, sweeper, name="wallet-hold-sweeper")
+            task_status.started()
+            await self._closed.wait()
+            sweeper.cancel()
+        self._nursery = None
+
+    def close(self) -> None:
+        """Stop accepting new work; queued messages are served, then the actors return."""
+        self._closing = True
+        for actor in list(self._actors.values()):
+            actor.send.close()
+        self._closed.set()
+
+    def _forget(self, actor: WalletActor) -> None:
+        if self._actors.get(actor.account_id) is actor:
+            del self._actors[actor.account_id]
+
+    def _actor(self, account_id: str) -> WalletActor:
+        actor = self._actors.get(account_id)
+        if actor is None:
+            if self._closing or self._nursery is None:
+                raise ServiceUnavailable()
+            actor = WalletActor(account_id, self)
+            self._actors[account_id] = actor
+            self._nursery.start_soon(actor.run, name=f"wallet-{account_id}")
+        return actor
+
+    async def _ask(self, account_id: str, make: "type[Message]", **fields: object) -> object:
+        # A mailbox closed by retirement is refused before anything was delivered: retry
+        # on a fresh actor.
+        for _ in range(3):
+            reply: Reply[object] = Reply()
+            message = make(reply=reply, **fields)  # type: ignore[arg-type]
+            try:
+                return await ask(self._actor(account_id).send, message, reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                continue
+            except trio.Cancelled:
+                if isinstance(reply.unclaimed, Reserved):
+                    with trio.move_on_after(5, shield=True):
+                        await self.storage.void_hold(reply.unclaimed.hold.id)
+                raise
+        raise ServiceUnavailable()
+
+    async def reserve(self, account_id: str, **fields: object) -> Reserved:
+        """Hold money for a request. Errors: InsufficientBalance, ServiceUnavailable."""
+        return await self._ask(account_id, Reserve, **fields)  # type: ignore[return-value]
+
+    async def settle(self, account_id: str, hold_id: str, charge: int) -> Settlement:
+        """Charge at most the hold and release the rest (idempotent)."""
+        return await self._ask(account_id, Settle, hold_id=hold_id, charge=charge)  # type: ignore[return-value]
+
+    async def release(self, account_id: str, hold_id: str) -> Settlement:
+        """Void the hold entirely (idempotent)."""
+        return await self._ask(account_id, Release, hold_id=hold_id)  # type: ignore[return-value]
+
+    async def _sweep_expired_holds(self, scope: trio.CancelScope) -> None:
+        interval = min(60.0, self.config.hold_timeout_seconds / 4)
+        with scope:
+            while True:
+                await trio.sleep(interval)
+                try:
+                    voided = await self.storage.expire_holds(dt.datetime.now(dt.timezone.utc))
+                except StorageError as exc:
+                    log.warning("hold sweeper: storage failed: %s", exc)
+                    continue
+                if voided:
+                    log.warning("hold sweeper: voided %d expired holds", voided)

@@ -1,0 +1,18 @@
+"""Storage exceptions. Drivers' exceptions are translated into these at one seam per backend.
+
+StorageError              the database failed or is unreachable (may be transient)
+ +-- NotFound             the account, key or hold named does not exist
+ +-- MigrationError       the schema could not be brought to the current version
+"""
+
+
+class StorageError(Exception):
+    """The database failed or could not be reached."""
+
+
+class NotFound(StorageError):
+    """The named row does not exist."""
+
+
+class MigrationError(StorageError):
+    """Applying the schema migrations failed."""

@@ -1,0 +1,105 @@
+"""A real gateway for end-to-end tests: Hypercorn on 127.0.0.1:0 in front of a fake Azure.
+
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("10.00")
+        ...
+
+Everything is real: the gateway runs :func:`web.server.run_gateway` exactly as ``omixa
+serve`` does (its own trio-asyncio loop, storage, actors, Hypercorn), and is shut down
+through its shutdown trigger at the end.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import attrs
+import trio
+
+from engine.config import structure_config
+from engine.money import parse_usd
+from web.server import Gateway, run_gateway
+
+MODEL = "gpt-4o-mini"
+
+
+@attrs.define
+class RunningGateway:
+    gateway: Gateway
+
+    @property
+    def base_url(self) -> str:
+        return self.gateway.base_url
+
+    @property
+    def root_url(self) -> str:
+        return self.gateway.root_url
+
+    @property
+    def engine(self):
+        return self.gateway.engine
+
+    @property
+    def storage(self):
+        return self.gateway.engine.storage
+
+    async def funded_account(self, usd: str = "10.00") -> tuple[str, str]:
+        """A new account with ``usd`` and a key: (account id, API key)."""
+        accounts = self.engine.accounts
+        account = await accounts.create_account("dev@example.com")
+        if parse_usd(usd) > 0:
+            await self.storage.top_up(account.id, parse_usd(usd))
+        key = await accounts.create_key(account.id)
+        return account.id, key.secret
+
+    async def request_log(self, request_id: str):
+        """The request's log row, once the aggregator has written it."""
+        with trio.fail_after(10):
+            while (row := await self.storage.get_request_log(request_id)) is None:
+                await trio.sleep(0.01)
+        return row
+
+    async def flushed(self) -> None:
+        """Wait until every finished request's log is written."""
+        with trio.fail_after(10):
+            await self.engine.usage.wait_flushed()
+
+
+def azure_deployment(fake: Any, *, name: str = "eastus-1", model: str = MODEL, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": model,
+        "provider": "azure",
+        "endpoint": fake.endpoint,
+        "deployment": f"{model}-dz",
+        "api_key": fake.api_key,
+        "region": "eastus",
+        **extra,
+    }
+
+
+def gateway_config(database_url: str, deployments: list[dict[str, Any]], **sections: Any):
+    raw: dict[str, Any] = {"storage": {"url": database_url}, "deployments": deployments}
+    raw["server"] = {"shutdown_grace_seconds": 2.0, "upstream_timeout_seconds": 20.0, **sections.pop("server", {})}
+    raw["usage"] = {"flush_interval_seconds": 0.02, **sections.pop("usage", {})}
+    raw.update(sections)
+    return structure_config(raw, base_dir=Path("."))
+
+
+@asynccontextmanager
+async def open_gateway(
+    database_url: str, fake: Any = None, *, deployments: list[dict[str, Any]] | None = None, **sections: Any
+) -> AsyncIterator[RunningGateway]:
+    if deployments is None:
+        deployments = [azure_deployment(fake)]
+    config = gateway_config(database_url, deployments, **sections)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        gateway = await nursery.start(partial(run_gateway, config, port=0, shutdown_trigger=stop.wait))
+        try:
+            yield RunningGateway(gateway)
+        finally:
+            stop.set()

@@ -1,0 +1,166 @@
+"""The Quart-Trio application: the OpenAI-compatible ``/api/v1`` surface.
+
+The app only translates HTTP to engine calls and back; it reaches the actors through the
+engine's services (which talk to them over bounded channels). Errors of every kind are
+rendered by :func:`web.envelope.error_response`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from quart import Response, g, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from engine.chat import Caller
+from engine.errors import (
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFoundError,
+    OmixaError,
+    RequestTooLarge,
+)
+from engine.money import format_usd
+from engine.runtime import Engine
+from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
+from web.lifecycle import CLOSERS_KEY
+
+log = logging.getLogger("omixa.web")
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+    "Alt-Svc": "clear",
+}
+
+
+def create_app(engine: Engine) -> QuartTrio:
+    app = QuartTrio("omixa")
+    app.config.update(
+        MAX_CONTENT_LENGTH=engine.config.server.max_body_bytes,
+        # Long streams and slow reasoning models are bounded by the upstream timeout instead.
+        RESPONSE_TIMEOUT=None,
+        BODY_TIMEOUT=60,
+        BACKGROUND_TASK_SHUTDOWN_TIMEOUT=engine.config.server.shutdown_grace_seconds,
+        PROVIDE_AUTOMATIC_OPTIONS=False,
+    )
+    max_body = engine.config.server.max_body_bytes
+
+    @app.before_request
+    async def assign_request_id() -> None:
+        g.request_id = new_request_id()
+
+    @app.after_request
+    async def add_request_id(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = _request_id()
+        return response
+
+    @app.errorhandler(OmixaError)
+    async def on_omixa_error(exc: OmixaError) -> Response:
+        return error_response(exc, _request_id())
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(exc: HTTPException) -> Response:
+        mapped: OmixaError
+        if exc.code == 404:
+            mapped = NotFoundError(f"No route for {request.method} {request.path}.")
+        elif exc.code == 405:
+            mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.path}.")
+        elif exc.code == 413:
+            mapped = RequestTooLarge(f"The request body exceeds {max_body} bytes.")
+        else:
+            mapped = InvalidRequest(exc.description or "The request is not valid.")
+        return error_response(mapped, _request_id())
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(exc: Exception) -> Response:
+        log.exception("request %s failed", _request_id(), exc_info=exc)
+        return error_response(InternalError(), _request_id())
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok", "deployments": len(engine.deployments)})
+
+    @app.get("/api/v1/models")
+    async def list_models() -> Response:
+        await engine.accounts.authenticate(request.headers.get("Authorization"))
+        enabled = engine.router.models()
+        data = [
+            {
+                "id": m.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.provider,
+                "provider": m.provider,
+                "modality": m.modality,
+                "context_window": m.context_window,
+                "max_output_tokens": m.max_output_tokens,
+                "pricing": {
+                    "unit": "USD per 1M tokens",
+                    "input": format_usd(m.prices.input),
+                    "cached_input": format_usd(m.prices.cached_input),
+                    "output": format_usd(m.prices.output),
+                },
+            }
+            for m in engine.catalog.models.values()
+            if m.id in enabled
+        ]
+        return json_response({"object": "list", "data": data})
+
+    @app.get("/api/v1/wallet")
+    async def wallet() -> Response:
+        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
+        state = await engine.accounts.wallet(key.account_id)
+        return json_response(
+            {
+                "object": "wallet",
+                "balance": format_usd(state.balance),
+                "locked_balance": format_usd(state.locked),
+                "available": format_usd(state.available),
+                "currency": "USD",
+            }
+        )
+
+    @app.post("/api/v1/chat/completions")
+    async def chat_completions() -> Response:
+        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
+        body = await _json_body(max_body)
+        chat = engine.chat
+        parsed = chat.parse(body)
+        caller = Caller(request_id=_request_id(), account_id=key.account_id, key_id=key.id)
+        if not parsed.stream:
+            return json_response(await chat.complete(caller, parsed))
+        relay = await chat.open_stream(caller, parsed)
+        request.scope[CLOSERS_KEY].append(relay)
+        response = Response(relay, status=200, headers=SSE_HEADERS, content_type="text/event-stream")
+        response.timeout = None  # never cut a long stream
+        return response
+
+    return app
+
+
+def _request_id() -> str:
+    request_id = g.get("request_id")
+    if request_id is None:
+        request_id = g.request_id = new_request_id()
+    return request_id
+
+
+async def _json_body(max_body: int) -> Any:
+    """The request's JSON. Errors: RequestTooLarge, InvalidRequest."""
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
+    raw = await request.get_data(cache=False)
+    if len(raw) > max_body:
+        raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None

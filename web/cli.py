@@ -1,0 +1,235 @@
+"""The ``omixa`` command line: the outermost layer, composing config, storage, engine and web.
+
+Output meant for scripts is ``NAME=value`` lines on stdout; messages for people go to stderr.
+Exit status: 0 success, 1 the check failed (``ledger verify``) or the server stopped on an
+error, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Sequence
+
+import trio
+import trio_asyncio
+
+from engine.accounts import Accounts
+from engine.catalog import CatalogError
+from engine.config import Config, ConfigError, load_config, resolve_config_path, storage_url, structure_config
+from engine.money import format_usd, parse_usd
+from storage import NotFound, Storage, StorageError, open_storage
+from web import deployments_file
+from web.demo import run_demo
+from web.server import Gateway, run_gateway
+
+log = logging.getLogger("omixa.cli")
+
+
+class UsageError(Exception):
+    """Bad arguments; exit 2."""
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def _load(path: str | None) -> Config:
+    """The config named by --config / $OMIXA_CONFIG, else ``config/omixa.toml``; when none
+    was named and that file does not exist, the defaults (SQLite ``omixa.db`` here)."""
+    file = resolve_config_path(path)
+    if not (path or os.environ.get("OMIXA_CONFIG")) and not file.exists():
+        return structure_config({}, base_dir=Path.cwd())
+    return load_config(file)
+
+
+def _with_storage(config: Config, work: Callable[[Storage], Awaitable[int]]) -> int:
+    async def main() -> int:
+        async with trio_asyncio.open_loop() as loop:
+            async with open_storage(storage_url(config), loop=loop) as storage:
+                return await work(storage)
+
+    return trio.run(main)
+
+
+def _print(**values: Any) -> None:
+    for name, value in values.items():
+        print(f"{name}={value}", flush=True)
+
+
+# -- commands -----------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            gateway: Gateway = await nursery.start(
+                lambda task_status: run_gateway(config, host=args.host, port=args.port, task_status=task_status)
+            )
+            _print(OMIXA_BASE_URL=gateway.base_url)
+
+    trio.run(main)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return trio.run(run_demo, args.port, args.data_dir)
+
+
+def cmd_add_deployment(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    deployments_file.add_azure_deployment(
+        path,
+        model=args.model,
+        name=args.name,
+        endpoint=args.endpoint,
+        deployment=args.deployment,
+        api_key=args.api_key,
+        region=args.region,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        hourly_tokens=args.hourly_tokens,
+        api_version=args.api_version,
+        priority=args.priority,
+        weight=args.weight,
+    )
+    print(f"added deployment {args.name!r} for {args.model} to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_account_create(args: argparse.Namespace) -> int:
+    async def work(storage: Storage) -> int:
+        try:
+            account = await Accounts(storage).create_account(args.email)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        _print(OMIXA_ACCOUNT_ID=account.id)
+        return 0
+
+    return _with_storage(_load(args.config), work)
+
+
+def cmd_key_create(args: argparse.Namespace) -> int:
+    async def work(storage: Storage) -> int:
+        new = await Accounts(storage).create_key(args.account, rpm=args.rpm)
+        _print(OMIXA_KEY_ID=new.record.id, OMIXA_API_KEY=new.secret)
+        print("Store the key now: it is not shown again.", file=sys.stderr)
+        return 0
+
+    return _with_storage(_load(args.config), work)
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> int:
+    async def work(storage: Storage) -> int:
+        if not await storage.revoke_api_key(args.key_id):
+            raise NotFound(f"no key {args.key_id}")
+        print(f"revoked {args.key_id}", file=sys.stderr)
+        return 0
+
+    return _with_storage(_load(args.config), work)
+
+
+def cmd_top_up(args: argparse.Namespace) -> int:
+    try:
+        amount = parse_usd(args.amount)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if amount <= 0:
+        raise UsageError("amount must be positive")
+
+    async def work(storage: Storage) -> int:
+        wallet = await storage.top_up(args.account, amount, note="cli top-up")
+        _print(OMIXA_BALANCE=format_usd(wallet.balance))
+        return 0
+
+    return _with_storage(_load(args.config), work)
+
+
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
+    async def work(storage: Storage) -> int:
+        problems = await storage.verify_ledger()
+        for problem in problems:
+            print(f"{problem.account_id}: {problem.message}", file=sys.stderr)
+        print("ledger ok" if not problems else f"ledger broken: {len(problems)} problems", file=sys.stderr)
+        return 0 if not problems else 1
+
+    return _with_storage(_load(args.config), work)
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omixa", description="Omixa LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help)
+        p.add_argument("--config", help="config file (default: $OMIXA_CONFIG, else config/omixa.toml)")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("serve", cmd_serve, "run the gateway")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int, help="0 picks a free port")
+
+    p = sub.add_parser("demo", help="run with embedded SQLite, a simulated upstream and a funded key")
+    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    p.add_argument("--data-dir", help="keep the demo database here (default: a new temporary folder)")
+    p.set_defaults(func=cmd_demo)
+
+    p = command("add-azure-deployment", cmd_add_deployment, "add an Azure OpenAI deployment to the config")
+    for arg in ("model", "name", "endpoint", "deployment", "api_key"):
+        p.add_argument(arg)
+    p.add_argument("--region")
+    p.add_argument("--rpm", type=int)
+    p.add_argument("--tpm", type=int)
+    p.add_argument("--hourly-tokens", type=int)
+    p.add_argument("--api-version")
+    p.add_argument("--priority", action="store_true", help="the deployment has Priority processing")
+    p.add_argument("--weight", type=float)
+
+    account = sub.add_parser("account", help="accounts").add_subparsers(dest="action", required=True)
+    p = command("create", cmd_account_create, "create an account", account)
+    p.add_argument("email")
+
+    key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
+    p = command("create", cmd_key_create, "create a key (printed once)", key)
+    p.add_argument("account")
+    p.add_argument("--rpm", type=int)
+    p = command("revoke", cmd_key_revoke, "revoke a key at once", key)
+    p.add_argument("key_id")
+
+    wallet = sub.add_parser("wallet", help="wallets").add_subparsers(dest="action", required=True)
+    p = command("top-up", cmd_top_up, "credit an account (USD)", wallet)
+    p.add_argument("account")
+    p.add_argument("amount")
+
+    ledger = sub.add_parser("ledger", help="the ledger").add_subparsers(dest="action", required=True)
+    command("verify", cmd_ledger_verify, "exit 0 only if every balance equals its ledger", ledger)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, CatalogError, ValueError) as exc:
+        print(f"omixa: {exc}", file=sys.stderr)
+        return 2
+    except NotFound as exc:
+        print(f"omixa: not found: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"omixa: storage error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Editing the config file's ``[[deployments]]`` from the CLI, keeping the operator's comments.
+
+tomlkit round-trips the file: comments, order and formatting of everything else stay as
+they were. The file (and its folder) are created when missing. The new entry is checked
+with the same rules as start-up (secrets named ``env:NAME`` are not resolved here: the
+variable may only exist where the server runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from engine.catalog import load_catalog
+from engine.config import DEFAULT_AZURE_API_VERSION, ConfigError, structure_config
+
+
+def add_azure_deployment(
+    path: Path,
+    *,
+    model: str,
+    name: str,
+    endpoint: str,
+    deployment: str,
+    api_key: str,
+    region: str | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    hourly_tokens: int | None = None,
+    api_version: str | None = None,
+    priority: bool = False,
+    weight: float | None = None,
+) -> None:
+    """Append one Azure deployment. Errors: ConfigError (bad value, duplicate name, a
+    model missing from the catalog, or an existing file that is not valid)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    entry: dict[str, Any] = {
+        "name": name,
+        "model": model,
+        "provider": "azure",
+        "endpoint": endpoint.rstrip("/"),
+        "deployment": deployment,
+        "api_key": api_key,
+        "api_version": api_version or DEFAULT_AZURE_API_VERSION,
+    }
+    optional = {"region": region, "rpm": rpm, "tpm": tpm, "hourly_tokens": hourly_tokens, "weight": weight}
+    entry.update({k: v for k, v in optional.items() if v is not None})
+    if priority:
+        entry["priority"] = True
+
+    deployments = doc.get("deployments")
+    if deployments is None:
+        deployments = tomlkit.aot()
+        doc.append("deployments", deployments)
+    if any(d.get("name") == name for d in deployments):
+        raise ConfigError(f"deployments: a deployment named {name!r} already exists in {path}")
+    table = tomlkit.table()
+    for key, value in entry.items():
+        table.add(key, value)
+    deployments.append(table)
+
+    _check(doc, path, model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomlkit.dumps(doc), encoding="utf-8")
+
+
+def _check(doc: tomlkit.TOMLDocument, path: Path, model: str) -> None:
+    raw = doc.unwrap()
+    for dep in raw.get("deployments", ()):
+        # Check shape and values only; env: secrets resolve where the server runs.
+        if isinstance(dep, dict) and str(dep.get("api_key", "")).startswith("env:"):
+            dep["api_key"] = "unresolved"
+    config = structure_config(raw, base_dir=path.resolve().parent)
+    catalog_path = Path(config.base_dir) / config.catalog if config.catalog else None
+    if load_catalog(catalog_path).get(model) is None:
+        raise ConfigError(f"model {model!r} is not in the catalog")

@@ -1,0 +1,42 @@
+"""The one rendering of errors: ``{"error": {"code", "message", "type", "request_id"}}``.
+
+Every response carries ``x-request-id`` equal to the envelope's ``request_id``.
+Retryable errors (429, 503) carry ``Retry-After`` in whole seconds, rounded up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from typing import Any
+
+from quart import Response
+
+from engine.errors import OmixaError
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return Response(body, status=status, headers=headers, content_type="application/json")
+
+
+def error_response(exc: OmixaError, request_id: str) -> Response:
+    payload = {
+        "error": {
+            "code": exc.code,
+            "message": exc.message,
+            "type": exc.type,
+            "request_id": request_id,
+        }
+    }
+    headers = {REQUEST_ID_HEADER: request_id}
+    if exc.retry_after is not None and exc.status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return json_response(payload, exc.status, headers)

@@ -1,0 +1,94 @@
+"""The root of a running gateway: one tree, started in order, stopped in reverse.
+
+    trio_asyncio loop            (the asyncpg bridge lives under it)
+     └─ storage                  (migrated before anything else starts)
+         └─ engine actors        (deployments, wallets, usage aggregator)
+             └─ Hypercorn        (ready: task_status.started(Gateway))
+
+Shutdown (SIGINT/SIGTERM, or the ``shutdown_trigger`` returning): Hypercorn stops accepting,
+lets in-flight requests finish for ``server.shutdown_grace_seconds``, then cancels them (each
+settles itself in a shielded step); then the actors drain their mailboxes (the aggregator
+writes its last batch) and storage closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from functools import partial
+from typing import Awaitable, Callable
+
+import attrs
+import hypercorn.trio
+import trio
+import trio_asyncio
+from hypercorn.config import Config as HypercornConfig
+
+from engine.config import Config, storage_url
+from engine.runtime import Engine, open_engine
+from storage import open_storage
+from web.app import create_app
+from web.lifecycle import CloseLeftovers
+
+log = logging.getLogger("omixa.server")
+
+
+@attrs.frozen(kw_only=True)
+class Gateway:
+    """A running gateway, as reported to whoever started it."""
+
+    base_url: str  # http://HOST:PORT/api/v1
+    root_url: str  # http://HOST:PORT
+    engine: Engine
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            return
+
+
+def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.graceful_timeout = config.server.shutdown_grace_seconds
+    hc.accesslog = None  # one structured line per request comes from the engine instead
+    hc.keep_alive_timeout = 75
+    hc.backlog = 1024
+    hc.include_server_header = False
+    return hc
+
+
+async def run_gateway(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``shutdown_trigger`` returns; report the bound address when ready.
+
+    Errors: storage.StorageError (database unreachable or migrations failing),
+    catalog.CatalogError, ValueError (a deployment's model missing from the catalog),
+    OSError (the port is taken).
+    """
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    async with trio_asyncio.open_loop() as loop:
+        async with open_storage(storage_url(config), loop=loop) as storage:
+            async with open_engine(config, storage) as engine:
+                app = CloseLeftovers(create_app(engine))
+                async with trio.open_nursery() as nursery:
+                    binds = await nursery.start(
+                        partial(
+                            hypercorn.trio.serve,
+                            app,
+                            hypercorn_config(config, host, port),
+                            shutdown_trigger=shutdown_trigger,
+                        )
+                    )
+                    root = binds[0]
+                    task_status.started(Gateway(base_url=f"{root}/api/v1", root_url=root, engine=engine))
