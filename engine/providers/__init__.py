@@ -1,0 +1,42 @@
+"""Provider adapters: one upstream's wire format each, behind :class:`Provider`.
+
+``build_provider`` picks the adapter for a configured deployment; Azure adapters built with one
+:class:`HttpClients` share a pooled HTTP/1.1 client per endpoint origin.
+"""
+
+from __future__ import annotations
+
+from engine.config import DeploymentConfig, ServerConfig
+from engine.providers._http import HttpClients
+from engine.providers.azure import AzureProvider
+from engine.providers.base import Completion, Provider, SseEvent, Usage
+from engine.providers.simulator import SimulatorProvider
+from engine.providers.sse import SseParser, iter_sse
+
+__all__ = [
+    "AzureProvider",
+    "Completion",
+    "HttpClients",
+    "Provider",
+    "SimulatorProvider",
+    "SseEvent",
+    "SseParser",
+    "Usage",
+    "build_provider",
+    "iter_sse",
+]
+
+
+def build_provider(
+    deployment: DeploymentConfig, server: ServerConfig, clients: HttpClients | None = None
+) -> Provider:
+    """The adapter for ``deployment``.
+
+    Args:
+        clients: shared HTTP clients (the caller closes them); without it an Azure adapter
+            owns a client of its own, closed by its ``aclose``.
+    """
+    if deployment.provider == "simulator":
+        return SimulatorProvider(deployment)
+    client = clients.for_endpoint(deployment.endpoint) if clients is not None else None
+    return AzureProvider(deployment, server, client)

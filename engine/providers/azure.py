@@ -1,0 +1,243 @@
+"""The Azure OpenAI adapter: chat completions on one deployment, JSON and SSE.
+
+Wire format: ``POST {endpoint}/openai/deployments/{deployment}/chat/completions
+?api-version={api_version}`` with the key in the ``api-key`` header, over pooled HTTP/1.1.
+
+The body is sent as the engine built it, except ``model``, which is removed: Azure routes by the
+deployment in the URL and ignores it, and our catalog id means nothing to Azure. ``stream`` is
+set by the method called (``complete`` sends none, ``open_stream`` sends ``true``).
+
+Errors: :class:`UpstreamError` (``upstream_status`` = Azure's status, None when unreachable or
+the connection broke; ``retry_after`` from ``retry-after-ms``, else ``Retry-After``, else the
+"retry after N seconds" in Azure's message) and :class:`UpstreamTimeout`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from engine.config import DeploymentConfig, ServerConfig
+from engine.errors import UpstreamError, UpstreamTimeout
+from engine.providers._http import make_client, map_errors, translate
+from engine.providers.base import Completion, SseEvent, Usage
+from engine.providers.sse import SseParser
+
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_COMPLETION_BYTES = 32 * 1024 * 1024
+MAX_MESSAGE_CHARS = 500
+_CLOSE_SECONDS = 5.0
+_RETRY_TEXT = re.compile(rb"(?:retry after|try again in) (\d+(?:\.\d+)?) second", re.IGNORECASE)
+
+
+class AzureProvider:
+    """Adapter for one Azure OpenAI deployment.
+
+    Args:
+        deployment: endpoint, deployment name, api-version and (resolved) key.
+        server: timeouts and pool size, used when no client is given.
+        client: a shared client (see :class:`~engine.providers._http.HttpClients`); the
+            provider then does not close it. Without one it makes and owns its own.
+    """
+
+    name = "azure"
+
+    def __init__(
+        self,
+        deployment: DeploymentConfig,
+        server: ServerConfig,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        base = deployment.endpoint.rstrip("/")
+        self._url = (
+            f"{base}/openai/deployments/{quote(deployment.deployment, safe='')}"
+            f"/chat/completions?api-version={quote(deployment.api_version, safe='')}"
+        )
+        self._headers = {
+            "api-key": deployment.api_key,
+            "content-type": "application/json",
+            # Raw bytes are relayed as received: no compressed stream surprises.
+            "accept-encoding": "identity",
+        }
+        self._timeout = server.upstream_timeout_seconds
+        self._owns_client = client is None
+        self._client = client if client is not None else make_client(server)
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        """POST a non-streaming chat completion and return Azure's JSON answer and usage.
+
+        Errors: UpstreamError (error status, body not a JSON object, unreachable upstream),
+        UpstreamTimeout (no complete answer within ``upstream_timeout_seconds``).
+        Cancellation: closes the connection; the pool opens a new one next time.
+        """
+        request = self._build(body, stream=False)
+        with trio.move_on_after(self._timeout) as deadline:
+            response = await self._send(request)
+            try:
+                with map_errors():
+                    if response.is_success:
+                        raw = await _read_bounded(response, MAX_COMPLETION_BYTES)
+                    else:
+                        raise error_from_response(
+                            response, await _read_bounded(response, MAX_ERROR_BODY_BYTES)
+                        )
+            finally:
+                await _close(response)
+        if deadline.cancelled_caught:
+            raise UpstreamTimeout("The upstream did not answer in time.")
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UpstreamError(
+                "Upstream answered with a body that is not a JSON object.",
+                upstream_status=response.status_code,
+            )
+        return Completion(body=data, usage=Usage.from_openai(data.get("usage")))
+
+    @asynccontextmanager
+    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+        """Start a streaming chat completion; yield an iterator of its SSE events.
+
+        Entering sends the request and waits for the response head. The response is owned
+        here, never by the iterator, so it is closed on every exit path (STACK-NOTES: a
+        response held by an unstarted generator leaks when the client goes early).
+
+        Errors: UpstreamError/UpstreamTimeout on entering (error status, unreachable, no head
+        in time) and while iterating (connection broken, no bytes for
+        ``upstream_timeout_seconds``, malformed frame, stream cut inside a frame).
+        Cancellation: leaving the block, normally or by cancellation, closes the connection at
+        once (HTTP/1.1): Azure sees the disconnect and stops generating.
+        """
+        request = self._build(body, stream=True)
+        response = await self._send(request)
+        try:
+            if not response.is_success:
+                with map_errors():
+                    raw = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
+                raise error_from_response(response, raw)
+            encoding = response.headers.get("content-encoding", "identity").lower()
+            # aiter_raw skips httpx's decoder layer; fall back to decoding if Azure compressed
+            # despite "accept-encoding: identity" (then raw bytes would not be SSE).
+            chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
+            yield _Events(chunks)
+        finally:
+            await _close(response)
+
+    async def aclose(self) -> None:
+        """Close the pooled connections, if the client is ours."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    def _build(self, body: dict[str, Any], *, stream: bool) -> httpx.Request:
+        payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
+        if stream:
+            payload["stream"] = True
+        else:
+            payload.pop("stream_options", None)  # Azure rejects it without stream
+        # ASCII-escaped JSON: a lone surrogate from a client's "\\ud800" stays encodable.
+        content = json.dumps(payload, separators=(",", ":")).encode()
+        return self._client.build_request("POST", self._url, content=content, headers=self._headers)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        with map_errors():
+            return await self._client.send(request, stream=True)
+
+
+class _Events:
+    """Async iterator of the SSE events of a streamed response body (owned by the caller)."""
+
+    __slots__ = ("_chunks", "_parser", "_pending")
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._parser = SseParser()
+        self._pending: deque[SseEvent] = deque()
+
+    def __aiter__(self) -> "_Events":
+        return self
+
+    async def __anext__(self) -> SseEvent:
+        while not self._pending:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._parser.close()
+                raise
+            except httpx.HTTPError as exc:
+                raise translate(exc) from exc
+            self._pending.extend(self._parser.feed(chunk))
+        return self._pending.popleft()
+
+
+async def _close(response: httpx.Response) -> None:
+    # Closing drops the socket (or returns it to the pool): quick, so a bounded shield lets it
+    # finish even when we are leaving because of cancellation.
+    with trio.move_on_after(_CLOSE_SECONDS, shield=True):
+        await response.aclose()
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed response, or UpstreamError past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(
+                f"Upstream answer larger than {limit} bytes.", upstream_status=response.status_code
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def error_from_response(response: httpx.Response, raw: bytes) -> UpstreamError:
+    """The UpstreamError for a non-2xx Azure answer: status, Azure's message, retry-after."""
+    status = response.status_code
+    message = None
+    try:
+        envelope = json.loads(raw)
+    except ValueError:
+        envelope = None
+    if isinstance(envelope, dict) and isinstance(envelope.get("error"), dict):
+        message = envelope["error"].get("message") or envelope["error"].get("code")
+    if not isinstance(message, str) or not message:
+        message = f"Upstream answered HTTP {status}."
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return UpstreamError(
+        message, upstream_status=status, retry_after=parse_retry_after(response.headers, raw)
+    )
+
+
+def parse_retry_after(headers: httpx.Headers, raw: bytes = b"") -> float | None:
+    """Seconds to wait from ``retry-after-ms``, else ``Retry-After`` (seconds or HTTP date),
+    else Azure's "Please retry after N seconds" text; None when none says."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+                return max(0.0, when.timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass
+    match = _RETRY_TEXT.search(raw[:MAX_ERROR_BODY_BYTES])
+    return float(match.group(1)) if match else None
