@@ -82,6 +82,10 @@ class Exchange:
         self.first_token_at: float | None = None
         self.finished = False
 
+    def cancelled_status(self) -> str:
+        """Why a cancelled request ended: the client left, or the server was shutting down."""
+        return "interrupted" if self.service.draining else "client_closed"
+
     def delivered_usage(self, delivered_text: str) -> Usage:
         """What to charge when the upstream reported no usage."""
         if not self.reached_upstream:
@@ -165,6 +169,8 @@ class ChatService:
         self.wallets = wallets
         self.usage = usage
         self.wallet_config = wallet_config
+        # Set when shutdown begins: requests cancelled from then on are "interrupted".
+        self.draining = False
 
     def parse(self, body: Any) -> ChatRequest:
         """Check a request body. Errors: InvalidRequest, ModelNotFound."""
@@ -195,7 +201,7 @@ class ChatService:
         Errors: InsufficientBalance, NoHealthyDeployment, InvalidRequest (upstream 4xx),
         UpstreamError, UpstreamTimeout, ServiceUnavailable.
         Cancellation: the upstream call is abandoned (connection closed) and the request is
-        settled as ``client_closed``.
+        settled as ``client_closed`` (``interrupted`` when the server is shutting down).
         """
         exchange = Exchange(self, caller, request)
         try:
@@ -239,7 +245,7 @@ class ChatService:
         if isinstance(exc, OmixaError):
             status, usage = translate_upstream(exc).code, None
         elif isinstance(exc, trio.Cancelled):
-            status, usage = "client_closed", exchange.delivered_usage("")
+            status, usage = exchange.cancelled_status(), exchange.delivered_usage("")
         else:
             log.exception("request %s failed", exchange.caller.request_id, exc_info=exc)
             status, usage = "internal_error", None

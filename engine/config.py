@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import attrs
 import cattrs
+import cattrs.v
 
 DEFAULT_CONFIG_PATH = Path("config/omixa.toml")
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
@@ -24,14 +25,23 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending key."""
 
 
+class _FieldError(ValueError):
+    """A validator's complaint about one field, so the message can name its full path."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
 def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and value <= 0:
-        raise ValueError(f"must be > 0, got {value!r}")
+        raise _FieldError(attribute.name, f"must be > 0, got {value!r}")
 
 
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and value < 0:
-        raise ValueError(f"must be >= 0, got {value!r}")
+        raise _FieldError(attribute.name, f"must be >= 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -148,6 +158,34 @@ def _make_converter() -> cattrs.Converter:
 _converter = _make_converter()
 
 
+_FIELD_MARK = "\x00"
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, _FieldError):
+        return f"{_FIELD_MARK}{exc.field}{_FIELD_MARK}{exc.problem}"
+    if isinstance(exc, ValueError) and str(exc):
+        return str(exc)
+    return cattrs.v.format_exception(exc, type_)
+
+
+def _describe(exc: Exception) -> list[str]:
+    """cattrs' ``"<problem> @ $.path"`` messages as ``"path: problem"`` lines."""
+    lines = []
+    for message in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
+        problem, _, where = message.rpartition(" @ ")
+        where = where.removeprefix("$").removeprefix(".")
+        if problem.startswith(_FIELD_MARK):
+            _, field, problem = problem.split(_FIELD_MARK, 2)
+            where = f"{where}.{field}" if where else field
+        if problem.startswith("extra fields found (") and problem.endswith(")"):
+            for key in problem[len("extra fields found ("):-1].split(", "):
+                lines.append(f"{where + '.' if where else ''}{key}: unknown key")
+        else:
+            lines.append(f"{where or 'config'}: {problem}")
+    return lines
+
+
 def _resolve_secret(value: str, where: str) -> str:
     if value.startswith("env:"):
         name = value[4:]
@@ -185,9 +223,7 @@ def structure_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     try:
         config = _converter.structure(raw, Config)
     except Exception as exc:  # cattrs raises ClassValidationError groups
-        messages = cattrs.transform_error(exc, path="config")
-        cleaned = [m.replace("config.", "", 1).replace("config[", "[", 1) for m in messages]
-        raise ConfigError("; ".join(cleaned)) from None
+        raise ConfigError("; ".join(_describe(exc))) from None
     db_url = os.environ.get("OMIXA_DATABASE_URL")
     if db_url:
         config = attrs.evolve(config, storage=StorageConfig(url=db_url))

@@ -156,7 +156,7 @@ class DeploymentActor:
         used = 0
         if message.usage is not None:
             used = message.usage.prompt_tokens + message.usage.completion_tokens
-        failed = message.outcome not in ("ok", "cancelled", "client_closed")
+        failed = message.outcome not in ("ok", "cancelled", "client_closed", "interrupted")
         self.snapshot = attrs.evolve(
             snap,
             in_flight=snap.in_flight - 1,

@@ -12,7 +12,8 @@ stream ends; what was delivered is charged.
 
 The relay owns the upstream response: it is closed by :meth:`StreamRelay.aclose`, which
 the web layer guarantees to call (even when the client left before the first byte), and
-which settles the request as ``client_closed`` if it had not finished.
+which settles the request as ``client_closed`` (``interrupted`` during shutdown) if it had
+not finished.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class StreamRelay:
             log.exception("request %s: relay failed", self._exchange.caller.request_id)
             failure = InternalError()
         except BaseException:  # cancelled: the client left, or shutdown
-            await self._close("client_closed")
+            await self._close(self._exchange.cancelled_status())
             raise
         await self._close("interrupted" if self._delivered else failure.code)
         return error_event(failure, self._exchange.caller.request_id)
@@ -135,7 +136,7 @@ class StreamRelay:
 
     async def aclose(self) -> None:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""
-        await self._close("client_closed")
+        await self._close(self._exchange.cancelled_status())
 
     async def _close(self, status: str) -> None:
         if self._closed:
@@ -147,7 +148,7 @@ class StreamRelay:
             except Exception as exc:
                 # The connection is going away either way; nothing to settle from it.
                 log.debug("closing upstream stream: %r", exc)
-        if status == "client_closed" and self._usage is not None and self._done:
+        if status in ("client_closed", "interrupted") and self._usage is not None and self._done:
             status = "ok"  # everything was sent before the client left
         usage = self._usage or self._exchange.delivered_usage("".join(self._delivered))
         await self._exchange.finish(status, usage)

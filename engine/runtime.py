@@ -6,7 +6,7 @@ only after ``task_status.started()``):
 - the wallet pool (wallet actors spawned per account on demand, plus the hold sweeper),
 - the usage aggregator.
 On exit the mailboxes are closed, so every actor serves what is queued (the aggregator
-flushes its last batch) and returns; then upstream connection pools are closed.
+flushes its last batch) and returns; then the upstream connection pools are closed.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import trio
 from engine.accounts import Accounts
 from engine.catalog import Catalog, load_catalog
 from engine.chat import ChatService
-from engine.config import Config, DeploymentConfig, ServerConfig, resolve_path
+from engine.config import Config, resolve_path
 from engine.deployment import DeploymentActor
-from engine.providers.azure import AzureProvider
-from engine.providers.base import Provider
-from engine.providers.simulator import SimulatorProvider
+from engine.providers import HttpClients, build_provider
 from engine.router import Router
 from engine.supervise import supervised
+from engine.tokens import warm_up
 from engine.usage import UsageAggregator
 from engine.wallet import WalletPool
 from storage import Storage
@@ -51,12 +50,6 @@ class Engine:
     chat: ChatService
 
 
-def make_provider(deployment: DeploymentConfig, server: ServerConfig) -> Provider:
-    if deployment.provider == "simulator":
-        return SimulatorProvider(deployment)
-    return AzureProvider(deployment, server)
-
-
 def catalog_for(config: Config) -> Catalog:
     return load_catalog(resolve_path(config, config.catalog) if config.catalog else None)
 
@@ -72,7 +65,15 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     for dep in config.deployments:
         if catalog.get(dep.model) is None:
             raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is not in the catalog")
-    actors = tuple(DeploymentActor(dep, make_provider(dep, config.server)) for dep in config.deployments)
+    # Load the tokenizers now, so the first request does not pay for it.
+    await trio.to_thread.run_sync(
+        warm_up, [catalog.get(dep.model).encoding for dep in config.deployments]
+    )
+    # Deployments on one Azure resource share a pooled client (and its connection limit).
+    clients = HttpClients(config.server)
+    actors = tuple(
+        DeploymentActor(dep, build_provider(dep, config.server, clients)) for dep in config.deployments
+    )
     wallets = WalletPool(storage, config.wallet)
     usage = UsageAggregator(storage, config.usage)
     router = Router(actors)
@@ -108,3 +109,4 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         with trio.move_on_after(5, shield=True):
             for actor in actors:
                 await actor.provider.aclose()
+            await clients.aclose()

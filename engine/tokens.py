@@ -3,7 +3,8 @@
 We use ``bpe-openai`` (MIT; GitHub's Rust ``bpe`` crate behind a tiktoken-compatible API) because
 it ships the ``o200k_base`` and ``cl100k_base`` encodings inside the wheel: no download on first
 use, so it works on air-gapped machines, where ``tiktoken`` fails fetching its files. It gives
-the same ids as tiktoken. Encodings load once per process (~0.1 s) and are then shared.
+the same ids as tiktoken. Importing bpe-openai costs about a second (it loads its encodings), so
+it is imported on first use; the engine calls :func:`warm_up` at start-up so no request pays.
 
 Chat prompts are counted the way OpenAI documents for its chat models: 3 tokens per message,
 the tokens of every string field, 1 more for a ``name``, and 3 to prime the reply. Tools and
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-import bpe_openai
+if TYPE_CHECKING:
+    import bpe_openai
 
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -29,9 +31,17 @@ AUDIO_PART_TOKENS = 4_096
 
 
 @functools.cache
-def encoding(name: str) -> bpe_openai.Encoding:
+def encoding(name: str) -> "bpe_openai.Encoding":
     """The named encoding (``o200k_base``, ``cl100k_base``), loaded once."""
+    import bpe_openai
+
     return bpe_openai.get_encoding(name)
+
+
+def warm_up(names: Iterable[str]) -> None:
+    """Load these encodings now (blocking, about a second the first time)."""
+    for name in set(names):
+        encoding(name)
 
 
 def count_text(text: str, encoding_name: str = "o200k_base") -> int:

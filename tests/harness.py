@@ -29,6 +29,7 @@ MODEL = "gpt-4o-mini"
 @attrs.define
 class RunningGateway:
     gateway: Gateway
+    fake: Any = None  # the fake Azure in front of which it runs, if any
 
     @property
     def base_url(self) -> str:
@@ -100,6 +101,6 @@ async def open_gateway(
     async with trio.open_nursery() as nursery:
         gateway = await nursery.start(partial(run_gateway, config, port=0, shutdown_trigger=stop.wait))
         try:
-            yield RunningGateway(gateway)
+            yield RunningGateway(gateway, fake)
         finally:
             stop.set()

@@ -23,8 +23,6 @@ from engine.config import Config, ConfigError, load_config, resolve_config_path,
 from engine.money import format_usd, parse_usd
 from storage import NotFound, Storage, StorageError, open_storage
 from web import deployments_file
-from web.demo import run_demo
-from web.server import Gateway, run_gateway
 
 log = logging.getLogger("omixa.cli")
 
@@ -48,13 +46,32 @@ def _load(path: str | None) -> Config:
     return load_config(file)
 
 
+def _run(main: Callable[..., Awaitable[int]], *args: Any) -> int:
+    """``trio.run``, with a lone error out of the task tree's exception groups raised as
+    itself, so the CLI maps it to a message and an exit status."""
+    try:
+        return trio.run(main, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
 def _with_storage(config: Config, work: Callable[[Storage], Awaitable[int]]) -> int:
     async def main() -> int:
         async with trio_asyncio.open_loop() as loop:
             async with open_storage(storage_url(config), loop=loop) as storage:
                 return await work(storage)
 
-    return trio.run(main)
+    return _run(main)
 
 
 def _print(**values: Any) -> None:
@@ -64,6 +81,8 @@ def _print(**values: Any) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from web.server import Gateway, run_gateway  # the server stack loads only when serving
+
     config = _load(args.config)
 
     async def main() -> None:
@@ -73,12 +92,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             _print(OMIXA_BASE_URL=gateway.base_url)
 
-    trio.run(main)
-    return 0
+    async def serve() -> int:
+        await main()
+        return 0
+
+    return _run(serve)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return trio.run(run_demo, args.port, args.data_dir)
+    from web.demo import run_demo
+
+    return _run(run_demo, args.port, args.data_dir)
 
 
 def cmd_add_deployment(args: argparse.Namespace) -> int:

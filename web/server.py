@@ -81,13 +81,18 @@ async def run_gateway(
         async with open_storage(storage_url(config), loop=loop) as storage:
             async with open_engine(config, storage) as engine:
                 app = CloseLeftovers(create_app(engine))
+
+                async def shutdown() -> None:
+                    await shutdown_trigger()
+                    engine.chat.draining = True
+
                 async with trio.open_nursery() as nursery:
                     binds = await nursery.start(
                         partial(
                             hypercorn.trio.serve,
                             app,
                             hypercorn_config(config, host, port),
-                            shutdown_trigger=shutdown_trigger,
+                            shutdown_trigger=shutdown,
                         )
                     )
                     root = binds[0]

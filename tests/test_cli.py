@@ -1,0 +1,197 @@
+"""The ``omixa`` command as an operator runs it: real processes, real config files, both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from fake_azure import open_fake_azure
+
+OMIXA = str(Path(sys.executable).parent / "omixa")
+
+
+def run(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    argv = [OMIXA, *args] + (["--config", str(config)] if config else [])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def values(stdout: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+
+
+def write_config(path: Path, database_url: str, extra: str = "") -> Path:
+    path.write_text(f'[storage]\nurl = "{database_url}"\n{extra}')
+    return path
+
+
+async def test_account_key_wallet_and_ledger_commands(database_url, tmp_path):
+    config = write_config(tmp_path / "omixa.toml", database_url)
+    created = await trio.to_thread.run_sync(lambda: run("account", "create", "ops@example.com", config=config))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("OMIXA_ACCOUNT_ID=acct_")
+    account = values(created.stdout)["OMIXA_ACCOUNT_ID"]
+
+    key = run("key", "create", account, config=config)
+    assert key.returncode == 0, key.stderr
+    lines = key.stdout.splitlines()
+    assert lines[0].startswith("OMIXA_KEY_ID=key_") and lines[1].startswith("OMIXA_API_KEY=omx_live_")
+    assert len(values(key.stdout)["OMIXA_API_KEY"]) >= len("omx_live_") + 43  # 256 random bits
+
+    for amount, balance in (("10", "10.00"), ("0.25", "10.25")):
+        topped = run("wallet", "top-up", account, amount, config=config)
+        assert topped.returncode == 0, topped.stderr
+        assert values(topped.stdout)["OMIXA_BALANCE"] == balance
+    bad = run("wallet", "top-up", account, "-3", config=config)
+    assert bad.returncode == 2 and "positive" in bad.stderr
+    missing = run("wallet", "top-up", "acct_nope", "1", config=config)
+    assert missing.returncode == 2
+
+    verified = run("ledger", "verify", config=config)
+    assert verified.returncode == 0, verified.stderr
+
+    revoked = run("key", "revoke", values(key.stdout)["OMIXA_KEY_ID"], config=config)
+    assert revoked.returncode == 0, revoked.stderr
+    assert run("key", "revoke", "key_nope", config=config).returncode == 2
+
+    if database_url.startswith("sqlite:///"):
+        db = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        db.execute("UPDATE accounts SET balance = balance + 1")
+        db.commit()
+        db.close()
+        broken = run("ledger", "verify", config=config)
+        assert broken.returncode == 1 and account in broken.stderr
+
+
+def test_config_from_environment_and_database_url_override(tmp_path):
+    db = tmp_path / "env.db"
+    config = write_config(tmp_path / "c.toml", "sqlite:///relative.db")
+    created = run("account", "create", "a@example.com", env={"OMIXA_CONFIG": str(config)})
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "relative.db").exists()  # relative to the config file's folder
+    created = run("account", "create", "b@example.com", config=config, env={"OMIXA_DATABASE_URL": f"sqlite:///{db}"})
+    assert created.returncode == 0 and db.exists()
+
+
+@pytest.mark.parametrize(
+    "body, where",
+    [
+        ("[server]\nprot = 1\n", "server.prot"),
+        ("[server]\nport = \"80\"\n", "server.port"),
+        ('[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "k"\nrpm = -5\n', "deployments[0].rpm"),
+        ('[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_VAR"\n', "deployments[0].api_key"),
+    ],
+)
+def test_bad_config_stops_with_the_key_path(tmp_path, body, where):
+    config = tmp_path / "bad.toml"
+    config.write_text(body)
+    result = run("ledger", "verify", config=config)
+    assert result.returncode == 2
+    assert where in result.stderr
+
+
+def test_add_azure_deployment_creates_and_keeps_comments(tmp_path):
+    config = tmp_path / "sub" / "omixa.toml"
+    args = ("add-azure-deployment", "gpt-4o-mini", "eastus-key-1", "https://res.openai.azure.com", "gpt-4o-mini", "env:AZ_KEY")
+    first = run(*args, "--region", "eastus", "--rpm", "120", "--tpm", "200000", "--hourly-tokens", "1000000", config=config)
+    assert first.returncode == 0, first.stderr
+    text = config.read_text()
+    assert 'name = "eastus-key-1"' in text and "hourly_tokens = 1000000" in text and 'api_key = "env:AZ_KEY"' in text
+
+    config.write_text("# operator's note: keep me\n" + text.replace("rpm = 120", "rpm = 120 # tuned"))
+    second = run("add-azure-deployment", "gpt-4o", "westus-1", "http://127.0.0.1:9999", "gpt-4o", "k2", "--priority", "--weight", "2", config=config)
+    assert second.returncode == 0, second.stderr
+    text = config.read_text()
+    assert "# operator's note: keep me" in text and "rpm = 120 # tuned" in text
+    assert 'name = "westus-1"' in text and "priority = true" in text
+
+    duplicate = run(*args, config=config)
+    assert duplicate.returncode == 2 and "already exists" in duplicate.stderr
+    unknown = run("add-azure-deployment", "gpt-9", "n", "https://x", "d", "k", config=config)
+    assert unknown.returncode == 2 and "gpt-9" in unknown.stderr
+    bad = run("add-azure-deployment", "gpt-4o", "n2", "ftp://x", "d", "k", config=config)
+    assert bad.returncode == 2 and "endpoint" in bad.stderr
+
+
+async def read_values(process: trio.Process, names: set[str]) -> dict[str, str]:
+    buffer = b""
+    found: dict[str, str] = {}
+    with trio.fail_after(30):
+        while not names <= found.keys():
+            chunk = await process.stdout.receive_some()
+            assert chunk, "the process ended early"
+            buffer += chunk
+            *lines, rest = buffer.split(b"\n")
+            buffer = rest
+            found.update(values("\n".join(line.decode() for line in lines)))
+    return found
+
+
+async def test_serve_prints_its_url_and_stops_gracefully_on_sigint(database_url, tmp_path):
+    async with open_fake_azure() as fake:
+        config = write_config(
+            tmp_path / "omixa.toml",
+            database_url,
+            f'[[deployments]]\nname = "e1"\nmodel = "gpt-4o-mini"\nendpoint = "{fake.endpoint}"\n'
+            f'deployment = "d"\napi_key = "env:FAKE_AZURE_KEY"\n',
+        )
+        env = {**os.environ, "FAKE_AZURE_KEY": fake.api_key}
+        process = await trio.lowlevel.open_process(
+            [OMIXA, "serve", "--config", str(config), "--port", "0"], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            found = await read_values(process, {"OMIXA_BASE_URL"})
+            base = found["OMIXA_BASE_URL"]
+            assert base.startswith("http://127.0.0.1:") and base.endswith("/api/v1")
+            async with httpx.AsyncClient() as client:
+                health = await client.get(base.removesuffix("/api/v1") + "/healthz")
+                assert health.status_code == 200
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(20):
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_demo_serves_the_readme_curl_example(tmp_path):
+    process = await trio.lowlevel.open_process(
+        [OMIXA, "demo", "--port", "0", "--data-dir", str(tmp_path)], stdout=subprocess.PIPE
+    )
+    try:
+        found = await read_values(process, {"OMIXA_BASE_URL", "OMIXA_API_KEY"})
+        base, key = found["OMIXA_BASE_URL"], found["OMIXA_API_KEY"]
+        # The README's example, as a developer pastes it.
+        curl = await trio.run_process(
+            [
+                "curl", "-sS", "-X", "POST", f"{base}/chat/completions",
+                "-H", f"Authorization: Bearer {key}",
+                "-H", "Content-Type: application/json",
+                "-d", '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}',
+            ],
+            capture_stdout=True,
+        )
+        completion = json.loads(curl.stdout)
+        assert completion["object"] == "chat.completion"
+        assert completion["choices"][0]["message"]["content"]
+        assert completion["usage"]["completion_tokens"] > 0
+        async with httpx.AsyncClient() as client:
+            wallet = (await client.get(f"{base}/wallet", headers={"Authorization": f"Bearer {key}"})).json()
+        assert wallet["currency"] == "USD" and wallet["locked_balance"] == "0.00"
+        assert 0 < float(wallet["balance"]) < 10
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,177 @@
+"""Bad input and upstream failures: a clear envelope, the right status, and nothing held or charged."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from fake_azure import open_fake_azure
+from harness import MODEL, open_gateway
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def check_envelope(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert error["type"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error
+
+
+async def ledger_unchanged(gw, account: str, rows_before: int) -> None:
+    assert len(await gw.storage.ledger_entries(account)) == rows_before
+    wallet = await gw.storage.get_wallet(account)
+    assert wallet.locked == 0
+
+
+@pytest.fixture
+async def gateway(database_url):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, server={"max_body_bytes": 4096}) as gw:
+        yield gw
+
+
+async def test_bad_requests_get_clear_errors_and_change_nothing(gateway):
+    gw = gateway
+    account, key = await gw.funded_account("1.00")
+    rows = len(await gw.storage.ledger_entries(account))
+    auth = {"Authorization": f"Bearer {key}"}
+    url = f"{gw.base_url}/chat/completions"
+    cases = [
+        (dict(content=b"{not json", headers={**auth, "content-type": "application/json"}), 400, "invalid_request"),
+        (dict(content=b"", headers=auth), 400, "invalid_request"),
+        (dict(json=["a list"], headers=auth), 400, "invalid_request"),
+        (dict(json={"messages": MESSAGES}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": "no-such-model", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
+        # In the catalog, but no deployment serves it here.
+        (dict(json={"model": "gpt-4.1", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
+        (dict(json={"model": "text-embedding-3-small", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
+        (dict(json={"model": MODEL, "messages": []}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": [{"role": "user"}]}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": [{"role": "user", "content": 5}]}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 0}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": MESSAGES, "stream": "yes"}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=auth), 413, "request_too_large"),
+        (dict(json={"model": MODEL, "messages": MESSAGES}), 401, "invalid_api_key"),
+        (dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Bearer omx_live_wrong"}), 401, "invalid_api_key"),
+        (dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Basic abc"}), 401, "invalid_api_key"),
+    ]
+    async with httpx.AsyncClient() as client:
+        for kwargs, status, code in cases:
+            check_envelope(await client.post(url, **kwargs), status, code)
+        check_envelope(await client.get(f"{gw.base_url}/nothing-here", headers=auth), 404, "not_found")
+        check_envelope(await client.get(url, headers=auth), 405, "method_not_allowed")
+    await ledger_unchanged(gw, account, rows)
+    assert gw.fake.requests == []
+
+
+async def test_revoked_key_stops_at_once(gateway):
+    gw = gateway
+    account, key = await gw.funded_account("1.00")
+    record = await gw.engine.accounts.authenticate(f"Bearer {key}")
+    async with httpx.AsyncClient() as client:
+        auth = {"Authorization": f"Bearer {key}"}
+        assert (await client.get(f"{gw.base_url}/wallet", headers=auth)).status_code == 200
+        assert await gw.storage.revoke_api_key(record.id)
+        check_envelope(await client.get(f"{gw.base_url}/wallet", headers=auth), 401, "invalid_api_key")
+
+
+async def test_insufficient_balance_is_402_and_holds_nothing(gateway):
+    gw = gateway
+    account, key = await gw.funded_account("0.000001")
+    rows = len(await gw.storage.ledger_entries(account))
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": MESSAGES, "max_tokens": 1000},
+        )
+    check_envelope(response, 402, "insufficient_balance")
+    await ledger_unchanged(gw, account, rows)
+    assert gw.fake.requests == []
+
+
+async def test_default_cap_is_lowered_to_what_the_wallet_covers(gateway):
+    gw = gateway
+    # $0.001 covers the prompt and about 1,600 output tokens of gpt-4o-mini, not 16,384.
+    account, key = await gw.funded_account("0.001")
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": MESSAGES},
+        )
+    assert response.status_code == 200, response.text
+    cap = gw.fake.requests[-1].json["max_tokens"]
+    assert 1000 < cap < 16384
+    wallet = await gw.storage.get_wallet(account)
+    assert wallet.locked == 0 and wallet.balance > 0
+    assert await gw.storage.verify_ledger() == []
+
+
+@pytest.mark.parametrize(
+    "status, headers, code, http_status",
+    [
+        (500, None, "upstream_error", 502),
+        (401, None, "upstream_error", 502),  # the operator's key is wrong: not the client's fault
+        (400, None, "invalid_request", 400),
+        (429, {"retry-after-ms": "2500"}, "no_healthy_deployment", 503),
+    ],
+)
+async def test_upstream_errors_are_mapped_and_not_charged(gateway, status, headers, code, http_status):
+    gw = gateway
+    account, key = await gw.funded_account("1.00")
+    start = await gw.storage.get_wallet(account)
+    async with httpx.AsyncClient() as client:
+        for stream in (False, True):
+            gw.fake.fail_next(status, headers=headers)
+            response = await client.post(
+                f"{gw.base_url}/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": MODEL, "messages": MESSAGES, "stream": stream},
+            )
+            check_envelope(response, http_status, code)
+            if status == 429:
+                assert response.headers["retry-after"] == "3"
+    wallet = await gw.storage.get_wallet(account)
+    assert (wallet.balance, wallet.locked) == (start.balance, 0)
+    assert await gw.storage.verify_ledger() == []
+    await gw.flushed()
+
+
+async def test_upstream_unreachable_is_502(database_url):
+    deployment = {
+        "name": "dead", "model": MODEL, "provider": "azure", "endpoint": "http://127.0.0.1:9",
+        "deployment": "x", "api_key": "k",
+    }
+    async with open_gateway(database_url, deployments=[deployment]) as gw:
+        account, key = await gw.funded_account("1.00")
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{gw.base_url}/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"model": MODEL, "messages": MESSAGES},
+            )
+        check_envelope(response, 502, "upstream_error")
+        wallet = await gw.storage.get_wallet(account)
+        assert wallet.locked == 0 and wallet.balance == 1_000_000_000
+
+
+async def test_healthz_and_models(gateway):
+    gw = gateway
+    _, key = await gw.funded_account("1.00")
+    async with httpx.AsyncClient() as client:
+        health = await client.get(f"{gw.root_url}/healthz")
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+        assert health.headers["x-request-id"].startswith("req_")
+        models = (await client.get(f"{gw.base_url}/models", headers={"Authorization": f"Bearer {key}"})).json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    assert models["data"][0]["pricing"]["input"] == "0.15"
+
+
+async def test_wallet_requires_a_key(gateway):
+    async with httpx.AsyncClient() as client:
+        check_envelope(await client.get(f"{gateway.base_url}/wallet"), 401, "invalid_api_key")
