@@ -1,0 +1,481 @@
+"""PostgreSQL backend: an asyncpg pool driven through the trio-asyncio bridge.
+
+Each method is one asyncio coroutine (acquire, query or transaction, release) run once
+through :class:`storage._aio.AioBridge`. The hot paths (create_hold, settle_hold, void_hold,
+top_up) are each a single statement made of data-modifying CTEs: one round trip, one implicit
+transaction, and asyncpg caches the prepared statement per connection.
+
+Locking order, which keeps concurrent writers free of deadlocks: a writer that touches a hold
+locks the hold row before the account row; every writer updates the account row before it
+inserts ledger rows, so the row lock puts one account's ledger ids in commit order.
+
+Errors: asyncpg and socket errors become :class:`StorageError` in
+:meth:`PostgresStorage._run` (the one seam); ``MigrationError`` during open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import trio
+
+from storage._aio import AioBridge, resolve_loop
+from storage.base import (
+    Account,
+    ApiKeyRecord,
+    Hold,
+    LedgerEntry,
+    LedgerProblem,
+    RequestLog,
+    Settlement,
+    Storage,
+    WalletState,
+)
+from storage.errors import MigrationError, NotFound, StorageError
+from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
+
+T = TypeVar("T")
+
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
+)
+_MAX_AMOUNT = 2**63 - 1
+# pg_advisory_lock key serializing migrations across processes ("omixa" in ASCII).
+MIGRATION_LOCK_KEY = 0x6F6D697861
+CLOSE_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _aware(value: dt.datetime, name: str) -> dt.datetime:
+    # asyncpg would read a naive datetime as UTC; SQLite refuses it. Refuse it here too.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    return value
+
+
+def _check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= _MAX_AMOUNT:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+
+
+def _pool_options(url: str) -> tuple[str, dict[str, int]]:
+    """Take ``pool_min_size``/``pool_max_size`` out of the URL's query (asyncpg would
+    pass unknown parameters to the server as settings)."""
+    parts = urlsplit(url)
+    options = {"min_size": 1, "max_size": 10}
+    kept = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in ("pool_min_size", "pool_max_size"):
+            options[key.removeprefix("pool_")] = int(value)
+        else:
+            kept.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), options
+
+
+class PostgresStorage(Storage):
+    """Storage in PostgreSQL. Open with :meth:`open`."""
+
+    def __init__(self, pool: asyncpg.Pool, bridge: AioBridge) -> None:
+        self._pool = pool
+        self._bridge = bridge
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, url: str, *, loop: asyncio.AbstractEventLoop | None = None
+    ) -> PostgresStorage:
+        """Connect a pool to ``url`` and apply pending migrations.
+
+        Errors: StorageError if no trio-asyncio loop is given or running, or the server
+        cannot be reached; MigrationError.
+        """
+        bridge = AioBridge(resolve_loop(loop))
+        dsn, options = _pool_options(url)
+        try:
+            pool = await bridge.run(_create_pool, dsn, options)
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"cannot connect to PostgreSQL: {exc}") from exc
+        store = cls(pool, bridge)
+        try:
+            await bridge.run(_migrate, dsn)
+        except _DRIVER_ERRORS as exc:
+            await store.aclose()
+            raise MigrationError(f"migrating PostgreSQL failed: {exc}") from exc
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """The seam: run ``fn(pool, *args)`` on the loop, translating driver errors.
+
+        Cancellation: cancels the query server-side; a single statement or a transaction
+        either committed or rolled back.
+        """
+        if self._closed:
+            raise StorageError("storage is closed")
+        try:
+            return await self._bridge.run(fn, self._pool, *args)
+        except _DRIVER_ERRORS as exc:
+            raise StorageError(f"postgresql: {exc}") from exc
+
+    # -- accounts and keys ----------------------------------------------------------------------
+    async def create_account(self, email: str) -> Account:
+        account_id = _new_id("acct")
+        created_at = await self._run(_fetchval, _SQL.INSERT_ACCOUNT, account_id, email)
+        return Account(id=account_id, email=email, created_at=created_at)
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._run(_fetchrow, _SQL.GET_ACCOUNT, account_id)
+        return None if row is None else Account(**row)
+
+    async def create_api_key(
+        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None
+    ) -> ApiKeyRecord:
+        key_id = _new_id("key")
+        created_at = await self._run(
+            _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm
+        )
+        if created_at is None:
+            raise NotFound(f"no account {account_id!r}")
+        return ApiKeyRecord(
+            id=key_id, account_id=account_id, prefix=prefix, rpm=rpm, created_at=created_at,
+            revoked_at=None,
+        )
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        row = await self._run(_fetchrow, _SQL.FIND_API_KEY, key_hash)
+        return None if row is None else ApiKeyRecord(**row)
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return await self._run(_fetchval, _SQL.REVOKE_API_KEY, key_id) is not None
+
+    # -- wallet -----------------------------------------------------------------------------
+    async def get_wallet(self, account_id: str) -> WalletState | None:
+        row = await self._run(_fetchrow, _SQL.GET_WALLET, account_id)
+        return None if row is None else WalletState(account_id=account_id, **row)
+
+    async def top_up(self, account_id: str, amount: int, *, note: str | None = None) -> WalletState:
+        _check_amount(amount, "amount")
+        row = await self._run(_fetchrow, _SQL.TOP_UP, account_id, amount, note)
+        if row is None:
+            raise NotFound(f"no account {account_id!r}")
+        return WalletState(account_id=account_id, **row)
+
+    async def create_hold(
+        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
+    ) -> Hold | None:
+        _check_amount(amount, "amount")
+        _aware(expires_at, "expires_at")
+        hold_id = _new_id("hold")
+        row = await self._run(_create_hold, hold_id, account_id, request_id, amount, expires_at)
+        if row is None:
+            return None
+        return Hold(
+            id=hold_id, account_id=account_id, request_id=request_id, amount=amount,
+            created_at=row["created_at"], expires_at=row["expires_at"],
+        )
+
+    async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
+        _check_amount(charge, "charge", allow_zero=True)
+        return await self._run(_finalize, hold_id, charge, "posted")
+
+    async def void_hold(self, hold_id: str) -> Settlement:
+        return await self._run(_finalize, hold_id, 0, "voided")
+
+    async def expire_holds(self, now: dt.datetime) -> int:
+        return await self._run(_expire_holds, _aware(now, "now"))
+
+    async def ledger_entries(self, account_id: str) -> Sequence[LedgerEntry]:
+        rows = await self._run(_fetch, _SQL.LEDGER_ENTRIES, account_id)
+        return [LedgerEntry(**r) for r in rows]
+
+    async def verify_ledger(self) -> list[LedgerProblem]:
+        rows = await self._run(_fetch, verify_ledger_sql())
+        return [LedgerProblem(**r) for r in rows]
+
+    # -- usage ----------------------------------------------------------------------------
+    async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
+        if not logs:
+            return
+        # Column-wise arrays for one INSERT ... SELECT FROM unnest(...): one round trip.
+        columns = [
+            [getattr(log, name) for log in logs] for name in _SQL.REQUEST_LOG_COLUMNS
+        ]
+        for value in columns[-1]:
+            _aware(value, "created_at")
+        await self._run(_execute, _SQL.INSERT_REQUEST_LOGS, *columns)
+
+    async def get_request_log(self, request_id: str) -> RequestLog | None:
+        row = await self._run(_fetchrow, _SQL.GET_REQUEST_LOG, request_id)
+        return None if row is None else RequestLog(**row)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the pool: wait up to ``CLOSE_TIMEOUT`` for connections in use, then
+        terminate. Shielded (bounded) so a cancelled caller still frees the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.move_on_after(CLOSE_TIMEOUT + 2, shield=True):
+            try:
+                await self._bridge.run(_close_pool, self._pool)
+            except _DRIVER_ERRORS as exc:
+                raise StorageError(f"closing the PostgreSQL pool failed: {exc}") from exc
+
+
+# -- asyncio side: everything below runs on the asyncio loop ---------------------------------
+
+
+async def _create_pool(dsn: str, options: dict[str, int]) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        timeout=CONNECT_TIMEOUT,
+        server_settings={"application_name": "omixa"},
+        reset=_keep_session,
+        **options,
+    )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset on release (RESET ALL, UNLISTEN *, ...) is one more round
+    # trip per call, doubling the latency of the hot path. Our statements never change
+    # session state (no SET, LISTEN, cursors or session locks: migrations use their own
+    # connection); asyncpg still rolls back an open transaction before calling this.
+    return None
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+    except asyncio.TimeoutError:
+        pool.terminate()
+
+
+async def _migrate(dsn: str) -> None:
+    migrations = load_migrations("postgres")
+    # Its own connection, not a pooled one: the session advisory lock (held across one
+    # transaction per version) then dies with the session whatever happens.
+    conn = await asyncpg.connect(dsn, timeout=CONNECT_TIMEOUT)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(_SQL.CREATE_SCHEMA_MIGRATIONS)
+        applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in pending_migrations(migrations, applied):
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+    finally:
+        try:
+            await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, *_DRIVER_ERRORS):
+            conn.terminate()
+
+
+async def _fetchval(pool: asyncpg.Pool, query: str, *args: Any) -> Any:
+    return await pool.fetchval(query, *args)
+
+
+async def _fetchrow(pool: asyncpg.Pool, query: str, *args: Any) -> asyncpg.Record | None:
+    return await pool.fetchrow(query, *args)
+
+
+async def _fetch(pool: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
+    return await pool.fetch(query, *args)
+
+
+async def _execute(pool: asyncpg.Pool, query: str, *args: Any) -> None:
+    await pool.execute(query, *args)
+
+
+async def _create_hold(
+    pool: asyncpg.Pool, hold_id: str, account_id: str, request_id: str, amount: int,
+    expires_at: dt.datetime,
+) -> asyncpg.Record | None:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            _SQL.CREATE_HOLD, hold_id, account_id, amount, request_id, expires_at
+        )
+        if row is None and await conn.fetchval(_SQL.ACCOUNT_EXISTS, account_id) is None:
+            raise NotFound(f"no account {account_id!r}")
+        return row
+
+
+async def _finalize(pool: asyncpg.Pool, hold_id: str, charge: int, state: str) -> Settlement:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state)
+        if row is not None:
+            wallet = WalletState(
+                account_id=row["account_id"], balance=row["balance"], locked=row["locked"]
+            )
+            return Settlement(
+                hold_id=hold_id, charged=row["charged"], released=row["released"],
+                already_final=False, wallet=wallet,
+            )
+        # Not pending (or no such hold): report the current state, change nothing.
+        row = await conn.fetchrow(_SQL.HOLD_WALLET, hold_id)
+        if row is None:
+            raise NotFound(f"no hold {hold_id!r}")
+        return Settlement(
+            hold_id=hold_id, charged=0, released=0, already_final=True, wallet=WalletState(**row)
+        )
+
+
+async def _expire_holds(pool: asyncpg.Pool, now: dt.datetime) -> int:
+    async with pool.acquire() as conn, conn.transaction():
+        # SKIP LOCKED: a hold being settled right now is the settler's; leave it. Sorted by
+        # account so concurrent sweepers lock accounts in the same order.
+        holds = await conn.fetch(_SQL.LOCK_EXPIRED_HOLDS, now)
+        if not holds:
+            return 0
+        by_account: dict[str, list[asyncpg.Record]] = {}
+        for hold in holds:
+            by_account.setdefault(hold["account_id"], []).append(hold)
+        ledger_rows = []
+        for account_id, account_holds in by_account.items():
+            total = sum(h["amount"] for h in account_holds)
+            wallet = await conn.fetchrow(_SQL.RELEASE_LOCKED, account_id, total)
+            # Each release row shows the wallet after that row: count down to the final state.
+            locked = wallet["locked"] + total
+            for hold in account_holds:
+                locked -= hold["amount"]
+                ledger_rows.append(
+                    (account_id, hold["amount"], wallet["balance"], locked,
+                     hold["request_id"], hold["id"])
+                )
+        await conn.executemany(_SQL.INSERT_RELEASE, ledger_rows)
+        await conn.execute(_SQL.VOID_HOLDS, [h["id"] for h in holds])
+        return len(holds)
+
+
+class _SQL:
+    """The statements, in one place. asyncpg prepares and caches each per connection."""
+
+    CREATE_SCHEMA_MIGRATIONS = """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version     INTEGER PRIMARY KEY,
+            name        TEXT NOT NULL,
+            applied_at  TIMESTAMPTZ NOT NULL DEFAULT now())"""
+    INSERT_ACCOUNT = "INSERT INTO accounts (id, email) VALUES ($1, $2) RETURNING created_at"
+    GET_ACCOUNT = "SELECT id, email, created_at FROM accounts WHERE id = $1"
+    ACCOUNT_EXISTS = "SELECT 1 FROM accounts WHERE id = $1"
+    # Insert only if the account exists: no row back means NotFound, without relying on
+    # catching a foreign-key violation.
+    INSERT_API_KEY = """
+        INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm)
+        SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
+        RETURNING created_at"""
+    FIND_API_KEY = """
+        SELECT id, account_id, prefix, rpm, created_at, revoked_at
+        FROM api_keys WHERE key_hash = $1"""
+    REVOKE_API_KEY = """
+        UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1
+        RETURNING id"""
+    GET_WALLET = "SELECT balance, locked FROM accounts WHERE id = $1"
+    TOP_UP = """
+        WITH a AS (
+            UPDATE accounts SET balance = balance + $2 WHERE id = $1
+            RETURNING balance, locked
+        ), l AS (
+            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after, note)
+            SELECT $1, 'top_up', $2, balance, locked, $3 FROM a
+        )
+        SELECT balance, locked FROM a"""
+    # The conditional update is the arbiter across processes: it locks the funds only if
+    # they are available. No row back: refused (or no such account).
+    CREATE_HOLD = """
+        WITH a AS (
+            UPDATE accounts SET locked = locked + $3
+            WHERE id = $2 AND balance - locked >= $3
+            RETURNING balance, locked
+        ), h AS (
+            INSERT INTO holds (id, account_id, request_id, amount, expires_at)
+            SELECT $1, $2, $4, $3, $5 FROM a
+            RETURNING created_at, expires_at
+        ), l AS (
+            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                                request_id, hold_id, created_at)
+            SELECT $2, 'hold', $3, a.balance, a.locked, $4, $1, h.created_at FROM a, h
+        )
+        SELECT created_at, expires_at FROM h"""
+    # Post ($3 = 'posted') or void ($3 = 'voided', $2 = 0) in one statement. The UPDATE of
+    # the hold locks it and re-checks state = 'pending' after any concurrent finalizer
+    # commits, so a hold is finalized exactly once. Ledger rows show the wallet after each
+    # row: the charge first, then the release.
+    FINALIZE_HOLD = """
+        WITH h AS (
+            UPDATE holds
+            SET state = $3, charged = LEAST($2::bigint, amount), finalized_at = now()
+            WHERE id = $1 AND state = 'pending'
+            RETURNING id, account_id, request_id, amount, charged
+        ), a AS (
+            UPDATE accounts AS acc
+            SET balance = acc.balance - h.charged, locked = acc.locked - h.amount
+            FROM h WHERE acc.id = h.account_id
+            RETURNING acc.id AS account_id, acc.balance, acc.locked, h.id AS hold_id,
+                      h.request_id, h.charged, h.amount - h.charged AS released
+        ), l AS (
+            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                                request_id, hold_id)
+            SELECT a.account_id, e.type, e.amount, a.balance, e.locked_after,
+                   a.request_id, a.hold_id
+            FROM a CROSS JOIN LATERAL (VALUES
+                (1, 'charge', a.charged, a.locked + a.released),
+                (2, 'release', a.released, a.locked)
+            ) AS e (ord, type, amount, locked_after)
+            WHERE e.amount > 0
+            ORDER BY e.ord
+        )
+        SELECT account_id, balance, locked, charged, released FROM a"""
+    HOLD_WALLET = """
+        SELECT a.id AS account_id, a.balance, a.locked
+        FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = $1"""
+    LOCK_EXPIRED_HOLDS = """
+        SELECT id, account_id, request_id, amount FROM holds
+        WHERE state = 'pending' AND expires_at < $1
+        ORDER BY account_id, id
+        FOR UPDATE SKIP LOCKED"""
+    RELEASE_LOCKED = """
+        UPDATE accounts SET locked = locked - $2 WHERE id = $1 RETURNING balance, locked"""
+    INSERT_RELEASE = """
+        INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                            request_id, hold_id)
+        VALUES ($1, 'release', $2, $3, $4, $5, $6)"""
+    VOID_HOLDS = """
+        UPDATE holds SET state = 'voided', finalized_at = now() WHERE id = ANY($1::text[])"""
+    LEDGER_ENTRIES = """
+        SELECT id, account_id, type, amount, balance_after, locked_after, request_id,
+               hold_id, created_at
+        FROM ledger WHERE account_id = $1 ORDER BY id"""
+    REQUEST_LOG_COLUMNS = (
+        "id", "account_id", "key_id", "model", "provider", "deployment", "region", "status",
+        "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
+        "cost", "latency_ms", "ttft_ms", "created_at",
+    )
+    _LOG_TYPES = (
+        "text", "text", "text", "text", "text", "text", "text", "text", "boolean", "bigint",
+        "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "timestamptz",
+    )
+    INSERT_REQUEST_LOGS = (
+        f"INSERT INTO request_logs ({', '.join(REQUEST_LOG_COLUMNS)})"
+        " SELECT * FROM unnest("
+        + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_LOG_TYPES, 1))
+        + ") ON CONFLICT (id) DO NOTHING"
+    )
+    GET_REQUEST_LOG = (
+        f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs WHERE id = $1"
+    )

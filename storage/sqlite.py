@@ -1,0 +1,458 @@
+"""SQLite backend: one connection, every call in a worker thread, one call at a time.
+
+Times are stored as INTEGER microseconds since the Unix epoch (exact, sortable, and
+comparable in SQL) and come back as timezone-aware UTC datetimes.
+
+Every call runs in ``trio.to_thread.run_sync`` under a per-storage ``CapacityLimiter(1)``
+(the connection is shared, so calls must not overlap) and is never abandoned on cancel: the
+thread finishes, so a write transaction commits fully or rolls back, never half. Writes use
+``BEGIN IMMEDIATE``, which takes the database write lock up front, so two processes sharing
+the file serialize instead of failing on lock upgrade.
+
+Errors: ``sqlite3.Error`` becomes :class:`StorageError` in :meth:`SQLiteStorage._run` (the
+one seam); ``MigrationError`` during open.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import sqlite3
+from typing import Any, Callable, Sequence, TypeVar
+
+import trio
+
+from storage.base import (
+    Account,
+    ApiKeyRecord,
+    Hold,
+    LedgerEntry,
+    LedgerProblem,
+    RequestLog,
+    Settlement,
+    Storage,
+    WalletState,
+)
+from storage.errors import MigrationError, NotFound, StorageError
+from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
+
+T = TypeVar("T")
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_US = dt.timedelta(microseconds=1)
+_MAX_AMOUNT = 2**63 - 1
+BUSY_TIMEOUT_MS = 5000
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _to_us(value: dt.datetime, name: str) -> int:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+    return (value - _EPOCH) // _US
+
+
+def _from_us(value: int | None) -> dt.datetime | None:
+    return None if value is None else _EPOCH + dt.timedelta(microseconds=value)
+
+
+def _now_us() -> int:
+    return _to_us(dt.datetime.now(dt.timezone.utc), "now")
+
+
+def _check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if not low <= value <= _MAX_AMOUNT:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+
+
+class SQLiteStorage(Storage):
+    """Storage in one SQLite file (or ``:memory:``). Open with :meth:`open`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._limiter = trio.CapacityLimiter(1)
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: str) -> SQLiteStorage:
+        """Open (creating if needed) the database at ``path`` and apply pending migrations.
+
+        Errors: StorageError if the file cannot be opened; MigrationError.
+        """
+        try:
+            conn = await trio.to_thread.run_sync(_connect, path)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open SQLite database {path!r}: {exc}") from exc
+        store = cls(conn)
+        try:
+            await store._call(_migrate, write=True)
+        except StorageError as exc:
+            await store.aclose()
+            if isinstance(exc, MigrationError):
+                raise
+            raise MigrationError(f"migrating {path!r} failed: {exc}") from exc
+        except BaseException:
+            await store.aclose()
+            raise
+        return store
+
+    # -- the seam ---------------------------------------------------------------------------
+    async def _call(self, fn: Callable[..., T], *args: Any, write: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in the worker thread, in a write transaction if ``write``.
+
+        Cancellation: waits for the thread (never abandons it), so the transaction has either
+        committed or rolled back when this returns or raises.
+        """
+        if self._closed:
+            raise StorageError("storage is closed")
+        return await trio.to_thread.run_sync(self._run, fn, args, write, limiter=self._limiter)
+
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
+        conn = self._conn
+        try:
+            if not write:
+                return fn(conn, *args)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.Error as exc:
+            raise StorageError(f"sqlite: {exc}") from exc
+
+    # -- accounts and keys ----------------------------------------------------------------------
+    async def create_account(self, email: str) -> Account:
+        account = Account(id=_new_id("acct"), email=email, created_at=_from_us(_now_us()))
+        await self._call(_insert_account, account, write=True)
+        return account
+
+    async def get_account(self, account_id: str) -> Account | None:
+        return await self._one(Account, "SELECT id, email, created_at FROM accounts WHERE id = ?",
+                               account_id)
+
+    async def create_api_key(
+        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None
+    ) -> ApiKeyRecord:
+        record = ApiKeyRecord(
+            id=_new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm,
+            created_at=_from_us(_now_us()), revoked_at=None,
+        )
+        await self._call(_insert_api_key, record, key_hash, write=True)
+        return record
+
+    async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
+        return await self._one(
+            ApiKeyRecord,
+            "SELECT id, account_id, prefix, rpm, created_at, revoked_at"
+            " FROM api_keys WHERE key_hash = ?",
+            key_hash,
+        )
+
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return await self._call(_revoke_api_key, key_id, _now_us(), write=True)
+
+    # -- wallet -----------------------------------------------------------------------------
+    async def get_wallet(self, account_id: str) -> WalletState | None:
+        return await self._call(_wallet, account_id)
+
+    async def top_up(self, account_id: str, amount: int, *, note: str | None = None) -> WalletState:
+        _check_amount(amount, "amount")
+        return await self._call(_top_up, account_id, amount, note, write=True)
+
+    async def create_hold(
+        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
+    ) -> Hold | None:
+        _check_amount(amount, "amount")
+        hold = Hold(
+            id=_new_id("hold"), account_id=account_id, request_id=request_id, amount=amount,
+            created_at=_from_us(_now_us()), expires_at=_from_us(_to_us(expires_at, "expires_at")),
+        )
+        created = await self._call(_create_hold, hold, write=True)
+        return hold if created else None
+
+    async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
+        _check_amount(charge, "charge", allow_zero=True)
+        return await self._call(_finalize, hold_id, charge, "posted", _now_us(), write=True)
+
+    async def void_hold(self, hold_id: str) -> Settlement:
+        return await self._call(_finalize, hold_id, 0, "voided", _now_us(), write=True)
+
+    async def expire_holds(self, now: dt.datetime) -> int:
+        return await self._call(_expire_holds, _to_us(now, "now"), write=True)
+
+    async def ledger_entries(self, account_id: str) -> Sequence[LedgerEntry]:
+        return await self._call(
+            _records, LedgerEntry,
+            "SELECT id, account_id, type, amount, balance_after, locked_after, request_id,"
+            " hold_id, created_at FROM ledger WHERE account_id = ? ORDER BY id",
+            (account_id,),
+        )
+
+    async def verify_ledger(self) -> list[LedgerProblem]:
+        return await self._call(_records, LedgerProblem, verify_ledger_sql(), ())
+
+    # -- usage ----------------------------------------------------------------------------
+    async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
+        if not logs:
+            return
+        rows = [
+            tuple(getattr(log, name) for name in _LOG_COLUMNS[:-1])
+            + (_to_us(log.created_at, "created_at"),)
+            for log in logs
+        ]
+        await self._call(_executemany, _INSERT_REQUEST_LOG, rows, write=True)
+
+    async def get_request_log(self, request_id: str) -> RequestLog | None:
+        return await self._one(
+            RequestLog, f"SELECT {', '.join(_LOG_COLUMNS)} FROM request_logs WHERE id = ?",
+            request_id,
+        )
+
+    async def _one(self, cls: type[T], sql: str, *params: Any) -> T | None:
+        records = await self._call(_records, cls, sql, params)
+        return records[0] if records else None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        # Shielded and bounded: a close that is cancelled must still release the file.
+        with trio.move_on_after(10, shield=True):
+            await self._call(_close)
+        self._closed = True
+
+
+# -- everything below runs in the worker thread ----------------------------------------------
+
+_LOG_COLUMNS = (
+    "id", "account_id", "key_id", "model", "provider", "deployment", "region", "status",
+    "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost",
+    "latency_ms", "ttft_ms", "created_at",
+)
+_INSERT_REQUEST_LOG = (
+    f"INSERT INTO request_logs ({', '.join(_LOG_COLUMNS)}) VALUES ({', '.join('?' * 17)})"
+    " ON CONFLICT (id) DO NOTHING"
+)
+# Columns stored as microseconds (or 0/1) that records want as datetimes (or bools).
+_TIME_COLUMNS = frozenset({"created_at", "revoked_at", "expires_at"})
+
+
+def _records(conn: sqlite3.Connection, cls: type[T], sql: str, params: tuple) -> list[T]:
+    """Rows of ``sql`` as ``cls`` records; the query's column names are the field names."""
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    times = [i for i, name in enumerate(names) if name in _TIME_COLUMNS]
+    records = []
+    for row in cursor:
+        values = dict(zip(names, row))
+        for i in times:
+            values[names[i]] = _from_us(row[i])
+        if "stream" in values:
+            values["stream"] = bool(values["stream"])
+        records.append(cls(**values))
+    return records
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves; the module's implicit
+    # transactions would defeat BEGIN IMMEDIATE.
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        # busy_timeout first: switching to WAL needs a lock another opener may hold.
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
+        conn.execute("PRAGMA foreign_keys = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    # Runs inside BEGIN IMMEDIATE: the write lock makes concurrent openers take turns.
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,"
+        " applied_at INTEGER NOT NULL) STRICT"
+    )
+    applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+    for migration in pending_migrations(load_migrations("sqlite"), applied):
+        for statement in _split_statements(migration.sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, _now_us()),
+        )
+
+
+def _split_statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction first; split on complete statements
+    # instead (sqlite3.complete_statement understands strings, comments and triggers).
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    leftover = [ln for ln in current.splitlines() if ln.strip() and not ln.strip().startswith("--")]
+    if leftover:
+        raise MigrationError(f"incomplete SQL statement at the end of a migration: {current!r}")
+    return statements
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("PRAGMA optimize")  # cheap; keeps the planner's statistics fresh
+    finally:
+        conn.close()
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
+    conn.executemany(sql, rows)
+
+
+def _insert_account(conn: sqlite3.Connection, account: Account) -> None:
+    conn.execute(
+        "INSERT INTO accounts (id, email, created_at) VALUES (?, ?, ?)",
+        (account.id, account.email, _to_us(account.created_at, "created_at")),
+    )
+
+
+def _insert_api_key(conn: sqlite3.Connection, key: ApiKeyRecord, key_hash: str) -> None:
+    if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (key.account_id,)).fetchone() is None:
+        raise NotFound(f"no account {key.account_id!r}")
+    conn.execute(
+        "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (key.id, key.account_id, key_hash, key.prefix, key.rpm,
+         _to_us(key.created_at, "created_at")),
+    )
+
+
+def _revoke_api_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> bool:
+    cursor = conn.execute(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (now_us, key_id)
+    )
+    return cursor.rowcount > 0
+
+
+def _wallet(conn: sqlite3.Connection, account_id: str) -> WalletState | None:
+    row = conn.execute(
+        "SELECT balance, locked FROM accounts WHERE id = ?", (account_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return WalletState(account_id=account_id, balance=row[0], locked=row[1])
+
+
+def _ledger(
+    conn: sqlite3.Connection, account_id: str, type_: str, amount: int, balance_after: int,
+    locked_after: int, request_id: str | None = None, hold_id: str | None = None,
+    note: str | None = None, now_us: int | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,"
+        " request_id, hold_id, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (account_id, type_, amount, balance_after, locked_after, request_id, hold_id, note,
+         _now_us() if now_us is None else now_us),
+    )
+
+
+def _top_up(
+    conn: sqlite3.Connection, account_id: str, amount: int, note: str | None
+) -> WalletState:
+    rows = conn.execute(
+        "UPDATE accounts SET balance = balance + ? WHERE id = ? RETURNING balance, locked",
+        (amount, account_id),
+    ).fetchall()  # fetchall: a RETURNING statement must run to completion before COMMIT
+    if not rows:
+        raise NotFound(f"no account {account_id!r}")
+    balance, locked = rows[0]
+    _ledger(conn, account_id, "top_up", amount, balance, locked, note=note)
+    return WalletState(account_id=account_id, balance=balance, locked=locked)
+
+
+def _create_hold(conn: sqlite3.Connection, hold: Hold) -> bool:
+    # The conditional update is the arbiter: it succeeds only if the funds are available.
+    rows = conn.execute(
+        "UPDATE accounts SET locked = locked + ?1 WHERE id = ?2 AND balance - locked >= ?1"
+        " RETURNING balance, locked",
+        (hold.amount, hold.account_id),
+    ).fetchall()
+    if not rows:
+        if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (hold.account_id,)).fetchone():
+            return False
+        raise NotFound(f"no account {hold.account_id!r}")
+    balance, locked = rows[0]
+    created_us = _to_us(hold.created_at, "created_at")
+    conn.execute(
+        "INSERT INTO holds (id, account_id, request_id, amount, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (hold.id, hold.account_id, hold.request_id, hold.amount, created_us,
+         _to_us(hold.expires_at, "expires_at")),
+    )
+    _ledger(conn, hold.account_id, "hold", hold.amount, balance, locked,
+            request_id=hold.request_id, hold_id=hold.id, now_us=created_us)
+    return True
+
+
+def _finalize(
+    conn: sqlite3.Connection, hold_id: str, charge: int, state: str, now_us: int
+) -> Settlement:
+    """Post (``state='posted'``) or void a hold; the caller holds the write lock."""
+    rows = conn.execute(
+        "UPDATE holds SET state = ?, charged = MIN(?, amount), finalized_at = ?"
+        " WHERE id = ? AND state = 'pending' RETURNING account_id, request_id, amount, charged",
+        (state, charge, now_us, hold_id),
+    ).fetchall()
+    if not rows:
+        # Already posted or voided (or no such hold): change nothing, report the wallet.
+        row = conn.execute(
+            "SELECT a.balance, a.locked, a.id FROM holds h JOIN accounts a"
+            " ON a.id = h.account_id WHERE h.id = ?",
+            (hold_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no hold {hold_id!r}")
+        wallet = WalletState(account_id=row[2], balance=row[0], locked=row[1])
+        return Settlement(hold_id=hold_id, charged=0, released=0, already_final=True, wallet=wallet)
+    account_id, request_id, amount, charged = rows[0]
+    released = amount - charged
+    balance, locked = conn.execute(
+        "UPDATE accounts SET balance = balance - ?, locked = locked - ? WHERE id = ?"
+        " RETURNING balance, locked",
+        (charged, amount, account_id),
+    ).fetchall()[0]
+    # Each ledger row carries the wallet as it stands after that row: charge, then release.
+    if charged:
+        _ledger(conn, account_id, "charge", charged, balance, locked + released,
+                request_id=request_id, hold_id=hold_id, now_us=now_us)
+    if released:
+        _ledger(conn, account_id, "release", released, balance, locked,
+                request_id=request_id, hold_id=hold_id, now_us=now_us)
+    wallet = WalletState(account_id=account_id, balance=balance, locked=locked)
+    return Settlement(
+        hold_id=hold_id, charged=charged, released=released, already_final=False, wallet=wallet
+    )
+
+
+def _expire_holds(conn: sqlite3.Connection, now_us: int) -> int:
+    ids = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM holds WHERE state = 'pending' AND expires_at < ?"
+            " ORDER BY expires_at, id",
+            (now_us,),
+        )
+    ]
+    for hold_id in ids:
+        _finalize(conn, hold_id, 0, "voided", _now_us())
+    return len(ids)
