@@ -72,7 +72,6 @@ class WalletConfig:
     # When the wallet cannot cover the model's default output cap, the cap is lowered to
     # what it can cover, but never below this; below it the request gets 402.
     min_output_tokens: int = attrs.field(default=16, validator=_positive)
-    self_top_up: bool = False
 
 
 @attrs.frozen(kw_only=True)

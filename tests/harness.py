@@ -30,6 +30,11 @@ MODEL = "gpt-4o-mini"
 class RunningGateway:
     gateway: Gateway
     fake: Any = None  # the fake Azure in front of which it runs, if any
+    stopped: trio.Event = attrs.field(factory=trio.Event)
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown, as SIGTERM does."""
+        self.stopped.set()
 
     @property
     def base_url(self) -> str:
@@ -97,10 +102,10 @@ async def open_gateway(
     if deployments is None:
         deployments = [azure_deployment(fake)]
     config = gateway_config(database_url, deployments, **sections)
-    stop = trio.Event()
+    stopped = trio.Event()
     async with trio.open_nursery() as nursery:
-        gateway = await nursery.start(partial(run_gateway, config, port=0, shutdown_trigger=stop.wait))
+        gateway = await nursery.start(partial(run_gateway, config, port=0, shutdown_trigger=stopped.wait))
         try:
-            yield RunningGateway(gateway, fake)
+            yield RunningGateway(gateway, fake, stopped)
         finally:
-            stop.set()
+            stopped.set()

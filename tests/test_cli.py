@@ -86,6 +86,7 @@ def test_config_from_environment_and_database_url_override(tmp_path):
     [
         ("[server]\nprot = 1\n", "server.prot"),
         ("[server]\nport = \"80\"\n", "server.port"),
+        ("[wallet]\nmin_output_tokens = true\n", "wallet.min_output_tokens"),
         ('[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "k"\nrpm = -5\n', "deployments[0].rpm"),
         ('[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_VAR"\n', "deployments[0].api_key"),
     ],

@@ -1,8 +1,8 @@
 """``omixa demo``: the whole product on one machine with no Azure account.
 
 Embedded SQLite in a data folder (a new temporary one unless ``--data-dir`` is given), one
-simulated deployment per chat model of the catalog, self top-up enabled, and a seeded
-account with $10.00 and a fresh API key. Prints ``OMIXA_BASE_URL=...`` and
+simulated deployment per chat model of the catalog, and a seeded account with $10.00 and a
+fresh API key. Prints ``OMIXA_BASE_URL=...`` and
 ``OMIXA_API_KEY=...``, then serves until interrupted.
 """
 
@@ -31,7 +31,6 @@ def demo_config(port: int, data_dir: Path):
     config = structure_config(
         {
             "server": {"port": port},
-            "wallet": {"self_top_up": True},
             "deployments": [
                 {"name": f"simulated-{m}", "model": m, "provider": "simulator", "region": "local"}
                 for m in models
