@@ -43,7 +43,8 @@ async def assert_books_clean(gw, account_id: str, spent: int, start: int) -> Non
     assert await gw.storage.verify_ledger() == []
 
 
-async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url):
+async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url, caplog):
+    caplog.set_level("INFO", logger="omixa.request")
     async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
@@ -71,6 +72,11 @@ async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url):
         assert row.status == "ok" and row.stream is False
         assert (row.prompt_tokens, row.completion_tokens, row.cost) == (prompt, completion_tokens, cost)
         assert row.latency_ms >= 0 and row.deployment == "eastus-1" and row.region == "eastus"
+        # One structured line per request: ids, tokens and cost, never the key or the prompt.
+        lines = [r.getMessage() for r in caplog.records if r.name == "omixa.request"]
+        assert len(lines) == 1
+        assert f"id={request_id}" in lines[0] and f"cost_nano={cost}" in lines[0]
+        assert key not in lines[0] and "foxes" not in lines[0]
 
         wallet = await in_thread(
             httpx.get, f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {key}"}

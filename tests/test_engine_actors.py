@@ -1,0 +1,199 @@
+"""The actors on their own: wallet pool (holds, cap lowering, retirement, abandoned requesters),
+router and deployment actors, usage aggregator. Real storage on both backends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from engine.catalog import load_catalog, max_cost
+from engine.config import DeploymentConfig, UsageConfig, WalletConfig
+from engine.deployment import DeploymentActor, Slot
+from engine.errors import InsufficientBalance, NoHealthyDeployment
+from engine.mailbox import Reply
+from engine.providers import SimulatorProvider
+from engine.router import Router
+from engine.usage import UsageAggregator
+from engine.wallet import WalletPool
+from storage import RequestLog
+
+PRICES = load_catalog().get("gpt-4o-mini").prices
+
+
+async def funded(storage, nano: int) -> str:
+    account = await storage.create_account("a@example.com")
+    if nano:
+        await storage.top_up(account.id, nano)
+    return account.id
+
+
+def reserve_args(request_id: str, output_tokens: int = 100, min_output_tokens: int | None = None) -> dict:
+    return dict(
+        request_id=request_id, prompt_tokens=10, output_tokens=output_tokens, choices=1,
+        prices=PRICES, min_output_tokens=min_output_tokens,
+    )
+
+
+async def test_reply_slot_reports_abandonment():
+    reply: Reply[int] = Reply()
+    with trio.move_on_after(0.01):
+        await reply.receive()
+    assert reply.send(5) is False  # the actor learns nobody listens and must undo
+    assert reply.unclaimed == 5
+
+
+async def test_reserve_settle_release_through_the_wallet_actor(storage):
+    account = await funded(storage, 10_000_000)
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig())
+        await nursery.start(pool.run)
+        reserved = await pool.reserve(account, **reserve_args("req_1"))
+        assert reserved.output_tokens == 100
+        assert reserved.hold.amount == max_cost(10, 100, PRICES)
+        settled = await pool.settle(account, reserved.hold.id, 7)
+        assert (settled.charged, settled.released) == (7, reserved.hold.amount - 7)
+        again = await pool.release(account, reserved.hold.id)
+        assert again.already_final and again.charged == 0
+        pool.close()
+    assert await storage.verify_ledger() == []
+
+
+async def test_default_cap_is_lowered_but_a_clients_cap_is_not(storage):
+    # Covers the prompt and exactly 40 output tokens.
+    account = await funded(storage, max_cost(10, 40, PRICES))
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig())
+        await nursery.start(pool.run)
+        with pytest.raises(InsufficientBalance):
+            await pool.reserve(account, **reserve_args("req_client", 100, None))
+        with pytest.raises(InsufficientBalance):
+            await pool.reserve(account, **reserve_args("req_floor", 100, 41))
+        lowered = await pool.reserve(account, **reserve_args("req_default", 100, 16))
+        assert lowered.output_tokens == 40
+        wallet = await storage.get_wallet(account)
+        assert wallet.available == 0
+        await pool.release(account, lowered.hold.id)
+        pool.close()
+    assert await storage.verify_ledger() == []
+
+
+async def test_idle_wallet_actor_retires_and_respawns(storage):
+    account = await funded(storage, 10_000_000)
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig(idle_seconds=0.05))
+        await nursery.start(pool.run)
+        first = await pool.reserve(account, **reserve_args("req_a"))
+        assert account in pool._actors
+        with trio.fail_after(5):
+            while account in pool._actors:
+                await trio.sleep(0.01)
+        second = await pool.reserve(account, **reserve_args("req_b"))
+        for reserved in (first, second):
+            await pool.release(account, reserved.hold.id)
+        pool.close()
+    assert (await storage.get_wallet(account)).locked == 0
+
+
+async def test_cancelled_requesters_never_leave_holds_behind(storage):
+    """Reserves cancelled at random moments: every hold is either returned to its requester
+    or voided by the actor (or the requester's cleanup); none is left pending."""
+    account = await funded(storage, 10_000_000_000)
+    rng = random.Random(7)
+    got = []
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig())
+        await nursery.start(pool.run)
+        # Scale the random deadlines to this machine's speed: one reserve takes `unit`.
+        started = trio.current_time()
+        await pool.release(account, (await pool.reserve(account, **reserve_args("req_probe"))).hold.id)
+        unit = trio.current_time() - started
+
+        async def one(i: int) -> None:
+            with trio.move_on_after(rng.random() * unit * 40):
+                got.append(await pool.reserve(account, **reserve_args(f"req_{i}")))
+
+        async with trio.open_nursery() as requests:
+            for i in range(60):
+                requests.start_soon(one, i)
+        for reserved in got:
+            await pool.release(account, reserved.hold.id)
+        pool.close()
+    wallet = await storage.get_wallet(account)
+    assert wallet.locked == 0 and wallet.balance == 10_000_000_000
+    assert await storage.verify_ledger() == []
+    holds = [e for e in await storage.ledger_entries(account) if e.type == "hold"]
+    assert 0 < len(got) < len(holds) - 1, "some requesters left after their hold was made"
+
+
+def sim(name: str, weight: float = 1.0, enabled: bool = True) -> DeploymentActor:
+    config = DeploymentConfig(name=name, model="gpt-4o-mini", provider="simulator", weight=weight, enabled=enabled)
+    return DeploymentActor(config, SimulatorProvider(config))
+
+
+async def test_router_spreads_by_load_and_skips_disabled():
+    a, b, off = sim("a"), sim("b"), sim("off", enabled=False)
+    router = Router([a, b, off], rng=random.Random(1))
+    async with trio.open_nursery() as nursery:
+        for actor in (a, b, off):
+            await nursery.start(actor.run)
+        first = await router.acquire("gpt-4o-mini", "req_1", 100)
+        second = await router.acquire("gpt-4o-mini", "req_2", 100)
+        assert {first.slot.deployment, second.slot.deployment} == {"a", "b"}
+        assert a.snapshot.in_flight == b.snapshot.in_flight == 1
+        await first.finish(None, "ok", 0.1)
+        await second.finish(None, "upstream_error", 0.1)
+        await second.finish(None, "upstream_error", 0.1)  # a repeated finish changes nothing
+        await trio.testing.wait_all_tasks_blocked()
+        assert a.snapshot.in_flight == b.snapshot.in_flight == 0
+        assert a.snapshot.requests + b.snapshot.requests == 2
+        assert a.snapshot.failures + b.snapshot.failures == 1
+        assert router.models() == {"gpt-4o-mini"}
+        with pytest.raises(NoHealthyDeployment):
+            await router.acquire("gpt-4o", "req_3", 1)
+        for actor in (a, b, off):
+            actor.close()
+
+
+async def test_cancelled_slot_request_gives_the_slot_back():
+    actor = sim("a")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        for _ in range(20):
+            with trio.move_on_after(0):
+                await actor.acquire("req", 1)
+            with trio.move_on_after(random.random() * 0.001):
+                slot = await actor.acquire("req", 1)
+                assert isinstance(slot, Slot)
+                await actor.finish(slot, None, "ok", 0.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert actor.snapshot.in_flight == 0
+        actor.close()
+
+
+async def test_usage_aggregator_batches_and_flushes_on_close(storage):
+    account = await funded(storage, 0)
+    aggregator = UsageAggregator(storage, UsageConfig(batch_size=10, flush_interval_seconds=0.05))
+    now = dt.datetime.now(dt.timezone.utc)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(aggregator.run)
+        for i in range(25):
+            aggregator.record(
+                RequestLog(
+                    id=f"req_{i}", account_id=account, key_id="key_x", model="gpt-4o-mini",
+                    provider="azure", deployment="d", region=None, status="ok", stream=False,
+                    prompt_tokens=1, completion_tokens=2, reasoning_tokens=0, cached_tokens=0,
+                    cost=3, latency_ms=4, ttft_ms=None, created_at=now,
+                )
+            )
+        await aggregator.wait_flushed()
+        assert aggregator.written == 25
+        aggregator.record(attrs.evolve(await storage.get_request_log("req_0"), id="req_last"))
+        aggregator.close()
+    assert await storage.get_request_log("req_last") is not None
+    assert aggregator.dropped == 0
+
