@@ -28,7 +28,7 @@ import trio
 
 from engine.catalog import Catalog, cost_of
 from engine.chat_request import ChatRequest, parse_chat_request, upstream_body
-from engine.config import WalletConfig
+from engine.config import StreamingConfig, WalletConfig
 from engine.errors import InvalidRequest, NoHealthyDeployment, OmixaError, UpstreamError
 from engine.providers.base import Usage
 from engine.relay import StreamRelay
@@ -163,12 +163,14 @@ class ChatService:
         wallets: WalletPool,
         usage: UsageAggregator,
         wallet_config: WalletConfig,
+        streaming: StreamingConfig,
     ) -> None:
         self.catalog = catalog
         self.router = router
         self.wallets = wallets
         self.usage = usage
         self.wallet_config = wallet_config
+        self.streaming = streaming
         # Set when shutdown begins: requests cancelled from then on are "interrupted".
         self.draining = False
 
@@ -224,7 +226,8 @@ class ChatService:
         """Start a streaming completion; errors before the upstream's 200 raise here (so
         the client gets a plain HTTP status), later ones become an error event.
 
-        The returned relay owns the upstream response: iterate it, and always ``aclose()`` it.
+        The returned relay owns the upstream response: ``start()`` it in the request's
+        nursery, iterate it, and always ``aclose()`` it.
         """
         exchange = Exchange(self, caller, request)
         try:
@@ -239,7 +242,7 @@ class ChatService:
         except BaseException as exc:
             await self._fail(exchange, exc)
             raise
-        return StreamRelay(exchange, stream, events)
+        return StreamRelay(exchange, stream, events, self.streaming)
 
     async def _fail(self, exchange: Exchange, exc: BaseException) -> None:
         if isinstance(exc, OmixaError):

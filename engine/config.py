@@ -59,6 +59,34 @@ class ServerConfig:
 
 
 @attrs.frozen(kw_only=True)
+class StreamingConfig:
+    """SSE relay knobs. The first three can also be set with the environment variables
+    ``AZURE_STREAM_CHUNK_BYTES``, ``AZURE_STREAM_HEARTBEAT_SECONDS`` and
+    ``AZURE_STREAM_FLUSH_PADDING_BYTES``, which win over the file."""
+
+    # Upper bound of one upstream read. Reads never wait to fill it: whatever bytes have
+    # arrived are parsed, and every complete frame is forwarded at once.
+    chunk_bytes: int = attrs.field(default=128, validator=_positive)
+    # An SSE comment is sent whenever nothing was sent for this long (also before the first
+    # token, while a reasoning model thinks), so proxies do not drop the idle connection.
+    heartbeat_seconds: float = attrs.field(default=1.0, validator=_positive)
+    # Size of the SSE comment sent first, to push headers through buffering proxies; 0: none.
+    flush_padding_bytes: int = attrs.field(default=8192, validator=_non_negative)
+    # A stream whose upstream sent nothing for this long ends with an error event.
+    idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
+    # Forward Azure's filter-only frames (empty choices: prompt_filter_results,
+    # content_filter_offsets), which crash many clients; off by default.
+    keep_filter_frames: bool = False
+
+
+STREAM_ENV = {
+    "AZURE_STREAM_CHUNK_BYTES": ("chunk_bytes", int),
+    "AZURE_STREAM_HEARTBEAT_SECONDS": ("heartbeat_seconds", float),
+    "AZURE_STREAM_FLUSH_PADDING_BYTES": ("flush_padding_bytes", int),
+}
+
+
+@attrs.frozen(kw_only=True)
 class StorageConfig:
     url: str = "sqlite:///omixa.db"
 
@@ -117,6 +145,7 @@ class Config:
     storage: StorageConfig = StorageConfig()
     wallet: WalletConfig = WalletConfig()
     usage: UsageConfig = UsageConfig()
+    streaming: StreamingConfig = StreamingConfig()
     # Path of the model catalog; empty means the shipped config/models.toml.
     catalog: str = ""
     deployments: tuple[DeploymentConfig, ...] = ()
@@ -226,7 +255,26 @@ def structure_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     db_url = os.environ.get("OMIXA_DATABASE_URL")
     if db_url:
         config = attrs.evolve(config, storage=StorageConfig(url=db_url))
-    return _check(config)
+    return _check(_streaming_from_env(config))
+
+
+def _streaming_from_env(config: Config) -> Config:
+    changes: dict[str, Any] = {}
+    for name, (field, kind) in STREAM_ENV.items():
+        text = os.environ.get(name)
+        if text is None or not text.strip():
+            continue
+        try:
+            changes[field] = kind(text.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if not changes:
+        return config
+    try:
+        return attrs.evolve(config, streaming=attrs.evolve(config.streaming, **changes))
+    except _FieldError as exc:
+        env = next(n for n, (f, _) in STREAM_ENV.items() if f == exc.field)
+        raise ConfigError(f"{env}: {exc.problem}") from None
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:

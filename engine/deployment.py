@@ -28,6 +28,8 @@ from engine.providers.base import Provider, Usage
 log = logging.getLogger("omixa.deployment")
 
 MAILBOX_SIZE = 256
+# Bound on waiting for room in a full mailbox to return a slot.
+FINISH_TIMEOUT = 5.0
 
 
 @attrs.frozen(kw_only=True)
@@ -111,11 +113,26 @@ class DeploymentActor:
             raise
 
     async def finish(self, slot: Slot, usage: Usage | None, outcome: str, latency_s: float) -> None:
-        """Give the slot back with what happened. Never raises on a closed mailbox."""
+        """Give the slot back with what happened. Never raises on a closed mailbox.
+
+        Cancellation: the slot is returned even if the caller is being cancelled (a full
+        mailbox is waited on in a shielded, bounded step), so no slot is ever lost.
+        """
+        message = Finish(slot=slot, usage=usage, outcome=outcome, latency_s=latency_s)
         try:
-            await self._send.send(Finish(slot=slot, usage=usage, outcome=outcome, latency_s=latency_s))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait(message)
+            return
+        except trio.WouldBlock:
             pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        with trio.move_on_after(FINISH_TIMEOUT, shield=True):
+            try:
+                await self._send.send(message)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        log.error("deployment %s: mailbox full; slot %s not returned", self.config.name, slot.id)
 
     def _finish_unused(self, slot: Slot) -> None:
         try:

@@ -1,19 +1,28 @@
 """The SSE relay: upstream events to the client, byte for byte, settled exactly once.
 
+What the client receives, in order:
+1. a padding comment of ``streaming.flush_padding_bytes`` bytes (``: `` + spaces), sent at
+   once to push the response head and first bytes through buffering proxies;
+2. the upstream's events as they complete, byte for byte, with ``: keep-alive`` comments
+   whenever nothing was sent for ``streaming.heartbeat_seconds`` (also before the first
+   token, while a reasoning model thinks);
+3. ``data: [DONE]``, or, when the upstream fails, an OpenAI-shaped error event.
+
 Pass-through policy: every upstream event is forwarded as received, except
 - the usage frame (empty ``choices`` with ``usage``), which Omixa always requests upstream
   for billing and forwards only when the client set ``stream_options.include_usage``;
 - Azure's filter-only frames (empty ``choices`` without usage: ``prompt_filter_results``,
-  content-filter offsets), which crash many clients.
+  content-filter offsets), which crash many clients, unless ``streaming.keep_filter_frames``.
 
-A failure after the stream started (reset, malformed frame, timeout, an upstream error
-event) reaches the client as an OpenAI-shaped ``data: {"error": {...}}`` event, then the
-stream ends; what was delivered is charged.
+A failure after the stream started (reset, malformed frame, an upstream error event, or no
+upstream bytes for ``streaming.idle_timeout_seconds``) reaches the client as
+``data: {"error": {...}}``, then the stream ends; what was delivered is charged.
 
-The relay owns the upstream response: it is closed by :meth:`StreamRelay.aclose`, which
-the web layer guarantees to call (even when the client left before the first byte), and
-which settles the request as ``client_closed`` (``interrupted`` during shutdown) if it had
-not finished.
+The upstream is read by a pump task in the request's own nursery, so the relay can wait
+for the next event with a deadline (heartbeats, idle timeout) without ever cancelling a
+read half-way. The relay owns the upstream response: :meth:`StreamRelay.aclose`, which the
+web layer guarantees to call, stops the pump, closes the connection and settles the request
+as ``client_closed`` (``interrupted`` during shutdown) if it had not finished.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import trio
 
-from engine.errors import InternalError, OmixaError, UpstreamError
+from engine.config import StreamingConfig
+from engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout
 from engine.providers.base import SseEvent, Usage
 
 if TYPE_CHECKING:
@@ -34,8 +44,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omixa.relay")
 
-# Bound on closing the upstream response when the relay ends.
+HEARTBEAT = b": keep-alive\n\n"
+# Bound on stopping the pump and closing the upstream response when the relay ends.
 CLOSE_TIMEOUT = 5.0
+# Events read ahead of the client; beyond this the pump waits (and TCP pushes back upstream).
+READ_AHEAD = 16
 
 
 def error_event(exc: OmixaError, request_id: str) -> bytes:
@@ -51,23 +64,58 @@ def error_event(exc: OmixaError, request_id: str) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
+def padding_comment(size: int) -> bytes:
+    """An SSE comment of exactly ``size`` bytes (empty below the 3-byte minimum)."""
+    return b":" + b" " * (size - 3) + b"\n\n" if size >= 3 else b""
+
+
 class StreamRelay:
-    """An async iterator of bytes for the response body."""
+    """An async iterator of bytes for the response body. Call :meth:`start` first."""
 
     def __init__(
         self,
         exchange: "Exchange",
         stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]],
         events: AsyncIterator[SseEvent],
+        config: StreamingConfig,
     ) -> None:
         self._exchange = exchange
         self._stream = stream
         self._events = events
+        self._config = config
         self._include_usage = exchange.request.include_usage
         self._usage: Usage | None = None
         self._delivered: list[str] = []
         self._done = False
         self._closed = False
+        self._padding = padding_comment(config.flush_padding_bytes)
+        self._send, self._receive = trio.open_memory_channel[SseEvent | Exception](READ_AHEAD)
+        self._pump_scope = trio.CancelScope()
+        self._pump_done = trio.Event()
+        self._started = False
+        self._last_upstream = trio.current_time()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start reading the upstream in ``nursery`` (the request's own)."""
+        self._started = True
+        nursery.start_soon(self._pump, name=f"relay-{self._exchange.caller.request_id}")
+
+    async def _pump(self) -> None:
+        try:
+            with self._pump_scope:
+                async with self._send:
+                    try:
+                        async for event in self._events:
+                            await self._send.send(event)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the relay is closing
+                    except Exception as exc:  # handed to the relay, which ends the stream
+                        try:
+                            await self._send.send(exc)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+        finally:
+            self._pump_done.set()
 
     def __aiter__(self) -> "StreamRelay":
         return self
@@ -75,17 +123,31 @@ class StreamRelay:
     async def __anext__(self) -> bytes:
         if self._closed:
             raise StopAsyncIteration
+        if self._padding:
+            padding, self._padding = self._padding, b""
+            return padding
+        failure: OmixaError
         try:
             while True:
-                event = await self._events.__anext__()
-                out = self._accept(event)
+                item = await self._next_item()
+                if item is None:
+                    return HEARTBEAT
+                if isinstance(item, Exception):
+                    raise item
+                out = self._accept(item)
+                if self._done:
+                    # Settle before the client sees [DONE]: once it has the marker, its
+                    # wallet is final.
+                    await self._finish_upstream()
+                    await self._close("ok")
+                    return out
                 if out is not None:
                     return out
-        except StopAsyncIteration:
+        except trio.EndOfChannel:
             if self._done or self._usage is not None:
                 await self._close("ok")
-                raise
-            failure: OmixaError = UpstreamError("The upstream stream ended unexpectedly.")
+                raise StopAsyncIteration from None
+            failure = UpstreamError("The upstream stream ended unexpectedly.")
         except OmixaError as exc:
             failure = exc
         except Exception:
@@ -96,6 +158,34 @@ class StreamRelay:
             raise
         await self._close("interrupted" if self._delivered else failure.code)
         return error_event(failure, self._exchange.caller.request_id)
+
+    async def _next_item(self) -> SseEvent | Exception | None:
+        """The next upstream item, or None when a heartbeat is due.
+
+        Errors: UpstreamTimeout once the upstream was silent for the idle timeout;
+        trio.EndOfChannel when the upstream ended.
+        """
+        idle_deadline = self._last_upstream + self._config.idle_timeout_seconds
+        deadline = min(trio.current_time() + self._config.heartbeat_seconds, idle_deadline)
+        with trio.move_on_at(deadline):
+            item = await self._receive.receive()
+            self._last_upstream = trio.current_time()
+            return item
+        if trio.current_time() >= idle_deadline:
+            raise UpstreamTimeout(
+                f"The upstream sent nothing for {self._config.idle_timeout_seconds:g} seconds."
+            )
+        return None
+
+    async def _finish_upstream(self) -> None:
+        """After [DONE], let the upstream body end on its own (so the connection goes back
+        to the pool) for a moment before the relay closes it."""
+        with trio.move_on_after(1.0):
+            while True:
+                try:
+                    await self._receive.receive()
+                except trio.EndOfChannel:
+                    return
 
     def _accept(self, event: SseEvent) -> bytes | None:
         """The bytes to forward for ``event``, or None to drop it."""
@@ -113,7 +203,9 @@ class StreamRelay:
             self._usage = Usage.from_openai(usage) or self._usage
         choices = data.get("choices")
         if not choices:
-            return event.raw if usage and self._include_usage else None
+            if usage:
+                return event.raw if self._include_usage else None
+            return event.raw if self._config.keep_filter_frames else None
         self._collect(choices)
         return event.raw
 
@@ -143,6 +235,11 @@ class StreamRelay:
             return
         self._closed = True
         with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            # Stop the reader before closing its connection under it.
+            self._pump_scope.cancel()
+            self._receive.close()
+            if self._started:
+                await self._pump_done.wait()
             try:
                 await self._stream.__aexit__(None, None, None)
             except Exception as exc:

@@ -23,7 +23,7 @@ from engine.catalog import Catalog, load_catalog
 from engine.chat import ChatService
 from engine.config import Config, resolve_path
 from engine.deployment import DeploymentActor
-from engine.providers import HttpClients, build_provider
+from engine.providers import HttpClients, build_provider, set_read_size
 from engine.router import Router
 from engine.supervise import supervised
 from engine.tokens import warm_up
@@ -69,6 +69,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     await trio.to_thread.run_sync(
         warm_up, [catalog.get(dep.model).encoding for dep in config.deployments]
     )
+    set_read_size(config.streaming.chunk_bytes)
     # Deployments on one Azure resource share a pooled client (and its connection limit).
     clients = HttpClients(config.server)
     actors = tuple(
@@ -87,7 +88,12 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         wallets=wallets,
         usage=usage,
         chat=ChatService(
-            catalog=catalog, router=router, wallets=wallets, usage=usage, wallet_config=config.wallet
+            catalog=catalog,
+            router=router,
+            wallets=wallets,
+            usage=usage,
+            wallet_config=config.wallet,
+            streaming=config.streaming,
         ),
     )
     try:

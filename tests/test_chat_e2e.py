@@ -143,8 +143,9 @@ async def test_stream_headers_and_raw_frames(database_url):
                 assert response.headers["x-request-id"].startswith("req_")
                 body = b"".join([chunk async for chunk in response.aiter_raw()])
         events = [e for e in body.split(b"\n\n") if e]
+        assert events[0].startswith(b":")  # the flush padding comes first
         assert events[-1] == b"data: [DONE]"
-        for event in events[:-1]:
+        for event in events[1:-1]:
             data = json.loads(event.removeprefix(b"data: "))
             assert data["object"] == "chat.completion.chunk" and data["choices"]
 

@@ -90,6 +90,15 @@ def test_sse_malformed_frame_is_an_upstream_error(frame):
         SseParser().feed(frame)
 
 
+def test_sse_good_events_before_a_malformed_one_in_the_same_chunk_are_kept():
+    parser = SseParser()
+    events = parser.feed(b'data: {"a":1}\n\ndata: {nope}\n\n')
+    assert [e.data for e in events] == [{"a": 1}]
+    assert parser.failure is not None
+    with pytest.raises(UpstreamError, match="malformed stream frame"):
+        parser.close()
+
+
 def test_sse_bounds_the_buffer():
     parser = SseParser(max_buffer=1000)
     parser.feed(b"data: " + b"x" * 900)

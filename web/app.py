@@ -27,7 +27,7 @@ from engine.errors import (
 from engine.money import format_usd
 from engine.runtime import Engine
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from web.lifecycle import CLOSERS_KEY
+from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
 log = logging.getLogger("omixa.web")
 
@@ -136,6 +136,7 @@ def create_app(engine: Engine) -> QuartTrio:
             return json_response(await chat.complete(caller, parsed))
         relay = await chat.open_stream(caller, parsed)
         request.scope[CLOSERS_KEY].append(relay)
+        relay.start(request.scope[NURSERY_KEY])
         response = Response(relay, status=200, headers=SSE_HEADERS, content_type="text/event-stream")
         response.timeout = None  # never cut a long stream
         return response

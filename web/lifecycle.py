@@ -1,10 +1,13 @@
-"""ASGI middleware that guarantees every streamed response's upstream is closed and settled.
+"""ASGI middleware giving each HTTP request a nursery of its own and a guaranteed cleanup.
 
-A view that returns a streaming body registers the body's owner (anything with ``aclose()``)
-in ``scope["omixa.closers"]``. Quart closes a body it has started to iterate, but a client
-that leaves between the view's return and the first byte (while the response head is being
-sent) would skip that; this wrapper runs around the whole request and closes whatever is
-left, in a shielded, bounded step. Closing twice is harmless: owners are idempotent.
+The wrapper runs around the whole request, from the first byte received to the last sent:
+- ``scope["omixa.nursery"]`` is a nursery that lives exactly as long as the request; a
+  streamed response runs its upstream reader there, so no task outlives its request;
+- ``scope["omixa.closers"]`` collects owners of streamed bodies (anything with ``aclose()``).
+  Quart closes a body it has started to iterate, but a client that leaves between the view's
+  return and the first byte (while the response head is being sent) would skip that; this
+  wrapper closes whatever is left, in a shielded, bounded step, before the nursery closes.
+  Closing twice is harmless: owners are idempotent.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import trio
 log = logging.getLogger("omixa.web")
 
 CLOSERS_KEY = "omixa.closers"
+NURSERY_KEY = "omixa.nursery"
 CLOSE_TIMEOUT = 15.0
 
 
-class CloseLeftovers:
+class RequestScope:
     def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
         self.app = app
 
@@ -30,13 +34,15 @@ class CloseLeftovers:
             return
         closers: list[Any] = []
         scope[CLOSERS_KEY] = closers
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if closers:
-                with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                    for closer in closers:
-                        try:
-                            await closer.aclose()
-                        except Exception:
-                            log.exception("closing a streamed response failed")
+        async with trio.open_nursery() as nursery:
+            scope[NURSERY_KEY] = nursery
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if closers:
+                    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                        for closer in closers:
+                            try:
+                                await closer.aclose()
+                            except Exception:
+                                log.exception("closing a streamed response failed")

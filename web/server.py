@@ -28,7 +28,7 @@ from engine.config import Config, storage_url
 from engine.runtime import Engine, open_engine
 from storage import open_storage
 from web.app import create_app
-from web.lifecycle import CloseLeftovers
+from web.lifecycle import RequestScope
 
 log = logging.getLogger("omixa.server")
 
@@ -80,7 +80,7 @@ async def run_gateway(
     async with trio_asyncio.open_loop() as loop:
         async with open_storage(storage_url(config), loop=loop) as storage:
             async with open_engine(config, storage) as engine:
-                app = CloseLeftovers(create_app(engine))
+                app = RequestScope(create_app(engine))
 
                 async def shutdown() -> None:
                     await shutdown_trigger()

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from engine.config import DeploymentConfig, ServerConfig
-from engine.providers._http import HttpClients
+from engine.providers._http import HttpClients, set_read_size
 from engine.providers.azure import AzureProvider
 from engine.providers.base import Completion, Provider, SseEvent, Usage
 from engine.providers.simulator import SimulatorProvider
@@ -24,6 +24,7 @@ __all__ = [
     "Usage",
     "build_provider",
     "iter_sse",
+    "set_read_size",
 ]
 
 

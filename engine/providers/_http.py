@@ -20,6 +20,7 @@ import contextlib
 from typing import Iterator
 
 import attrs
+import httpcore
 import httpx
 
 from engine.config import ServerConfig
@@ -45,6 +46,17 @@ def make_client(server: ServerConfig) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,
     )
+
+
+def set_read_size(size: int) -> None:
+    """Bound each upstream socket read to ``size`` bytes (``streaming.chunk_bytes``).
+
+    httpcore reads whatever has arrived, up to this bound, and never waits to fill it, so a
+    complete SSE frame is parsed and relayed as soon as its bytes are in. httpcore keeps the
+    bound as a class attribute of its HTTP/1.1 connection: the setting is process-wide, which
+    matches the knob (one environment variable per process).
+    """
+    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = size
 
 
 def translate(exc: httpx.HTTPError) -> OmixaError:

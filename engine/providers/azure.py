@@ -169,6 +169,8 @@ class _Events:
 
     async def __anext__(self) -> SseEvent:
         while not self._pending:
+            if self._parser.failure is not None:
+                raise self._parser.failure
             try:
                 chunk = await self._chunks.__anext__()
             except StopAsyncIteration:

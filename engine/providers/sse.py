@@ -40,18 +40,25 @@ class SseParser:
         max_buffer: most bytes held without an event boundary before the stream is refused.
     """
 
-    __slots__ = ("_buf", "_scan", "_max_buffer")
+    __slots__ = ("_buf", "_scan", "_max_buffer", "failure")
 
     def __init__(self, *, max_buffer: int = MAX_BUFFER_BYTES) -> None:
         self._buf = bytearray()
         self._scan = 0  # where the next search for "\n" starts, relative to _buf
         self._max_buffer = max_buffer
+        # A malformed frame found after good ones in the same chunk: the good ones are
+        # returned first, and this is raised by the next call.
+        self.failure: UpstreamError | None = None
 
     def feed(self, data: bytes) -> list[SseEvent]:
         """Add received bytes; return the events they complete, in order.
 
-        Errors: UpstreamError (malformed frame, oversized frame).
+        Errors: UpstreamError (malformed frame, oversized frame). When a malformed frame
+        follows good events of the same chunk, those events are returned and the error is
+        kept in :attr:`failure` and raised by the next ``feed`` or ``close``.
         """
+        if self.failure is not None:
+            raise self.failure
         if self._buf:
             self._buf += data
             buf: bytes | bytearray = self._buf
@@ -87,7 +94,13 @@ class SseParser:
                 else:
                     pos = j
                     continue
-            events.append(_make_event(bytes(buf[start:end])))
+            try:
+                events.append(_make_event(bytes(buf[start:end])))
+            except UpstreamError as exc:
+                if not events:
+                    raise
+                self.failure = exc
+                return events
             start = pos = end
         rest = n - start
         if rest > self._max_buffer:
@@ -105,6 +118,8 @@ class SseParser:
         Errors: UpstreamError if the stream stopped inside an event (a truncated frame).
         Whitespace after the last event is accepted.
         """
+        if self.failure is not None:
+            raise self.failure
         if self._buf.strip():
             raise UpstreamError("malformed stream: the upstream stream ended inside an event")
         self._buf.clear()
@@ -156,4 +171,6 @@ async def iter_sse(
     async for chunk in chunks:
         for event in parser.feed(chunk):
             yield event
+        if parser.failure is not None:
+            raise parser.failure
     parser.close()
