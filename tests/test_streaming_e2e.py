@@ -261,3 +261,22 @@ async def test_two_hundred_streams_cut_at_random_points(database_url):
         pool = gw.engine.deployments[0].provider._client._transport._pool
         assert all(not c.is_closed() and c.is_idle() or c.is_closed() for c in pool.connections)
         assert not [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
+
+
+async def test_a_client_giving_up_on_a_non_streaming_request_cancels_the_upstream(database_url):
+    async with open_fake_azure(hang=True) as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("1.00")
+        start = (await gw.storage.get_wallet(account)).balance
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(
+                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": MODEL, "messages": MESSAGES}, timeout=0.5,
+                )
+        with trio.fail_after(5):
+            await fake.wait_until(lambda f: f.disconnects >= 1)
+        row = await settled_row(gw, account)
+        assert (row.status, row.prompt_tokens, row.completion_tokens) == ("client_closed", PROMPT, 0)
+        wallet = await gw.storage.get_wallet(account)
+        assert (wallet.locked, wallet.balance) == (0, start - cost(PROMPT, 0))
+        assert await gw.storage.verify_ledger() == []
