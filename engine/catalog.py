@@ -18,6 +18,7 @@ import cattrs
 
 from engine.money import parse_usd
 from engine.providers.base import Usage
+from engine.tokens import IMAGE_PART_TOKENS
 
 MILLION = 1_000_000
 _REPO_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"
@@ -50,6 +51,8 @@ class ModelInfo:
     max_output_tokens: int
     reasoning: bool
     prices: Prices
+    # The most one image part of a prompt can cost, in tokens (the hold counts this much).
+    image_tokens: int = IMAGE_PART_TOKENS
 
 
 def cost_of(usage: Usage, prices: Prices) -> int:

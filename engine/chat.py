@@ -10,10 +10,12 @@ Every request that passes the checks follows one path:
    gone, shutdown).
 
 What is charged: the upstream's reported usage at the catalog price, never more than the
-hold. When the upstream never reported usage (the client left, the stream broke), the
-request is charged its prompt tokens (counted offline; the upstream had received them)
-plus the completion tokens actually delivered to the client, counted with the model's
-tokenizer. A request that failed before any content reached the client is not charged.
+hold. When the upstream never reported usage:
+- the client left (or shutdown cut the request) after the request reached the upstream:
+  its prompt tokens (counted offline; the upstream had them) plus the completion tokens
+  actually delivered, counted with the model's tokenizer;
+- the upstream failed mid-stream after content was delivered: the same;
+- the upstream failed before any content reached the client: nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ import trio
 from engine.catalog import Catalog, cost_of
 from engine.chat_request import ChatRequest, parse_chat_request, upstream_body
 from engine.config import StreamingConfig, WalletConfig
-from engine.errors import InvalidRequest, NoHealthyDeployment, OmixaError, UpstreamError
+from engine.errors import (
+    InvalidRequest,
+    NoHealthyDeployment,
+    OmixaError,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from engine.providers.base import Usage
 from engine.relay import StreamRelay
 from engine.router import Lease, Router
@@ -42,7 +50,9 @@ log = logging.getLogger("omixa.chat")
 
 # Bound on the shielded settle-and-record step that ends every request.
 FINISH_TIMEOUT = 10.0
-_CLIENT_FAULT_STATUSES = frozenset({400, 404, 413, 422})
+# Upstream statuses that are the request's own fault. A 404 is not: Azure answers 404 for a
+# deployment that does not exist, the operator's misconfiguration.
+_CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
 @attrs.frozen(kw_only=True)
@@ -113,22 +123,31 @@ class Exchange:
         self.service.usage.record(self._log(status, usage or Usage(), charged, latency))
 
     async def _settle(self, cost: int) -> int:
+        """Charge ``cost`` (at most the hold), retrying a store that is briefly away until
+        the enclosing deadline; returns what was charged."""
         assert self.hold is not None
         if cost > self.hold.amount:
             log.warning(
                 "request %s: usage cost %d exceeds hold %d; charging the hold",
                 self.caller.request_id, cost, self.hold.amount,
             )
+            cost = self.hold.amount
         wallets = self.service.wallets
-        try:
-            if cost > 0:
-                settled = await wallets.settle(self.caller.account_id, self.hold.id, cost)
-            else:
-                settled = await wallets.release(self.caller.account_id, self.hold.id)
-        except Exception:
-            log.exception("request %s: settling hold %s failed", self.caller.request_id, self.hold.id)
-            return 0
-        return settled.charged
+        backoff = 0.05
+        while True:
+            try:
+                if cost > 0:
+                    settled = await wallets.settle(self.caller.account_id, self.hold.id, cost)
+                else:
+                    settled = await wallets.release(self.caller.account_id, self.hold.id)
+                return settled.charged
+            except ServiceUnavailable:
+                log.warning("request %s: wallet unavailable; retrying settle", self.caller.request_id)
+            except Exception:
+                log.exception("request %s: settling hold %s failed", self.caller.request_id, self.hold.id)
+                return 0
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
 
     def _log(self, status: str, usage: Usage, charged: int, latency: float) -> RequestLog:
         lease = self.lease

@@ -101,8 +101,14 @@ def parse_chat_request(body: Any, catalog: Catalog, enabled: Collection[str]) ->
     completion_cap = _positive_int(body, "max_completion_tokens")
     legacy_cap = _positive_int(body, "max_tokens")
     cap = completion_cap if completion_cap is not None else legacy_cap
+    if cap is not None and cap > model.max_output_tokens:
+        key = "max_completion_tokens" if completion_cap is not None else "max_tokens"
+        raise InvalidRequest(
+            f"'{key}' is too large: {cap}. '{model_id}' supports at most "
+            f"{model.max_output_tokens} output tokens."
+        )
 
-    prompt_tokens = count_chat_prompt(body, model.encoding)
+    prompt_tokens = count_chat_prompt(body, model.encoding, image_tokens=model.image_tokens)
     room = model.context_window - prompt_tokens
     if room < 1:
         raise InvalidRequest(
@@ -129,11 +135,10 @@ def upstream_body(request: ChatRequest, output_tokens: int) -> dict[str, Any]:
     explicit (so the upstream can never produce more than was reserved) and, for streams,
     the usage frame always requested (the relay drops it unless the client asked)."""
     body = copy.copy(request.body)
-    if request.model.reasoning:
+    # Exactly one cap key goes upstream, so no other cap can let the answer outgrow the hold.
+    if request.model.reasoning or "max_completion_tokens" in body:
         # Reasoning models refuse max_tokens; their cap also bounds the reasoning tokens.
         body.pop("max_tokens", None)
-        body["max_completion_tokens"] = output_tokens
-    elif "max_completion_tokens" in body:
         body["max_completion_tokens"] = output_tokens
     else:
         body["max_tokens"] = output_tokens

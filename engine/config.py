@@ -1,7 +1,7 @@
 """Typed configuration: TOML -> cattrs -> frozen attrs classes.
 
 Unknown keys and bad values stop start-up with the path of the offending key
-(``ConfigError("deployments[1].rpm: expected an integer >= 1")``). Relative paths resolve
+(``ConfigError("deployments[1].rpm: must be > 0, got -5")``). Relative paths resolve
 against the config file's folder; ``OMIXA_DATABASE_URL`` overrides ``[storage] url``.
 Upstream API keys may be written ``env:NAME`` and are resolved when the config is loaded.
 """
@@ -51,7 +51,7 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     # Grace period on SIGINT/SIGTERM before in-flight requests are cancelled (and settled).
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_non_negative)
-    # Bound on a whole upstream call, head to last byte; streams of reasoning models are long.
+    # Bound on a whole non-streaming upstream call, and on each wait for bytes of a stream.
     upstream_timeout_seconds: float = attrs.field(default=600.0, validator=_positive)
     upstream_connect_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
     # Pool size per upstream endpoint (the httpx default of 20 churns at 64 concurrent).
@@ -223,7 +223,7 @@ def _resolve_secret(value: str, where: str) -> str:
     return value
 
 
-def _check(config: Config) -> Config:
+def _check(config: Config, *, resolve_secrets: bool) -> Config:
     seen: set[str] = set()
     deployments = []
     for i, dep in enumerate(config.deployments):
@@ -237,13 +237,18 @@ def _check(config: Config) -> Config:
                     raise ConfigError(f"{where}.{key}: required for an azure deployment")
             if not dep.endpoint.startswith(("https://", "http://")):
                 raise ConfigError(f"{where}.endpoint: must start with https:// or http://")
-            dep = attrs.evolve(dep, api_key=_resolve_secret(dep.api_key, f"{where}.api_key"))
+            if resolve_secrets:
+                dep = attrs.evolve(dep, api_key=_resolve_secret(dep.api_key, f"{where}.api_key"))
         deployments.append(dep)
     return attrs.evolve(config, deployments=tuple(deployments))
 
 
-def structure_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
-    """Build a Config from parsed TOML. Errors: ConfigError naming the offending key."""
+def structure_config(raw: dict[str, Any], *, base_dir: Path, resolve_secrets: bool = True) -> Config:
+    """Build a Config from parsed TOML. Errors: ConfigError naming the offending key.
+
+    ``resolve_secrets`` False leaves ``env:NAME`` upstream keys unresolved, for commands that
+    never call an upstream (the variable may only exist where the server runs).
+    """
     raw = dict(raw)
     if "base_dir" in raw:
         raise ConfigError("base_dir: not a configuration key")
@@ -255,7 +260,7 @@ def structure_config(raw: dict[str, Any], *, base_dir: Path) -> Config:
     db_url = os.environ.get("OMIXA_DATABASE_URL")
     if db_url:
         config = attrs.evolve(config, storage=StorageConfig(url=db_url))
-    return _check(_streaming_from_env(config))
+    return _check(_streaming_from_env(config), resolve_secrets=resolve_secrets)
 
 
 def _streaming_from_env(config: Config) -> Config:
@@ -285,7 +290,7 @@ def resolve_config_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+def load_config(path: str | os.PathLike[str] | None = None, *, resolve_secrets: bool = True) -> Config:
     """Read and check the config file. Errors: ConfigError."""
     file = resolve_config_path(path)
     try:
@@ -294,7 +299,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError(f"{file}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: not valid TOML: {exc}") from None
-    return structure_config(raw, base_dir=file.resolve().parent)
+    return structure_config(raw, base_dir=file.resolve().parent, resolve_secrets=resolve_secrets)
 
 
 def resolve_path(config: Config, path: str) -> Path:

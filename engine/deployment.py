@@ -109,7 +109,7 @@ class DeploymentActor:
         except trio.Cancelled:
             granted = reply.unclaimed
             if isinstance(granted, Slot):
-                self._finish_unused(granted)
+                await self.finish(granted, None, "cancelled", 0.0)
             raise
 
     async def finish(self, slot: Slot, usage: Usage | None, outcome: str, latency_s: float) -> None:
@@ -133,12 +133,6 @@ class DeploymentActor:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
         log.error("deployment %s: mailbox full; slot %s not returned", self.config.name, slot.id)
-
-    def _finish_unused(self, slot: Slot) -> None:
-        try:
-            self._send.send_nowait(Finish(slot=slot, usage=None, outcome="cancelled", latency_s=0.0))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            log.warning("deployment %s: could not return unused slot %s", self.config.name, slot.id)
 
     def close(self) -> None:
         """Close the mailbox: the actor finishes what is queued and returns."""

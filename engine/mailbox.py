@@ -34,6 +34,11 @@ class Reply(Generic[T]):
         """Deliver an exception, raised in the requester."""
         return self._deliver(outcome.Error(exc))
 
+    @property
+    def answered(self) -> bool:
+        """Whether an answer (value or exception) was delivered."""
+        return self._result is not None
+
     def _deliver(self, result: outcome.Outcome) -> bool:
         if self._result is not None:
             raise RuntimeError("reply already sent")

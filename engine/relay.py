@@ -16,7 +16,9 @@ Pass-through policy: every upstream event is forwarded as received, except
 
 A failure after the stream started (reset, malformed frame, an upstream error event, or no
 upstream bytes for ``streaming.idle_timeout_seconds``) reaches the client as
-``data: {"error": {...}}``, then the stream ends; what was delivered is charged.
+``data: {"error": {...}}``, then the stream ends and is recorded with the error's code. If
+content had been delivered, the prompt and the delivered completion tokens are charged;
+otherwise nothing.
 
 The upstream is read by a pump task in the request's own nursery, so the relay can wait
 for the next event with a deadline (heartbeats, idle timeout) without ever cancelling a
@@ -94,6 +96,8 @@ class StreamRelay:
         self._pump_done = trio.Event()
         self._started = False
         self._last_upstream = trio.current_time()
+        self._last_sent = self._last_upstream  # heartbeats count from the last byte sent
+        self._last_sent = self._last_upstream  # heartbeats count from the last byte sent
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start reading the upstream in ``nursery`` (the request's own)."""
@@ -121,6 +125,11 @@ class StreamRelay:
         return self
 
     async def __anext__(self) -> bytes:
+        out = await self._next_bytes()
+        self._last_sent = trio.current_time()
+        return out
+
+    async def _next_bytes(self) -> bytes:
         if self._closed:
             raise StopAsyncIteration
         if self._padding:
@@ -156,7 +165,7 @@ class StreamRelay:
         except BaseException:  # cancelled: the client left, or shutdown
             await self._close(self._exchange.cancelled_status())
             raise
-        await self._close("interrupted" if self._delivered else failure.code)
+        await self._close(failure.code, charge=bool(self._delivered))
         return error_event(failure, self._exchange.caller.request_id)
 
     async def _next_item(self) -> SseEvent | Exception | None:
@@ -166,7 +175,7 @@ class StreamRelay:
         trio.EndOfChannel when the upstream ended.
         """
         idle_deadline = self._last_upstream + self._config.idle_timeout_seconds
-        deadline = min(trio.current_time() + self._config.heartbeat_seconds, idle_deadline)
+        deadline = min(self._last_sent + self._config.heartbeat_seconds, idle_deadline)
         with trio.move_on_at(deadline):
             item = await self._receive.receive()
             self._last_upstream = trio.current_time()
@@ -230,7 +239,11 @@ class StreamRelay:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""
         await self._close(self._exchange.cancelled_status())
 
-    async def _close(self, status: str) -> None:
+    async def _close(self, status: str, *, charge: bool = True) -> None:
+        """End the stream once: stop the pump, close the upstream, settle and record.
+
+        ``charge`` False settles for nothing (an upstream failure before any content).
+        """
         if self._closed:
             return
         self._closed = True
@@ -247,5 +260,8 @@ class StreamRelay:
                 log.debug("closing upstream stream: %r", exc)
         if status in ("client_closed", "interrupted") and self._usage is not None and self._done:
             status = "ok"  # everything was sent before the client left
-        usage = self._usage or self._exchange.delivered_usage("".join(self._delivered))
+        if not charge:
+            usage = None
+        else:
+            usage = self._usage or self._exchange.delivered_usage("".join(self._delivered))
         await self._exchange.finish(status, usage)

@@ -2,8 +2,7 @@
 
 A task that returns normally is done (actors return when their mailbox closes). A task that
 raises an ``Exception`` is restarted after a growing delay (capped); cancellation always
-propagates. Invariant violations that must stop the process (a broken ledger) are raised as
-:class:`Fatal`, which is never restarted.
+propagates.
 """
 
 from __future__ import annotations
@@ -14,10 +13,6 @@ from typing import Any, Awaitable, Callable
 import trio
 
 log = logging.getLogger("omixa.supervise")
-
-
-class Fatal(Exception):
-    """A broken invariant: stop the process rather than limp on."""
 
 
 async def supervised(
@@ -38,8 +33,6 @@ async def supervised(
         try:
             await run(task_status=status)
             return
-        except Fatal:
-            raise
         except Exception:
             log.exception("task %s crashed; restarting in %.2fs", name, backoff)
             await trio.sleep(backoff)

@@ -8,8 +8,8 @@ it is imported on first use; the engine calls :func:`warm_up` at start-up so no 
 
 Chat prompts are counted the way OpenAI documents for its chat models: 3 tokens per message,
 the tokens of every string field, 1 more for a ``name``, and 3 to prime the reply. Tools and
-response formats are counted as their JSON text. An image part counts as
-:data:`IMAGE_PART_TOKENS` (the cost of a large high-detail image), so a hold covers it.
+response formats are counted as their JSON text. An image part counts as the model's
+worst case for one image (the catalog's ``image_tokens``), so a hold always covers it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
-# A 2048x2048 high-detail image is 765 tokens on gpt-4o (85 + 170 per 512px tile, 4 tiles after
-# scaling to 768 on the short side); other models bill images differently, so hold generously.
-IMAGE_PART_TOKENS = 1_536
+# Default worst case of one image part when the catalog gives none: gpt-4o's largest
+# high-detail image (768x2048 after scaling: 85 + 170 per 512px tile x 8 tiles).
+IMAGE_PART_TOKENS = 1_445
 AUDIO_PART_TOKENS = 4_096
 
 
@@ -51,7 +51,7 @@ def count_text(text: str, encoding_name: str = "o200k_base") -> int:
     return len(encoding(encoding_name).encode_ordinary(text))
 
 
-def _count_content(content: Any, enc: str) -> int:
+def _count_content(content: Any, enc: str, image_tokens: int) -> int:
     if content is None:
         return 0
     if isinstance(content, str):
@@ -65,7 +65,7 @@ def _count_content(content: Any, enc: str) -> int:
         if kind == "text":
             total += count_text(str(part.get("text") or ""), enc)
         elif kind in ("image_url", "input_image", "image"):
-            total += IMAGE_PART_TOKENS
+            total += image_tokens
         elif kind in ("input_audio", "audio"):
             total += AUDIO_PART_TOKENS
         else:
@@ -73,14 +73,17 @@ def _count_content(content: Any, enc: str) -> int:
     return total
 
 
-def count_chat_prompt(body: dict[str, Any], encoding_name: str = "o200k_base") -> int:
-    """Prompt tokens of a chat-completions body (messages, tools, response format)."""
+def count_chat_prompt(
+    body: dict[str, Any], encoding_name: str = "o200k_base", *, image_tokens: int = IMAGE_PART_TOKENS
+) -> int:
+    """Prompt tokens of a chat-completions body (messages, tools, response format), with
+    each image part counted as ``image_tokens``."""
     total = REPLY_PRIMING_TOKENS
     for message in body.get("messages") or ():
         total += TOKENS_PER_MESSAGE
         for key, value in message.items():
             if key == "content":
-                total += _count_content(value, encoding_name)
+                total += _count_content(value, encoding_name, image_tokens)
             elif key == "name":
                 total += TOKENS_PER_NAME + count_text(str(value), encoding_name)
             elif isinstance(value, str):

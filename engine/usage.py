@@ -65,7 +65,6 @@ class UsageAggregator:
         """Wait until every record handed over so far is written (or dropped)."""
         target = self.recorded
         while self.written + self.dropped < target:
-            self._flushed = trio.Event()
             await self._flushed.wait()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -89,7 +88,9 @@ class UsageAggregator:
                 batch.append(self._overflow.popleft())
             await self._write(batch)
             batch = []
+            # Wake every waiter; only this task replaces the event.
             self._flushed.set()
+            self._flushed = trio.Event()
 
     async def _write(self, batch: list[RequestLog]) -> None:
         backoff = 0.1

@@ -23,7 +23,7 @@ import trio
 
 from engine.catalog import Prices, affordable_output_tokens, max_cost
 from engine.config import WalletConfig
-from engine.errors import InsufficientBalance, ServiceUnavailable
+from engine.errors import InsufficientBalance, InternalError, ServiceUnavailable
 from engine.mailbox import Reply, ask
 from storage import Hold, Settlement, Storage, StorageError
 
@@ -80,14 +80,17 @@ class WalletActor:
         idle = self._pool.config.idle_seconds
         try:
             while True:
+                # Only the wait is under the idle timer: a message being handled is never
+                # cancelled half-way by it.
+                message = None
                 with trio.move_on_after(idle):
                     try:
                         message = await self._receive.receive()
                     except trio.EndOfChannel:
                         return  # the pool is closing and the mailbox is drained
-                    await self._handle(message)
-                    continue
-                break
+                if message is None:
+                    break
+                await self._handle(message)
             # Retire: leave the registry first (no checkpoint in between), then serve what
             # is already queued; senders that find the mailbox closed spawn a new actor.
             self._pool._forget(self)
@@ -99,9 +102,18 @@ class WalletActor:
                 await self._handle(message)
         finally:
             self._pool._forget(self)
+            # Anything still queued (the actor is being cancelled) gets an answer, not silence.
+            while True:
+                try:
+                    message = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._fail(message, ServiceUnavailable())
             self._receive.close()
 
     async def _handle(self, message: Message) -> None:
+        """Serve one message; every failure becomes the requester's exception, never the
+        actor's (one bad request must not take other accounts' actors down)."""
         try:
             if isinstance(message, Reserve):
                 reserved = await self._reserve(message)
@@ -113,10 +125,18 @@ class WalletActor:
             else:
                 message.reply.send(await self._pool.storage.void_hold(message.hold_id))
         except InsufficientBalance as exc:
-            message.reply.fail(exc)
+            self._fail(message, exc)
         except StorageError as exc:
             log.error("wallet %s: storage failed: %s", self.account_id, exc)
-            message.reply.fail(ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
+            self._fail(message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
+        except Exception:
+            log.exception("wallet %s: handling %s failed", self.account_id, type(message).__name__)
+            self._fail(message, InternalError())
+
+    @staticmethod
+    def _fail(message: Message, exc: Exception) -> None:
+        if not message.reply.answered:
+            message.reply.fail(exc)
 
     async def _reserve(self, msg: Reserve) -> Reserved:
         storage = self._pool.storage

@@ -79,6 +79,13 @@ def test_config_from_environment_and_database_url_override(tmp_path):
     assert (tmp_path / "relative.db").exists()  # relative to the config file's folder
     created = run("account", "create", "b@example.com", config=config, env={"OMIXA_DATABASE_URL": f"sqlite:///{db}"})
     assert created.returncode == 0 and db.exists()
+    # Commands that never call upstream do not need the upstream keys' variables.
+    config.write_text(
+        config.read_text()
+        + '[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\n'
+        'deployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_VAR"\n'
+    )
+    assert run("ledger", "verify", config=config).returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -94,7 +101,7 @@ def test_config_from_environment_and_database_url_override(tmp_path):
 def test_bad_config_stops_with_the_key_path(tmp_path, body, where):
     config = tmp_path / "bad.toml"
     config.write_text(body)
-    result = run("ledger", "verify", config=config)
+    result = run("serve", "--port", "0", config=config)
     assert result.returncode == 2
     assert where in result.stderr
 

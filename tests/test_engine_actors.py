@@ -14,7 +14,8 @@ import trio.testing
 from engine.catalog import load_catalog, max_cost
 from engine.config import DeploymentConfig, UsageConfig, WalletConfig
 from engine.deployment import DeploymentActor, Slot
-from engine.errors import InsufficientBalance, NoHealthyDeployment
+from engine.chat_request import parse_chat_request
+from engine.errors import InsufficientBalance, NoHealthyDeployment, OmixaError
 from engine.mailbox import Reply
 from engine.providers import SimulatorProvider
 from engine.router import Router
@@ -87,14 +88,14 @@ async def test_idle_wallet_actor_retires_and_respawns(storage):
     async with trio.open_nursery() as nursery:
         pool = WalletPool(storage, WalletConfig(idle_seconds=0.05))
         await nursery.start(pool.run)
-        first = await pool.reserve(account, **reserve_args("req_a"))
-        assert account in pool._actors
-        with trio.fail_after(5):
+        with trio.fail_after(30):
+            first = await pool.reserve(account, **reserve_args("req_a"))
+            assert account in pool._actors
             while account in pool._actors:
                 await trio.sleep(0.01)
-        second = await pool.reserve(account, **reserve_args("req_b"))
-        for reserved in (first, second):
-            await pool.release(account, reserved.hold.id)
+            second = await pool.reserve(account, **reserve_args("req_b"))
+            for reserved in (first, second):
+                await pool.release(account, reserved.hold.id)
         pool.close()
     assert (await storage.get_wallet(account)).locked == 0
 
@@ -197,3 +198,75 @@ async def test_usage_aggregator_batches_and_flushes_on_close(storage):
     assert await storage.get_request_log("req_last") is not None
     assert aggregator.dropped == 0
 
+
+
+async def test_messages_arriving_at_the_end_of_the_idle_window_are_served(storage):
+    """The idle timer only bounds the wait for a message, never the handling of one."""
+    account = await funded(storage, 10_000_000)
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig(idle_seconds=0.02))
+        await nursery.start(pool.run)
+        with trio.fail_after(30):
+            for i in range(30):
+                reserved = await pool.reserve(account, **reserve_args(f"req_{i}"))
+                await trio.sleep(0.019)
+                await pool.release(account, reserved.hold.id)
+        pool.close()
+    assert (await storage.get_wallet(account)).locked == 0
+
+
+async def test_one_bad_request_does_not_take_the_wallet_pool_down(storage):
+    good = await funded(storage, 10_000_000)
+    bad = await funded(storage, 10_000_000)
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig())
+        await nursery.start(pool.run)
+        # A hold beyond any money the store can represent: the store refuses it.
+        with pytest.raises(OmixaError):
+            await pool.reserve(bad, **{**reserve_args("req_bad"), "output_tokens": 10**18})
+        with trio.fail_after(10):
+            reserved = await pool.reserve(good, **reserve_args("req_good"))
+            await pool.release(good, reserved.hold.id)
+        pool.close()
+    assert await storage.verify_ledger() == []
+
+
+async def test_every_waiter_of_the_aggregator_is_woken(storage):
+    account = await funded(storage, 0)
+    aggregator = UsageAggregator(storage, UsageConfig(flush_interval_seconds=0.01))
+    now = dt.datetime.now(dt.timezone.utc)
+    woken = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(aggregator.run)
+        aggregator.record(
+            RequestLog(
+                id="req_w", account_id=account, key_id="key_x", model="gpt-4o-mini",
+                provider="azure", deployment="d", region=None, status="ok", stream=False,
+                prompt_tokens=1, completion_tokens=2, reasoning_tokens=0, cached_tokens=0,
+                cost=3, latency_ms=4, ttft_ms=None, created_at=now,
+            )
+        )
+
+        async def wait(name: str) -> None:
+            await aggregator.wait_flushed()
+            woken.append(name)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as waiters:
+                waiters.start_soon(wait, "a")
+                waiters.start_soon(wait, "b")
+        aggregator.close()
+    assert sorted(woken) == ["a", "b"]
+
+
+def test_image_parts_are_held_at_the_models_worst_case():
+    catalog = load_catalog()
+    body = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}},
+        ]}],
+    }
+    request = parse_chat_request(body, catalog, {"gpt-4o-mini"})
+    assert request.prompt_tokens > catalog.get("gpt-4o-mini").image_tokens == 48169

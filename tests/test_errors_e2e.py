@@ -53,6 +53,8 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(gateway):
         (dict(json={"model": MODEL, "messages": [{"role": "user"}]}, headers=auth), 400, "invalid_request"),
         (dict(json={"model": MODEL, "messages": [{"role": "user", "content": 5}]}, headers=auth), 400, "invalid_request"),
         (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 0}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 10**18}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16385}, headers=auth), 400, "invalid_request"),
         (dict(json={"model": MODEL, "messages": MESSAGES, "stream": "yes"}, headers=auth), 400, "invalid_request"),
         (dict(json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=auth), 413, "request_too_large"),
         (dict(json={"model": MODEL, "messages": MESSAGES}), 401, "invalid_api_key"),
@@ -63,7 +65,9 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(gateway):
         for kwargs, status, code in cases:
             check_envelope(await client.post(url, **kwargs), status, code)
         check_envelope(await client.get(f"{gw.base_url}/nothing-here", headers=auth), 404, "not_found")
-        check_envelope(await client.get(url, headers=auth), 405, "method_not_allowed")
+        not_allowed = await client.get(url, headers=auth)
+        check_envelope(not_allowed, 405, "method_not_allowed")
+        assert not_allowed.headers["allow"] == "POST"
     await ledger_unchanged(gw, account, rows)
     assert gw.fake.requests == []
 
@@ -92,6 +96,20 @@ async def test_insufficient_balance_is_402_and_holds_nothing(gateway):
     check_envelope(response, 402, "insufficient_balance")
     await ledger_unchanged(gw, account, rows)
     assert gw.fake.requests == []
+
+
+async def test_exactly_one_cap_goes_upstream(gateway):
+    gw = gateway
+    _, key = await gw.funded_account("1.00")
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"model": MODEL, "messages": MESSAGES, "max_tokens": 500, "max_completion_tokens": 3},
+        )
+    assert response.status_code == 200, response.text
+    sent = gw.fake.requests[-1].json
+    assert sent["max_completion_tokens"] == 3 and "max_tokens" not in sent
 
 
 async def test_default_cap_is_lowered_to_what_the_wallet_covers(gateway):

@@ -127,17 +127,17 @@ async def test_pass_through_is_byte_for_byte_and_drops_only_what_was_not_asked_f
 
 
 @pytest.mark.parametrize(
-    "knobs, raw, status, code",
+    "knobs, raw, code",
     [
-        ({"break_after": 3}, None, "interrupted", "upstream_error"),
-        ({"stall_after": 3}, None, "interrupted", "upstream_timeout"),
-        ({}, RAW_EVENTS[1] + RAW_EVENTS[2] + b"data: {not json\n\n", "interrupted", "upstream_error"),
-        ({}, RAW_EVENTS[1] + RAW_EVENTS[2] + b'data: {"error":{"code":"500","message":"boom"}}\n\n', "interrupted", "upstream_error"),
-        ({}, RAW_EVENTS[1] + RAW_EVENTS[2], "interrupted", "upstream_error"),  # ends without [DONE]
+        ({"break_after": 3}, None, "upstream_error"),
+        ({"stall_after": 3}, None, "upstream_timeout"),
+        ({}, RAW_EVENTS[1] + RAW_EVENTS[2] + b"data: {not json\n\n", "upstream_error"),
+        ({}, RAW_EVENTS[1] + RAW_EVENTS[2] + b'data: {"error":{"code":"500","message":"boom"}}\n\n', "upstream_error"),
+        ({}, RAW_EVENTS[1] + RAW_EVENTS[2], "upstream_error"),  # ends without [DONE]
     ],
 )
 async def test_mid_stream_failures_end_with_an_error_event_and_charge_what_was_delivered(
-    database_url, knobs, raw, status, code
+    database_url, knobs, raw, code
 ):
     async with open_fake_azure(**knobs) as fake, open_gateway(
         database_url, fake, streaming={"idle_timeout_seconds": 0.5, "heartbeat_seconds": 0.1}
@@ -157,12 +157,24 @@ async def test_mid_stream_failures_end_with_an_error_event_and_charge_what_was_d
         )
         assert delivered
         row = await settled_row(gw, account)
-        assert row.status == status
+        assert row.status == code
         assert row.completion_tokens == count_text(delivered)
         assert row.cost == cost(PROMPT, row.completion_tokens)
         wallet = await gw.storage.get_wallet(account)
         assert (wallet.locked, wallet.balance) == (0, start - row.cost)
         assert await gw.storage.verify_ledger() == []
+
+
+async def test_a_stream_failing_before_any_content_is_not_charged(database_url):
+    async with open_fake_azure(break_after=0) as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("1.00")
+        start = (await gw.storage.get_wallet(account)).balance
+        events = data_events(await read_events(gw, key))
+        assert json.loads(events[-1].removeprefix(b"data: "))["error"]["code"] == "upstream_error"
+        row = await settled_row(gw, account)
+        assert (row.status, row.cost) == ("upstream_error", 0)
+        wallet = await gw.storage.get_wallet(account)
+        assert (wallet.locked, wallet.balance) == (0, start)
 
 
 async def test_openai_sdk_raises_on_a_mid_stream_error_event(database_url):

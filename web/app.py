@@ -66,15 +66,19 @@ def create_app(engine: Engine) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def on_http_error(exc: HTTPException) -> Response:
         mapped: OmixaError
+        headers: dict[str, str] = {}
         if exc.code == 404:
             mapped = NotFoundError(f"No route for {request.method} {request.path}.")
         elif exc.code == 405:
             mapped = MethodNotAllowed(f"{request.method} is not allowed on {request.path}.")
+            allowed = getattr(exc, "valid_methods", None)
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
         elif exc.code == 413:
             mapped = RequestTooLarge(f"The request body exceeds {max_body} bytes.")
         else:
             mapped = InvalidRequest(exc.description or "The request is not valid.")
-        return error_response(mapped, _request_id())
+        return error_response(mapped, _request_id(), headers)
 
     @app.errorhandler(Exception)
     async def on_unexpected(exc: Exception) -> Response:

@@ -37,13 +37,16 @@ def _setup_logging() -> None:
     )
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, serving: bool = False) -> Config:
     """The config named by --config / $OMIXA_CONFIG, else ``config/omixa.toml``; when none
-    was named and that file does not exist, the defaults (SQLite ``omixa.db`` here)."""
+    was named and that file does not exist, the defaults (SQLite ``omixa.db`` here).
+
+    Only a serving command resolves ``env:`` upstream keys: the others never call upstream.
+    """
     file = resolve_config_path(path)
     if not (path or os.environ.get("OMIXA_CONFIG")) and not file.exists():
         return structure_config({}, base_dir=Path.cwd())
-    return load_config(file)
+    return load_config(file, resolve_secrets=serving)
 
 
 def _run(main: Callable[..., Awaitable[int]], *args: Any) -> int:
@@ -83,7 +86,7 @@ def _print(**values: Any) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from web.server import Gateway, run_gateway  # the server stack loads only when serving
 
-    config = _load(args.config)
+    config = _load(args.config, serving=True)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

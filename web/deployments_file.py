@@ -72,12 +72,8 @@ def add_azure_deployment(
 
 
 def _check(doc: tomlkit.TOMLDocument, path: Path, model: str) -> None:
-    raw = doc.unwrap()
-    for dep in raw.get("deployments", ()):
-        # Check shape and values only; env: secrets resolve where the server runs.
-        if isinstance(dep, dict) and str(dep.get("api_key", "")).startswith("env:"):
-            dep["api_key"] = "unresolved"
-    config = structure_config(raw, base_dir=path.resolve().parent)
+    # Check shape and values only; env: secrets resolve where the server runs.
+    config = structure_config(doc.unwrap(), base_dir=path.resolve().parent, resolve_secrets=False)
     catalog_path = Path(config.base_dir) / config.catalog if config.catalog else None
     if load_catalog(catalog_path).get(model) is None:
         raise ConfigError(f"model {model!r} is not in the catalog")

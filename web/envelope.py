@@ -27,7 +27,7 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(body, status=status, headers=headers, content_type="application/json")
 
 
-def error_response(exc: OmixaError, request_id: str) -> Response:
+def error_response(exc: OmixaError, request_id: str, headers: dict[str, str] | None = None) -> Response:
     payload = {
         "error": {
             "code": exc.code,
@@ -36,7 +36,7 @@ def error_response(exc: OmixaError, request_id: str) -> Response:
             "request_id": request_id,
         }
     }
-    headers = {REQUEST_ID_HEADER: request_id}
+    headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     if exc.retry_after is not None and exc.status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return json_response(payload, exc.status, headers)

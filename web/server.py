@@ -54,7 +54,7 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = config.server.shutdown_grace_seconds
-    hc.accesslog = None  # one structured line per request comes from the engine instead
+    hc.accesslog = None  # chat requests get one structured line each from the engine instead
     hc.keep_alive_timeout = 75
     hc.backlog = 1024
     hc.include_server_header = False

@@ -33,7 +33,8 @@ def make_client(server: ServerConfig) -> httpx.AsyncClient:
     HTTP/2 stays off: httpcore does not reset a cancelled HTTP/2 stream, so the upstream would
     keep generating billed tokens (STACK-NOTES). The read timeout bounds each wait for bytes
     (head or next stream chunk) by ``upstream_timeout_seconds``; ``complete`` additionally bounds
-    the whole call. ``trust_env=False``: proxies come from config, not stray environment vars.
+    the whole call. ``trust_env=False``: stray proxy environment variables are ignored; upstream traffic goes out
+    directly.
     """
     size = server.upstream_max_connections
     return httpx.AsyncClient(

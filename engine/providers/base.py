@@ -21,6 +21,9 @@ from typing import Any, AsyncIterator, Protocol
 
 import attrs
 
+# No request has this many tokens; a usage claiming more is treated as malformed.
+MAX_REPORTED_TOKENS = 100_000_000
+
 
 @attrs.frozen(kw_only=True)
 class Usage:
@@ -48,6 +51,8 @@ class Usage:
             return None
         if min(prompt, completion, cached, reasoning) < 0:
             return None
+        if max(prompt, completion) > MAX_REPORTED_TOKENS:
+            return None  # nonsense from upstream; the engine falls back to its own count
         return cls(
             prompt_tokens=prompt,
             completion_tokens=completion,

@@ -1,0 +1,47 @@
+"""Configuration: the shipped files load, and bad values are refused with their key's path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.catalog import load_catalog
+from engine.config import ConfigError, load_config, structure_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_config_and_the_catalog_load():
+    config = load_config(ROOT / "config" / "omixa.example.toml", resolve_secrets=False)
+    catalog = load_catalog()
+    assert config.deployments and all(catalog.get(d.model) for d in config.deployments)
+    required = {
+        "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5", "gpt-5-mini",
+        "gpt-5-nano", "gpt-5.1", "gpt-5-pro", "text-embedding-3-small", "text-embedding-3-large",
+        "gpt-image-1", "gemini-2.5-flash", "gemini-2.5-pro",
+    }
+    assert required <= set(catalog.models)
+    mini = catalog.get("gpt-4o-mini").prices
+    assert (mini.input, mini.output) == (150_000_000, 600_000_000)  # nano-dollars per 1M
+    assert catalog.get("text-embedding-3-small").prices.input == 20_000_000
+    image = catalog.get("gpt-image-1").prices
+    assert (image.input, image.image_input, image.image_output) == (5_000_000_000, 10_000_000_000, 40_000_000_000)
+
+
+def test_stream_knobs_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AZURE_STREAM_HEARTBEAT_SECONDS", "2.5")
+    monkeypatch.setenv("AZURE_STREAM_FLUSH_PADDING_BYTES", "0")
+    streaming = structure_config({"streaming": {"heartbeat_seconds": 9}}, base_dir=Path(".")).streaming
+    assert (streaming.heartbeat_seconds, streaming.flush_padding_bytes, streaming.chunk_bytes) == (2.5, 0, 128)
+    monkeypatch.setenv("AZURE_STREAM_CHUNK_BYTES", "lots")
+    with pytest.raises(ConfigError, match="AZURE_STREAM_CHUNK_BYTES"):
+        structure_config({}, base_dir=Path("."))
+
+
+def test_secrets_resolve_from_the_environment(monkeypatch):
+    raw = {"deployments": [{"name": "a", "model": "gpt-4o", "endpoint": "https://x", "deployment": "d", "api_key": "env:AZ_TEST_KEY"}]}
+    with pytest.raises(ConfigError, match=r"deployments\[0\].api_key"):
+        structure_config(raw, base_dir=Path("."))
+    monkeypatch.setenv("AZ_TEST_KEY", "secret")
+    assert structure_config(raw, base_dir=Path(".")).deployments[0].api_key == "secret"
