@@ -23,22 +23,24 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import attrs
 import trio
 
 from engine.catalog import Catalog, cost_of
 from engine.chat_request import ChatRequest, parse_chat_request, upstream_body
-from engine.config import StreamingConfig, WalletConfig
+from engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from engine.errors import (
     InvalidRequest,
     NoHealthyDeployment,
     OmixaError,
     ServiceUnavailable,
     UpstreamError,
+    UpstreamTimeout,
 )
-from engine.providers.base import Usage
+from engine.providers.base import Provider, SseEvent, Usage
 from engine.relay import StreamRelay
 from engine.router import Lease, Router
 from engine.tokens import count_text
@@ -60,6 +62,18 @@ class Caller:
     request_id: str
     account_id: str
     key_id: str
+
+
+T = TypeVar("T")
+
+
+def _retryable(exc: OmixaError) -> bool:
+    """Failures another deployment may not have: 429, 5xx, unreachable, timeout."""
+    if isinstance(exc, UpstreamTimeout):
+        return True
+    return isinstance(exc, UpstreamError) and (
+        exc.upstream_status is None or exc.upstream_status == 429 or exc.upstream_status >= 500
+    )
 
 
 def translate_upstream(exc: OmixaError) -> OmixaError:
@@ -87,6 +101,7 @@ class Exchange:
         self.hold: Hold | None = None
         self.lease: Lease | None = None
         self.reached_upstream = False
+        self.estimated_tokens = 0
         self.started = time.monotonic()
         self.created_at = dt.datetime.now(dt.timezone.utc)
         self.first_token_at: float | None = None
@@ -105,8 +120,9 @@ class Exchange:
             completion_tokens=count_text(delivered_text, self.request.model.encoding),
         )
 
-    async def finish(self, status: str, usage: Usage | None) -> None:
-        """Settle, give the slot back and record. Shielded and bounded; never raises."""
+    async def finish(self, status: str, usage: Usage | None, failure: OmixaError | None = None) -> None:
+        """Settle, give the slot back (with the upstream's ``failure``, if any, for its
+        health) and record. Shielded and bounded; never raises."""
         if self.finished:
             return
         self.finished = True
@@ -117,7 +133,7 @@ class Exchange:
             if self.hold is not None:
                 charged = await self._settle(cost)
             if self.lease is not None:
-                await self.lease.finish(usage, status, latency)
+                await self.lease.finish(usage, status, latency, failure)
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.caller.request_id)
         self.service.usage.record(self._log(status, usage or Usage(), charged, latency))
@@ -183,6 +199,7 @@ class ChatService:
         usage: UsageAggregator,
         wallet_config: WalletConfig,
         streaming: StreamingConfig,
+        upstream: UpstreamConfig,
     ) -> None:
         self.catalog = catalog
         self.router = router
@@ -190,6 +207,7 @@ class ChatService:
         self.usage = usage
         self.wallet_config = wallet_config
         self.streaming = streaming
+        self.upstream = upstream
         # Set when shutdown begins: requests cancelled from then on are "interrupted".
         self.draining = False
 
@@ -198,7 +216,7 @@ class ChatService:
         return parse_chat_request(body, self.catalog, self.router.models())
 
     async def _begin(self, exchange: Exchange) -> dict[str, Any]:
-        """Hold the money and take a slot; return the upstream body."""
+        """Hold the money; return the upstream body."""
         request = exchange.request
         reserved = await self.wallets.reserve(
             exchange.caller.account_id,
@@ -210,11 +228,49 @@ class ChatService:
             min_output_tokens=None if request.cap_is_clients else self.wallet_config.min_output_tokens,
         )
         exchange.hold = reserved.hold
-        estimated = request.prompt_tokens + reserved.output_tokens * request.choices
-        exchange.lease = await self.router.acquire(
-            request.model.id, exchange.caller.request_id, estimated
-        )
+        exchange.estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
         return upstream_body(request, reserved.output_tokens)
+
+    async def _call_upstream(self, exchange: Exchange, call: Callable[[Provider], Awaitable[T]]) -> T:
+        """Run ``call`` on a deployment the router grants, failing over to another one on a
+        429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
+        ``upstream.request_timeout_seconds``. The hold is the same for every attempt; each
+        failed attempt gives its slot back with the failure (which cools the deployment down
+        or counts towards its breaker).
+
+        Errors: the last upstream failure when attempts run out or no other deployment can
+        take the request; NoHealthyDeployment when none could take it at all.
+        """
+        config = self.upstream
+        deadline = trio.current_time() + config.request_timeout_seconds
+        model, request_id = exchange.request.model.id, exchange.caller.request_id
+        tried: set[str] = set()
+        last: OmixaError | None = None
+        while True:
+            try:
+                exchange.lease = await self.router.acquire(
+                    model, request_id, exchange.estimated_tokens, exclude=tried
+                )
+            except NoHealthyDeployment:
+                if last is not None:
+                    raise last from None
+                raise
+            exchange.reached_upstream = True
+            started = time.monotonic()
+            try:
+                return await call(exchange.lease.actor.provider)
+            except (UpstreamError, UpstreamTimeout) as exc:
+                attempts = len(tried) + 1
+                if not _retryable(exc) or attempts >= config.max_attempts or trio.current_time() >= deadline:
+                    raise
+                lease, exchange.lease = exchange.lease, None
+                await lease.finish(None, translate_upstream(exc).code, time.monotonic() - started, exc)
+                tried.add(lease.actor.config.name)
+                last = exc
+                log.warning(
+                    "request %s: deployment %s failed (%s); failing over",
+                    request_id, lease.actor.config.name, exc.message,
+                )
 
     async def complete(self, caller: Caller, request: ChatRequest) -> dict[str, Any]:
         """A non-streaming completion: the upstream's answer, paid for.
@@ -227,9 +283,7 @@ class ChatService:
         exchange = Exchange(self, caller, request)
         try:
             body = await self._begin(exchange)
-            assert exchange.lease is not None
-            exchange.reached_upstream = True
-            completion = await exchange.lease.actor.provider.complete(body)
+            completion = await self._call_upstream(exchange, lambda provider: provider.complete(body))
         except OmixaError as exc:
             await self._fail(exchange, exc)
             raise translate_upstream(exc) from None
@@ -249,29 +303,34 @@ class ChatService:
         nursery, iterate it, and always ``aclose()`` it.
         """
         exchange = Exchange(self, caller, request)
+
+        async def start(provider: Provider) -> tuple[AbstractAsyncContextManager[AsyncIterator[SseEvent]], AsyncIterator[SseEvent]]:
+            stream = provider.open_stream(body)
+            return stream, await stream.__aenter__()
+
         try:
             body = await self._begin(exchange)
-            assert exchange.lease is not None
-            exchange.reached_upstream = True
-            stream = exchange.lease.actor.provider.open_stream(body)
-            events = await stream.__aenter__()
+            stream, events = await self._call_upstream(exchange, start)
         except OmixaError as exc:
             await self._fail(exchange, exc)
             raise translate_upstream(exc) from None
         except BaseException as exc:
             await self._fail(exchange, exc)
             raise
-        return StreamRelay(exchange, stream, events, self.streaming)
+        return StreamRelay(exchange, stream, events, self.streaming, self.upstream.idle_timeout_seconds)
 
     async def _fail(self, exchange: Exchange, exc: BaseException) -> None:
+        failure: OmixaError | None = None
         if isinstance(exc, OmixaError):
             status, usage = translate_upstream(exc).code, None
+            if isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                failure = exc
         elif isinstance(exc, trio.Cancelled):
             status, usage = exchange.cancelled_status(), exchange.delivered_usage("")
         else:
             log.exception("request %s failed", exchange.caller.request_id, exc_info=exc)
             status, usage = "internal_error", None
-        await exchange.finish(status, usage)
+        await exchange.finish(status, usage, failure)
 
 
 def _answer_text(body: dict[str, Any]) -> str:

@@ -51,11 +51,35 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     # Grace period on SIGINT/SIGTERM before in-flight requests are cancelled (and settled).
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_non_negative)
-    # Bound on a whole non-streaming upstream call, and on each wait for bytes of a stream.
-    upstream_timeout_seconds: float = attrs.field(default=600.0, validator=_positive)
-    upstream_connect_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class UpstreamConfig:
+    """Calling upstreams: timeouts, failover and connection pools."""
+
+    connect_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
+    # A stream's response head must arrive within this (reasoning models think after it).
+    timeout_seconds: float = attrs.field(default=60.0, validator=_positive)
+    # A whole non-streaming call (its head comes only with the full answer).
+    request_timeout_seconds: float = attrs.field(default=600.0, validator=_positive)
+    # A stream whose upstream sent nothing for this long ends with an error event.
+    idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
+    # Attempts per request (first try + failovers) before the content starts, within
+    # request_timeout_seconds in all.
+    max_attempts: int = attrs.field(default=3, validator=_positive)
     # Pool size per upstream endpoint (the httpx default of 20 churns at 64 concurrent).
-    upstream_max_connections: int = attrs.field(default=256, validator=_positive)
+    max_connections: int = attrs.field(default=256, validator=_positive)
+
+
+@attrs.frozen(kw_only=True)
+class BreakerConfig:
+    """Deployment health: the circuit breaker and the 429 cooldown."""
+
+    # Consecutive 5xx / timeouts / connection errors that open the breaker.
+    failures: int = attrs.field(default=3, validator=_positive)
+    # How long the breaker stays open before one probe is let through; also the cooldown
+    # after a 429 whose answer gives no delay.
+    cooldown_seconds: float = attrs.field(default=30.0, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -72,8 +96,6 @@ class StreamingConfig:
     heartbeat_seconds: float = attrs.field(default=1.0, validator=_positive)
     # Size of the SSE comment sent first, to push headers through buffering proxies; 0: none.
     flush_padding_bytes: int = attrs.field(default=8192, validator=_non_negative)
-    # A stream whose upstream sent nothing for this long ends with an error event.
-    idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     # Forward Azure's filter-only frames (empty choices: prompt_filter_results,
     # content_filter_offsets), which crash many clients; off by default.
     keep_filter_frames: bool = False
@@ -142,6 +164,8 @@ class DeploymentConfig:
 @attrs.frozen(kw_only=True)
 class Config:
     server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    breaker: BreakerConfig = BreakerConfig()
     storage: StorageConfig = StorageConfig()
     wallet: WalletConfig = WalletConfig()
     usage: UsageConfig = UsageConfig()

@@ -15,7 +15,7 @@ Pass-through policy: every upstream event is forwarded as received, except
   content-filter offsets), which crash many clients, unless ``streaming.keep_filter_frames``.
 
 A failure after the stream started (reset, malformed frame, an upstream error event, or no
-upstream bytes for ``streaming.idle_timeout_seconds``) reaches the client as
+upstream bytes for ``upstream.idle_timeout_seconds``) reaches the client as
 ``data: {"error": {...}}``, then the stream ends and is recorded with the error's code. If
 content had been delivered, the prompt and the delivered completion tokens are charged;
 otherwise nothing.
@@ -80,11 +80,13 @@ class StreamRelay:
         stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]],
         events: AsyncIterator[SseEvent],
         config: StreamingConfig,
+        idle_timeout: float,
     ) -> None:
         self._exchange = exchange
         self._stream = stream
         self._events = events
         self._config = config
+        self._idle_timeout = idle_timeout
         self._include_usage = exchange.request.include_usage
         self._usage: Usage | None = None
         self._delivered: list[str] = []
@@ -174,7 +176,7 @@ class StreamRelay:
         Errors: UpstreamTimeout once the upstream was silent for the idle timeout;
         trio.EndOfChannel when the upstream ended.
         """
-        idle_deadline = self._last_upstream + self._config.idle_timeout_seconds
+        idle_deadline = self._last_upstream + self._idle_timeout
         deadline = min(self._last_sent + self._config.heartbeat_seconds, idle_deadline)
         with trio.move_on_at(deadline):
             item = await self._receive.receive()
@@ -182,7 +184,7 @@ class StreamRelay:
             return item
         if trio.current_time() >= idle_deadline:
             raise UpstreamTimeout(
-                f"The upstream sent nothing for {self._config.idle_timeout_seconds:g} seconds."
+                f"The upstream sent nothing for {self._idle_timeout:g} seconds."
             )
         return None
 

@@ -1,24 +1,35 @@
 """The router: picks a deployment of the requested catalog model and obtains a slot on it.
 
-Candidates are the model's deployments whose snapshot says healthy, ordered by load relative
-to weight (in flight / weight) with a random tie-break so equal deployments share traffic
-instead of herding. The chosen actor is asked for a slot; on refusal the next one is tried.
-Routing is by the catalog model id, never by the Azure deployment name.
+Candidates are the model's enabled deployments whose published snapshot says they can take
+a request now (healthy or due a half-open probe, and with room in every window). They are
+ordered by a weighted random draw (Efraimidis-Spirakis: key = u ** (1 / w)), where a
+deployment's w grows with its configured ``weight`` and its remaining window room and
+shrinks with its requests in flight: heavier, emptier deployments are preferred without
+every request herding onto the same one. The chosen actor is asked for a slot (it has the
+final word); on refusal the next is tried.
 
-Failover after an upstream error, windows and health are the routing issue's; the
-:class:`Lease` already reports what they need.
+Routing is by the catalog model id, never by the Azure deployment name. When no deployment
+can take the request, :class:`NoHealthyDeployment` carries ``retry_after``: the soonest
+moment any of them leaves cooldown or has room.
+
+Failover after an upstream error is the caller's loop (:mod:`engine.chat`), which asks again
+with the failed deployments excluded.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 import attrs
+import trio
 
 from engine.deployment import DeploymentActor, Refused, Slot
-from engine.errors import NoHealthyDeployment
+from engine.errors import NoHealthyDeployment, OmixaError
 from engine.providers.base import Usage
+
+# Floor of the room factor, so a nearly full deployment is still tried, just later.
+_MIN_ROOM = 0.05
 
 
 @attrs.frozen(kw_only=True)
@@ -28,8 +39,10 @@ class Lease:
     actor: DeploymentActor
     slot: Slot
 
-    async def finish(self, usage: Usage | None, outcome: str, latency_s: float) -> None:
-        await self.actor.finish(self.slot, usage, outcome, latency_s)
+    async def finish(
+        self, usage: Usage | None, outcome: str, latency_s: float, failure: OmixaError | None = None
+    ) -> None:
+        await self.actor.finish(self.slot, usage, outcome, latency_s, failure)
 
 
 class Router:
@@ -44,27 +57,40 @@ class Router:
         """Catalog ids that have at least one enabled deployment."""
         return {m for m, actors in self._by_model.items() if any(a.config.enabled for a in actors)}
 
-    def _candidates(self, model: str) -> list[DeploymentActor]:
-        ranked = []
+    def deployments(self) -> list[DeploymentActor]:
+        return [actor for actors in self._by_model.values() for actor in actors]
+
+    def _ranked(self, model: str, exclude: Collection[str], now: float) -> tuple[list[DeploymentActor], float | None]:
+        """Candidates in the order to ask them, and the soonest time a skipped one is back."""
+        ranked: list[tuple[float, DeploymentActor]] = []
+        soonest: float | None = None
         for actor in self._by_model.get(model, ()):
             snap = actor.snapshot
-            if not (snap.healthy and actor.config.enabled):
+            if not actor.config.enabled or actor.config.name in exclude:
                 continue
-            ranked.append((snap.in_flight / snap.weight, self._rng.random(), actor))
-        ranked.sort(key=lambda item: item[:2])
-        return [actor for _, _, actor in ranked]
+            if snap.available_at > now:
+                soonest = snap.available_at if soonest is None else min(soonest, snap.available_at)
+                continue
+            weight = snap.weight * max(snap.room, _MIN_ROOM) / (1 + snap.in_flight)
+            ranked.append((self._rng.random() ** (1.0 / weight), actor))
+        ranked.sort(key=lambda item: item[0], reverse=True)
+        return [actor for _, actor in ranked], soonest
 
-    async def acquire(self, model: str, request_id: str, estimated_tokens: int) -> Lease:
+    async def acquire(
+        self, model: str, request_id: str, estimated_tokens: int, *, exclude: Collection[str] = ()
+    ) -> Lease:
         """A slot on the best deployment of ``model`` that grants one.
 
         Errors: NoHealthyDeployment (with ``retry_after``) when none does.
         """
-        retry_after: float | None = None
-        for actor in self._candidates(model):
+        now = trio.current_time()
+        candidates, soonest = self._ranked(model, exclude, now)
+        waits = [soonest - now] if soonest is not None else []
+        for actor in candidates:
             answer = await actor.acquire(request_id, estimated_tokens)
             if isinstance(answer, Refused):
                 if answer.retry_after is not None:
-                    retry_after = min(retry_after or answer.retry_after, answer.retry_after)
+                    waits.append(answer.retry_after)
                 continue
             return Lease(actor=actor, slot=answer)
-        raise NoHealthyDeployment(retry_after=retry_after or 1.0)
+        raise NoHealthyDeployment(retry_after=max(min(waits), 1.0) if waits else None)

@@ -71,9 +71,10 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     )
     set_read_size(config.streaming.chunk_bytes)
     # Deployments on one Azure resource share a pooled client (and its connection limit).
-    clients = HttpClients(config.server)
+    clients = HttpClients(config.upstream)
     actors = tuple(
-        DeploymentActor(dep, build_provider(dep, config.server, clients)) for dep in config.deployments
+        DeploymentActor(dep, build_provider(dep, config.upstream, clients), config.breaker)
+        for dep in config.deployments
     )
     wallets = WalletPool(storage, config.wallet)
     usage = UsageAggregator(storage, config.usage)
@@ -94,6 +95,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
             usage=usage,
             wallet_config=config.wallet,
             streaming=config.streaming,
+            upstream=config.upstream,
         ),
     )
     try:

@@ -89,7 +89,8 @@ def azure_deployment(fake: Any, *, name: str = "eastus-1", model: str = MODEL, *
 
 def gateway_config(database_url: str, deployments: list[dict[str, Any]], **sections: Any):
     raw: dict[str, Any] = {"storage": {"url": database_url}, "deployments": deployments}
-    raw["server"] = {"shutdown_grace_seconds": 2.0, "upstream_timeout_seconds": 20.0, **sections.pop("server", {})}
+    raw["server"] = {"shutdown_grace_seconds": 2.0, **sections.pop("server", {})}
+    raw["upstream"] = {"request_timeout_seconds": 20.0, **sections.pop("upstream", {})}
     raw["usage"] = {"flush_interval_seconds": 0.02, **sections.pop("usage", {})}
     raw.update(sections)
     return structure_config(raw, base_dir=Path("."))

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trio
 
-from engine.config import DeploymentConfig, ServerConfig
+from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import UpstreamError, UpstreamTimeout
 from engine.providers import (
     AzureProvider,
@@ -28,8 +28,8 @@ from fake_azure import DEFAULT_REPLY, open_fake_azure
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say something."}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
-SERVER = ServerConfig(upstream_timeout_seconds=5.0, upstream_connect_timeout_seconds=2.0,
-                      upstream_max_connections=8)  # fmt: skip
+SERVER = UpstreamConfig(request_timeout_seconds=5.0, timeout_seconds=5.0, idle_timeout_seconds=5.0,
+                        connect_timeout_seconds=2.0, max_connections=8)  # fmt: skip
 
 # ---------------------------------------------------------------- SSE parser
 
@@ -271,7 +271,7 @@ async def test_connection_refused_is_upstream_error_without_status():
 
 async def test_hung_upstream_times_out(fake):
     fake.hang = True
-    quick = ServerConfig(upstream_timeout_seconds=0.2)
+    quick = UpstreamConfig(request_timeout_seconds=0.2, timeout_seconds=0.2, idle_timeout_seconds=0.2)
     provider = AzureProvider(azure_deployment(fake), quick)
     with pytest.raises(UpstreamTimeout):
         await provider.complete(BODY)

@@ -140,7 +140,7 @@ async def test_mid_stream_failures_end_with_an_error_event_and_charge_what_was_d
     database_url, knobs, raw, code
 ):
     async with open_fake_azure(**knobs) as fake, open_gateway(
-        database_url, fake, streaming={"idle_timeout_seconds": 0.5, "heartbeat_seconds": 0.1}
+        database_url, fake, streaming={"heartbeat_seconds": 0.1}, upstream={"idle_timeout_seconds": 0.5}
     ) as gw:
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance

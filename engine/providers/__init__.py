@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from engine.config import DeploymentConfig, ServerConfig
+from engine.config import DeploymentConfig, UpstreamConfig
 from engine.providers._http import HttpClients, set_read_size
 from engine.providers.azure import AzureProvider
 from engine.providers.base import Completion, Provider, SseEvent, Usage
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def build_provider(
-    deployment: DeploymentConfig, server: ServerConfig, clients: HttpClients | None = None
+    deployment: DeploymentConfig, upstream: UpstreamConfig, clients: HttpClients | None = None
 ) -> Provider:
     """The adapter for ``deployment``.
 
@@ -40,4 +40,4 @@ def build_provider(
     if deployment.provider == "simulator":
         return SimulatorProvider(deployment)
     client = clients.for_endpoint(deployment.endpoint) if clients is not None else None
-    return AzureProvider(deployment, server, client)
+    return AzureProvider(deployment, upstream, client)

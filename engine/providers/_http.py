@@ -23,26 +23,28 @@ import attrs
 import httpcore
 import httpx
 
-from engine.config import ServerConfig
+from engine.config import UpstreamConfig
 from engine.errors import OmixaError, UpstreamError, UpstreamTimeout
 
 
-def make_client(server: ServerConfig) -> httpx.AsyncClient:
-    """A pooled HTTP/1.1 client sized and timed from the server config.
+def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
+    """A pooled HTTP/1.1 client sized and timed from the ``[upstream]`` config.
 
     HTTP/2 stays off: httpcore does not reset a cancelled HTTP/2 stream, so the upstream would
-    keep generating billed tokens (STACK-NOTES). The read timeout bounds each wait for bytes
-    (head or next stream chunk) by ``upstream_timeout_seconds``; ``complete`` additionally bounds
-    the whole call. ``trust_env=False``: stray proxy environment variables are ignored; upstream traffic goes out
-    directly.
+    keep generating billed tokens (STACK-NOTES). The adapter bounds a stream's head by
+    ``timeout_seconds`` and a whole non-streaming call by ``request_timeout_seconds``; the read
+    timeout here (the larger of that and ``idle_timeout_seconds``) is only a backstop for each
+    wait for bytes. ``trust_env=False``: stray proxy environment variables are ignored;
+    upstream traffic goes out directly.
     """
-    size = server.upstream_max_connections
+    size = upstream.max_connections
     return httpx.AsyncClient(
         http1=True,
         http2=False,
         limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
         timeout=httpx.Timeout(
-            server.upstream_timeout_seconds, connect=server.upstream_connect_timeout_seconds
+            max(upstream.idle_timeout_seconds, upstream.request_timeout_seconds),
+            connect=upstream.connect_timeout_seconds,
         ),
         follow_redirects=False,
         trust_env=False,
@@ -84,7 +86,7 @@ class HttpClients:
     The owner closes them all with :meth:`aclose`.
     """
 
-    server: ServerConfig
+    upstream: UpstreamConfig
     _clients: dict[str, httpx.AsyncClient] = attrs.field(factory=dict, init=False)
 
     def for_endpoint(self, endpoint: str) -> httpx.AsyncClient:
@@ -93,7 +95,7 @@ class HttpClients:
         key = f"{url.scheme}://{url.host}:{url.port}"
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = make_client(self.server)
+            client = self._clients[key] = make_client(self.upstream)
         return client
 
     async def aclose(self) -> None:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from engine.config import DeploymentConfig, ServerConfig
+from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import UpstreamError, UpstreamTimeout
 from engine.providers._http import make_client, map_errors, translate
 from engine.providers.base import Completion, SseEvent, Usage
@@ -44,7 +44,7 @@ class AzureProvider:
 
     Args:
         deployment: endpoint, deployment name, api-version and (resolved) key.
-        server: timeouts and pool size, used when no client is given.
+        upstream: timeouts, and the pool size when no client is given.
         client: a shared client (see :class:`~engine.providers._http.HttpClients`); the
             provider then does not close it. Without one it makes and owns its own.
     """
@@ -54,7 +54,7 @@ class AzureProvider:
     def __init__(
         self,
         deployment: DeploymentConfig,
-        server: ServerConfig,
+        upstream: UpstreamConfig,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         base = deployment.endpoint.rstrip("/")
@@ -68,15 +68,16 @@ class AzureProvider:
             # Raw bytes are relayed as received: no compressed stream surprises.
             "accept-encoding": "identity",
         }
-        self._timeout = server.upstream_timeout_seconds
+        self._timeout = upstream.request_timeout_seconds
+        self._head_timeout = upstream.timeout_seconds
         self._owns_client = client is None
-        self._client = client if client is not None else make_client(server)
+        self._client = client if client is not None else make_client(upstream)
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """POST a non-streaming chat completion and return Azure's JSON answer and usage.
 
         Errors: UpstreamError (error status, body not a JSON object, unreachable upstream),
-        UpstreamTimeout (no complete answer within ``upstream_timeout_seconds``).
+        UpstreamTimeout (no complete answer within ``request_timeout_seconds``).
         Cancellation: closes the connection; the pool opens a new one next time.
         """
         request = self._build(body, stream=False)
@@ -114,13 +115,17 @@ class AzureProvider:
         response held by an unstarted generator leaks when the client goes early).
 
         Errors: UpstreamError/UpstreamTimeout on entering (error status, unreachable, no head
-        in time) and while iterating (connection broken, no bytes for
-        ``upstream_timeout_seconds``, malformed frame, stream cut inside a frame).
+        within ``timeout_seconds``) and while iterating (connection broken, no bytes for the
+        client's read timeout, malformed frame, stream cut inside a frame).
         Cancellation: leaving the block, normally or by cancellation, closes the connection at
         once (HTTP/1.1): Azure sees the disconnect and stops generating.
         """
         request = self._build(body, stream=True)
-        response = await self._send(request)
+        response = None
+        with trio.move_on_after(self._head_timeout):
+            response = await self._send(request)
+        if response is None:
+            raise UpstreamTimeout("The upstream did not start its answer in time.")
         try:
             if not response.is_success:
                 with map_errors():
