@@ -45,14 +45,19 @@ class Accounts:
             raise ValueError(f"not an email address: {email!r}")
         return await self.storage.create_account(email)
 
-    async def create_key(self, account_id: str, *, rpm: int | None = None) -> NewKey:
-        """Errors: storage.NotFound if the account does not exist."""
+    async def create_key(self, account_id: str, *, rpm: int | None = None, tpm: int | None = None) -> NewKey:
+        """Errors: storage.NotFound if the account does not exist; ValueError for a
+        negative limit. A limit of None uses the configured default, 0 means none."""
+        for name, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and value < 0:
+                raise ValueError(f"--{name} must be >= 0 (0: unlimited)")
         secret = generate_key()
         record = await self.storage.create_api_key(
             account_id=account_id,
             key_hash=hash_key(secret),
             prefix=secret[:DISPLAY_PREFIX_CHARS],
             rpm=rpm,
+            tpm=tpm,
         )
         return NewKey(record=record, secret=secret)
 

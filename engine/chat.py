@@ -41,12 +41,13 @@ from engine.errors import (
     UpstreamTimeout,
 )
 from engine.providers.base import Provider, SseEvent, Usage
+from engine.keylimits import KeyLimiter
 from engine.relay import StreamRelay
 from engine.router import Lease, Router
 from engine.tokens import count_text
 from engine.usage import UsageAggregator
 from engine.wallet import WalletPool
-from storage import Hold, RequestLog
+from storage import ApiKeyRecord, Hold, RequestLog
 
 log = logging.getLogger("omixa.chat")
 
@@ -60,8 +61,15 @@ _CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
 @attrs.frozen(kw_only=True)
 class Caller:
     request_id: str
-    account_id: str
-    key_id: str
+    key: ApiKeyRecord
+
+    @property
+    def account_id(self) -> str:
+        return self.key.account_id
+
+    @property
+    def key_id(self) -> str:
+        return self.key.id
 
 
 T = TypeVar("T")
@@ -102,6 +110,7 @@ class Exchange:
         self.lease: Lease | None = None
         self.reached_upstream = False
         self.estimated_tokens = 0
+        self.admitted_at: float | None = None  # when the key's limits counted this call
         self.started = time.monotonic()
         self.created_at = dt.datetime.now(dt.timezone.utc)
         self.first_token_at: float | None = None
@@ -129,6 +138,11 @@ class Exchange:
         latency = time.monotonic() - self.started
         cost = cost_of(usage, self.request.model.prices) if usage is not None else 0
         charged = 0
+        if self.admitted_at is not None:
+            used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
+            self.service.limits.settle(
+                self.caller.key_id, self.admitted_at, self.request.estimated_tokens, used
+            )
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self.hold is not None:
                 charged = await self._settle(cost)
@@ -200,6 +214,7 @@ class ChatService:
         wallet_config: WalletConfig,
         streaming: StreamingConfig,
         upstream: UpstreamConfig,
+        limits: KeyLimiter,
     ) -> None:
         self.catalog = catalog
         self.router = router
@@ -208,6 +223,7 @@ class ChatService:
         self.wallet_config = wallet_config
         self.streaming = streaming
         self.upstream = upstream
+        self.limits = limits
         # Set when shutdown begins: requests cancelled from then on are "interrupted".
         self.draining = False
 
@@ -216,8 +232,14 @@ class ChatService:
         return parse_chat_request(body, self.catalog, self.router.models())
 
     async def _begin(self, exchange: Exchange) -> dict[str, Any]:
-        """Hold the money; return the upstream body."""
+        """Count the call against the key's limits, hold the money; return the upstream body.
+
+        Errors: RateLimited, InsufficientBalance, ServiceUnavailable.
+        """
         request = exchange.request
+        now = trio.current_time()
+        self.limits.admit(exchange.caller.key, request.estimated_tokens, now)
+        exchange.admitted_at = now
         reserved = await self.wallets.reserve(
             exchange.caller.account_id,
             request_id=exchange.caller.request_id,

@@ -33,6 +33,12 @@ class ChatRequest:
     cap_is_clients: bool
     choices: int
 
+    @property
+    def estimated_tokens(self) -> int:
+        """The most tokens the call can use (prompt + every output token of the cap), as
+        rate limits count it before the call."""
+        return self.prompt_tokens + self.output_tokens * self.choices
+
 
 def _positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None) -> int | None:
     value = body.get(key)

@@ -109,6 +109,14 @@ STREAM_ENV = {
 
 
 @attrs.frozen(kw_only=True)
+class LimitsConfig:
+    """Per-key rate limits; a key's own ``rpm``/``tpm`` (``omixa key create``) win. 0: none."""
+
+    key_rpm: int = attrs.field(default=600, validator=_non_negative)
+    key_tpm: int = attrs.field(default=0, validator=_non_negative)
+
+
+@attrs.frozen(kw_only=True)
 class StorageConfig:
     url: str = "sqlite:///omixa.db"
 
@@ -166,6 +174,7 @@ class Config:
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     breaker: BreakerConfig = BreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
     storage: StorageConfig = StorageConfig()
     wallet: WalletConfig = WalletConfig()
     usage: UsageConfig = UsageConfig()

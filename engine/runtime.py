@@ -23,6 +23,7 @@ from engine.catalog import Catalog, load_catalog
 from engine.chat import ChatService
 from engine.config import Config, resolve_path
 from engine.deployment import DeploymentActor
+from engine.keylimits import KeyLimiter
 from engine.providers import HttpClients, build_provider, set_read_size
 from engine.router import Router
 from engine.supervise import supervised
@@ -47,6 +48,7 @@ class Engine:
     router: Router
     wallets: WalletPool
     usage: UsageAggregator
+    limits: KeyLimiter
     chat: ChatService
 
 
@@ -79,6 +81,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     wallets = WalletPool(storage, config.wallet)
     usage = UsageAggregator(storage, config.usage)
     router = Router(actors)
+    limits = KeyLimiter(config.limits)
     engine = Engine(
         config=config,
         catalog=catalog,
@@ -88,6 +91,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         router=router,
         wallets=wallets,
         usage=usage,
+        limits=limits,
         chat=ChatService(
             catalog=catalog,
             router=router,
@@ -96,6 +100,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
             wallet_config=config.wallet,
             streaming=config.streaming,
             upstream=config.upstream,
+            limits=limits,
         ),
     )
     try:

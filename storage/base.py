@@ -46,7 +46,8 @@ class ApiKeyRecord:
     id: str
     account_id: str
     prefix: str
-    rpm: int | None
+    rpm: int | None  # requests per minute; None: the configured default, 0: unlimited
+    tpm: int | None = None  # tokens per minute; None: the configured default, 0: unlimited
     created_at: dt.datetime
     revoked_at: dt.datetime | None
 
@@ -148,7 +149,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def create_api_key(
-        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None
+        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
     ) -> ApiKeyRecord:
         """Store a key by its hash. Errors: NotFound if the account does not exist."""
 

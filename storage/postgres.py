@@ -140,16 +140,16 @@ class PostgresStorage(Storage):
         return None if row is None else Account(**row)
 
     async def create_api_key(
-        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None
+        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
     ) -> ApiKeyRecord:
         key_id = _new_id("key")
         created_at = await self._run(
-            _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm
+            _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm, tpm
         )
         if created_at is None:
             raise NotFound(f"no account {account_id!r}")
         return ApiKeyRecord(
-            id=key_id, account_id=account_id, prefix=prefix, rpm=rpm, created_at=created_at,
+            id=key_id, account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm, created_at=created_at,
             revoked_at=None,
         )
 
@@ -376,11 +376,11 @@ class _SQL:
     # Insert only if the account exists: no row back means NotFound, without relying on
     # catching a foreign-key violation.
     INSERT_API_KEY = """
-        INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm)
-        SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
+        INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm)
+        SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
         RETURNING created_at"""
     FIND_API_KEY = """
-        SELECT id, account_id, prefix, rpm, created_at, revoked_at
+        SELECT id, account_id, prefix, rpm, tpm, created_at, revoked_at
         FROM api_keys WHERE key_hash = $1"""
     REVOKE_API_KEY = """
         UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1

@@ -138,10 +138,10 @@ class SQLiteStorage(Storage):
                                account_id)
 
     async def create_api_key(
-        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None
+        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
     ) -> ApiKeyRecord:
         record = ApiKeyRecord(
-            id=_new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm,
+            id=_new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm,
             created_at=_from_us(_now_us()), revoked_at=None,
         )
         await self._call(_insert_api_key, record, key_hash, write=True)
@@ -150,7 +150,7 @@ class SQLiteStorage(Storage):
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         return await self._one(
             ApiKeyRecord,
-            "SELECT id, account_id, prefix, rpm, created_at, revoked_at"
+            "SELECT id, account_id, prefix, rpm, tpm, created_at, revoked_at"
             " FROM api_keys WHERE key_hash = ?",
             key_hash,
         )
@@ -330,9 +330,9 @@ def _insert_api_key(conn: sqlite3.Connection, key: ApiKeyRecord, key_hash: str) 
     if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (key.account_id,)).fetchone() is None:
         raise NotFound(f"no account {key.account_id!r}")
     conn.execute(
-        "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (key.id, key.account_id, key_hash, key.prefix, key.rpm,
+        "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (key.id, key.account_id, key_hash, key.prefix, key.rpm, key.tpm,
          _to_us(key.created_at, "created_at")),
     )
 

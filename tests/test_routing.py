@@ -168,7 +168,8 @@ async def test_rpm_windows_split_traffic_then_503_with_retry_after(database_url)
 @pytest.mark.parametrize("failure", ["429", "500", "hang"])
 async def test_failover_keeps_every_request_succeeding_and_charged_once(database_url, failure):
     async with open_fake_azure() as bad, open_fake_azure() as good:
-        deployments = [azure_deployment(bad, name="bad"), azure_deployment(good, name="good")]
+        # The bad one is heavily preferred, so only its health can keep traffic away from it.
+        deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good")]
         async with open_gateway(
             database_url, deployments=deployments, upstream={"timeout_seconds": 0.3, "request_timeout_seconds": 5},
             breaker={"failures": 2, "cooldown_seconds": 1.0},
@@ -189,9 +190,9 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
                     response = await post(client, gw, key, stream=stream)
                     assert response.status_code == 200, response.text
             bad_actor = next(a for a in gw.engine.deployments if a.config.name == "bad")
-            assert bad_actor.snapshot.health in ("cooling", "open")
+            assert bad_actor.snapshot.health in ("cooling", "open", "half_open")
             tried_bad = len(bad.requests)
-            assert 1 <= tried_bad <= 3  # cooled down / opened: not tried for every request
+            assert 1 <= tried_bad <= 6  # cooled down / opened: not tried for every request
             # Every request was charged once, for its successful attempt only.
             await gw.flushed()
             entries = await gw.storage.ledger_entries(account)
@@ -206,3 +207,40 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
                     await trio.sleep(0.3)
                     async with httpx.AsyncClient(timeout=10) as client:
                         assert (await post(client, gw, key)).status_code == 200
+
+
+async def test_key_rate_limits_refuse_with_429_and_report_headers(database_url):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, limits={"key_tpm": 100_000}) as gw:
+        account, _ = await gw.funded_account("1.00")
+        limited = await gw.engine.accounts.create_key(account, rpm=3)
+        rows = len(await gw.storage.ledger_entries(account))
+        async with httpx.AsyncClient() as client:
+            for i in range(3):
+                ok = await post(client, gw, limited.secret)
+                assert ok.status_code == 200
+                assert ok.headers["x-ratelimit-limit-requests"] == "3"
+                assert ok.headers["x-ratelimit-remaining-requests"] == str(2 - i)
+                assert ok.headers["x-ratelimit-limit-tokens"] == "100000"
+                assert ok.headers["x-ratelimit-reset-requests"].endswith("s")
+            refused = await post(client, gw, limited.secret)
+            assert refused.status_code == 429
+            error = refused.json()["error"]
+            assert error["code"] == "rate_limited" and error["request_id"] == refused.headers["x-request-id"]
+            assert 55 <= int(refused.headers["retry-after"]) <= 61
+            assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+            # Reads do not count, and still report the state.
+            wallet = await client.get(f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {limited.secret}"})
+            assert wallet.status_code == 200 and wallet.headers["x-ratelimit-remaining-requests"] == "0"
+            # A request larger than the key's token limit can never fit: 429 without Retry-After.
+            huge = await post(client, gw, (await gw.engine.accounts.create_key(account, tpm=10)).secret)
+            assert huge.status_code == 429 and "retry-after" not in huge.headers
+        assert len(fake.requests) == 3
+        # Refused calls held nothing: 3 requests' worth of ledger rows were added (hold,
+        # charge, release each).
+        assert len(await gw.storage.ledger_entries(account)) == rows + 9
+
+
+def test_reset_durations_are_formatted_like_openai():
+    from engine.keylimits import format_reset
+
+    assert [format_reset(s) for s in (0.0172, 1, 59.2, 360)] == ["18ms", "1s", "1m0s", "6m0s"]

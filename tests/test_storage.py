@@ -123,7 +123,14 @@ async def test_concurrent_opens_migrate_once(database_url, aio_loop):
         for _ in range(6):
             nursery.start_soon(open_and_use)
     rows = await raw(database_url, aio_loop, "SELECT version FROM schema_migrations")
-    assert [r[0] for r in rows] == [1]
+    assert sorted(r[0] for r in rows) == [m.version for m in load_migrations("sqlite")]
+
+
+async def test_key_limits_are_stored(storage):
+    account = await storage.create_account("k@example.com")
+    key = await storage.create_api_key(account_id=account.id, key_hash="h" * 64, prefix="omx_live_ab", rpm=3, tpm=500)
+    found = await storage.find_api_key("h" * 64)
+    assert (found.rpm, found.tpm) == (3, 500) and found == key
 
 
 async def test_newer_schema_is_refused(storage, database_url, aio_loop):

@@ -11,6 +11,7 @@ import json
 import logging
 from typing import Any
 
+import trio
 from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -24,8 +25,10 @@ from engine.errors import (
     OmixaError,
     RequestTooLarge,
 )
+from engine.keylimits import format_reset
 from engine.money import format_usd
 from engine.runtime import Engine
+from storage import ApiKeyRecord
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
 from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
@@ -57,7 +60,19 @@ def create_app(engine: Engine) -> QuartTrio:
     @app.after_request
     async def add_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = _request_id()
+        key = g.get("key")
+        if key is not None:
+            # OpenAI's rate-limit headers, on every response to a known key.
+            for name, view in engine.limits.views(key, trio.current_time()).items():
+                response.headers[f"x-ratelimit-limit-{name}"] = str(view.limit)
+                response.headers[f"x-ratelimit-remaining-{name}"] = str(view.remaining)
+                response.headers[f"x-ratelimit-reset-{name}"] = format_reset(view.reset_seconds)
         return response
+
+    async def authenticate() -> ApiKeyRecord:
+        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
+        g.key = key
+        return key
 
     @app.errorhandler(OmixaError)
     async def on_omixa_error(exc: OmixaError) -> Response:
@@ -91,7 +106,7 @@ def create_app(engine: Engine) -> QuartTrio:
 
     @app.get("/api/v1/models")
     async def list_models() -> Response:
-        await engine.accounts.authenticate(request.headers.get("Authorization"))
+        await authenticate()
         enabled = engine.router.models()
         data = [
             {
@@ -117,7 +132,7 @@ def create_app(engine: Engine) -> QuartTrio:
 
     @app.get("/api/v1/wallet")
     async def wallet() -> Response:
-        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
+        key = await authenticate()
         state = await engine.accounts.wallet(key.account_id)
         return json_response(
             {
@@ -131,11 +146,11 @@ def create_app(engine: Engine) -> QuartTrio:
 
     @app.post("/api/v1/chat/completions")
     async def chat_completions() -> Response:
-        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
+        key = await authenticate()
         body = await _json_body(max_body)
         chat = engine.chat
         parsed = chat.parse(body)
-        caller = Caller(request_id=_request_id(), account_id=key.account_id, key_id=key.id)
+        caller = Caller(request_id=_request_id(), key=key)
         if not parsed.stream:
             return json_response(await chat.complete(caller, parsed))
         relay = await chat.open_stream(caller, parsed)

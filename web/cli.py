@@ -143,7 +143,10 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
 def cmd_key_create(args: argparse.Namespace) -> int:
     async def work(storage: Storage) -> int:
-        new = await Accounts(storage).create_key(args.account, rpm=args.rpm)
+        try:
+            new = await Accounts(storage).create_key(args.account, rpm=args.rpm, tpm=args.tpm)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         _print(OMIXA_KEY_ID=new.record.id, OMIXA_API_KEY=new.secret)
         print("Store the key now: it is not shown again.", file=sys.stderr)
         return 0
@@ -226,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     key = sub.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
     p = command("create", cmd_key_create, "create a key (printed once)", key)
     p.add_argument("account")
-    p.add_argument("--rpm", type=int)
+    p.add_argument("--rpm", type=int, help="requests per minute (default: [limits] key_rpm; 0: none)")
+    p.add_argument("--tpm", type=int, help="tokens per minute (default: [limits] key_tpm; 0: none)")
     p = command("revoke", cmd_key_revoke, "revoke a key at once", key)
     p.add_argument("key_id")
 
