@@ -244,3 +244,24 @@ def test_reset_durations_are_formatted_like_openai():
     from engine.keylimits import format_reset
 
     assert [format_reset(s) for s in (0.0172, 1, 59.2, 360)] == ["18ms", "1s", "1m0s", "6m0s"]
+
+
+async def test_admin_view_of_deployments(database_url, monkeypatch):
+    async with open_fake_azure() as fake:
+        async with open_gateway(database_url, deployments=[azure_deployment(fake, rpm=50)]) as gw:
+            async with httpx.AsyncClient() as client:
+                # Without OMIXA_ADMIN_TOKEN the route does not exist.
+                assert (await client.get(f"{gw.root_url}/admin/deployments")).status_code == 404
+        monkeypatch.setenv("OMIXA_ADMIN_TOKEN", "s3cret")
+        async with open_gateway(database_url, deployments=[azure_deployment(fake, rpm=50)]) as gw:
+            _, key = await gw.funded_account("1.00")
+            async with httpx.AsyncClient() as client:
+                assert (await post(client, gw, key)).status_code == 200
+                wrong = await client.get(f"{gw.root_url}/admin/deployments", headers={"Authorization": "Bearer nope"})
+                assert wrong.status_code == 401
+                view = (await client.get(f"{gw.root_url}/admin/deployments", headers={"Authorization": "Bearer s3cret"})).json()
+        [deployment] = view["data"]
+        assert deployment["name"] == "eastus-1" and deployment["health"] == "closed"
+        assert deployment["windows"]["rpm"] == {"used": 1, "limit": 50}
+        assert deployment["requests"] == 1 and deployment["in_flight"] == 0
+        assert fake.api_key not in str(view)

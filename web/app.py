@@ -7,8 +7,10 @@ rendered by :func:`web.envelope.error_response`.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
 from typing import Any
 
 import trio
@@ -17,8 +19,10 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from engine.chat import Caller
+from engine.deployment import DeploymentActor
 from engine.errors import (
     InternalError,
+    InvalidApiKey,
     InvalidRequest,
     MethodNotAllowed,
     NotFoundError,
@@ -104,6 +108,21 @@ def create_app(engine: Engine) -> QuartTrio:
     async def healthz() -> Response:
         return json_response({"status": "ok", "deployments": len(engine.deployments)})
 
+    admin_token = os.environ.get("OMIXA_ADMIN_TOKEN", "")
+
+    @app.get("/admin/deployments")
+    async def admin_deployments() -> Response:
+        """Each deployment's published state, for operators (bearer OMIXA_ADMIN_TOKEN)."""
+        if not admin_token:
+            raise NotFoundError(f"No route for {request.method} {request.path}.")
+        scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
+            raise InvalidApiKey("Send the admin token as 'Authorization: Bearer ...'.")
+        now = trio.current_time()
+        return json_response({"object": "list", "data": [
+            _deployment_view(actor, now) for actor in engine.deployments
+        ]})
+
     @app.get("/api/v1/models")
     async def list_models() -> Response:
         await authenticate()
@@ -161,6 +180,32 @@ def create_app(engine: Engine) -> QuartTrio:
         return response
 
     return app
+
+
+def _deployment_view(actor: DeploymentActor, now: float) -> dict[str, Any]:
+    snap = actor.snapshot
+    cooldown = snap.available_at - now
+    return {
+        "name": snap.name,
+        "model": snap.model,
+        "provider": actor.config.provider,
+        "endpoint": actor.config.endpoint or None,
+        "region": snap.region,
+        "enabled": snap.enabled,
+        "weight": snap.weight,
+        "health": snap.health,
+        "cooldown_seconds": round(cooldown, 3) if cooldown > 0 else 0,
+        "in_flight": snap.in_flight,
+        "requests": snap.requests,
+        "failures": snap.failures,
+        "tokens_used": snap.tokens_used,
+        "windows": {
+            name: {"used": view.used, "limit": view.limit} for name, view in snap.windows.items()
+        },
+        "latency_ms": round(snap.latency_s * 1000, 1) if snap.latency_s is not None else None,
+        "last_outcome": snap.last_outcome,
+        "last_error": snap.last_error,
+    }
 
 
 def _request_id() -> str:
