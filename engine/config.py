@@ -51,6 +51,9 @@ class ServerConfig:
     max_body_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     # Grace period on SIGINT/SIGTERM before in-flight requests are cancelled (and settled).
     shutdown_grace_seconds: float = attrs.field(default=10.0, validator=_non_negative)
+    # How often the config file is checked for changes to [[deployments]] (SIGHUP reloads at
+    # once); 0 turns the polling off.
+    reload_poll_seconds: float = attrs.field(default=2.0, validator=_non_negative)
 
 
 @attrs.frozen(kw_only=True)

@@ -81,6 +81,15 @@ class Finish:
 
 
 @attrs.frozen(kw_only=True)
+class Retune:
+    """New settings for the same deployment; ``provider`` when the adapter must change."""
+
+    config: DeploymentConfig
+    provider: Provider | None
+    reply: Reply[None]
+
+
+@attrs.frozen(kw_only=True)
 class WindowView:
     used: int
     limit: int
@@ -116,14 +125,9 @@ class DeploymentActor:
         self.config = config
         self.provider = provider
         self._windows: dict[str, SlidingWindow] = {}
-        if config.rpm:
-            self._windows["rpm"] = minute_window(config.rpm)
-        if config.tpm:
-            self._windows["tpm"] = minute_window(config.tpm)
-        if config.hourly_tokens:
-            self._windows["hourly_tokens"] = hour_window(config.hourly_tokens)
+        self._tune_windows(config)
         self._health = Health(failures_to_open=breaker.failures, cooldown_seconds=breaker.cooldown_seconds)
-        self._send, self._receive = trio.open_memory_channel[Acquire | Finish](MAILBOX_SIZE)
+        self._send, self._receive = trio.open_memory_channel[Acquire | Finish | Retune](MAILBOX_SIZE)
         self._ids = itertools.count(1)
         self._open: dict[int, Slot] = {}
         self._counters = {"requests": 0, "failures": 0, "tokens_used": 0}
@@ -181,9 +185,24 @@ class DeploymentActor:
                 return
         log.error("deployment %s: mailbox full; slot %s not returned", self.config.name, slot.id)
 
+    async def retune(self, config: DeploymentConfig, provider: Provider | None = None) -> None:
+        """Take new settings, keeping window counts and health (see :mod:`engine.fleet`)."""
+        reply: Reply[None] = Reply()
+        await ask(self._send, Retune(config=config, provider=provider, reply=reply), reply)
+
     def close(self) -> None:
         """Close the mailbox: the actor finishes what is queued and returns."""
         self._send.close()
+
+    def _tune_windows(self, config: DeploymentConfig) -> None:
+        limits = {"rpm": config.rpm, "tpm": config.tpm, "hourly_tokens": config.hourly_tokens}
+        for name, limit in limits.items():
+            if not limit:
+                self._windows.pop(name, None)
+            elif name in self._windows:
+                self._windows[name].limit = limit  # the counts stay; only the limit moves
+            else:
+                self._windows[name] = hour_window(limit) if name == "hourly_tokens" else minute_window(limit)
 
     # -- the actor ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -192,8 +211,14 @@ class DeploymentActor:
             now = trio.current_time()
             if isinstance(message, Acquire):
                 self._on_acquire(message, now)
-            else:
+            elif isinstance(message, Finish):
                 self._on_finish(message, now)
+            else:
+                self.config = message.config
+                if message.provider is not None:
+                    self.provider = message.provider
+                self._tune_windows(message.config)
+                message.reply.send(None)
             self._publish(now)
 
     def _refusal(self, estimated: int, now: float) -> Refused | None:

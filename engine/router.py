@@ -46,12 +46,17 @@ class Lease:
 
 
 class Router:
-    def __init__(self, actors: Iterable[DeploymentActor], *, rng: random.Random | None = None) -> None:
+    def __init__(self, actors: Iterable[DeploymentActor] = (), *, rng: random.Random | None = None) -> None:
+        self._by_model: Mapping[str, list[DeploymentActor]] = {}
+        self._rng = rng or random.Random()
+        self.replace(actors)
+
+    def replace(self, actors: Iterable[DeploymentActor]) -> None:
+        """Route over ``actors`` from now on (requests already routed are unaffected)."""
         by_model: dict[str, list[DeploymentActor]] = {}
         for actor in actors:
             by_model.setdefault(actor.config.model, []).append(actor)
-        self._by_model: Mapping[str, list[DeploymentActor]] = by_model
-        self._rng = rng or random.Random()
+        self._by_model = by_model
 
     def models(self) -> set[str]:
         """Catalog ids that have at least one enabled deployment."""

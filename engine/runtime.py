@@ -2,7 +2,7 @@
 
 ``open_engine`` starts, under one nursery and each with ``await nursery.start(...)`` (ready
 only after ``task_status.started()``):
-- one deployment actor per configured deployment,
+- the fleet: one deployment actor per configured deployment (reload changes the set),
 - the wallet pool (wallet actors spawned per account on demand, plus the hold sweeper),
 - the usage aggregator.
 On exit the mailboxes are closed, so every actor serves what is queued (the aggregator
@@ -23,8 +23,9 @@ from engine.catalog import Catalog, load_catalog
 from engine.chat import ChatService
 from engine.config import Config, resolve_path
 from engine.deployment import DeploymentActor
+from engine.fleet import Fleet
 from engine.keylimits import KeyLimiter
-from engine.providers import HttpClients, build_provider, set_read_size
+from engine.providers import set_read_size
 from engine.router import Router
 from engine.supervise import supervised
 from engine.tokens import warm_up
@@ -44,12 +45,17 @@ class Engine:
     catalog: Catalog
     storage: Storage
     accounts: Accounts
-    deployments: tuple[DeploymentActor, ...]
+    fleet: Fleet
     router: Router
     wallets: WalletPool
     usage: UsageAggregator
     limits: KeyLimiter
     chat: ChatService
+
+    @property
+    def deployments(self) -> list[DeploymentActor]:
+        """The running deployment actors (the set changes on reload)."""
+        return self.fleet.actors
 
 
 def catalog_for(config: Config) -> Catalog:
@@ -64,30 +70,21 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     names a model the catalog lacks.
     """
     catalog = catalog or catalog_for(config)
-    for dep in config.deployments:
-        if catalog.get(dep.model) is None:
-            raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is not in the catalog")
+    router = Router()
+    fleet = Fleet(catalog=catalog, upstream=config.upstream, breaker=config.breaker, router=router)
+    fleet.check(config.deployments)
     # Load the tokenizers now, so the first request does not pay for it.
-    await trio.to_thread.run_sync(
-        warm_up, [catalog.get(dep.model).encoding for dep in config.deployments]
-    )
+    await trio.to_thread.run_sync(warm_up, {m.encoding for m in catalog.models.values()})
     set_read_size(config.streaming.chunk_bytes)
-    # Deployments on one Azure resource share a pooled client (and its connection limit).
-    clients = HttpClients(config.upstream)
-    actors = tuple(
-        DeploymentActor(dep, build_provider(dep, config.upstream, clients), config.breaker)
-        for dep in config.deployments
-    )
     wallets = WalletPool(storage, config.wallet)
     usage = UsageAggregator(storage, config.usage)
-    router = Router(actors)
     limits = KeyLimiter(config.limits)
     engine = Engine(
         config=config,
         catalog=catalog,
         storage=storage,
         accounts=Accounts(storage),
-        deployments=actors,
+        fleet=fleet,
         router=router,
         wallets=wallets,
         usage=usage,
@@ -105,8 +102,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     )
     try:
         async with trio.open_nursery() as nursery:
-            for actor in actors:
-                await nursery.start(supervised, f"deployment-{actor.config.name}", actor.run, name=f"deployment-{actor.config.name}")
+            await nursery.start(fleet.run, config.deployments, name="deployments")
             await nursery.start(supervised, "wallets", wallets.run, name="wallets")
             await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
             try:
@@ -115,11 +111,8 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
                 # Every actor returns once its mailbox is closed and drained.
                 wallets.close()
                 usage.close()
-                for actor in actors:
-                    actor.close()
+                fleet.close()
                 nursery.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
     finally:
         with trio.move_on_after(5, shield=True):
-            for actor in actors:
-                await actor.provider.aclose()
-            await clients.aclose()
+            await fleet.clients.aclose()

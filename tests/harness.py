@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 import attrs
 import trio
 
-from engine.config import structure_config
+from engine.config import load_config, structure_config
 from engine.money import parse_usd
 from web.server import Gateway, run_gateway
 
@@ -98,14 +98,24 @@ def gateway_config(database_url: str, deployments: list[dict[str, Any]], **secti
 
 @asynccontextmanager
 async def open_gateway(
-    database_url: str, fake: Any = None, *, deployments: list[dict[str, Any]] | None = None, **sections: Any
+    database_url: str,
+    fake: Any = None,
+    *,
+    deployments: list[dict[str, Any]] | None = None,
+    config_path: Path | None = None,
+    **sections: Any,
 ) -> AsyncIterator[RunningGateway]:
-    if deployments is None:
-        deployments = [azure_deployment(fake)]
-    config = gateway_config(database_url, deployments, **sections)
+    if config_path is not None:
+        config = load_config(config_path)
+    else:
+        if deployments is None:
+            deployments = [azure_deployment(fake)]
+        config = gateway_config(database_url, deployments, **sections)
     stopped = trio.Event()
     async with trio.open_nursery() as nursery:
-        gateway = await nursery.start(partial(run_gateway, config, port=0, shutdown_trigger=stopped.wait))
+        gateway = await nursery.start(
+            partial(run_gateway, config, port=0, shutdown_trigger=stopped.wait, config_path=config_path)
+        )
         try:
             yield RunningGateway(gateway, fake, stopped)
         finally:

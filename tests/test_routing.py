@@ -265,3 +265,73 @@ async def test_admin_view_of_deployments(database_url, monkeypatch):
         assert deployment["windows"]["rpm"] == {"used": 1, "limit": 50}
         assert deployment["requests"] == 1 and deployment["in_flight"] == 0
         assert fake.api_key not in str(view)
+
+
+def write_deployments(path, database_url: str, *entries: dict) -> None:
+    lines = [f'[server]\nreload_poll_seconds = 0.05\nshutdown_grace_seconds = 2\n[storage]\nurl = "{database_url}"\n']
+    for entry in entries:
+        lines.append("[[deployments]]\n" + "".join(
+            f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n"
+            for k, v in entry.items()
+        ))
+    text = "\n".join(lines)
+    # A new mtime even on coarse clocks: the watcher compares modification times.
+    path.write_text(text)
+
+
+async def test_reload_adds_retunes_and_removes_deployments_without_breaking_streams(database_url, tmp_path):
+    config = tmp_path / "omixa.toml"
+    async with open_fake_azure(reply=" ".join(["word"] * 40), chunk_delay=0.05) as old, open_fake_azure() as new:
+        write_deployments(config, database_url, azure_deployment(old, name="old", rpm=100))
+        async with open_gateway(database_url, config_path=config) as gw:
+            account, key = await gw.funded_account("1.00")
+            done = trio.Event()
+            streamed: list[bytes] = []
+
+            async def long_stream() -> None:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    async with client.stream(
+                        "POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                        json={"model": MODEL, "messages": MESSAGES, "stream": True},
+                    ) as response:
+                        async for chunk in response.aiter_raw():
+                            streamed.append(chunk)
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(long_stream)
+                with trio.fail_after(5):
+                    await old.wait_until(lambda f: f.streams_started == 1)
+
+                # Re-tune (rpm 100 -> 7) and add a deployment.
+                write_deployments(
+                    config, database_url,
+                    azure_deployment(old, name="old", rpm=7), azure_deployment(new, name="new"),
+                )
+                with trio.fail_after(5):
+                    while len(gw.engine.deployments) != 2:
+                        await trio.sleep(0.02)
+                old_actor = next(a for a in gw.engine.deployments if a.config.name == "old")
+                assert old_actor.config.rpm == 7
+
+                # A bad config is refused and changes nothing.
+                config.write_text(config.read_text().replace('model = "gpt-4o-mini"', 'model = "gpt-9"'))
+                await trio.sleep(0.3)
+                assert {a.config.name for a in gw.engine.deployments} == {"old", "new"}
+
+                # Remove the deployment that is still streaming.
+                write_deployments(config, database_url, azure_deployment(new, name="new"))
+                with trio.fail_after(5):
+                    while {a.config.name for a in gw.engine.deployments} != {"new"}:
+                        await trio.sleep(0.02)
+                async with httpx.AsyncClient() as client:
+                    for _ in range(3):
+                        assert (await post(client, gw, key)).status_code == 200
+                assert len(new.requests) == 3
+                with trio.fail_after(10):
+                    await done.wait()
+            body = b"".join(streamed)
+            assert body.rstrip().endswith(b"data: [DONE]")  # the old stream was never broken
+            assert old.streams_finished == 1
+            assert await gw.storage.verify_ledger() == []
+            assert (await gw.storage.get_wallet(account)).locked == 0

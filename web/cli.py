@@ -87,11 +87,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from web.server import Gateway, run_gateway  # the server stack loads only when serving
 
     config = _load(args.config, serving=True)
+    path = resolve_config_path(args.config)
+    config_path = path if path.exists() else None
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             gateway: Gateway = await nursery.start(
-                lambda task_status: run_gateway(config, host=args.host, port=args.port, task_status=task_status)
+                lambda task_status: run_gateway(
+                    config, host=args.host, port=args.port, config_path=config_path, task_status=task_status
+                )
             )
             _print(OMIXA_BASE_URL=gateway.base_url)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from functools import partial
+from pathlib import Path
 from typing import Awaitable, Callable
 
 import attrs
@@ -29,6 +29,7 @@ from engine.runtime import Engine, open_engine
 from storage import open_storage
 from web.app import create_app
 from web.lifecycle import RequestScope
+from web.reload import watch_config
 
 log = logging.getLogger("omixa.server")
 
@@ -67,9 +68,13 @@ async def run_gateway(
     host: str | None = None,
     port: int | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
+    config_path: Path | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns; report the bound address when ready.
+
+    With ``config_path``, its ``[[deployments]]`` are reloaded on SIGHUP and when the file
+    changes (:mod:`web.reload`).
 
     Errors: storage.StorageError (database unreachable or migrations failing),
     catalog.CatalogError, ValueError (a deployment's model missing from the catalog),
@@ -86,14 +91,18 @@ async def run_gateway(
                     await shutdown_trigger()
                     engine.chat.draining = True
 
-                async with trio.open_nursery() as nursery:
-                    binds = await nursery.start(
-                        partial(
-                            hypercorn.trio.serve,
-                            app,
-                            hypercorn_config(config, host, port),
-                            shutdown_trigger=shutdown,
-                        )
+                async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+                    await hypercorn.trio.serve(
+                        app, hypercorn_config(config, host, port),
+                        shutdown_trigger=shutdown, task_status=task_status,
                     )
+                    nursery.cancel_scope.cancel()  # the server is done: stop the watcher
+
+                async with trio.open_nursery() as nursery:
+                    binds = await nursery.start(serve)
+                    if config_path is not None:
+                        nursery.start_soon(
+                            watch_config, engine, config_path, config.server.reload_poll_seconds
+                        )
                     root = binds[0]
                     task_status.started(Gateway(base_url=f"{root}/api/v1", root_url=root, engine=engine))
