@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from functools import partial
 from contextlib import AbstractAsyncContextManager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -111,6 +112,12 @@ class Exchange:
         self.reached_upstream = False
         self.estimated_tokens = 0
         self.admitted_at: float | None = None  # when the key's limits counted this call
+        self.upstream_body: dict[str, Any] = {}
+        # Attempts: deployments that failed this request, the last failure, the deadline.
+        self.tried: set[str] = set()
+        self.last_failure: OmixaError | None = None
+        self.deadline: float | None = None
+        self.attempt_started = 0.0
         self.started = time.monotonic()
         self.created_at = dt.datetime.now(dt.timezone.utc)
         self.first_token_at: float | None = None
@@ -251,48 +258,68 @@ class ChatService:
         )
         exchange.hold = reserved.hold
         exchange.estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
-        return upstream_body(request, reserved.output_tokens)
+        exchange.upstream_body = upstream_body(request, reserved.output_tokens)
+        return exchange.upstream_body
 
     async def _call_upstream(self, exchange: Exchange, call: Callable[[Provider], Awaitable[T]]) -> T:
         """Run ``call`` on a deployment the router grants, failing over to another one on a
         429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
-        ``upstream.request_timeout_seconds``. The hold is the same for every attempt; each
-        failed attempt gives its slot back with the failure (which cools the deployment down
-        or counts towards its breaker).
+        ``upstream.request_timeout_seconds`` (counted per request, across a stream's
+        failovers too). The hold is the same for every attempt; each failed attempt gives
+        its slot back with the failure (which cools the deployment down or counts towards
+        its breaker).
 
         Errors: the last upstream failure when attempts run out or no other deployment can
         take the request; NoHealthyDeployment when none could take it at all.
         """
-        config = self.upstream
-        deadline = trio.current_time() + config.request_timeout_seconds
-        model, request_id = exchange.request.model.id, exchange.caller.request_id
-        tried: set[str] = set()
-        last: OmixaError | None = None
+        if exchange.deadline is None:
+            exchange.deadline = trio.current_time() + self.upstream.request_timeout_seconds
         while True:
             try:
                 exchange.lease = await self.router.acquire(
-                    model, request_id, exchange.estimated_tokens, exclude=tried
+                    exchange.request.model.id, exchange.caller.request_id,
+                    exchange.estimated_tokens, exclude=exchange.tried,
                 )
             except NoHealthyDeployment:
-                if last is not None:
-                    raise last from None
+                if exchange.last_failure is not None:
+                    raise exchange.last_failure from None
                 raise
             exchange.reached_upstream = True
-            started = time.monotonic()
+            exchange.attempt_started = time.monotonic()
             try:
                 return await call(exchange.lease.actor.provider)
             except (UpstreamError, UpstreamTimeout) as exc:
-                attempts = len(tried) + 1
-                if not _retryable(exc) or attempts >= config.max_attempts or trio.current_time() >= deadline:
+                if not self.may_fail_over(exchange, exc):
                     raise
-                lease, exchange.lease = exchange.lease, None
-                await lease.finish(None, translate_upstream(exc).code, time.monotonic() - started, exc)
-                tried.add(lease.actor.config.name)
-                last = exc
-                log.warning(
-                    "request %s: deployment %s failed (%s); failing over",
-                    request_id, lease.actor.config.name, exc.message,
-                )
+                await self.retire_attempt(exchange, exc)
+
+    def may_fail_over(self, exchange: Exchange, failure: OmixaError) -> bool:
+        """Whether ``failure`` of the current attempt may be retried on another deployment."""
+        return (
+            _retryable(failure)
+            and len(exchange.tried) + 1 < self.upstream.max_attempts
+            and exchange.deadline is not None
+            and trio.current_time() < exchange.deadline
+        )
+
+    async def retire_attempt(self, exchange: Exchange, failure: OmixaError) -> None:
+        """Give the failed attempt's slot back with its failure; exclude its deployment."""
+        lease, exchange.lease = exchange.lease, None
+        assert lease is not None
+        latency = time.monotonic() - exchange.attempt_started
+        await lease.finish(None, translate_upstream(failure).code, latency, failure)
+        exchange.tried.add(lease.actor.config.name)
+        exchange.last_failure = failure
+        log.warning(
+            "request %s: deployment %s failed (%s); failing over",
+            exchange.caller.request_id, lease.actor.config.name, failure.message,
+        )
+
+    async def reopen_stream(
+        self, exchange: Exchange
+    ) -> tuple[AbstractAsyncContextManager[AsyncIterator[SseEvent]], AsyncIterator[SseEvent]]:
+        """Open the stream on the next deployment that takes it (the relay's failover)."""
+        return await self._call_upstream(exchange, partial(_open_stream, exchange.upstream_body))
 
     async def complete(self, caller: Caller, request: ChatRequest) -> dict[str, Any]:
         """A non-streaming completion: the upstream's answer, paid for.
@@ -325,14 +352,9 @@ class ChatService:
         nursery, iterate it, and always ``aclose()`` it.
         """
         exchange = Exchange(self, caller, request)
-
-        async def start(provider: Provider) -> tuple[AbstractAsyncContextManager[AsyncIterator[SseEvent]], AsyncIterator[SseEvent]]:
-            stream = provider.open_stream(body)
-            return stream, await stream.__aenter__()
-
         try:
-            body = await self._begin(exchange)
-            stream, events = await self._call_upstream(exchange, start)
+            await self._begin(exchange)
+            stream, events = await self.reopen_stream(exchange)
         except OmixaError as exc:
             await self._fail(exchange, exc)
             raise translate_upstream(exc) from None
@@ -353,6 +375,13 @@ class ChatService:
             log.exception("request %s failed", exchange.caller.request_id, exc_info=exc)
             status, usage = "internal_error", None
         await exchange.finish(status, usage, failure)
+
+
+async def _open_stream(
+    body: dict[str, Any], provider: Provider
+) -> tuple[AbstractAsyncContextManager[AsyncIterator[SseEvent]], AsyncIterator[SseEvent]]:
+    stream = provider.open_stream(body)
+    return stream, await stream.__aenter__()
 
 
 def _answer_text(body: dict[str, Any]) -> str:

@@ -71,6 +71,54 @@ def padding_comment(size: int) -> bytes:
     return b":" + b" " * (size - 3) + b"\n\n" if size >= 3 else b""
 
 
+class _Upstream:
+    """One attempt's upstream response and the pump task that reads it into a channel."""
+
+    def __init__(
+        self, stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]], events: AsyncIterator[SseEvent]
+    ) -> None:
+        self.stream = stream
+        self.events = events
+        self.send, self.receive = trio.open_memory_channel[SseEvent | Exception](READ_AHEAD)
+        self.scope = trio.CancelScope()
+        self.done = trio.Event()
+        self.started = False
+
+    def start(self, nursery: trio.Nursery, name: str) -> None:
+        self.started = True
+        nursery.start_soon(self._pump, name=name)
+
+    async def _pump(self) -> None:
+        try:
+            with self.scope:
+                async with self.send:
+                    try:
+                        async for event in self.events:
+                            await self.send.send(event)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the relay is closing
+                    except Exception as exc:  # handed to the relay, which decides
+                        try:
+                            await self.send.send(exc)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+        finally:
+            self.done.set()
+
+    async def stop(self) -> None:
+        """Stop the reader, then close its connection (shielded and bounded)."""
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            self.scope.cancel()
+            self.receive.close()
+            if self.started:
+                await self.done.wait()
+            try:
+                await self.stream.__aexit__(None, None, None)
+            except Exception as exc:
+                # The connection is going away either way; nothing to settle from it.
+                log.debug("closing upstream stream: %r", exc)
+
+
 class StreamRelay:
     """An async iterator of bytes for the response body. Call :meth:`start` first."""
 
@@ -83,8 +131,8 @@ class StreamRelay:
         idle_timeout: float,
     ) -> None:
         self._exchange = exchange
-        self._stream = stream
-        self._events = events
+        self._upstream = _Upstream(stream, events)
+        self._nursery: trio.Nursery | None = None
         self._config = config
         self._idle_timeout = idle_timeout
         self._include_usage = exchange.request.include_usage
@@ -93,35 +141,13 @@ class StreamRelay:
         self._done = False
         self._closed = False
         self._padding = padding_comment(config.flush_padding_bytes)
-        self._send, self._receive = trio.open_memory_channel[SseEvent | Exception](READ_AHEAD)
-        self._pump_scope = trio.CancelScope()
-        self._pump_done = trio.Event()
-        self._started = False
         self._last_upstream = trio.current_time()
-        self._last_sent = self._last_upstream  # heartbeats count from the last byte sent
         self._last_sent = self._last_upstream  # heartbeats count from the last byte sent
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start reading the upstream in ``nursery`` (the request's own)."""
-        self._started = True
-        nursery.start_soon(self._pump, name=f"relay-{self._exchange.caller.request_id}")
-
-    async def _pump(self) -> None:
-        try:
-            with self._pump_scope:
-                async with self._send:
-                    try:
-                        async for event in self._events:
-                            await self._send.send(event)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return  # the relay is closing
-                    except Exception as exc:  # handed to the relay, which ends the stream
-                        try:
-                            await self._send.send(exc)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            return
-        finally:
-            self._pump_done.set()
+        self._nursery = nursery
+        self._upstream.start(nursery, f"relay-{self._exchange.caller.request_id}")
 
     def __aiter__(self) -> "StreamRelay":
         return self
@@ -137,7 +163,20 @@ class StreamRelay:
         if self._padding:
             padding, self._padding = self._padding, b""
             return padding
-        failure: OmixaError
+        while True:
+            failure = await self._relay_attempt()
+            if isinstance(failure, bytes):
+                return failure
+            # Nothing with content reached the client yet (comments and role frames carry
+            # none): another deployment may still answer.
+            if not self._delivered and await self._fail_over(failure):
+                continue
+            upstream = failure if isinstance(failure, (UpstreamError, UpstreamTimeout)) else None
+            await self._close(failure.code, charge=bool(self._delivered), failure=upstream)
+            return error_event(failure, self._exchange.caller.request_id)
+
+    async def _relay_attempt(self) -> bytes | OmixaError:
+        """The next bytes for the client from the current upstream, or its failure."""
         try:
             while True:
                 item = await self._next_item()
@@ -158,17 +197,43 @@ class StreamRelay:
             if self._done or self._usage is not None:
                 await self._close("ok")
                 raise StopAsyncIteration from None
-            failure = UpstreamError("The upstream stream ended unexpectedly.")
+            return UpstreamError("The upstream stream ended unexpectedly.")
         except OmixaError as exc:
-            failure = exc
+            return exc
         except Exception:
             log.exception("request %s: relay failed", self._exchange.caller.request_id)
-            failure = InternalError()
+            return InternalError()
         except BaseException:  # cancelled: the client left, or shutdown
             await self._close(self._exchange.cancelled_status())
             raise
-        await self._close(failure.code, charge=bool(self._delivered))
-        return error_event(failure, self._exchange.caller.request_id)
+
+    async def _fail_over(self, failure: OmixaError) -> bool:
+        """Replace a failed upstream by another deployment's, before any content was sent.
+
+        Returns False when no other attempt is allowed or possible (``failure`` stands, or
+        is replaced by the last attempt's own failure).
+        Cancellation: the client leaving meanwhile ends the stream as usual.
+        """
+        exchange, service = self._exchange, self._exchange.service
+        if not service.may_fail_over(exchange, failure):
+            return False
+        failed = self._upstream
+        await failed.stop()
+        await service.retire_attempt(exchange, failure)
+        try:
+            stream, events = await service.reopen_stream(exchange)
+        except OmixaError as exc:
+            log.warning("request %s: stream failover found no deployment: %s", exchange.caller.request_id, exc.message)
+            return False
+        except BaseException:
+            await self._close(exchange.cancelled_status())
+            raise
+        self._upstream = _Upstream(stream, events)
+        assert self._nursery is not None
+        self._upstream.start(self._nursery, f"relay-{exchange.caller.request_id}")
+        self._usage, self._done = None, False
+        self._last_upstream = trio.current_time()
+        return True
 
     async def _next_item(self) -> SseEvent | Exception | None:
         """The next upstream item, or None when a heartbeat is due.
@@ -179,7 +244,7 @@ class StreamRelay:
         idle_deadline = self._last_upstream + self._idle_timeout
         deadline = min(self._last_sent + self._config.heartbeat_seconds, idle_deadline)
         with trio.move_on_at(deadline):
-            item = await self._receive.receive()
+            item = await self._upstream.receive.receive()
             self._last_upstream = trio.current_time()
             return item
         if trio.current_time() >= idle_deadline:
@@ -194,7 +259,7 @@ class StreamRelay:
         with trio.move_on_after(1.0):
             while True:
                 try:
-                    await self._receive.receive()
+                    await self._upstream.receive.receive()
                 except trio.EndOfChannel:
                     return
 
@@ -241,29 +306,22 @@ class StreamRelay:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""
         await self._close(self._exchange.cancelled_status())
 
-    async def _close(self, status: str, *, charge: bool = True) -> None:
+    async def _close(
+        self, status: str, *, charge: bool = True, failure: OmixaError | None = None
+    ) -> None:
         """End the stream once: stop the pump, close the upstream, settle and record.
 
-        ``charge`` False settles for nothing (an upstream failure before any content).
+        ``charge`` False settles for nothing (an upstream failure before any content);
+        ``failure`` is the upstream's error, for the deployment's health.
         """
         if self._closed:
             return
         self._closed = True
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            # Stop the reader before closing its connection under it.
-            self._pump_scope.cancel()
-            self._receive.close()
-            if self._started:
-                await self._pump_done.wait()
-            try:
-                await self._stream.__aexit__(None, None, None)
-            except Exception as exc:
-                # The connection is going away either way; nothing to settle from it.
-                log.debug("closing upstream stream: %r", exc)
+        await self._upstream.stop()
         if status in ("client_closed", "interrupted") and self._usage is not None and self._done:
             status = "ok"  # everything was sent before the client left
         if not charge:
             usage = None
         else:
             usage = self._usage or self._exchange.delivered_usage("".join(self._delivered))
-        await self._exchange.finish(status, usage)
+        await self._exchange.finish(status, usage, failure)

@@ -3,6 +3,8 @@ and failover end to end across two real fake Azure deployments."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 import trio
@@ -335,3 +337,37 @@ async def test_reload_adds_retunes_and_removes_deployments_without_breaking_stre
             assert old.streams_finished == 1
             assert await gw.storage.verify_ledger() == []
             assert (await gw.storage.get_wallet(account)).locked == 0
+
+
+@pytest.mark.parametrize("knobs", [{"break_after": 0}, {"first_delay": 5.0}])
+async def test_a_stream_fails_over_after_comments_but_before_content(database_url, knobs):
+    """The padding and heartbeats went out, then the first deployment broke (or stayed
+    silent past the idle timeout) before any content: the stream continues on the other."""
+    async with open_fake_azure(**knobs) as bad, open_fake_azure(reply="Hello from the other side.") as good:
+        deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good")]
+        async with open_gateway(
+            database_url, deployments=deployments,
+            upstream={"idle_timeout_seconds": 0.5}, streaming={"heartbeat_seconds": 0.1},
+        ) as gw:
+            account, key = await gw.funded_account("1.00")
+            start = (await gw.storage.get_wallet(account)).balance
+            async with httpx.AsyncClient(timeout=30) as client:
+                response = await client.post(
+                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": MODEL, "messages": MESSAGES, "stream": True},
+                )
+            events = [e for e in response.content.split(b"\n\n") if e]
+            data = [e for e in events if e.startswith(b"data:")]
+            assert data[-1] == b"data: [DONE]"
+            text = "".join(
+                choice["delta"].get("content") or ""
+                for e in data[:-1] for choice in json.loads(e[5:])["choices"]
+            )
+            assert text == "Hello from the other side."
+            assert len(bad.requests) == 1 and len(good.requests) == 1
+            entries = await gw.storage.ledger_entries(account)
+            assert [e.type for e in entries].count("charge") == 1
+            row = await gw.request_log(next(e.request_id for e in entries if e.type == "hold"))
+            assert row.status == "ok" and row.deployment == "good"
+            wallet = await gw.storage.get_wallet(account)
+            assert wallet.locked == 0 and wallet.balance == start - row.cost
