@@ -7,6 +7,8 @@ released, a request log row, and a ledger that verifies.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import httpx
 import openai
@@ -43,7 +45,7 @@ async def assert_books_clean(gw, account_id: str, spent: int, start: int) -> Non
     assert await gw.storage.verify_ledger() == []
 
 
-async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url, caplog):
+async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url, caplog, tmp_path):
     caplog.set_level("INFO", logger="omixa.request")
     async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
         account, key = await gw.funded_account("10.00")
@@ -77,6 +79,15 @@ async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url, 
         assert len(lines) == 1
         assert f"id={request_id}" in lines[0] and f"cost_nano={cost}" in lines[0]
         assert key not in lines[0] and "foxes" not in lines[0]
+
+        # The operator's check, as a separate process on the same database.
+        config = tmp_path / "verify.toml"
+        config.write_text(f'[storage]\nurl = "{database_url}"\n')
+        verify = await trio.run_process(
+            [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
+            capture_stderr=True, check=False,
+        )
+        assert verify.returncode == 0, verify.stderr
 
         wallet = await in_thread(
             httpx.get, f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {key}"}
