@@ -369,12 +369,20 @@ class ChatService:
             status, usage = translate_upstream(exc).code, None
             if isinstance(exc, (UpstreamError, UpstreamTimeout)):
                 failure = exc
-        elif isinstance(exc, trio.Cancelled):
+        elif _is_cancellation(exc):
             status, usage = exchange.cancelled_status(), exchange.delivered_usage("")
         else:
             log.exception("request %s failed", exchange.caller.request_id, exc_info=exc)
             status, usage = "internal_error", None
         await exchange.finish(status, usage, failure)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Cancelled, or a group of nothing but Cancelled (as a library's nursery raises it)."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(trio.Cancelled)[1]
+        return rest is None
+    return isinstance(exc, trio.Cancelled)
 
 
 async def _open_stream(

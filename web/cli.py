@@ -35,6 +35,8 @@ def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # One line per request comes from omixa.request; httpx would add its own for each call.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _load(path: str | None, *, serving: bool = False) -> Config:
