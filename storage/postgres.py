@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -36,6 +35,7 @@ from storage.base import (
     Storage,
     WalletState,
 )
+from storage._common import check_amount, new_id, require_aware
 from storage.errors import MigrationError, NotFound, StorageError
 from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
@@ -44,28 +44,10 @@ T = TypeVar("T")
 _DRIVER_ERRORS = (
     asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
 )
-_MAX_AMOUNT = 2**63 - 1
 # pg_advisory_lock key serializing migrations across processes ("omixa" in ASCII).
 MIGRATION_LOCK_KEY = 0x6F6D697861
 CLOSE_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 10.0
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
-def _aware(value: dt.datetime, name: str) -> dt.datetime:
-    # asyncpg would read a naive datetime as UTC; SQLite refuses it. Refuse it here too.
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime")
-    return value
-
-
-def _check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if not low <= value <= _MAX_AMOUNT:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
 
 
 def _pool_options(url: str) -> tuple[str, dict[str, int]]:
@@ -131,7 +113,7 @@ class PostgresStorage(Storage):
 
     # -- accounts and keys ----------------------------------------------------------------------
     async def create_account(self, email: str) -> Account:
-        account_id = _new_id("acct")
+        account_id = new_id("acct")
         created_at = await self._run(_fetchval, _SQL.INSERT_ACCOUNT, account_id, email)
         return Account(id=account_id, email=email, created_at=created_at)
 
@@ -142,7 +124,7 @@ class PostgresStorage(Storage):
     async def create_api_key(
         self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
     ) -> ApiKeyRecord:
-        key_id = _new_id("key")
+        key_id = new_id("key")
         created_at = await self._run(
             _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm, tpm
         )
@@ -166,7 +148,7 @@ class PostgresStorage(Storage):
         return None if row is None else WalletState(account_id=account_id, **row)
 
     async def top_up(self, account_id: str, amount: int, *, note: str | None = None) -> WalletState:
-        _check_amount(amount, "amount")
+        check_amount(amount, "amount")
         row = await self._run(_fetchrow, _SQL.TOP_UP, account_id, amount, note)
         if row is None:
             raise NotFound(f"no account {account_id!r}")
@@ -175,9 +157,9 @@ class PostgresStorage(Storage):
     async def create_hold(
         self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
     ) -> Hold | None:
-        _check_amount(amount, "amount")
-        _aware(expires_at, "expires_at")
-        hold_id = _new_id("hold")
+        check_amount(amount, "amount")
+        require_aware(expires_at, "expires_at")
+        hold_id = new_id("hold")
         row = await self._run(_create_hold, hold_id, account_id, request_id, amount, expires_at)
         if row is None:
             return None
@@ -187,14 +169,14 @@ class PostgresStorage(Storage):
         )
 
     async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
-        _check_amount(charge, "charge", allow_zero=True)
+        check_amount(charge, "charge", allow_zero=True)
         return await self._run(_finalize, hold_id, charge, "posted")
 
     async def void_hold(self, hold_id: str) -> Settlement:
         return await self._run(_finalize, hold_id, 0, "voided")
 
     async def expire_holds(self, now: dt.datetime) -> int:
-        return await self._run(_expire_holds, _aware(now, "now"))
+        return await self._run(_expire_holds, require_aware(now, "now"))
 
     async def ledger_entries(self, account_id: str) -> Sequence[LedgerEntry]:
         rows = await self._run(_fetch, _SQL.LEDGER_ENTRIES, account_id)
@@ -213,7 +195,7 @@ class PostgresStorage(Storage):
             [getattr(log, name) for log in logs] for name in _SQL.REQUEST_LOG_COLUMNS
         ]
         for value in columns[-1]:
-            _aware(value, "created_at")
+            require_aware(value, "created_at")
         await self._run(_execute, _SQL.INSERT_REQUEST_LOGS, *columns)
 
     async def get_request_log(self, request_id: str) -> RequestLog | None:

@@ -16,7 +16,6 @@ one seam); ``MigrationError`` during open.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import sqlite3
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -33,6 +32,7 @@ from storage.base import (
     Storage,
     WalletState,
 )
+from storage._common import check_amount, new_id, require_aware
 from storage.errors import MigrationError, NotFound, StorageError
 from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
@@ -40,18 +40,11 @@ T = TypeVar("T")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _US = dt.timedelta(microseconds=1)
-_MAX_AMOUNT = 2**63 - 1
 BUSY_TIMEOUT_MS = 5000
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
-
-
 def _to_us(value: dt.datetime, name: str) -> int:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be a timezone-aware datetime")
-    return (value - _EPOCH) // _US
+    return (require_aware(value, name) - _EPOCH) // _US
 
 
 def _from_us(value: int | None) -> dt.datetime | None:
@@ -60,12 +53,6 @@ def _from_us(value: int | None) -> dt.datetime | None:
 
 def _now_us() -> int:
     return _to_us(dt.datetime.now(dt.timezone.utc), "now")
-
-
-def _check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if not low <= value <= _MAX_AMOUNT:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value}")
 
 
 class SQLiteStorage(Storage):
@@ -129,7 +116,7 @@ class SQLiteStorage(Storage):
 
     # -- accounts and keys ----------------------------------------------------------------------
     async def create_account(self, email: str) -> Account:
-        account = Account(id=_new_id("acct"), email=email, created_at=_from_us(_now_us()))
+        account = Account(id=new_id("acct"), email=email, created_at=_from_us(_now_us()))
         await self._call(_insert_account, account, write=True)
         return account
 
@@ -141,7 +128,7 @@ class SQLiteStorage(Storage):
         self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
     ) -> ApiKeyRecord:
         record = ApiKeyRecord(
-            id=_new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm,
+            id=new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm,
             created_at=_from_us(_now_us()), revoked_at=None,
         )
         await self._call(_insert_api_key, record, key_hash, write=True)
@@ -163,22 +150,22 @@ class SQLiteStorage(Storage):
         return await self._call(_wallet, account_id)
 
     async def top_up(self, account_id: str, amount: int, *, note: str | None = None) -> WalletState:
-        _check_amount(amount, "amount")
+        check_amount(amount, "amount")
         return await self._call(_top_up, account_id, amount, note, write=True)
 
     async def create_hold(
         self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
     ) -> Hold | None:
-        _check_amount(amount, "amount")
+        check_amount(amount, "amount")
         hold = Hold(
-            id=_new_id("hold"), account_id=account_id, request_id=request_id, amount=amount,
+            id=new_id("hold"), account_id=account_id, request_id=request_id, amount=amount,
             created_at=_from_us(_now_us()), expires_at=_from_us(_to_us(expires_at, "expires_at")),
         )
         created = await self._call(_create_hold, hold, write=True)
         return hold if created else None
 
     async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
-        _check_amount(charge, "charge", allow_zero=True)
+        check_amount(charge, "charge", allow_zero=True)
         return await self._call(_finalize, hold_id, charge, "posted", _now_us(), write=True)
 
     async def void_hold(self, hold_id: str) -> Settlement:
