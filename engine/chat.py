@@ -48,7 +48,7 @@ from engine.router import Lease, Router
 from engine.tokens import count_text
 from engine.usage import UsageAggregator
 from engine.wallet import WalletPool
-from storage import ApiKeyRecord, Hold, RequestLog
+from storage import ApiKeyRecord, Hold, HoldContext, RequestLog
 
 log = logging.getLogger("omixa.chat")
 
@@ -255,6 +255,10 @@ class ChatService:
             choices=request.choices,
             prices=request.model.prices,
             min_output_tokens=None if request.cap_is_clients else self.wallet_config.min_output_tokens,
+            context=HoldContext(
+                key_id=exchange.caller.key_id, model=request.model.id,
+                provider=request.model.provider, stream=request.stream,
+            ),
         )
         exchange.hold = reserved.hold
         exchange.estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices

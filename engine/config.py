@@ -17,6 +17,8 @@ import attrs
 import cattrs
 import cattrs.v
 
+from engine.money import parse_usd
+
 DEFAULT_CONFIG_PATH = Path("config/omixa.toml")
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 
@@ -42,6 +44,15 @@ def _positive(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and value < 0:
         raise _FieldError(attribute.name, f"must be >= 0, got {value!r}")
+
+
+def _usd(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    try:
+        amount = parse_usd(value, field=attribute.name)
+    except ValueError as exc:
+        raise _FieldError(attribute.name, str(exc)) from None
+    if amount <= 0:
+        raise _FieldError(attribute.name, f"must be > 0, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -133,6 +144,16 @@ class WalletConfig:
     # When the wallet cannot cover the model's default output cap, the cap is lowered to
     # what it can cover, but never below this; below it the request gets 402.
     min_output_tokens: int = attrs.field(default=16, validator=_positive)
+    # POST /api/v1/wallet/top-up credits the caller's own wallet (a demo or a sandbox); off in
+    # production, where operators top up with `omixa wallet top-up` or a payment integration.
+    self_top_up: bool = False
+    # Bounds of one self top-up, USD.
+    top_up_min_usd: str = attrs.field(default="1.00", validator=_usd)
+    top_up_max_usd: str = attrs.field(default="1000.00", validator=_usd)
+    # Each process refreshes its row in `instances` this often; a process whose heartbeat is
+    # older than instance_stale_seconds is taken as dead and its pending holds are released.
+    instance_heartbeat_seconds: float = attrs.field(default=10.0, validator=_positive)
+    instance_stale_seconds: float = attrs.field(default=60.0, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)
@@ -141,6 +162,10 @@ class UsageConfig:
     batch_size: int = attrs.field(default=256, validator=_positive)
     flush_interval_seconds: float = attrs.field(default=0.2, validator=_positive)
     queue_size: int = attrs.field(default=4096, validator=_positive)
+    # Records waiting while the database is unavailable, beyond the queue; past this bound new
+    # records are dropped (counted and logged with their request id; money is unaffected:
+    # the ledger rows are written on the request's path, not here).
+    buffer_limit: int = attrs.field(default=100_000, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

@@ -4,9 +4,11 @@ OmixaError                      code                    status
  +-- InvalidRequest             invalid_request         400
  +-- InvalidApiKey              invalid_api_key         401
  +-- InsufficientBalance        insufficient_balance    402
+ +-- TopUpDisabled              top_up_disabled         403
  +-- ModelNotFound              model_not_found         404
  +-- NotFoundError              not_found               404
  +-- MethodNotAllowed           method_not_allowed      405
+ +-- IdempotencyKeyReused       idempotency_key_reused  409
  +-- RequestTooLarge            request_too_large       413
  +-- RateLimited                rate_limited            429 (+ Retry-After)
  +-- InternalError              internal_error          500
@@ -51,6 +53,11 @@ class InsufficientBalance(OmixaError):
     default_message = "Wallet balance is not enough for this request."
 
 
+class TopUpDisabled(OmixaError):
+    code, status, type = "top_up_disabled", 403, "permission_error"
+    default_message = "Self-service top-up is disabled on this server; ask the operator to top up your wallet."
+
+
 class ModelNotFound(OmixaError):
     code, status, type = "model_not_found", 404, "invalid_request_error"
     default_message = "The model does not exist or is not enabled."
@@ -64,6 +71,11 @@ class NotFoundError(OmixaError):
 class MethodNotAllowed(OmixaError):
     code, status, type = "method_not_allowed", 405, "invalid_request_error"
     default_message = "Method not allowed on this resource."
+
+
+class IdempotencyKeyReused(OmixaError):
+    code, status, type = "idempotency_key_reused", 409, "invalid_request_error"
+    default_message = "This Idempotency-Key was already used with a different request body."
 
 
 class RequestTooLarge(OmixaError):

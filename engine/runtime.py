@@ -4,7 +4,9 @@
 only after ``task_status.started()``):
 - the fleet: one deployment actor per configured deployment (reload changes the set),
 - the wallet pool (wallet actors spawned per account on demand, plus the hold sweeper),
-- the usage aggregator.
+- the usage aggregator,
+- the instance monitor (registers this process, releases the holds of dead ones before the
+  engine is ready, heartbeats, and deregisters once the wallets drained).
 On exit the mailboxes are closed, so every actor serves what is queued (the aggregator
 flushes its last batch) and returns; then the upstream connection pools are closed.
 """
@@ -24,8 +26,10 @@ from engine.chat import ChatService
 from engine.config import Config, resolve_path
 from engine.deployment import DeploymentActor
 from engine.fleet import Fleet
+from engine.instances import InstanceMonitor, new_instance_id
 from engine.keylimits import KeyLimiter
 from engine.providers import set_read_size
+from engine.reports import Reports
 from engine.router import Router
 from engine.supervise import supervised
 from engine.tokens import warm_up
@@ -49,6 +53,8 @@ class Engine:
     router: Router
     wallets: WalletPool
     usage: UsageAggregator
+    monitor: InstanceMonitor
+    reports: Reports
     limits: KeyLimiter
     chat: ChatService
 
@@ -76,7 +82,9 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     # Load the tokenizers now, so the first request does not pay for it.
     await trio.to_thread.run_sync(warm_up, {m.encoding for m in catalog.models.values()})
     set_read_size(config.streaming.chunk_bytes)
-    wallets = WalletPool(storage, config.wallet)
+    instance_id = new_instance_id()
+    wallets = WalletPool(storage, config.wallet, instance_id=instance_id)
+    monitor = InstanceMonitor(storage, config.wallet, instance_id, wallets_drained=wallets.drained)
     usage = UsageAggregator(storage, config.usage)
     limits = KeyLimiter(config.limits)
     engine = Engine(
@@ -88,6 +96,8 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         router=router,
         wallets=wallets,
         usage=usage,
+        monitor=monitor,
+        reports=Reports(storage, config.wallet),
         limits=limits,
         chat=ChatService(
             catalog=catalog,
@@ -105,6 +115,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
             await nursery.start(fleet.run, config.deployments, name="deployments")
             await nursery.start(supervised, "wallets", wallets.run, name="wallets")
             await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
+            await nursery.start(supervised, "instances", monitor.run, name="instance-monitor")
             try:
                 yield engine
             finally:
@@ -112,6 +123,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
                 wallets.close()
                 usage.close()
                 fleet.close()
+                monitor.close()
                 nursery.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
     finally:
         with trio.move_on_after(5, shield=True):

@@ -2,7 +2,11 @@
 
 Requests hand over one :class:`storage.RequestLog` each with :meth:`UsageAggregator.record`,
 which never blocks and never fails: the record goes into a bounded mailbox, or, when that is
-full, into a bounded overflow buffer that the aggregator drains next. A batch is written when
+full (the database is slow or unavailable), into an overflow buffer of at most
+``usage.buffer_limit`` records that the aggregator drains next. Past that bound a record is
+dropped: counted in :attr:`UsageAggregator.dropped` (shown on ``/healthz``) and logged at
+ERROR with its request id. Money is not affected: holds, charges and releases are written on
+the request's own path, and their ledger rows carry the request id. A batch is written when
 ``usage.batch_size`` records are waiting or ``usage.flush_interval_seconds`` passed since the
 first one. A failed write is retried with backoff, keeping the batch (ids make retries
 idempotent). On close, everything received is flushed before the actor returns.
@@ -20,8 +24,6 @@ from storage import RequestLog, Storage, StorageError
 
 log = logging.getLogger("omixa.usage")
 request_log = logging.getLogger("omixa.request")
-
-OVERFLOW_LIMIT = 100_000
 
 
 class UsageAggregator:
@@ -48,7 +50,7 @@ class UsageAggregator:
         try:
             self._send.send_nowait(entry)
         except trio.WouldBlock:
-            if len(self._overflow) >= OVERFLOW_LIMIT:
+            if len(self._overflow) >= self._config.buffer_limit:
                 self.dropped += 1
                 log.error("usage overflow full: request log %s dropped", entry.id)
             else:
@@ -56,6 +58,11 @@ class UsageAggregator:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
             log.error("usage aggregator closed: request log %s dropped", entry.id)
+
+    @property
+    def backlog(self) -> int:
+        """Records received and not yet written (or dropped)."""
+        return self.recorded - self.written - self.dropped
 
     def close(self) -> None:
         """Stop taking records; the actor flushes what it has and returns."""

@@ -25,7 +25,7 @@ from engine.catalog import Prices, affordable_output_tokens, max_cost
 from engine.config import WalletConfig
 from engine.errors import InsufficientBalance, InternalError, ServiceUnavailable
 from engine.mailbox import Reply, ask
-from storage import Hold, Settlement, Storage, StorageError
+from storage import Hold, HoldContext, Settlement, Storage, StorageError
 
 log = logging.getLogger("omixa.wallet")
 
@@ -46,6 +46,8 @@ class Reserve:
     prices: Prices
     min_output_tokens: int | None
     reply: Reply["Reserved"]
+    # Who asks (key, model, stream); the pool adds this process's instance id.
+    context: HoldContext = HoldContext()
 
 
 @attrs.frozen(kw_only=True)
@@ -147,7 +149,8 @@ class WalletActor:
         for _ in range(2):
             amount = max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
             hold = await storage.create_hold(
-                account_id=self.account_id, request_id=msg.request_id, amount=amount, expires_at=expires
+                account_id=self.account_id, request_id=msg.request_id, amount=amount,
+                expires_at=expires, context=msg.context,
             )
             if hold is not None:
                 return Reserved(hold=hold, output_tokens=cap)
@@ -166,9 +169,12 @@ class WalletActor:
 class WalletPool:
     """Spawns wallet actors on demand and routes messages to them."""
 
-    def __init__(self, storage: Storage, config: WalletConfig) -> None:
+    def __init__(self, storage: Storage, config: WalletConfig, *, instance_id: str | None = None) -> None:
         self.storage = storage
         self.config = config
+        self.instance_id = instance_id
+        # Set when run() returns normally: every actor served its mailbox.
+        self.drained = trio.Event()
         self._actors: dict[str, WalletActor] = {}
         self._nursery: trio.Nursery | None = None
         self._closing = False
@@ -187,6 +193,7 @@ class WalletPool:
             await self._closed.wait()
             sweeper.cancel()
         self._nursery = None
+        self.drained.set()
 
     def close(self) -> None:
         """Stop accepting new work; queued messages are served, then the actors return."""
@@ -226,9 +233,10 @@ class WalletPool:
                 raise
         raise ServiceUnavailable()
 
-    async def reserve(self, account_id: str, **fields: object) -> Reserved:
+    async def reserve(self, account_id: str, *, context: HoldContext = HoldContext(), **fields: object) -> Reserved:
         """Hold money for a request. Errors: InsufficientBalance, ServiceUnavailable."""
-        return await self._ask(account_id, Reserve, **fields)  # type: ignore[return-value]
+        context = attrs.evolve(context, instance_id=self.instance_id)
+        return await self._ask(account_id, Reserve, context=context, **fields)  # type: ignore[return-value]
 
     async def settle(self, account_id: str, hold_id: str, charge: int) -> Settlement:
         """Charge at most the hold and release the rest (idempotent)."""

@@ -9,28 +9,42 @@ from storage.base import (
     Account,
     ApiKeyRecord,
     Hold,
+    HoldContext,
+    Instance,
     LedgerEntry,
     LedgerProblem,
     RequestLog,
+    RequestLogFilter,
+    RollupRow,
     Settlement,
     Storage,
+    TopUpResult,
     WalletState,
 )
-from storage.errors import MigrationError, NotFound, StorageError
+from storage._common import bucket_start, latency_bin_upper
+from storage.errors import IdempotencyConflict, MigrationError, NotFound, StorageError
 from storage.open import open_storage
 
 __all__ = [
     "Account",
     "ApiKeyRecord",
     "Hold",
+    "HoldContext",
+    "IdempotencyConflict",
+    "Instance",
     "LedgerEntry",
     "LedgerProblem",
     "MigrationError",
     "NotFound",
     "RequestLog",
+    "RequestLogFilter",
+    "RollupRow",
     "Settlement",
     "Storage",
     "StorageError",
+    "TopUpResult",
     "WalletState",
+    "bucket_start",
+    "latency_bin_upper",
     "open_storage",
 ]

@@ -129,6 +129,77 @@ class RequestLog:
 
 
 @attrs.frozen(kw_only=True)
+class TopUpResult:
+    """A credited top-up: its ledger row (for a replayed idempotency key, the first one's) and
+    the wallet as it stands now."""
+
+    entry: LedgerEntry
+    wallet: WalletState
+    replayed: bool
+
+
+@attrs.frozen(kw_only=True)
+class HoldContext:
+    """What a hold records about its request, so that a process dying before it settles can
+    be cleaned up by another: the holding process and the request's identity."""
+
+    instance_id: str | None = None
+    key_id: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    stream: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Instance:
+    """One gateway process using this database."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: dt.datetime
+    heartbeat_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class RequestLogFilter:
+    """Which of an account's request logs to list, newest first (created_at, then id).
+
+    ``before`` is a cursor: only rows strictly older than that (created_at, id) pair.
+    """
+
+    account_id: str
+    limit: int
+    before: tuple[dt.datetime, str] | None = None
+    model: str | None = None
+    status: str | None = None
+    since: dt.datetime | None = None  # created_at >= since
+    until: dt.datetime | None = None  # created_at < until
+
+
+@attrs.frozen(kw_only=True)
+class RollupRow:
+    """One (bucket, model) of an account's hourly or daily usage.
+
+    ``errors`` counts every status but ``ok`` and ``client_closed``; ``latency_bins`` maps a
+    histogram bin (see :func:`storage._common.latency_bin`) to its request count.
+    """
+
+    bucket_start: dt.datetime
+    model: str
+    requests: int
+    errors: int
+    client_closed: int
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    cached_tokens: int
+    cost: int
+    latency_ms_sum: int
+    latency_bins: dict[int, int]
+
+
+@attrs.frozen(kw_only=True)
 class LedgerProblem:
     account_id: str
     message: str
@@ -170,13 +241,27 @@ class Storage(abc.ABC):
         """Credit ``amount`` (> 0) with a ``top_up`` ledger row. Errors: NotFound."""
 
     @abc.abstractmethod
+    async def credit_top_up(
+        self, account_id: str, amount: int, *, idempotency_key: str | None = None,
+        note: str | None = None,
+    ) -> TopUpResult:
+        """Credit ``amount`` (> 0) like :meth:`top_up`, returning its ledger row.
+
+        With an ``idempotency_key``, the first call for (account, key) credits and every later
+        one returns that first row with ``replayed`` true and credits nothing, also when the
+        calls run concurrently in several processes. Errors: NotFound; IdempotencyConflict
+        if the key was first used with another amount.
+        """
+
+    @abc.abstractmethod
     async def create_hold(
-        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
+        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
+        context: HoldContext = HoldContext(),
     ) -> Hold | None:
         """Lock ``amount`` (> 0) if ``balance - locked >= amount``, else return None.
 
         One transaction: a conditional update of the account (the arbiter across
-        processes), the hold row and a ``hold`` ledger row.
+        processes), the hold row (with ``context``) and a ``hold`` ledger row.
         """
 
     @abc.abstractmethod
@@ -201,6 +286,17 @@ class Storage(abc.ABC):
         """All ledger rows of an account, oldest first."""
 
     @abc.abstractmethod
+    async def list_ledger(
+        self, account_id: str, *, limit: int, before_id: int | None = None
+    ) -> Sequence[LedgerEntry]:
+        """Up to ``limit`` ledger rows of an account, newest first, with ids below
+        ``before_id`` when given (ids only grow, so pages stay stable under inserts)."""
+
+    @abc.abstractmethod
+    async def get_ledger_entry(self, account_id: str, entry_id: int) -> LedgerEntry | None:
+        """The row, if it exists and belongs to the account."""
+
+    @abc.abstractmethod
     async def verify_ledger(self) -> list[LedgerProblem]:
         """Recompute every account's balance and locked from the ledger and the holds.
 
@@ -210,11 +306,41 @@ class Storage(abc.ABC):
     # -- usage ----------------------------------------------------------------------------
     @abc.abstractmethod
     async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
-        """Insert a batch in one transaction. A log whose id already exists is ignored
-        (so a retried batch never duplicates rows)."""
+        """Insert a batch in one transaction, and add the new rows to the hourly and daily
+        rollups in the same transaction. A log whose id already exists is ignored (so a
+        retried batch never duplicates rows or counts them twice)."""
 
     @abc.abstractmethod
     async def get_request_log(self, request_id: str) -> RequestLog | None: ...
+
+    @abc.abstractmethod
+    async def list_request_logs(self, query: RequestLogFilter) -> Sequence[RequestLog]:
+        """Up to ``query.limit`` of the account's logs matching the filter, newest first."""
+
+    @abc.abstractmethod
+    async def usage_rollups(
+        self, account_id: str, *, granularity: str, since: dt.datetime, until: dt.datetime,
+        model: str | None = None,
+    ) -> Sequence[RollupRow]:
+        """The account's rollup rows with ``since <= bucket_start < until``, oldest first
+        (then by model). ``granularity`` is ``hour`` or ``day``."""
+
+    # -- process instances ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def register_instance(self, instance: Instance) -> None: ...
+
+    @abc.abstractmethod
+    async def heartbeat_instance(self, instance_id: str, now: dt.datetime) -> None: ...
+
+    @abc.abstractmethod
+    async def list_instances(self) -> Sequence[Instance]: ...
+
+    @abc.abstractmethod
+    async def recover_instance(self, instance_id: str, now: dt.datetime) -> Sequence[RequestLog]:
+        """Clean up after a process that is gone, in one transaction: void each of its
+        pending holds (a ``release`` row each), record each such request as ``interrupted``
+        (nothing charged; rollups included) unless it already has a log, and forget the
+        process. Returns the logs written."""
 
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

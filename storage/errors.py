@@ -3,6 +3,8 @@
 StorageError              the database failed or is unreachable (may be transient)
  +-- NotFound             the account, key or hold named does not exist
  +-- MigrationError       the schema could not be brought to the current version
+IdempotencyConflict       an idempotency key was reused for a different request (not a failure
+                          of the database, so not a StorageError)
 """
 
 
@@ -16,3 +18,7 @@ class NotFound(StorageError):
 
 class MigrationError(StorageError):
     """Applying the schema migrations failed."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was first used with a different request; nothing was changed."""

@@ -28,15 +28,31 @@ from storage.base import (
     Account,
     ApiKeyRecord,
     Hold,
+    HoldContext,
+    Instance,
     LedgerEntry,
     LedgerProblem,
     RequestLog,
+    RequestLogFilter,
+    RollupRow,
     Settlement,
     Storage,
+    TopUpResult,
     WalletState,
 )
-from storage._common import check_amount, new_id, require_aware
-from storage.errors import MigrationError, NotFound, StorageError
+from storage._common import (
+    REQUEST_LOG_COLUMNS,
+    ROLLUP_SUMS,
+    bucket_start,
+    check_amount,
+    interrupted_log,
+    merge_rollup_rows,
+    new_id,
+    request_log_where,
+    require_aware,
+    rollup_deltas,
+)
+from storage.errors import IdempotencyConflict, MigrationError, NotFound, StorageError
 from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
@@ -154,13 +170,23 @@ class PostgresStorage(Storage):
             raise NotFound(f"no account {account_id!r}")
         return WalletState(account_id=account_id, **row)
 
+    async def credit_top_up(
+        self, account_id: str, amount: int, *, idempotency_key: str | None = None,
+        note: str | None = None,
+    ) -> TopUpResult:
+        check_amount(amount, "amount")
+        return await self._run(_credit_top_up, account_id, amount, idempotency_key, note)
+
     async def create_hold(
-        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
+        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
+        context: HoldContext = HoldContext(),
     ) -> Hold | None:
         check_amount(amount, "amount")
         require_aware(expires_at, "expires_at")
         hold_id = new_id("hold")
-        row = await self._run(_create_hold, hold_id, account_id, request_id, amount, expires_at)
+        row = await self._run(
+            _create_hold, hold_id, account_id, request_id, amount, expires_at, context
+        )
         if row is None:
             return None
         return Hold(
@@ -182,6 +208,16 @@ class PostgresStorage(Storage):
         rows = await self._run(_fetch, _SQL.LEDGER_ENTRIES, account_id)
         return [LedgerEntry(**r) for r in rows]
 
+    async def list_ledger(
+        self, account_id: str, *, limit: int, before_id: int | None = None
+    ) -> Sequence[LedgerEntry]:
+        rows = await self._run(_fetch, _SQL.LIST_LEDGER, account_id, before_id, limit)
+        return [LedgerEntry(**r) for r in rows]
+
+    async def get_ledger_entry(self, account_id: str, entry_id: int) -> LedgerEntry | None:
+        row = await self._run(_fetchrow, _SQL.GET_LEDGER_ENTRY, entry_id, account_id)
+        return None if row is None else LedgerEntry(**row)
+
     async def verify_ledger(self) -> list[LedgerProblem]:
         rows = await self._run(_fetch, verify_ledger_sql())
         return [LedgerProblem(**r) for r in rows]
@@ -190,17 +226,48 @@ class PostgresStorage(Storage):
     async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
         if not logs:
             return
-        # Column-wise arrays for one INSERT ... SELECT FROM unnest(...): one round trip.
-        columns = [
-            [getattr(log, name) for log in logs] for name in _SQL.REQUEST_LOG_COLUMNS
-        ]
-        for value in columns[-1]:
-            require_aware(value, "created_at")
-        await self._run(_execute, _SQL.INSERT_REQUEST_LOGS, *columns)
+        for log in logs:
+            require_aware(log.created_at, "created_at")
+        await self._run(_insert_request_logs_tx, logs)
 
     async def get_request_log(self, request_id: str) -> RequestLog | None:
         row = await self._run(_fetchrow, _SQL.GET_REQUEST_LOG, request_id)
         return None if row is None else RequestLog(**row)
+
+    async def list_request_logs(self, query: RequestLogFilter) -> Sequence[RequestLog]:
+        where, params = request_log_where(query, lambda i: f"${i}", lambda t: require_aware(t, "time"))
+        sql = (
+            f"{_SQL.GET_REQUEST_LOG.split(' WHERE ')[0]} WHERE {where}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(params) + 1}"
+        )
+        rows = await self._run(_fetch, sql, *params, query.limit)
+        return [RequestLog(**r) for r in rows]
+
+    async def usage_rollups(
+        self, account_id: str, *, granularity: str, since: dt.datetime, until: dt.datetime,
+        model: str | None = None,
+    ) -> Sequence[RollupRow]:
+        bucket_start(since, granularity)  # validates the granularity
+        args = (account_id, granularity, require_aware(since, "since"), require_aware(until, "until"), model)
+        rows, bins = await self._run(_usage_rollups, args)
+        return merge_rollup_rows(rows, bins)
+
+    # -- process instances ----------------------------------------------------------------
+    async def register_instance(self, instance: Instance) -> None:
+        await self._run(
+            _execute, _SQL.INSERT_INSTANCE, instance.id, instance.host, instance.pid,
+            require_aware(instance.started_at, "started_at"),
+            require_aware(instance.heartbeat_at, "heartbeat_at"),
+        )
+
+    async def heartbeat_instance(self, instance_id: str, now: dt.datetime) -> None:
+        await self._run(_execute, _SQL.HEARTBEAT_INSTANCE, instance_id, require_aware(now, "now"))
+
+    async def list_instances(self) -> Sequence[Instance]:
+        return [Instance(**r) for r in await self._run(_fetch, _SQL.LIST_INSTANCES)]
+
+    async def recover_instance(self, instance_id: str, now: dt.datetime) -> Sequence[RequestLog]:
+        return await self._run(_recover_instance, instance_id, require_aware(now, "now"))
 
     # -- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -288,13 +355,90 @@ async def _execute(pool: asyncpg.Pool, query: str, *args: Any) -> None:
     await pool.execute(query, *args)
 
 
+async def _credit_top_up(
+    pool: asyncpg.Pool, account_id: str, amount: int, idempotency_key: str | None,
+    note: str | None,
+) -> TopUpResult:
+    async with pool.acquire() as conn, conn.transaction():
+        if idempotency_key is not None:
+            # Claim the key first: a concurrent claim of the same key waits for this
+            # transaction, then finds the row and credits nothing.
+            claimed = await conn.fetchval(_SQL.CLAIM_TOP_UP_KEY, account_id, idempotency_key, amount)
+            if claimed is None:
+                first = await conn.fetchrow(_SQL.TOP_UP_KEY, account_id, idempotency_key)
+                if first is None:
+                    raise NotFound(f"no account {account_id!r}")
+                if first["amount"] != amount:
+                    raise IdempotencyConflict(
+                        f"idempotency key {idempotency_key!r} was used for a top-up of another amount"
+                    )
+                entry = await conn.fetchrow(_SQL.GET_LEDGER_ENTRY, first["ledger_id"], account_id)
+                wallet = await conn.fetchrow(_SQL.GET_WALLET, account_id)
+                return TopUpResult(
+                    entry=LedgerEntry(**entry), wallet=WalletState(account_id=account_id, **wallet),
+                    replayed=True,
+                )
+        row = await conn.fetchrow(_SQL.CREDIT, account_id, amount, note)
+        if row is None:
+            raise NotFound(f"no account {account_id!r}")
+        entry = LedgerEntry(**{k: row[k] for k in row.keys() if k != "locked"} | {"account_id": account_id})
+        if idempotency_key is not None:
+            await conn.execute(_SQL.SET_TOP_UP_LEDGER, account_id, idempotency_key, entry.id)
+        wallet = WalletState(account_id=account_id, balance=row["balance_after"], locked=row["locked"])
+        return TopUpResult(entry=entry, wallet=wallet, replayed=False)
+
+
+async def _insert_request_logs(conn: asyncpg.Connection, logs: Sequence[RequestLog]) -> None:
+    """Insert the logs; add the ones that were new to the rollups. In the caller's transaction."""
+    # Column-wise arrays for one INSERT ... SELECT FROM unnest(...): one round trip.
+    columns = [[getattr(log, name) for log in logs] for name in REQUEST_LOG_COLUMNS]
+    new_ids = {r[0] for r in await conn.fetch(_SQL.INSERT_REQUEST_LOGS, *columns)}
+    deltas = rollup_deltas([log for log in logs if log.id in new_ids])
+    if not deltas:
+        return
+    await conn.execute(
+        _SQL.UPSERT_ROLLUPS,
+        [d[0] for d in deltas], [d[1] for d in deltas], [d[2].bucket_start for d in deltas],
+        [d[2].model for d in deltas],
+        *([getattr(d[2], c) for d in deltas] for c in ROLLUP_SUMS),
+    )
+    bins = [(a, g, d.bucket_start, d.model, b, n) for a, g, d in deltas for b, n in d.latency_bins.items()]
+    await conn.execute(_SQL.UPSERT_LATENCY, *([row[i] for row in bins] for i in range(6)))
+
+
+async def _insert_request_logs_tx(pool: asyncpg.Pool, logs: Sequence[RequestLog]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await _insert_request_logs(conn, logs)
+
+
+async def _usage_rollups(pool: asyncpg.Pool, args: tuple) -> tuple[list, list]:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        return await conn.fetch(_SQL.ROLLUPS, *args), await conn.fetch(_SQL.ROLLUP_LATENCY, *args)
+
+
+async def _recover_instance(pool: asyncpg.Pool, instance_id: str, now: dt.datetime) -> list[RequestLog]:
+    async with pool.acquire() as conn, conn.transaction():
+        logs = []
+        for hold in await conn.fetch(_SQL.INSTANCE_HOLDS, instance_id):
+            # Voided with the statement settle uses: only if still pending, exactly once.
+            if await conn.fetchrow(_SQL.FINALIZE_HOLD, hold["id"], 0, "voided") is not None:
+                logs.append(interrupted_log(hold, now))
+        if logs:
+            existing = {r[0] for r in await conn.fetch(_SQL.EXISTING_LOGS, [log.id for log in logs])}
+            logs = [log for log in logs if log.id not in existing]
+            await _insert_request_logs(conn, logs)
+        await conn.execute(_SQL.DELETE_INSTANCE, instance_id)
+        return logs
+
+
 async def _create_hold(
     pool: asyncpg.Pool, hold_id: str, account_id: str, request_id: str, amount: int,
-    expires_at: dt.datetime,
+    expires_at: dt.datetime, context: HoldContext,
 ) -> asyncpg.Record | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            _SQL.CREATE_HOLD, hold_id, account_id, amount, request_id, expires_at
+            _SQL.CREATE_HOLD, hold_id, account_id, amount, request_id, expires_at,
+            context.instance_id, context.key_id, context.model, context.provider, context.stream,
         )
         if row is None and await conn.fetchval(_SQL.ACCOUNT_EXISTS, account_id) is None:
             raise NotFound(f"no account {account_id!r}")
@@ -389,8 +533,9 @@ class _SQL:
             WHERE id = $2 AND balance - locked >= $3
             RETURNING balance, locked
         ), h AS (
-            INSERT INTO holds (id, account_id, request_id, amount, expires_at)
-            SELECT $1, $2, $4, $3, $5 FROM a
+            INSERT INTO holds (id, account_id, request_id, amount, expires_at, instance_id,
+                               key_id, model, provider, stream)
+            SELECT $1, $2, $4, $3, $5, $6, $7, $8, $9, $10 FROM a
             RETURNING created_at, expires_at
         ), l AS (
             INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
@@ -447,11 +592,31 @@ class _SQL:
         SELECT id, account_id, type, amount, balance_after, locked_after, request_id,
                hold_id, created_at
         FROM ledger WHERE account_id = $1 ORDER BY id"""
-    REQUEST_LOG_COLUMNS = (
-        "id", "account_id", "key_id", "model", "provider", "deployment", "region", "status",
-        "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens",
-        "cost", "latency_ms", "ttft_ms", "created_at",
-    )
+    _LEDGER_SELECT = """
+        SELECT id, account_id, type, amount, balance_after, locked_after, request_id,
+               hold_id, created_at FROM ledger"""
+    LIST_LEDGER = f"""{_LEDGER_SELECT}
+        WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"""
+    GET_LEDGER_ENTRY = f"{_LEDGER_SELECT} WHERE id = $1 AND account_id = $2"
+    CLAIM_TOP_UP_KEY = """
+        INSERT INTO top_up_requests (account_id, idempotency_key, amount, ledger_id, created_at)
+        SELECT $1, $2, $3, 0, now() WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $1)
+        ON CONFLICT (account_id, idempotency_key) DO NOTHING
+        RETURNING 1"""
+    TOP_UP_KEY = """
+        SELECT amount, ledger_id FROM top_up_requests
+        WHERE account_id = $1 AND idempotency_key = $2"""
+    SET_TOP_UP_LEDGER = """
+        UPDATE top_up_requests SET ledger_id = $3 WHERE account_id = $1 AND idempotency_key = $2"""
+    CREDIT = """
+        WITH a AS (
+            UPDATE accounts SET balance = balance + $2 WHERE id = $1
+            RETURNING balance, locked
+        )
+        INSERT INTO ledger (account_id, type, amount, balance_after, locked_after, note)
+        SELECT $1, 'top_up', $2, balance, locked, $3 FROM a
+        RETURNING id, type, amount, balance_after, locked_after, locked_after AS locked,
+                  request_id, hold_id, created_at"""
     _LOG_TYPES = (
         "text", "text", "text", "text", "text", "text", "text", "text", "boolean", "bigint",
         "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "timestamptz",
@@ -460,8 +625,41 @@ class _SQL:
         f"INSERT INTO request_logs ({', '.join(REQUEST_LOG_COLUMNS)})"
         " SELECT * FROM unnest("
         + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_LOG_TYPES, 1))
-        + ") ON CONFLICT (id) DO NOTHING"
+        + ") ON CONFLICT (id) DO NOTHING RETURNING id"
     )
+    UPSERT_ROLLUPS = (
+        f"INSERT INTO usage_rollups (account_id, granularity, bucket_start, model,"
+        f" {', '.join(ROLLUP_SUMS)}) SELECT * FROM unnest($1::text[], $2::text[],"
+        " $3::timestamptz[], $4::text[], "
+        + ", ".join(f"${i}::bigint[]" for i in range(5, 5 + len(ROLLUP_SUMS)))
+        + ") ON CONFLICT (account_id, granularity, bucket_start, model) DO UPDATE SET "
+        + ", ".join(f"{c} = usage_rollups.{c} + EXCLUDED.{c}" for c in ROLLUP_SUMS)
+    )
+    UPSERT_LATENCY = """
+        INSERT INTO usage_rollup_latency (account_id, granularity, bucket_start, model, bin, count)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::int[],
+                             $6::bigint[])
+        ON CONFLICT (account_id, granularity, bucket_start, model, bin)
+        DO UPDATE SET count = usage_rollup_latency.count + EXCLUDED.count"""
+    _ROLLUP_WHERE = """
+        WHERE account_id = $1 AND granularity = $2 AND bucket_start >= $3 AND bucket_start < $4
+          AND ($5::text IS NULL OR model = $5)"""
+    ROLLUPS = (
+        f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
+        f" {_ROLLUP_WHERE} ORDER BY bucket_start, model"
+    )
+    ROLLUP_LATENCY = f"SELECT bucket_start, model, bin, count FROM usage_rollup_latency {_ROLLUP_WHERE}"
+    INSERT_INSTANCE = """
+        INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at"""
+    HEARTBEAT_INSTANCE = "UPDATE instances SET heartbeat_at = $2 WHERE id = $1"
+    LIST_INSTANCES = """
+        SELECT id, host, pid, started_at, heartbeat_at FROM instances ORDER BY id"""
+    INSTANCE_HOLDS = """
+        SELECT id, account_id, request_id, key_id, model, provider, stream, created_at
+        FROM holds WHERE instance_id = $1 AND state = 'pending' ORDER BY created_at, id"""
+    EXISTING_LOGS = "SELECT id FROM request_logs WHERE id = ANY($1::text[])"
+    DELETE_INSTANCE = "DELETE FROM instances WHERE id = $1"
     GET_REQUEST_LOG = (
         f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs WHERE id = $1"
     )

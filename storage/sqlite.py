@@ -25,15 +25,31 @@ from storage.base import (
     Account,
     ApiKeyRecord,
     Hold,
+    HoldContext,
+    Instance,
     LedgerEntry,
     LedgerProblem,
     RequestLog,
+    RequestLogFilter,
+    RollupRow,
     Settlement,
     Storage,
+    TopUpResult,
     WalletState,
 )
-from storage._common import check_amount, new_id, require_aware
-from storage.errors import MigrationError, NotFound, StorageError
+from storage._common import (
+    REQUEST_LOG_COLUMNS,
+    ROLLUP_SUMS,
+    bucket_start,
+    check_amount,
+    interrupted_log,
+    merge_rollup_rows,
+    new_id,
+    request_log_where,
+    require_aware,
+    rollup_deltas,
+)
+from storage.errors import IdempotencyConflict, MigrationError, NotFound, StorageError
 from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
@@ -153,15 +169,23 @@ class SQLiteStorage(Storage):
         check_amount(amount, "amount")
         return await self._call(_top_up, account_id, amount, note, write=True)
 
+    async def credit_top_up(
+        self, account_id: str, amount: int, *, idempotency_key: str | None = None,
+        note: str | None = None,
+    ) -> TopUpResult:
+        check_amount(amount, "amount")
+        return await self._call(_credit_top_up, account_id, amount, idempotency_key, note, write=True)
+
     async def create_hold(
-        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime
+        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
+        context: HoldContext = HoldContext(),
     ) -> Hold | None:
         check_amount(amount, "amount")
         hold = Hold(
             id=new_id("hold"), account_id=account_id, request_id=request_id, amount=amount,
             created_at=_from_us(_now_us()), expires_at=_from_us(_to_us(expires_at, "expires_at")),
         )
-        created = await self._call(_create_hold, hold, write=True)
+        created = await self._call(_create_hold, hold, context, write=True)
         return hold if created else None
 
     async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
@@ -176,10 +200,22 @@ class SQLiteStorage(Storage):
 
     async def ledger_entries(self, account_id: str) -> Sequence[LedgerEntry]:
         return await self._call(
-            _records, LedgerEntry,
-            "SELECT id, account_id, type, amount, balance_after, locked_after, request_id,"
-            " hold_id, created_at FROM ledger WHERE account_id = ? ORDER BY id",
+            _records, LedgerEntry, f"{_LEDGER_SELECT} WHERE account_id = ? ORDER BY id",
             (account_id,),
+        )
+
+    async def list_ledger(
+        self, account_id: str, *, limit: int, before_id: int | None = None
+    ) -> Sequence[LedgerEntry]:
+        return await self._call(
+            _records, LedgerEntry,
+            f"{_LEDGER_SELECT} WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (account_id, _MAX_ROW_ID if before_id is None else before_id, limit),
+        )
+
+    async def get_ledger_entry(self, account_id: str, entry_id: int) -> LedgerEntry | None:
+        return await self._one(
+            LedgerEntry, f"{_LEDGER_SELECT} WHERE id = ? AND account_id = ?", entry_id, account_id
         )
 
     async def verify_ledger(self) -> list[LedgerProblem]:
@@ -189,18 +225,56 @@ class SQLiteStorage(Storage):
     async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
         if not logs:
             return
-        rows = [
-            tuple(getattr(log, name) for name in _LOG_COLUMNS[:-1])
-            + (_to_us(log.created_at, "created_at"),)
-            for log in logs
-        ]
-        await self._call(_executemany, _INSERT_REQUEST_LOG, rows, write=True)
+        for log in logs:
+            require_aware(log.created_at, "created_at")
+        await self._call(_insert_request_logs, logs, write=True)
 
     async def get_request_log(self, request_id: str) -> RequestLog | None:
-        return await self._one(
-            RequestLog, f"SELECT {', '.join(_LOG_COLUMNS)} FROM request_logs WHERE id = ?",
-            request_id,
+        return await self._one(RequestLog, f"{_LOG_SELECT} WHERE id = ?", request_id)
+
+    async def list_request_logs(self, query: RequestLogFilter) -> Sequence[RequestLog]:
+        where, params = request_log_where(query, lambda _i: "?", lambda t: _to_us(t, "time"))
+        return await self._call(
+            _records, RequestLog,
+            f"{_LOG_SELECT} WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+            (*params, query.limit),
         )
+
+    async def usage_rollups(
+        self, account_id: str, *, granularity: str, since: dt.datetime, until: dt.datetime,
+        model: str | None = None,
+    ) -> Sequence[RollupRow]:
+        return await self._call(
+            _usage_rollups, account_id, granularity, _to_us(since, "since"),
+            _to_us(until, "until"), model,
+        )
+
+    # -- process instances ----------------------------------------------------------------
+    async def register_instance(self, instance: Instance) -> None:
+        await self._call(
+            _execute,
+            "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+            (instance.id, instance.host, instance.pid, _to_us(instance.started_at, "started_at"),
+             _to_us(instance.heartbeat_at, "heartbeat_at")),
+            write=True,
+        )
+
+    async def heartbeat_instance(self, instance_id: str, now: dt.datetime) -> None:
+        await self._call(
+            _execute, "UPDATE instances SET heartbeat_at = ? WHERE id = ?",
+            (_to_us(now, "now"), instance_id), write=True,
+        )
+
+    async def list_instances(self) -> Sequence[Instance]:
+        return await self._call(
+            _records, Instance,
+            "SELECT id, host, pid, started_at, heartbeat_at FROM instances ORDER BY id",
+            (),
+        )
+
+    async def recover_instance(self, instance_id: str, now: dt.datetime) -> Sequence[RequestLog]:
+        return await self._call(_recover_instance, instance_id, _to_us(now, "now"), write=True)
 
     async def _one(self, cls: type[T], sql: str, *params: Any) -> T | None:
         records = await self._call(_records, cls, sql, params)
@@ -218,17 +292,31 @@ class SQLiteStorage(Storage):
 
 # -- everything below runs in the worker thread ----------------------------------------------
 
-_LOG_COLUMNS = (
-    "id", "account_id", "key_id", "model", "provider", "deployment", "region", "status",
-    "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost",
-    "latency_ms", "ttft_ms", "created_at",
-)
+_LOG_SELECT = f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs"
 _INSERT_REQUEST_LOG = (
-    f"INSERT INTO request_logs ({', '.join(_LOG_COLUMNS)}) VALUES ({', '.join('?' * 17)})"
-    " ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO request_logs ({', '.join(REQUEST_LOG_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(REQUEST_LOG_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+_LEDGER_SELECT = (
+    "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id,"
+    " created_at FROM ledger"
+)
+_MAX_ROW_ID = 2**63 - 1
+_UPSERT_ROLLUP = (
+    f"INSERT INTO usage_rollups (account_id, granularity, bucket_start, model,"
+    f" {', '.join(ROLLUP_SUMS)}) VALUES ({', '.join('?' * (4 + len(ROLLUP_SUMS)))})"
+    " ON CONFLICT (account_id, granularity, bucket_start, model) DO UPDATE SET "
+    + ", ".join(f"{c} = usage_rollups.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+)
+_UPSERT_LATENCY = (
+    "INSERT INTO usage_rollup_latency (account_id, granularity, bucket_start, model, bin, count)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, granularity, bucket_start, model, bin)"
+    " DO UPDATE SET count = usage_rollup_latency.count + excluded.count"
 )
 # Columns stored as microseconds (or 0/1) that records want as datetimes (or bools).
-_TIME_COLUMNS = frozenset({"created_at", "revoked_at", "expires_at"})
+_TIME_COLUMNS = frozenset({
+    "created_at", "revoked_at", "expires_at", "bucket_start", "started_at", "heartbeat_at",
+})
 
 
 def _records(conn: sqlite3.Connection, cls: type[T], sql: str, params: tuple) -> list[T]:
@@ -302,8 +390,82 @@ def _close(conn: sqlite3.Connection) -> None:
         conn.close()
 
 
-def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple]) -> None:
-    conn.executemany(sql, rows)
+def _execute(conn: sqlite3.Connection, sql: str, params: tuple) -> None:
+    conn.execute(sql, params)
+
+
+def _insert_request_logs(conn: sqlite3.Connection, logs: Sequence[RequestLog]) -> None:
+    """Insert the logs; add the ones that were new to the rollups. In the caller's transaction."""
+    new = []
+    for log in logs:
+        row = tuple(getattr(log, name) for name in REQUEST_LOG_COLUMNS[:-1])
+        if conn.execute(_INSERT_REQUEST_LOG, row + (_to_us(log.created_at, "created_at"),)).rowcount:
+            new.append(log)
+    for account_id, granularity, delta in rollup_deltas(new):
+        start_us = _to_us(delta.bucket_start, "bucket_start")
+        conn.execute(
+            _UPSERT_ROLLUP,
+            (account_id, granularity, start_us, delta.model,
+             *(getattr(delta, c) for c in ROLLUP_SUMS)),
+        )
+        conn.executemany(
+            _UPSERT_LATENCY,
+            [(account_id, granularity, start_us, delta.model, bin_, count)
+             for bin_, count in delta.latency_bins.items()],
+        )
+
+
+def _usage_rollups(
+    conn: sqlite3.Connection, account_id: str, granularity: str, since_us: int, until_us: int,
+    model: str | None,
+) -> list[RollupRow]:
+    bucket_start(_from_us(since_us), granularity)  # validates the granularity
+    where = "account_id = ? AND granularity = ? AND bucket_start >= ? AND bucket_start < ?"
+    params: tuple = (account_id, granularity, since_us, until_us)
+    if model is not None:
+        where += " AND model = ?"
+        params += (model,)
+    rows = _dicts(conn, f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
+                  f" WHERE {where} ORDER BY bucket_start, model", params)
+    bins = _dicts(conn, f"SELECT bucket_start, model, bin, count FROM usage_rollup_latency"
+                  f" WHERE {where}", params)
+    return merge_rollup_rows(rows, bins)
+
+
+def _dicts(conn: sqlite3.Connection, sql: str, params: tuple) -> list[dict[str, Any]]:
+    cursor = conn.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    rows = []
+    for row in cursor:
+        values = dict(zip(names, row))
+        for name in _TIME_COLUMNS.intersection(values):
+            values[name] = _from_us(values[name])
+        rows.append(values)
+    return rows
+
+
+def _recover_instance(conn: sqlite3.Connection, instance_id: str, now_us: int) -> list[RequestLog]:
+    holds = _dicts(
+        conn,
+        "SELECT id, account_id, request_id, key_id, model, provider, stream, created_at"
+        " FROM holds WHERE instance_id = ? AND state = 'pending' ORDER BY created_at, id",
+        (instance_id,),
+    )
+    now = _from_us(now_us)
+    logs = []
+    for hold in holds:
+        if not _finalize(conn, hold["id"], 0, "voided", now_us).already_final:
+            logs.append(interrupted_log(hold, now))
+    existing = {
+        r[0] for r in conn.execute(
+            f"SELECT id FROM request_logs WHERE id IN ({', '.join('?' * len(logs))})",
+            [log.id for log in logs],
+        )
+    } if logs else set()
+    logs = [log for log in logs if log.id not in existing]
+    _insert_request_logs(conn, logs)
+    conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+    return logs
 
 
 def _insert_account(conn: sqlite3.Connection, account: Account) -> None:
@@ -367,7 +529,40 @@ def _top_up(
     return WalletState(account_id=account_id, balance=balance, locked=locked)
 
 
-def _create_hold(conn: sqlite3.Connection, hold: Hold) -> bool:
+def _credit_top_up(
+    conn: sqlite3.Connection, account_id: str, amount: int, idempotency_key: str | None,
+    note: str | None,
+) -> TopUpResult:
+    if idempotency_key is not None:
+        # The write lock (BEGIN IMMEDIATE) is held: no other process can insert this key now.
+        first = conn.execute(
+            "SELECT amount, ledger_id FROM top_up_requests WHERE account_id = ? AND idempotency_key = ?",
+            (account_id, idempotency_key),
+        ).fetchone()
+        if first is not None:
+            if first[0] != amount:
+                raise IdempotencyConflict(
+                    f"idempotency key {idempotency_key!r} was used for a top-up of another amount"
+                )
+            entry = _records(conn, LedgerEntry, f"{_LEDGER_SELECT} WHERE id = ?", (first[1],))[0]
+            wallet = _wallet(conn, account_id)
+            assert wallet is not None
+            return TopUpResult(entry=entry, wallet=wallet, replayed=True)
+    wallet = _top_up(conn, account_id, amount, note)
+    entry = _records(
+        conn, LedgerEntry, f"{_LEDGER_SELECT} WHERE account_id = ? ORDER BY id DESC LIMIT 1",
+        (account_id,),
+    )[0]
+    if idempotency_key is not None:
+        conn.execute(
+            "INSERT INTO top_up_requests (account_id, idempotency_key, amount, ledger_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (account_id, idempotency_key, amount, entry.id, _to_us(entry.created_at, "created_at")),
+        )
+    return TopUpResult(entry=entry, wallet=wallet, replayed=False)
+
+
+def _create_hold(conn: sqlite3.Connection, hold: Hold, context: HoldContext) -> bool:
     # The conditional update is the arbiter: it succeeds only if the funds are available.
     rows = conn.execute(
         "UPDATE accounts SET locked = locked + ?1 WHERE id = ?2 AND balance - locked >= ?1"
@@ -381,10 +576,11 @@ def _create_hold(conn: sqlite3.Connection, hold: Hold) -> bool:
     balance, locked = rows[0]
     created_us = _to_us(hold.created_at, "created_at")
     conn.execute(
-        "INSERT INTO holds (id, account_id, request_id, amount, created_at, expires_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO holds (id, account_id, request_id, amount, created_at, expires_at,"
+        " instance_id, key_id, model, provider, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (hold.id, hold.account_id, hold.request_id, hold.amount, created_us,
-         _to_us(hold.expires_at, "expires_at")),
+         _to_us(hold.expires_at, "expires_at"), context.instance_id, context.key_id,
+         context.model, context.provider, context.stream),
     )
     _ledger(conn, hold.account_id, "hold", hold.amount, balance, locked,
             request_id=hold.request_id, hold_id=hold.id, now_us=created_us)

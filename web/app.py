@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import os
+from importlib.metadata import version
 from typing import Any
 
 import trio
@@ -34,6 +35,8 @@ from engine.money import format_usd
 from engine.runtime import Engine
 from storage import ApiKeyRecord
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
+from web import wallet_api
+from web.openapi import openapi_document
 from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
 log = logging.getLogger("omixa.web")
@@ -106,7 +109,13 @@ def create_app(engine: Engine) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return json_response({"status": "ok", "deployments": len(engine.deployments)})
+        return json_response({
+            "status": "ok",
+            "deployments": len(engine.deployments),
+            # Request logs waiting for the database, and those lost past usage.buffer_limit.
+            "usage_backlog": engine.usage.backlog,
+            "usage_dropped": engine.usage.dropped,
+        })
 
     admin_token = os.environ.get("OMIXA_ADMIN_TOKEN", "")
 
@@ -162,6 +171,14 @@ def create_app(engine: Engine) -> QuartTrio:
                 "currency": "USD",
             }
         )
+
+    wallet_api.register(app, engine, authenticate, lambda: _json_body(max_body))
+
+    spec = openapi_document(version("omixa"))
+
+    @app.get("/api/v1/openapi.json")
+    async def openapi_json() -> Response:
+        return json_response(spec)
 
     @app.post("/api/v1/chat/completions")
     async def chat_completions() -> Response:

@@ -31,6 +31,8 @@ def demo_config(port: int, data_dir: Path):
     config = structure_config(
         {
             "server": {"port": port},
+            # The demo's developer may top up their own wallet (POST /api/v1/wallet/top-up).
+            "wallet": {"self_top_up": True},
             "deployments": [
                 {"name": f"simulated-{m}", "model": m, "provider": "simulator", "region": "local"}
                 for m in models

@@ -1,0 +1,133 @@
+"""The instance monitor: this process's row in ``instances``, and cleanup after dead ones.
+
+Every pending hold records the process (instance) holding it. A process that dies without
+settling (SIGKILL, a crash, a lost machine) leaves holds that lock its customers' money.
+The monitor, one per process:
+
+- at start, registers this process, then recovers every instance it can tell is gone
+  before the gateway serves anything;
+- every ``wallet.instance_heartbeat_seconds``, refreshes its heartbeat and recovers again;
+- at a graceful stop (after the wallets drained), recovers itself: any hold still pending
+  is voided, and its row is removed.
+
+An instance is gone when it runs on this host and its pid is
+not a live process (or is this process's pid but registered before this process started: a
+restarted container's server is often pid 1), or when its heartbeat is older than ``wallet.instance_stale_seconds`` (the only test that
+works across machines). Recovering one voids its pending holds (nothing charged: what the
+upstream produced was never counted) and records each request as ``interrupted``, in one
+transaction (:meth:`storage.Storage.recover_instance`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+
+import trio
+
+from engine.config import WalletConfig
+from storage import Instance, Storage, StorageError
+
+log = logging.getLogger("omixa.instances")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# Engines opened by this process register after this; an instance with our pid registered
+# before it belongs to an earlier process.
+_PROCESS_STARTED = dt.datetime.now(dt.timezone.utc)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user
+    return True
+
+
+def new_instance_id() -> str:
+    return f"inst_{secrets.token_hex(8)}"
+
+
+class InstanceMonitor:
+    def __init__(
+        self, storage: Storage, config: WalletConfig, instance_id: str, *, wallets_drained: trio.Event
+    ) -> None:
+        self._storage = storage
+        self._wallets_drained = wallets_drained
+        self._config = config
+        self.id = instance_id
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self._stop = trio.Event()
+        self.recovered = 0  # requests recorded as interrupted by this process
+
+    def is_gone(self, other: Instance, now: dt.datetime) -> bool:
+        if other.id == self.id:
+            return False
+        if other.host == self.host:
+            if other.pid != self.pid and not _pid_alive(other.pid):
+                return True
+            # Our pid, registered before this process started: an earlier process that had it.
+            if other.pid == self.pid and other.started_at < _PROCESS_STARTED:
+                return True
+        return (now - other.heartbeat_at).total_seconds() > self._config.instance_stale_seconds
+
+    async def recover_gone(self) -> int:
+        """Recover every instance that is gone; return the number of interrupted requests."""
+        now = _now()
+        count = 0
+        for other in await self._storage.list_instances():
+            if self.is_gone(other, now):
+                logs = await self._storage.recover_instance(other.id, now)
+                if logs:
+                    log.warning(
+                        "instance %s (host %s, pid %d) is gone: voided %d pending holds, requests "
+                        "recorded as interrupted: %s", other.id, other.host, other.pid, len(logs),
+                        ", ".join(entry.id for entry in logs),
+                    )
+                count += len(logs)
+        self.recovered += count
+        return count
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Register, recover the gone, report ready, then heartbeat until :meth:`close`."""
+        now = _now()
+        await self._storage.register_instance(
+            Instance(id=self.id, host=self.host, pid=self.pid, started_at=now, heartbeat_at=now)
+        )
+        await self.recover_gone()
+        task_status.started()
+        interval = self._config.instance_heartbeat_seconds
+        while not self._stop.is_set():
+            with trio.move_on_after(interval):
+                await self._stop.wait()
+            if self._stop.is_set():
+                break
+            try:
+                await self._storage.heartbeat_instance(self.id, _now())
+                await self.recover_gone()
+            except StorageError as exc:
+                log.warning("instance heartbeat failed: %s", exc)
+        # Only once every wallet actor served its mailbox: no settle can still be on its way.
+        await self._wallets_drained.wait()
+        try:
+            logs = await self._storage.recover_instance(self.id, _now())
+        except StorageError as exc:
+            # The row stays; the next start on this host (or the heartbeat timeout) recovers it.
+            log.warning("could not deregister this instance: %s", exc)
+            return
+        if logs:
+            log.warning("%d holds were still pending at shutdown; voided", len(logs))
+
+    def close(self) -> None:
+        """Stop heartbeating; the monitor then recovers its own leftovers and returns."""
+        self._stop.set()

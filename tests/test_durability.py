@@ -1,0 +1,168 @@
+"""Usage records and holds survive what a real deployment meets: a database that is briefly
+unavailable, a bounded buffer that fills, and a process killed with SIGKILL mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import sqlite3
+import subprocess
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import asyncpg
+import httpx
+import trio
+
+from conftest import PG_URL
+from engine.accounts import Accounts
+from engine.config import UsageConfig
+from engine.usage import UsageAggregator
+from fake_azure import open_fake_azure
+from storage import RequestLog, open_storage
+from test_cli import OMIXA, read_values, write_config
+
+
+def _log(i: int, account_id: str) -> RequestLog:
+    return RequestLog(
+        id=f"req_outage_{i:03d}", account_id=account_id, key_id="key_x", model="gpt-4o-mini",
+        provider="azure", deployment="eastus-1", region="eastus", status="ok", stream=False,
+        prompt_tokens=10, completion_tokens=5, reasoning_tokens=0, cached_tokens=0, cost=7,
+        latency_ms=100 + i, ttft_ms=None, created_at=dt.datetime.now(dt.timezone.utc),
+    )
+
+
+@asynccontextmanager
+async def database_outage(database_url: str) -> AsyncIterator[None]:
+    """Make the database refuse work until the block ends.
+
+    PostgreSQL: new connections are refused and open ones are terminated. SQLite: another
+    connection holds the exclusive lock, so writes time out as "database is locked".
+    """
+    if database_url.startswith("sqlite"):
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        return
+    name = database_url.rsplit("/", 1)[1]
+
+    def admin(sql: str) -> None:
+        async def go() -> None:
+            conn = await asyncpg.connect(PG_URL)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(go())
+
+    await trio.to_thread.run_sync(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await trio.to_thread.run_sync(
+        admin, f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    )
+    try:
+        yield
+    finally:
+        await trio.to_thread.run_sync(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+async def test_records_wait_out_an_outage_and_the_bound_drops_the_excess(database_url, aio_loop):
+    async with open_storage(database_url, loop=aio_loop) as storage:
+        account = await storage.create_account("dev@example.com")
+        # The aggregator waiting for a record, a mailbox of 1 and a buffer of 3: of 10 records
+        # handed over at once, 5 are kept.
+        aggregator = UsageAggregator(storage, UsageConfig(queue_size=1, buffer_limit=3, flush_interval_seconds=0.05))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(aggregator.run)
+            async with database_outage(database_url):
+                for i in range(10):
+                    aggregator.record(_log(i, account.id))
+                assert aggregator.dropped == 5
+                await trio.sleep(1.0)  # writes fail and are retried meanwhile
+                assert aggregator.written == 0
+            with trio.fail_after(30):
+                await aggregator.wait_flushed()
+            # A second wave after the outage: nothing lost, nothing counted twice.
+            for i in range(10, 15):
+                aggregator.record(_log(i, account.id))
+            aggregator.close()
+        assert aggregator.written == 10 and aggregator.dropped == 5
+        kept = [i for i in range(15) if await storage.get_request_log(f"req_outage_{i:03d}")]
+        assert kept == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
+        now = dt.datetime.now(dt.timezone.utc)
+        rows = await storage.usage_rollups(account.id, granularity="day", since=now - dt.timedelta(days=1),
+                                           until=now + dt.timedelta(days=1))
+        assert sum(r.requests for r in rows) == 10 and sum(r.cost for r in rows) == 70
+
+
+async def test_sigkill_mid_stream_leaves_no_locked_balance_after_restart(database_url, aio_loop, tmp_path):
+    async with open_fake_azure(reply="slow " * 400, chunk_delay=0.05) as fake:
+        config = write_config(
+            tmp_path / "omixa.toml", database_url,
+            f'[[deployments]]\nname = "e1"\nmodel = "gpt-4o-mini"\nendpoint = "{fake.endpoint}"\n'
+            f'deployment = "d"\napi_key = "env:FAKE_AZURE_KEY"\n',
+        )
+        env = {**os.environ, "FAKE_AZURE_KEY": fake.api_key}
+        async with open_storage(database_url, loop=aio_loop) as storage:
+            accounts = Accounts(storage)
+            account = await accounts.create_account("dev@example.com")
+            await storage.top_up(account.id, 5_000_000_000)
+            key = (await accounts.create_key(account.id)).secret
+
+        async def start() -> tuple[trio.Process, str]:
+            process = await trio.lowlevel.open_process(
+                [OMIXA, "serve", "--config", str(config), "--port", "0"], stdout=subprocess.PIPE, env=env
+            )
+            return process, (await read_values(process, {"OMIXA_BASE_URL"}))["OMIXA_BASE_URL"]
+
+        process, base = await start()
+        request_id = None
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                async with client.stream(
+                    "POST", f"{base}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+                ) as response:
+                    request_id = response.headers["x-request-id"]
+                    async for line in response.aiter_lines():
+                        if '"content":"slow' in line:
+                            break  # the stream is flowing: money is held
+                    process.send_signal(signal.SIGKILL)
+                    await process.wait()
+        except httpx.HTTPError:
+            pass  # the connection dies with the process
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert request_id is not None
+
+        async with open_storage(database_url, loop=aio_loop) as storage:
+            assert (await storage.get_wallet(account.id)).locked > 0  # the dead process's hold
+
+        # The next start recovers it before serving.
+        process, base = await start()
+        try:
+            async with open_storage(database_url, loop=aio_loop) as storage:
+                wallet = await storage.get_wallet(account.id)
+                assert wallet.locked == 0 and wallet.balance == 5_000_000_000
+                log = await storage.get_request_log(request_id)
+                assert log.status == "interrupted" and log.cost == 0 and log.stream is True
+                assert log.model == "gpt-4o-mini"
+                assert await storage.verify_ledger() == []
+                types = [e.type for e in await storage.ledger_entries(account.id)]
+                assert types == ["top_up", "hold", "release"]
+            async with httpx.AsyncClient(timeout=30) as client:
+                usage = await client.get(f"{base}/usage/requests/{request_id}",
+                                         headers={"Authorization": f"Bearer {key}"})
+                assert usage.json()["status"] == "interrupted"
+        finally:
+            process.send_signal(signal.SIGINT)
+            with trio.fail_after(20):
+                await process.wait()

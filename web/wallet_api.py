@@ -1,0 +1,219 @@
+"""The wallet and usage routes: top-up, transactions, request logs and rollups.
+
+Money is rendered as exact decimal strings of USD (``"9.999850"`` style, never floats);
+times as RFC 3339 UTC strings with milliseconds (``2026-11-25T22:16:13.123Z``). Lists use
+OpenAI's shape: ``{"object": "list", "data", "first_id", "last_id", "has_more"}``, newest
+first, ``limit`` (1..100, default 20) and ``after`` (the last id of the previous page).
+Unknown query parameters are refused, so a typo never silently widens a filter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Awaitable, Callable, Sequence
+
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from engine.errors import InvalidRequest, NotFoundError
+from engine.money import format_usd
+from engine.reports import STEP, Bucket, Page, page_limit
+from engine.runtime import Engine
+from storage import ApiKeyRecord, LedgerEntry, RequestLog, RequestLogFilter
+from web.envelope import json_response
+
+TXN_PREFIX = "txn_"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_FILTER_CHARS = 128
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(name: str, value: str) -> dt.datetime:
+    """Unix seconds or RFC 3339 with a timezone. Errors: InvalidRequest."""
+    try:
+        if value.lstrip("-").isdigit():
+            return dt.datetime.fromtimestamp(int(value), dt.timezone.utc)
+        moment = dt.datetime.fromisoformat(value)
+    except (ValueError, OverflowError, OSError):
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise InvalidRequest(
+            f"{name} must be Unix seconds or an RFC 3339 time with a timezone, e.g. 2026-11-25T10:00:00Z."
+        )
+    return moment
+
+
+def transaction_view(entry: LedgerEntry) -> dict[str, Any]:
+    return {
+        "id": f"{TXN_PREFIX}{entry.id}",
+        "object": "wallet.transaction",
+        "type": entry.type,
+        "amount": format_usd(entry.amount),
+        "balance_after": format_usd(entry.balance_after),
+        "locked_after": format_usd(entry.locked_after),
+        "request_id": entry.request_id,
+        "created_at": iso(entry.created_at),
+    }
+
+
+def request_view(log: RequestLog) -> dict[str, Any]:
+    return {
+        "id": log.id,
+        "object": "usage.request",
+        "model": log.model,
+        "provider": log.provider,
+        "region": log.region,
+        "key_id": log.key_id,
+        "status": log.status,
+        "stream": log.stream,
+        "prompt_tokens": log.prompt_tokens,
+        "completion_tokens": log.completion_tokens,
+        "reasoning_tokens": log.reasoning_tokens,
+        "cached_tokens": log.cached_tokens,
+        "total_tokens": log.prompt_tokens + log.completion_tokens,
+        "cost": format_usd(log.cost),
+        "latency_ms": log.latency_ms,
+        "ttft_ms": log.ttft_ms,
+        "created_at": iso(log.created_at),
+    }
+
+
+def bucket_view(bucket: Bucket, step: dt.timedelta) -> dict[str, Any]:
+    return {
+        "object": "usage.bucket",
+        "start": iso(bucket.start),
+        "end": iso(bucket.start + step),
+        "model": bucket.model,
+        "requests": bucket.requests,
+        "errors": bucket.errors,
+        "client_closed": bucket.client_closed,
+        "prompt_tokens": bucket.prompt_tokens,
+        "completion_tokens": bucket.completion_tokens,
+        "reasoning_tokens": bucket.reasoning_tokens,
+        "cached_tokens": bucket.cached_tokens,
+        "total_tokens": bucket.prompt_tokens + bucket.completion_tokens,
+        "cost": format_usd(bucket.cost),
+        "latency_ms_mean": bucket.latency_ms_mean,
+        "latency_ms_p95": bucket.latency_ms_p95,
+    }
+
+
+def list_view(page: Page[Any], render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    data = [render(item) for item in page.data]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": page.has_more,
+    }
+
+
+def query_params(allowed: Sequence[str]) -> dict[str, str]:
+    """The query string as a dict. Errors: InvalidRequest for unknown or repeated names."""
+    params: dict[str, str] = {}
+    for name, values in request.args.lists():
+        if name not in allowed:
+            raise InvalidRequest(f"Unknown query parameter {name!r}; allowed: {', '.join(allowed)}.")
+        if len(values) > 1:
+            raise InvalidRequest(f"Query parameter {name!r} is given more than once.")
+        if len(values[0]) > MAX_FILTER_CHARS:
+            raise InvalidRequest(f"Query parameter {name!r} is too long.")
+        params[name] = values[0]
+    return params
+
+
+def _limit(params: dict[str, str]) -> int:
+    raw = params.get("limit")
+    if raw is None:
+        return page_limit(None)
+    if not raw.isdigit():
+        raise InvalidRequest("limit must be an integer.")
+    return page_limit(int(raw))
+
+
+def _transaction_id(value: str) -> int:
+    digits = value.removeprefix(TXN_PREFIX)
+    if not value.startswith(TXN_PREFIX) or not digits.isdigit() or len(digits) > 18:
+        raise NotFoundError("No such transaction.")
+    return int(digits)
+
+
+def register(
+    app: QuartTrio, engine: Engine, authenticate: Callable[[], Awaitable[ApiKeyRecord]],
+    json_body: Callable[[], Awaitable[Any]],
+) -> None:
+    reports = engine.reports
+
+    @app.post("/api/v1/wallet/top-up")
+    async def wallet_top_up() -> Response:
+        key = await authenticate()
+        body = await json_body()
+        if not isinstance(body, dict) or set(body) - {"amount"}:
+            raise InvalidRequest('The body must be a JSON object {"amount": "10.00"} (USD).')
+        result = await reports.top_up(key.account_id, body.get("amount"), request.headers.get(IDEMPOTENCY_HEADER))
+        headers = {REPLAYED_HEADER: "true"} if result.replayed else None
+        return json_response(
+            {"object": "wallet.top_up", "amount": format_usd(result.entry.amount),
+             "transaction": transaction_view(result.entry)},
+            headers=headers,
+        )
+
+    @app.get("/api/v1/wallet/transactions")
+    async def wallet_transactions() -> Response:
+        key = await authenticate()
+        params = query_params(("limit", "after"))
+        after = _transaction_id(params["after"]) if "after" in params else None
+        page = await reports.transactions(key.account_id, limit=_limit(params), after=after)
+        return json_response(list_view(page, transaction_view))
+
+    @app.get("/api/v1/wallet/transactions/<txn_id>")
+    async def wallet_transaction(txn_id: str) -> Response:
+        key = await authenticate()
+        query_params(())
+        return json_response(transaction_view(await reports.transaction(key.account_id, _transaction_id(txn_id))))
+
+    @app.get("/api/v1/usage/requests")
+    async def usage_requests() -> Response:
+        key = await authenticate()
+        params = query_params(("limit", "after", "model", "status", "since", "until"))
+        query = RequestLogFilter(
+            account_id=key.account_id, limit=_limit(params), model=params.get("model"),
+            status=params.get("status"),
+            since=parse_time("since", params["since"]) if "since" in params else None,
+            until=parse_time("until", params["until"]) if "until" in params else None,
+        )
+        page = await reports.requests(query, after=params.get("after"))
+        return json_response(list_view(page, request_view))
+
+    @app.get("/api/v1/usage/requests/<request_id>")
+    async def usage_request(request_id: str) -> Response:
+        key = await authenticate()
+        query_params(())
+        return json_response(request_view(await reports.request(key.account_id, request_id)))
+
+    @app.get("/api/v1/usage/rollups")
+    async def usage_rollups() -> Response:
+        key = await authenticate()
+        params = query_params(("granularity", "since", "until", "model", "group_by"))
+        granularity = params.get("granularity", "hour")
+        group_by = params.get("group_by")
+        if group_by not in (None, "model"):
+            raise InvalidRequest("group_by must be 'model' (or absent: every model together).")
+        since, until, buckets = await reports.rollups(
+            key.account_id, granularity=granularity,
+            since=parse_time("since", params["since"]) if "since" in params else None,
+            until=parse_time("until", params["until"]) if "until" in params else None,
+            model=params.get("model"), by_model=group_by == "model",
+        )
+        return json_response({
+            "object": "list",
+            "granularity": granularity,
+            "since": iso(since),
+            "until": iso(until),
+            "data": [bucket_view(b, STEP[granularity]) for b in buckets],
+        })
