@@ -1,0 +1,152 @@
+"""Storage for the wallet and usage API, on both backends: idempotent top-ups across two
+Storage instances (as two processes), ledger pages, request-log filters and cursors, rollups
+maintained with the logs, and recovering the holds of a process that is gone."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import trio
+
+from storage import (
+    HoldContext,
+    IdempotencyConflict,
+    Instance,
+    NotFound,
+    RequestLogFilter,
+    latency_bin_upper,
+    open_storage,
+)
+from storage._common import latency_bin
+from test_storage import USD, _later, funded_account, request_log
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
+
+
+async def test_top_up_with_a_key_credits_once_across_processes(storage, database_url, aio_loop):
+    account = await funded_account(storage, 0)
+    results = []
+    async with open_storage(database_url, loop=aio_loop) as other:
+
+        async def top_up(store):
+            results.append(await store.credit_top_up(account.id, 5 * USD, idempotency_key="k1"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(top_up, (storage, other)[i % 2])
+    assert sum(not r.replayed for r in results) == 1
+    assert len({r.entry for r in results}) == 1
+    assert (await storage.get_wallet(account.id)).balance == 5 * USD
+    with pytest.raises(IdempotencyConflict):
+        await storage.credit_top_up(account.id, 6 * USD, idempotency_key="k1")
+    # Keys are per account.
+    second = await funded_account(storage, 0)
+    assert not (await storage.credit_top_up(second.id, 1 * USD, idempotency_key="k1")).replayed
+    with pytest.raises(NotFound):
+        await storage.credit_top_up("acct_missing", USD, idempotency_key="k2")
+    with pytest.raises(ValueError):
+        await storage.credit_top_up(account.id, 0)
+    assert await storage.verify_ledger() == []
+
+
+async def test_ledger_pages_newest_first(storage):
+    account = await funded_account(storage, 0)
+    for i in range(1, 6):
+        await storage.top_up(account.id, i)
+    everything = await storage.list_ledger(account.id, limit=10)
+    assert [e.amount for e in everything] == [5, 4, 3, 2, 1]
+    page = await storage.list_ledger(account.id, limit=2, before_id=everything[1].id)
+    assert [e.amount for e in page] == [3, 2]
+    assert await storage.get_ledger_entry(account.id, everything[0].id) == everything[0]
+    other = await funded_account(storage, 0)
+    assert await storage.get_ledger_entry(other.id, everything[0].id) is None
+
+
+async def test_request_log_filters_and_cursor(storage):
+    logs = [
+        request_log(f"req_{i}", account_id="acct_a", created_at=T0 + dt.timedelta(minutes=i),
+                    model="gpt-4o" if i % 3 == 0 else "gpt-4o-mini",
+                    status="ok" if i % 2 == 0 else "upstream_error")
+        for i in range(10)
+    ] + [request_log("req_b", account_id="acct_b", created_at=T0)]
+    # Two logs in the same microsecond: the id breaks the tie.
+    logs.append(request_log("req_9z", account_id="acct_a", created_at=T0 + dt.timedelta(minutes=9)))
+    await storage.insert_request_logs(logs)
+
+    def query(**kw):
+        return storage.list_request_logs(RequestLogFilter(account_id="acct_a", limit=kw.pop("limit", 50), **kw))
+
+    ids = [r.id for r in await query()]
+    assert ids == ["req_9z", "req_9", "req_8", "req_7", "req_6", "req_5", "req_4", "req_3", "req_2", "req_1", "req_0"]
+    paged, before = [], None
+    while True:
+        page = await query(limit=3, before=before)
+        paged += [r.id for r in page]
+        if len(page) < 3:
+            break
+        before = (page[-1].created_at, page[-1].id)
+    assert paged == ids
+    assert [r.id for r in await query(model="gpt-4o")] == ["req_9", "req_6", "req_3", "req_0"]
+    assert [r.id for r in await query(status="upstream_error", model="gpt-4o")] == ["req_9", "req_3"]
+    window = await query(since=T0 + dt.timedelta(minutes=2), until=T0 + dt.timedelta(minutes=5))
+    assert [r.id for r in window] == ["req_4", "req_3", "req_2"]
+
+
+async def test_rollups_follow_the_logs_and_never_count_twice(storage):
+    hour2 = T0 + dt.timedelta(hours=1)
+    logs = [
+        request_log("req_1", account_id="acct_a", created_at=T0, latency_ms=100, cost=10),
+        request_log("req_2", account_id="acct_a", created_at=T0, latency_ms=300, cost=20, status="client_closed"),
+        request_log("req_3", account_id="acct_a", created_at=hour2, latency_ms=50, cost=5, status="upstream_error"),
+        request_log("req_4", account_id="acct_a", created_at=hour2, model="gpt-4o", cost=7),
+        request_log("req_5", account_id="acct_b", created_at=T0, cost=1000),
+    ]
+    await storage.insert_request_logs(logs[:3])
+    await storage.insert_request_logs(logs)  # a retried batch plus new rows
+    day = await storage.usage_rollups("acct_a", granularity="day", since=T0 - dt.timedelta(days=1),
+                                      until=T0 + dt.timedelta(days=1))
+    assert [(r.model, r.requests, r.cost) for r in day] == [("gpt-4o", 1, 7), ("gpt-4o-mini", 3, 35)]
+    mini = day[1]
+    assert (mini.errors, mini.client_closed) == (1, 1)
+    assert mini.prompt_tokens == 3 * logs[0].prompt_tokens
+    assert mini.latency_ms_sum == 450
+    assert sum(mini.latency_bins.values()) == 3
+    hours = await storage.usage_rollups("acct_a", granularity="hour", since=T0 - dt.timedelta(hours=1),
+                                        until=T0 + dt.timedelta(hours=3), model="gpt-4o-mini")
+    assert [(r.bucket_start, r.requests) for r in hours] == [
+        (T0.replace(minute=0), 2), (hour2.replace(minute=0), 1)
+    ]
+    with pytest.raises(ValueError):
+        await storage.usage_rollups("acct_a", granularity="week", since=T0, until=hour2)
+
+
+@pytest.mark.parametrize("latency", [0, 1, 2, 3, 9, 10, 11, 99, 100, 101, 999, 12_345, 3_600_000])
+def test_latency_bins_bound_within_ten_percent(latency):
+    upper = latency_bin_upper(latency_bin(latency))
+    assert latency <= upper <= max(latency * 1.1 + 1, 1)
+
+
+async def test_recovering_an_instance_voids_its_holds_and_logs_them(storage):
+    account = await funded_account(storage, 10 * USD)
+    now = dt.datetime.now(UTC)
+    await storage.register_instance(Instance(id="inst_dead", host="h", pid=1, started_at=now, heartbeat_at=now))
+    await storage.register_instance(Instance(id="inst_live", host="h", pid=2, started_at=now, heartbeat_at=now))
+    dead = HoldContext(instance_id="inst_dead", key_id="key_1", model="gpt-4o", provider="azure", stream=True)
+    live = HoldContext(instance_id="inst_live", key_id="key_1", model="gpt-4o", provider="azure", stream=False)
+    await storage.create_hold(account_id=account.id, request_id="req_d1", amount=USD, expires_at=_later(), context=dead)
+    h2 = await storage.create_hold(account_id=account.id, request_id="req_d2", amount=USD, expires_at=_later(), context=dead)
+    await storage.create_hold(account_id=account.id, request_id="req_l", amount=USD, expires_at=_later(), context=live)
+    await storage.settle_hold(h2.id, 100)  # finished before the process died
+    logs = await storage.recover_instance("inst_dead", now + dt.timedelta(seconds=3))
+    assert [(log.id, log.status, log.cost, log.stream, log.model, log.key_id) for log in logs] == [
+        ("req_d1", "interrupted", 0, True, "gpt-4o", "key_1")
+    ]
+    assert 2900 <= logs[0].latency_ms <= 3000  # from the hold to the recovery
+    assert await storage.get_request_log("req_d1") == logs[0]
+    wallet = await storage.get_wallet(account.id)
+    assert (wallet.balance, wallet.locked) == (10 * USD - 100, USD)  # only the live hold remains
+    assert [i.id for i in await storage.list_instances()] == ["inst_live"]
+    assert await storage.recover_instance("inst_dead", now) == []  # once
+    assert await storage.verify_ledger() == []
