@@ -169,6 +169,20 @@ class UsageConfig:
 
 
 @attrs.frozen(kw_only=True)
+class DashboardConfig:
+    """The developer dashboard (/usage, /catalog, /playground)."""
+
+    enabled: bool = True
+    # How often /usage refreshes its numbers, seconds.
+    poll_seconds: float = attrs.field(default=5.0, validator=_positive)
+    # A dashboard session lasts this long after sign-in.
+    session_hours: float = attrs.field(default=12.0, validator=_positive)
+    # Mark the session cookie Secure even when the request reached Omixa over plain HTTP
+    # (set it behind a TLS-terminating proxy); requests over HTTPS always get Secure.
+    secure_cookie: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class DeploymentConfig:
     """One upstream deployment serving one catalog model.
 
@@ -207,6 +221,7 @@ class Config:
     wallet: WalletConfig = WalletConfig()
     usage: UsageConfig = UsageConfig()
     streaming: StreamingConfig = StreamingConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     # Path of the model catalog; empty means the shipped config/models.toml.
     catalog: str = ""
     deployments: tuple[DeploymentConfig, ...] = ()

@@ -35,7 +35,7 @@ from engine.money import format_usd
 from engine.runtime import Engine
 from storage import ApiKeyRecord
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from web import wallet_api
+from web import dashboard, wallet_api
 from web.openapi import openapi_document
 from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
@@ -180,9 +180,10 @@ def create_app(engine: Engine) -> QuartTrio:
     async def openapi_json() -> Response:
         return json_response(spec)
 
-    @app.post("/api/v1/chat/completions")
-    async def chat_completions() -> Response:
-        key = await authenticate()
+    async def serve_chat(key: ApiKeyRecord) -> Response:
+        """Answer the current request's chat completion for ``key`` (the API and the
+        dashboard's playground: same engine, limits, billing and wallet)."""
+        g.key = key
         body = await _json_body(max_body)
         chat = engine.chat
         parsed = chat.parse(body)
@@ -196,6 +197,11 @@ def create_app(engine: Engine) -> QuartTrio:
         response.timeout = None  # never cut a long stream
         return response
 
+    @app.post("/api/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await serve_chat(await authenticate())
+
+    dashboard.register(app, engine, serve_chat)
     return app
 
 

@@ -1,0 +1,188 @@
+"""Drives the dashboard in headless Chromium for tests/test_dashboard_browser.py.
+
+Run as its own process (Playwright's sync API needs a plain asyncio loop, and the test
+process runs trio-asyncio's): ``python browser_driver.py`` with a JSON object of arguments
+on stdin; prints a JSON object of what it saw. Every check is an assert: a failure exits
+non-zero with the traceback on stderr. Screenshots go to ``OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import expect, sync_playwright
+
+MODEL = "gpt-4o-mini"
+OUTPUT = Path(os.environ.get("OMIXA_TEST_OUTPUT", Path(__file__).resolve().parent.parent / "test-output")) / "screenshots"
+OMIXA = str(Path(sys.executable).parent / "omixa")
+
+
+def shot(page, name: str) -> None:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
+
+
+def wait_for_length(locator, at_least: int, timeout: float = 10.0) -> int:
+    """Poll the element's text until it is at least ``at_least`` long (the page's CSP
+    forbids the eval that page.wait_for_function needs)."""
+    deadline = time.monotonic() + timeout
+    while (length := len(locator.text_content())) < at_least:
+        assert time.monotonic() < deadline, f"text stayed at {length} characters"
+        time.sleep(0.02)
+    return length
+
+
+def sign_in(page, root: str, key: str) -> None:
+    page.goto(f"{root}/usage")
+    assert page.url.startswith(f"{root}/signin")
+    page.fill("#api_key", key)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{root}/usage")
+
+
+def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, config: str, poll_seconds: float) -> dict:
+    seen: dict = {}
+    api = httpx.Client(base_url=f"{root}/api/v1", timeout=30)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+
+            # A wrong key is refused on the page.
+            page.goto(f"{root}/signin")
+            page.fill("#api_key", "omx_live_not-a-real-key")
+            page.click("button[type=submit]")
+            expect(page.locator("#signin-error")).to_be_visible()
+            shot(page, "01-signin-refused")
+
+            sign_in(page, root, key_a)
+            cookie = next(c for c in context.cookies() if c["name"] == "omixa_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert key_a not in cookie["value"]
+
+            # The wallet tiles show the API's numbers.
+            wallet = api.get("/wallet", headers={"Authorization": f"Bearer {key_a}"}).json()
+            expect(page.locator("#wallet-balance")).to_have_text(f"${wallet['balance']}")
+            expect(page.locator("#wallet-available")).to_have_text(f"${wallet['available']}")
+
+            # A request made through the API appears without a reload, within the poll.
+            page.evaluate("window.__noReload = true")
+            response = api.post("/chat/completions", headers={"Authorization": f"Bearer {key_a}"},
+                                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+            assert response.status_code == 200
+            request_id = response.headers["x-request-id"]
+            row = page.locator(f'tr[data-request-id="{request_id}"]')
+            expect(row).to_be_visible(timeout=(poll_seconds + 3) * 1000)
+            assert page.evaluate("window.__noReload") is True
+            log = api.get(f"/usage/requests/{request_id}", headers={"Authorization": f"Bearer {key_a}"}).json()
+            expect(row).to_contain_text(log["cost"])
+            rollups = api.get("/usage/rollups", headers={"Authorization": f"Bearer {key_a}"}).json()
+            assert len(rollups["data"]) == 1 and rollups["data"][0]["cost"] == log["cost"]
+            expect(page.locator("#total-cost")).to_have_text(f"${log['cost']}")
+            expect(page.locator("#total-requests")).to_have_text("1")
+            assert page.locator("#chart-cost svg rect").count() >= 1
+            assert page.locator("#chart-tokens svg rect").count() >= 2
+            expect(page.locator("#models-table")).to_contain_text(MODEL)
+            new_balance = api.get("/wallet", headers={"Authorization": f"Bearer {key_a}"}).json()["balance"]
+            expect(page.locator("#wallet-balance")).to_have_text(f"${new_balance}")
+            page.click("[data-granularity=day]")
+            expect(page.locator("[data-granularity=day]")).to_have_attribute("aria-pressed", "true")
+            expect(page.locator("#total-requests")).to_have_text("1")
+            page.click("[data-granularity=hour]")
+            shot(page, "02-usage")
+            seen["request_id"] = request_id
+
+            # The catalog shows the prices of the enabled models, with a filter and a search.
+            page.click("nav >> text=Catalog")
+            mini = page.locator(f'#catalog-table tr[data-model="{MODEL}"]')
+            expect(mini).to_contain_text("0.15")
+            expect(mini).to_contain_text("0.60")
+            page.fill("#catalog-search", "no-such-model")
+            expect(page.locator("#catalog-empty")).to_be_visible()
+            page.fill("#catalog-search", "mini")
+            expect(mini).to_be_visible()
+            page.select_option("#catalog-modality", "embedding")
+            expect(mini).to_be_hidden()
+            page.select_option("#catalog-modality", "")
+            shot(page, "03-catalog")
+
+            # The playground streams token by token; Stop cancels the stream and the upstream.
+            page.click("nav >> text=Playground")
+            page.select_option("#pg-model", MODEL)
+            expect(page.locator("#pg-effort-row")).to_be_hidden()  # not a reasoning model
+            page.fill("#pg-prompt", "Tell me a long story.")
+            page.keyboard.press("Control+Enter")
+            output = page.locator("#pg-output")
+            expect(output).to_have_attribute("data-state", "streaming")
+            first = wait_for_length(output, 1)
+            wait_for_length(output, first + 10)  # more text arrives while it streams
+            assert output.get_attribute("data-state") == "streaming"
+            shot(page, "04-playground-streaming")
+            page.click("#pg-stop")
+            expect(output).to_have_attribute("data-state", "stopped")
+            expect(page.locator("#pg-meta")).to_contain_text("Stopped.", timeout=10_000)
+            expect(page.locator("#pg-meta")).to_contain_text("$")
+            seen["playground_cost"] = page.locator("#pg-meta").get_attribute("data-cost")
+            seen["playground_text"] = output.text_content()
+            shot(page, "05-playground-stopped")
+
+            # The playground refuses a call without the session's CSRF token.
+            cookies = {c["name"]: c["value"] for c in context.cookies()}
+            forged = httpx.post(f"{root}/playground/chat/completions", cookies=cookies,
+                                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+            assert forged.status_code == 400
+            assert httpx.post(f"{root}/playground/chat/completions",
+                              json={"model": MODEL, "messages": []}).status_code == 401
+
+            # A phone-width view.
+            phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
+            phone.add_cookies(context.cookies())
+            phone_page = phone.new_page()
+            phone_page.goto(f"{root}/usage")
+            now_balance = api.get("/wallet", headers={"Authorization": f"Bearer {key_a}"}).json()["balance"]
+            expect(phone_page.locator("#wallet-balance")).to_have_text(f"${now_balance}")
+            assert phone_page.evaluate("document.documentElement.scrollWidth") <= 390
+            shot(phone_page, "06-usage-phone")
+            phone.close()
+
+            # Another account sees none of it.
+            other = browser.new_context(viewport={"width": 1280, "height": 900})
+            other_page = other.new_page()
+            sign_in(other_page, root, key_b)
+            expect(other_page.locator("#latest-table")).to_contain_text("No requests yet.")
+            expect(other_page.locator("#wallet-balance")).to_have_text("$3.00")
+            expect(other_page.locator("#total-requests")).to_have_text("0")
+            assert request_id not in other_page.content()
+            status = other_page.evaluate(
+                f"fetch('/usage/data/requests/{request_id}').then(r => r.status)"
+            )
+            assert status == 404
+            shot(other_page, "07-other-account")
+
+            # Revoking a key ends its sessions at once; signing out ends this one.
+            revoked = subprocess.run([OMIXA, "key", "revoke", key_b_id, "--config", config],
+                                     capture_output=True, text=True, timeout=60)
+            assert revoked.returncode == 0, revoked.stderr
+            other_page.goto(f"{root}/usage")
+            assert other_page.url.startswith(f"{root}/signin")
+            other.close()
+            page.click("button:has-text('Sign out')")
+            page.wait_for_url(f"{root}/signin")
+            page.goto(f"{root}/usage")
+            assert page.url.startswith(f"{root}/signin")
+        finally:
+            browser.close()
+            api.close()
+    return seen
+
+
+
+if __name__ == "__main__":
+    print(json.dumps(drive(**json.load(sys.stdin))))

@@ -1,0 +1,274 @@
+"""The developer dashboard: sign-in with an API key, /usage, /catalog and /playground.
+
+Pages are server-rendered HTML (Jinja templates in ``web/templates``) with one stylesheet and
+one script (``web/static``), all served by Omixa itself: no CDN, works offline. The script
+polls JSON feeds under ``/usage/data`` that are built from the same engine calls and the same
+renderings as the ``/api/v1`` wallet and usage routes, so the dashboard shows the API's
+numbers exactly.
+
+Sessions. Signing in with an API key sets one cookie, ``omixa_session``: the key's SHA-256
+hash (what the database stores, not the key) and a CSRF token, signed with itsdangerous
+(HMAC-SHA1 over the server's session secret) and timestamped. It is HttpOnly,
+SameSite=Strict, Secure when the request came over HTTPS (or ``dashboard.secure_cookie``),
+and expires after ``dashboard.session_hours``. Every request looks the key up again, so a
+revoked key ends its sessions at once. The secret comes from ``OMIXA_SESSION_SECRET``; without
+it each process draws a random one (sessions then end at restart and do not cross processes).
+
+CSRF. Every state-changing request (sign-in, sign-out, the playground's chat call) must carry
+a token: the session's, in a form field or the ``X-CSRF-Token`` header; for sign-in, where no
+session exists yet, a token in a short-lived cookie set with the form (double submit).
+Pages send ``Content-Security-Policy: default-src 'self'`` and refuse framing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from quart import Response, g, redirect, render_template, request
+from quart_trio import QuartTrio
+
+from engine.accounts import hash_key
+from engine.errors import InvalidApiKey, InvalidRequest
+from engine.money import format_usd
+from engine.reports import STEP, Bucket
+from engine.runtime import Engine
+from storage import ApiKeyRecord, RequestLogFilter
+from web.envelope import json_response
+from web.wallet_api import bucket_view, iso, request_view
+
+log = logging.getLogger("omixa.dashboard")
+
+HERE = Path(__file__).resolve().parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+SESSION_COOKIE = "omixa_session"
+SIGNIN_COOKIE = "omixa_signin"
+CSRF_HEADER = "X-CSRF-Token"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+LATEST_REQUESTS = 10
+
+
+class NotSignedIn(InvalidApiKey):
+    default_message = "Sign in first: your dashboard session is missing or has expired."
+
+
+def session_secret() -> str:
+    secret = os.environ.get("OMIXA_SESSION_SECRET", "")
+    if secret:
+        return secret
+    log.warning(
+        "OMIXA_SESSION_SECRET is not set: dashboard sessions use a random secret of this "
+        "process and end when it restarts"
+    )
+    return secrets.token_urlsafe(32)
+
+
+def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord], Awaitable[Response]]) -> None:
+    config = engine.config.dashboard
+    if not config.enabled:
+        return
+    app.template_folder = str(TEMPLATES)
+    app.static_folder = str(STATIC)  # Quart's own /static/<path> route serves it
+    serializer = URLSafeTimedSerializer(session_secret(), salt="omixa-dashboard-session")
+    max_age = int(config.session_hours * 3600)
+
+    def secure() -> bool:
+        return config.secure_cookie or request.scheme == "https"
+
+    def set_cookie(response: Response, name: str, value: str, age: int) -> None:
+        response.set_cookie(name, value, max_age=age, httponly=True, samesite="Strict", secure=secure(), path="/")
+
+    async def session() -> tuple[ApiKeyRecord, str] | None:
+        """The signed-in key and the session's CSRF token, or None."""
+        raw = request.cookies.get(SESSION_COOKIE)
+        if not raw:
+            return None
+        try:
+            data = serializer.loads(raw, max_age=max_age)
+        except BadSignature:
+            return None
+        record = await engine.storage.find_api_key(data["kh"])
+        if record is None or record.revoked_at is not None:
+            return None
+        g.key = record
+        return record, data["csrf"]
+
+    async def require() -> tuple[ApiKeyRecord, str]:
+        found = await session()
+        if found is None:
+            raise NotSignedIn()
+        return found
+
+    def check_csrf(expected: str, given: str | None) -> None:
+        if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+            raise InvalidRequest("The form has expired or did not come from this site; reload the page and retry.")
+
+    async def page(template: str, key: ApiKeyRecord | None, csrf: str = "", **context: Any) -> Response:
+        html = await render_template(
+            template, csrf=csrf, signed_in=key is not None,
+            key_prefix=key.prefix if key else "", poll_seconds=config.poll_seconds, **context,
+        )
+        return Response(html, content_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
+
+    def to_signin() -> Response:
+        target = request.full_path.rstrip("?")
+        return redirect(f"/signin?next={target}" if target.startswith("/") else "/signin")
+
+    @app.get("/")
+    async def home() -> Response:
+        return redirect("/usage")
+
+    @app.get("/signin")
+    async def signin_form() -> Response:
+        token = secrets.token_urlsafe(24)
+        response = await page("signin.html", None, csrf=token, error=None, next=_safe_next())
+        set_cookie(response, SIGNIN_COOKIE, token, 3600)
+        return response
+
+    @app.post("/signin")
+    async def signin() -> Response:
+        form = await request.form
+        check_csrf(request.cookies.get(SIGNIN_COOKIE, ""), form.get("csrf"))
+        try:
+            key = await engine.accounts.authenticate(f"Bearer {form.get('api_key', '').strip()}")
+        except InvalidApiKey:
+            token = secrets.token_urlsafe(24)
+            response = await page("signin.html", None, csrf=token, error="That key is not valid or was revoked.",
+                                  next=_safe_next(form.get("next")))
+            response.status_code = 401
+            set_cookie(response, SIGNIN_COOKIE, token, 3600)
+            return response
+        data = {"kh": hash_key(form["api_key"].strip()), "csrf": secrets.token_urlsafe(24)}
+        response = redirect(_safe_next(form.get("next")))
+        set_cookie(response, SESSION_COOKIE, serializer.dumps(data), max_age)
+        response.delete_cookie(SIGNIN_COOKIE, path="/")
+        log.info("dashboard sign-in key=%s account=%s", key.id, key.account_id)
+        return response
+
+    @app.post("/signout")
+    async def signout() -> Response:
+        found = await session()
+        if found is not None:
+            check_csrf(found[1], (await request.form).get("csrf"))
+        response = redirect("/signin")
+        response.delete_cookie(SESSION_COOKIE, path="/")
+        return response
+
+    @app.get("/usage")
+    async def usage_page() -> Response:
+        found = await session()
+        if found is None:
+            return to_signin()
+        return await page("usage.html", found[0], found[1], active="usage")
+
+    @app.get("/catalog")
+    async def catalog_page() -> Response:
+        found = await session()
+        if found is None:
+            return to_signin()
+        return await page("catalog.html", found[0], found[1], active="catalog", models=_catalog_rows(engine))
+
+    @app.get("/playground")
+    async def playground_page() -> Response:
+        found = await session()
+        if found is None:
+            return to_signin()
+        models = [m for m in _catalog_rows(engine) if m["modality"] == "chat"]
+        return await page("playground.html", found[0], found[1], active="playground", models=models)
+
+    @app.post("/playground/chat/completions")
+    async def playground_chat() -> Response:
+        key, csrf = await require()
+        check_csrf(csrf, request.headers.get(CSRF_HEADER))
+        return await serve_chat(key)
+
+    @app.get("/usage/data")
+    async def usage_data() -> Response:
+        """Everything /usage shows, in one poll: the numbers of the /api/v1 routes."""
+        key, _ = await require()
+        granularity = request.args.get("granularity", "hour")
+        reports = engine.reports
+        wallet = await engine.accounts.wallet(key.account_id)
+        since, until, buckets = await reports.rollups(
+            key.account_id, granularity=granularity, since=None, until=None, model=None, by_model=False
+        )
+        _, _, per_model = await reports.rollups(
+            key.account_id, granularity=granularity, since=since, until=until, model=None, by_model=True
+        )
+        latest = await reports.requests(RequestLogFilter(account_id=key.account_id, limit=LATEST_REQUESTS), after=None)
+        by_model: dict[str, list] = {}
+        for bucket in per_model:
+            by_model.setdefault(bucket.model or "", []).append(bucket)
+        models = [
+            {"model": model, **_totals(rows)} for model, rows in sorted(by_model.items())
+        ]
+        return json_response({
+            "wallet": {"balance": format_usd(wallet.balance), "locked_balance": format_usd(wallet.locked),
+                       "available": format_usd(wallet.available), "currency": "USD"},
+            "granularity": granularity,
+            "since": iso(since),
+            "until": iso(until),
+            "buckets": [bucket_view(b, STEP[granularity]) for b in buckets],
+            "totals": _totals(buckets),
+            "models": sorted(models, key=lambda m: -m["requests"]),
+            "latest": [request_view(r) for r in latest.data],
+        })
+
+    @app.get("/usage/data/requests/<request_id>")
+    async def usage_data_request(request_id: str) -> Response:
+        key, _ = await require()
+        return json_response(request_view(await engine.reports.request(key.account_id, request_id)))
+
+
+def _safe_next(value: str | None = None) -> str:
+    """Where to go after sign-in: a local dashboard path only (no open redirect)."""
+    target = value if value is not None else request.args.get("next", "")
+    if target.startswith("/") and not target.startswith("//") and not target.startswith("/\\"):
+        return target
+    return "/usage"
+
+
+def _totals(buckets: list[Bucket]) -> dict[str, Any]:
+    """Sums over a range of buckets; the p95 shown is the worst bucket's."""
+    requests_ = sum(b.requests for b in buckets)
+    errors = sum(b.errors for b in buckets)
+    latency_sum = sum((b.latency_ms_mean or 0) * b.requests for b in buckets)
+    return {
+        "requests": requests_,
+        "errors": errors,
+        "error_rate": round(errors / requests_, 4) if requests_ else 0.0,
+        "prompt_tokens": sum(b.prompt_tokens for b in buckets),
+        "completion_tokens": sum(b.completion_tokens for b in buckets),
+        "cost": format_usd(sum(b.cost for b in buckets)),
+        "latency_ms_mean": round(latency_sum / requests_, 1) if requests_ else None,
+        "latency_ms_p95_max": max((b.latency_ms_p95 for b in buckets if b.latency_ms_p95), default=None),
+    }
+
+
+def _catalog_rows(engine: Engine) -> list[dict[str, Any]]:
+    enabled = engine.router.models()
+    rows = []
+    for m in engine.catalog.models.values():
+        if m.id not in enabled:
+            continue
+        rows.append({
+            "id": m.id, "provider": m.provider, "modality": m.modality,
+            "context_window": m.context_window, "max_output_tokens": m.max_output_tokens,
+            "input": format_usd(m.prices.input), "cached_input": format_usd(m.prices.cached_input),
+            "output": format_usd(m.prices.output), "reasoning": m.reasoning,
+            # Filled from the catalog's reasoning families once those exist.
+            "efforts": [], "verbosity": False,
+        })
+    return rows
