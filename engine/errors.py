@@ -3,6 +3,10 @@
 OmixaError                      code                    status
  +-- InvalidRequest             invalid_request         400
  +-- InvalidApiKey              invalid_api_key         401
+ +-- MissingSignature           missing_signature       401
+ +-- InvalidSignature           invalid_signature       401
+ +-- StaleTimestamp             stale_timestamp         401
+ +-- ReplayedRequest            replayed_request        401
  +-- InsufficientBalance        insufficient_balance    402
  +-- ModelNotFound              model_not_found         404
  +-- NotFoundError              not_found               404
@@ -44,6 +48,31 @@ class InvalidRequest(OmixaError):
 class InvalidApiKey(OmixaError):
     code, status, type = "invalid_api_key", 401, "authentication_error"
     default_message = "Missing or invalid API key. Send it as 'Authorization: Bearer omx_live_...'."
+
+
+class MissingSignature(OmixaError):
+    code, status, type = "missing_signature", 401, "authentication_error"
+    default_message = (
+        "This request must be signed: send X-Omixa-Timestamp and X-Omixa-Signature "
+        "(sha256=HMAC of timestamp.METHOD.path.body with your signing secret)."
+    )
+
+
+class InvalidSignature(OmixaError):
+    code, status, type = "invalid_signature", 401, "authentication_error"
+    default_message = "The request signature does not match."
+
+
+class StaleTimestamp(OmixaError):
+    code, status, type = "stale_timestamp", 401, "authentication_error"
+    default_message = "X-Omixa-Timestamp is too far from the server's clock."
+
+
+class ReplayedRequest(OmixaError):
+    code, status, type = "replayed_request", 401, "authentication_error"
+    default_message = (
+        "This signature was already used. Sign every request afresh, with a new X-Omixa-Nonce."
+    )
 
 
 class InsufficientBalance(OmixaError):

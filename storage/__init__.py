@@ -13,6 +13,7 @@ from storage.base import (
     LedgerProblem,
     RequestLog,
     Settlement,
+    SigningSummary,
     Storage,
     WalletState,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "NotFound",
     "RequestLog",
     "Settlement",
+    "SigningSummary",
     "Storage",
     "StorageError",
     "WalletState",

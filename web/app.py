@@ -34,6 +34,7 @@ from engine.money import format_usd
 from engine.runtime import Engine
 from storage import ApiKeyRecord
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
+from web import signing
 from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
 log = logging.getLogger("omixa.web")
@@ -73,10 +74,10 @@ def create_app(engine: Engine) -> QuartTrio:
                 response.headers[f"x-ratelimit-reset-{name}"] = format_reset(view.reset_seconds)
         return response
 
+    signing.register(app, engine)  # authenticates (and verifies signatures) on /api/v1
+
     async def authenticate() -> ApiKeyRecord:
-        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
-        g.key = key
-        return key
+        return g.key  # set by web.signing's hook, which runs before every /api/v1 view
 
     @app.errorhandler(OmixaError)
     async def on_omixa_error(exc: OmixaError) -> Response:
