@@ -23,9 +23,23 @@ The web layer renders any of these as ``{"error": {"code", "message", "type", "r
 with the status above; anything else becomes ``internal_error`` without leaking details.
 Provider adapters raise :class:`UpstreamError` / :class:`UpstreamTimeout` (translating httpx's
 exceptions at their one seam); storage errors are translated by the engine.
+
+A message never carries an Omixa key or signing secret, even one the client put in its own
+request (a key pasted as the model name): anything shaped like one is redacted when the
+error is made, so neither the response nor a log of the error can show it.
 """
 
 from __future__ import annotations
+
+import re
+
+# omx_live_ (API keys) and omx_sig_ (signing secrets), followed by their random part.
+_SECRET_SHAPED = re.compile(r"omx_(live|sig)_[A-Za-z0-9_-]+")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every key- or secret-shaped token replaced by its prefix and ``[redacted]``."""
+    return _SECRET_SHAPED.sub(lambda m: f"omx_{m[1]}_[redacted]", text)
 
 
 class OmixaError(Exception):
@@ -35,7 +49,7 @@ class OmixaError(Exception):
     default_message = "Internal processing failure."
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
-        self.message = message or self.default_message
+        self.message = redact_secrets(message) if message else self.default_message
         self.retry_after = retry_after
         super().__init__(self.message)
 
