@@ -17,7 +17,9 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import SecurityConfig
+from pathlib import Path
+
+from engine.config import ConfigError, SecurityConfig, structure_config
 from engine.errors import (
     InvalidSignature,
     MissingSignature,
@@ -317,3 +319,28 @@ def test_the_httpx_signer_signs_what_goes_on_the_wire(path, query, body):
     sent = {name: signed.headers[name] for name in ("X-Omixa-Timestamp", "X-Omixa-Nonce", "X-Omixa-Signature")}
     check(verifier(), key_record(), sent, "POST", tgt, body)
     assert SECRET not in repr(OmixaSigner(SECRET))
+
+
+def test_security_config_from_the_file_and_the_environment(monkeypatch):
+    raw = {"security": {"require_signature": True, "signature_window_seconds": 60, "replay_cache_size": 10,
+                        "secret_grace_seconds": 0}}
+    assert structure_config(raw, base_dir=Path(".")).security == SecurityConfig(
+        require_signature=True, signature_window_seconds=60, replay_cache_size=10, secret_grace_seconds=0.0
+    )
+    monkeypatch.setenv("OMIXA_REQUIRE_SIGNATURE", "off")
+    monkeypatch.setenv("OMIXA_SIGNATURE_WINDOW_SECONDS", "30")
+    security = structure_config(raw, base_dir=Path(".")).security
+    assert (security.require_signature, security.signature_window_seconds) == (False, 30)
+    for name, value, message in [
+        ("OMIXA_SIGNATURE_WINDOW_SECONDS", "0", "OMIXA_SIGNATURE_WINDOW_SECONDS: must be > 0"),
+        ("OMIXA_SIGNATURE_WINDOW_SECONDS", "5m", "OMIXA_SIGNATURE_WINDOW_SECONDS: expected an integer"),
+        ("OMIXA_REQUIRE_SIGNATURE", "sure", "OMIXA_REQUIRE_SIGNATURE: expected true or false"),
+    ]:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=message):
+            structure_config({}, base_dir=Path("."))
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="security.require_signature: expected true or false"):
+        structure_config({"security": {"require_signature": "yes"}}, base_dir=Path("."))
+    with pytest.raises(ConfigError, match="security.replay_cache: unknown key"):
+        structure_config({"security": {"replay_cache": 5}}, base_dir=Path("."))

@@ -3,10 +3,16 @@ start-up check, as real processes on both backends."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+
+import httpx
 import trio
 from cryptography.fernet import Fernet
 
-from test_cli import run, values, write_config
+from omixa_client import OmixaSigner
+from test_cli import OMIXA, read_values, run, values, write_config
 
 
 def cli(*args: str, **kw):
@@ -55,3 +61,25 @@ async def test_serve_refuses_required_signatures_without_a_server_key(tmp_path):
     assert "OMIXA_SECRET_KEY is not set" in refused.stderr and "Traceback" not in refused.stderr
     bad_env = await cli("serve", "--port", "0", config=config, env={"OMIXA_REQUIRE_SIGNATURE": "maybe"})
     assert bad_env.returncode == 2 and "OMIXA_REQUIRE_SIGNATURE: expected true or false" in bad_env.stderr
+
+
+async def test_demo_prints_a_signing_secret_when_a_server_key_is_set(tmp_path):
+    env = {**os.environ, "OMIXA_SECRET_KEY": Fernet.generate_key().decode(), "OMIXA_REQUIRE_SIGNATURE": "true"}
+    process = await trio.lowlevel.open_process(
+        [OMIXA, "demo", "--port", "0", "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, env=env
+    )
+    try:
+        found = await read_values(process, {"OMIXA_BASE_URL", "OMIXA_API_KEY", "OMIXA_SIGNING_SECRET"})
+        auth = {"Authorization": f"Bearer {found['OMIXA_API_KEY']}"}
+        async with httpx.AsyncClient(auth=OmixaSigner(found["OMIXA_SIGNING_SECRET"])) as signed:
+            assert (await signed.get(f"{found['OMIXA_BASE_URL']}/wallet", headers=auth)).status_code == 200
+        async with httpx.AsyncClient() as unsigned:
+            response = await unsigned.get(f"{found['OMIXA_BASE_URL']}/wallet", headers=auth)
+            assert response.status_code == 401 and response.json()["error"]["code"] == "missing_signature"
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
