@@ -44,6 +44,9 @@ QUERIES = st.one_of(st.just(""), st.text("abcdefghijklmnopqrstuvwxyz0123456789=&
 NONCES = st.one_of(st.none(), st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=64))
 BODIES = st.binary(max_size=2048)  # arbitrary bytes: non-UTF-8 included
 OFFSETS = st.integers(min_value=-WINDOW, max_value=WINDOW)
+# No per-example deadline: the suite shares two cores with other runs, and a slow example is
+# not a wrong one.
+PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def key_record(secret: str | None = SECRET, **extra) -> ApiKeyRecord:
@@ -72,7 +75,7 @@ def check(v: SignatureVerifier, key: ApiKeyRecord, headers: dict[str, str], meth
     )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(PROPERTY, max_examples=200)
 @given(method=METHODS, path=PATHS, query=QUERIES, body=BODIES, nonce=NONCES, offset=OFFSETS)
 def test_a_valid_signature_over_any_bytes_verifies(method, path, query, body, nonce, offset):
     ts = int(NOW) + offset
@@ -123,7 +126,7 @@ def headers_for(r: dict) -> dict[str, str]:
     return headers
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(PROPERTY, max_examples=300)
 @given(request_and_change())
 def test_any_change_to_timestamp_method_path_query_body_or_nonce_invalidates(pair):
     original, changed = pair
@@ -142,6 +145,7 @@ def test_any_change_to_timestamp_method_path_query_body_or_nonce_invalidates(pai
           target(original["path"], original["query"]), original["body"])
 
 
+@PROPERTY
 @given(method=METHODS, path=PATHS, body=BODIES, late=st.integers(min_value=WINDOW + 1, max_value=10**6),
        future=st.booleans())
 def test_a_timestamp_outside_the_window_is_refused(method, path, body, late, future):
@@ -151,6 +155,7 @@ def test_a_timestamp_outside_the_window_is_refused(method, path, body, late, fut
         check(verifier(), key_record(), headers, method, path.encode(), body)
 
 
+@PROPERTY
 @given(method=METHODS, path=PATHS, body=BODIES, nonce=NONCES, later=st.integers(min_value=0, max_value=WINDOW))
 def test_a_replay_inside_the_window_is_refused(method, path, body, nonce, later):
     v = verifier()
@@ -170,7 +175,7 @@ def test_two_identical_requests_in_one_second_pass_with_distinct_nonces():
               "GET", b"/api/v1/wallet", b"")
 
 
-@settings(max_examples=200)
+@settings(PROPERTY, max_examples=200)
 @given(
     capacity=st.integers(min_value=1, max_value=8),
     events=st.lists(st.tuples(st.integers(0, 20), st.integers(0, 50), st.integers(0, 60)), max_size=80),
@@ -308,6 +313,7 @@ def test_start_up_refuses_enforcement_it_cannot_honour():
                         SigningSummary(required_keys=1, sample_secret_enc=BOX.encrypt(SECRET)))
 
 
+@PROPERTY
 @given(path=PATHS, query=QUERIES, body=BODIES)
 def test_the_httpx_signer_signs_what_goes_on_the_wire(path, query, body):
     request = httpx.Request("POST", "http://127.0.0.1:9/" + path.lstrip("/") + ("?" + query if query else "?"),
