@@ -4,17 +4,24 @@ Keys are ``omx_live_`` followed by 43 urlsafe-base64 characters of ``secrets.tok
 (256 random bits). Only a SHA-256 hash and a short display prefix are stored; the key is
 shown once, at creation. A plain hash suffices because the key has full entropy: there is
 nothing to brute-force that a slow hash would protect. Lookups are by hash, so revocation
-takes effect on the next request (no cache to expire).
+takes effect on the next request in every process (no cache to expire).
+
+A key may also have a signing secret for request signatures (:mod:`engine.signatures`). It
+is generated here, shown once beside the key, and stored only encrypted under
+``OMIXA_SECRET_KEY`` (:mod:`engine.secretbox`); it travels with the key's row, so a rotation
+too is seen by every process on its next request.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import secrets
 
 import attrs
 
 from engine.errors import InvalidApiKey, ServiceUnavailable
+from engine.secretbox import SECRET_KEY_ENV, SecretBox, generate_signing_secret
 from storage import Account, ApiKeyRecord, Storage, StorageError, WalletState
 
 KEY_PREFIX = "omx_live_"
@@ -24,7 +31,13 @@ DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 6
 @attrs.frozen(kw_only=True)
 class NewKey:
     record: ApiKeyRecord
-    secret: str  # the full key, shown once
+    secret: str = attrs.field(repr=False)  # the full key, shown once
+    # The signing secret, shown once; None when no server key (OMIXA_SECRET_KEY) is set.
+    signing_secret: str | None = attrs.field(default=None, repr=False)
+
+
+class SigningUnavailable(ValueError):
+    """A signing secret was asked for, but no server key is set to encrypt it."""
 
 
 def hash_key(key: str) -> str:
@@ -36,8 +49,9 @@ def generate_key() -> str:
 
 
 class Accounts:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, box: SecretBox | None = None) -> None:
         self.storage = storage
+        self.box = box  # encrypts signing secrets; None: keys get none
 
     async def create_account(self, email: str) -> Account:
         email = email.strip()
@@ -45,21 +59,58 @@ class Accounts:
             raise ValueError(f"not an email address: {email!r}")
         return await self.storage.create_account(email)
 
-    async def create_key(self, account_id: str, *, rpm: int | None = None, tpm: int | None = None) -> NewKey:
-        """Errors: storage.NotFound if the account does not exist; ValueError for a
-        negative limit. A limit of None uses the configured default, 0 means none."""
+    async def create_key(
+        self,
+        account_id: str,
+        *,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        signature_required: bool = False,
+    ) -> NewKey:
+        """A new key, with a signing secret when a server key is set.
+
+        Errors: storage.NotFound if the account does not exist; ValueError for a negative
+        limit; SigningUnavailable for ``signature_required`` without a server key.
+        """
         for name, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and value < 0:
                 raise ValueError(f"--{name} must be >= 0 (0: unlimited)")
+        if signature_required and self.box is None:
+            raise SigningUnavailable(
+                f"--require-signature needs {SECRET_KEY_ENV}, the server key that encrypts signing secrets"
+            )
         secret = generate_key()
+        signing = generate_signing_secret() if self.box is not None else None
         record = await self.storage.create_api_key(
             account_id=account_id,
             key_hash=hash_key(secret),
             prefix=secret[:DISPLAY_PREFIX_CHARS],
             rpm=rpm,
             tpm=tpm,
+            signature_required=signature_required,
+            signing_secret_enc=None if signing is None else self.box.encrypt(signing),
         )
-        return NewKey(record=record, secret=secret)
+        return NewKey(record=record, secret=secret, signing_secret=signing)
+
+    async def rotate_signing_secret(self, key_id: str, *, grace_seconds: float) -> str:
+        """Give the key a new signing secret and return it (shown once). The one it replaces
+        keeps verifying for ``grace_seconds`` (0: not at all).
+
+        Errors: SigningUnavailable without a server key; storage.NotFound for an unknown key;
+        ValueError for a negative grace.
+        """
+        if self.box is None:
+            raise SigningUnavailable(
+                f"rotating a signing secret needs {SECRET_KEY_ENV}, the server key that encrypts it"
+            )
+        if grace_seconds < 0:
+            raise ValueError("--grace-seconds must be >= 0")
+        signing = generate_signing_secret()
+        expires = None
+        if grace_seconds > 0:
+            expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=grace_seconds)
+        await self.storage.rotate_signing_secret(key_id, self.box.encrypt(signing), previous_expires_at=expires)
+        return signing
 
     async def authenticate(self, authorization: str | None) -> ApiKeyRecord:
         """The live key named by an ``Authorization: Bearer ...`` header.

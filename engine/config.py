@@ -131,6 +131,32 @@ class LimitsConfig:
 
 
 @attrs.frozen(kw_only=True)
+class SecurityConfig:
+    """Request signatures. ``require_signature`` and ``signature_window_seconds`` can also be
+    set with ``OMIXA_REQUIRE_SIGNATURE`` and ``OMIXA_SIGNATURE_WINDOW_SECONDS``, which win over
+    the file. The server secret that encrypts signing secrets (``OMIXA_SECRET_KEY``) is only
+    ever read from the environment, never from this file."""
+
+    # Every /api/v1 request must be signed (keys created with --require-signature must be
+    # signed whatever this says).
+    require_signature: bool = False
+    # A signed request's X-Omixa-Timestamp must be within this many seconds of the server's
+    # clock, either way; it is also how long a seen signature is remembered.
+    signature_window_seconds: int = attrs.field(default=300, validator=_positive)
+    # Signatures remembered for replay detection, per process. When full, the oldest is
+    # forgotten and requests signed at or before its timestamp are refused as stale.
+    replay_cache_size: int = attrs.field(default=100_000, validator=_positive)
+    # After `omixa key rotate-secret`, the previous signing secret still verifies this long.
+    secret_grace_seconds: float = attrs.field(default=86400.0, validator=_non_negative)
+
+
+SECURITY_ENV = {
+    "OMIXA_REQUIRE_SIGNATURE": "require_signature",
+    "OMIXA_SIGNATURE_WINDOW_SECONDS": "signature_window_seconds",
+}
+
+
+@attrs.frozen(kw_only=True)
 class StorageConfig:
     url: str = "sqlite:///omixa.db"
 
@@ -222,6 +248,7 @@ class Config:
     usage: UsageConfig = UsageConfig()
     streaming: StreamingConfig = StreamingConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    security: SecurityConfig = SecurityConfig()
     # Path of the model catalog; empty means the shipped config/models.toml.
     catalog: str = ""
     deployments: tuple[DeploymentConfig, ...] = ()
@@ -336,7 +363,7 @@ def structure_config(raw: dict[str, Any], *, base_dir: Path, resolve_secrets: bo
     db_url = os.environ.get("OMIXA_DATABASE_URL")
     if db_url:
         config = attrs.evolve(config, storage=StorageConfig(url=db_url))
-    return _check(_streaming_from_env(config), resolve_secrets=resolve_secrets)
+    return _check(_security_from_env(_streaming_from_env(config)), resolve_secrets=resolve_secrets)
 
 
 def _streaming_from_env(config: Config) -> Config:
@@ -355,6 +382,33 @@ def _streaming_from_env(config: Config) -> Config:
         return attrs.evolve(config, streaming=attrs.evolve(config.streaming, **changes))
     except _FieldError as exc:
         env = next(n for n, (f, _) in STREAM_ENV.items() if f == exc.field)
+        raise ConfigError(f"{env}: {exc.problem}") from None
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _security_from_env(config: Config) -> Config:
+    changes: dict[str, Any] = {}
+    for name, field in SECURITY_ENV.items():
+        text = (os.environ.get(name) or "").strip()
+        if not text:
+            continue
+        if field == "require_signature":
+            if text.lower() not in _TRUE + _FALSE:
+                raise ConfigError(f"{name}: expected true or false, got {text!r}")
+            changes[field] = text.lower() in _TRUE
+        else:
+            try:
+                changes[field] = int(text)
+            except ValueError:
+                raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+    if not changes:
+        return config
+    try:
+        return attrs.evolve(config, security=attrs.evolve(config.security, **changes))
+    except _FieldError as exc:
+        env = next(n for n, f in SECURITY_ENV.items() if f == exc.field)
         raise ConfigError(f"{env}: {exc.problem}") from None
 
 

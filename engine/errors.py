@@ -3,6 +3,10 @@
 OmixaError                      code                    status
  +-- InvalidRequest             invalid_request         400
  +-- InvalidApiKey              invalid_api_key         401
+ +-- MissingSignature           missing_signature       401
+ +-- InvalidSignature           invalid_signature       401
+ +-- StaleTimestamp             stale_timestamp         401
+ +-- ReplayedRequest            replayed_request        401
  +-- InsufficientBalance        insufficient_balance    402
  +-- TopUpDisabled              top_up_disabled         403
  +-- ModelNotFound              model_not_found         404
@@ -21,9 +25,23 @@ The web layer renders any of these as ``{"error": {"code", "message", "type", "r
 with the status above; anything else becomes ``internal_error`` without leaking details.
 Provider adapters raise :class:`UpstreamError` / :class:`UpstreamTimeout` (translating httpx's
 exceptions at their one seam); storage errors are translated by the engine.
+
+A message never carries an Omixa key or signing secret, even one the client put in its own
+request (a key pasted as the model name): anything shaped like one is redacted when the
+error is made, so neither the response nor a log of the error can show it.
 """
 
 from __future__ import annotations
+
+import re
+
+# omx_live_ (API keys) and omx_sig_ (signing secrets), followed by their random part.
+_SECRET_SHAPED = re.compile(r"omx_(live|sig)_[A-Za-z0-9_-]+")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every key- or secret-shaped token replaced by its prefix and ``[redacted]``."""
+    return _SECRET_SHAPED.sub(lambda m: f"omx_{m[1]}_[redacted]", text)
 
 
 class OmixaError(Exception):
@@ -33,7 +51,7 @@ class OmixaError(Exception):
     default_message = "Internal processing failure."
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
-        self.message = message or self.default_message
+        self.message = redact_secrets(message) if message else self.default_message
         self.retry_after = retry_after
         super().__init__(self.message)
 
@@ -46,6 +64,31 @@ class InvalidRequest(OmixaError):
 class InvalidApiKey(OmixaError):
     code, status, type = "invalid_api_key", 401, "authentication_error"
     default_message = "Missing or invalid API key. Send it as 'Authorization: Bearer omx_live_...'."
+
+
+class MissingSignature(OmixaError):
+    code, status, type = "missing_signature", 401, "authentication_error"
+    default_message = (
+        "This request must be signed: send X-Omixa-Timestamp and X-Omixa-Signature "
+        "(sha256=HMAC of timestamp.METHOD.path.body with your signing secret)."
+    )
+
+
+class InvalidSignature(OmixaError):
+    code, status, type = "invalid_signature", 401, "authentication_error"
+    default_message = "The request signature does not match."
+
+
+class StaleTimestamp(OmixaError):
+    code, status, type = "stale_timestamp", 401, "authentication_error"
+    default_message = "X-Omixa-Timestamp is too far from the server's clock."
+
+
+class ReplayedRequest(OmixaError):
+    code, status, type = "replayed_request", 401, "authentication_error"
+    default_message = (
+        "This signature was already used. Sign every request afresh, with a new X-Omixa-Nonce."
+    )
 
 
 class InsufficientBalance(OmixaError):

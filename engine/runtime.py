@@ -14,6 +14,7 @@ flushes its last batch) and returns; then the upstream connection pools are clos
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -31,6 +32,8 @@ from engine.keylimits import KeyLimiter
 from engine.providers import set_read_size
 from engine.reports import Reports
 from engine.router import Router
+from engine.secretbox import secret_box_from_env
+from engine.signatures import SignatureVerifier, check_signing_setup
 from engine.supervise import supervised
 from engine.tokens import warm_up
 from engine.usage import UsageAggregator
@@ -57,6 +60,7 @@ class Engine:
     reports: Reports
     limits: KeyLimiter
     chat: ChatService
+    signatures: SignatureVerifier
 
     @property
     def deployments(self) -> list[DeploymentActor]:
@@ -73,9 +77,12 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     """Start every actor; yield the engine; stop them in order.
 
     Errors: catalog.CatalogError if the catalog is invalid; ValueError if a deployment
-    names a model the catalog lacks.
+    names a model the catalog lacks; secretbox.SecretKeyError (a ValueError) if signatures
+    are enforced without a usable ``OMIXA_SECRET_KEY``.
     """
     catalog = catalog or catalog_for(config)
+    box = secret_box_from_env()
+    check_signing_setup(config.security, box, await storage.signing_summary())
     router = Router()
     fleet = Fleet(catalog=catalog, upstream=config.upstream, breaker=config.breaker, router=router)
     fleet.check(config.deployments)
@@ -91,7 +98,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         config=config,
         catalog=catalog,
         storage=storage,
-        accounts=Accounts(storage),
+        accounts=Accounts(storage, box),
         fleet=fleet,
         router=router,
         wallets=wallets,
@@ -109,6 +116,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
             upstream=config.upstream,
             limits=limits,
         ),
+        signatures=SignatureVerifier(config.security, box, started_at=time.time()),
     )
     try:
         async with trio.open_nursery() as nursery:

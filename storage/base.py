@@ -50,6 +50,21 @@ class ApiKeyRecord:
     tpm: int | None = None  # tokens per minute; None: the configured default, 0: unlimited
     created_at: dt.datetime
     revoked_at: dt.datetime | None
+    # Request signatures. The secrets are Fernet tokens (encrypted under OMIXA_SECRET_KEY by
+    # the engine); storage never sees a plain secret.
+    signature_required: bool = False
+    signing_secret_enc: str | None = attrs.field(default=None, repr=False)
+    previous_secret_enc: str | None = attrs.field(default=None, repr=False)
+    previous_secret_expires_at: dt.datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SigningSummary:
+    """What start-up checks before serving: how many live keys must sign, and one stored
+    (encrypted) signing secret to try the server key on."""
+
+    required_keys: int
+    sample_secret_enc: str | None = attrs.field(repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -220,9 +235,32 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def create_api_key(
-        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
+        self,
+        *,
+        account_id: str,
+        key_hash: str,
+        prefix: str,
+        rpm: int | None,
+        tpm: int | None = None,
+        signature_required: bool = False,
+        signing_secret_enc: str | None = None,
     ) -> ApiKeyRecord:
         """Store a key by its hash. Errors: NotFound if the account does not exist."""
+
+    @abc.abstractmethod
+    async def rotate_signing_secret(
+        self, key_id: str, signing_secret_enc: str, *, previous_expires_at: dt.datetime | None
+    ) -> ApiKeyRecord:
+        """Make ``signing_secret_enc`` the key's signing secret in one statement.
+
+        With ``previous_expires_at``, the secret it replaces (if any) stays valid until then;
+        with None it is dropped at once (as is a previous secret from an earlier rotation).
+        Errors: NotFound if no such key (a revoked key counts as existing).
+        """
+
+    @abc.abstractmethod
+    async def signing_summary(self) -> SigningSummary:
+        """Count the live keys marked ``signature_required`` and pick one stored secret."""
 
     @abc.abstractmethod
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:

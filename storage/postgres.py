@@ -36,6 +36,7 @@ from storage.base import (
     RequestLogFilter,
     RollupRow,
     Settlement,
+    SigningSummary,
     Storage,
     TopUpResult,
     WalletState,
@@ -138,22 +139,48 @@ class PostgresStorage(Storage):
         return None if row is None else Account(**row)
 
     async def create_api_key(
-        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
+        self,
+        *,
+        account_id: str,
+        key_hash: str,
+        prefix: str,
+        rpm: int | None,
+        tpm: int | None = None,
+        signature_required: bool = False,
+        signing_secret_enc: str | None = None,
     ) -> ApiKeyRecord:
         key_id = new_id("key")
         created_at = await self._run(
-            _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm, tpm
+            _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm, tpm,
+            signature_required, signing_secret_enc,
         )
         if created_at is None:
             raise NotFound(f"no account {account_id!r}")
         return ApiKeyRecord(
             id=key_id, account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm, created_at=created_at,
-            revoked_at=None,
+            revoked_at=None, signature_required=signature_required,
+            signing_secret_enc=signing_secret_enc,
         )
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
         row = await self._run(_fetchrow, _SQL.FIND_API_KEY, key_hash)
         return None if row is None else ApiKeyRecord(**row)
+
+    async def rotate_signing_secret(
+        self, key_id: str, signing_secret_enc: str, *, previous_expires_at: dt.datetime | None
+    ) -> ApiKeyRecord:
+        if previous_expires_at is not None:
+            require_aware(previous_expires_at, "previous_expires_at")
+        row = await self._run(
+            _fetchrow, _SQL.ROTATE_SIGNING_SECRET, key_id, signing_secret_enc, previous_expires_at
+        )
+        if row is None:
+            raise NotFound(f"no key {key_id}")
+        return ApiKeyRecord(**row)
+
+    async def signing_summary(self) -> SigningSummary:
+        row = await self._run(_fetchrow, _SQL.SIGNING_SUMMARY)
+        return SigningSummary(required_keys=row["required_keys"], sample_secret_enc=row["sample"])
 
     async def revoke_api_key(self, key_id: str) -> bool:
         return await self._run(_fetchval, _SQL.REVOKE_API_KEY, key_id) is not None
@@ -506,12 +533,30 @@ class _SQL:
     # Insert only if the account exists: no row back means NotFound, without relying on
     # catching a foreign-key violation.
     INSERT_API_KEY = """
-        INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm)
-        SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
+        INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm, signature_required,
+                              signing_secret_enc)
+        SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
         RETURNING created_at"""
-    FIND_API_KEY = """
-        SELECT id, account_id, prefix, rpm, tpm, created_at, revoked_at
-        FROM api_keys WHERE key_hash = $1"""
+    KEY_COLUMNS = """id, account_id, prefix, rpm, tpm, created_at, revoked_at, signature_required,
+        signing_secret_enc, previous_secret_enc, previous_secret_expires_at"""
+    FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+    # SET expressions read the row's old values: the replaced secret becomes the previous one
+    # when there is a grace period ($3), else it is dropped.
+    ROTATE_SIGNING_SECRET = f"""
+        UPDATE api_keys SET
+            previous_secret_enc = CASE WHEN $3::timestamptz IS NULL THEN NULL
+                                       ELSE signing_secret_enc END,
+            previous_secret_expires_at = CASE WHEN $3::timestamptz IS NULL
+                                              OR signing_secret_enc IS NULL THEN NULL ELSE $3 END,
+            signing_secret_enc = $2
+        WHERE id = $1
+        RETURNING {KEY_COLUMNS}"""
+    SIGNING_SUMMARY = """
+        SELECT (SELECT count(*) FROM api_keys
+                WHERE signature_required AND revoked_at IS NULL) AS required_keys,
+               (SELECT signing_secret_enc FROM api_keys
+                WHERE signing_secret_enc IS NOT NULL AND revoked_at IS NULL
+                ORDER BY created_at DESC LIMIT 1) AS sample"""
     REVOKE_API_KEY = """
         UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1
         RETURNING id"""

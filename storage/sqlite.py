@@ -33,6 +33,7 @@ from storage.base import (
     RequestLogFilter,
     RollupRow,
     Settlement,
+    SigningSummary,
     Storage,
     TopUpResult,
     WalletState,
@@ -141,22 +142,38 @@ class SQLiteStorage(Storage):
                                account_id)
 
     async def create_api_key(
-        self, *, account_id: str, key_hash: str, prefix: str, rpm: int | None, tpm: int | None = None
+        self,
+        *,
+        account_id: str,
+        key_hash: str,
+        prefix: str,
+        rpm: int | None,
+        tpm: int | None = None,
+        signature_required: bool = False,
+        signing_secret_enc: str | None = None,
     ) -> ApiKeyRecord:
         record = ApiKeyRecord(
             id=new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm,
             created_at=_from_us(_now_us()), revoked_at=None,
+            signature_required=signature_required, signing_secret_enc=signing_secret_enc,
         )
         await self._call(_insert_api_key, record, key_hash, write=True)
         return record
 
     async def find_api_key(self, key_hash: str) -> ApiKeyRecord | None:
-        return await self._one(
-            ApiKeyRecord,
-            "SELECT id, account_id, prefix, rpm, tpm, created_at, revoked_at"
-            " FROM api_keys WHERE key_hash = ?",
-            key_hash,
-        )
+        return await self._one(ApiKeyRecord, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", key_hash)
+
+    async def rotate_signing_secret(
+        self, key_id: str, signing_secret_enc: str, *, previous_expires_at: dt.datetime | None
+    ) -> ApiKeyRecord:
+        expires_us = None if previous_expires_at is None else _to_us(previous_expires_at, "previous_expires_at")
+        record = await self._call(_rotate_signing_secret, key_id, signing_secret_enc, expires_us, write=True)
+        if record is None:
+            raise NotFound(f"no key {key_id}")
+        return record
+
+    async def signing_summary(self) -> SigningSummary:
+        return await self._call(_signing_summary)
 
     async def revoke_api_key(self, key_id: str) -> bool:
         return await self._call(_revoke_api_key, key_id, _now_us(), write=True)
@@ -316,7 +333,13 @@ _UPSERT_LATENCY = (
 # Columns stored as microseconds (or 0/1) that records want as datetimes (or bools).
 _TIME_COLUMNS = frozenset({
     "created_at", "revoked_at", "expires_at", "bucket_start", "started_at", "heartbeat_at",
+    "previous_secret_expires_at",
 })
+_BOOL_COLUMNS = ("stream", "signature_required")
+_KEY_COLUMNS = (
+    "id, account_id, prefix, rpm, tpm, created_at, revoked_at, signature_required,"
+    " signing_secret_enc, previous_secret_enc, previous_secret_expires_at"
+)
 
 
 def _records(conn: sqlite3.Connection, cls: type[T], sql: str, params: tuple) -> list[T]:
@@ -329,8 +352,9 @@ def _records(conn: sqlite3.Connection, cls: type[T], sql: str, params: tuple) ->
         values = dict(zip(names, row))
         for i in times:
             values[names[i]] = _from_us(row[i])
-        if "stream" in values:
-            values["stream"] = bool(values["stream"])
+        for name in _BOOL_COLUMNS:
+            if name in values:
+                values[name] = bool(values[name])
         records.append(cls(**values))
     return records
 
@@ -479,11 +503,40 @@ def _insert_api_key(conn: sqlite3.Connection, key: ApiKeyRecord, key_hash: str) 
     if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (key.account_id,)).fetchone() is None:
         raise NotFound(f"no account {key.account_id!r}")
     conn.execute(
-        "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm, created_at,"
+        " signature_required, signing_secret_enc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (key.id, key.account_id, key_hash, key.prefix, key.rpm, key.tpm,
-         _to_us(key.created_at, "created_at")),
+         _to_us(key.created_at, "created_at"), int(key.signature_required), key.signing_secret_enc),
     )
+
+
+def _rotate_signing_secret(
+    conn: sqlite3.Connection, key_id: str, secret_enc: str, expires_us: int | None
+) -> ApiKeyRecord | None:
+    # With no grace the replaced secret goes at once; with grace it becomes the previous one
+    # (a key that had no secret yet has no previous one).
+    conn.execute(
+        "UPDATE api_keys SET"
+        " previous_secret_enc = CASE WHEN ? IS NULL THEN NULL ELSE signing_secret_enc END,"
+        " previous_secret_expires_at = CASE WHEN ? IS NULL OR signing_secret_enc IS NULL"
+        "   THEN NULL ELSE ? END,"
+        " signing_secret_enc = ?"
+        " WHERE id = ?",
+        (expires_us, expires_us, expires_us, secret_enc, key_id),
+    )
+    found = _records(conn, ApiKeyRecord, f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+    return found[0] if found else None
+
+
+def _signing_summary(conn: sqlite3.Connection) -> SigningSummary:
+    required = conn.execute(
+        "SELECT count(*) FROM api_keys WHERE signature_required = 1 AND revoked_at IS NULL"
+    ).fetchone()[0]
+    sample = conn.execute(
+        "SELECT signing_secret_enc FROM api_keys WHERE signing_secret_enc IS NOT NULL"
+        " AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1"
+    ).fetchone()
+    return SigningSummary(required_keys=required, sample_secret_enc=sample[0] if sample else None)
 
 
 def _revoke_api_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> bool:

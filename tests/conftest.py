@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import trio_asyncio
+from cryptography.fernet import Fernet
 
 from storage import open_storage
 
@@ -64,3 +65,11 @@ async def storage(database_url, aio_loop):
     """An open, migrated Storage on one backend."""
     async with open_storage(database_url, loop=aio_loop) as store:
         yield store
+
+
+@pytest.fixture
+def secret_key(monkeypatch):
+    """A fresh OMIXA_SECRET_KEY (the server key signing secrets are encrypted under)."""
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("OMIXA_SECRET_KEY", key)
+    return key

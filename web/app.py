@@ -35,7 +35,7 @@ from engine.money import format_usd
 from engine.runtime import Engine
 from storage import ApiKeyRecord
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from web import dashboard, wallet_api
+from web import dashboard, signing, wallet_api
 from web.openapi import openapi_document
 from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
@@ -76,10 +76,10 @@ def create_app(engine: Engine) -> QuartTrio:
                 response.headers[f"x-ratelimit-reset-{name}"] = format_reset(view.reset_seconds)
         return response
 
+    signing.register(app, engine)  # authenticates (and verifies signatures) on /api/v1
+
     async def authenticate() -> ApiKeyRecord:
-        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
-        g.key = key
-        return key
+        return g.key  # set by web.signing's hook, which runs before every /api/v1 view
 
     @app.errorhandler(OmixaError)
     async def on_omixa_error(exc: OmixaError) -> Response:

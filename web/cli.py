@@ -17,10 +17,11 @@ from typing import Any, Awaitable, Callable, Sequence
 import trio
 import trio_asyncio
 
-from engine.accounts import Accounts
+from engine.accounts import Accounts, SigningUnavailable
 from engine.catalog import CatalogError
 from engine.config import Config, ConfigError, load_config, resolve_config_path, storage_url, structure_config
 from engine.money import format_usd, parse_usd
+from engine.secretbox import SECRET_KEY_ENV, secret_box_from_env
 from storage import NotFound, Storage, StorageError, open_storage
 from web import deployments_file
 
@@ -148,16 +149,51 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
 
 def cmd_key_create(args: argparse.Namespace) -> int:
+    box = secret_box_from_env()  # a malformed OMIXA_SECRET_KEY stops here (exit 2)
+
     async def work(storage: Storage) -> int:
         try:
-            new = await Accounts(storage).create_key(args.account, rpm=args.rpm, tpm=args.tpm)
-        except ValueError as exc:
+            new = await Accounts(storage, box).create_key(
+                args.account, rpm=args.rpm, tpm=args.tpm, signature_required=args.require_signature
+            )
+        except (ValueError, SigningUnavailable) as exc:
             raise UsageError(str(exc)) from None
         _print(OMIXA_KEY_ID=new.record.id, OMIXA_API_KEY=new.secret)
-        print("Store the key now: it is not shown again.", file=sys.stderr)
+        if new.signing_secret is not None:
+            _print(OMIXA_SIGNING_SECRET=new.signing_secret)
+            print("Store the key and its signing secret now: they are not shown again.", file=sys.stderr)
+        else:
+            print("Store the key now: it is not shown again.", file=sys.stderr)
+            print(
+                f"{SECRET_KEY_ENV} is not set, so no signing secret was issued: this key cannot "
+                f"sign requests until `omixa key rotate-secret {new.record.id}` is run with it set.",
+                file=sys.stderr,
+            )
         return 0
 
     return _with_storage(_load(args.config), work)
+
+
+def cmd_key_rotate_secret(args: argparse.Namespace) -> int:
+    box = secret_box_from_env()
+    config = _load(args.config)
+    grace = config.security.secret_grace_seconds if args.grace_seconds is None else args.grace_seconds
+
+    async def work(storage: Storage) -> int:
+        try:
+            secret = await Accounts(storage, box).rotate_signing_secret(args.key_id, grace_seconds=grace)
+        except SigningUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        _print(OMIXA_SIGNING_SECRET=secret)
+        print(
+            "Store the signing secret now: it is not shown again. "
+            + (f"The previous one keeps working for {grace:g} seconds." if grace > 0
+               else "The previous one no longer works."),
+            file=sys.stderr,
+        )
+        return 0
+
+    return _with_storage(config, work)
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
@@ -237,8 +273,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("account")
     p.add_argument("--rpm", type=int, help="requests per minute (default: [limits] key_rpm; 0: none)")
     p.add_argument("--tpm", type=int, help="tokens per minute (default: [limits] key_tpm; 0: none)")
+    p.add_argument(
+        "--require-signature", action="store_true",
+        help="every request with this key must be signed (needs OMIXA_SECRET_KEY)",
+    )
     p = command("revoke", cmd_key_revoke, "revoke a key at once", key)
     p.add_argument("key_id")
+    p = command("rotate-secret", cmd_key_rotate_secret, "issue a new signing secret (printed once)", key)
+    p.add_argument("key_id")
+    p.add_argument(
+        "--grace-seconds", type=float,
+        help="how long the previous secret keeps working (default: [security] secret_grace_seconds; 0: not at all)",
+    )
 
     wallet = sub.add_parser("wallet", help="wallets").add_subparsers(dest="action", required=True)
     p = command("top-up", cmd_top_up, "credit an account (USD)", wallet)

@@ -11,7 +11,8 @@ hash (what the database stores, not the key) and a CSRF token, signed with itsda
 (HMAC-SHA1 over the server's session secret) and timestamped. It is HttpOnly,
 SameSite=Strict, Secure when the request came over HTTPS (or ``dashboard.secure_cookie``),
 and expires after ``dashboard.session_hours``. Every request looks the key up again, so a
-revoked key ends its sessions at once. The secret comes from ``OMIXA_SESSION_SECRET``; without
+revoked key ends its sessions at once. A key that must sign its requests (the key's flag or
+``OMIXA_REQUIRE_SIGNATURE``) cannot sign in: a session would let the key alone spend. The secret comes from ``OMIXA_SESSION_SECRET``; without
 it each process draws a random one (sessions then end at restart and do not cross processes).
 
 CSRF. Every state-changing request (sign-in, sign-out, the playground's chat call) must carry
@@ -64,6 +65,13 @@ class NotSignedIn(InvalidApiKey):
     default_message = "Sign in first: your dashboard session is missing or has expired."
 
 
+class SignatureKey(InvalidApiKey):
+    default_message = (
+        "This key must sign every request, which a browser session cannot do; "
+        "use a key without the signature requirement for the dashboard."
+    )
+
+
 def session_secret() -> str:
     secret = os.environ.get("OMIXA_SESSION_SECRET", "")
     if secret:
@@ -100,7 +108,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         except BadSignature:
             return None
         record = await engine.storage.find_api_key(data["kh"])
-        if record is None or record.revoked_at is not None:
+        if record is None or record.revoked_at is not None or engine.signatures.applies(record, False):
             return None
         g.key = record
         return record, data["csrf"]
@@ -143,9 +151,14 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         check_csrf(request.cookies.get(SIGNIN_COOKIE, ""), form.get("csrf"))
         try:
             key = await engine.accounts.authenticate(f"Bearer {form.get('api_key', '').strip()}")
-        except InvalidApiKey:
+            if engine.signatures.applies(key, False):
+                # A browser cannot sign with the key's secret: a session would let the key
+                # alone spend money that the operator requires signatures for.
+                raise SignatureKey()
+        except InvalidApiKey as exc:
             token = secrets.token_urlsafe(24)
-            response = await page("signin.html", None, csrf=token, error="That key is not valid or was revoked.",
+            message = exc.message if isinstance(exc, SignatureKey) else "That key is not valid or was revoked."
+            response = await page("signin.html", None, csrf=token, error=message,
                                   next=_safe_next(form.get("next")))
             response.status_code = 401
             set_cookie(response, SIGNIN_COOKIE, token, 3600)

@@ -62,6 +62,8 @@ async def run_demo(port: int, data_dir: str | None) -> int:
         key = await accounts.create_key(account_id)
         print(f"OMIXA_BASE_URL={gateway.base_url}", flush=True)
         print(f"OMIXA_API_KEY={key.secret}", flush=True)
+        if key.signing_secret is not None:  # only when OMIXA_SECRET_KEY is set
+            print(f"OMIXA_SIGNING_SECRET={key.signing_secret}", flush=True)
         print(
             f"Omixa demo: data in {folder}; try\n"
             f"  curl {gateway.base_url}/chat/completions -H \"Authorization: Bearer $OMIXA_API_KEY\" "

@@ -1,0 +1,45 @@
+"""Dashboard sessions over plain HTTP (the browser test covers the pages): sign-in needs its
+CSRF token, never redirects off-site, and refuses keys that must sign their requests."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from fake_azure import open_fake_azure
+from harness import open_gateway
+from test_signing_e2e import signed_account
+
+
+async def signin_form(client: httpx.AsyncClient, next_path: str = "/usage") -> str:
+    page = await client.get("/signin", params={"next": next_path})
+    assert page.status_code == 200
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    return re.search(r'name="csrf" value="([^"]+)"', page.text)[1]
+
+
+async def test_signin_checks_csrf_redirects_locally_and_refuses_signing_keys(tmp_path, secret_key):
+    async with open_fake_azure() as fake, open_gateway(f"sqlite:///{tmp_path / 'o.db'}", fake) as gw:
+        _, key = await gw.funded_account("1.00")
+        _, _, strict_key, _ = await signed_account(gw, signature_required=True)
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            # Without the form's token (a cross-site post): refused, no session.
+            forged = await client.post("/signin", data={"api_key": key, "csrf": "guess"})
+            assert forged.status_code == 400 and "omixa_session" not in forged.cookies
+
+            # An off-site "next" falls back to /usage.
+            token = await signin_form(client, "//evil.example/")
+            ok = await client.post("/signin", data={"api_key": key, "csrf": token, "next": "//evil.example/"})
+            assert ok.status_code == 302 and ok.headers["location"] == "/usage"
+            assert "omixa_session" in ok.cookies
+            assert key not in ok.headers["set-cookie"]
+            feed = await client.get("/usage/data")
+            assert feed.status_code == 200 and feed.json()["wallet"]["balance"] == "1.00"
+
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            token = await signin_form(client)
+            refused = await client.post("/signin", data={"api_key": strict_key, "csrf": token})
+            assert refused.status_code == 401 and "must sign every request" in refused.text
+            assert "omixa_session" not in refused.cookies
+            assert (await client.get("/usage/data")).status_code == 401

@@ -1,0 +1,77 @@
+"""Authentication and request signatures for every ``/api/v1`` route, in one hook.
+
+:func:`register` installs a ``before_request`` hook that runs before any ``/api/v1`` view,
+whichever module registered it, so no route can forget it:
+
+1. the bearer key is authenticated (looked up by hash in the database on every request, so
+   a revocation or a secret rotation is seen on the next request by every process);
+2. when the request must be signed (:meth:`SignatureVerifier.applies`), the exact body is
+   read (within ``server.max_body_bytes``) and the signature verified. The body is cached
+   on the request (``get_data(cache=True)``), so the view parses these same bytes.
+
+Only then is the key put on ``g.key`` for the views (and the rate-limit headers). Nothing is
+held or sent upstream before the hook has passed. A path that matches no route, or a method
+the route does not allow, is left to the router (404/405) without authentication.
+"""
+
+from __future__ import annotations
+
+import time
+
+from quart import g, request
+from quart_trio import QuartTrio
+
+from engine.errors import RequestTooLarge
+from engine.runtime import Engine
+from omixa_client import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+API_PREFIX = "/api/v1"
+# Served to anyone: the API's description holds nothing of any account.
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
+
+
+def register(app: QuartTrio, engine: Engine) -> None:
+    max_body = engine.config.server.max_body_bytes
+    verifier = engine.signatures
+
+    @app.before_request
+    async def authenticate_api_request() -> None:
+        path = request.path
+        if not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+            return
+        if request.routing_exception is not None or path in PUBLIC_PATHS:
+            return
+        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
+        headers = request.headers
+        signature = headers.get(SIGNATURE_HEADER)
+        if verifier.applies(key, signature is not None):
+            verifier.verify(
+                key,
+                timestamp=headers.get(TIMESTAMP_HEADER),
+                nonce=headers.get(NONCE_HEADER),
+                signature=signature,
+                method=request.method,
+                target=request_target(request.scope),
+                body=await raw_body(max_body),
+                now=time.time(),
+            )
+        g.key = key
+
+
+def request_target(scope: dict) -> bytes:
+    """The path as received (still percent-encoded), plus ``?query`` when there is one."""
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query = scope.get("query_string") or b""
+    return raw_path + b"?" + query if query else raw_path
+
+
+async def raw_body(max_body: int) -> bytes:
+    """The exact body bytes, cached for the view. Errors: RequestTooLarge (413);
+    werkzeug's RequestTimeout when the body does not arrive in time (400)."""
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
+    body = await request.get_data(cache=True)
+    if len(body) > max_body:
+        raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
+    return body
