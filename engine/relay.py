@@ -274,6 +274,9 @@ class StreamRelay:
         if "error" in data and not data.get("choices"):
             error = data["error"] if isinstance(data["error"], dict) else {}
             raise UpstreamError(str(error.get("message") or "The upstream reported an error."))
+        tier = data.get("service_tier")
+        if isinstance(tier, str):
+            self._exchange.service_tier = tier  # the tier billed (Azure may downgrade priority)
         usage = data.get("usage")
         if usage:
             self._usage = Usage.from_openai(usage) or self._usage

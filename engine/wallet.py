@@ -37,6 +37,8 @@ class Reserve:
     """Hold the most a request can cost.
 
     ``min_output_tokens`` None means the output cap is the client's and may not be lowered.
+    ``amount``, when set, is the hold itself (an image request's worst case): it is held as
+    is or refused, and the cap is not priced.
     """
 
     request_id: str
@@ -46,6 +48,7 @@ class Reserve:
     prices: Prices
     min_output_tokens: int | None
     reply: Reply["Reserved"]
+    amount: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -145,13 +148,13 @@ class WalletActor:
         )
         cap = msg.output_tokens
         for _ in range(2):
-            amount = max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
+            amount = msg.amount or max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
             hold = await storage.create_hold(
                 account_id=self.account_id, request_id=msg.request_id, amount=amount, expires_at=expires
             )
             if hold is not None:
                 return Reserved(hold=hold, output_tokens=cap)
-            if msg.min_output_tokens is None:
+            if msg.min_output_tokens is None or msg.amount is not None:
                 break
             wallet = await storage.get_wallet(self.account_id)
             if wallet is None:
