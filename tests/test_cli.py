@@ -115,12 +115,15 @@ def test_add_azure_deployment_creates_and_keeps_comments(tmp_path):
     assert 'name = "eastus-key-1"' in text and "hourly_tokens = 1000000" in text and 'api_key = "env:AZ_KEY"' in text
 
     config.write_text("# operator's note: keep me\n" + text.replace("rpm = 120", "rpm = 120 # tuned"))
-    second = run("add-azure-deployment", "gpt-4o", "westus-1", "http://127.0.0.1:9999", "gpt-4o", "k2", "--priority", "--weight", "2", config=config)
+    second = run("add-azure-deployment", "gpt-4.1", "westus-1", "http://127.0.0.1:9999", "gpt-4.1", "k2", "--priority", "--weight", "2", config=config)
     assert second.returncode == 0, second.stderr
     text = config.read_text()
     assert "# operator's note: keep me" in text and "rpm = 120 # tuned" in text
     assert 'name = "westus-1"' in text and "priority = true" in text
 
+    # Priority needs the model's priority prices, so the tier Azure reports can be billed.
+    no_tier = run("add-azure-deployment", "gpt-4o", "westus-2", "https://x", "gpt-4o", "k", "--priority", config=config)
+    assert no_tier.returncode == 2 and "priority" in no_tier.stderr and "westus-2" not in config.read_text()
     duplicate = run(*args, config=config)
     assert duplicate.returncode == 2 and "already exists" in duplicate.stderr
     unknown = run("add-azure-deployment", "gpt-9", "n", "https://x", "d", "k", config=config)
