@@ -86,10 +86,10 @@ def _input_tokens(value: Any, model: ModelInfo) -> list[int]:
         return [count_text(value, model.encoding)]
     if not isinstance(value, list) or not value:
         raise InvalidRequest(shape)
+    if all(_is_token(t) for t in value):
+        return [len(value)]  # one input, as token ids
     if len(value) > MAX_INPUTS:
         raise InvalidRequest(f"'input' may hold at most {MAX_INPUTS} inputs; got {len(value)}.")
-    if all(_is_token(t) for t in value):
-        return [len(value)]
     counts = []
     for i, item in enumerate(value):
         if isinstance(item, str) and item:
