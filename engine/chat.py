@@ -124,6 +124,29 @@ class ModelCall(Protocol):
         ...
 
 
+class PlainCall:
+    """The :class:`ModelCall` defaults of a call with no stream, no service tier and no cap
+    to lower (embeddings, images): held at the model's standard prices, with every
+    deployment of the model equal and sent the same body."""
+
+    __slots__ = ()
+    model: ModelInfo
+    stream = False
+    include_usage = False
+    cap_is_clients = True
+    priority = False
+
+    @property
+    def hold_prices(self) -> Prices:
+        return self.model.prices
+
+    def prefers(self, deployment: DeploymentConfig) -> bool:
+        return False
+
+    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
+        return body
+
+
 def _retryable(exc: OmixaError) -> bool:
     """Failures another deployment may not have: 429, 5xx, unreachable, timeout."""
     if isinstance(exc, UpstreamTimeout):

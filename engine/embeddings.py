@@ -16,9 +16,9 @@ from typing import Any, Collection
 
 import attrs
 
-from engine.catalog import Catalog, ModelInfo, Prices, cost_of
+from engine.catalog import Catalog, ModelInfo, cost_of
+from engine.chat import PlainCall
 from engine.chat_request import resolve_model
-from engine.config import DeploymentConfig
 from engine.errors import InvalidRequest
 from engine.providers.base import Completion, Provider, Usage
 from engine.tokens import count_text
@@ -32,38 +32,24 @@ MAX_TOKEN_ID = 2**31 - 1
 
 
 @attrs.frozen(kw_only=True)
-class EmbeddingRequest:
+class EmbeddingRequest(PlainCall):
     """A checked embeddings request; ``prompt_tokens`` is the exact input count."""
 
     model: ModelInfo
     body: dict[str, Any]
     prompt_tokens: int
 
-    # The shape ChatService works with (engine.chat.ModelCall): no output, one result.
-    stream = False
-    include_usage = False
+    # No output and one result: the hold (prompt at the input price) is exact.
     output_tokens = 0
     choices = 1
-    cap_is_clients = True  # nothing to lower: the hold is exact
-    priority = False
     hold_amount = None
 
     @property
     def estimated_tokens(self) -> int:
         return self.prompt_tokens
 
-    @property
-    def hold_prices(self) -> Prices:
-        return self.model.prices
-
     def build_body(self, output_tokens: int) -> dict[str, Any]:
         return copy.copy(self.body)
-
-    def prefers(self, deployment: DeploymentConfig) -> bool:
-        return False
-
-    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
-        return body
 
     async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
         return await provider.embed(body)

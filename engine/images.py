@@ -21,8 +21,8 @@ from typing import Any, Collection
 import attrs
 
 from engine.catalog import MILLION, Catalog, ModelInfo, Prices
+from engine.chat import PlainCall
 from engine.chat_request import resolve_model
-from engine.config import DeploymentConfig
 from engine.errors import InvalidRequest
 from engine.providers.base import MAX_REPORTED_TOKENS, Completion, Provider, Usage
 from engine.tokens import count_text
@@ -43,7 +43,7 @@ class ImageUsage(Usage):
 
 
 @attrs.frozen(kw_only=True)
-class ImageRequest:
+class ImageRequest(PlainCall):
     """A checked request. ``output_tokens`` is the worst case per image; ``hold_amount``
     the most the request can cost (see the module docstring)."""
 
@@ -56,28 +56,13 @@ class ImageRequest:
     qualities: tuple[str, ...]  # the qualities and sizes the request allows
     sizes: tuple[str, ...]
 
-    stream = False
-    include_usage = False
-    cap_is_clients = True
-    priority = False
-
     @property
     def estimated_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens * self.choices
 
-    @property
-    def hold_prices(self) -> Prices:
-        return self.model.prices
-
     def build_body(self, output_tokens: int) -> dict[str, Any]:
         body = copy.copy(self.body)
         body.pop("response_format", None)  # gpt-image-1 always answers b64_json, and takes no such key
-        return body
-
-    def prefers(self, deployment: DeploymentConfig) -> bool:
-        return False
-
-    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
         return body
 
     async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:

@@ -232,6 +232,7 @@ class StreamRelay:
         assert self._nursery is not None
         self._upstream.start(self._nursery, f"relay-{exchange.caller.request_id}")
         self._usage, self._done = None, False
+        exchange.service_tier = None  # the next deployment reports its own tier
         self._last_upstream = trio.current_time()
         return True
 

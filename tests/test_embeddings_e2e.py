@@ -3,9 +3,6 @@ both backends. The hold is the exact input price, so a paid call leaves no relea
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
@@ -14,7 +11,7 @@ import trio
 from engine.catalog import load_catalog
 from engine.tokens import count_text
 from fake_azure import open_fake_azure
-from harness import azure_deployment, open_gateway
+from harness import azure_deployment, ledger_verify_cli, open_gateway
 
 SMALL = "text-embedding-3-small"
 CATALOG = load_catalog()
@@ -31,17 +28,6 @@ def embedding_deployments(fake) -> list[dict]:
 
 async def in_thread(fn, *args, **kwargs):
     return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
-async def ledger_verify(database_url: str, tmp_path: Path) -> None:
-    """``omixa ledger verify`` as the operator runs it, in its own process."""
-    config = tmp_path / "verify.toml"
-    config.write_text(f'[storage]\nurl = "{database_url}"\n')
-    verify = await trio.run_process(
-        [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
-        capture_stderr=True, check=False,
-    )
-    assert verify.returncode == 0, verify.stderr
 
 
 async def test_sdk_embeddings_of_every_input_shape_are_billed_exactly(database_url, tmp_path):
@@ -82,7 +68,7 @@ async def test_sdk_embeddings_of_every_input_shape_are_billed_exactly(database_u
         assert (row.model, row.status, row.stream) == (SMALL, "ok", False)
         assert (row.prompt_tokens, row.completion_tokens, row.cost) == (cases[0][1], 0, cases[0][1] * PER_TOKEN)
         assert row.deployment == "emb-1"
-        await ledger_verify(database_url, tmp_path)
+        await ledger_verify_cli(database_url, tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -111,12 +97,8 @@ async def test_bad_embedding_requests_change_nothing(tmp_path, body, status, wor
         f"sqlite:///{tmp_path / 'e.db'}", fake, deployments=embedding_deployments(fake)
     ) as gw:
         account, key = await gw.funded_account("1.00")
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
-            response = await client.post(f"{gw.base_url}/embeddings", json=body)
-        assert response.status_code == status, response.text
-        error = response.json()["error"]
-        assert words in error["message"]
-        assert error["request_id"] == response.headers["x-request-id"]
+        got, error = await gw.refused(key, "/embeddings", body)
+        assert got == status and words in error["message"]
         assert fake.requests == []
         assert [e.type for e in await gw.storage.ledger_entries(account)] == ["top_up"]
 

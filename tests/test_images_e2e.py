@@ -5,8 +5,6 @@ catalog's per-image price when the answer has none; on both backends."""
 from __future__ import annotations
 
 import base64
-import sys
-from pathlib import Path
 
 import httpx
 import openai
@@ -15,7 +13,7 @@ import trio
 
 from engine.tokens import count_text
 from fake_azure import PNG, open_fake_azure
-from harness import azure_deployment, open_gateway
+from harness import azure_deployment, ledger_verify_cli, open_gateway
 
 MODEL = "gpt-image-1"
 PROMPT = "A black and white futuristic API dashboard"
@@ -34,13 +32,6 @@ def image_deployments(fake) -> list[dict]:
     ]
 
 
-async def entries_of(gw, account: str):
-    with trio.fail_after(5):
-        while (await gw.storage.get_wallet(account)).locked:
-            await trio.sleep(0.01)
-    return await gw.storage.ledger_entries(account)
-
-
 async def test_sdk_images_are_held_at_the_worst_case_and_billed_from_usage(database_url, tmp_path):
     async with open_fake_azure() as fake, open_gateway(database_url, fake, deployments=image_deployments(fake)) as gw:
         account, key = await gw.funded_account("5.00")
@@ -54,7 +45,7 @@ async def test_sdk_images_are_held_at_the_worst_case_and_billed_from_usage(datab
         assert sent.operation == "images/generations" and sent.query["api-version"] == "2025-04-01-preview"
         assert sent.json == {"prompt": PROMPT, "n": 2, "size": "1024x1024", "quality": "low"}
 
-        entries = await entries_of(gw, account)
+        entries = await gw.settled_entries(account)
         assert [e.type for e in entries] == ["top_up", "hold", "charge", "release"]
         hold, charge = entries[1].amount, entries[2].amount
         # The hold: the larger of the token worst case and the per-image price, for 2 images.
@@ -64,13 +55,7 @@ async def test_sdk_images_are_held_at_the_worst_case_and_billed_from_usage(datab
         row = await gw.request_log(entries[1].request_id)
         assert (row.model, row.prompt_tokens, row.completion_tokens, row.cost) == (MODEL, TEXT_TOKENS, 544, charge)
 
-        config = tmp_path / "verify.toml"
-        config.write_text(f'[storage]\nurl = "{database_url}"\n')
-        verify = await trio.run_process(
-            [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
-            capture_stderr=True, check=False,
-        )
-        assert verify.returncode == 0, verify.stderr
+        await ledger_verify_cli(database_url, tmp_path)
 
 
 async def test_without_usage_the_catalog_price_per_image_is_charged(database_url):
@@ -84,7 +69,7 @@ async def test_without_usage_the_catalog_price_per_image_is_charged(database_url
             response = await client.post(f"{gw.base_url}/images/generations", json={"model": MODEL, "prompt": PROMPT})
         assert response.status_code == 200, response.text
         assert "usage" not in response.json() and response.json()["quality"] == "medium"
-        entries = await entries_of(gw, account)
+        entries = await gw.settled_entries(account)
         hold, charge = entries[1].amount, entries[2].amount
         assert hold == max(TEXT_TOKENS * INPUT + 6240 * OUTPUT, TEXT_TOKENS * INPUT + 250_000_000)
         assert charge == TEXT_TOKENS * INPUT + 42_000_000
@@ -111,11 +96,8 @@ async def test_bad_image_requests_change_nothing(tmp_path, extra, words):
         f"sqlite:///{tmp_path / 'i.db'}", fake, deployments=image_deployments(fake)
     ) as gw:
         account, key = await gw.funded_account("5.00")
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
-            body = {"model": MODEL, "prompt": PROMPT, **extra}
-            response = await client.post(f"{gw.base_url}/images/generations", json=body)
-        assert response.status_code == 400, response.text
-        assert words in response.json()["error"]["message"]
+        status, error = await gw.refused(key, "/images/generations", {"model": MODEL, "prompt": PROMPT, **extra})
+        assert status == 400 and words in error["message"]
         assert fake.requests == []
         assert [e.type for e in await gw.storage.ledger_entries(account)] == ["top_up"]
 
@@ -134,6 +116,6 @@ async def test_an_image_request_the_wallet_cannot_cover_is_402_and_an_upstream_r
             refused = await client.post(url, json={"model": MODEL, "prompt": PROMPT, "quality": "low"})
         assert refused.status_code == 400
         assert "Blocked by the safety system." in refused.json()["error"]["message"]
-        entries = await entries_of(gw, account)
+        entries = await gw.settled_entries(account)
         assert [e.type for e in entries] == ["top_up", "hold", "release"]
         assert await gw.storage.verify_ledger() == []

@@ -31,10 +31,7 @@ def deployments(fake, *, priority_enabled: bool = True) -> list[dict]:
 
 async def paid(gw, account: str) -> tuple[int, int]:
     """(hold amount, charge) of the account's only request."""
-    with trio.fail_after(5):
-        while (await gw.storage.get_wallet(account)).locked:
-            await trio.sleep(0.01)
-    entries = await gw.storage.ledger_entries(account)
+    entries = await gw.settled_entries(account)
     hold = [e.amount for e in entries if e.type == "hold"]
     charge = [e.amount for e in entries if e.type == "charge"]
     assert len(hold) == 1 and len(charge) == 1
