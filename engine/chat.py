@@ -14,7 +14,8 @@ costs. Every request that passes the checks follows one path:
    gone, shutdown).
 
 What is charged: the upstream's reported usage at the catalog price (for chat, at the prices
-of the service tier the answer reports: priority or standard), never more than the hold. When the upstream never reported usage:
+of the service tier the answer reports: priority or standard), never more than the hold.
+When the upstream never reported usage:
 - the client left (or shutdown cut the request) after the request reached the upstream:
   its prompt tokens (counted offline; the upstream had them) plus the completion tokens
   actually delivered, counted with the model's tokenizer;
@@ -28,14 +29,14 @@ import datetime as dt
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
-from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import attrs
 import trio
 
-from engine.catalog import Catalog, ModelInfo, Prices
+from engine.catalog import Catalog
 from engine.chat_request import ChatRequest, parse_chat_request
-from engine.config import DeploymentConfig, StreamingConfig, UpstreamConfig, WalletConfig
+from engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from engine.errors import (
     InvalidRequest,
     NoHealthyDeployment,
@@ -44,8 +45,9 @@ from engine.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from engine.providers.base import Completion, Provider, SseEvent, Usage
+from engine.providers.base import Provider, SseEvent, Usage
 from engine.keylimits import KeyLimiter
+from engine.model_call import ModelCall
 from engine.relay import StreamRelay
 from engine.router import Lease, Router
 from engine.tokens import count_text
@@ -77,74 +79,6 @@ class Caller:
 
 
 T = TypeVar("T")
-
-
-class ModelCall(Protocol):
-    """A checked request of any endpoint, as the shared path needs it."""
-
-    model: ModelInfo
-    body: dict[str, Any]
-    stream: bool
-    include_usage: bool
-    prompt_tokens: int
-    output_tokens: int  # cap per choice the hold covers
-    choices: int
-    cap_is_clients: bool  # the cap may not be lowered to fit the wallet
-    priority: bool
-    hold_amount: int | None  # a fixed hold, or None: the wallet prices prompt + cap
-
-    @property
-    def estimated_tokens(self) -> int: ...
-
-    @property
-    def hold_prices(self) -> Prices: ...
-
-    def build_body(self, output_tokens: int) -> dict[str, Any]:
-        """The upstream body for the cap the hold covers."""
-        ...
-
-    def prefers(self, deployment: DeploymentConfig) -> bool:
-        """Whether the router should try ``deployment`` first."""
-        ...
-
-    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
-        """The body as sent to that deployment."""
-        ...
-
-    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
-        """The adapter call (non-streaming)."""
-        ...
-
-    def usage_of(self, completion: Completion) -> Usage:
-        """What to charge for a finished answer."""
-        ...
-
-    def cost(self, usage: Usage, service_tier: str | None) -> int:
-        """Nano-dollars for ``usage``, answered at ``service_tier``."""
-        ...
-
-
-class PlainCall:
-    """The :class:`ModelCall` defaults of a call with no stream, no service tier and no cap
-    to lower (embeddings, images): held at the model's standard prices, with every
-    deployment of the model equal and sent the same body."""
-
-    __slots__ = ()
-    model: ModelInfo
-    stream = False
-    include_usage = False
-    cap_is_clients = True
-    priority = False
-
-    @property
-    def hold_prices(self) -> Prices:
-        return self.model.prices
-
-    def prefers(self, deployment: DeploymentConfig) -> bool:
-        return False
-
-    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
-        return body
 
 
 def _retryable(exc: OmixaError) -> bool:

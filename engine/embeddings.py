@@ -17,9 +17,9 @@ from typing import Any, Collection
 import attrs
 
 from engine.catalog import Catalog, ModelInfo, cost_of
-from engine.chat import PlainCall
 from engine.chat_request import resolve_model
 from engine.errors import InvalidRequest
+from engine.model_call import PlainCall
 from engine.providers.base import Completion, Provider, Usage
 from engine.tokens import count_text
 

@@ -21,9 +21,9 @@ from typing import Any, Collection
 import attrs
 
 from engine.catalog import MILLION, Catalog, ModelInfo, Prices
-from engine.chat import PlainCall
 from engine.chat_request import resolve_model
 from engine.errors import InvalidRequest
+from engine.model_call import PlainCall
 from engine.providers.base import MAX_REPORTED_TOKENS, Completion, Provider, Usage
 from engine.tokens import count_text
 
