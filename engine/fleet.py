@@ -61,9 +61,8 @@ class Fleet:
         return list(self._actors.values())
 
     def check(self, deployments: tuple[DeploymentConfig, ...]) -> None:
-        """Errors: ValueError if a deployment names a model the catalog lacks, enables
-        priority for a model without priority prices, or puts a model the adapter cannot
-        serve on a simulator."""
+        """Errors: ValueError if a deployment names a model the catalog lacks, or enables
+        priority for a model without priority prices."""
         for dep in deployments:
             model = self._catalog.get(dep.model)
             if model is None:
@@ -73,8 +72,6 @@ class Fleet:
                     f"deployment {dep.name!r}: priority is set, but model {dep.model!r} has no "
                     "priority_prices in the catalog"
                 )
-            if dep.provider == "simulator" and model.modality != "chat":
-                raise ValueError(f"deployment {dep.name!r}: the simulator serves chat models only")
 
     async def run(
         self,

@@ -195,6 +195,19 @@ async def test_demo_serves_the_readme_curl_example(tmp_path):
         assert completion["object"] == "chat.completion"
         assert completion["choices"][0]["message"]["content"]
         assert completion["usage"]["completion_tokens"] > 0
+        # The product docs' embeddings and image examples work in the demo too.
+        for path, body in (
+            ("embeddings", '{"model":"text-embedding-3-small","input":"Knowledge base text"}'),
+            ("images/generations",
+             '{"model":"gpt-image-1","prompt":"A black and white futuristic API dashboard","n":1}'),
+        ):  # fmt: skip
+            curl = await trio.run_process(
+                ["curl", "-sS", "-X", "POST", f"{base}/{path}", "-H", f"Authorization: Bearer {key}",
+                 "-H", "Content-Type: application/json", "-d", body],
+                capture_stdout=True,
+            )  # fmt: skip
+            answer = json.loads(curl.stdout)
+            assert answer["data"] and ("embedding" in answer["data"][0] or "b64_json" in answer["data"][0])
         async with httpx.AsyncClient() as client:
             wallet = (await client.get(f"{base}/wallet", headers={"Authorization": f"Bearer {key}"})).json()
         assert wallet["currency"] == "USD" and wallet["locked_balance"] == "0.00"

@@ -140,3 +140,18 @@ async def test_embeddings_fail_over_and_count_against_the_key(database_url):
         charges = [e.amount for e in await gw.storage.ledger_entries(account) if e.type == "charge"]
         assert charges == [4 * PER_TOKEN, 1 * PER_TOKEN]
         assert await gw.storage.verify_ledger() == []
+
+
+async def test_the_simulator_serves_embeddings_billed_from_its_usage(database_url):
+    deployments = [{"name": "sim", "model": SMALL, "provider": "simulator", "sim_first_token_ms": 0}]
+    async with open_gateway(database_url, deployments=deployments) as gw:
+        account, key = await gw.funded_account("1.00")
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        texts = ["one input", "and another one"]
+        result = await in_thread(client.embeddings.create, model=SMALL, input=texts, dimensions=64)
+        assert [len(d.embedding) for d in result.data] == [64, 64]
+        tokens = sum(count_text(t, "cl100k_base") for t in texts)
+        assert result.usage.prompt_tokens == tokens
+        entries = await gw.settled_entries(account)
+        assert [e.amount for e in entries if e.type == "charge"] == [tokens * PER_TOKEN]
+        assert await gw.storage.verify_ledger() == []

@@ -119,3 +119,17 @@ async def test_an_image_request_the_wallet_cannot_cover_is_402_and_an_upstream_r
         entries = await gw.settled_entries(account)
         assert [e.type for e in entries] == ["top_up", "hold", "release"]
         assert await gw.storage.verify_ledger() == []
+
+
+async def test_the_simulator_serves_images_billed_per_image(database_url):
+    deployments = [{"name": "sim", "model": MODEL, "provider": "simulator", "sim_first_token_ms": 0}]
+    async with open_gateway(database_url, deployments=deployments) as gw:
+        account, key = await gw.funded_account("5.00")
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        result = await trio.to_thread.run_sync(lambda: client.images.generate(
+            model=MODEL, prompt=PROMPT, quality="low", size="1024x1024"))  # fmt: skip
+        assert base64.b64decode(result.data[0].b64_json).startswith(b"\x89PNG")
+        entries = await gw.settled_entries(account)
+        # No usage from the simulator: the prompt at the input price plus the catalog's image price.
+        assert [e.amount for e in entries if e.type == "charge"] == [TEXT_TOKENS * INPUT + 11_000_000]
+        assert await gw.storage.verify_ledger() == []
