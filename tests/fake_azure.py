@@ -47,7 +47,6 @@ import json
 import re
 import struct
 import time
-import zlib
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any, AsyncIterator, Callable
@@ -58,6 +57,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from engine.providers.simulator import TINY_PNG
 from engine.tokens import count_chat_prompt, count_text, encoding
 
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog."
@@ -71,17 +71,7 @@ IMAGE_TOKENS = {
     "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
 }
 
-
-def _tiny_png() -> bytes:
-    """A real 1x1 PNG (what matters is that clients can decode b64_json into an image)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00\xff\xff\xff")) + chunk(b"IEND", b""))  # fmt: skip
-
-
-PNG = _tiny_png()
+PNG = TINY_PNG  # a real 1x1 PNG: clients can decode b64_json into an image
 _OK = {"filtered": False, "severity": "safe"}
 _FILTERS = {"hate": _OK, "self_harm": _OK, "sexual": _OK, "violence": _OK}
 _PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": {

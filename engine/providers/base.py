@@ -110,7 +110,7 @@ class Provider(Protocol):
 
 
 class EmbeddingsProvider(Provider, Protocol):
-    """An adapter that also serves embedding and image models (Azure)."""
+    """An adapter that also serves embedding and image models (Azure, the simulator)."""
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         """Send an OpenAI embeddings body; the answer and its usage."""

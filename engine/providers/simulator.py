@@ -66,18 +66,19 @@ _DONE = SseEvent(raw=b"data: [DONE]\n\n", done=True)
 EMBEDDING_DIMENSIONS = 1536
 
 
-def _png_1x1() -> str:
-    """A real 1x1 white PNG, base64-encoded."""
+def _png_1x1() -> bytes:
+    """A real 1x1 white PNG."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(b"\x00\xff\xff\xff")) + chunk(b"IEND", b""))  # fmt: skip
-    return base64.b64encode(png).decode()
+    return png
 
 
-_PNG = _png_1x1()
+TINY_PNG = _png_1x1()
+_PNG_B64 = base64.b64encode(TINY_PNG).decode()
 
 
 def answer_pieces(body: dict[str, Any], count: int) -> list[str]:
@@ -219,7 +220,7 @@ class SimulatorProvider:
             "created": int(time.time()), "background": "opaque", "output_format": "png",
             "quality": "medium" if quality == "auto" else quality,
             "size": "1024x1024" if size == "auto" else size,
-            "data": [{"b64_json": _PNG} for _ in range(body.get("n", 1))],
+            "data": [{"b64_json": _PNG_B64} for _ in range(body.get("n", 1))],
         }  # fmt: skip
         return Completion(body=answer, usage=None)
 
