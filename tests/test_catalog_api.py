@@ -91,3 +91,16 @@ def test_image_and_embedding_models_need_their_tables(tmp_path: Path):
     catalog.write_text(head + 'modality = "image"\nimage_output_tokens.low = { "1024x1024" = 272 }\nimage_prices.high = { "1024x1024" = "0.1" }\n')
     with pytest.raises(CatalogError, match="same qualities and sizes"):
         load_catalog(catalog)
+
+
+def test_a_new_family_is_data_only_and_ties_go_to_the_lower_effort(tmp_path: Path):
+    catalog = tmp_path / "models.toml"
+    catalog.write_text(
+        '[models."gpt-next"]\nprovider = "azure"\nmodality = "chat"\nencoding = "o200k_base"\n'
+        'context_window = 1000\nmax_output_tokens = 100\nreasoning = true\n'
+        'reasoning_efforts = ["minimal", "medium", "xhigh"]\nprices = { input = "1" }\n'
+    )
+    model = load_catalog(catalog).get("gpt-next")
+    mapped = {e: model.effort_for(e) for e in ("none", "minimal", "low", "medium", "high", "xhigh")}
+    assert mapped == {"none": "minimal", "minimal": "minimal", "low": "minimal",
+                      "medium": "medium", "high": "medium", "xhigh": "xhigh"}  # fmt: skip
