@@ -4,6 +4,12 @@ Prices are held as integer nano-dollars per 1M tokens. A request's cost is
 ``ceil((uncached_prompt * input + cached * cached_input + completion * output) / 1e6)``
 nano-dollars: exact whenever prices have at most 3 decimals (all shipped ones do), and
 otherwise rounded up once per request, never per token.
+
+The catalog also carries what a model family accepts, so a new model is a data change:
+the reasoning efforts it supports (:data:`EFFORTS` is the scale a requested value is mapped
+along to the nearest supported one), whether it takes ``verbosity``, its priority-tier
+prices, an embedding model's vector size, and an image model's output tokens and price per
+image by quality and size.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ from engine.tokens import IMAGE_PART_TOKENS
 MILLION = 1_000_000
 _REPO_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"
 _INSTALLED_CATALOG = Path(sys.prefix) / "share" / "omixa" / "models.toml"
+
+
+# Reasoning efforts from least to most; a value a model lacks maps to its nearest neighbour
+# on this scale (a tie goes to the lower effort: faster and cheaper).
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 
 
 class CatalogError(Exception):
@@ -53,6 +64,35 @@ class ModelInfo:
     prices: Prices
     # The most one image part of a prompt can cost, in tokens (the hold counts this much).
     image_tokens: int = IMAGE_PART_TOKENS
+    # Reasoning efforts the model accepts, in EFFORTS order; empty: no reasoning_effort is
+    # sent (for a reasoning model: the client's value is passed on as sent).
+    reasoning_efforts: tuple[str, ...] = ()
+    # Takes OpenAI's ``verbosity`` (the gpt-5 family); otherwise it is removed.
+    verbosity: bool = False
+    # Prices of Azure Priority processing; None: the model has no priority tier.
+    priority_prices: Prices | None = None
+    # Embedding models: the vector size, and whether ``dimensions`` may shorten it.
+    dimensions: int = 0
+    custom_dimensions: bool = False
+    # Image models: output tokens and nano-dollars per image, by quality, then size.
+    image_output_tokens: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict)
+    image_prices: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict)
+
+    def effort_for(self, requested: str) -> str | None:
+        """The supported effort nearest to ``requested`` (a value of :data:`EFFORTS`);
+        None when the model takes no effort at all."""
+        if not self.reasoning_efforts:
+            return requested if self.reasoning else None
+        if requested in self.reasoning_efforts:
+            return requested
+        rank = EFFORTS.index(requested)
+        return min(self.reasoning_efforts, key=lambda e: (abs(EFFORTS.index(e) - rank), EFFORTS.index(e)))
+
+    def prices_for(self, service_tier: str | None) -> Prices:
+        """The prices of the tier an answer reports (priority, else standard)."""
+        if service_tier == "priority" and self.priority_prices is not None:
+            return self.priority_prices
+        return self.prices
 
 
 def cost_of(usage: Usage, prices: Prices) -> int:
@@ -91,24 +131,57 @@ def _price(value: Any, where: str) -> int:
     return nano
 
 
+def _prices(raw: Any, where: str) -> dict[str, int]:
+    if not isinstance(raw, dict) or "input" not in raw:
+        raise CatalogError(f"{where}: needs at least input")
+    unknown = set(raw) - {f.name for f in attrs.fields(Prices)}
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)}")
+    prices = {k: _price(v, f"{where}.{k}") for k, v in raw.items()}
+    prices.setdefault("cached_input", prices["input"])
+    return prices
+
+
+def _per_image(raw: Any, where: str) -> dict[str, dict[str, int]]:
+    """``{quality: {size: "USD"}}`` as nano-dollars per image."""
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise CatalogError(f"{where}: expected {{quality = {{size = \"USD\"}}}}")
+    return {q: {s: _price(v, f"{where}.{q}.{s}") for s, v in sizes.items()} for q, sizes in raw.items()}
+
+
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelInfo:
     raw = dict(raw)
-    prices_raw = raw.pop("prices", None)
-    if not isinstance(prices_raw, dict) or "input" not in prices_raw:
-        raise CatalogError(f"models.{model_id}.prices: needs at least input")
-    fields = {f.name for f in attrs.fields(Prices)}
-    unknown = set(prices_raw) - fields
-    if unknown:
-        raise CatalogError(f"models.{model_id}.prices: unknown keys {sorted(unknown)}")
-    prices = {k: _price(v, f"models.{model_id}.prices.{k}") for k, v in prices_raw.items()}
-    prices.setdefault("cached_input", prices["input"])
+    where = f"models.{model_id}"
+    fields: dict[str, Any] = {"id": model_id, "prices": _prices(raw.pop("prices", None), f"{where}.prices")}
+    if "priority_prices" in raw:
+        fields["priority_prices"] = _prices(raw.pop("priority_prices"), f"{where}.priority_prices")
+    if "image_prices" in raw:
+        fields["image_prices"] = _per_image(raw.pop("image_prices"), f"{where}.image_prices")
     try:
-        return cattrs.Converter(forbid_extra_keys=True).structure(
-            {**raw, "id": model_id, "prices": prices}, ModelInfo
-        )
+        model = cattrs.Converter(forbid_extra_keys=True).structure({**raw, **fields}, ModelInfo)
     except Exception as exc:
-        details = "; ".join(cattrs.transform_error(exc, path=f"models.{model_id}"))
+        details = "; ".join(cattrs.transform_error(exc, path=where))
         raise CatalogError(details) from None
+    _check_model(model, where)
+    return model
+
+
+def _check_model(model: ModelInfo, where: str) -> None:
+    efforts = model.reasoning_efforts
+    if efforts and not model.reasoning:
+        raise CatalogError(f"{where}.reasoning_efforts: only a reasoning model takes efforts")
+    if any(e not in EFFORTS for e in efforts) or list(efforts) != sorted(set(efforts), key=EFFORTS.index):
+        raise CatalogError(f"{where}.reasoning_efforts: a subset of {list(EFFORTS)}, in that order")
+    if model.modality == "embedding" and model.dimensions < 1:
+        raise CatalogError(f"{where}.dimensions: an embedding model needs its vector size")
+    if model.modality == "image":
+        tokens, prices = model.image_output_tokens, model.image_prices
+        shape = {q: set(s) for q, s in tokens.items()}
+        if not tokens or shape != {q: set(s) for q, s in prices.items()}:
+            raise CatalogError(
+                f"{where}: an image model needs image_output_tokens and image_prices for the "
+                "same qualities and sizes"
+            )
 
 
 @attrs.frozen

@@ -1,6 +1,10 @@
-"""A paid chat completion: check, hold, route, call, relay, settle, record.
+"""A paid model call: check, hold, route, call, relay, settle, record.
 
-Every request that passes the checks follows one path:
+Chat completions, embeddings and image generations all take this path; each checked request
+(:class:`ModelCall`: :class:`~engine.chat_request.ChatRequest`,
+:class:`~engine.embeddings.EmbeddingRequest`, :class:`~engine.images.ImageRequest`) says
+what to hold, what to send to a deployment, which adapter call makes it, and what its usage
+costs. Every request that passes the checks follows one path:
 1. the wallet actor holds the most the request can cost (:mod:`engine.wallet`);
 2. the router obtains a slot on a deployment of the model (:mod:`engine.router`);
 3. the request's own task calls the upstream (an adapter of :mod:`engine.providers`);
@@ -9,8 +13,9 @@ Every request that passes the checks follows one path:
    shielded, time-bounded step, whatever ended the request (success, upstream error, client
    gone, shutdown).
 
-What is charged: the upstream's reported usage at the catalog price, never more than the
-hold. When the upstream never reported usage:
+What is charged: the upstream's reported usage at the catalog price (for chat, at the prices
+of the service tier the answer reports: priority or standard), never more than the hold.
+When the upstream never reported usage:
 - the client left (or shutdown cut the request) after the request reached the upstream:
   its prompt tokens (counted offline; the upstream had them) plus the completion tokens
   actually delivered, counted with the model's tokenizer;
@@ -23,15 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from functools import partial
 from contextlib import AbstractAsyncContextManager
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import attrs
 import trio
 
-from engine.catalog import Catalog, cost_of
-from engine.chat_request import ChatRequest, parse_chat_request, upstream_body
+from engine.catalog import Catalog
+from engine.chat_request import ChatRequest, parse_chat_request
 from engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from engine.errors import (
     InvalidRequest,
@@ -43,6 +47,7 @@ from engine.errors import (
 )
 from engine.providers.base import Provider, SseEvent, Usage
 from engine.keylimits import KeyLimiter
+from engine.model_call import ModelCall
 from engine.relay import StreamRelay
 from engine.router import Lease, Router
 from engine.tokens import count_text
@@ -103,7 +108,7 @@ def translate_upstream(exc: OmixaError) -> OmixaError:
 class Exchange:
     """One request's money and accounting, from hold to record. Finishes exactly once."""
 
-    def __init__(self, service: "ChatService", caller: Caller, request: ChatRequest) -> None:
+    def __init__(self, service: "ChatService", caller: Caller, request: ModelCall) -> None:
         self.service = service
         self.caller = caller
         self.request = request
@@ -113,6 +118,7 @@ class Exchange:
         self.estimated_tokens = 0
         self.admitted_at: float | None = None  # when the key's limits counted this call
         self.upstream_body: dict[str, Any] = {}
+        self.service_tier: str | None = None  # the tier the answer reports, if any
         # Attempts: deployments that failed this request, the last failure, the deadline.
         self.tried: set[str] = set()
         self.last_failure: OmixaError | None = None
@@ -143,7 +149,7 @@ class Exchange:
             return
         self.finished = True
         latency = time.monotonic() - self.started
-        cost = cost_of(usage, self.request.model.prices) if usage is not None else 0
+        cost = self.request.cost(usage, self.service_tier) if usage is not None else 0
         charged = 0
         if self.admitted_at is not None:
             used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
@@ -235,8 +241,8 @@ class ChatService:
         self.draining = False
 
     def parse(self, body: Any) -> ChatRequest:
-        """Check a request body. Errors: InvalidRequest, ModelNotFound."""
-        return parse_chat_request(body, self.catalog, self.router.models())
+        """Check a chat request body. Errors: InvalidRequest, ModelNotFound."""
+        return parse_chat_request(body, self.catalog, self.router.models(), self.router.priority_models())
 
     async def _begin(self, exchange: Exchange) -> dict[str, Any]:
         """Count the call against the key's limits, hold the money; return the upstream body.
@@ -253,8 +259,9 @@ class ChatService:
             prompt_tokens=request.prompt_tokens,
             output_tokens=request.output_tokens,
             choices=request.choices,
-            prices=request.model.prices,
+            prices=request.hold_prices,
             min_output_tokens=None if request.cap_is_clients else self.wallet_config.min_output_tokens,
+            amount=request.hold_amount,
             context=HoldContext(
                 key_id=exchange.caller.key_id, model=request.model.id,
                 provider=request.model.provider, stream=request.stream,
@@ -262,16 +269,19 @@ class ChatService:
         )
         exchange.hold = reserved.hold
         exchange.estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
-        exchange.upstream_body = upstream_body(request, reserved.output_tokens)
+        exchange.upstream_body = request.build_body(reserved.output_tokens)
         return exchange.upstream_body
 
-    async def _call_upstream(self, exchange: Exchange, call: Callable[[Provider], Awaitable[T]]) -> T:
+    async def _call_upstream(
+        self, exchange: Exchange, call: Callable[[Provider, dict[str, Any]], Awaitable[T]]
+    ) -> T:
         """Run ``call`` on a deployment the router grants, failing over to another one on a
         429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
         ``upstream.request_timeout_seconds`` (counted per request, across a stream's
         failovers too). The hold is the same for every attempt; each failed attempt gives
         its slot back with the failure (which cools the deployment down or counts towards
-        its breaker).
+        its breaker). ``call`` gets the deployment's adapter and the body as sent to that
+        deployment (``for_deployment``).
 
         Errors: the last upstream failure when attempts run out or no other deployment can
         take the request; NoHealthyDeployment when none could take it at all.
@@ -282,7 +292,7 @@ class ChatService:
             try:
                 exchange.lease = await self.router.acquire(
                     exchange.request.model.id, exchange.caller.request_id,
-                    exchange.estimated_tokens, exclude=exchange.tried,
+                    exchange.estimated_tokens, exclude=exchange.tried, prefer=exchange.request.prefers,
                 )
             except NoHealthyDeployment:
                 if exchange.last_failure is not None:
@@ -291,7 +301,8 @@ class ChatService:
             exchange.reached_upstream = True
             exchange.attempt_started = time.monotonic()
             try:
-                return await call(exchange.lease.actor.provider)
+                actor = exchange.lease.actor
+                return await call(actor.provider, exchange.request.for_deployment(exchange.upstream_body, actor.config))
             except (UpstreamError, UpstreamTimeout) as exc:
                 if not self.may_fail_over(exchange, exc):
                     raise
@@ -323,10 +334,11 @@ class ChatService:
         self, exchange: Exchange
     ) -> tuple[AbstractAsyncContextManager[AsyncIterator[SseEvent]], AsyncIterator[SseEvent]]:
         """Open the stream on the next deployment that takes it (the relay's failover)."""
-        return await self._call_upstream(exchange, partial(_open_stream, exchange.upstream_body))
+        return await self._call_upstream(exchange, _open_stream)
 
-    async def complete(self, caller: Caller, request: ChatRequest) -> dict[str, Any]:
-        """A non-streaming completion: the upstream's answer, paid for.
+    async def complete(self, caller: Caller, request: ModelCall) -> dict[str, Any]:
+        """A non-streaming call (a chat completion, embeddings, images): the upstream's
+        answer, paid for.
 
         Errors: InsufficientBalance, NoHealthyDeployment, InvalidRequest (upstream 4xx),
         UpstreamError, UpstreamTimeout, ServiceUnavailable.
@@ -335,8 +347,8 @@ class ChatService:
         """
         exchange = Exchange(self, caller, request)
         try:
-            body = await self._begin(exchange)
-            completion = await self._call_upstream(exchange, lambda provider: provider.complete(body))
+            await self._begin(exchange)
+            completion = await self._call_upstream(exchange, request.send)
         except OmixaError as exc:
             await self._fail(exchange, exc)
             raise translate_upstream(exc) from None
@@ -344,8 +356,9 @@ class ChatService:
             await self._fail(exchange, exc)
             raise
         exchange.first_token_at = time.monotonic()
-        usage = completion.usage or exchange.delivered_usage(_answer_text(completion.body))
-        await exchange.finish("ok", usage)
+        tier = completion.body.get("service_tier")
+        exchange.service_tier = tier if isinstance(tier, str) else None
+        await exchange.finish("ok", request.usage_of(completion))
         return completion.body
 
     async def open_stream(self, caller: Caller, request: ChatRequest) -> StreamRelay:
@@ -390,19 +403,7 @@ def _is_cancellation(exc: BaseException) -> bool:
 
 
 async def _open_stream(
-    body: dict[str, Any], provider: Provider
+    provider: Provider, body: dict[str, Any]
 ) -> tuple[AbstractAsyncContextManager[AsyncIterator[SseEvent]], AsyncIterator[SseEvent]]:
     stream = provider.open_stream(body)
     return stream, await stream.__aenter__()
-
-
-def _answer_text(body: dict[str, Any]) -> str:
-    parts: list[str] = []
-    for choice in body.get("choices") or ():
-        message = (choice.get("message") if isinstance(choice, dict) else None) or {}
-        if isinstance(message.get("content"), str):
-            parts.append(message["content"])
-        for call in message.get("tool_calls") or ():
-            function = (call.get("function") if isinstance(call, dict) else None) or {}
-            parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
-    return "".join(parts)

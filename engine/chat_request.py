@@ -2,6 +2,13 @@
 
 Everything a client can get wrong is found here, before anything is held or sent:
 a clear ``invalid_request`` (400) or ``model_not_found`` (404) and no side effect.
+
+What is sent upstream is normalised per model family, from the catalog (never from the
+deployment's name): ``reasoning_effort`` is mapped to the nearest effort the model supports
+(removed for models without reasoning), ``verbosity`` is kept only where the model takes it,
+Azure reasoning models lose the sampling parameters Azure rejects for them
+(:data:`REASONING_DROPS`), and ``service_tier`` is decided per deployment
+(:meth:`ChatRequest.for_deployment`).
 """
 
 from __future__ import annotations
@@ -11,12 +18,22 @@ from typing import Any, Collection
 
 import attrs
 
-from engine.catalog import Catalog, ModelInfo
+from engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
+from engine.config import DeploymentConfig
 from engine.errors import InvalidRequest, ModelNotFound
-from engine.tokens import count_chat_prompt
+from engine.providers.base import Completion, Provider, Usage
+from engine.tokens import count_chat_prompt, count_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_CHOICES = 16
+VERBOSITIES = ("low", "medium", "high")
+SERVICE_TIERS = ("auto", "default", "priority")
+# Parameters Azure refuses for reasoning models; Omixa drops them (many SDKs and frameworks
+# send a temperature by default, and the request still makes sense without it).
+REASONING_DROPS = (
+    "temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs",
+    "top_logprobs", "logit_bias",
+)  # fmt: skip
 
 
 @attrs.frozen(kw_only=True)
@@ -32,12 +49,55 @@ class ChatRequest:
     output_tokens: int
     cap_is_clients: bool
     choices: int
+    # The client asked for service_tier "priority" and a priority deployment may serve it:
+    # the hold is at priority prices and priority deployments are tried first.
+    priority: bool = False
+
+    hold_amount = None  # the hold follows the cap (see engine.wallet)
 
     @property
     def estimated_tokens(self) -> int:
         """The most tokens the call can use (prompt + every output token of the cap), as
         rate limits count it before the call."""
         return self.prompt_tokens + self.output_tokens * self.choices
+
+    @property
+    def hold_prices(self) -> Prices:
+        """Priority prices when the answer may come from the priority tier."""
+        if self.priority and self.model.priority_prices is not None:
+            return self.model.priority_prices
+        return self.model.prices
+
+    def build_body(self, output_tokens: int) -> dict[str, Any]:
+        return upstream_body(self, output_tokens)
+
+    def prefers(self, deployment: DeploymentConfig) -> bool:
+        """Whether the router should try ``deployment`` before the others."""
+        return self.priority and deployment.priority
+
+    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
+        """``body`` as sent to ``deployment``: only a deployment with priority processing
+        gets a ``service_tier``, and then always an explicit one ("priority" when this
+        request may be billed at priority prices, else "default"), so the tier Azure bills
+        is never one the hold did not cover."""
+        if not deployment.priority:
+            return body
+        return {**body, "service_tier": "priority" if self.priority else "default"}
+
+    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+        return await provider.complete(body)
+
+    def usage_of(self, completion: Completion) -> Usage:
+        """The answer's usage; without one, the prompt as counted here plus the tokens of the
+        answer's text and tool calls."""
+        if completion.usage is not None:
+            return completion.usage
+        text = _answer_text(completion.body)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
+
+    def cost(self, usage: Usage, service_tier: str | None) -> int:
+        """Nano-dollars for ``usage`` at the prices of the tier the answer reported."""
+        return cost_of(usage, self.model.prices_for(service_tier))
 
 
 def _positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None) -> int | None:
@@ -77,10 +137,13 @@ def _check_messages(messages: Any) -> None:
             )
 
 
-def parse_chat_request(body: Any, catalog: Catalog, enabled: Collection[str]) -> ChatRequest:
-    """Check ``body`` and work out the hold's token counts.
+_ENDPOINTS = {"chat": "/chat/completions", "embedding": "/embeddings", "image": "/images/generations"}
 
-    Errors: InvalidRequest, ModelNotFound.
+
+def resolve_model(body: Any, catalog: Catalog, enabled: Collection[str], modality: str) -> ModelInfo:
+    """The catalog model a request body names, served here and of ``modality``.
+
+    Errors: InvalidRequest (not an object, no model, another modality), ModelNotFound.
     """
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
@@ -90,11 +153,36 @@ def parse_chat_request(body: Any, catalog: Catalog, enabled: Collection[str]) ->
     model = catalog.get(model_id)
     if model is None or model_id not in enabled:
         raise ModelNotFound(f"The model '{model_id}' does not exist or is not enabled.")
-    if model.modality != "chat":
+    if model.modality != modality:
+        article = "an" if model.modality[0] in "aeiou" else "a"
         raise InvalidRequest(
-            f"The model '{model_id}' is an {model.modality} model; use its own endpoint."
+            f"The model '{model_id}' is {article} {model.modality} model; "
+            f"use {_ENDPOINTS[model.modality]}."
         )
+    return model
+
+
+def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+    value = body.get(key)
+    if value is not None and value not in allowed:
+        raise InvalidRequest(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}.")
+    return value
+
+
+def parse_chat_request(
+    body: Any, catalog: Catalog, enabled: Collection[str], priority_models: Collection[str] = ()
+) -> ChatRequest:
+    """Check ``body`` and work out the hold's token counts.
+
+    ``priority_models``: catalog ids with an enabled deployment that has priority processing.
+    Errors: InvalidRequest, ModelNotFound.
+    """
+    model = resolve_model(body, catalog, enabled, "chat")
+    model_id = model.id
     _check_messages(body.get("messages"))
+    _choice(body, "reasoning_effort", EFFORTS)
+    _choice(body, "verbosity", VERBOSITIES)
+    tier = _choice(body, "service_tier", SERVICE_TIERS)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.")
@@ -133,6 +221,7 @@ def parse_chat_request(body: Any, catalog: Catalog, enabled: Collection[str]) ->
         output_tokens=cap,
         cap_is_clients=cap_is_clients,
         choices=choices,
+        priority=tier == "priority" and model.priority_prices is not None and model_id in priority_models,
     )
 
 
@@ -140,7 +229,7 @@ def upstream_body(request: ChatRequest, output_tokens: int) -> dict[str, Any]:
     """The body sent upstream: the client's, with the output cap the hold covers made
     explicit (so the upstream can never produce more than was reserved) and, for streams,
     the usage frame always requested (the relay drops it unless the client asked)."""
-    body = copy.copy(request.body)
+    body = normalise(request.body, request.model)
     # Exactly one cap key goes upstream, so no other cap can let the answer outgrow the hold.
     if request.model.reasoning or "max_completion_tokens" in body:
         # Reasoning models refuse max_tokens; their cap also bounds the reasoning tokens.
@@ -151,3 +240,33 @@ def upstream_body(request: ChatRequest, output_tokens: int) -> dict[str, Any]:
     if request.stream:
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return body
+
+
+def normalise(body: dict[str, Any], model: ModelInfo) -> dict[str, Any]:
+    """A copy of a checked ``body`` fitted to ``model``'s family (see the module docstring).
+
+    ``service_tier`` is removed here and set per deployment by ``for_deployment``.
+    """
+    body = copy.copy(body)
+    effort = body.pop("reasoning_effort", None)
+    if effort is not None and (mapped := model.effort_for(effort)) is not None:
+        body["reasoning_effort"] = mapped
+    if not model.verbosity or body.get("verbosity") is None:
+        body.pop("verbosity", None)
+    if model.reasoning and model.provider == "azure":
+        for key in REASONING_DROPS:
+            body.pop(key, None)
+    body.pop("service_tier", None)
+    return body
+
+
+def _answer_text(body: dict[str, Any]) -> str:
+    parts: list[str] = []
+    for choice in body.get("choices") or ():
+        message = (choice.get("message") if isinstance(choice, dict) else None) or {}
+        if isinstance(message.get("content"), str):
+            parts.append(message["content"])
+        for call in message.get("tool_calls") or ():
+            function = (call.get("function") if isinstance(call, dict) else None) or {}
+            parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
+    return "".join(parts)

@@ -61,10 +61,17 @@ class Fleet:
         return list(self._actors.values())
 
     def check(self, deployments: tuple[DeploymentConfig, ...]) -> None:
-        """Errors: ValueError if a deployment names a model the catalog lacks."""
+        """Errors: ValueError if a deployment names a model the catalog lacks, or enables
+        priority for a model without priority prices."""
         for dep in deployments:
-            if self._catalog.get(dep.model) is None:
+            model = self._catalog.get(dep.model)
+            if model is None:
                 raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is not in the catalog")
+            if dep.priority and model.priority_prices is None:
+                raise ValueError(
+                    f"deployment {dep.name!r}: priority is set, but model {dep.model!r} has no "
+                    "priority_prices in the catalog"
+                )
 
     async def run(
         self,

@@ -232,6 +232,7 @@ class StreamRelay:
         assert self._nursery is not None
         self._upstream.start(self._nursery, f"relay-{exchange.caller.request_id}")
         self._usage, self._done = None, False
+        exchange.service_tier = None  # the next deployment reports its own tier
         self._last_upstream = trio.current_time()
         return True
 
@@ -274,6 +275,9 @@ class StreamRelay:
         if "error" in data and not data.get("choices"):
             error = data["error"] if isinstance(data["error"], dict) else {}
             raise UpstreamError(str(error.get("message") or "The upstream reported an error."))
+        tier = data.get("service_tier")
+        if isinstance(tier, str):
+            self._exchange.service_tier = tier  # the tier billed (Azure may downgrade priority)
         usage = data.get("usage")
         if usage:
             self._usage = Usage.from_openai(usage) or self._usage

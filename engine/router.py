@@ -19,11 +19,12 @@ with the failed deployments excluded.
 from __future__ import annotations
 
 import random
-from typing import Collection, Iterable, Mapping
+from typing import Callable, Collection, Iterable, Mapping
 
 import attrs
 import trio
 
+from engine.config import DeploymentConfig
 from engine.deployment import DeploymentActor, Refused, Slot
 from engine.errors import NoHealthyDeployment, OmixaError
 from engine.providers.base import Usage
@@ -62,12 +63,23 @@ class Router:
         """Catalog ids that have at least one enabled deployment."""
         return {m for m, actors in self._by_model.items() if any(a.config.enabled for a in actors)}
 
+    def priority_models(self) -> set[str]:
+        """Catalog ids that have an enabled deployment with priority processing."""
+        return {
+            m for m, actors in self._by_model.items()
+            if any(a.config.enabled and a.config.priority for a in actors)
+        }  # fmt: skip
+
     def deployments(self) -> list[DeploymentActor]:
         return [actor for actors in self._by_model.values() for actor in actors]
 
-    def _ranked(self, model: str, exclude: Collection[str], now: float) -> tuple[list[DeploymentActor], float | None]:
-        """Candidates in the order to ask them, and the soonest time a skipped one is back."""
-        ranked: list[tuple[float, DeploymentActor]] = []
+    def _ranked(
+        self, model: str, exclude: Collection[str], now: float,
+        prefer: Callable[[DeploymentConfig], bool] | None = None,
+    ) -> tuple[list[DeploymentActor], float | None]:
+        """Candidates in the order to ask them (preferred ones first), and the soonest time
+        a skipped one is back."""
+        ranked: list[tuple[bool, float, DeploymentActor]] = []
         soonest: float | None = None
         for actor in self._by_model.get(model, ()):
             snap = actor.snapshot
@@ -77,19 +89,22 @@ class Router:
                 soonest = snap.available_at if soonest is None else min(soonest, snap.available_at)
                 continue
             weight = snap.weight * max(snap.room, _MIN_ROOM) / (1 + snap.in_flight)
-            ranked.append((self._rng.random() ** (1.0 / weight), actor))
-        ranked.sort(key=lambda item: item[0], reverse=True)
-        return [actor for _, actor in ranked], soonest
+            preferred = prefer is not None and prefer(actor.config)
+            ranked.append((preferred, self._rng.random() ** (1.0 / weight), actor))
+        ranked.sort(key=lambda item: item[:2], reverse=True)
+        return [actor for _, _, actor in ranked], soonest
 
     async def acquire(
-        self, model: str, request_id: str, estimated_tokens: int, *, exclude: Collection[str] = ()
+        self, model: str, request_id: str, estimated_tokens: int, *, exclude: Collection[str] = (),
+        prefer: Callable[[DeploymentConfig], bool] | None = None,
     ) -> Lease:
-        """A slot on the best deployment of ``model`` that grants one.
+        """A slot on the best deployment of ``model`` that grants one; deployments for which
+        ``prefer`` is true are asked before the others.
 
         Errors: NoHealthyDeployment (with ``retry_after``) when none does.
         """
         now = trio.current_time()
-        candidates, soonest = self._ranked(model, exclude, now)
+        candidates, soonest = self._ranked(model, exclude, now, prefer)
         waits = [soonest - now] if soonest is not None else []
         for actor in candidates:
             answer = await actor.acquire(request_id, estimated_tokens)

@@ -37,6 +37,8 @@ class Reserve:
     """Hold the most a request can cost.
 
     ``min_output_tokens`` None means the output cap is the client's and may not be lowered.
+    ``amount``, when set, is the hold itself (an image request's worst case): it is held as
+    is or refused, and the cap is not priced.
     """
 
     request_id: str
@@ -48,6 +50,7 @@ class Reserve:
     reply: Reply["Reserved"]
     # Who asks (key, model, stream); the pool adds this process's instance id.
     context: HoldContext = HoldContext()
+    amount: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -147,14 +150,14 @@ class WalletActor:
         )
         cap = msg.output_tokens
         for _ in range(2):
-            amount = max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
+            amount = msg.amount or max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
             hold = await storage.create_hold(
                 account_id=self.account_id, request_id=msg.request_id, amount=amount,
                 expires_at=expires, context=msg.context,
             )
             if hold is not None:
                 return Reserved(hold=hold, output_tokens=cap)
-            if msg.min_output_tokens is None:
+            if msg.min_output_tokens is None or msg.amount is not None:
                 break
             wallet = await storage.get_wallet(self.account_id)
             if wallet is None:

@@ -1,4 +1,5 @@
-"""A fake Azure OpenAI chat-completions server: a plain ASGI app on a real Hypercorn (loopback).
+"""A fake Azure OpenAI server (chat completions, embeddings, image generations): a plain ASGI
+app on a real Hypercorn (loopback).
 
 Use it from any test (``tests/`` is on ``sys.path`` under pytest)::
 
@@ -23,12 +24,28 @@ usage frame (only when ``stream_options.include_usage`` is true) and ``data: [DO
 Usage: ``prompt_tokens = count_chat_prompt(body)``, ``completion_tokens = count_text(text sent)``
 (+ ``reasoning_tokens``), unless ``prompt_tokens`` / ``completion_tokens`` are set. The reply is
 cut to ``max_completion_tokens`` / ``max_tokens`` tokens (finish_reason ``length``).
+
+Service tier: a chat request that names ``service_tier`` gets it back in the answer (and in
+every chunk) as the tier that served it: "priority" for "priority" (unless
+``downgrade_priority``), else "default"; ``service_tier`` forces the reported value.
+
+Embeddings (``POST .../embeddings``): one deterministic vector per input, of ``dimensions``
+(else ``embedding_dims``) floats, or base64 float32 for ``encoding_format: "base64"``, with
+``usage.prompt_tokens`` = the cl100k tokens of the strings plus the length of token arrays.
+
+Images (``POST .../images/generations``, gpt-image-1): ``n`` tiny PNGs as ``b64_json``, with
+the reported ``quality`` and ``size`` ("auto" → medium, 1024x1024) and gpt-image-1's ``usage``
+(input = the prompt's o200k tokens, output = OpenAI's published tokens per image × n);
+``image_usage = False`` leaves the usage out.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
+import struct
 import time
 from contextlib import asynccontextmanager
 from functools import partial
@@ -40,12 +57,21 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from engine.providers.simulator import TINY_PNG
 from engine.tokens import count_chat_prompt, count_text, encoding
 
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog."
 DEFAULT_MODEL = "gpt-4o-2024-11-20"
 API_KEY = "fake-azure-key"
-_PATH = re.compile(r"/openai/deployments/([^/]+)/chat/completions")
+_PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings|images/generations)")
+# gpt-image-1's published output tokens per image, by quality and size.
+IMAGE_TOKENS = {
+    "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
+    "medium": {"1024x1024": 1056, "1024x1536": 1584, "1536x1024": 1568},
+    "high": {"1024x1024": 4160, "1024x1536": 6240, "1536x1024": 6208},
+}
+
+PNG = TINY_PNG  # a real 1x1 PNG: clients can decode b64_json into an image
 _OK = {"filtered": False, "severity": "safe"}
 _FILTERS = {"hate": _OK, "self_harm": _OK, "sexual": _OK, "violence": _OK}
 _PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": {
@@ -81,6 +107,7 @@ class FakeRequest:
     headers: dict[str, str]
     json: Any
     deployment: str | None
+    operation: str | None = None  # "chat/completions", "embeddings" or "images/generations"
 
 
 @attrs.define(kw_only=True)
@@ -104,6 +131,10 @@ class FakeAzure:
     hang: bool = False  # never answer (read the request, then wait for the client to go)
     stall_after: int | None = None  # streams: after N content frames, stop sending (stay open)
     break_after: int | None = None  # streams: after N content frames, drop the connection
+    service_tier: str | None = None  # force the service_tier reported by chat answers
+    downgrade_priority: bool = False  # answer "priority" requests at the "default" tier
+    embedding_dims: int = 1536  # vector size when the request names no dimensions
+    image_usage: bool = True  # image answers carry gpt-image-1's usage
     # --- observations ---
     requests: list[FakeRequest] = attrs.field(factory=list)
     streams_started: int = 0
@@ -185,7 +216,8 @@ class FakeAzure:
         query = dict(parse_qsl(scope["query_string"].decode(), keep_blank_values=True))
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         self.requests.append(FakeRequest(scope["method"], scope["path"], query, headers, body,
-                                         match.group(1) if match else None))  # fmt: skip
+                                         match.group(1) if match else None,
+                                         match.group(2) if match else None))  # fmt: skip
         self._notify()
         if not match or scope["method"] != "POST":
             return await _reply(send, 404, azure_error("404", "Resource not found"))
@@ -199,6 +231,11 @@ class FakeAzure:
         if self._failures:
             status, raw, head = self._failures.pop(0)
             return await _send_response(send, status, raw, head)
+        if match.group(2) != "chat/completions":
+            await trio.sleep(self.first_delay)
+            answer = self._embeddings if match.group(2) == "embeddings" else self._images
+            status, data = answer(body)
+            return await _reply(send, status, data)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             error = {"message": "'messages' is a required property", "type":
                      "invalid_request_error", "param": None, "code": None}  # fmt: skip
@@ -265,13 +302,62 @@ class FakeAzure:
         message = {"annotations": [], "content": text, "refusal": None, "role": "assistant"}
         choice = {"content_filter_results": _FILTERS, "finish_reason": finish, "index": 0,
                   "logprobs": None, "message": message}  # fmt: skip
-        return {"choices": [choice], **self._head("chat.completion"),
+        return {"choices": [choice], **self._head("chat.completion", body),
                 "prompt_filter_results": _PROMPT_FILTERS, "usage": usage}  # fmt: skip
 
-    def _head(self, obj: str) -> dict[str, Any]:
+    def _head(self, obj: str, body: dict[str, Any]) -> dict[str, Any]:
         request_id = f"chatcmpl-fake{len(self.requests):025d}"
-        return {"created": int(time.time()), "id": request_id, "model": self.model,
+        head = {"created": int(time.time()), "id": request_id, "model": self.model,
                 "object": obj, "system_fingerprint": "fp_fake0000"}  # fmt: skip
+        tier = self.service_tier
+        if tier is None and "service_tier" in body:
+            asked = body["service_tier"] == "priority" and not self.downgrade_priority
+            tier = "priority" if asked else "default"
+        if tier is not None:
+            head["service_tier"] = tier
+        return head
+
+    def _embeddings(self, body: Any) -> tuple[int, dict[str, Any]]:
+        inputs = body.get("input") if isinstance(body, dict) else None
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            return 400, {"error": {"message": "'input' is a required property", "type":
+                                   "invalid_request_error", "param": None, "code": None}}  # fmt: skip
+        dims = body.get("dimensions") or self.embedding_dims
+        data, tokens = [], 0
+        for i, item in enumerate(inputs):
+            tokens += count_text(item, "cl100k_base") if isinstance(item, str) else len(item)
+            seed = hashlib.sha256(json.dumps(item).encode()).digest()
+            vector = [((seed[j % 32] + j) % 200 - 100) / 1000 for j in range(dims)]
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        prompt = tokens if self.prompt_tokens is None else self.prompt_tokens
+        return 200, {"object": "list", "data": data, "model": self.model,
+                     "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}  # fmt: skip
+
+    def _images(self, body: Any) -> tuple[int, dict[str, Any]]:
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+            return 400, azure_error("invalid_request_error", "'prompt' is a required property")
+        n = body.get("n", 1)
+        quality = body.get("quality", "auto")
+        quality = "medium" if quality == "auto" else quality
+        size = body.get("size", "auto")
+        size = "1024x1024" if size == "auto" else size
+        if quality not in IMAGE_TOKENS or size not in IMAGE_TOKENS[quality]:
+            return 400, azure_error("invalid_value", "Invalid quality or size.")
+        answer: dict[str, Any] = {
+            "created": int(time.time()), "background": "opaque", "output_format": "png",
+            "quality": quality, "size": size,
+            "data": [{"b64_json": base64.b64encode(PNG).decode()} for _ in range(n)],
+        }  # fmt: skip
+        if self.image_usage:
+            text = count_text(body["prompt"]) if self.prompt_tokens is None else self.prompt_tokens
+            output = IMAGE_TOKENS[quality][size] * n if self.completion_tokens is None else self.completion_tokens
+            answer["usage"] = {"input_tokens": text, "output_tokens": output, "total_tokens": text + output,
+                               "input_tokens_details": {"image_tokens": 0, "text_tokens": text}}  # fmt: skip
+        return 200, answer
 
     def _pieces(self, text: str) -> list[str]:
         if self.chunks is None:
@@ -281,7 +367,7 @@ class FakeAzure:
 
     async def _stream(self, send: Any, body: dict[str, Any]) -> None:
         text, finish, usage = self._answer(body)
-        head = self._head("chat.completion.chunk")
+        head = self._head("chat.completion.chunk", body)
 
         def frame(delta: dict, filters: dict, reason: str | None) -> dict:
             return {"choices": [{"content_filter_results": filters, "delta": delta,

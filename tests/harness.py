@@ -11,12 +11,14 @@ through its shutdown trigger at the end.
 
 from __future__ import annotations
 
+import sys
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import attrs
+import httpx
 import trio
 
 from engine.config import load_config, structure_config
@@ -67,6 +69,22 @@ class RunningGateway:
             while (row := await self.storage.get_request_log(request_id)) is None:
                 await trio.sleep(0.01)
         return row
+
+    async def settled_entries(self, account_id: str):
+        """The account's ledger rows, once no hold of it is pending any more."""
+        with trio.fail_after(10):
+            while (await self.storage.get_wallet(account_id)).locked:
+                await trio.sleep(0.01)
+        return await self.storage.ledger_entries(account_id)
+
+    async def refused(self, key: str, path: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """POST ``body`` to ``/api/v1{path}``, expecting an error envelope whose request id is
+        the response's; returns (status, the envelope's ``error``)."""
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
+            response = await client.post(f"{self.base_url}{path}", json=body)
+        error = response.json()["error"]
+        assert error["request_id"] == response.headers["x-request-id"]
+        return response.status_code, error
 
     async def flushed(self) -> None:
         """Wait until every finished request's log is written."""
@@ -120,3 +138,15 @@ async def open_gateway(
             yield RunningGateway(gateway, fake, stopped)
         finally:
             stopped.set()
+
+
+async def ledger_verify_cli(database_url: str, tmp_path: Path) -> None:
+    """``omixa ledger verify`` as the operator runs it, in its own process on the same
+    database; fails the test unless it exits 0."""
+    config = tmp_path / "verify.toml"
+    config.write_text(f'[storage]\nurl = "{database_url}"\n')
+    verify = await trio.run_process(
+        [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
+        capture_stderr=True, check=False,
+    )
+    assert verify.returncode == 0, verify.stderr

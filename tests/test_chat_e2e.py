@@ -7,8 +7,6 @@ released, a request log row, and a ledger that verifies.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import httpx
 import openai
@@ -20,7 +18,7 @@ from engine.money import format_usd
 from engine.providers.base import Usage
 from engine.tokens import count_chat_prompt, count_text
 from fake_azure import DEFAULT_REPLY, open_fake_azure
-from harness import MODEL, open_gateway
+from harness import MODEL, ledger_verify_cli, open_gateway
 
 PRICES = load_catalog().get(MODEL).prices
 MESSAGES = [{"role": "user", "content": "Say something about foxes."}]
@@ -81,13 +79,7 @@ async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url, 
         assert key not in lines[0] and "foxes" not in lines[0]
 
         # The operator's check, as a separate process on the same database.
-        config = tmp_path / "verify.toml"
-        config.write_text(f'[storage]\nurl = "{database_url}"\n')
-        verify = await trio.run_process(
-            [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
-            capture_stderr=True, check=False,
-        )
-        assert verify.returncode == 0, verify.stderr
+        await ledger_verify_cli(database_url, tmp_path)
 
         wallet = await in_thread(
             httpx.get, f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {key}"}

@@ -115,12 +115,15 @@ def test_add_azure_deployment_creates_and_keeps_comments(tmp_path):
     assert 'name = "eastus-key-1"' in text and "hourly_tokens = 1000000" in text and 'api_key = "env:AZ_KEY"' in text
 
     config.write_text("# operator's note: keep me\n" + text.replace("rpm = 120", "rpm = 120 # tuned"))
-    second = run("add-azure-deployment", "gpt-4o", "westus-1", "http://127.0.0.1:9999", "gpt-4o", "k2", "--priority", "--weight", "2", config=config)
+    second = run("add-azure-deployment", "gpt-4.1", "westus-1", "http://127.0.0.1:9999", "gpt-4.1", "k2", "--priority", "--weight", "2", config=config)
     assert second.returncode == 0, second.stderr
     text = config.read_text()
     assert "# operator's note: keep me" in text and "rpm = 120 # tuned" in text
     assert 'name = "westus-1"' in text and "priority = true" in text
 
+    # Priority needs the model's priority prices, so the tier Azure reports can be billed.
+    no_tier = run("add-azure-deployment", "gpt-4o", "westus-2", "https://x", "gpt-4o", "k", "--priority", config=config)
+    assert no_tier.returncode == 2 and "priority" in no_tier.stderr and "westus-2" not in config.read_text()
     duplicate = run(*args, config=config)
     assert duplicate.returncode == 2 and "already exists" in duplicate.stderr
     unknown = run("add-azure-deployment", "gpt-9", "n", "https://x", "d", "k", config=config)
@@ -192,6 +195,19 @@ async def test_demo_serves_the_readme_curl_example(tmp_path):
         assert completion["object"] == "chat.completion"
         assert completion["choices"][0]["message"]["content"]
         assert completion["usage"]["completion_tokens"] > 0
+        # The product docs' embeddings and image examples work in the demo too.
+        for path, body in (
+            ("embeddings", '{"model":"text-embedding-3-small","input":"Knowledge base text"}'),
+            ("images/generations",
+             '{"model":"gpt-image-1","prompt":"A black and white futuristic API dashboard","n":1}'),
+        ):  # fmt: skip
+            curl = await trio.run_process(
+                ["curl", "-sS", "-X", "POST", f"{base}/{path}", "-H", f"Authorization: Bearer {key}",
+                 "-H", "Content-Type: application/json", "-d", body],
+                capture_stdout=True,
+            )  # fmt: skip
+            answer = json.loads(curl.stdout)
+            assert answer["data"] and ("embedding" in answer["data"][0] or "b64_json" in answer["data"][0])
         async with httpx.AsyncClient() as client:
             wallet = (await client.get(f"{base}/wallet", headers={"Authorization": f"Bearer {key}"})).json()
         assert wallet["currency"] == "USD" and wallet["locked_balance"] == "0.00"

@@ -18,8 +18,8 @@ def test_the_example_config_and_the_catalog_load():
     assert config.deployments and all(catalog.get(d.model) for d in config.deployments)
     required = {
         "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5", "gpt-5-mini",
-        "gpt-5-nano", "gpt-5.1", "gpt-5-pro", "text-embedding-3-small", "text-embedding-3-large",
-        "gpt-image-1", "gemini-2.5-flash", "gemini-2.5-pro",
+        "gpt-5-nano", "gpt-5.1", "gpt-5-pro", "gpt-5.4", "gpt-5.5", "text-embedding-3-small",
+        "text-embedding-3-large", "text-embedding-ada-002", "gpt-image-1", "gemini-2.5-flash", "gemini-2.5-pro",
     }
     assert required <= set(catalog.models)
     mini = catalog.get("gpt-4o-mini").prices

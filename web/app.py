@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import os
+from functools import partial
 from importlib.metadata import version
 from typing import Any
 
@@ -34,6 +35,7 @@ from engine.keylimits import format_reset
 from engine.money import format_usd
 from engine.runtime import Engine
 from storage import ApiKeyRecord
+from web import catalog_routes, model_calls
 from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
 from web import dashboard, signing, wallet_api
 from web.openapi import openapi_document
@@ -132,31 +134,10 @@ def create_app(engine: Engine) -> QuartTrio:
             _deployment_view(actor, now) for actor in engine.deployments
         ]})
 
-    @app.get("/api/v1/models")
-    async def list_models() -> Response:
-        await authenticate()
-        enabled = engine.router.models()
-        data = [
-            {
-                "id": m.id,
-                "object": "model",
-                "created": 0,
-                "owned_by": m.provider,
-                "provider": m.provider,
-                "modality": m.modality,
-                "context_window": m.context_window,
-                "max_output_tokens": m.max_output_tokens,
-                "pricing": {
-                    "unit": "USD per 1M tokens",
-                    "input": format_usd(m.prices.input),
-                    "cached_input": format_usd(m.prices.cached_input),
-                    "output": format_usd(m.prices.output),
-                },
-            }
-            for m in engine.catalog.models.values()
-            if m.id in enabled
-        ]
-        return json_response({"object": "list", "data": data})
+    catalog_routes.register(app, engine, authenticate)
+    model_calls.register(
+        app, engine, authenticate=authenticate, json_body=partial(_json_body, max_body), request_id=_request_id
+    )
 
     @app.get("/api/v1/wallet")
     async def wallet() -> Response:

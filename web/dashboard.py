@@ -40,6 +40,7 @@ from engine.money import format_usd
 from engine.reports import STEP, Bucket
 from engine.runtime import Engine
 from storage import ApiKeyRecord, RequestLogFilter
+from web.catalog_routes import model_object
 from web.envelope import json_response
 from web.wallet_api import bucket_view, iso, request_view
 
@@ -271,17 +272,6 @@ def _totals(buckets: list[Bucket]) -> dict[str, Any]:
 
 
 def _catalog_rows(engine: Engine) -> list[dict[str, Any]]:
+    """The enabled models exactly as ``GET /api/v1/models`` shows them."""
     enabled = engine.router.models()
-    rows = []
-    for m in engine.catalog.models.values():
-        if m.id not in enabled:
-            continue
-        rows.append({
-            "id": m.id, "provider": m.provider, "modality": m.modality,
-            "context_window": m.context_window, "max_output_tokens": m.max_output_tokens,
-            "input": format_usd(m.prices.input), "cached_input": format_usd(m.prices.cached_input),
-            "output": format_usd(m.prices.output), "reasoning": m.reasoning,
-            # Filled from the catalog's reasoning families once those exist.
-            "efforts": [], "verbosity": False,
-        })
-    return rows
+    return [model_object(m) for m in engine.catalog.models.values() if m.id in enabled]

@@ -1,7 +1,8 @@
 """``omixa demo``: the whole product on one machine with no Azure account.
 
 Embedded SQLite in a data folder (a new temporary one unless ``--data-dir`` is given), one
-simulated deployment per chat model of the catalog, and a seeded account with $10.00 and a
+simulated deployment per model of the catalog (chat, embeddings, images), and a seeded
+account with $10.00 and a
 fresh API key. Prints ``OMIXA_BASE_URL=...`` and
 ``OMIXA_API_KEY=...``, then serves until interrupted.
 """
@@ -27,7 +28,7 @@ ACCOUNT_FILE = "demo-account-id"
 
 
 def demo_config(port: int, data_dir: Path):
-    models = [m.id for m in load_catalog().models.values() if m.modality == "chat"]
+    models = list(load_catalog().models)
     config = structure_config(
         {
             "server": {"port": port},

@@ -66,14 +66,17 @@ def add_azure_deployment(
         table.add(key, value)
     deployments.append(table)
 
-    _check(doc, path, model)
+    _check(doc, path, model, priority)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomlkit.dumps(doc), encoding="utf-8")
 
 
-def _check(doc: tomlkit.TOMLDocument, path: Path, model: str) -> None:
+def _check(doc: tomlkit.TOMLDocument, path: Path, model: str, priority: bool) -> None:
     # Check shape and values only; env: secrets resolve where the server runs.
     config = structure_config(doc.unwrap(), base_dir=path.resolve().parent, resolve_secrets=False)
     catalog_path = Path(config.base_dir) / config.catalog if config.catalog else None
-    if load_catalog(catalog_path).get(model) is None:
+    info = load_catalog(catalog_path).get(model)
+    if info is None:
         raise ConfigError(f"model {model!r} is not in the catalog")
+    if priority and info.priority_prices is None:
+        raise ConfigError(f"--priority: model {model!r} has no priority prices in the catalog")

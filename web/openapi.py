@@ -129,6 +129,25 @@ SCHEMAS: dict[str, Any] = {
         "description": "OpenAI's chat completion request; see docs/api.md for what is checked",
     },
     "ChatCompletion": {"type": "object", "description": "OpenAI's chat.completion object"},
+    "EmbeddingRequest": {
+        **_obj(["model", "input"], model={"type": "string"},
+               input={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
+                                {"type": "array", "items": {"type": "integer"}},
+                                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
+               dimensions={"type": "integer"}, encoding_format={"enum": ["float", "base64"]},
+               user={"type": "string"}),
+        "additionalProperties": False,
+    },
+    "EmbeddingList": {"type": "object", "description": "OpenAI's embeddings list (object: list, data, model, usage)"},
+    "ImageRequest": {
+        **_obj(["model", "prompt"], model={"type": "string"}, prompt={"type": "string"},
+               n={"type": "integer", "minimum": 1, "maximum": 10}, size={"type": "string"},
+               quality={"type": "string"}, response_format={"const": "b64_json"},
+               user={"type": "string"}),
+        "additionalProperties": True,
+        "description": "OpenAI's image generation request (gpt-image-1); see docs/api.md",
+    },
+    "ImageResponse": {"type": "object", "description": "OpenAI's images response: created, data[].b64_json, usage"},
 }
 
 
@@ -171,9 +190,24 @@ PATHS: dict[str, dict[str, Any]] = {
             **_error_responses(400, *AUTHED, 402, 404, 413, 429, 502, 504),
         },
     }},
+    "/api/v1/embeddings": {"post": {
+        "summary": "Embeddings, billed from the upstream's prompt tokens",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("EmbeddingRequest")}}},
+        "responses": {**_ok("EmbeddingList"), **_error_responses(400, *AUTHED, 402, 404, 413, 429, 502, 504)},
+    }},
+    "/api/v1/images/generations": {"post": {
+        "summary": "Image generation (gpt-image-1)",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ImageRequest")}}},
+        "responses": {**_ok("ImageResponse"), **_error_responses(400, *AUTHED, 402, 404, 413, 429, 502, 504)},
+    }},
     "/api/v1/models": {"get": {
         "summary": "Models you can call, with prices",
         "responses": {**_ok("ModelList"), **_error_responses(*AUTHED)},
+    }},
+    "/api/v1/models/{model_id}": {"get": {
+        "summary": "One model you can call",
+        "parameters": [_path("model_id", "The catalog model id")],
+        "responses": {**_ok("Model"), **_error_responses(*AUTHED, 404)},
     }},
     "/api/v1/wallet": {"get": {
         "summary": "Balance, locked balance and available amount",

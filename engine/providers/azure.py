@@ -1,7 +1,9 @@
-"""The Azure OpenAI adapter: chat completions on one deployment, JSON and SSE.
+"""The Azure OpenAI adapter: chat completions (JSON and SSE), embeddings and image
+generations on one deployment.
 
-Wire format: ``POST {endpoint}/openai/deployments/{deployment}/chat/completions
-?api-version={api_version}`` with the key in the ``api-key`` header, over pooled HTTP/1.1.
+Wire format: ``POST {endpoint}/openai/deployments/{deployment}/{operation}
+?api-version={api_version}`` with the key in the ``api-key`` header, over pooled HTTP/1.1;
+``operation`` is ``chat/completions``, ``embeddings`` or ``images/generations``.
 
 The body is sent as the engine built it, except ``model``, which is removed: Azure routes by the
 deployment in the URL and ignores it, and our catalog id means nothing to Azure. ``stream`` is
@@ -34,6 +36,8 @@ from engine.providers.sse import SseParser
 
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_COMPLETION_BYTES = 32 * 1024 * 1024
+# Ten base64 images of 1536x1024 are about 40 MB.
+MAX_IMAGES_BYTES = 128 * 1024 * 1024
 MAX_MESSAGE_CHARS = 500
 _CLOSE_SECONDS = 5.0
 _RETRY_TEXT = re.compile(rb"(?:retry after|try again in) (\d+(?:\.\d+)?) second", re.IGNORECASE)
@@ -58,10 +62,11 @@ class AzureProvider:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         base = deployment.endpoint.rstrip("/")
-        self._url = (
-            f"{base}/openai/deployments/{quote(deployment.deployment, safe='')}"
-            f"/chat/completions?api-version={quote(deployment.api_version, safe='')}"
-        )
+        prefix = f"{base}/openai/deployments/{quote(deployment.deployment, safe='')}"
+        query = f"?api-version={quote(deployment.api_version, safe='')}"
+        self._url = f"{prefix}/chat/completions{query}"
+        self._embeddings_url = f"{prefix}/embeddings{query}"
+        self._images_url = f"{prefix}/images/generations{query}"
         self._headers = {
             "api-key": deployment.api_key,
             "content-type": "application/json",
@@ -80,13 +85,30 @@ class AzureProvider:
         UpstreamTimeout (no complete answer within ``request_timeout_seconds``).
         Cancellation: closes the connection; the pool opens a new one next time.
         """
-        request = self._build(body, stream=False)
+        return await self._post(self._build(body, stream=False), MAX_COMPLETION_BYTES)
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        """POST an embeddings request; Azure's JSON answer and its usage (prompt tokens).
+
+        Errors and cancellation: as :meth:`complete`.
+        """
+        return await self._post(self._build(body, stream=False, url=self._embeddings_url), MAX_COMPLETION_BYTES)
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        """POST an image generation; Azure's JSON answer (``data[].b64_json``, and a
+        gpt-image-1 ``usage`` the caller reads itself).
+
+        Errors and cancellation: as :meth:`complete`.
+        """
+        return await self._post(self._build(body, stream=False, url=self._images_url), MAX_IMAGES_BYTES)
+
+    async def _post(self, request: httpx.Request, limit: int) -> Completion:
         with trio.move_on_after(self._timeout) as deadline:
             response = await self._send(request)
             try:
                 with map_errors():
                     if response.is_success:
-                        raw = await _read_bounded(response, MAX_COMPLETION_BYTES)
+                        raw = await _read_bounded(response, limit)
                     else:
                         raise error_from_response(
                             response, await _read_bounded(response, MAX_ERROR_BODY_BYTES)
@@ -144,7 +166,7 @@ class AzureProvider:
         if self._owns_client:
             await self._client.aclose()
 
-    def _build(self, body: dict[str, Any], *, stream: bool) -> httpx.Request:
+    def _build(self, body: dict[str, Any], *, stream: bool, url: str | None = None) -> httpx.Request:
         payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
         if stream:
             payload["stream"] = True
@@ -152,7 +174,7 @@ class AzureProvider:
             payload.pop("stream_options", None)  # Azure rejects it without stream
         # ASCII-escaped JSON: a lone surrogate from a client's "\\ud800" stays encodable.
         content = json.dumps(payload, separators=(",", ":")).encode()
-        return self._client.build_request("POST", self._url, content=content, headers=self._headers)
+        return self._client.build_request("POST", url or self._url, content=content, headers=self._headers)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         with map_errors():

@@ -107,3 +107,15 @@ class Provider(Protocol):
     async def aclose(self) -> None:
         """Close pooled connections."""
         ...
+
+
+class EmbeddingsProvider(Provider, Protocol):
+    """An adapter that also serves embedding and image models (Azure, the simulator)."""
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        """Send an OpenAI embeddings body; the answer and its usage."""
+        ...
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        """Send an OpenAI image-generation body; the answer (its usage is read by the caller)."""
+        ...

@@ -10,15 +10,25 @@ Timing follows the deployment's ``sim_*`` knobs: the first event after ``sim_fir
 then a chunk of ``sim_tokens_per_chunk`` tokens every ``sim_chunk_interval_ms`` (0: no pause).
 Frames and objects are shaped like Azure's (``prompt_filter_results``, per-choice
 ``content_filter_results``, the empty-``choices`` first and usage frames).
+
+Embeddings: one deterministic unit-length vector per input (``dimensions`` floats, else
+:data:`EMBEDDING_DIMENSIONS`), as floats or base64 float32, with ``usage.prompt_tokens``
+counted with ``cl100k_base`` (token arrays count as their length). Images: ``n`` copies of a
+1x1 PNG as ``b64_json``, with the quality and size used ("auto": medium, 1024x1024) and, like
+Azure's older image API, no ``usage``, so Omixa charges the catalog's price per image.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import random
 import secrets
+import struct
 import time
+import zlib
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -52,6 +62,23 @@ _PROMPT_FILTER = [
 _FIRST_FRAME = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
                 "prompt_filter_results": _PROMPT_FILTER}  # fmt: skip
 _DONE = SseEvent(raw=b"data: [DONE]\n\n", done=True)
+# Vector size when an embeddings request names no ``dimensions``.
+EMBEDDING_DIMENSIONS = 1536
+
+
+def _png_1x1() -> bytes:
+    """A real 1x1 white PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"\x00\xff\xff\xff")) + chunk(b"IEND", b""))  # fmt: skip
+    return png
+
+
+TINY_PNG = _png_1x1()
+_PNG_B64 = base64.b64encode(TINY_PNG).decode()
 
 
 def answer_pieces(body: dict[str, Any], count: int) -> list[str]:
@@ -161,6 +188,41 @@ class SimulatorProvider:
         if isinstance(options, dict) and options.get("include_usage") is True:
             frames.append({"choices": [], **head, "usage": usage})
         yield _SimStream(frames, self._dep.sim_first_token_ms, self._dep.sim_chunk_interval_ms)
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        """An OpenAI ``list`` of embeddings for a checked body, after ``sim_first_token_ms``."""
+        inputs = body["input"]
+        if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        dims = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        data, tokens = [], 0
+        for i, item in enumerate(inputs):
+            tokens += count_text(item, "cl100k_base") if isinstance(item, str) else len(item)
+            rng = random.Random(hashlib.sha256(json.dumps(item).encode()).digest())
+            vector = [rng.uniform(-1, 1) for _ in range(dims)]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            vector = [v / norm for v in vector]
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": embedding})
+        await _sleep_ms(self._dep.sim_first_token_ms)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        answer = {"object": "list", "data": data, "model": self._dep.model, "usage": usage}
+        return Completion(body=answer, usage=Usage.from_openai(usage))
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        """``n`` tiny PNGs, after ``sim_first_token_ms``; no usage (see the module docstring)."""
+        quality = body.get("quality", "auto")
+        size = body.get("size", "auto")
+        await _sleep_ms(self._dep.sim_first_token_ms)
+        answer = {
+            "created": int(time.time()), "background": "opaque", "output_format": "png",
+            "quality": "medium" if quality == "auto" else quality,
+            "size": "1024x1024" if size == "auto" else size,
+            "data": [{"b64_json": _PNG_B64} for _ in range(body.get("n", 1))],
+        }  # fmt: skip
+        return Completion(body=answer, usage=None)
 
     async def aclose(self) -> None:
         """Nothing to close."""

@@ -1,0 +1,84 @@
+"""What the shared paid-call path (:mod:`engine.chat`) needs of a checked request.
+
+Chat completions (:class:`~engine.chat_request.ChatRequest`), embeddings
+(:class:`~engine.embeddings.EmbeddingRequest`) and image generations
+(:class:`~engine.images.ImageRequest`) differ only in their checks, what they hold, what they
+send and what their usage costs; each implements :class:`ModelCall`, and the path that
+holds, routes, calls, settles and records is written once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from engine.catalog import ModelInfo, Prices
+from engine.config import DeploymentConfig
+from engine.providers.base import Completion, Provider, Usage
+
+
+class ModelCall(Protocol):
+    """A checked request of any endpoint, as the shared path needs it."""
+
+    model: ModelInfo
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    prompt_tokens: int
+    output_tokens: int  # cap per choice the hold covers
+    choices: int
+    cap_is_clients: bool  # the cap may not be lowered to fit the wallet
+    priority: bool
+    hold_amount: int | None  # a fixed hold, or None: the wallet prices prompt + cap
+
+    @property
+    def estimated_tokens(self) -> int: ...
+
+    @property
+    def hold_prices(self) -> Prices: ...
+
+    def build_body(self, output_tokens: int) -> dict[str, Any]:
+        """The upstream body for the cap the hold covers."""
+        ...
+
+    def prefers(self, deployment: DeploymentConfig) -> bool:
+        """Whether the router should try ``deployment`` first."""
+        ...
+
+    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
+        """The body as sent to that deployment."""
+        ...
+
+    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+        """The adapter call (non-streaming)."""
+        ...
+
+    def usage_of(self, completion: Completion) -> Usage:
+        """What to charge for a finished answer."""
+        ...
+
+    def cost(self, usage: Usage, service_tier: str | None) -> int:
+        """Nano-dollars for ``usage``, answered at ``service_tier``."""
+        ...
+
+
+class PlainCall:
+    """The :class:`ModelCall` defaults of a call with no stream, no service tier and no cap
+    to lower (embeddings, images): held at the model's standard prices, with every
+    deployment of the model equal and sent the same body."""
+
+    __slots__ = ()
+    model: ModelInfo
+    stream = False
+    include_usage = False
+    cap_is_clients = True
+    priority = False
+
+    @property
+    def hold_prices(self) -> Prices:
+        return self.model.prices
+
+    def prefers(self, deployment: DeploymentConfig) -> bool:
+        return False
+
+    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
+        return body

@@ -1,0 +1,51 @@
+"""``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
+
+Both take the chat path (:mod:`engine.chat`): key auth, the key's limits, a hold, routing
+with failover, settle, a request log, the error envelope. Only the checks and the pricing
+differ (:mod:`engine.embeddings`, :mod:`engine.images`). The answer is the upstream's JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from quart import Response
+from quart_trio import QuartTrio
+
+from engine.chat import Caller
+from engine.embeddings import parse_embedding_request
+from engine.images import parse_image_request
+from engine.runtime import Engine
+from web.envelope import json_response
+
+
+def register(
+    app: QuartTrio,
+    engine: Engine,
+    *,
+    authenticate: Callable[[], Awaitable[Any]],
+    json_body: Callable[[], Awaitable[Any]],
+    request_id: Callable[[], str],
+) -> None:
+    """Add the embeddings and image routes to ``app``.
+
+    Args:
+        authenticate: the app's key check (returns the key record).
+        json_body: reads the body as JSON within the size limit.
+        request_id: the current request's id.
+    """
+
+    async def call(parse: Callable[..., Any]) -> Response:
+        key = await authenticate()
+        body = await json_body()
+        parsed = parse(body, engine.catalog, engine.router.models())
+        caller = Caller(request_id=request_id(), key=key)
+        return json_response(await engine.chat.complete(caller, parsed))
+
+    @app.post("/api/v1/embeddings")
+    async def embeddings() -> Response:
+        return await call(parse_embedding_request)
+
+    @app.post("/api/v1/images/generations")
+    async def image_generations() -> Response:
+        return await call(parse_image_request)
