@@ -13,6 +13,7 @@ import attrs
 
 from engine.catalog import Catalog, ModelInfo
 from engine.errors import InvalidRequest, ModelNotFound
+from engine.providers import gemini
 from engine.tokens import count_chat_prompt
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -95,6 +96,8 @@ def parse_chat_request(body: Any, catalog: Catalog, enabled: Collection[str]) ->
             f"The model '{model_id}' is an {model.modality} model; use its own endpoint."
         )
     _check_messages(body.get("messages"))
+    if model.provider == "vertex":
+        gemini.check_request(body)  # what Gemini cannot take is refused before any hold
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.")

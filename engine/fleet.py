@@ -33,7 +33,10 @@ from engine.supervise import supervised
 log = logging.getLogger("omixa.fleet")
 
 # Fields whose change needs a new adapter (the rest are the actor's own tuning).
-_ADAPTER_FIELDS = ("provider", "endpoint", "deployment", "api_key", "api_version")
+_ADAPTER_FIELDS = (
+    "provider", "endpoint", "deployment", "api_key", "api_version",
+    "project", "location", "service_account_file",
+)  # fmt: skip
 
 
 @attrs.frozen(kw_only=True)
