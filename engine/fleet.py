@@ -64,10 +64,14 @@ class Fleet:
         return list(self._actors.values())
 
     def check(self, deployments: tuple[DeploymentConfig, ...]) -> None:
-        """Errors: ValueError if a deployment names a model the catalog lacks."""
+        """Errors: ValueError if a deployment names a model the catalog lacks, or one of
+        another provider (a simulator may stand in for any)."""
         for dep in deployments:
-            if self._catalog.get(dep.model) is None:
+            model = self._catalog.get(dep.model)
+            if model is None:
                 raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is not in the catalog")
+            if dep.provider not in ("simulator", model.provider):
+                raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is a {model.provider} model, not {dep.provider}")
 
     async def run(
         self,
