@@ -191,3 +191,14 @@ def test_vertex_api_keys_resolve_from_the_environment(monkeypatch):
     monkeypatch.setenv("VX_TEST_KEY", "secret")
     dep = structure_config(raw, base_dir=Path(".")).deployments[0]
     assert (dep.api_key, dep.deployment, dep.region, dep.project) == ("secret", "gemini-2.5-flash", "global", "")
+
+
+def test_a_blocked_prompt_without_usage_metadata_costs_nothing():
+    blocked = {"promptFeedback": {"blockReason": "JAILBREAK"}}
+    answer, usage = gemini.to_completion(blocked, "m")
+    assert usage == gemini.Usage() and answer["usage"]["prompt_tokens"] == 0
+    assert answer["choices"][0]["message"]["refusal"] == "The prompt was blocked by Vertex (JAILBREAK)."
+    encoder = gemini.ChunkEncoder("m", include_usage=True)
+    frames = [data for _, data in encoder.feed(blocked) + encoder.finish()]
+    assert [f["choices"][0]["finish_reason"] for f in frames if f and f["choices"]] == [None, None, "content_filter"]
+    assert frames[-2]["usage"]["prompt_tokens"] == 0 and frames[-1] is None

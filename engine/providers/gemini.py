@@ -18,7 +18,7 @@ Response: :func:`to_completion` (``chat.completion``) and :class:`ChunkEncoder`
 becomes OpenAI usage (completion = candidates + thoughts); :data:`FINISH_REASONS` maps
 ``finishReason``. A blocked prompt (``promptFeedback.blockReason``, no candidates) answers one
 choice with empty content, a ``refusal`` naming the reason and ``finish_reason``
-``content_filter``.
+``content_filter``; its usage is what Vertex reports (the prompt), else zero.
 """
 
 from __future__ import annotations
@@ -286,6 +286,7 @@ def to_completion(data: dict[str, Any], model: str) -> tuple[dict[str, Any], Usa
     choices = []
     if refusal is not None:
         choices.append(_choice(0, "", "content_filter", refusal))
+        usage = usage or Usage()  # nothing reported for a blocked prompt: nothing is charged
     else:
         candidates = data.get("candidates")
         if not isinstance(candidates, list) or not candidates:
@@ -350,6 +351,7 @@ class ChunkEncoder:
             self.usage = usage  # the last event's is the total
         refusal = blocked_refusal(data)
         if refusal is not None:
+            self.usage = self.usage or Usage()  # as in to_completion
             return [*self._start(0), self._frame(0, {"content": "", "refusal": refusal}, None),
                     self._frame(0, {}, "content_filter", finish=True)]  # fmt: skip
         frames = []
