@@ -306,3 +306,19 @@ async def test_a_client_leaving_a_vertex_stream_pays_prompt_and_delivered_tokens
         prompt = count_chat_prompt({"messages": MESSAGES})
         assert (row.prompt_tokens, row.completion_tokens) == (prompt, count_text(delivered))
         await books(gw, account, start, cost(prompt, count_text(delivered)))
+
+
+async def test_a_vertex_stream_fails_over_before_content(database_url):
+    async with open_fake_vertex() as first, open_fake_vertex() as second, open_gateway(
+        database_url, deployments=[vertex_deployment(first, name="v-a", weight=100.0),
+                                   vertex_deployment(second, name="v-b", weight=0.01)],  # fmt: skip
+    ) as gw:
+        account, key = await gw.funded_account("1.00")
+        start = (await gw.storage.get_wallet(account)).balance
+        first.fail_next(503)
+        chunks = await in_thread(lambda: list(sdk(gw, key).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == DEFAULT_REPLY
+        assert (len(first.requests), len(second.requests)) == (1, 1)
+        await books(gw, account, start, cost(PROMPT, count_text(DEFAULT_REPLY)))
+        row = await only_row(gw, account)
+        assert (row.status, row.deployment) == ("ok", "v-b")
