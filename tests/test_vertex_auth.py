@@ -159,3 +159,16 @@ def test_service_account_files_are_checked_at_start_up(tmp_path):
         load(service_account_file=sa.name)
     dep = load(service_account_file=sa.name, project="mine").deployments[0]
     assert (dep.project, dep.service_account_file, dep.region, dep.deployment) == ("mine", str(sa), "us-central1", MODEL)
+
+
+async def test_a_short_lived_token_is_used_for_half_its_life(tmp_path):
+    async with open_fake_vertex(token_lifetime=120) as fake, httpx.AsyncClient() as client:
+        clock = Clock()
+        tokens = ServiceAccountTokens(load_service_account(fake.write_service_account(tmp_path)), client, clock=clock)
+        await tokens.token()
+        clock.now += 59
+        await tokens.token()
+        assert fake.token_requests == 1
+        clock.now += 2
+        await tokens.token()
+        assert fake.token_requests == 2

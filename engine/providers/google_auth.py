@@ -5,7 +5,7 @@ service account's private key (``iss`` = its ``client_email``, ``aud`` = its ``t
 ``scope`` = cloud-platform, one hour) is POSTed to ``token_uri`` as
 ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<jwt>``; the answer's
 ``access_token`` is sent as ``Authorization: Bearer`` until ``REFRESH_MARGIN`` seconds before its
-``expires_in``. Signing uses PyJWT with ``cryptography`` (pinned).
+``expires_in`` (a token living less than twice that: for half its life). Signing uses PyJWT with ``cryptography`` (pinned).
 
 Cancellation and concurrency: one refresh at a time (a trio lock); callers arriving meanwhile
 wait for it and take its token. A refresh that fails while the cached token is still valid
@@ -123,10 +123,10 @@ class ServiceAccountTokens:
         self._lock = trio.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
-        self.fetches = 0
+        self._refresh_at = 0.0
 
     def _fresh(self) -> bool:
-        return self._token is not None and self._clock() < self._expires_at - self._margin
+        return self._token is not None and self._clock() < self._refresh_at
 
     async def token(self) -> str:
         """A valid access token, fetched only when the cached one is near its expiry.
@@ -148,11 +148,13 @@ class ServiceAccountTokens:
                                 self.account.client_email, exc.message)  # fmt: skip
                     return self._token
                 raise
-            self._token, self._expires_at = token, self._clock() + lifetime
+            now = self._clock()
+            # A token shorter-lived than twice the margin is still used for half its life.
+            self._token, self._expires_at = token, now + lifetime
+            self._refresh_at = now + max(lifetime - self._margin, lifetime / 2)
             return token
 
     async def _fetch(self) -> tuple[str, float]:
-        self.fetches += 1
         form = {"grant_type": GRANT_TYPE, "assertion": signed_assertion(self.account, time.time())}
         with trio.move_on_after(TOKEN_TIMEOUT):
             with map_errors():
