@@ -4,8 +4,9 @@ The OAuth 2.0 JWT-bearer flow, as Google's own libraries do it: a JWT signed RS2
 service account's private key (``iss`` = its ``client_email``, ``aud`` = its ``token_uri``,
 ``scope`` = cloud-platform, one hour) is POSTed to ``token_uri`` as
 ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<jwt>``; the answer's
-``access_token`` is sent as ``Authorization: Bearer`` until ``REFRESH_MARGIN`` seconds before its
-``expires_in`` (a token living less than twice that: for half its life). Signing uses PyJWT with ``cryptography`` (pinned).
+``access_token`` is sent as ``Authorization: Bearer`` until ``REFRESH_MARGIN`` seconds before
+its ``expires_in`` (a token living less than twice that: for half its life). Signing uses
+PyJWT with ``cryptography`` (both pinned).
 
 Cancellation and concurrency: one refresh at a time (a trio lock); callers arriving meanwhile
 wait for it and take its token. A refresh that fails while the cached token is still valid
