@@ -22,6 +22,7 @@ from engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
 from engine.config import DeploymentConfig
 from engine.errors import InvalidRequest, ModelNotFound
 from engine.providers.base import Completion, Provider, Usage
+from engine.providers import gemini
 from engine.tokens import count_chat_prompt, count_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -183,6 +184,8 @@ def parse_chat_request(
     _choice(body, "reasoning_effort", EFFORTS)
     _choice(body, "verbosity", VERBOSITIES)
     tier = _choice(body, "service_tier", SERVICE_TIERS)
+    if model.provider == "vertex":
+        gemini.check_request(body)  # what Gemini cannot take is refused before any hold
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.")

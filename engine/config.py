@@ -9,6 +9,7 @@ Upstream API keys may be written ``env:NAME`` and are resolved when the config i
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -213,12 +214,18 @@ class DeploymentConfig:
     """One upstream deployment serving one catalog model.
 
     ``name`` is the operator's label (unique); ``deployment`` is Azure's deployment name in the
-    URL. Routing is by ``model`` (the catalog id), never by the deployment name.
+    URL (for Vertex: the publisher model id, default ``model``). Routing is by ``model`` (the
+    catalog id), never by the deployment name.
+
+    Vertex (``provider = "vertex"``): ``location`` (a region such as ``us-central1``, or
+    ``global``), ``project``, and one of ``api_key`` (express mode; ``project`` may then be
+    omitted) or ``service_account_file`` (a JSON key; ``project`` defaults to its
+    ``project_id``). ``endpoint`` overrides the base URL derived from the location.
     """
 
     name: str
     model: str
-    provider: Literal["azure", "simulator"] = "azure"
+    provider: Literal["azure", "vertex", "simulator"] = "azure"
     endpoint: str = ""
     deployment: str = ""
     api_key: str = ""
@@ -235,6 +242,10 @@ class DeploymentConfig:
     sim_chunk_interval_ms: float = attrs.field(default=20.0, validator=_non_negative)
     sim_tokens_per_chunk: int = attrs.field(default=3, validator=_positive)
     sim_completion_tokens: int = attrs.field(default=60, validator=_positive)
+    # Vertex only (see the class docstring).
+    project: str = ""
+    location: str = ""
+    service_account_file: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -342,8 +353,41 @@ def _check(config: Config, *, resolve_secrets: bool) -> Config:
                 raise ConfigError(f"{where}.endpoint: must start with https:// or http://")
             if resolve_secrets:
                 dep = attrs.evolve(dep, api_key=_resolve_secret(dep.api_key, f"{where}.api_key"))
+        elif dep.provider == "vertex":
+            dep = _check_vertex(dep, where, config, resolve_secrets=resolve_secrets)
         deployments.append(dep)
     return attrs.evolve(config, deployments=tuple(deployments))
+
+
+_LOCATION = re.compile(r"[a-z0-9-]+")
+
+
+def _check_vertex(dep: DeploymentConfig, where: str, config: Config, *, resolve_secrets: bool) -> DeploymentConfig:
+    if not dep.location:
+        raise ConfigError(f"{where}.location: required for a vertex deployment (e.g. us-central1 or global)")
+    if not _LOCATION.fullmatch(dep.location):
+        raise ConfigError(f"{where}.location: not a Vertex location: {dep.location!r}")
+    if bool(dep.api_key) == bool(dep.service_account_file):
+        raise ConfigError(f"{where}: a vertex deployment needs exactly one of api_key and service_account_file")
+    if dep.endpoint and not dep.endpoint.startswith(("https://", "http://")):
+        raise ConfigError(f"{where}.endpoint: must start with https:// or http://")
+    changes: dict[str, Any] = {"deployment": dep.deployment or dep.model, "region": dep.region or dep.location}
+    if dep.service_account_file:
+        path = str(resolve_path(config, dep.service_account_file))
+        changes["service_account_file"] = path
+        if resolve_secrets:
+            from engine.providers.google_auth import load_service_account  # providers import config
+
+            try:
+                account = load_service_account(path)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.service_account_file: {exc}") from None
+            if not (dep.project or account.project_id):
+                raise ConfigError(f"{where}.project: required (the service account file names none)")
+            changes["project"] = dep.project or account.project_id
+    elif resolve_secrets:
+        changes["api_key"] = _resolve_secret(dep.api_key, f"{where}.api_key")
+    return attrs.evolve(dep, **changes)
 
 
 def structure_config(raw: dict[str, Any], *, base_dir: Path, resolve_secrets: bool = True) -> Config:

@@ -33,7 +33,10 @@ from engine.supervise import supervised
 log = logging.getLogger("omixa.fleet")
 
 # Fields whose change needs a new adapter (the rest are the actor's own tuning).
-_ADAPTER_FIELDS = ("provider", "endpoint", "deployment", "api_key", "api_version")
+_ADAPTER_FIELDS = (
+    "provider", "endpoint", "deployment", "api_key", "api_version",
+    "project", "location", "service_account_file",
+)  # fmt: skip
 
 
 @attrs.frozen(kw_only=True)
@@ -61,8 +64,9 @@ class Fleet:
         return list(self._actors.values())
 
     def check(self, deployments: tuple[DeploymentConfig, ...]) -> None:
-        """Errors: ValueError if a deployment names a model the catalog lacks, or enables
-        priority for a model without priority prices."""
+        """Errors: ValueError if a deployment names a model the catalog lacks or one of another
+        provider (a simulator may stand in for any), or enables priority for a model without
+        priority prices."""
         for dep in deployments:
             model = self._catalog.get(dep.model)
             if model is None:
@@ -72,6 +76,8 @@ class Fleet:
                     f"deployment {dep.name!r}: priority is set, but model {dep.model!r} has no "
                     "priority_prices in the catalog"
                 )
+            if dep.provider not in ("simulator", model.provider):
+                raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is a {model.provider} model, not {dep.provider}")
 
     async def run(
         self,

@@ -344,7 +344,9 @@ async def test_a_stream_fails_over_after_comments_but_before_content(database_ur
     """The padding and heartbeats went out, then the first deployment broke (or stayed
     silent past the idle timeout) before any content: the stream continues on the other."""
     async with open_fake_azure(**knobs) as bad, open_fake_azure(reply="Hello from the other side.") as good:
-        deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good")]
+        # Weights 100 : 0.001, so the first pick is the bad one but for a 1-in-100,000 chance
+        # (at 100 : 1 it was 1 in 101, which made the test flaky).
+        deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good", weight=0.001)]
         async with open_gateway(
             database_url, deployments=deployments,
             upstream={"idle_timeout_seconds": 0.5}, streaming={"heartbeat_seconds": 0.1},

@@ -136,6 +136,29 @@ def cmd_add_deployment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add_vertex_deployment(args: argparse.Namespace) -> int:
+    if bool(args.api_key) == bool(args.service_account_file):
+        raise UsageError("give exactly one of --api-key and --service-account-file")
+    path = resolve_config_path(args.config)
+    deployments_file.add_vertex_deployment(
+        path,
+        model=args.model,
+        name=args.name,
+        location=args.location,
+        project=args.project,
+        api_key=args.api_key,
+        service_account_file=args.service_account_file,
+        vertex_model=args.vertex_model,
+        endpoint=args.endpoint,
+        rpm=args.rpm,
+        tpm=args.tpm,
+        hourly_tokens=args.hourly_tokens,
+        weight=args.weight,
+    )
+    print(f"added deployment {args.name!r} for {args.model} to {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_account_create(args: argparse.Namespace) -> int:
     async def work(storage: Storage) -> int:
         try:
@@ -262,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hourly-tokens", type=int)
     p.add_argument("--api-version")
     p.add_argument("--priority", action="store_true", help="the deployment has Priority processing")
+    p.add_argument("--weight", type=float)
+
+    p = command("add-vertex-deployment", cmd_add_vertex_deployment, "add a Vertex Gemini deployment to the config")
+    for arg in ("model", "name", "location"):
+        p.add_argument(arg)
+    p.add_argument("--project", help="Google Cloud project (default: the service account's)")
+    p.add_argument("--api-key", help="express-mode API key, or env:NAME")
+    p.add_argument("--service-account-file", help="service account JSON key file")
+    p.add_argument("--vertex-model", help="Vertex model id (default: MODEL)")
+    p.add_argument("--endpoint", help="base URL (default: from the location)")
+    p.add_argument("--rpm", type=int)
+    p.add_argument("--tpm", type=int)
+    p.add_argument("--hourly-tokens", type=int)
     p.add_argument("--weight", type=float)
 
     account = sub.add_parser("account", help="accounts").add_subparsers(dest="action", required=True)

@@ -1,7 +1,7 @@
 """Provider adapters: one upstream's wire format each, behind :class:`Provider`.
 
-``build_provider`` picks the adapter for a configured deployment; Azure adapters built with one
-:class:`HttpClients` share a pooled HTTP/1.1 client per endpoint origin.
+``build_provider`` picks the adapter for a configured deployment; Azure and Vertex adapters built
+with one :class:`HttpClients` share a pooled HTTP/1.1 client per endpoint origin.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from engine.providers._http import HttpClients, set_read_size
 from engine.providers.azure import AzureProvider
 from engine.providers.base import Completion, Provider, SseEvent, Usage
 from engine.providers.simulator import SimulatorProvider
+from engine.providers.vertex import VertexProvider
 from engine.providers.sse import SseParser, iter_sse
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "SseEvent",
     "SseParser",
     "Usage",
+    "VertexProvider",
     "build_provider",
     "iter_sse",
     "set_read_size",
@@ -34,10 +36,13 @@ def build_provider(
     """The adapter for ``deployment``.
 
     Args:
-        clients: shared HTTP clients (the caller closes them); without it an Azure adapter
-            owns a client of its own, closed by its ``aclose``.
+        clients: shared HTTP clients (the caller closes them); without it an adapter owns
+            clients of its own, closed by its ``aclose``.
     """
     if deployment.provider == "simulator":
         return SimulatorProvider(deployment)
+    if deployment.provider == "vertex":
+        return VertexProvider(deployment, upstream, clients)
     client = clients.for_endpoint(deployment.endpoint) if clients is not None else None
     return AzureProvider(deployment, upstream, client)
+

@@ -1,0 +1,243 @@
+"""The Vertex AI Gemini adapter: ``generateContent`` and ``streamGenerateContent?alt=sse``.
+
+Wire format: ``POST {base}/v1/projects/{project}/locations/{location}/publishers/google/models/
+{model}:generateContent`` (``:streamGenerateContent?alt=sse`` for streams), where ``base`` is
+``https://{location}-aiplatform.googleapis.com``, or ``https://aiplatform.googleapis.com`` for
+the ``global`` location, unless the deployment's ``endpoint`` overrides it. Express mode (an
+API key and no project) uses ``{base}/v1/publishers/google/models/{model}:...``. Auth: the
+API key in ``x-goog-api-key`` (kept out of URLs and logs), or a service account's OAuth token
+(:mod:`engine.providers.google_auth`) as ``Authorization: Bearer``.
+
+Bodies are translated by :mod:`engine.providers.gemini`: the engine hands an OpenAI body and
+gets back a ``chat.completion`` (``complete``) or already OpenAI-shaped ``chat.completion.chunk``
+events ending with ``data: [DONE]`` (``open_stream``), so the relay treats Vertex streams
+exactly as Azure's.
+
+Errors: :class:`UpstreamError` with Vertex's status (``{"error": {"code", "message",
+"status"}}``, also inside a JSON array), ``retry_after`` from ``Retry-After`` or a
+``google.rpc.RetryInfo`` detail; :class:`UpstreamTimeout`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+from urllib.parse import quote
+
+import httpx
+import trio
+
+from engine.config import DeploymentConfig, UpstreamConfig
+from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from engine.providers import gemini
+from engine.providers._http import HttpClients, map_errors, translate
+from engine.providers.azure import (
+    MAX_COMPLETION_BYTES,
+    MAX_ERROR_BODY_BYTES,
+    MAX_MESSAGE_CHARS,
+    _close,
+    _read_bounded,
+    parse_retry_after,
+)
+from engine.providers.base import Completion, SseEvent
+from engine.providers.google_auth import ServiceAccountTokens, load_service_account
+from engine.providers.sse import SseParser
+
+_DELAY = re.compile(r"(\d+(?:\.\d+)?)s")
+
+
+def base_url(location: str) -> str:
+    """Vertex's default base URL for ``location``."""
+    if location == "global":
+        return "https://aiplatform.googleapis.com"
+    return f"https://{location}-aiplatform.googleapis.com"
+
+
+def model_url(deployment: DeploymentConfig) -> str:
+    """The model's resource URL, without the ``:method`` suffix."""
+    base = (deployment.endpoint or base_url(deployment.location)).rstrip("/")
+    model = quote(deployment.deployment or deployment.model, safe="")
+    if deployment.project:
+        project, location = quote(deployment.project, safe=""), quote(deployment.location, safe="")
+        return f"{base}/v1/projects/{project}/locations/{location}/publishers/google/models/{model}"
+    return f"{base}/v1/publishers/google/models/{model}"  # express mode
+
+
+class VertexProvider:
+    """Adapter for one Vertex Gemini deployment.
+
+    Args:
+        deployment: location, project, model, and the API key or service account file.
+        upstream: timeouts, and the pool size when no client is given.
+        clients: shared HTTP clients, one per origin (for Vertex and the token endpoint; not
+            closed here); without them the provider makes and owns its own.
+
+    Errors: ValueError if the service account file cannot be used (checked at start-up).
+    """
+
+    name = "vertex"
+
+    def __init__(
+        self,
+        deployment: DeploymentConfig,
+        upstream: UpstreamConfig,
+        clients: HttpClients | None = None,
+    ) -> None:
+        self._model = deployment.model
+        url = model_url(deployment)
+        self._generate_url = f"{url}:generateContent"
+        self._stream_url = f"{url}:streamGenerateContent?alt=sse"
+        self._headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        self._timeout = upstream.request_timeout_seconds
+        self._head_timeout = upstream.timeout_seconds
+        self._owned = clients is None
+        self._clients = clients if clients is not None else HttpClients(upstream)
+        self._client = self._clients.for_endpoint(url)
+        self._tokens: ServiceAccountTokens | None = None
+        if deployment.service_account_file:
+            account = load_service_account(deployment.service_account_file)
+            self._tokens = ServiceAccountTokens(account, self._clients.for_endpoint(account.token_uri))
+        else:
+            self._headers["x-goog-api-key"] = deployment.api_key
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        """``generateContent``, answered as a ``chat.completion``.
+
+        Errors: UpstreamError, UpstreamTimeout (no answer within ``request_timeout_seconds``).
+        Cancellation: closes the connection.
+        """
+        with trio.move_on_after(self._timeout):
+            request = await self._build(self._generate_url, body)
+            response = await self._send(request)
+            try:
+                with map_errors():
+                    if not response.is_success:
+                        raise error_from_response(response, await _read_bounded(response, MAX_ERROR_BODY_BYTES))
+                    raw = await _read_bounded(response, MAX_COMPLETION_BYTES)
+            finally:
+                await _close(response)
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                data = None
+            if not isinstance(data, dict):
+                raise UpstreamError("Vertex answered with a body that is not a JSON object.", upstream_status=response.status_code)
+            answer, usage = gemini.to_completion(data, self._model)
+            return Completion(body=answer, usage=usage)
+        raise UpstreamTimeout("The upstream did not answer in time.")
+
+    @asynccontextmanager
+    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+        """``streamGenerateContent?alt=sse``; yields OpenAI ``chat.completion.chunk`` events.
+
+        The response is owned here and closed on every exit path. Errors on entering
+        (status, unreachable, no head within ``timeout_seconds``) and while iterating
+        (broken connection, malformed or error event, a stream that ends before any finish
+        reason): UpstreamError / UpstreamTimeout.
+        """
+        response = None
+        with trio.move_on_after(self._head_timeout):
+            request = await self._build(self._stream_url, body)
+            response = await self._send(request)
+        if response is None:
+            raise UpstreamTimeout("The upstream did not start its answer in time.")
+        try:
+            if not response.is_success:
+                with map_errors():
+                    raw = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
+                raise error_from_response(response, raw)
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
+            yield _Chunks(response.aiter_bytes(), encoder)
+        finally:
+            await _close(response)
+
+    async def aclose(self) -> None:
+        """Close the clients, if they are this provider's own."""
+        if self._owned:
+            await self._clients.aclose()
+
+    async def _build(self, url: str, body: dict[str, Any]) -> httpx.Request:
+        try:
+            payload = gemini.to_gemini(body, self._model)
+        except InvalidRequest as exc:  # the engine checks first; a 400 all the same if not
+            raise UpstreamError(exc.message, upstream_status=400) from None
+        headers = self._headers
+        if self._tokens is not None:
+            headers = {**headers, "authorization": f"Bearer {await self._tokens.token()}"}
+        content = json.dumps(payload, separators=(",", ":")).encode()
+        return self._client.build_request("POST", url, content=content, headers=headers)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        with map_errors():
+            return await self._client.send(request, stream=True)
+
+
+class _Chunks:
+    """Async iterator of OpenAI chunk events made from a Vertex SSE body (owned by the caller)."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], encoder: gemini.ChunkEncoder) -> None:
+        self._chunks = chunks
+        self._encoder = encoder
+        self._parser = SseParser()
+        self._pending: deque[SseEvent] = deque()
+        self._ended = False
+
+    def __aiter__(self) -> "_Chunks":
+        return self
+
+    async def __anext__(self) -> SseEvent:
+        while not self._pending:
+            if self._ended:
+                raise StopAsyncIteration
+            if self._parser.failure is not None:
+                raise self._parser.failure
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._parser.close()
+                if not self._encoder.finished:
+                    raise UpstreamError("The Vertex stream ended before a finish reason.") from None
+                self._ended = True
+                self._pending.extend(SseEvent(raw=raw, data=data, done=data is None)
+                                     for raw, data in self._encoder.finish())  # fmt: skip
+                continue
+            except httpx.HTTPError as exc:
+                raise translate(exc) from exc
+            for event in self._parser.feed(chunk):
+                if event.data is None:
+                    continue  # comments; Vertex sends no [DONE]
+                for raw, data in self._encoder.feed(event.data):
+                    self._pending.append(SseEvent(raw=raw, data=data))
+        return self._pending.popleft()
+
+
+def error_from_response(response: httpx.Response, raw: bytes) -> UpstreamError:
+    """The UpstreamError for a non-2xx Vertex answer: status, Google's message, retry delay."""
+    status = response.status_code
+    try:
+        envelope: Any = json.loads(raw)
+    except ValueError:
+        envelope = None
+    if isinstance(envelope, list) and envelope:  # streamGenerateContent may wrap it in an array
+        envelope = envelope[0]
+    error = envelope.get("error") if isinstance(envelope, dict) else None
+    message, retry_after = None, parse_retry_after(response.headers)
+    if isinstance(error, dict):
+        message = error.get("message")
+        if isinstance(error.get("status"), str) and isinstance(message, str):
+            message = f"{error['status']}: {message}"
+        for detail in error.get("details") or ():
+            delay = detail.get("retryDelay") if isinstance(detail, dict) else None
+            match = _DELAY.fullmatch(delay) if isinstance(delay, str) else None
+            if match and retry_after is None:
+                retry_after = float(match.group(1))
+    if not isinstance(message, str) or not message:
+        message = f"Vertex answered HTTP {status}."
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+    return UpstreamError(message, upstream_status=status, retry_after=retry_after)
