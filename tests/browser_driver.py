@@ -108,13 +108,21 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
             expect(page.locator("#catalog-empty")).to_be_visible()
             page.fill("#catalog-search", "mini")
             expect(mini).to_be_visible()
+            page.fill("#catalog-search", "")
             page.select_option("#catalog-modality", "embedding")
             expect(mini).to_be_hidden()
+            expect(page.locator('#catalog-table tr[data-model="text-embedding-3-small"]').first).to_be_visible()
             page.select_option("#catalog-modality", "")
+            expect(page.locator('#catalog-table tr[data-model="gpt-5.1"]').first).to_contain_text("none, low, medium, high")
+            expect(page.locator("#catalog-table")).to_contain_text("Per image")
             shot(page, "03-catalog")
 
             # The playground streams token by token; Stop cancels the stream and the upstream.
             page.click("nav >> text=Playground")
+            page.select_option("#pg-model", "gpt-5.1")  # a reasoning family: its efforts are offered
+            expect(page.locator("#pg-effort-row")).to_be_visible()
+            assert page.locator("#pg-effort option").all_text_contents() == ["Default", "none", "low", "medium", "high"]
+            expect(page.locator("#pg-verbosity-row")).to_be_visible()
             page.select_option("#pg-model", MODEL)
             expect(page.locator("#pg-effort-row")).to_be_hidden()  # not a reasoning model
             page.fill("#pg-prompt", "Tell me a long story.")

@@ -18,19 +18,22 @@ import pytest
 import trio
 
 from fake_azure import open_fake_azure
-from harness import open_gateway
+from harness import azure_deployment, open_gateway
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not found (apt-get install chromium)")
 DRIVER = Path(__file__).resolve().parent / "browser_driver.py"
 POLL_SECONDS = 1.0
+# A chat, a reasoning, an embedding and an image model, so the catalog has something to filter.
+DEPLOYED = ("gpt-4o-mini", "gpt-5.1", "text-embedding-3-small", "gpt-image-1")
 
 
 async def test_dashboard_in_a_real_browser(tmp_path):
     database_url = f"sqlite:///{tmp_path / 'omixa.db'}"
     reply = " ".join(f"word{i}" for i in range(400))
     async with open_fake_azure(reply=reply, chunk_delay=0.03) as fake, open_gateway(
-        database_url, fake, dashboard={"poll_seconds": POLL_SECONDS}
+        database_url, fake, deployments=[azure_deployment(fake, name=f"d-{m}", model=m) for m in DEPLOYED],
+        dashboard={"poll_seconds": POLL_SECONDS},
     ) as gw:
         account_a, key_a = await gw.funded_account("10.00")
         _, key_b = await gw.funded_account("3.00")
