@@ -51,6 +51,9 @@ HEARTBEAT = b": keep-alive\n\n"
 CLOSE_TIMEOUT = 5.0
 # Events read ahead of the client; beyond this the pump waits (and TCP pushes back upstream).
 READ_AHEAD = 16
+# Events already read when the client's next write starts go out in that one write, up to
+# this many bytes: nothing waits for them, they only share a send (and its HTTP chunk).
+COALESCE_BYTES = 16384
 
 
 def error_event(exc: OmixaError, request_id: str) -> bytes:
@@ -138,6 +141,7 @@ class StreamRelay:
         self._include_usage = exchange.request.include_usage
         self._usage: Usage | None = None
         self._delivered: list[str] = []
+        self._held: SseEvent | Exception | None = None  # kept back by _coalesce
         self._done = False
         self._closed = False
         self._padding = padding_comment(config.flush_padding_bytes)
@@ -192,7 +196,7 @@ class StreamRelay:
                     await self._close("ok")
                     return out
                 if out is not None:
-                    return out
+                    return self._coalesce(out)
         except trio.EndOfChannel:
             if self._done or self._usage is not None:
                 await self._close("ok")
@@ -231,10 +235,38 @@ class StreamRelay:
         self._upstream = _Upstream(stream, events)
         assert self._nursery is not None
         self._upstream.start(self._nursery, f"relay-{exchange.caller.request_id}")
-        self._usage, self._done = None, False
+        self._usage, self._done, self._held = None, False, None
         exchange.service_tier = None  # the next deployment reports its own tier
         self._last_upstream = trio.current_time()
         return True
+
+    def _coalesce(self, out: bytes) -> bytes:
+        """``out`` plus the bytes of the events already waiting, up to COALESCE_BYTES.
+
+        Only events that simply pass are taken: the end marker, an upstream failure or an
+        error frame is kept back (``_held``) for the next turn, so it is handled exactly as
+        if it had come alone, after these bytes reached the client.
+        """
+        parts = [out]
+        size = len(out)
+        while size < COALESCE_BYTES:
+            try:
+                item = self._upstream.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break  # an ended channel says so again on the next receive
+            self._last_upstream = trio.current_time()
+            if isinstance(item, Exception) or item.done:
+                self._held = item
+                break
+            try:
+                more = self._accept(item)
+            except OmixaError as exc:
+                self._held = exc
+                break
+            if more is not None:
+                parts.append(more)
+                size += len(more)
+        return b"".join(parts) if len(parts) > 1 else out
 
     async def _next_item(self) -> SseEvent | Exception | None:
         """The next upstream item, or None when a heartbeat is due.
@@ -242,6 +274,9 @@ class StreamRelay:
         Errors: UpstreamTimeout once the upstream was silent for the idle timeout;
         trio.EndOfChannel when the upstream ended.
         """
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
         idle_deadline = self._last_upstream + self._idle_timeout
         deadline = min(self._last_sent + self._config.heartbeat_seconds, idle_deadline)
         with trio.move_on_at(deadline):

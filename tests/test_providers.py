@@ -430,3 +430,36 @@ async def test_simulator_pacing(autojump_clock):
     start = trio.current_time()
     await provider.complete(BODY)
     assert trio.current_time() - start == pytest.approx(0.11)
+
+
+async def test_stream_bodies_are_read_in_chunk_bytes_and_everything_else_in_full():
+    """streaming.chunk_bytes bounds each socket read of a stream's body only: heads and
+    non-streaming bodies come in full-size reads, and the connection is back to them when
+    it serves the next request."""
+    from engine.providers._http import make_client, set_read_size, stream_reads
+
+    set_read_size(128)
+    reply = " ".join(f"w{i}" for i in range(200))
+    async with open_fake_azure(reply=reply, chunks=4) as fake:
+        client = make_client(UpstreamConfig(max_connections=1))  # one connection, reused
+        url = f"{fake.endpoint}/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        headers = {"api-key": fake.api_key}
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        try:
+            for _ in range(2):
+                request = client.build_request("POST", url, json={**body, "stream": True}, headers=headers)
+                response = await client.send(request, stream=True)
+                with stream_reads(response):
+                    sizes = [len(chunk) async for chunk in response.aiter_raw()]
+                await response.aclose()
+                assert max(sizes) <= 128 and sum(sizes) > 1000
+
+                plain = await client.post(url, json=body, headers=headers)
+                assert len(plain.content) > 1000
+                request = client.build_request("POST", url, json=body, headers=headers)
+                response = await client.send(request, stream=True)
+                sizes = [len(chunk) async for chunk in response.aiter_raw()]
+                await response.aclose()
+                assert max(sizes) > 128  # the same connection, full-size reads again
+        finally:
+            await client.aclose()

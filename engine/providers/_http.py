@@ -38,10 +38,14 @@ def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
     upstream traffic goes out directly.
     """
     size = upstream.max_connections
+    limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    transport = httpx.AsyncHTTPTransport(http1=True, http2=False, limits=limits, trust_env=False)
+    # httpx has no parameter for the network backend; its pool (pinned httpx 0.28.1) does.
+    pool = transport._pool
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
+    pool._network_backend = _StreamReadBackend(pool._network_backend)
     return httpx.AsyncClient(
-        http1=True,
-        http2=False,
-        limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        transport=transport,
         timeout=httpx.Timeout(
             max(upstream.idle_timeout_seconds, upstream.request_timeout_seconds),
             connect=upstream.connect_timeout_seconds,
@@ -51,15 +55,77 @@ def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
     )
 
 
-def set_read_size(size: int) -> None:
-    """Bound each upstream socket read to ``size`` bytes (``streaming.chunk_bytes``).
+_stream_read_size = 128
 
-    httpcore reads whatever has arrived, up to this bound, and never waits to fill it, so a
-    complete SSE frame is parsed and relayed as soon as its bytes are in. httpcore keeps the
-    bound as a class attribute of its HTTP/1.1 connection: the setting is process-wide, which
-    matches the knob (one environment variable per process).
+
+def set_read_size(size: int) -> None:
+    """Bound each socket read of a streamed answer's body to ``size`` bytes
+    (``streaming.chunk_bytes``; process-wide, like the environment variable it comes from).
+
+    Reads return whatever has arrived, up to the bound, and never wait to fill it, so a
+    complete SSE frame is parsed and relayed as soon as its bytes are in. Response heads and
+    non-streaming bodies are read in httpcore's usual 64 KiB reads: the knob is about how
+    soon stream frames move, and 128-byte reads of a 1 KB JSON body only cost CPU.
     """
-    httpcore.AsyncHTTP11Connection.READ_NUM_BYTES = size
+    global _stream_read_size
+    _stream_read_size = size
+
+
+@contextlib.contextmanager
+def stream_reads(response: httpx.Response) -> Iterator[None]:
+    """Inside the block, ``response``'s connection reads at most ``streaming.chunk_bytes``
+    per socket read (its body is a stream); back to full-size reads on leaving, before the
+    connection can serve another request."""
+    stream = response.extensions.get("network_stream")
+    if not isinstance(stream, _StreamReadStream):
+        yield  # not an HTTP/1.1 connection of ours (e.g. a test transport)
+        return
+    stream.read_limit = _stream_read_size
+    try:
+        yield
+    finally:
+        stream.read_limit = None
+
+
+class _StreamReadStream(httpcore.AsyncNetworkStream):
+    """A connection's socket stream whose reads can be bounded while a stream body is read."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self.read_limit: int | None = None
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self.read_limit is not None:
+            max_bytes = min(max_bytes, self.read_limit)
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
+        return _StreamReadStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str):  # type: ignore[no-untyped-def]
+        return self._inner.get_extra_info(info)
+
+
+class _StreamReadBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, handing out :class:`_StreamReadStream` connections."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # type: ignore[no-untyped-def]
+        return _StreamReadStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # type: ignore[no-untyped-def]
+        return _StreamReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
 
 
 def translate(exc: httpx.HTTPError) -> OmixaError:

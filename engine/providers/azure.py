@@ -30,7 +30,7 @@ import trio
 
 from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import UpstreamError, UpstreamTimeout
-from engine.providers._http import make_client, map_errors, translate
+from engine.providers._http import make_client, map_errors, stream_reads, translate
 from engine.providers.base import Completion, SseEvent, Usage
 from engine.providers.sse import SseParser
 
@@ -157,7 +157,8 @@ class AzureProvider:
             # aiter_raw skips httpx's decoder layer; fall back to decoding if Azure compressed
             # despite "accept-encoding: identity" (then raw bytes would not be SSE).
             chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
-            yield _Events(chunks)
+            with stream_reads(response):
+                yield _Events(chunks)
         finally:
             await _close(response)
 

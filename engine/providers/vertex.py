@@ -33,7 +33,7 @@ import trio
 from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from engine.providers import gemini
-from engine.providers._http import HttpClients, map_errors, translate
+from engine.providers._http import HttpClients, map_errors, stream_reads, translate
 from engine.providers.azure import (
     MAX_COMPLETION_BYTES,
     MAX_ERROR_BODY_BYTES,
@@ -152,7 +152,8 @@ class VertexProvider:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
-            yield _Chunks(response.aiter_bytes(), encoder)
+            with stream_reads(response):
+                yield _Chunks(response.aiter_bytes(), encoder)
         finally:
             await _close(response)
 
