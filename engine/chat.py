@@ -183,6 +183,14 @@ class Exchange:
                     settled = await wallets.settle(self.caller.account_id, self.hold.id, cost)
                 else:
                     settled = await wallets.release(self.caller.account_id, self.hold.id)
+                if settled.already_final and cost > 0:
+                    # Someone else finalized the hold first: the hold sweeper (a request
+                    # longer than wallet.hold_timeout_seconds) or a recovery that took this
+                    # process for dead. The usage goes unbilled; say so loudly.
+                    log.error(
+                        "request %s: hold %s was already final; %d nano-dollars of usage not charged",
+                        self.caller.request_id, self.hold.id, cost,
+                    )
                 return settled.charged
             except ServiceUnavailable:
                 log.warning("request %s: wallet unavailable; retrying settle", self.caller.request_id)

@@ -182,6 +182,15 @@ class WalletConfig:
     instance_heartbeat_seconds: float = attrs.field(default=10.0, validator=_positive)
     instance_stale_seconds: float = attrs.field(default=60.0, validator=_positive)
 
+    @instance_stale_seconds.validator
+    def _stale_after_heartbeats(self, attribute: attrs.Attribute, value: float) -> None:
+        if value < 3 * self.instance_heartbeat_seconds:
+            raise _FieldError(
+                attribute.name,
+                f"must be at least 3 x instance_heartbeat_seconds ({3 * self.instance_heartbeat_seconds:g}), "
+                f"got {value!r}: a live process would be taken for dead",
+            )
+
 
 @attrs.frozen(kw_only=True)
 class UsageConfig:

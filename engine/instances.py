@@ -10,10 +10,13 @@ The monitor, one per process:
 - at a graceful stop (after the wallets drained), recovers itself: any hold still pending
   is voided, and its row is removed.
 
-An instance is gone when it runs on this host and its pid is
-not a live process (or is this process's pid but registered before this process started: a
-restarted container's server is often pid 1), or when its heartbeat is older than ``wallet.instance_stale_seconds`` (the only test that
-works across machines). Recovering one voids its pending holds (nothing charged: what the
+An instance is gone when it shares this process's pid namespace (same host name, same
+kernel boot id and same pid-namespace inode: containers with the host's name but their own
+pids do not count) and its pid is not a live process (or is this process's pid but registered
+before this process started: a restarted container's server is often pid 1), or when its
+heartbeat is older than ``wallet.instance_stale_seconds``, by the database's clock (the only
+test that works across machines and namespaces). Where /proc cannot tell the namespace, only
+the heartbeat counts. Recovering one voids its pending holds (nothing charged: what the
 upstream produced was never counted) and records each request as ``interrupted``, in one
 transaction (:meth:`storage.Storage.recover_instance`).
 """
@@ -43,6 +46,20 @@ def _now() -> dt.datetime:
 _PROCESS_STARTED = dt.datetime.now(dt.timezone.utc)
 
 
+def host_identity() -> tuple[str, bool]:
+    """This process's host identity and whether pids can be compared within it: the host
+    name, the kernel's boot id and the pid namespace's inode (Linux). Two processes with the
+    same identity see each other's pids."""
+    name = socket.gethostname()
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return f"{name}|?", False
+    return f"{name}|{boot}|{namespace}", True
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -65,29 +82,34 @@ class InstanceMonitor:
         self._wallets_drained = wallets_drained
         self._config = config
         self.id = instance_id
-        self.host = socket.gethostname()
+        self.host, self._pids_comparable = host_identity()
         self.pid = os.getpid()
         self._stop = trio.Event()
         self.recovered = 0  # requests recorded as interrupted by this process
 
-    def is_gone(self, other: Instance, now: dt.datetime) -> bool:
+    def is_gone(self, other: Instance) -> bool:
         if other.id == self.id:
             return False
-        if other.host == self.host:
-            if other.pid != self.pid and not _pid_alive(other.pid):
-                return True
-            # Our pid, registered before this process started: an earlier process that had it.
-            if other.pid == self.pid and other.started_at < _PROCESS_STARTED:
-                return True
-        return (now - other.heartbeat_at).total_seconds() > self._config.instance_stale_seconds
+        return self._pid_says_gone(other) or other.heartbeat_age > self._config.instance_stale_seconds
+
+    def _pid_says_gone(self, other: Instance) -> bool:
+        if other.id == self.id or other.host != self.host or not self._pids_comparable:
+            return False
+        if other.pid != self.pid:
+            return not _pid_alive(other.pid)
+        # Our pid, registered before this process started: an earlier process that had it.
+        return other.started_at < _PROCESS_STARTED
 
     async def recover_gone(self) -> int:
         """Recover every instance that is gone; return the number of interrupted requests."""
         now = _now()
         count = 0
         for other in await self._storage.list_instances():
-            if self.is_gone(other, now):
-                logs = await self._storage.recover_instance(other.id, now)
+            if self.is_gone(other):
+                # Gone by its pid: certain. Gone by its heartbeat: re-checked in the
+                # recovery's transaction, so a heartbeat arriving meanwhile wins.
+                stale = None if self._pid_says_gone(other) else self._config.instance_stale_seconds
+                logs = await self._storage.recover_instance(other.id, now, stale_after=stale)
                 if logs:
                     log.warning(
                         "instance %s (host %s, pid %d) is gone: voided %d pending holds, requests "
@@ -101,9 +123,8 @@ class InstanceMonitor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register, recover the gone, report ready, then heartbeat until :meth:`close`."""
         now = _now()
-        await self._storage.register_instance(
-            Instance(id=self.id, host=self.host, pid=self.pid, started_at=now, heartbeat_at=now)
-        )
+        me = Instance(id=self.id, host=self.host, pid=self.pid, started_at=now, heartbeat_at=now)
+        await self._storage.register_instance(me)
         await self.recover_gone()
         task_status.started()
         interval = self._config.instance_heartbeat_seconds
@@ -113,7 +134,12 @@ class InstanceMonitor:
             if self._stop.is_set():
                 break
             try:
-                await self._storage.heartbeat_instance(self.id, _now())
+                if not await self._storage.heartbeat_instance(me):
+                    log.error(
+                        "this process (instance %s) was taken for dead by another and its pending "
+                        "holds were released; registered again. Check that heartbeats reach the "
+                        "database within wallet.instance_stale_seconds", self.id,
+                    )
                 await self.recover_gone()
             except StorageError as exc:
                 log.warning("instance heartbeat failed: %s", exc)

@@ -14,10 +14,13 @@ envelope:
    after a rotation (constant-time comparison), else ``invalid_signature``;
 5. the signature was not seen before, else ``replayed_request``.
 
-Replay cache: only signatures that verified are remembered, until their timestamp leaves the
-window. It is bounded: when full, the entry with the oldest timestamp is forgotten and
-requests signed at or before that timestamp are refused as ``stale_timestamp`` from then on,
-so forgetting never lets a replay through (under a flood the accepted window narrows).
+Replay cache: one per key; only signatures that verified are remembered, until their
+timestamp leaves the window. Each is bounded: when full, the entry with the oldest timestamp
+is forgotten and that key's requests signed at or before that timestamp are refused as
+``stale_timestamp`` from then on, so forgetting never lets a replay through (under a flood
+the key's accepted window narrows; other keys are not affected). Timestamps may run at most
+``MAX_FUTURE_SKEW`` (30 s) ahead of the server's clock. Memory is bounded by the signed
+requests one process can verify within the window, whatever the number of keys.
 A process also refuses requests signed before it started, so a restart does not open a
 replay window. The cache is per process: a replay sent to *another* process within the
 window is not detected.
@@ -50,6 +53,9 @@ log = logging.getLogger("omixa.signatures")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _NONCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
+# A timestamp may run at most this far ahead of the server's clock (clock skew), so a
+# future-dated signature cannot sit in the replay cache for long.
+MAX_FUTURE_SKEW = 30
 
 
 class ReplayCache:
@@ -102,7 +108,17 @@ class SignatureVerifier:
         self.window = config.signature_window_seconds
         self.box = box
         # Requests signed before this process started may have been seen by its predecessor.
-        self.replays = ReplayCache(config.replay_cache_size, self.window, floor=int(started_at) - 1)
+        self._capacity = config.replay_cache_size
+        self._started_floor = int(started_at) - 1
+        # One cache per key: a flood of one key's signatures (its own secret) can only
+        # narrow that key's window, never another tenant's.
+        self._replays: dict[str, ReplayCache] = {}
+
+    def replays(self, key_id: str) -> ReplayCache:
+        cache = self._replays.get(key_id)
+        if cache is None:
+            cache = self._replays[key_id] = ReplayCache(self._capacity, self.window, floor=self._started_floor)
+        return cache
 
     def applies(self, key: ApiKeyRecord, signature_sent: bool) -> bool:
         """Whether a request with this key must pass :meth:`verify`."""
@@ -144,6 +160,11 @@ class SignatureVerifier:
         if not _SIGNATURE.fullmatch(signature):
             raise InvalidSignature("X-Omixa-Signature must be 'sha256=' followed by 64 hex digits.")
         sent_at = int(timestamp)
+        if sent_at - now > min(MAX_FUTURE_SKEW, self.window):
+            raise StaleTimestamp(
+                f"X-Omixa-Timestamp is more than {min(MAX_FUTURE_SKEW, self.window)} seconds ahead "
+                f"of the server's clock ({int(now)}). Sign with the current Unix time."
+            )
         if abs(now - sent_at) > self.window:
             raise StaleTimestamp(
                 f"X-Omixa-Timestamp is more than {self.window} seconds away from the server's "
@@ -153,13 +174,14 @@ class SignatureVerifier:
         message = signed_message(timestamp, method, target, body, nonce)
         if not any(hmac.compare_digest(sign(secret, message), given) for secret in self._secrets(key, now)):
             raise InvalidSignature()
-        refused = self.replays.admit(bytes.fromhex(given[len(SIGNATURE_PREFIX):]), sent_at, now)
+        replays = self.replays(key.id)
+        refused = replays.admit(bytes.fromhex(given[len(SIGNATURE_PREFIX):]), sent_at, now)
         if refused == "replayed":
             raise ReplayedRequest()
         if refused == "too_old":
             raise StaleTimestamp(
                 f"X-Omixa-Timestamp {sent_at} is older than this server accepts now "
-                f"(after {self.replays.floor}). Sign with the current Unix time."
+                f"(after {replays.floor}). Sign with the current Unix time."
             )
 
     def _secrets(self, key: ApiKeyRecord, now: float) -> list[str]:

@@ -172,8 +172,10 @@ class Instance:
     id: str
     host: str
     pid: int
-    started_at: dt.datetime
-    heartbeat_at: dt.datetime
+    started_at: dt.datetime  # by the instance's own clock
+    heartbeat_at: dt.datetime  # by the database's clock
+    # Seconds since the last heartbeat, by the database's clock (filled by list_instances).
+    heartbeat_age: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -365,20 +367,30 @@ class Storage(abc.ABC):
 
     # -- process instances ----------------------------------------------------------------
     @abc.abstractmethod
-    async def register_instance(self, instance: Instance) -> None: ...
+    async def register_instance(self, instance: Instance) -> None:
+        """Insert the row (``heartbeat_at``: the database's clock now), or refresh it."""
 
     @abc.abstractmethod
-    async def heartbeat_instance(self, instance_id: str, now: dt.datetime) -> None: ...
+    async def heartbeat_instance(self, instance: Instance) -> bool:
+        """Set ``heartbeat_at`` to the database's clock now. Returns False when the row was
+        gone (another process took this one for dead and recovered it); the row is then
+        inserted again."""
 
     @abc.abstractmethod
     async def list_instances(self) -> Sequence[Instance]: ...
 
     @abc.abstractmethod
-    async def recover_instance(self, instance_id: str, now: dt.datetime) -> Sequence[RequestLog]:
+    async def recover_instance(
+        self, instance_id: str, now: dt.datetime, *, stale_after: float | None = None
+    ) -> Sequence[RequestLog]:
         """Clean up after a process that is gone, in one transaction: void each of its
         pending holds (a ``release`` row each), record each such request as ``interrupted``
         (nothing charged; rollups included) unless it already has a log, and forget the
-        process. Returns the logs written."""
+        process. Returns the logs written.
+
+        ``stale_after``: recover only if, inside the transaction, the instance's heartbeat is
+        still older than this many seconds by the database's clock (a heartbeat that arrived
+        since the caller looked wins); otherwise change nothing and return no logs."""
 
     # -- lifecycle ------------------------------------------------------------------------
     @abc.abstractmethod

@@ -281,20 +281,22 @@ class PostgresStorage(Storage):
 
     # -- process instances ----------------------------------------------------------------
     async def register_instance(self, instance: Instance) -> None:
-        await self._run(
-            _execute, _SQL.INSERT_INSTANCE, instance.id, instance.host, instance.pid,
-            require_aware(instance.started_at, "started_at"),
-            require_aware(instance.heartbeat_at, "heartbeat_at"),
-        )
+        await self.heartbeat_instance(instance)
 
-    async def heartbeat_instance(self, instance_id: str, now: dt.datetime) -> None:
-        await self._run(_execute, _SQL.HEARTBEAT_INSTANCE, instance_id, require_aware(now, "now"))
+    async def heartbeat_instance(self, instance: Instance) -> bool:
+        existed = await self._run(
+            _fetchval, _SQL.UPSERT_INSTANCE, instance.id, instance.host, instance.pid,
+            require_aware(instance.started_at, "started_at"),
+        )
+        return bool(existed)
 
     async def list_instances(self) -> Sequence[Instance]:
         return [Instance(**r) for r in await self._run(_fetch, _SQL.LIST_INSTANCES)]
 
-    async def recover_instance(self, instance_id: str, now: dt.datetime) -> Sequence[RequestLog]:
-        return await self._run(_recover_instance, instance_id, require_aware(now, "now"))
+    async def recover_instance(
+        self, instance_id: str, now: dt.datetime, *, stale_after: float | None = None
+    ) -> Sequence[RequestLog]:
+        return await self._run(_recover_instance, instance_id, require_aware(now, "now"), stale_after)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
@@ -443,8 +445,15 @@ async def _usage_rollups(pool: asyncpg.Pool, args: tuple) -> tuple[list, list]:
         return await conn.fetch(_SQL.ROLLUPS, *args), await conn.fetch(_SQL.ROLLUP_LATENCY, *args)
 
 
-async def _recover_instance(pool: asyncpg.Pool, instance_id: str, now: dt.datetime) -> list[RequestLog]:
+async def _recover_instance(
+    pool: asyncpg.Pool, instance_id: str, now: dt.datetime, stale_after: float | None
+) -> list[RequestLog]:
     async with pool.acquire() as conn, conn.transaction():
+        if stale_after is not None:
+            # Locks the row: a heartbeat waits for this transaction, or came first and wins.
+            age = await conn.fetchval(_SQL.LOCK_INSTANCE_AGE, instance_id)
+            if age is not None and age <= stale_after:
+                return []
         logs = []
         for hold in await conn.fetch(_SQL.INSTANCE_HOLDS, instance_id):
             # Voided with the statement settle uses: only if still pending, exactly once.
@@ -694,16 +703,22 @@ class _SQL:
         f" {_ROLLUP_WHERE} ORDER BY bucket_start, model"
     )
     ROLLUP_LATENCY = f"SELECT bucket_start, model, bin, count FROM usage_rollup_latency {_ROLLUP_WHERE}"
-    INSERT_INSTANCE = """
-        INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
-        ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at"""
-    HEARTBEAT_INSTANCE = "UPDATE instances SET heartbeat_at = $2 WHERE id = $1"
+    # xmax <> 0: the row existed and was updated (an insert has xmax 0).
+    UPSERT_INSTANCE = """
+        INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, now())
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        RETURNING xmax <> 0"""
     LIST_INSTANCES = """
-        SELECT id, host, pid, started_at, heartbeat_at FROM instances ORDER BY id"""
+        SELECT id, host, pid, started_at, heartbeat_at,
+               EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 AS heartbeat_age
+        FROM instances ORDER BY id"""
     INSTANCE_HOLDS = """
         SELECT id, account_id, request_id, key_id, model, provider, stream, created_at
         FROM holds WHERE instance_id = $1 AND state = 'pending' ORDER BY created_at, id"""
     EXISTING_LOGS = "SELECT id FROM request_logs WHERE id = ANY($1::text[])"
+    LOCK_INSTANCE_AGE = """
+        SELECT EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 FROM instances WHERE id = $1
+        FOR UPDATE"""
     DELETE_INSTANCE = "DELETE FROM instances WHERE id = $1"
     GET_REQUEST_LOG = (
         f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs WHERE id = $1"

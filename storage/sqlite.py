@@ -19,6 +19,7 @@ import datetime as dt
 import sqlite3
 from typing import Any, Callable, Sequence, TypeVar
 
+import attrs
 import trio
 
 from storage.base import (
@@ -268,30 +269,24 @@ class SQLiteStorage(Storage):
 
     # -- process instances ----------------------------------------------------------------
     async def register_instance(self, instance: Instance) -> None:
-        await self._call(
-            _execute,
-            "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-            (instance.id, instance.host, instance.pid, _to_us(instance.started_at, "started_at"),
-             _to_us(instance.heartbeat_at, "heartbeat_at")),
-            write=True,
-        )
+        await self._call(_upsert_instance, instance, write=True)
 
-    async def heartbeat_instance(self, instance_id: str, now: dt.datetime) -> None:
-        await self._call(
-            _execute, "UPDATE instances SET heartbeat_at = ? WHERE id = ?",
-            (_to_us(now, "now"), instance_id), write=True,
-        )
+    async def heartbeat_instance(self, instance: Instance) -> bool:
+        return await self._call(_upsert_instance, instance, write=True)
 
     async def list_instances(self) -> Sequence[Instance]:
-        return await self._call(
+        rows = await self._call(
             _records, Instance,
             "SELECT id, host, pid, started_at, heartbeat_at FROM instances ORDER BY id",
             (),
         )
+        now = _from_us(_now_us())  # SQLite's clock is this machine's
+        return [attrs.evolve(r, heartbeat_age=(now - r.heartbeat_at).total_seconds()) for r in rows]
 
-    async def recover_instance(self, instance_id: str, now: dt.datetime) -> Sequence[RequestLog]:
-        return await self._call(_recover_instance, instance_id, _to_us(now, "now"), write=True)
+    async def recover_instance(
+        self, instance_id: str, now: dt.datetime, *, stale_after: float | None = None
+    ) -> Sequence[RequestLog]:
+        return await self._call(_recover_instance, instance_id, _to_us(now, "now"), stale_after, write=True)
 
     async def _one(self, cls: type[T], sql: str, *params: Any) -> T | None:
         records = await self._call(_records, cls, sql, params)
@@ -468,7 +463,25 @@ def _dicts(conn: sqlite3.Connection, sql: str, params: tuple) -> list[dict[str, 
     return rows
 
 
-def _recover_instance(conn: sqlite3.Connection, instance_id: str, now_us: int) -> list[RequestLog]:
+def _upsert_instance(conn: sqlite3.Connection, instance: Instance) -> bool:
+    """Refresh the heartbeat (now); insert the row if it is missing. True if it was there."""
+    now_us = _now_us()
+    if conn.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now_us, instance.id)).rowcount:
+        return True
+    conn.execute(
+        "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+        (instance.id, instance.host, instance.pid, _to_us(instance.started_at, "started_at"), now_us),
+    )
+    return False
+
+
+def _recover_instance(
+    conn: sqlite3.Connection, instance_id: str, now_us: int, stale_after: float | None
+) -> list[RequestLog]:
+    if stale_after is not None:
+        row = conn.execute("SELECT heartbeat_at FROM instances WHERE id = ?", (instance_id,)).fetchone()
+        if row is not None and (_now_us() - row[0]) / 1e6 <= stale_after:
+            return []  # it heartbeated meanwhile: alive
     holds = _dicts(
         conn,
         "SELECT id, account_id, request_id, key_id, model, provider, stream, created_at"

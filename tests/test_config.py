@@ -45,3 +45,10 @@ def test_secrets_resolve_from_the_environment(monkeypatch):
         structure_config(raw, base_dir=Path("."))
     monkeypatch.setenv("AZ_TEST_KEY", "secret")
     assert structure_config(raw, base_dir=Path(".")).deployments[0].api_key == "secret"
+
+
+def test_instance_staleness_must_span_several_heartbeats():
+    with pytest.raises(ConfigError, match="instance_stale_seconds.*3 x instance_heartbeat_seconds"):
+        structure_config({"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 20}}, base_dir=Path("."))
+    wallet = structure_config({"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 30}}, base_dir=Path(".")).wallet
+    assert wallet.instance_stale_seconds == 30

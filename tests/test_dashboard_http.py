@@ -28,7 +28,11 @@ async def test_signin_checks_csrf_redirects_locally_and_refuses_signing_keys(tmp
             forged = await client.post("/signin", data={"api_key": key, "csrf": "guess"})
             assert forged.status_code == 400 and "omixa_session" not in forged.cookies
 
-            # An off-site "next" falls back to /usage.
+            # An off-site "next" falls back to /usage, also spelt with a tab or a newline that
+            # browsers would strip ("/\t/evil.example" is "//evil.example" to them).
+            for target in ("/\t/evil.example", "/\n/evil.example", "/\\evil.example", "https://evil.example/"):
+                form = await client.get("/signin", params={"next": target})
+                assert form.status_code == 200 and 'name="next" value="/usage"' in form.text
             token = await signin_form(client, "//evil.example/")
             ok = await client.post("/signin", data={"api_key": key, "csrf": token, "next": "//evil.example/"})
             assert ok.status_code == 302 and ok.headers["location"] == "/usage"

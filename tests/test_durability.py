@@ -170,35 +170,49 @@ async def test_sigkill_mid_stream_leaves_no_locked_balance_after_restart(databas
 
 
 async def test_a_running_gateway_releases_holds_of_a_silent_remote_process(database_url, aio_loop):
-    """Across machines only the heartbeat tells: a process on another host that stopped
-    heartbeating loses its holds; one that still heartbeats keeps them."""
+    """Across machines only the heartbeat (by the database's clock) tells: a process on
+    another host that stops heartbeating loses its holds; while it heartbeats it keeps them."""
+    host = "another-host|boot|pidns"  # not this process's namespace: its pid means nothing here
     async with open_storage(database_url, loop=aio_loop) as storage:
         account = await storage.create_account("dev@example.com")
         await storage.top_up(account.id, 5_000_000_000)
-        long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
         now = dt.datetime.now(dt.timezone.utc)
-        for instance_id, heartbeat in (("inst_silent", long_ago), ("inst_alive", now)):
-            await storage.register_instance(
-                Instance(id=instance_id, host="another-host", pid=4242, started_at=long_ago, heartbeat_at=heartbeat)
-            )
+        instances = {}
+        for instance_id in ("inst_silent", "inst_alive"):
+            instances[instance_id] = Instance(id=instance_id, host=host, pid=os.getpid(), started_at=now, heartbeat_at=now)
+            await storage.register_instance(instances[instance_id])
             await storage.create_hold(
                 account_id=account.id, request_id=f"req_{instance_id}", amount=1_000_000_000,
                 expires_at=now + dt.timedelta(hours=1),
                 context=HoldContext(instance_id=instance_id, key_id="key_r", model="gpt-4o-mini",
                                     provider="azure", stream=False),
             )
-    wallet_config = {"instance_heartbeat_seconds": 0.2, "instance_stale_seconds": 3}
+    wallet_config = {"instance_heartbeat_seconds": 0.2, "instance_stale_seconds": 2}
     async with open_fake_azure() as fake, open_gateway(database_url, fake, wallet=wallet_config) as gw:
-        # Recovered before the gateway served anything.
-        assert (await gw.storage.get_wallet(account.id)).locked == 1_000_000_000
-        assert (await gw.storage.get_request_log("req_inst_silent")).status == "interrupted"
-        assert await gw.storage.get_request_log("req_inst_alive") is None
-        assert {i.id for i in await gw.storage.list_instances()} == {"inst_alive", gw.engine.monitor.id}
-        # Nobody heartbeats the other one: once it is 3 s silent, a later round recovers it.
+        storage = gw.storage
+        alive = trio.CancelScope()
+
+        async def heartbeat() -> None:
+            with alive:
+                while True:
+                    assert await storage.heartbeat_instance(instances["inst_alive"])
+                    await trio.sleep(0.2)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat)
+            with trio.fail_after(10):
+                while (await storage.get_request_log("req_inst_silent")) is None:
+                    await trio.sleep(0.1)
+            assert (await storage.get_request_log("req_inst_silent")).status == "interrupted"
+            await trio.sleep(1.0)  # several more rounds: the heartbeating one is left alone
+            assert (await storage.get_wallet(account.id)).locked == 1_000_000_000
+            assert await storage.get_request_log("req_inst_alive") is None
+            assert {i.id for i in await storage.list_instances()} == {"inst_alive", gw.engine.monitor.id}
+            alive.cancel()  # it goes silent
         with trio.fail_after(10):
-            while (await gw.storage.get_wallet(account.id)).locked:
+            while (await storage.get_wallet(account.id)).locked:
                 await trio.sleep(0.1)
-        assert (await gw.storage.get_request_log("req_inst_alive")).status == "interrupted"
-        assert await gw.storage.verify_ledger() == []
+        assert (await storage.get_request_log("req_inst_alive")).status == "interrupted"
+        assert await storage.verify_ledger() == []
     async with open_storage(database_url, loop=aio_loop) as storage:
         assert await storage.list_instances() == []  # the gateway removed itself on stop

@@ -28,7 +28,7 @@ from engine.errors import (
     StaleTimestamp,
 )
 from engine.secretbox import SecretBox, SecretKeyError, generate_signing_secret, secret_box_from_env
-from engine.signatures import ReplayCache, SignatureVerifier, check_signing_setup
+from engine.signatures import MAX_FUTURE_SKEW, ReplayCache, SignatureVerifier, check_signing_setup
 from omixa_client import OmixaSigner, sign, signature_headers, signed_message
 from storage import ApiKeyRecord, SigningSummary
 
@@ -43,15 +43,15 @@ PATHS = st.lists(SEGMENT, min_size=1, max_size=4).map(lambda parts: "/api/v1/" +
 QUERIES = st.one_of(st.just(""), st.text("abcdefghijklmnopqrstuvwxyz0123456789=&%+-_", min_size=1, max_size=30))
 NONCES = st.one_of(st.none(), st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=64))
 BODIES = st.binary(max_size=2048)  # arbitrary bytes: non-UTF-8 included
-OFFSETS = st.integers(min_value=-WINDOW, max_value=WINDOW)
+OFFSETS = st.integers(min_value=-WINDOW, max_value=min(WINDOW, MAX_FUTURE_SKEW))
 # No per-example deadline: the suite shares two cores with other runs, and a slow example is
 # not a wrong one.
 PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def key_record(secret: str | None = SECRET, **extra) -> ApiKeyRecord:
+def key_record(secret: str | None = SECRET, key_id: str = "key_test", **extra) -> ApiKeyRecord:
     return ApiKeyRecord(
-        id="key_test", account_id="acct_test", prefix="omx_live_abcdef", rpm=None, tpm=None,
+        id=key_id, account_id="acct_test", prefix="omx_live_abcdef", rpm=None, tpm=None,
         created_at=dt.datetime.now(dt.timezone.utc), revoked_at=None,
         signing_secret_enc=None if secret is None else BOX.encrypt(secret), **extra,
     )
@@ -205,6 +205,24 @@ def test_a_full_cache_narrows_the_window_instead_of_forgetting_silently():
     assert cache.admit(b"a", 100, 150) == "too_old"  # the forgotten one stays refused
     assert cache.admit(b"d", 100, 150) == "too_old"
     assert cache.admit(b"b", 110, 150) == "replayed"
+
+
+def test_a_timestamp_far_ahead_is_refused_and_one_keys_flood_leaves_others_alone():
+    v = verifier(replay_cache_size=5)
+    ahead = signature_headers(SECRET, "GET", "/api/v1/wallet", timestamp=int(NOW) + MAX_FUTURE_SKEW + 1)
+    with pytest.raises(StaleTimestamp, match="ahead"):
+        check(v, key_record(), ahead, "GET", b"/api/v1/wallet", b"")
+    # The attacker fills its own key's cache with signatures dated as late as allowed...
+    for i in range(20):
+        headers = signature_headers(SECRET, "GET", f"/api/v1/wallet?i={i}", timestamp=int(NOW) + MAX_FUTURE_SKEW)
+        try:
+            check(v, key_record(key_id="key_attacker"), headers, "GET", f"/api/v1/wallet?i={i}".encode(), b"")
+        except StaleTimestamp:
+            pass  # its own window narrowed
+    # ... and another key signing at the current time is not affected (up to its own bound).
+    for i in range(5):
+        headers = signature_headers(SECRET, "GET", f"/api/v1/models?i={i}", timestamp=int(NOW))
+        check(v, key_record(key_id="key_victim"), headers, "GET", f"/api/v1/models?i={i}".encode(), b"")
 
 
 def test_requests_signed_before_the_process_started_are_refused():

@@ -139,6 +139,10 @@ async def test_recovering_an_instance_voids_its_holds_and_logs_them(storage):
     h2 = await storage.create_hold(account_id=account.id, request_id="req_d2", amount=USD, expires_at=_later(), context=dead)
     await storage.create_hold(account_id=account.id, request_id="req_l", amount=USD, expires_at=_later(), context=live)
     await storage.settle_hold(h2.id, 100)  # finished before the process died
+    # Taken for stale, but it heartbeats before the recovery's transaction: nothing happens.
+    assert await storage.heartbeat_instance(Instance(id="inst_dead", host="h", pid=1, started_at=now, heartbeat_at=now))
+    assert await storage.recover_instance("inst_dead", now, stale_after=60) == []
+    assert (await storage.get_wallet(account.id)).locked == 2 * USD
     logs = await storage.recover_instance("inst_dead", now + dt.timedelta(seconds=3))
     assert [(log.id, log.status, log.cost, log.stream, log.model, log.key_id) for log in logs] == [
         ("req_d1", "interrupted", 0, True, "gpt-4o", "key_1")
@@ -148,5 +152,10 @@ async def test_recovering_an_instance_voids_its_holds_and_logs_them(storage):
     wallet = await storage.get_wallet(account.id)
     assert (wallet.balance, wallet.locked) == (10 * USD - 100, USD)  # only the live hold remains
     assert [i.id for i in await storage.list_instances()] == ["inst_live"]
-    assert await storage.recover_instance("inst_dead", now) == []  # once
+    # A heartbeat of a recovered instance says so, and registers it again.
+    live_again = Instance(id="inst_dead", host="h", pid=1, started_at=now, heartbeat_at=now)
+    assert not await storage.heartbeat_instance(live_again)
+    assert [i.id for i in await storage.list_instances()] == ["inst_dead", "inst_live"]
+    assert all(0 <= i.heartbeat_age < 5 for i in await storage.list_instances())
+    assert await storage.recover_instance("inst_dead", now) == []  # once (the row is back, no holds)
     assert await storage.verify_ledger() == []

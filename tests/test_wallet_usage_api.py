@@ -140,9 +140,11 @@ async def test_transactions_list_every_movement_newest_first_and_page_stably(dat
 
             one = await client.get(f"/wallet/transactions/{everything[0]['id']}", headers=auth(key))
             assert one.json() == everything[0]
-            for bad in ({"limit": 0}, {"limit": 101}, {"limit": "x"}, {"lmit": 5}):
+            for bad in ({"limit": 0}, {"limit": 101}, {"limit": "x"}, {"limit": "²"}, {"lmit": 5}):
                 response = await client.get("/wallet/transactions", headers=auth(key), params=bad)
                 assert response.status_code == 400, bad
+            for odd in ("txn_²", "txn_", "42", "txn_99999999999999999999"):
+                assert (await client.get(f"/wallet/transactions/{odd}", headers=auth(key))).status_code == 404
 
 
 async def test_usage_requests_rollups_and_ledger_agree(database_url):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -246,12 +247,16 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         return json_response(request_view(await engine.reports.request(key.account_id, request_id)))
 
 
+# A local path: "/" then path characters only. No second "/" or "\\" at the start, and no
+# whitespace or control characters anywhere (browsers strip tabs and newlines from URLs, so
+# "/\t/evil.example" would become "//evil.example", another site).
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*")
+
+
 def _safe_next(value: str | None = None) -> str:
     """Where to go after sign-in: a local dashboard path only (no open redirect)."""
     target = value if value is not None else request.args.get("next", "")
-    if target.startswith("/") and not target.startswith("//") and not target.startswith("/\\"):
-        return target
-    return "/usage"
+    return target if _LOCAL_PATH.fullmatch(target) else "/usage"
 
 
 def _totals(buckets: list[Bucket]) -> dict[str, Any]:

@@ -131,14 +131,14 @@ def _limit(params: dict[str, str]) -> int:
     raw = params.get("limit")
     if raw is None:
         return page_limit(None)
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise InvalidRequest("limit must be an integer.")
     return page_limit(int(raw))
 
 
 def _transaction_id(value: str) -> int:
     digits = value.removeprefix(TXN_PREFIX)
-    if not value.startswith(TXN_PREFIX) or not digits.isdigit() or len(digits) > 18:
+    if not value.startswith(TXN_PREFIX) or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
         raise NotFoundError("No such transaction.")
     return int(digits)
 
