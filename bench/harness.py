@@ -262,6 +262,8 @@ class Backend:
         self.env.pop("AZURE_STREAM_CHUNK_BYTES", None)
         self.env.pop("AZURE_STREAM_HEARTBEAT_SECONDS", None)
         self.env.pop("AZURE_STREAM_FLUSH_PADDING_BYTES", None)
+        if p.get("chunk_bytes"):  # --chunk-bytes: the one streaming knob a run may change
+            self.env["AZURE_STREAM_CHUNK_BYTES"] = str(p["chunk_bytes"])
         self.db: str | None = None
         self.proc: subprocess.Popen | None = None
         self.log_path = outdir / f"omixa-{name}.log"
@@ -739,7 +741,8 @@ def render(results: dict) -> str:
         f"Omixa at {m['git'].get('commit')}"
         + (f" with {len(m['git'].get('uncommitted_project_files', []))} uncommitted project files" if m["git"].get("uncommitted_project_files") else "")
         + f". Pinning: {results['pinning']}. Rounds per scenario: {results['params']['rounds']} (medians; "
-        "ratios and differences are per round, then the median).",
+        "ratios and differences are per round, then the median). Streaming read size "
+        f"(chunk_bytes): {results['params'].get('chunk_bytes') or '128, the default'}.",
         "",
         table(results),
         "",
@@ -776,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3; 1 with --quick)")
     ap.add_argument("--hold-streams", type=int, help="streams for the RSS scenario (default 1000; 200 with --quick)")
     ap.add_argument("--upstream-workers", type=int, default=3)
+    ap.add_argument("--chunk-bytes", type=int, help="run Omixa with AZURE_STREAM_CHUNK_BYTES=N (default: 128)")
     ap.add_argument("--out", help="results folder (default bench/results/<timestamp>)")
     args = ap.parse_args(argv)
     p = dict(QUICK if args.quick else FULL)
@@ -783,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
         p["rounds"] = args.rounds
     if args.hold_streams:
         p["hold_streams"] = args.hold_streams
+    if args.chunk_bytes:
+        p["chunk_bytes"] = args.chunk_bytes
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for b in backends:
         if b not in ("sqlite", "postgres"):
