@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 import attrs
@@ -354,6 +355,20 @@ def _records(conn: sqlite3.Connection, cls: type[T], sql: str, params: tuple) ->
     return records
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (a no-op once it is). SQLite does not wait on the busy timeout
+    for this switch, so openers racing on a new file retry for up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # in the worker thread
+
+
 def _connect(path: str) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves; the module's implicit
     # transactions would defeat BEGIN IMMEDIATE.
@@ -361,7 +376,7 @@ def _connect(path: str) -> sqlite3.Connection:
     try:
         # busy_timeout first: switching to WAL needs a lock another opener may hold.
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe in WAL
         conn.execute("PRAGMA foreign_keys = ON")
     except BaseException:

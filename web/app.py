@@ -221,12 +221,7 @@ def _request_id() -> str:
 
 async def _json_body(max_body: int) -> Any:
     """The request's JSON. Errors: RequestTooLarge, InvalidRequest."""
-    length = request.content_length
-    if length is not None and length > max_body:
-        raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
-    raw = await request.get_data(cache=False)
-    if len(raw) > max_body:
-        raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
+    raw = await signing.raw_body(max_body, cache=False)  # the signing hook's bytes, if it read them
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:

@@ -54,7 +54,7 @@ def add_azure_deployment(
 
 def _append(path: Path, entry: dict[str, Any]) -> None:
     """Append ``entry`` as a ``[[deployments]]`` table, check the whole file, write it."""
-    name, model = entry["name"], entry["model"]
+    name = entry["name"]
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     try:
         doc = tomlkit.parse(text)

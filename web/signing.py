@@ -65,13 +65,13 @@ def request_target(scope: dict) -> bytes:
     return raw_path + b"?" + query if query else raw_path
 
 
-async def raw_body(max_body: int) -> bytes:
-    """The exact body bytes, cached for the view. Errors: RequestTooLarge (413);
-    werkzeug's RequestTimeout when the body does not arrive in time (400)."""
+async def raw_body(max_body: int, *, cache: bool = True) -> bytes:
+    """The exact body bytes (kept for the view when ``cache``). Errors: RequestTooLarge
+    (413); werkzeug's RequestTimeout when the body does not arrive in time (400)."""
     length = request.content_length
     if length is not None and length > max_body:
         raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
-    body = await request.get_data(cache=True)
+    body = await request.get_data(cache=cache)
     if len(body) > max_body:
         raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
     return body
