@@ -24,6 +24,9 @@ async def test_signin_checks_csrf_redirects_locally_and_refuses_signing_keys(tmp
         _, key = await gw.funded_account("1.00")
         _, _, strict_key, _ = await signed_account(gw, signature_required=True)
         async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            # A page without a session sends to sign-in, keeping where it was (query included).
+            away = await client.get("/usage", params={"a": "1", "b": "2"})
+            assert away.status_code == 302 and away.headers["location"] == "/signin?next=%2Fusage%3Fa%3D1%26b%3D2"
             # Without the form's token (a cross-site post): refused, no session.
             forged = await client.post("/signin", data={"api_key": key, "csrf": "guess"})
             assert forged.status_code == 400 and "omixa_session" not in forged.cookies

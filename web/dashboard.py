@@ -29,6 +29,7 @@ import os
 import re
 import secrets
 from pathlib import Path
+from urllib.parse import urlencode
 from typing import Any, Awaitable, Callable
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -36,11 +37,11 @@ from quart import Response, g, redirect, render_template, request
 from quart_trio import QuartTrio
 
 from engine.accounts import hash_key
-from engine.errors import InvalidApiKey, InvalidRequest
+from engine.errors import InvalidApiKey, InvalidRequest, ServiceUnavailable
 from engine.money import format_usd
 from engine.reports import STEP, Bucket
 from engine.runtime import Engine
-from storage import ApiKeyRecord, RequestLogFilter
+from storage import ApiKeyRecord, RequestLogFilter, StorageError
 from web.catalog_routes import model_object
 from web.envelope import json_response
 from web.wallet_api import bucket_view, iso, request_view
@@ -109,7 +110,10 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
             data = serializer.loads(raw, max_age=max_age)
         except BadSignature:
             return None
-        record = await engine.storage.find_api_key(data["kh"])
+        try:
+            record = await engine.storage.find_api_key(data["kh"])
+        except StorageError as exc:
+            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
         if record is None or record.revoked_at is not None or engine.signatures.applies(record, False):
             return None
         g.key = record
@@ -134,7 +138,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 
     def to_signin() -> Response:
         target = request.full_path.rstrip("?")
-        return redirect(f"/signin?next={target}" if target.startswith("/") else "/signin")
+        return redirect("/signin?" + urlencode({"next": target}) if target.startswith("/") else "/signin")
 
     @app.get("/")
     async def home() -> Response:
