@@ -219,3 +219,19 @@ async def test_demo_serves_the_readme_curl_example(tmp_path):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_env_secrets_are_needed_only_where_the_server_runs(tmp_path):
+    config = write_config(
+        tmp_path / "omixa.toml", f"sqlite:///{tmp_path / 'o.db'}",
+        '[[deployments]]\nname = "e1"\nmodel = "gpt-4o-mini"\nendpoint = "https://x.openai.azure.com"\n'
+        'deployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_KEY"\n',
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMIXA_TEST_UNSET_KEY"}
+    created = subprocess.run([OMIXA, "account", "create", "ops@example.com", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60, env=env)
+    assert created.returncode == 0, created.stderr
+    served = subprocess.run([OMIXA, "serve", "--config", str(config), "--port", "0"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert served.returncode != 0
+    assert "deployments[0].api_key: environment variable OMIXA_TEST_UNSET_KEY is not set" in served.stderr
