@@ -166,6 +166,10 @@ async def test_the_stream_ends_with_done_and_never_relays_thoughts(database_url)
                            if f["choices"] and f["choices"][0]["index"] == index)  # fmt: skip
             assert text == DEFAULT_REPLY
         assert fake.requests[-1].json["generationConfig"]["candidateCount"] == 2
+        # The catalog says which efforts a Gemini model takes (all six, mapped to thinking).
+        async with httpx.AsyncClient() as client:
+            model = (await client.get(f"{gw.base_url}/models/{MODEL}", headers={"Authorization": f"Bearer {key}"})).json()
+        assert model["reasoning_efforts"] == ["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
