@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterable
 
 import attrs
 import trio
@@ -24,7 +24,7 @@ import trio
 from engine.accounts import Accounts
 from engine.catalog import Catalog, load_catalog
 from engine.chat import ChatService
-from engine.config import Config, resolve_path
+from engine.config import Config, DeploymentConfig, resolve_path
 from engine.deployment import DeploymentActor
 from engine.fleet import Fleet
 from engine.instances import InstanceMonitor, new_instance_id
@@ -68,6 +68,13 @@ class Engine:
         return self.fleet.actors
 
 
+def deployed_encodings(catalog: Catalog, deployments: Iterable[DeploymentConfig]) -> set[str]:
+    """The tokenizer encodings of the models these deployments serve. Only those are loaded
+    at start: each costs memory for the process's life (o200k_base about 140 MB,
+    cl100k_base about 35 MB)."""
+    return {model.encoding for dep in deployments if (model := catalog.get(dep.model)) is not None}
+
+
 def catalog_for(config: Config) -> Catalog:
     return load_catalog(resolve_path(config, config.catalog) if config.catalog else None)
 
@@ -86,8 +93,9 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     router = Router()
     fleet = Fleet(catalog=catalog, upstream=config.upstream, breaker=config.breaker, router=router)
     fleet.check(config.deployments)
-    # Load the tokenizers now, so the first request does not pay for it.
-    await trio.to_thread.run_sync(warm_up, {m.encoding for m in catalog.models.values()})
+    # Load the tokenizers of the deployed models now, so the first request does not pay for
+    # it (a reload that deploys another model loads its encoding before applying).
+    await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))
     set_read_size(config.streaming.chunk_bytes)
     instance_id = new_instance_id()
     wallets = WalletPool(storage, config.wallet, instance_id=instance_id)

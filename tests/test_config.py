@@ -52,3 +52,19 @@ def test_instance_staleness_must_span_several_heartbeats():
         structure_config({"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 20}}, base_dir=Path("."))
     wallet = structure_config({"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 30}}, base_dir=Path(".")).wallet
     assert wallet.instance_stale_seconds == 30
+
+
+def test_only_the_deployed_models_encodings_are_loaded_at_start():
+    from engine.catalog import load_catalog
+    from engine.runtime import deployed_encodings
+
+    catalog = load_catalog()
+    config = structure_config({"deployments": [
+        {"name": "a", "model": "gpt-4o-mini", "provider": "simulator"},
+        {"name": "b", "model": "gpt-5.1", "provider": "simulator"},
+    ]}, base_dir=Path("."))
+    assert deployed_encodings(catalog, config.deployments) == {"o200k_base"}
+    with_embeddings = config.deployments + structure_config({"deployments": [
+        {"name": "c", "model": "text-embedding-3-small", "provider": "simulator"},
+    ]}, base_dir=Path(".")).deployments
+    assert deployed_encodings(catalog, with_embeddings) == {"o200k_base", "cl100k_base"}

@@ -17,7 +17,8 @@ import trio
 
 from engine.catalog import CatalogError
 from engine.config import ConfigError, load_config
-from engine.runtime import Engine
+from engine.runtime import Engine, deployed_encodings
+from engine.tokens import warm_up
 
 log = logging.getLogger("omixa.reload")
 
@@ -26,6 +27,8 @@ async def reload_once(engine: Engine, path: Path) -> bool:
     """Load ``path`` and apply its deployments. Returns whether it was applied."""
     try:
         config = await trio.to_thread.run_sync(load_config, path)
+        encodings = deployed_encodings(engine.catalog, config.deployments)
+        await trio.to_thread.run_sync(warm_up, encodings)  # before a new model's first request
         change = await engine.fleet.apply(config.deployments)
     except (ConfigError, CatalogError, ValueError) as exc:
         log.error("reload of %s refused, deployments unchanged: %s", path, exc)
