@@ -17,14 +17,21 @@ which it treats like a 5xx for failover.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import attrs
 import httpcore
 import httpx
+import trio
 
 from engine.config import UpstreamConfig
 from engine.errors import OmixaError, UpstreamError, UpstreamTimeout
+
+# An upstream's error body is read up to this many bytes (the message is what matters).
+MAX_ERROR_BODY_BYTES = 64 * 1024
+_CLOSE_SECONDS = 5.0
+
+ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
 
 
 def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
@@ -169,3 +176,64 @@ class HttpClients:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+
+
+async def close_response(response: httpx.Response) -> None:
+    """Close a streamed response. Closing drops the socket (or returns it to the pool): quick,
+    so a bounded shield lets it finish even when we are leaving because of cancellation."""
+    with trio.move_on_after(_CLOSE_SECONDS, shield=True):
+        await response.aclose()
+
+
+async def read_bounded(response: httpx.Response, limit: int) -> bytes:
+    """The body of a streamed response, or UpstreamError past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(
+                f"Upstream answer larger than {limit} bytes.", upstream_status=response.status_code
+            )
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def read_answer(response: httpx.Response, limit: int, error_from: ErrorFromResponse) -> bytes:
+    """The body of a successful answer (at most ``limit`` bytes), else the provider's error
+    for the failed one (``error_from``); the response is closed either way."""
+    try:
+        with map_errors():
+            if not response.is_success:
+                raise error_from(response, await read_bounded(response, MAX_ERROR_BODY_BYTES))
+            return await read_bounded(response, limit)
+    finally:
+        await close_response(response)
+
+
+@contextlib.asynccontextmanager
+async def open_streamed(
+    send: Callable[[], Awaitable[httpx.Response]], head_timeout: float, error_from: ErrorFromResponse
+) -> AsyncIterator[httpx.Response]:
+    """Send a streaming request and yield its successful response, body unread.
+
+    Entering waits at most ``head_timeout`` for the head (UpstreamTimeout); a failed status
+    is the provider's error (``error_from``). The response is owned here, never by the body's
+    iterator, so it is closed on every exit path (STACK-NOTES: a response held by an
+    unstarted generator leaks when the client goes early); its body is read in
+    ``streaming.chunk_bytes`` reads (:func:`stream_reads`).
+    """
+    response = None
+    with trio.move_on_after(head_timeout):
+        response = await send()
+    if response is None:
+        raise UpstreamTimeout("The upstream did not start its answer in time.")
+    try:
+        if not response.is_success:
+            with map_errors():
+                raw = await read_bounded(response, MAX_ERROR_BODY_BYTES)
+            raise error_from(response, raw)
+        with stream_reads(response):
+            yield response
+    finally:
+        await close_response(response)

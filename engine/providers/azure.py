@@ -30,16 +30,21 @@ import trio
 
 from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import UpstreamError, UpstreamTimeout
-from engine.providers._http import make_client, map_errors, stream_reads, translate
+from engine.providers._http import (
+    MAX_ERROR_BODY_BYTES,
+    make_client,
+    map_errors,
+    open_streamed,
+    read_answer,
+    translate,
+)
 from engine.providers.base import Completion, SseEvent, Usage
 from engine.providers.sse import SseParser
 
-MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_COMPLETION_BYTES = 32 * 1024 * 1024
 # Ten base64 images of 1536x1024 are about 40 MB.
 MAX_IMAGES_BYTES = 128 * 1024 * 1024
 MAX_MESSAGE_CHARS = 500
-_CLOSE_SECONDS = 5.0
 _RETRY_TEXT = re.compile(rb"(?:retry after|try again in) (\d+(?:\.\d+)?) second", re.IGNORECASE)
 
 
@@ -105,16 +110,7 @@ class AzureProvider:
     async def _post(self, request: httpx.Request, limit: int) -> Completion:
         with trio.move_on_after(self._timeout) as deadline:
             response = await self._send(request)
-            try:
-                with map_errors():
-                    if response.is_success:
-                        raw = await _read_bounded(response, limit)
-                    else:
-                        raise error_from_response(
-                            response, await _read_bounded(response, MAX_ERROR_BODY_BYTES)
-                        )
-            finally:
-                await _close(response)
+            raw = await read_answer(response, limit, error_from_response)
         if deadline.cancelled_caught:
             raise UpstreamTimeout("The upstream did not answer in time.")
         try:
@@ -143,24 +139,12 @@ class AzureProvider:
         once (HTTP/1.1): Azure sees the disconnect and stops generating.
         """
         request = self._build(body, stream=True)
-        response = None
-        with trio.move_on_after(self._head_timeout):
-            response = await self._send(request)
-        if response is None:
-            raise UpstreamTimeout("The upstream did not start its answer in time.")
-        try:
-            if not response.is_success:
-                with map_errors():
-                    raw = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
-                raise error_from_response(response, raw)
+        async with open_streamed(lambda: self._send(request), self._head_timeout, error_from_response) as response:
             encoding = response.headers.get("content-encoding", "identity").lower()
             # aiter_raw skips httpx's decoder layer; fall back to decoding if Azure compressed
             # despite "accept-encoding: identity" (then raw bytes would not be SSE).
             chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
-            with stream_reads(response):
-                yield _Events(chunks)
-        finally:
-            await _close(response)
+            yield _Events(chunks)
 
     async def aclose(self) -> None:
         """Close the pooled connections, if the client is ours."""
@@ -208,27 +192,6 @@ class _Events:
                 raise translate(exc) from exc
             self._pending.extend(self._parser.feed(chunk))
         return self._pending.popleft()
-
-
-async def _close(response: httpx.Response) -> None:
-    # Closing drops the socket (or returns it to the pool): quick, so a bounded shield lets it
-    # finish even when we are leaving because of cancellation.
-    with trio.move_on_after(_CLOSE_SECONDS, shield=True):
-        await response.aclose()
-
-
-async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """The body of a streamed response, or UpstreamError past ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError(
-                f"Upstream answer larger than {limit} bytes.", upstream_status=response.status_code
-            )
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def error_from_response(response: httpx.Response, raw: bytes) -> UpstreamError:

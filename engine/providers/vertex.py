@@ -33,15 +33,8 @@ import trio
 from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from engine.providers import gemini
-from engine.providers._http import HttpClients, map_errors, stream_reads, translate
-from engine.providers.azure import (
-    MAX_COMPLETION_BYTES,
-    MAX_ERROR_BODY_BYTES,
-    MAX_MESSAGE_CHARS,
-    _close,
-    _read_bounded,
-    parse_retry_after,
-)
+from engine.providers._http import HttpClients, map_errors, open_streamed, read_answer, translate
+from engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from engine.providers.base import Completion, SseEvent
 from engine.providers.google_auth import ServiceAccountTokens, load_service_account
 from engine.providers.sse import SseParser
@@ -112,13 +105,7 @@ class VertexProvider:
         with trio.move_on_after(self._timeout):
             request = await self._build(self._generate_url, body)
             response = await self._send(request)
-            try:
-                with map_errors():
-                    if not response.is_success:
-                        raise error_from_response(response, await _read_bounded(response, MAX_ERROR_BODY_BYTES))
-                    raw = await _read_bounded(response, MAX_COMPLETION_BYTES)
-            finally:
-                await _close(response)
+            raw = await read_answer(response, MAX_COMPLETION_BYTES, error_from_response)
             try:
                 data = json.loads(raw)
             except ValueError:
@@ -138,24 +125,14 @@ class VertexProvider:
         (broken connection, malformed or error event, a stream that ends before any finish
         reason): UpstreamError / UpstreamTimeout.
         """
-        response = None
-        with trio.move_on_after(self._head_timeout):
-            request = await self._build(self._stream_url, body)
-            response = await self._send(request)
-        if response is None:
-            raise UpstreamTimeout("The upstream did not start its answer in time.")
-        try:
-            if not response.is_success:
-                with map_errors():
-                    raw = await _read_bounded(response, MAX_ERROR_BODY_BYTES)
-                raise error_from_response(response, raw)
+        async def send() -> httpx.Response:  # the token may need fetching: inside the head's bound
+            return await self._send(await self._build(self._stream_url, body))
+
+        async with open_streamed(send, self._head_timeout, error_from_response) as response:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
-            with stream_reads(response):
-                yield _Chunks(response.aiter_bytes(), encoder)
-        finally:
-            await _close(response)
+            yield _Chunks(response.aiter_bytes(), encoder)
 
     async def aclose(self) -> None:
         """Close the clients, if they are this provider's own."""
