@@ -3,8 +3,19 @@
 Keys are ``omx_live_`` followed by 43 urlsafe-base64 characters of ``secrets.token_bytes(32)``
 (256 random bits). Only a SHA-256 hash and a short display prefix are stored; the key is
 shown once, at creation. A plain hash suffices because the key has full entropy: there is
-nothing to brute-force that a slow hash would protect. Lookups are by hash, so revocation
-takes effect on the next request in every process (no cache to expire).
+nothing to brute-force that a slow hash would protect.
+
+Lookups are by hash, and a revocation takes effect on the next request in every process:
+- every request is looked up in the database, except paid model calls (chat, embeddings,
+  images) sent without a signature, which may use a live key's record this process looked
+  up at most :data:`KEY_CACHE_SECONDS` ago (one storage round trip less on the hot path);
+- such a call holds money before it reaches an upstream, and the hold itself checks, in its
+  transaction, that the key is still live (:class:`storage.KeyRevoked`), so a revoked key
+  is refused (401) with nothing held, charged or sent upstream. What the cache can change is
+  only which error a revoked key sees first for a call that is invalid anyway (a bad body
+  gets its 400 before the hold).
+A key's limits and flags never change after creation; its signing secret does (rotation),
+which is why signed requests are always looked up.
 
 A key may also have a signing secret for request signatures (:mod:`engine.signatures`). It
 is generated here, shown once beside the key, and stored only encrypted under
@@ -17,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 
 import attrs
 
@@ -26,6 +38,10 @@ from storage import Account, ApiKeyRecord, Storage, StorageError, WalletState
 
 KEY_PREFIX = "omx_live_"
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 6
+# How long a live key's record may serve paid unsigned calls without a lookup, and how many
+# keys this process keeps (least recently looked up go first).
+KEY_CACHE_SECONDS = 2.0
+KEY_CACHE_SIZE = 10_000
 
 
 @attrs.frozen(kw_only=True)
@@ -52,6 +68,8 @@ class Accounts:
     def __init__(self, storage: Storage, box: SecretBox | None = None) -> None:
         self.storage = storage
         self.box = box  # encrypts signing secrets; None: keys get none
+        # key hash -> (live record, monotonic time it was looked up)
+        self._recent: dict[str, tuple[ApiKeyRecord, float]] = {}
 
     async def create_account(self, email: str) -> Account:
         email = email.strip()
@@ -112,8 +130,11 @@ class Accounts:
         await self.storage.rotate_signing_secret(key_id, self.box.encrypt(signing), previous_expires_at=expires)
         return signing
 
-    async def authenticate(self, authorization: str | None) -> ApiKeyRecord:
+    async def authenticate(self, authorization: str | None, *, recent: bool = False) -> ApiKeyRecord:
         """The live key named by an ``Authorization: Bearer ...`` header.
+
+        ``recent``: a record of this live key looked up at most :data:`KEY_CACHE_SECONDS`
+        ago will do (only for calls whose hold re-checks the key; see the module's notes).
 
         Errors: InvalidApiKey (missing, malformed, unknown or revoked — the message does not
         say which, beyond "missing"); ServiceUnavailable if the store cannot be reached.
@@ -124,12 +145,23 @@ class Accounts:
         token = token.strip()
         if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX) or len(token) > 200:
             raise InvalidApiKey()
+        key_hash = hash_key(token)
+        now = time.monotonic()
+        if recent:
+            seen = self._recent.get(key_hash)
+            if seen is not None and now - seen[1] <= KEY_CACHE_SECONDS:
+                return seen[0]
         try:
-            record = await self.storage.find_api_key(hash_key(token))
+            record = await self.storage.find_api_key(key_hash)
         except StorageError as exc:
             raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
         if record is None or record.revoked_at is not None:
+            self._recent.pop(key_hash, None)
             raise InvalidApiKey()
+        self._recent.pop(key_hash, None)  # re-insert: the dict's order is lookup order
+        self._recent[key_hash] = (record, now)
+        if len(self._recent) > KEY_CACHE_SIZE:
+            del self._recent[next(iter(self._recent))]
         return record
 
     async def wallet(self, account_id: str) -> WalletState:

@@ -10,6 +10,18 @@ offline plus every output token of the cap). When the wallet cannot cover the mo
 default output cap, the cap is lowered to what it can cover, down to
 ``wallet.min_output_tokens``; a cap the client chose is never lowered (402 instead).
 
+Group commit: an actor takes every message already waiting in its mailbox (up to
+:data:`MAX_BATCH`) and applies them in one storage transaction
+(:meth:`storage.Storage.apply_wallet_ops`): one round trip and one commit for a burst of
+holds and settles instead of one each. A hold the batch could not fund is tried again on its
+own after the batch (with the cap lowering below), when the batch's settles have released
+what they free: the outcome is one the messages could have had alone, in some order of
+arrival. A lone message is applied on its own at once: batching never waits for company.
+
+Each hold re-checks, in its transaction, that the request's key is still live, so a key
+revoked by any process holds nothing (:class:`~engine.errors.InvalidApiKey`), whatever a
+process's key cache says.
+
 Mailboxes are bounded (:data:`MAILBOX_SIZE`); senders wait when one is full.
 """
 
@@ -23,13 +35,25 @@ import trio
 
 from engine.catalog import Prices, affordable_output_tokens, max_cost
 from engine.config import WalletConfig
-from engine.errors import InsufficientBalance, InternalError, ServiceUnavailable
+from engine.errors import InsufficientBalance, InternalError, InvalidApiKey, ServiceUnavailable
 from engine.mailbox import Reply, ask
-from storage import Hold, HoldContext, Settlement, Storage, StorageError
+from storage import (
+    FinalizeHold,
+    Hold,
+    HoldContext,
+    KeyRevoked,
+    NewHold,
+    Settlement,
+    Storage,
+    StorageError,
+    WalletOp,
+)
 
 log = logging.getLogger("omixa.wallet")
 
 MAILBOX_SIZE = 64
+# The most messages one group commit applies (one storage transaction).
+MAX_BATCH = 64
 
 
 @attrs.frozen(kw_only=True)
@@ -80,6 +104,7 @@ class WalletActor:
         self.account_id = account_id
         self._pool = pool
         self.send, self._receive = trio.open_memory_channel[Message](MAILBOX_SIZE)
+        self._in_flight: list[Message] = []  # the batch being served
 
     async def run(self) -> None:
         idle = self._pool.config.idle_seconds
@@ -95,7 +120,7 @@ class WalletActor:
                         return  # the pool is closing and the mailbox is drained
                 if message is None:
                     break
-                await self._handle(message)
+                await self._handle_batch(self._drain(message))
             # Retire: leave the registry first (no checkpoint in between), then serve what
             # is already queued; senders that find the mailbox closed spawn a new actor.
             self._pool._forget(self)
@@ -107,7 +132,10 @@ class WalletActor:
                 await self._handle(message)
         finally:
             self._pool._forget(self)
-            # Anything still queued (the actor is being cancelled) gets an answer, not silence.
+            # Anything in hand or still queued (the actor is being cancelled) gets an
+            # answer, not silence.
+            for message in self._in_flight:
+                self._fail(message, ServiceUnavailable())
             while True:
                 try:
                     message = self._receive.receive_nowait()
@@ -116,21 +144,87 @@ class WalletActor:
                 self._fail(message, ServiceUnavailable())
             self._receive.close()
 
+    def _drain(self, first: Message) -> list[Message]:
+        """``first`` and whatever else is already queued, up to :data:`MAX_BATCH`."""
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return batch
+
+    async def _handle_batch(self, batch: list[Message]) -> None:
+        """Group commit: every message already queued is applied in one storage transaction
+        (one round trip, one commit). A hold refused for want of funds, and every message of
+        a batch that failed as a whole (a revoked key, a database error), is served again on
+        its own."""
+        self._in_flight = batch
+        if len(batch) == 1:
+            await self._handle(batch[0])
+            return
+        try:
+            results = await self._pool.storage.apply_wallet_ops([self._op(m) for m in batch])
+            self._pool.group_commits += 1
+            self._pool.grouped_messages += len(batch)
+        except Exception as exc:
+            if not isinstance(exc, StorageError):
+                log.exception("wallet %s: a batch of %d failed; serving it one by one", self.account_id, len(batch))
+            for message in batch:
+                await self._handle(message)
+            return
+        for message, result in zip(batch, results):
+            if not isinstance(message, Reserve):
+                message.reply.send(result)
+            elif result is None:
+                await self._handle(message)  # the lowered-cap path, or 402
+            else:
+                assert isinstance(result, Hold)
+                await self._deliver(message, Reserved(hold=result, output_tokens=message.output_tokens))
+
+    def _op(self, message: Message) -> WalletOp:
+        if isinstance(message, Reserve):
+            return self._new_hold(message, message.output_tokens)
+        if isinstance(message, Settle):
+            return FinalizeHold(hold_id=message.hold_id, charge=message.charge)
+        return FinalizeHold(hold_id=message.hold_id, void=True)
+
+    def _new_hold(self, msg: Reserve, cap: int) -> NewHold:
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(
+            seconds=self._pool.config.hold_timeout_seconds
+        )
+        amount = msg.amount or max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
+        return NewHold(
+            account_id=self.account_id, request_id=msg.request_id, amount=amount,
+            expires_at=expires, context=msg.context,
+        )
+
+    async def _deliver(self, message: Reserve, reserved: Reserved) -> None:
+        if message.reply.send(reserved):
+            return
+        # The requester was cancelled while we held money for it: undo.
+        try:
+            await self._pool.storage.void_hold(reserved.hold.id)
+        except Exception:
+            log.exception(
+                "wallet %s: voiding abandoned hold %s failed; it expires later",
+                self.account_id, reserved.hold.id,
+            )
+
     async def _handle(self, message: Message) -> None:
         """Serve one message; every failure becomes the requester's exception, never the
         actor's (one bad request must not take other accounts' actors down)."""
         try:
             if isinstance(message, Reserve):
-                reserved = await self._reserve(message)
-                if not message.reply.send(reserved):
-                    # The requester was cancelled while we held money for it: undo.
-                    await self._pool.storage.void_hold(reserved.hold.id)
+                await self._deliver(message, await self._reserve(message))
             elif isinstance(message, Settle):
                 message.reply.send(await self._pool.storage.settle_hold(message.hold_id, message.charge))
             else:
                 message.reply.send(await self._pool.storage.void_hold(message.hold_id))
         except InsufficientBalance as exc:
             self._fail(message, exc)
+        except KeyRevoked:
+            self._fail(message, InvalidApiKey())
         except StorageError as exc:
             log.error("wallet %s: storage failed: %s", self.account_id, exc)
             self._fail(message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
@@ -145,15 +239,12 @@ class WalletActor:
 
     async def _reserve(self, msg: Reserve) -> Reserved:
         storage = self._pool.storage
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(
-            seconds=self._pool.config.hold_timeout_seconds
-        )
         cap = msg.output_tokens
         for _ in range(2):
-            amount = msg.amount or max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
+            op = self._new_hold(msg, cap)
             hold = await storage.create_hold(
-                account_id=self.account_id, request_id=msg.request_id, amount=amount,
-                expires_at=expires, context=msg.context,
+                account_id=op.account_id, request_id=op.request_id, amount=op.amount,
+                expires_at=op.expires_at, context=op.context,
             )
             if hold is not None:
                 return Reserved(hold=hold, output_tokens=cap)
@@ -179,6 +270,9 @@ class WalletPool:
         # Set when run() returns normally: every actor served its mailbox.
         self.drained = trio.Event()
         self._actors: dict[str, WalletActor] = {}
+        # Group commits applied (batches of two messages or more) and the messages in them.
+        self.group_commits = 0
+        self.grouped_messages = 0
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._closed = trio.Event()

@@ -8,11 +8,13 @@ yields. The PostgreSQL backend must be opened inside ``trio_asyncio.open_loop()`
 from storage.base import (
     Account,
     ApiKeyRecord,
+    FinalizeHold,
     Hold,
     HoldContext,
     Instance,
     LedgerEntry,
     LedgerProblem,
+    NewHold,
     RequestLog,
     RequestLogFilter,
     RollupRow,
@@ -20,22 +22,26 @@ from storage.base import (
     SigningSummary,
     Storage,
     TopUpResult,
+    WalletOp,
     WalletState,
 )
 from storage._common import bucket_start, latency_bin_upper
-from storage.errors import IdempotencyConflict, MigrationError, NotFound, StorageError
+from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
 from storage.open import open_storage
 
 __all__ = [
     "Account",
     "ApiKeyRecord",
+    "FinalizeHold",
     "Hold",
     "HoldContext",
     "IdempotencyConflict",
+    "KeyRevoked",
     "Instance",
     "LedgerEntry",
     "LedgerProblem",
     "MigrationError",
+    "NewHold",
     "NotFound",
     "RequestLog",
     "RequestLogFilter",
@@ -45,6 +51,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "TopUpResult",
+    "WalletOp",
     "WalletState",
     "bucket_start",
     "latency_bin_upper",

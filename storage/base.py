@@ -166,6 +166,30 @@ class HoldContext:
 
 
 @attrs.frozen(kw_only=True)
+class NewHold:
+    """A hold to create, as one step of :meth:`Storage.apply_wallet_ops`."""
+
+    account_id: str
+    request_id: str
+    amount: int
+    expires_at: dt.datetime
+    context: HoldContext = HoldContext()
+
+
+@attrs.frozen(kw_only=True)
+class FinalizeHold:
+    """A hold to post (charge at most ``charge``) or void, as one step of
+    :meth:`Storage.apply_wallet_ops`."""
+
+    hold_id: str
+    charge: int = 0
+    void: bool = False
+
+
+WalletOp = NewHold | FinalizeHold
+
+
+@attrs.frozen(kw_only=True)
 class Instance:
     """One gateway process using this database."""
 
@@ -301,7 +325,10 @@ class Storage(abc.ABC):
         """Lock ``amount`` (> 0) if ``balance - locked >= amount``, else return None.
 
         One transaction: a conditional update of the account (the arbiter across
-        processes), the hold row (with ``context``) and a ``hold`` ledger row.
+        processes), the hold row (with ``context``) and a ``hold`` ledger row. When
+        ``context.key_id`` is set, the key must still be live in that same transaction
+        (a revocation by any process is seen): errors KeyRevoked; NotFound for an unknown
+        account.
         """
 
     @abc.abstractmethod
@@ -316,6 +343,17 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def void_hold(self, hold_id: str) -> Settlement:
         """Release a pending hold entirely. Idempotent like :meth:`settle_hold`."""
+
+    @abc.abstractmethod
+    async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:
+        """Group commit: apply ``ops`` in order in one transaction, each exactly as
+        :meth:`create_hold` (a Hold, or None for want of funds) or :meth:`settle_hold` /
+        :meth:`void_hold` (a Settlement) would, and return their results in order.
+
+        All or nothing: if any step raises (NotFound, KeyRevoked, a database error), every
+        step is rolled back and the error is raised; the caller may then apply the steps one
+        by one to learn which failed.
+        """
 
     @abc.abstractmethod
     async def expire_holds(self, now: dt.datetime) -> int:

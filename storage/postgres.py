@@ -27,11 +27,13 @@ from storage._aio import AioBridge, resolve_loop
 from storage.base import (
     Account,
     ApiKeyRecord,
+    FinalizeHold,
     Hold,
     HoldContext,
     Instance,
     LedgerEntry,
     LedgerProblem,
+    NewHold,
     RequestLog,
     RequestLogFilter,
     RollupRow,
@@ -39,6 +41,7 @@ from storage.base import (
     SigningSummary,
     Storage,
     TopUpResult,
+    WalletOp,
     WalletState,
 )
 from storage._common import (
@@ -53,7 +56,7 @@ from storage._common import (
     require_aware,
     rollup_deltas,
 )
-from storage.errors import IdempotencyConflict, MigrationError, NotFound, StorageError
+from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
 from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
@@ -208,25 +211,27 @@ class PostgresStorage(Storage):
         self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
         context: HoldContext = HoldContext(),
     ) -> Hold | None:
-        check_amount(amount, "amount")
-        require_aware(expires_at, "expires_at")
-        hold_id = new_id("hold")
-        row = await self._run(
-            _create_hold, hold_id, account_id, request_id, amount, expires_at, context
-        )
-        if row is None:
-            return None
-        return Hold(
-            id=hold_id, account_id=account_id, request_id=request_id, amount=amount,
-            created_at=row["created_at"], expires_at=row["expires_at"],
-        )
+        op = NewHold(account_id=account_id, request_id=request_id, amount=amount,
+                     expires_at=expires_at, context=context)  # fmt: skip
+        return (await self.apply_wallet_ops([op]))[0]  # type: ignore[return-value]
 
     async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
-        check_amount(charge, "charge", allow_zero=True)
-        return await self._run(_finalize, hold_id, charge, "posted")
+        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, charge=charge)]))[0]  # type: ignore[return-value]
 
     async def void_hold(self, hold_id: str) -> Settlement:
-        return await self._run(_finalize, hold_id, 0, "voided")
+        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, void=True)]))[0]  # type: ignore[return-value]
+
+    async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:
+        steps: list[tuple[str, NewHold] | FinalizeHold] = []
+        for op in ops:
+            if isinstance(op, NewHold):
+                check_amount(op.amount, "amount")
+                require_aware(op.expires_at, "expires_at")
+                steps.append((new_id("hold"), op))
+            else:
+                check_amount(op.charge, "charge", allow_zero=True)
+                steps.append(op)
+        return await self._run(_apply_wallet_ops, steps)
 
     async def expire_holds(self, now: dt.datetime) -> int:
         return await self._run(_expire_holds, require_aware(now, "now"))
@@ -467,38 +472,60 @@ async def _recover_instance(
         return logs
 
 
-async def _create_hold(
-    pool: asyncpg.Pool, hold_id: str, account_id: str, request_id: str, amount: int,
-    expires_at: dt.datetime, context: HoldContext,
-) -> asyncpg.Record | None:
+async def _apply_wallet_ops(
+    pool: asyncpg.Pool, steps: list[tuple[str, NewHold] | FinalizeHold]
+) -> list[Hold | Settlement | None]:
+    """One connection, one transaction (a single step is a single statement: no explicit
+    transaction needed)."""
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(
-            _SQL.CREATE_HOLD, hold_id, account_id, amount, request_id, expires_at,
-            context.instance_id, context.key_id, context.model, context.provider, context.stream,
+        if len(steps) == 1:
+            return [await _wallet_step(conn, steps[0])]
+        async with conn.transaction():
+            return [await _wallet_step(conn, step) for step in steps]
+
+
+async def _wallet_step(
+    conn: asyncpg.Connection, step: tuple[str, NewHold] | FinalizeHold
+) -> Hold | Settlement | None:
+    if isinstance(step, FinalizeHold):
+        if step.void:
+            return await _finalize(conn, step.hold_id, 0, "voided")
+        return await _finalize(conn, step.hold_id, step.charge, "posted")
+    hold_id, op = step
+    context = op.context
+    row = await conn.fetchrow(
+        _SQL.CREATE_HOLD, hold_id, op.account_id, op.amount, op.request_id, op.expires_at,
+        context.instance_id, context.key_id, context.model, context.provider, context.stream,
+    )
+    if row is None:
+        if context.key_id is not None and await conn.fetchval(_SQL.KEY_REVOKED, context.key_id):
+            raise KeyRevoked(f"key {context.key_id!r} is revoked")
+        if await conn.fetchval(_SQL.ACCOUNT_EXISTS, op.account_id) is None:
+            raise NotFound(f"no account {op.account_id!r}")
+        return None
+    return Hold(
+        id=hold_id, account_id=op.account_id, request_id=op.request_id, amount=op.amount,
+        created_at=row["created_at"], expires_at=row["expires_at"],
+    )
+
+
+async def _finalize(conn: asyncpg.Connection, hold_id: str, charge: int, state: str) -> Settlement:
+    row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state)
+    if row is not None:
+        wallet = WalletState(
+            account_id=row["account_id"], balance=row["balance"], locked=row["locked"]
         )
-        if row is None and await conn.fetchval(_SQL.ACCOUNT_EXISTS, account_id) is None:
-            raise NotFound(f"no account {account_id!r}")
-        return row
-
-
-async def _finalize(pool: asyncpg.Pool, hold_id: str, charge: int, state: str) -> Settlement:
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state)
-        if row is not None:
-            wallet = WalletState(
-                account_id=row["account_id"], balance=row["balance"], locked=row["locked"]
-            )
-            return Settlement(
-                hold_id=hold_id, charged=row["charged"], released=row["released"],
-                already_final=False, wallet=wallet,
-            )
-        # Not pending (or no such hold): report the current state, change nothing.
-        row = await conn.fetchrow(_SQL.HOLD_WALLET, hold_id)
-        if row is None:
-            raise NotFound(f"no hold {hold_id!r}")
         return Settlement(
-            hold_id=hold_id, charged=0, released=0, already_final=True, wallet=WalletState(**row)
+            hold_id=hold_id, charged=row["charged"], released=row["released"],
+            already_final=False, wallet=wallet,
         )
+    # Not pending (or no such hold): report the current state, change nothing.
+    row = await conn.fetchrow(_SQL.HOLD_WALLET, hold_id)
+    if row is None:
+        raise NotFound(f"no hold {hold_id!r}")
+    return Settlement(
+        hold_id=hold_id, charged=0, released=0, already_final=True, wallet=WalletState(**row)
+    )
 
 
 async def _expire_holds(pool: asyncpg.Pool, now: dt.datetime) -> int:
@@ -539,6 +566,7 @@ class _SQL:
     INSERT_ACCOUNT = "INSERT INTO accounts (id, email) VALUES ($1, $2) RETURNING created_at"
     GET_ACCOUNT = "SELECT id, email, created_at FROM accounts WHERE id = $1"
     ACCOUNT_EXISTS = "SELECT 1 FROM accounts WHERE id = $1"
+    KEY_REVOKED = "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1"
     # Insert only if the account exists: no row back means NotFound, without relying on
     # catching a foreign-key violation.
     INSERT_API_KEY = """
@@ -585,6 +613,8 @@ class _SQL:
         WITH a AS (
             UPDATE accounts SET locked = locked + $3
             WHERE id = $2 AND balance - locked >= $3
+              AND ($7::text IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM api_keys WHERE id = $7 AND revoked_at IS NOT NULL))
             RETURNING balance, locked
         ), h AS (
             INSERT INTO holds (id, account_id, request_id, amount, expires_at, instance_id,

@@ -24,6 +24,9 @@ import attrs
 import trio
 
 from storage.base import (
+    FinalizeHold,
+    NewHold,
+    WalletOp,
     Account,
     ApiKeyRecord,
     Hold,
@@ -52,7 +55,7 @@ from storage._common import (
     require_aware,
     rollup_deltas,
 )
-from storage.errors import IdempotencyConflict, MigrationError, NotFound, StorageError
+from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
 from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
@@ -199,13 +202,21 @@ class SQLiteStorage(Storage):
         self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
         context: HoldContext = HoldContext(),
     ) -> Hold | None:
-        check_amount(amount, "amount")
-        hold = Hold(
-            id=new_id("hold"), account_id=account_id, request_id=request_id, amount=amount,
-            created_at=_from_us(_now_us()), expires_at=_from_us(_to_us(expires_at, "expires_at")),
-        )
+        op = NewHold(account_id=account_id, request_id=request_id, amount=amount,
+                     expires_at=expires_at, context=context)  # fmt: skip
+        hold = _new_hold(op)
         created = await self._call(_create_hold, hold, context, write=True)
         return hold if created else None
+
+    async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:
+        steps: list[tuple[Hold, HoldContext] | FinalizeHold] = []
+        for op in ops:
+            if isinstance(op, NewHold):
+                steps.append((_new_hold(op), op.context))
+            else:
+                check_amount(op.charge, "charge", allow_zero=True)
+                steps.append(op)
+        return await self._call(_apply_wallet_ops, steps, write=True)
 
     async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
         check_amount(charge, "charge", allow_zero=True)
@@ -643,7 +654,34 @@ def _credit_top_up(
     return TopUpResult(entry=entry, wallet=wallet, replayed=False)
 
 
+def _new_hold(op: NewHold) -> Hold:
+    check_amount(op.amount, "amount")
+    return Hold(
+        id=new_id("hold"), account_id=op.account_id, request_id=op.request_id, amount=op.amount,
+        created_at=_from_us(_now_us()), expires_at=_from_us(_to_us(op.expires_at, "expires_at")),
+    )
+
+
+def _apply_wallet_ops(
+    conn: sqlite3.Connection, steps: list[tuple[Hold, HoldContext] | FinalizeHold]
+) -> list[Hold | Settlement | None]:
+    """The steps of one group commit, in order; the caller holds the write lock."""
+    results: list[Hold | Settlement | None] = []
+    for step in steps:
+        if isinstance(step, FinalizeHold):
+            charge, state = (0, "voided") if step.void else (step.charge, "posted")
+            results.append(_finalize(conn, step.hold_id, charge, state, _now_us()))
+        else:
+            hold, context = step
+            results.append(hold if _create_hold(conn, hold, context) else None)
+    return results
+
+
 def _create_hold(conn: sqlite3.Connection, hold: Hold, context: HoldContext) -> bool:
+    if context.key_id is not None:
+        key = conn.execute("SELECT revoked_at FROM api_keys WHERE id = ?", (context.key_id,)).fetchone()
+        if key is not None and key[0] is not None:
+            raise KeyRevoked(f"key {context.key_id!r} is revoked")
     # The conditional update is the arbiter: it succeeds only if the funds are available.
     rows = conn.execute(
         "UPDATE accounts SET locked = locked + ?1 WHERE id = ?2 AND balance - locked >= ?1"

@@ -154,11 +154,14 @@ async def test_stream_headers_and_raw_frames(database_url):
 
 
 async def test_concurrent_requests_never_overdraw(database_url):
-    """200 concurrent requests, money for about 100: none served unpaid, balance >= 0."""
+    """200 concurrent requests, money for about 100: none served unpaid, balance >= 0.
+
+    The upstream answers slowly, so that the holds come before the settles that would free
+    money for more requests."""
     max_tokens = 1000
     prompt = count_chat_prompt({"messages": MESSAGES})
     hold = expected_cost(prompt, max_tokens)
-    async with open_fake_azure(first_delay=0.01) as fake, open_gateway(database_url, fake) as gw:
+    async with open_fake_azure(first_delay=0.5) as fake, open_gateway(database_url, fake) as gw:
         account, key = await gw.funded_account("0")
         await gw.storage.top_up(account, hold * 100 + hold // 2)
         start = (await gw.storage.get_wallet(account)).balance

@@ -15,13 +15,13 @@ from engine.catalog import load_catalog, max_cost
 from engine.config import DeploymentConfig, UsageConfig, WalletConfig
 from engine.deployment import DeploymentActor, Slot
 from engine.chat_request import parse_chat_request
-from engine.errors import InsufficientBalance, NoHealthyDeployment, OmixaError, UpstreamError
+from engine.errors import InsufficientBalance, InvalidApiKey, NoHealthyDeployment, OmixaError, UpstreamError
 from engine.mailbox import Reply
 from engine.providers import SimulatorProvider
 from engine.router import Router
 from engine.usage import UsageAggregator
-from engine.wallet import WalletPool
-from storage import RequestLog
+from engine.wallet import Reserved, WalletPool
+from storage import HoldContext, RequestLog, Settlement
 
 PRICES = load_catalog().get("gpt-4o-mini").prices
 
@@ -271,3 +271,87 @@ def test_image_parts_are_held_at_the_models_worst_case():
     }
     request = parse_chat_request(body, catalog, {"gpt-4o-mini"})
     assert request.prompt_tokens > catalog.get("gpt-4o-mini").image_tokens == 48169
+
+
+async def test_a_burst_is_group_committed_with_the_outcome_each_message_has_alone(storage):
+    """Forty concurrent holds with money for thirty: the actor serves its queue in group
+    commits; exactly thirty hold, ten get 402. Then a burst of settles and voids, with a
+    settle of an unknown hold among them, leaves an exact wallet and only that one fails."""
+    amount = max_cost(10, 100, PRICES)
+    funds = 30 * amount + amount // 2
+    account = await funded(storage, funds)
+    reserved: dict[int, Reserved] = {}
+    refused: list[int] = []
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig())
+        await nursery.start(pool.run)
+
+        async def reserve(i: int) -> None:
+            try:
+                reserved[i] = await pool.reserve(account, **reserve_args(f"req_{i}"))
+            except InsufficientBalance:
+                refused.append(i)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as burst:
+                for i in range(40):
+                    burst.start_soon(reserve, i)
+        assert (len(reserved), len(refused)) == (30, 10)
+        assert pool.group_commits >= 1 and pool.grouped_messages > pool.group_commits
+        assert (await storage.get_wallet(account)).locked == 30 * amount
+
+        outcomes: dict[str, object] = {}
+
+        async def finish(name: str, hold_id: str, charge: int | None) -> None:
+            try:
+                if charge is None:
+                    outcomes[name] = await pool.release(account, hold_id)
+                else:
+                    outcomes[name] = await pool.settle(account, hold_id, charge)
+            except OmixaError as exc:
+                outcomes[name] = exc
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as burst:
+                for i, r in reserved.items():
+                    burst.start_soon(finish, f"req_{i}", r.hold.id, None if i % 10 == 0 else i)
+                burst.start_soon(finish, "missing", "hold_missing", 5)
+        pool.close()
+    assert isinstance(outcomes.pop("missing"), OmixaError)
+    assert all(isinstance(o, Settlement) and not o.already_final for o in outcomes.values())
+    charged = sum(i for i in reserved if i % 10)
+    assert sum(o.charged for o in outcomes.values()) == charged
+    wallet = await storage.get_wallet(account)
+    assert (wallet.balance, wallet.locked) == (funds - charged, 0)
+    assert await storage.verify_ledger() == []
+
+
+async def test_a_revoked_key_holds_nothing_alone_or_in_a_group_commit(storage):
+    account = await funded(storage, 10_000_000)
+    live = await storage.create_api_key(account_id=account, key_hash="h" * 64, prefix="omx_live_aaaaaa", rpm=None)
+    dead = await storage.create_api_key(account_id=account, key_hash="d" * 64, prefix="omx_live_bbbbbb", rpm=None)
+    assert await storage.revoke_api_key(dead.id)
+    results: dict[str, object] = {}
+    async with trio.open_nursery() as nursery:
+        pool = WalletPool(storage, WalletConfig())
+        await nursery.start(pool.run)
+
+        async def reserve(name: str, key_id: str) -> None:
+            try:
+                results[name] = await pool.reserve(
+                    account, context=HoldContext(key_id=key_id), **reserve_args(name)
+                )
+            except OmixaError as exc:
+                results[name] = exc
+
+        with trio.fail_after(30):
+            await reserve("alone", dead.id)
+            async with trio.open_nursery() as burst:
+                for i in range(10):
+                    burst.start_soon(reserve, f"req_{i}", dead.id if i == 5 else live.id)
+        pool.close()
+    assert isinstance(results.pop("alone"), InvalidApiKey)
+    assert isinstance(results.pop("req_5"), InvalidApiKey)
+    assert all(isinstance(r, Reserved) for r in results.values())
+    assert (await storage.get_wallet(account)).locked == sum(r.hold.amount for r in results.values())
+    assert await storage.verify_ledger() == []

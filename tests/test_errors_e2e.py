@@ -73,14 +73,26 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(gateway):
 
 
 async def test_revoked_key_stops_at_once(gateway):
+    """Revoked behind this process's back (as another process would): the very next request
+    is refused, a paid call included, although this process saw the key live just before
+    (its hold re-checks the key): nothing is held, charged or sent upstream."""
     gw = gateway
     account, key = await gw.funded_account("1.00")
     record = await gw.engine.accounts.authenticate(f"Bearer {key}")
+    chat = {"model": MODEL, "messages": MESSAGES}
     async with httpx.AsyncClient() as client:
         auth = {"Authorization": f"Bearer {key}"}
         assert (await client.get(f"{gw.base_url}/wallet", headers=auth)).status_code == 200
+        paid = await client.post(f"{gw.base_url}/chat/completions", headers=auth, json=chat)
+        assert paid.status_code == 200, paid.text
+        sent, rows = len(gw.fake.requests), len(await gw.storage.ledger_entries(account))
         assert await gw.storage.revoke_api_key(record.id)
+        check_envelope(await client.post(f"{gw.base_url}/chat/completions", headers=auth, json=chat), 401, "invalid_api_key")
+        streamed = await client.post(f"{gw.base_url}/chat/completions", headers=auth, json={**chat, "stream": True})
+        check_envelope(streamed, 401, "invalid_api_key")
         check_envelope(await client.get(f"{gw.base_url}/wallet", headers=auth), 401, "invalid_api_key")
+    await ledger_unchanged(gw, account, rows)
+    assert len(gw.fake.requests) == sent
 
 
 async def test_insufficient_balance_is_402_and_holds_nothing(gateway):

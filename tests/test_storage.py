@@ -17,8 +17,13 @@ import trio
 import trio_asyncio
 
 from storage import (
+    FinalizeHold,
+    HoldContext,
+    KeyRevoked,
     MigrationError,
+    NewHold,
     NotFound,
+    Settlement,
     RequestLog,
     StorageError,
     WalletState,
@@ -332,6 +337,57 @@ async def test_hold_errors(storage):
             account_id=account.id, request_id="r", amount=1, expires_at=dt.datetime.now()
         )
     assert len(await storage.ledger_entries(account.id)) == 1
+
+
+async def test_group_commit_applies_steps_in_order_and_all_or_nothing(storage, database_url, aio_loop):
+    account = await funded_account(storage, 100)
+    first = await storage.create_hold(account_id=account.id, request_id="r0", amount=40, expires_at=_later())
+
+    def new(request_id: str, amount: int) -> NewHold:
+        return NewHold(account_id=account.id, request_id=request_id, amount=amount, expires_at=_later())
+
+    # In order: the settle frees 30 of the 40, so the second 45 fits and the 25 does not.
+    held, settled, second, refused = await storage.apply_wallet_ops(
+        [new("r1", 45), FinalizeHold(hold_id=first.id, charge=10), new("r2", 45), new("r3", 25)]
+    )
+    assert held.amount == 45 and held.request_id == "r1"
+    assert isinstance(settled, Settlement) and (settled.charged, settled.released) == (10, 30)
+    assert second.amount == 45 and refused is None
+    wallet = await storage.get_wallet(account.id)
+    assert (wallet.balance, wallet.locked) == (90, 90)
+    before = await storage.ledger_entries(account.id)
+    # A failing step rolls back the steps before it: nothing of this batch is left.
+    with pytest.raises(NotFound):
+        await storage.apply_wallet_ops(
+            [FinalizeHold(hold_id=held.id, void=True), new("r4", 1), FinalizeHold(hold_id="hold_missing")]
+        )
+    assert await storage.ledger_entries(account.id) == before
+    assert (await storage.get_wallet(account.id)).locked == 90
+    rows = await raw(database_url, aio_loop, "SELECT request_id FROM holds ORDER BY request_id")
+    assert rows == [("r0",), ("r1",), ("r2",)]
+    voided, again = await storage.apply_wallet_ops(
+        [FinalizeHold(hold_id=held.id, void=True), FinalizeHold(hold_id=held.id, charge=5)]
+    )
+    assert (voided.released, voided.already_final, again.already_final, again.charged) == (45, False, True, 0)
+    assert await storage.verify_ledger() == []
+
+
+async def test_a_hold_for_a_revoked_key_is_refused(storage):
+    account = await funded_account(storage, 100)
+    key = await storage.create_api_key(account_id=account.id, key_hash="k" * 64, prefix="omx_live_kkkkkk", rpm=None)
+    context = HoldContext(key_id=key.id, model="gpt-4o-mini")
+    assert await storage.create_hold(account_id=account.id, request_id="r1", amount=10, expires_at=_later(), context=context)
+    assert await storage.revoke_api_key(key.id)
+    before = await storage.ledger_entries(account.id)
+    with pytest.raises(KeyRevoked):
+        await storage.create_hold(account_id=account.id, request_id="r2", amount=10, expires_at=_later(), context=context)
+    with pytest.raises(KeyRevoked):
+        await storage.apply_wallet_ops(
+            [NewHold(account_id=account.id, request_id="r3", amount=1, expires_at=_later()),
+             NewHold(account_id=account.id, request_id="r4", amount=1, expires_at=_later(), context=context)]
+        )  # fmt: skip
+    assert await storage.ledger_entries(account.id) == before
+    assert (await storage.get_wallet(account.id)).locked == 10
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,12 @@
 :func:`register` installs a ``before_request`` hook that runs before any ``/api/v1`` view,
 whichever module registered it, so no route can forget it:
 
-1. the bearer key is authenticated (looked up by hash in the database on every request, so
-   a revocation or a secret rotation is seen on the next request by every process);
+1. the bearer key is authenticated: looked up by hash in the database, so a revocation or a
+   secret rotation is seen on the next request by every process. The one exception is an
+   unsigned paid model call (:data:`PAID_PATHS`), which may use this process's record of
+   the key from the last :data:`engine.accounts.KEY_CACHE_SECONDS`: its hold re-checks in
+   the database that the key is live before anything is held or sent upstream
+   (:mod:`engine.accounts`);
 2. when the request must be signed (:meth:`SignatureVerifier.applies`), the exact body is
    read (within ``server.max_body_bytes``) and the signature verified. The body is cached
    on the request (``get_data(cache=True)``), so the view parses these same bytes.
@@ -28,6 +32,8 @@ from omixa_client import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 API_PREFIX = "/api/v1"
 # Served to anyone: the API's description holds nothing of any account.
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
+# Model calls: each holds money first, and the hold checks that the key is still live.
+PAID_PATHS = frozenset({"/api/v1/chat/completions", "/api/v1/embeddings", "/api/v1/images/generations"})
 
 
 def register(app: QuartTrio, engine: Engine) -> None:
@@ -41,9 +47,10 @@ def register(app: QuartTrio, engine: Engine) -> None:
             return
         if request.routing_exception is not None or path in PUBLIC_PATHS:
             return
-        key = await engine.accounts.authenticate(request.headers.get("Authorization"))
         headers = request.headers
         signature = headers.get(SIGNATURE_HEADER)
+        recent = signature is None and path in PAID_PATHS
+        key = await engine.accounts.authenticate(headers.get("Authorization"), recent=recent)
         if verifier.applies(key, signature is not None):
             verifier.verify(
                 key,
