@@ -9,6 +9,7 @@ import ssl
 import struct
 import time
 
+import httpcore
 import httpx
 import pytest
 import trio
@@ -174,6 +175,10 @@ async def test_complete_sends_azure_wire_format_and_parses_usage(fake, azure):
     assert request.headers["api-key"] == fake.api_key
     assert request.headers["accept-encoding"] == "identity"
     assert request.json == {"messages": BODY["messages"]}  # no model, no stream_options
+    # The head httpx would have sent (non-streaming calls go to httpcore's pool directly).
+    assert request.headers["host"] == fake.endpoint.removeprefix("http://")
+    assert request.headers["user-agent"] == f"python-httpx/{httpx.__version__}"
+    assert request.headers["accept"] == "*/*"
 
 
 async def test_complete_reads_cached_and_reasoning_tokens(fake, azure):
@@ -254,6 +259,53 @@ async def test_success_status_with_a_non_object_body(fake, azure):
     with pytest.raises(UpstreamError, match="not a JSON object") as info:
         await azure.complete(BODY)
     assert info.value.upstream_status == 200
+
+
+async def test_answers_and_error_bodies_are_read_up_to_their_caps(fake):
+    """post_answer (httpcore's pool directly) keeps the caps: the answer's limit, and
+    MAX_ERROR_BODY_BYTES for an error body; the connection is closed and the next call works."""
+    from engine.providers._http import MAX_ERROR_BODY_BYTES, make_client, post_answer
+    from engine.providers.azure import error_from_response
+
+    client = make_client(SERVER)
+    url = f"{fake.endpoint}/openai/deployments/d/chat/completions?api-version=2024-10-21"
+    headers = {"api-key": fake.api_key, "content-type": "application/json"}
+    content = json.dumps({"messages": BODY["messages"]}).encode()
+    try:
+        with pytest.raises(UpstreamError, match="larger than 100 bytes") as info:
+            await post_answer(client, url, headers, content, 100, error_from_response)
+        assert info.value.upstream_status == 200
+        fake.fail_next(500, body="x" * (MAX_ERROR_BODY_BYTES + 1))
+        with pytest.raises(UpstreamError, match="larger than") as info:
+            await post_answer(client, url, headers, content, 10**6, error_from_response)
+        assert info.value.upstream_status == 500
+        fake.fail_next(429, body={"error": {"code": "429", "message": "Slow down."}}, headers={"retry-after": "3"})
+        with pytest.raises(UpstreamError, match="Slow down.") as info:
+            await post_answer(client, url, headers, content, 10**6, error_from_response)
+        assert (info.value.upstream_status, info.value.retry_after) == (429, 3.0)
+        status, raw = await post_answer(client, url, headers, content, 10**6, error_from_response)
+        assert status == 200 and json.loads(raw)["choices"]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "exc, timeout",
+    [(httpcore.ConnectTimeout, True), (httpcore.ReadTimeout, True), (httpcore.WriteTimeout, True),
+     (httpcore.PoolTimeout, True), (httpcore.ConnectError, False), (httpcore.ReadError, False),
+     (httpcore.WriteError, False), (httpcore.RemoteProtocolError, False),
+     (httpcore.LocalProtocolError, False), (httpcore.ProxyError, False),
+     (httpcore.UnsupportedProtocol, False)],
+)  # fmt: skip
+def test_httpcore_exceptions_map_like_their_httpx_twins(exc, timeout):
+    from engine.providers._http import map_errors
+
+    with pytest.raises(UpstreamTimeout if timeout else UpstreamError) as info:
+        with map_errors():
+            raise exc("boom")
+    assert isinstance(info.value.__cause__, exc)
+    if not timeout:
+        assert info.value.upstream_status is None and exc.__name__ in info.value.message
 
 
 async def test_connection_refused_is_upstream_error_without_status():
