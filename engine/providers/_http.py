@@ -75,8 +75,8 @@ class UpstreamClient(httpx.AsyncClient):
     """httpx's client, plus the httpcore pool under it, which :func:`post_answer` calls directly.
 
     Non-streaming calls skip httpx's request and response models, cookies, auth and redirect
-    layers (none of which Omixa uses), about half the client's CPU per call. Streams keep
-    going through httpx. Both share the one pool, its limits and its connections.
+    layers (none of which Omixa uses): 0.2-0.3 ms less CPU per call on the bench machine.
+    Streams keep going through httpx. Both share the one pool, its limits and connections.
     """
 
     def __init__(self, *, pool: httpcore.AsyncConnectionPool, **kwargs: object) -> None:
