@@ -414,14 +414,18 @@ async def _reply(send: Any, status: int, data: dict[str, Any]) -> None:
 
 
 @asynccontextmanager
-async def open_fake_azure(**knobs: Any) -> AsyncIterator[FakeAzure]:
-    """Serve a :class:`FakeAzure` (``knobs`` are its fields) on ``127.0.0.1`` at a free port.
+async def open_fake_azure(
+    *, certfile: str | None = None, keyfile: str | None = None, **knobs: Any
+) -> AsyncIterator[FakeAzure]:
+    """Serve a :class:`FakeAzure` (``knobs`` are its fields) on ``127.0.0.1`` at a free port,
+    over TLS when ``certfile`` and ``keyfile`` are given (``fake.endpoint`` is then https).
 
     Leaving the block stops the server and any request still in it.
     """
     fake = FakeAzure(**knobs)
     config = hypercorn.config.Config()
     config.bind = ["127.0.0.1:0"]
+    config.certfile, config.keyfile = certfile, keyfile
     config.accesslog = None
     config.errorlog = None  # break_after raises on purpose; keep test output clean
     async with trio.open_nursery() as nursery:

@@ -10,6 +10,11 @@ httpx exception tree, and what each becomes here::
      |    +-- DecodingError, TooManyRedirects                            -> UpstreamError(None)
      +-- httpx.HTTPStatusError (never raised: we read status codes ourselves)
 
+Non-streaming calls (:func:`post_answer`) call httpcore's pool directly; its exceptions map
+the same way: ``httpcore.TimeoutException`` (Connect/Read/Write/PoolTimeout) ->
+UpstreamTimeout, every other httpcore exception (NetworkError, ProtocolError, ProxyError,
+UnsupportedProtocol) -> UpstreamError(None).
+
 ``upstream_status=None`` tells the router the upstream was not reached (or the connection broke),
 which it treats like a 5xx for failover.
 """
@@ -17,6 +22,8 @@ which it treats like a 5xx for failover.
 from __future__ import annotations
 
 import contextlib
+import os
+import ssl
 from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import attrs
@@ -34,7 +41,7 @@ _CLOSE_SECONDS = 5.0
 ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
 
 
-def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
+def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = True) -> "UpstreamClient":
     """A pooled HTTP/1.1 client sized and timed from the ``[upstream]`` config.
 
     HTTP/2 stays off: httpcore does not reset a cancelled HTTP/2 stream, so the upstream would
@@ -42,16 +49,18 @@ def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
     ``timeout_seconds`` and a whole non-streaming call by ``request_timeout_seconds``; the read
     timeout here (the larger of that and ``idle_timeout_seconds``) is only a backstop for each
     wait for bytes. ``trust_env=False``: stray proxy environment variables are ignored;
-    upstream traffic goes out directly.
+    upstream traffic goes out directly. ``verify``: httpx's (certifi's CAs by default; the
+    tests pass a context that trusts their own CA).
     """
     size = upstream.max_connections
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-    transport = httpx.AsyncHTTPTransport(http1=True, http2=False, limits=limits, trust_env=False)
+    transport = httpx.AsyncHTTPTransport(http1=True, http2=False, limits=limits, trust_env=False, verify=verify)
     # httpx has no parameter for the network backend; its pool (pinned httpx 0.28.1) does.
     pool = transport._pool
     assert isinstance(pool, httpcore.AsyncConnectionPool)
     pool._network_backend = _StreamReadBackend(pool._network_backend)
-    return httpx.AsyncClient(
+    return UpstreamClient(
+        pool=pool,
         transport=transport,
         timeout=httpx.Timeout(
             max(upstream.idle_timeout_seconds, upstream.request_timeout_seconds),
@@ -62,7 +71,25 @@ def make_client(upstream: UpstreamConfig) -> httpx.AsyncClient:
     )
 
 
+class UpstreamClient(httpx.AsyncClient):
+    """httpx's client, plus the httpcore pool under it, which :func:`post_answer` calls directly.
+
+    Non-streaming calls skip httpx's request and response models, cookies, auth and redirect
+    layers (none of which Omixa uses): 0.2-0.3 ms less CPU per call on the bench machine.
+    Streams keep going through httpx. Both share the one pool, its limits and connections.
+    """
+
+    def __init__(self, *, pool: httpcore.AsyncConnectionPool, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.pool = pool
+        # What httpx puts in each request's "timeout" extension, from the client's timeout.
+        self.pool_timeouts = self.timeout.as_dict()
+
+
 _stream_read_size = 128
+# The most bytes one stream-body read hands up, gathered from back-to-back reads of at most
+# ``streaming.chunk_bytes`` each (httpcore asks for 64 KiB; this is the same bound).
+GATHER_BYTES = 64 * 1024
 
 
 def set_read_size(size: int) -> None:
@@ -73,6 +100,7 @@ def set_read_size(size: int) -> None:
     complete SSE frame is parsed and relayed as soon as its bytes are in. Response heads and
     non-streaming bodies are read in httpcore's usual 64 KiB reads: the knob is about how
     soon stream frames move, and 128-byte reads of a 1 KB JSON body only cost CPU.
+    How the reads of one wakeup are gathered: :class:`_StreamReadStream`.
     """
     global _stream_read_size
     _stream_read_size = size
@@ -95,16 +123,87 @@ def stream_reads(response: httpx.Response) -> Iterator[None]:
 
 
 class _StreamReadStream(httpcore.AsyncNetworkStream):
-    """A connection's socket stream whose reads can be bounded while a stream body is read."""
+    """A connection's socket stream whose reads can be bounded while a stream body is read.
+
+    With a bound (``read_limit``), one read does what it did before: wait (with the read
+    timeout, cancellable) until bytes arrive and take at most ``read_limit`` of them. Then,
+    without yielding to the scheduler, it keeps taking what the kernel already holds, in
+    reads of at most ``read_limit`` bytes, until nothing more is there (or a short read says
+    the buffer is drained, or ``GATHER_BYTES`` are gathered), and hands everything up in one
+    piece. So every socket read stays within the bound and nothing ever waits for bytes that
+    have not arrived, but httpcore, h11, httpx and the SSE parser run once per wakeup instead
+    of once per ``read_limit`` bytes (at 128, a ~325-byte Azure frame took three trips).
+
+    Plain TCP: the extra reads are non-blocking ``read(2)`` calls on the socket, which trio
+    keeps non-blocking. A failure met there (a reset) is raised by the next read, after the
+    bytes that came before it, as the same ``httpcore.ReadError`` trio's path would raise; an
+    end of stream is simply seen again by the next read. TLS: the extra reads go through
+    trio's SSL stream while OpenSSL holds decrypted bytes (``SSLObject.pending()``), so they
+    never wait either; they do pass trio's checkpoint each.
+    """
 
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
         self.read_limit: int | None = None
+        self._failure: httpcore.ReadError | None = None
+        self._ssl = inner.get_extra_info("ssl_object")
+        self._socket = None
+        if self._ssl is None:
+            try:
+                socket = inner.get_extra_info("socket")
+            except Exception:  # not a socket we can read directly: no gathering
+                socket = None
+            if socket is not None and callable(getattr(socket, "fileno", None)):
+                self._socket = socket
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self.read_limit is not None:
-            max_bytes = min(max_bytes, self.read_limit)
-        return await self._inner.read(max_bytes, timeout)
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        limit = self.read_limit
+        if limit is None:
+            return await self._inner.read(max_bytes, timeout)
+        data = await self._inner.read(min(max_bytes, limit), timeout)
+        cap = min(max_bytes, GATHER_BYTES)
+        if self._socket is not None:
+            if len(data) < limit:  # a short read: the kernel had no more (or the stream ended)
+                return data
+            return self._gather_socket(data, limit, cap)
+        if self._ssl is not None and data and self._ssl.pending():
+            return await self._gather_tls(data, limit, cap, timeout)
+        return data
+
+    def _gather_socket(self, first: bytes, limit: int, cap: int) -> bytes:
+        parts = [first]
+        size = len(first)
+        fd = self._socket.fileno()
+        while size < cap:
+            try:
+                more = os.read(fd, min(limit, cap - size))
+            except BlockingIOError:
+                break  # nothing more has arrived
+            except OSError as exc:  # raised by the next read, as trio's path would raise it
+                self._failure = httpcore.ReadError(f"socket connection broken: {exc}")
+                self._failure.__cause__ = exc
+                break
+            if not more:
+                break  # end of stream: the next read sees it again
+            parts.append(more)
+            size += len(more)
+            if len(more) < limit:
+                break  # a short read: the kernel had no more
+        return b"".join(parts)
+
+    async def _gather_tls(self, first: bytes, limit: int, cap: int, timeout: float | None) -> bytes:
+        parts = [first]
+        size = len(first)
+        while size < cap and self._ssl.pending():
+            more = await self._inner.read(min(limit, cap - size), timeout)
+            if not more:
+                break
+            parts.append(more)
+            size += len(more)
+        return b"".join(parts)
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         await self._inner.write(buffer, timeout)
@@ -135,19 +234,29 @@ class _StreamReadBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-def translate(exc: httpx.HTTPError) -> OmixaError:
-    """The adapter error for an httpx exception (see the module docstring)."""
-    if isinstance(exc, httpx.TimeoutException):
+_HTTPCORE_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.ProxyError,
+    httpcore.UnsupportedProtocol,
+    httpcore.ConnectionNotAvailable,
+)
+
+
+def translate(exc: httpx.HTTPError | Exception) -> OmixaError:
+    """The adapter error for an httpx or httpcore exception (see the module docstring)."""
+    if isinstance(exc, (httpx.TimeoutException, httpcore.TimeoutException)):
         return UpstreamTimeout(f"The upstream did not answer in time ({type(exc).__name__}).")
     return UpstreamError(f"Upstream connection failed ({type(exc).__name__}).")
 
 
 @contextlib.contextmanager
 def map_errors() -> Iterator[None]:
-    """Translate httpx exceptions raised inside the block (``raise ... from exc``)."""
+    """Translate httpx and httpcore exceptions raised inside the block (``raise ... from exc``)."""
     try:
         yield
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, *_HTTPCORE_ERRORS) as exc:
         raise translate(exc) from exc
 
 
@@ -160,9 +269,9 @@ class HttpClients:
     """
 
     upstream: UpstreamConfig
-    _clients: dict[str, httpx.AsyncClient] = attrs.field(factory=dict, init=False)
+    _clients: dict[str, UpstreamClient] = attrs.field(factory=dict, init=False)
 
-    def for_endpoint(self, endpoint: str) -> httpx.AsyncClient:
+    def for_endpoint(self, endpoint: str) -> UpstreamClient:
         """The client for ``endpoint``'s origin (scheme, host and port), created on first use."""
         url = httpx.URL(endpoint)
         key = f"{url.scheme}://{url.host}:{url.port}"
@@ -199,16 +308,61 @@ async def read_bounded(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def read_answer(response: httpx.Response, limit: int, error_from: ErrorFromResponse) -> bytes:
-    """The body of a successful answer (at most ``limit`` bytes), else the provider's error
-    for the failed one (``error_from``); the response is closed either way."""
+_USER_AGENT = httpx._client.USER_AGENT.encode()  # what httpx sends: the wire stays the same
+
+
+async def post_answer(
+    client: UpstreamClient,
+    url: str,
+    headers: dict[str, str],
+    content: bytes,
+    limit: int,
+    error_from: ErrorFromResponse,
+) -> tuple[int, bytes]:
+    """POST ``content``; the status and body (at most ``limit`` bytes) of a successful answer,
+    else the provider's error for the failed one (``error_from``, its body read up to
+    ``MAX_ERROR_BODY_BYTES``). The response is closed either way.
+
+    This calls the client's httpcore pool directly, with the request httpx would send
+    (``Host``, ``Accept``, ``User-Agent``, ``headers``, ``Content-Length``) and the client's
+    timeouts.
+
+    Errors: UpstreamError, UpstreamTimeout (the client's connect/read/write/pool timeouts;
+    the caller bounds the whole call).
+    Cancellation: closes the connection; the pool opens a new one next time.
+    """
+    target = httpcore.URL(url)
+    default_port = 443 if target.scheme == b"https" else 80
+    host = target.host if target.port in (None, default_port) else b"%b:%d" % (target.host, target.port)
+    head = [(b"Host", host), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
+    head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+    head.append((b"Content-Length", b"%d" % len(content)))
+    request = httpcore.Request(
+        b"POST", target, headers=head, content=content, extensions={"timeout": client.pool_timeouts}
+    )
+    with map_errors():
+        answer = await client.pool.handle_async_request(request)
     try:
         with map_errors():
-            if not response.is_success:
-                raise error_from(response, await read_bounded(response, MAX_ERROR_BODY_BYTES))
-            return await read_bounded(response, limit)
+            if not 200 <= answer.status < 300:
+                raw = await _read_core(answer, MAX_ERROR_BODY_BYTES)
+                response = httpx.Response(answer.status, headers=answer.headers, content=raw)
+                raise error_from(response, raw)
+            return answer.status, await _read_core(answer, limit)
     finally:
-        await close_response(response)
+        with trio.move_on_after(_CLOSE_SECONDS, shield=True):
+            await answer.aclose()
+
+
+async def _read_core(answer: httpcore.Response, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in answer.aiter_stream():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"Upstream answer larger than {limit} bytes.", upstream_status=answer.status)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @contextlib.asynccontextmanager

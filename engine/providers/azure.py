@@ -32,10 +32,11 @@ from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import UpstreamError, UpstreamTimeout
 from engine.providers._http import (
     MAX_ERROR_BODY_BYTES,
+    UpstreamClient,
     make_client,
     map_errors,
     open_streamed,
-    read_answer,
+    post_answer,
     translate,
 )
 from engine.providers.base import Completion, SseEvent, Usage
@@ -64,7 +65,7 @@ class AzureProvider:
         self,
         deployment: DeploymentConfig,
         upstream: UpstreamConfig,
-        client: httpx.AsyncClient | None = None,
+        client: UpstreamClient | None = None,
     ) -> None:
         base = deployment.endpoint.rstrip("/")
         prefix = f"{base}/openai/deployments/{quote(deployment.deployment, safe='')}"
@@ -90,14 +91,14 @@ class AzureProvider:
         UpstreamTimeout (no complete answer within ``request_timeout_seconds``).
         Cancellation: closes the connection; the pool opens a new one next time.
         """
-        return await self._post(self._build(body, stream=False), MAX_COMPLETION_BYTES)
+        return await self._post(self._url, body, MAX_COMPLETION_BYTES)
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         """POST an embeddings request; Azure's JSON answer and its usage (prompt tokens).
 
         Errors and cancellation: as :meth:`complete`.
         """
-        return await self._post(self._build(body, stream=False, url=self._embeddings_url), MAX_COMPLETION_BYTES)
+        return await self._post(self._embeddings_url, body, MAX_COMPLETION_BYTES)
 
     async def generate_images(self, body: dict[str, Any]) -> Completion:
         """POST an image generation; Azure's JSON answer (``data[].b64_json``, and a
@@ -105,12 +106,12 @@ class AzureProvider:
 
         Errors and cancellation: as :meth:`complete`.
         """
-        return await self._post(self._build(body, stream=False, url=self._images_url), MAX_IMAGES_BYTES)
+        return await self._post(self._images_url, body, MAX_IMAGES_BYTES)
 
-    async def _post(self, request: httpx.Request, limit: int) -> Completion:
+    async def _post(self, url: str, body: dict[str, Any], limit: int) -> Completion:
+        content = _content(body, stream=False)
         with trio.move_on_after(self._timeout) as deadline:
-            response = await self._send(request)
-            raw = await read_answer(response, limit, error_from_response)
+            status, raw = await post_answer(self._client, url, self._headers, content, limit, error_from_response)
         if deadline.cancelled_caught:
             raise UpstreamTimeout("The upstream did not answer in time.")
         try:
@@ -120,7 +121,7 @@ class AzureProvider:
         if not isinstance(data, dict):
             raise UpstreamError(
                 "Upstream answered with a body that is not a JSON object.",
-                upstream_status=response.status_code,
+                upstream_status=status,
             )
         return Completion(body=data, usage=Usage.from_openai(data.get("usage")))
 
@@ -138,7 +139,9 @@ class AzureProvider:
         Cancellation: leaving the block, normally or by cancellation, closes the connection at
         once (HTTP/1.1): Azure sees the disconnect and stops generating.
         """
-        request = self._build(body, stream=True)
+        request = self._client.build_request(
+            "POST", self._url, content=_content(body, stream=True), headers=self._headers
+        )
         async with open_streamed(lambda: self._send(request), self._head_timeout, error_from_response) as response:
             encoding = response.headers.get("content-encoding", "identity").lower()
             # aiter_raw skips httpx's decoder layer; fall back to decoding if Azure compressed
@@ -151,19 +154,20 @@ class AzureProvider:
         if self._owns_client:
             await self._client.aclose()
 
-    def _build(self, body: dict[str, Any], *, stream: bool, url: str | None = None) -> httpx.Request:
-        payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
-        if stream:
-            payload["stream"] = True
-        else:
-            payload.pop("stream_options", None)  # Azure rejects it without stream
-        # ASCII-escaped JSON: a lone surrogate from a client's "\\ud800" stays encodable.
-        content = json.dumps(payload, separators=(",", ":")).encode()
-        return self._client.build_request("POST", url or self._url, content=content, headers=self._headers)
-
     async def _send(self, request: httpx.Request) -> httpx.Response:
         with map_errors():
             return await self._client.send(request, stream=True)
+
+
+def _content(body: dict[str, Any], *, stream: bool) -> bytes:
+    """The JSON body Azure gets: ``model`` removed, ``stream`` set by the call made."""
+    payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
+    if stream:
+        payload["stream"] = True
+    else:
+        payload.pop("stream_options", None)  # Azure rejects it without stream
+    # ASCII-escaped JSON: a lone surrogate from a client's "\\ud800" stays encodable.
+    return json.dumps(payload, separators=(",", ":")).encode()
 
 
 class _Events:

@@ -33,7 +33,7 @@ import trio
 from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from engine.providers import gemini
-from engine.providers._http import HttpClients, map_errors, open_streamed, read_answer, translate
+from engine.providers._http import HttpClients, map_errors, open_streamed, post_answer, translate
 from engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from engine.providers.base import Completion, SseEvent
 from engine.providers.google_auth import ServiceAccountTokens, load_service_account
@@ -103,15 +103,16 @@ class VertexProvider:
         Cancellation: closes the connection.
         """
         with trio.move_on_after(self._timeout):
-            request = await self._build(self._generate_url, body)
-            response = await self._send(request)
-            raw = await read_answer(response, MAX_COMPLETION_BYTES, error_from_response)
+            headers, content = await self._prepare(body)
+            status, raw = await post_answer(
+                self._client, self._generate_url, headers, content, MAX_COMPLETION_BYTES, error_from_response
+            )
             try:
                 data = json.loads(raw)
             except ValueError:
                 data = None
             if not isinstance(data, dict):
-                raise UpstreamError("Vertex answered with a body that is not a JSON object.", upstream_status=response.status_code)
+                raise UpstreamError("Vertex answered with a body that is not a JSON object.", upstream_status=status)
             answer, usage = gemini.to_completion(data, self._model)
             return Completion(body=answer, usage=usage)
         raise UpstreamTimeout("The upstream did not answer in time.")
@@ -126,7 +127,10 @@ class VertexProvider:
         reason): UpstreamError / UpstreamTimeout.
         """
         async def send() -> httpx.Response:  # the token may need fetching: inside the head's bound
-            return await self._send(await self._build(self._stream_url, body))
+            headers, content = await self._prepare(body)
+            return await self._send(
+                self._client.build_request("POST", self._stream_url, content=content, headers=headers)
+            )
 
         async with open_streamed(send, self._head_timeout, error_from_response) as response:
             options = body.get("stream_options")
@@ -139,7 +143,9 @@ class VertexProvider:
         if self._owned:
             await self._clients.aclose()
 
-    async def _build(self, url: str, body: dict[str, Any]) -> httpx.Request:
+    async def _prepare(self, body: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        """The request's headers (with a fresh token when a service account is used) and
+        its Gemini JSON body."""
         try:
             payload = gemini.to_gemini(body, self._model)
         except InvalidRequest as exc:  # the engine checks first; a 400 all the same if not
@@ -147,8 +153,7 @@ class VertexProvider:
         headers = self._headers
         if self._tokens is not None:
             headers = {**headers, "authorization": f"Bearer {await self._tokens.token()}"}
-        content = json.dumps(payload, separators=(",", ":")).encode()
-        return self._client.build_request("POST", url, content=content, headers=headers)
+        return headers, json.dumps(payload, separators=(",", ":")).encode()
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         with map_errors():
