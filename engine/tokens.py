@@ -9,8 +9,8 @@ checks, so it is byte for byte OpenAI's published file. The split patterns and s
 below are tiktoken's (``tiktoken_ext/openai_public.py``; a test compares them).
 
 Why not ``bpe-openai`` (used before): with ``o200k_base`` loaded it took about 133 MB of the
-process's memory, against about 43 MB here. tiktoken is a little slower on long texts (see
-docs/operations.md, "Token counting").
+process's memory, against about 48 MB here (tiktoken's import included). tiktoken is a little
+slower on long texts (see docs/operations.md, "Token counting").
 
 Loading an encoding takes about 0.3 s, so the engine calls :func:`warm_up` at start-up and no
 request pays.
