@@ -87,7 +87,9 @@ def _print(**values: Any) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from web.server import Gateway, run_gateway  # the server stack loads only when serving
+    from web.server import Gateway, limit_malloc_arenas, run_gateway  # loads only when serving
+
+    limit_malloc_arenas()
 
     config = _load(args.config, serving=True)
     path = resolve_config_path(args.config)

@@ -13,7 +13,9 @@ writes its last batch) and storage closes.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -32,6 +34,27 @@ from web.lifecycle import RequestScope
 from web.reload import watch_config
 
 log = logging.getLogger("omixa.server")
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas() -> None:
+    """Keep the process to one glibc malloc arena, unless ``MALLOC_ARENA_MAX`` is set.
+
+    glibc gives a thread that allocates its own arena; the worker thread that loads the
+    tokenizer leaves one behind. With one arena, ``omixa serve`` with the bench config used
+    about 2 MB less at start-up and 4 MB less with 1,000 streams open, at the same
+    throughput (bench/README.md). Small Python objects come from pymalloc's own arenas, not
+    from malloc, so the worker threads seldom wait for that one arena. A no-op where there is no glibc ``mallopt``.
+    Call it before any thread starts.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, 1)
 
 
 @attrs.frozen(kw_only=True)
