@@ -3,7 +3,7 @@
 We use ``tiktoken`` (MIT), OpenAI's own tokenizer, so the ids are OpenAI's by definition. It
 downloads its encoding files from OpenAI on first use, which fails on machines that reach only
 the package registries, so we ship the two files we need in ``engine/encodings/``
-(``o200k_base``, ``cl100k_base``, gzipped; ``tools/vendor_encodings.py`` reproduces them) and
+(``o200k_base``, ``cl100k_base``, gzipped; ``engine/encodings/vendor.py`` reproduces them) and
 build the encodings from them: each file is checked against the SHA-256 that tiktoken itself
 checks, so it is byte for byte OpenAI's published file. The split patterns and special tokens
 below are tiktoken's (``tiktoken_ext/openai_public.py``; a test compares them).

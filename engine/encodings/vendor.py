@@ -8,7 +8,7 @@ files out of it unchanged, and keeps them only if their decompressed SHA-256 is 
 tiktoken itself checks (``expected_hash`` in ``tiktoken_ext/openai_public.py``): then they are
 exactly OpenAI's published files.
 
-    .venv/bin/python tools/vendor_encodings.py        # rewrites engine/encodings/
+    .venv/bin/python engine/encodings/vendor.py       # rewrites engine/encodings/
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ EXPECTED_SHA256 = {
     "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
 }
-OUT = Path(__file__).resolve().parent.parent / "engine" / "encodings"
+OUT = Path(__file__).resolve().parent
 
 
 def main() -> int:
