@@ -87,7 +87,7 @@ def _print(**values: Any) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from web.server import Gateway, limit_malloc_arenas, run_gateway  # loads only when serving
+    from web.server import Gateway, freeze_start_up_objects, limit_malloc_arenas, run_gateway  # loads only when serving
 
     limit_malloc_arenas()
 
@@ -102,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     config, host=args.host, port=args.port, config_path=config_path, task_status=task_status
                 )
             )
+            freeze_start_up_objects()
             _print(OMIXA_BASE_URL=gateway.base_url)
 
     async def serve() -> int:

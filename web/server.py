@@ -14,6 +14,7 @@ writes its last batch) and storage closes.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -55,6 +56,19 @@ def limit_malloc_arenas() -> None:
     except (OSError, AttributeError):
         return
     mallopt(M_ARENA_MAX, 1)
+
+
+def freeze_start_up_objects() -> None:
+    """Move every object alive now (modules, catalog, app, actors) out of the garbage
+    collector's reach (``gc.freeze``); call it once the gateway serves.
+
+    They live as long as the process, yet every full collection walked them again: about
+    70,000 objects. In a bench run (SQLite, c64 and c1 load, about 15,000 requests) the
+    full collections took 324 ms in all, the longest 67 ms (a stall every request in
+    flight waits out); after the freeze, 79 ms in all, the longest 33 ms.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @attrs.frozen(kw_only=True)
