@@ -746,6 +746,7 @@ def render(results: dict) -> str:
         "",
         table(results),
         "",
+        reference_table(results),
     ]
     for b in results["backends"]:
         lines.append(f"## {b['backend']}: checks")
@@ -770,6 +771,86 @@ def render(results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------
+# the reference: a minimal Quart-Trio relay on the same run
+# ---------------------------------------------------------------------------------------
+REFERENCE_SCENARIOS = ("rps_c64", "latency_c1", "sse_c4")
+
+
+def run_reference(p: dict, fast: Upstream, load: Load, core: int | None, outdir: Path) -> dict:
+    """The stack's ceiling on this run: bench/reference_relay.py (no auth, billing, routing
+    or logging) on Omixa's core, in interleaved rounds with direct calls, like a backend."""
+    argv = [PY, str(BENCH / "reference_relay.py"), "--upstream", fast.url(MODEL_FAST), "--api-key", UPSTREAM_KEY]
+    proc = subprocess.Popen(
+        pinned(core, argv), stdout=subprocess.PIPE, stderr=open(outdir / "reference-relay.log", "wb")
+    )
+    out: dict[str, Any] = {"scenarios": {}, "problems": []}
+    try:
+        url = f"http://127.0.0.1:{read_line_with(proc, 'RELAY_PORT=', 30)}/v1/chat/completions"
+        out["rss_kib_idle_after_start"] = _rss(proc.pid)
+        auth = "X-Bench: reference"
+        load("rps", url, auth, limit=60, concurrency=16, duration=1.0, warmup=0.2)  # warm-up
+        plans = {
+            "rps_c64": ("rps", p["rps_warmup"] + p["rps_duration"] + 90,
+                        dict(concurrency=64, duration=p["rps_duration"], warmup=p["rps_warmup"])),
+            "latency_c1": ("latency", 180, dict(count=p["latency_count"], warmup_count=50, time_limit=120)),
+            "sse_c4": ("sse", p["sse_warmup"] + p["sse_duration"] + 90,
+                       dict(concurrency=4, duration=p["sse_duration"], warmup=p["sse_warmup"], include_usage=True)),
+        }  # fmt: skip
+        for name, (mode, limit, opts) in plans.items():
+            rounds = []
+            for r in range(p["rounds"]):
+                d = load(mode, fast.url(MODEL_FAST), Backend.direct_auth, limit=limit, **opts)
+                g = load(mode, url, auth, limit=limit, pid=proc.pid, **opts)
+                rounds.append({"direct": d, "gateway": g})
+                for side, res in (("direct", d), ("relay", g)):
+                    if "error" in res:
+                        out["problems"].append(f"reference {name} round {r + 1} {side}: {res['error']}")
+                log(f"reference {name} round {r + 1}: direct {brief(d)} | relay {brief(g)}")
+            out["scenarios"][name] = rounds
+    except BenchError as exc:
+        out["problems"].append(f"aborted: {exc}")
+    finally:
+        out["shutdown"] = stop(proc, signal.SIGINT, 15)
+    out["summary"] = summarize(out)
+    return out
+
+
+def reference_table(results: dict) -> str:
+    ref = results.get("reference")
+    if not ref:
+        return ""
+    s = ref["summary"]
+    names = [b["backend"] for b in results["backends"]]
+    head = "| metric | minimal relay | " + " | ".join(f"Omixa, {n}" for n in names) + " |"
+    lines = [
+        "## The reference: a minimal Quart-Trio relay on the same run",
+        "",
+        "`bench/reference_relay.py`: the same stack on the same core, with no auth, billing, "
+        "routing or logging. Its figures are the ceiling the targets are set against; Omixa's "
+        "are repeated from the table above.",
+        "",
+        head,
+        "|" + "---|" * (2 + len(names)),
+    ]
+
+    def row(metric: str, pick: Any, nd: int, unit: str = "") -> None:
+        sums = [s] + [b.get("summary", {}) for b in results["backends"]]
+        lines.append(f"| {metric} | " + " | ".join(fmt(pick(x), nd, unit) for x in sums) + " |")
+
+    row("non-streaming req/s, c64", lambda x: (x.get("rps_c64.rps") or {}).get("gateway"), 0)
+    row("CPU per request at c64 (ms)", lambda x: x.get("cpu_ms_per_request_c64"), 2)
+    row("added latency p50, one connection", lambda x: (x.get("latency_c1.latency.p50_ms") or {}).get("added"), 3, " ms")
+    row("added latency p99, one connection", lambda x: (x.get("latency_c1.latency.p99_ms") or {}).get("added"), 3, " ms")
+    row("SSE data events/s, 4 streams", lambda x: (x.get("sse_c4.events_per_s") or {}).get("gateway"), 0)
+    row("CPU per relayed event (µs)", lambda x: x.get("cpu_us_per_event"), 1)
+    row("RSS after start-up (MB)", lambda x: (x.get("rss_kib_idle_after_start") or 0) / 1024 or None, 1)
+    if ref["problems"]:
+        lines.append("")
+        lines.extend(f"- problem: {p}" for p in ref["problems"])
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
@@ -781,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--upstream-workers", type=int, default=3)
     ap.add_argument("--chunk-bytes", type=int, help="run Omixa with AZURE_STREAM_CHUNK_BYTES=N (default: 128)")
     ap.add_argument("--out", help="results folder (default bench/results/<timestamp>)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the minimal Quart-Trio relay's rounds")
     args = ap.parse_args(argv)
     p = dict(QUICK if args.quick else FULL)
     if args.rounds:
@@ -832,6 +914,8 @@ def main(argv: list[str] | None = None) -> int:
         slow = Upstream("slow", side_core, outdir, workers=1, events=600, event_interval_ms=1000)
         results["upstream"] = {"fast": fast.endpoint, "slow": slow.endpoint, "log": (outdir / "upstream-fast.log").read_text().strip()}
         load = Load(side_core, outdir)
+        if not args.no_reference:
+            results["reference"] = run_reference(p, fast, load, gw_core, outdir)
         for name in backends:
             backend = Backend(name, p, fast, slow, load, outdir)
             backend.load_core_gateway = gw_core
