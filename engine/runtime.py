@@ -132,9 +132,18 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
             await nursery.start(supervised, "wallets", wallets.run, name="wallets")
             await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
             await nursery.start(supervised, "instances", monitor.run, name="instance-monitor")
+            upkeep = trio.CancelScope()
+
+            async def maintain_storage(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                task_status.started()
+                with upkeep:
+                    await storage.maintain()
+
+            await nursery.start(supervised, "storage", maintain_storage, name="storage-maintenance")
             try:
                 yield engine
             finally:
+                upkeep.cancel()
                 # Every actor returns once its mailbox is closed and drained.
                 wallets.close()
                 usage.close()

@@ -30,6 +30,7 @@ import datetime as dt
 from typing import Sequence
 
 import attrs
+import trio
 
 LEDGER_TYPES = ("top_up", "hold", "release", "charge", "refund", "adjustment")
 
@@ -431,5 +432,10 @@ class Storage(abc.ABC):
         since the caller looked wins); otherwise change nothing and return no logs."""
 
     # -- lifecycle ------------------------------------------------------------------------
+    async def maintain(self) -> None:
+        """Background upkeep while a gateway serves; returns when cancelled. Nothing by
+        default (the SQLite backend checkpoints its write-ahead log here)."""
+        await trio.sleep_forever()
+
     @abc.abstractmethod
     async def aclose(self) -> None: ...
