@@ -136,10 +136,13 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
 
             async def maintain_storage(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 task_status.started()
-                with upkeep:
-                    await storage.maintain()
+                await storage.maintain()
 
-            await nursery.start(supervised, "storage", maintain_storage, name="storage-maintenance")
+            async def run_upkeep(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with upkeep:  # around the restarts too: one cancel ends them all
+                    await supervised("storage", maintain_storage, task_status=task_status)
+
+            await nursery.start(run_upkeep, name="storage-maintenance")
             try:
                 yield engine
             finally:

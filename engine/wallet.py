@@ -12,8 +12,9 @@ default output cap, the cap is lowered to what it can cover, down to
 
 Group commit: an actor takes every message already waiting in its mailbox (up to
 :data:`MAX_BATCH`) and applies them in one storage transaction
-(:meth:`storage.Storage.apply_wallet_ops`): one round trip and one commit for a burst of
-holds and settles instead of one each. A hold the batch could not fund is tried again on its
+(:meth:`storage.Storage.apply_wallet_ops`): one transaction and one commit for a burst of
+holds and settles instead of one each (on PostgreSQL one bridge crossing and one pool
+checkout; on SQLite one worker-thread hop). A hold the batch could not fund is tried again on its
 own after the batch (with the cap lowering below), when the batch's settles have released
 what they free: the outcome is one the messages could have had alone, in some order of
 arrival. A lone message is applied on its own at once: batching never waits for company.
@@ -43,6 +44,7 @@ from storage import (
     HoldContext,
     KeyRevoked,
     NewHold,
+    NotFound,
     Settlement,
     Storage,
     StorageError,
@@ -156,9 +158,9 @@ class WalletActor:
 
     async def _handle_batch(self, batch: list[Message]) -> None:
         """Group commit: every message already queued is applied in one storage transaction
-        (one round trip, one commit). A hold refused for want of funds, and every message of
-        a batch that failed as a whole (a revoked key, a database error), is served again on
-        its own."""
+        (one commit). A hold refused for want of funds, and every message of a batch that a
+        step refused (a revoked key, an unknown hold), is served again on its own; a
+        database failure fails every message of the batch, as it would fail each alone."""
         self._in_flight = batch
         if len(batch) == 1:
             await self._handle(batch[0])
@@ -167,20 +169,40 @@ class WalletActor:
             results = await self._pool.storage.apply_wallet_ops([self._op(m) for m in batch])
             self._pool.group_commits += 1
             self._pool.grouped_messages += len(batch)
-        except Exception as exc:
-            if not isinstance(exc, StorageError):
-                log.exception("wallet %s: a batch of %d failed; serving it one by one", self.account_id, len(batch))
+        except (KeyRevoked, NotFound):
+            # A step refused, so the batch rolled back: find it by serving each on its own.
             for message in batch:
                 await self._handle(message)
             return
-        for message, result in zip(batch, results):
+        except StorageError as exc:
+            # Maybe committed (a connection lost during the commit): serving the batch again
+            # could hold twice. Each requester gets what a lone message would get.
+            log.error("wallet %s: storage failed: %s", self.account_id, exc)
+            for message in batch:
+                self._fail(message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
+            return
+        except Exception:
+            log.exception("wallet %s: a batch of %d failed", self.account_id, len(batch))
+            for message in batch:
+                self._fail(message, InternalError())
+            return
+        # Every committed result is delivered before anything else is awaited, so a
+        # cancellation after this point cannot turn a committed hold into a 503.
+        unfunded: list[Reserve] = []
+        abandoned: list[Hold] = []
+        for message, result in zip(batch, results, strict=True):
             if not isinstance(message, Reserve):
                 message.reply.send(result)
             elif result is None:
-                await self._handle(message)  # the lowered-cap path, or 402
+                unfunded.append(message)
             else:
                 assert isinstance(result, Hold)
-                await self._deliver(message, Reserved(hold=result, output_tokens=message.output_tokens))
+                if not message.reply.send(Reserved(hold=result, output_tokens=message.output_tokens)):
+                    abandoned.append(result)
+        for hold in abandoned:
+            await self._void_abandoned(hold)
+        for message in unfunded:
+            await self._handle(message)  # the lowered-cap path, or 402
 
     def _op(self, message: Message) -> WalletOp:
         if isinstance(message, Reserve):
@@ -200,16 +222,15 @@ class WalletActor:
         )
 
     async def _deliver(self, message: Reserve, reserved: Reserved) -> None:
-        if message.reply.send(reserved):
-            return
-        # The requester was cancelled while we held money for it: undo.
+        if not message.reply.send(reserved):
+            await self._void_abandoned(reserved.hold)
+
+    async def _void_abandoned(self, hold: Hold) -> None:
+        """The requester was cancelled while we held money for it: undo."""
         try:
-            await self._pool.storage.void_hold(reserved.hold.id)
+            await self._pool.storage.void_hold(hold.id)
         except Exception:
-            log.exception(
-                "wallet %s: voiding abandoned hold %s failed; it expires later",
-                self.account_id, reserved.hold.id,
-            )
+            log.exception("wallet %s: voiding abandoned hold %s failed; it expires later", self.account_id, hold.id)
 
     async def _handle(self, message: Message) -> None:
         """Serve one message; every failure becomes the requester's exception, never the

@@ -68,6 +68,8 @@ BUSY_TIMEOUT_MS = 5000
 # (in pages), restored when maintain() stops.
 CHECKPOINT_SECONDS = 1.0
 DEFAULT_AUTOCHECKPOINT_PAGES = 1000
+# A log this long (in frames, i.e. pages) is rewound after the passive checkpoint.
+RESTART_FRAMES = 1000
 
 log = logging.getLogger("omixa.storage")
 
@@ -322,14 +324,19 @@ class SQLiteStorage(Storage):
         about one request in a hundred then waited for the copy and its fsync, which was
         most of the one-connection p99 in the bench (+8 to +9 ms; +4.8 ms without it). A
         passive checkpoint waits for no reader or writer, so requests' transactions go on
-        while it copies. While this runs, the serving connection's automatic checkpoints
-        are off; they are back on when it stops.
+        while it copies. But the log only starts over from its beginning when a write finds
+        it fully copied, which steady writes can keep from happening: so once the log holds
+        :data:`RESTART_FRAMES` frames, a restarting checkpoint follows the passive one. It
+        holds writers back only for the little the passive one left to copy, and rewinds
+        the log. While this runs, the serving connection's automatic checkpoints are off;
+        they are back on when it stops.
         """
         if self._path == ":memory:":
             await trio.sleep_forever()
-        checkpointer = await trio.to_thread.run_sync(_connect_checkpointer, self._path)
-        await self._call(_set_autocheckpoint, 0)
+        checkpointer: sqlite3.Connection | None = None
         try:
+            checkpointer = await trio.to_thread.run_sync(_connect_checkpointer, self._path)
+            await self._call(_set_autocheckpoint, 0)
             while True:
                 await trio.sleep(interval)
                 try:
@@ -339,7 +346,8 @@ class SQLiteStorage(Storage):
                     log.warning("sqlite: checkpoint failed (retried in %g s): %s", interval, exc)
         finally:
             with trio.move_on_after(10, shield=True):
-                await trio.to_thread.run_sync(checkpointer.close)
+                if checkpointer is not None:
+                    await trio.to_thread.run_sync(checkpointer.close)
                 if not self._closed:
                     await self._call(_set_autocheckpoint, DEFAULT_AUTOCHECKPOINT_PAGES)
 
@@ -425,7 +433,9 @@ def _connect_checkpointer(path: str) -> sqlite3.Connection:
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    _, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if frames >= RESTART_FRAMES:
+        conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
 
 def _set_autocheckpoint(conn: sqlite3.Connection, pages: int) -> None:

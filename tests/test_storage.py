@@ -702,3 +702,29 @@ async def test_sqlite_checkpoints_its_log_in_the_background(tmp_path):
         assert await store.verify_ledger() == []
     finally:
         await store.aclose()
+
+
+async def test_sqlite_log_stays_bounded_under_steady_writes(tmp_path):
+    """Writes that never pause keep a passive checkpoint from ever emptying the log; the
+    restarting checkpoint that follows a long log keeps it from growing without end."""
+    store = await SQLiteStorage.open(str(tmp_path / "s.db"))
+    wal = tmp_path / "s.db-wal"
+    try:
+        account = await funded_account(store, 10**9)
+        sizes = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(store.maintain, 0.005)
+            with trio.fail_after(60):
+                for phase in range(4):
+                    for i in range(250):
+                        hold = await store.create_hold(
+                            account_id=account.id, request_id=f"r{phase}.{i}", amount=10, expires_at=_later()
+                        )
+                        await store.settle_hold(hold.id, 3)
+                    sizes.append(wal.stat().st_size)
+            nursery.cancel_scope.cancel()
+        assert store.checkpoints > 0
+        assert sizes[-1] < 1.5 * sizes[0], sizes
+        assert await store.verify_ledger() == []
+    finally:
+        await store.aclose()

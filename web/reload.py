@@ -8,6 +8,7 @@ logged and ignored: the running deployments stay as they were.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -37,7 +38,19 @@ async def reload_once(engine: Engine, path: Path) -> bool:
     if attrs.evolve(config, deployments=running.deployments, storage=running.storage) != running:
         log.warning("reload of %s: changes outside [[deployments]] apply after a restart", path)
     log.info("reloaded %s: %s", path, change)
+    _refreeze()
     return True
+
+
+def _refreeze() -> None:
+    """``omixa serve`` froze its start-up objects out of the collector's reach
+    (:func:`web.server.freeze_start_up_objects`); what a reload replaced would stay frozen,
+    and leak if it sits in reference cycles. Thaw, collect, freeze again: one full
+    collection per reload."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 def _mtime(path: Path) -> float | None:

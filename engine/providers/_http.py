@@ -22,6 +22,7 @@ which it treats like a 5xx for failover.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import ssl
 from typing import AsyncIterator, Awaitable, Callable, Iterator
@@ -308,7 +309,7 @@ async def read_bounded(response: httpx.Response, limit: int) -> bytes:
     return b"".join(parts)
 
 
-_USER_AGENT = httpx._client.USER_AGENT.encode()  # what httpx sends: the wire stays the same
+_USER_AGENT = httpx._client.USER_AGENT.encode()  # what httpx sends
 
 
 async def post_answer(
@@ -332,9 +333,7 @@ async def post_answer(
     Cancellation: closes the connection; the pool opens a new one next time.
     """
     target = httpcore.URL(url)
-    default_port = 443 if target.scheme == b"https" else 80
-    host = target.host if target.port in (None, default_port) else b"%b:%d" % (target.host, target.port)
-    head = [(b"Host", host), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
+    head = [(b"Host", _host_header(url)), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
     head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
     head.append((b"Content-Length", b"%d" % len(content)))
     request = httpcore.Request(
@@ -352,6 +351,13 @@ async def post_answer(
     finally:
         with trio.move_on_after(_CLOSE_SECONDS, shield=True):
             await answer.aclose()
+
+
+@functools.lru_cache(maxsize=256)
+def _host_header(url: str) -> bytes:
+    """The ``Host`` httpx would send for ``url``: the port only when not the scheme's
+    default, an IPv6 address in brackets."""
+    return httpx.URL(url).netloc
 
 
 async def _read_core(answer: httpcore.Response, limit: int) -> bytes:
