@@ -321,8 +321,9 @@ class SQLiteStorage(Storage):
         thread of its own, until cancelled.
 
         SQLite otherwise checkpoints inside the commit that takes the log past 1,000 pages:
-        about one request in a hundred then waited for the copy and its fsync, which was
-        most of the one-connection p99 in the bench (+8 to +9 ms; +4.8 ms without it). A
+        about one request in 60 then waited for the copy and its fsync, which was most of
+        the one-connection p99 in the bench (10.1 and 8.5 ms; 5.1 and 5.3 ms without it,
+        at the same p50; bench/README.md). A
         passive checkpoint waits for no reader or writer, so requests' transactions go on
         while it copies. But the log only starts over from its beginning when a write finds
         it fully copied, which steady writes can keep from happening: so once the log holds
