@@ -177,6 +177,26 @@ class Load:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def interleaved(
+    load: Load, rounds: int, fast: Upstream, label: str, mode: str, limit: float,
+    gateway: tuple[str, str, int], direct_opts: dict, gw_opts: dict, problems: list[str],
+) -> list[dict]:
+    """``rounds`` rounds of one scenario: direct to the fast upstream, then through the
+    gateway (``gateway``: its URL, auth header and pid), and again. Failed runs go into
+    ``problems``."""
+    url, auth, pid = gateway
+    out = []
+    for r in range(rounds):
+        d = load(mode, fast.url(MODEL_FAST), Backend.direct_auth, limit=limit, **direct_opts)
+        g = load(mode, url, auth, limit=limit, pid=pid, **gw_opts)
+        out.append({"direct": d, "gateway": g})
+        for side, res in (("direct", d), ("gateway", g)):
+            if "error" in res:
+                problems.append(f"{label} round {r + 1} {side}: {res['error']}: {res.get('stderr', '')[-300:]}")
+        log(f"{label} round {r + 1}: direct {brief(d)} | gateway {brief(g)}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # one backend
 # ---------------------------------------------------------------------------------------
@@ -370,16 +390,10 @@ class Backend:
 
     def both(self, name: str, mode: str, limit: float, direct_opts: dict, gw_opts: dict) -> None:
         """Run a scenario in interleaved rounds: direct, gateway, direct, gateway, ..."""
-        rounds = []
-        for r in range(self.p["rounds"]):
-            d = self.load(mode, self.fast.url(MODEL_FAST), self.direct_auth, limit=limit, **direct_opts)
-            g = self.load(mode, self.chat_url, self.gw_auth, limit=limit, pid=self.pid, **gw_opts)
-            rounds.append({"direct": d, "gateway": g})
-            for side, res in (("direct", d), ("gateway", g)):
-                if "error" in res:
-                    self.result["problems"].append(f"{name} round {r + 1} {side}: {res['error']}: {res.get('stderr', '')[-300:]}")
-            log(f"{self.name} {name} round {r + 1}: direct {brief(d)} | omixa {brief(g)}")
-        self.result["scenarios"][name] = rounds
+        self.result["scenarios"][name] = interleaved(
+            self.load, self.p["rounds"], self.fast, f"{self.name} {name}", mode, limit,
+            (self.chat_url, self.gw_auth, self.pid), direct_opts, gw_opts, self.result["problems"],
+        )  # fmt: skip
 
     # --- scenarios --------------------------------------------------------------------------------
     def run_all(self) -> None:
@@ -773,7 +787,6 @@ def render(results: dict) -> str:
 # ---------------------------------------------------------------------------------------
 # the reference: a minimal Quart-Trio relay on the same run
 # ---------------------------------------------------------------------------------------
-REFERENCE_SCENARIOS = ("rps_c64", "latency_c1", "sse_c4")
 
 
 def run_reference(p: dict, fast: Upstream, load: Load, core: int | None, outdir: Path) -> dict:
@@ -797,16 +810,10 @@ def run_reference(p: dict, fast: Upstream, load: Load, core: int | None, outdir:
                        dict(concurrency=4, duration=p["sse_duration"], warmup=p["sse_warmup"], include_usage=True)),
         }  # fmt: skip
         for name, (mode, limit, opts) in plans.items():
-            rounds = []
-            for r in range(p["rounds"]):
-                d = load(mode, fast.url(MODEL_FAST), Backend.direct_auth, limit=limit, **opts)
-                g = load(mode, url, auth, limit=limit, pid=proc.pid, **opts)
-                rounds.append({"direct": d, "gateway": g})
-                for side, res in (("direct", d), ("relay", g)):
-                    if "error" in res:
-                        out["problems"].append(f"reference {name} round {r + 1} {side}: {res['error']}")
-                log(f"reference {name} round {r + 1}: direct {brief(d)} | relay {brief(g)}")
-            out["scenarios"][name] = rounds
+            out["scenarios"][name] = interleaved(
+                load, p["rounds"], fast, f"reference {name}", mode, limit,
+                (url, auth, proc.pid), opts, opts, out["problems"],
+            )  # fmt: skip
     except BenchError as exc:
         out["problems"].append(f"aborted: {exc}")
     finally:

@@ -262,11 +262,7 @@ class WalletActor:
         storage = self._pool.storage
         cap = msg.output_tokens
         for _ in range(2):
-            op = self._new_hold(msg, cap)
-            hold = await storage.create_hold(
-                account_id=op.account_id, request_id=op.request_id, amount=op.amount,
-                expires_at=op.expires_at, context=op.context,
-            )
+            (hold,) = await storage.apply_wallet_ops([self._new_hold(msg, cap)])
             if hold is not None:
                 return Reserved(hold=hold, output_tokens=cap)
             if msg.min_output_tokens is None or msg.amount is not None:

@@ -318,7 +318,6 @@ class Storage(abc.ABC):
         if the key was first used with another amount.
         """
 
-    @abc.abstractmethod
     async def create_hold(
         self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
         context: HoldContext = HoldContext(),
@@ -331,8 +330,10 @@ class Storage(abc.ABC):
         (a revocation by any process is seen): errors KeyRevoked; NotFound for an unknown
         account.
         """
+        op = NewHold(account_id=account_id, request_id=request_id, amount=amount,
+                     expires_at=expires_at, context=context)  # fmt: skip
+        return (await self.apply_wallet_ops([op]))[0]  # type: ignore[return-value]
 
-    @abc.abstractmethod
     async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
         """Post a pending hold: charge ``min(charge, amount)`` and release the rest.
 
@@ -340,10 +341,11 @@ class Storage(abc.ABC):
         Idempotent: a hold already posted or voided is left alone (``already_final``).
         Errors: NotFound if no such hold; ValueError if charge < 0.
         """
+        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, charge=charge)]))[0]  # type: ignore[return-value]
 
-    @abc.abstractmethod
     async def void_hold(self, hold_id: str) -> Settlement:
         """Release a pending hold entirely. Idempotent like :meth:`settle_hold`."""
+        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, void=True)]))[0]  # type: ignore[return-value]
 
     @abc.abstractmethod
     async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:

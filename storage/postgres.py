@@ -29,7 +29,6 @@ from storage.base import (
     ApiKeyRecord,
     FinalizeHold,
     Hold,
-    HoldContext,
     Instance,
     LedgerEntry,
     LedgerProblem,
@@ -206,20 +205,6 @@ class PostgresStorage(Storage):
     ) -> TopUpResult:
         check_amount(amount, "amount")
         return await self._run(_credit_top_up, account_id, amount, idempotency_key, note)
-
-    async def create_hold(
-        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
-        context: HoldContext = HoldContext(),
-    ) -> Hold | None:
-        op = NewHold(account_id=account_id, request_id=request_id, amount=amount,
-                     expires_at=expires_at, context=context)  # fmt: skip
-        return (await self.apply_wallet_ops([op]))[0]  # type: ignore[return-value]
-
-    async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
-        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, charge=charge)]))[0]  # type: ignore[return-value]
-
-    async def void_hold(self, hold_id: str) -> Settlement:
-        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, void=True)]))[0]  # type: ignore[return-value]
 
     async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:
         steps: list[tuple[str, NewHold] | FinalizeHold] = []

@@ -209,16 +209,6 @@ class SQLiteStorage(Storage):
         check_amount(amount, "amount")
         return await self._call(_credit_top_up, account_id, amount, idempotency_key, note, write=True)
 
-    async def create_hold(
-        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
-        context: HoldContext = HoldContext(),
-    ) -> Hold | None:
-        op = NewHold(account_id=account_id, request_id=request_id, amount=amount,
-                     expires_at=expires_at, context=context)  # fmt: skip
-        hold = _new_hold(op)
-        created = await self._call(_create_hold, hold, context, write=True)
-        return hold if created else None
-
     async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:
         steps: list[tuple[Hold, HoldContext] | FinalizeHold] = []
         for op in ops:
@@ -228,13 +218,6 @@ class SQLiteStorage(Storage):
                 check_amount(op.charge, "charge", allow_zero=True)
                 steps.append(op)
         return await self._call(_apply_wallet_ops, steps, write=True)
-
-    async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
-        check_amount(charge, "charge", allow_zero=True)
-        return await self._call(_finalize, hold_id, charge, "posted", _now_us(), write=True)
-
-    async def void_hold(self, hold_id: str) -> Settlement:
-        return await self._call(_finalize, hold_id, 0, "voided", _now_us(), write=True)
 
     async def expire_holds(self, now: dt.datetime) -> int:
         return await self._call(_expire_holds, _to_us(now, "now"), write=True)
