@@ -1,4 +1,5 @@
-"""PostgreSQL backend: an asyncpg pool driven through the trio-asyncio bridge.
+"""PostgreSQL backend: asyncpg connections (:mod:`storage._pgpool`) driven through the
+trio-asyncio bridge.
 
 Each method is one asyncio coroutine (acquire, query or transaction, release) run once
 through :class:`storage._aio.AioBridge`. The hot paths (create_hold, settle_hold, void_hold,
@@ -24,6 +25,7 @@ import asyncpg
 import trio
 
 from storage._aio import AioBridge, resolve_loop
+from storage._pgpool import ConnectionPool
 from storage.base import (
     Account,
     ApiKeyRecord,
@@ -86,7 +88,7 @@ def _pool_options(url: str) -> tuple[str, dict[str, int]]:
 class PostgresStorage(Storage):
     """Storage in PostgreSQL. Open with :meth:`open`."""
 
-    def __init__(self, pool: asyncpg.Pool, bridge: AioBridge) -> None:
+    def __init__(self, pool: ConnectionPool, bridge: AioBridge) -> None:
         self._pool = pool
         self._bridge = bridge
         self._closed = False
@@ -305,33 +307,15 @@ class PostgresStorage(Storage):
 # -- asyncio side: everything below runs on the asyncio loop ---------------------------------
 
 
-async def _create_pool(dsn: str, options: dict[str, int]) -> asyncpg.Pool:
-    return await asyncpg.create_pool(
-        dsn,
-        timeout=CONNECT_TIMEOUT,
-        server_settings={"application_name": "omixa"},
-        reset=_keep_session,
-        # asyncpg re-arms a timer for idle connections on every release; trio-asyncio keeps
-        # a cancelled timer (and the caller's context with it) until it would have fired,
-        # 300 s later: about 15 KB retained per request. Idle connections stay open instead.
-        max_inactive_connection_lifetime=0,
-        **options,
+async def _create_pool(dsn: str, options: dict[str, int]) -> ConnectionPool:
+    pool = ConnectionPool(
+        dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": "omixa"}, **options
     )
+    return await pool.open()
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    # asyncpg's default reset on release (RESET ALL, UNLISTEN *, ...) is one more round
-    # trip per call, doubling the latency of the hot path. Our statements never change
-    # session state (no SET, LISTEN, cursors or session locks: migrations use their own
-    # connection); asyncpg still rolls back an open transaction before calling this.
-    return None
-
-
-async def _close_pool(pool: asyncpg.Pool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
-    except asyncio.TimeoutError:
-        pool.terminate()
+async def _close_pool(pool: ConnectionPool) -> None:
+    await pool.close(CLOSE_TIMEOUT)
 
 
 async def _migrate(dsn: str) -> None:
@@ -358,24 +342,24 @@ async def _migrate(dsn: str) -> None:
             conn.terminate()
 
 
-async def _fetchval(pool: asyncpg.Pool, query: str, *args: Any) -> Any:
+async def _fetchval(pool: ConnectionPool, query: str, *args: Any) -> Any:
     return await pool.fetchval(query, *args)
 
 
-async def _fetchrow(pool: asyncpg.Pool, query: str, *args: Any) -> asyncpg.Record | None:
+async def _fetchrow(pool: ConnectionPool, query: str, *args: Any) -> asyncpg.Record | None:
     return await pool.fetchrow(query, *args)
 
 
-async def _fetch(pool: asyncpg.Pool, query: str, *args: Any) -> list[asyncpg.Record]:
+async def _fetch(pool: ConnectionPool, query: str, *args: Any) -> list[asyncpg.Record]:
     return await pool.fetch(query, *args)
 
 
-async def _execute(pool: asyncpg.Pool, query: str, *args: Any) -> None:
+async def _execute(pool: ConnectionPool, query: str, *args: Any) -> None:
     await pool.execute(query, *args)
 
 
 async def _credit_top_up(
-    pool: asyncpg.Pool, account_id: str, amount: int, idempotency_key: str | None,
+    pool: ConnectionPool, account_id: str, amount: int, idempotency_key: str | None,
     note: str | None,
 ) -> TopUpResult:
     async with pool.acquire() as conn, conn.transaction():
@@ -425,18 +409,18 @@ async def _insert_request_logs(conn: asyncpg.Connection, logs: Sequence[RequestL
     await conn.execute(_SQL.UPSERT_LATENCY, *([row[i] for row in bins] for i in range(6)))
 
 
-async def _insert_request_logs_tx(pool: asyncpg.Pool, logs: Sequence[RequestLog]) -> None:
+async def _insert_request_logs_tx(pool: ConnectionPool, logs: Sequence[RequestLog]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         await _insert_request_logs(conn, logs)
 
 
-async def _usage_rollups(pool: asyncpg.Pool, args: tuple) -> tuple[list, list]:
+async def _usage_rollups(pool: ConnectionPool, args: tuple) -> tuple[list, list]:
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         return await conn.fetch(_SQL.ROLLUPS, *args), await conn.fetch(_SQL.ROLLUP_LATENCY, *args)
 
 
 async def _recover_instance(
-    pool: asyncpg.Pool, instance_id: str, now: dt.datetime, stale_after: float | None
+    pool: ConnectionPool, instance_id: str, now: dt.datetime, stale_after: float | None
 ) -> list[RequestLog]:
     async with pool.acquire() as conn, conn.transaction():
         if stale_after is not None:
@@ -458,7 +442,7 @@ async def _recover_instance(
 
 
 async def _apply_wallet_ops(
-    pool: asyncpg.Pool, steps: list[tuple[str, NewHold] | FinalizeHold]
+    pool: ConnectionPool, steps: list[tuple[str, NewHold] | FinalizeHold]
 ) -> list[Hold | Settlement | None]:
     """One connection, one transaction (a single step is a single statement: no explicit
     transaction needed)."""
@@ -513,7 +497,7 @@ async def _finalize(conn: asyncpg.Connection, hold_id: str, charge: int, state: 
     )
 
 
-async def _expire_holds(pool: asyncpg.Pool, now: dt.datetime) -> int:
+async def _expire_holds(pool: ConnectionPool, now: dt.datetime) -> int:
     async with pool.acquire() as conn, conn.transaction():
         # SKIP LOCKED: a hold being settled right now is the settler's; leave it. Sorted by
         # account so concurrent sweepers lock accounts in the same order.

@@ -105,7 +105,7 @@ async def test_cancelled_requesters_never_leave_holds_behind(storage):
     or voided by the actor (or the requester's cleanup); none is left pending."""
     account = await funded(storage, 10_000_000_000)
     rng = random.Random(7)
-    got = []
+    got: list = []
     async with trio.open_nursery() as nursery:
         pool = WalletPool(storage, WalletConfig())
         await nursery.start(pool.run)
@@ -114,21 +114,30 @@ async def test_cancelled_requesters_never_leave_holds_behind(storage):
         await pool.release(account, (await pool.reserve(account, **reserve_args("req_probe"))).hold.id)
         unit = trio.current_time() - started
 
-        async def one(i: int) -> None:
-            with trio.move_on_after(rng.random() * unit * 40):
+        async def one(i: int, scale: float) -> None:
+            with trio.move_on_after(rng.random() * unit * scale):
                 got.append(await pool.reserve(account, **reserve_args(f"req_{i}")))
 
-        async with trio.open_nursery() as requests:
-            for i in range(60):
-                requests.start_soon(one, i)
-        for reserved in got:
-            await pool.release(account, reserved.hold.id)
+        # A burst is applied in one group commit, so whether deadlines land inside it
+        # depends on the machine: narrow the window until some requesters left after
+        # their hold was made (the case under test), checking the invariant every time.
+        for attempt, scale in enumerate((40, 20, 10, 5, 2, 1, 0.5)):
+            got.clear()
+            async with trio.open_nursery() as requests:
+                for i in range(60):
+                    requests.start_soon(one, attempt * 100 + i, scale)
+            for reserved in got:
+                await pool.release(account, reserved.hold.id)
+            wallet = await storage.get_wallet(account)
+            assert wallet.locked == 0 and wallet.balance == 10_000_000_000
+            ids = {f"req_{attempt * 100 + i}" for i in range(60)}
+            made = [e for e in await storage.ledger_entries(account) if e.type == "hold" and e.request_id in ids]
+            left = len(made) - len(got)
+            if left >= 2:
+                break
         pool.close()
-    wallet = await storage.get_wallet(account)
-    assert wallet.locked == 0 and wallet.balance == 10_000_000_000
     assert await storage.verify_ledger() == []
-    holds = [e for e in await storage.ledger_entries(account) if e.type == "hold"]
-    assert 0 < len(got) < len(holds) - 1, "some requesters left after their hold was made"
+    assert left >= 2, "no requester left after its hold was made at any scale"
 
 
 def sim(name: str, weight: float = 1.0, enabled: bool = True) -> DeploymentActor:
