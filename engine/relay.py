@@ -149,9 +149,10 @@ class StreamRelay:
         self._last_sent = self._last_upstream  # heartbeats count from the last byte sent
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Start reading the upstream in ``nursery`` (the request's own)."""
+        """Read the upstream in ``nursery`` (the request's own), from the first time the
+        body is asked for: the padding comment (and with it the response head) then goes
+        out before the pump's first turn, which parses whatever the upstream already sent."""
         self._nursery = nursery
-        self._upstream.start(nursery, f"relay-{self._exchange.caller.request_id}")
 
     def __aiter__(self) -> "StreamRelay":
         return self
@@ -164,6 +165,9 @@ class StreamRelay:
     async def _next_bytes(self) -> bytes:
         if self._closed:
             raise StopAsyncIteration
+        if not self._upstream.started:
+            assert self._nursery is not None, "start() the relay first"
+            self._upstream.start(self._nursery, f"relay-{self._exchange.caller.request_id}")
         if self._padding:
             padding, self._padding = self._padding, b""
             return padding

@@ -492,7 +492,7 @@ async def read_stream_pieces(client, url: str, headers: dict, body: dict) -> lis
 
     request = client.build_request("POST", url, json={**body, "stream": True}, headers=headers)
     response = await client.send(request, stream=True)
-    with stream_reads(response):
+    with stream_reads(response.extensions):
         pieces = [chunk async for chunk in response.aiter_raw()]
     await response.aclose()
     return pieces
@@ -590,7 +590,7 @@ async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
             from engine.providers._http import stream_reads
 
             with pytest.raises(httpx.ReadError) as caught:
-                with stream_reads(response):
+                with stream_reads(response.extensions):
                     async for chunk in response.aiter_raw():
                         received.append(chunk)
             await response.aclose()
@@ -601,3 +601,45 @@ async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
     assert [e.data["n"] for e in parsed if e.data] == list(range(20))
     error = translate(caught.value)
     assert isinstance(error, UpstreamError) and error.upstream_status is None
+
+
+async def test_a_stream_compressed_against_our_ask_is_decoded():
+    """Azure is asked for ``accept-encoding: identity``; a stream compressed all the same
+    is decoded (httpx's decoders) rather than parsed as SSE garbage."""
+    import gzip
+    from types import SimpleNamespace
+
+    frames = b"".join(
+        b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % word
+        for word in (b"one ", b"two")
+    ) + b"data: [DONE]\n\n"
+    packed = gzip.compress(frames)
+    head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
+            b"content-length: %d\r\n\r\n" % len(packed))  # fmt: skip
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    requests = []
+
+    async def serve() -> None:
+        conn, _ = await listener.accept()
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await conn.recv(65536)
+            requests.append(request)
+            await conn.send(head + packed)
+
+    fake = SimpleNamespace(endpoint=f"http://127.0.0.1:{port}", api_key="k")
+    provider = AzureProvider(azure_deployment(fake), SERVER)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            events = await collect(provider, {**BODY, "stream": True})
+    finally:
+        await provider.aclose()
+        listener.close()
+    assert content_of(events) == "one two"
+    head_sent = requests[0].split(b"\r\n\r\n")[0].lower()
+    assert b"accept-encoding: identity" in head_sent and f"host: 127.0.0.1:{port}".encode() in head_sent

@@ -10,8 +10,8 @@ httpx exception tree, and what each becomes here::
      |    +-- DecodingError, TooManyRedirects                            -> UpstreamError(None)
      +-- httpx.HTTPStatusError (never raised: we read status codes ourselves)
 
-Non-streaming calls (:func:`post_answer`) call httpcore's pool directly; its exceptions map
-the same way: ``httpcore.TimeoutException`` (Connect/Read/Write/PoolTimeout) ->
+Calls (:func:`post_answer`, :func:`open_streamed`) go to httpcore's pool directly; its
+exceptions map the same way: ``httpcore.TimeoutException`` (Connect/Read/Write/PoolTimeout) ->
 UpstreamTimeout, every other httpcore exception (NetworkError, ProtocolError, ProxyError,
 UnsupportedProtocol) -> UpstreamError(None).
 
@@ -25,7 +25,7 @@ import contextlib
 import functools
 import os
 import ssl
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import attrs
 import httpcore
@@ -73,11 +73,13 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
 
 
 class UpstreamClient(httpx.AsyncClient):
-    """httpx's client, plus the httpcore pool under it, which :func:`post_answer` calls directly.
+    """httpx's client, plus the httpcore pool under it, which :func:`post_answer` and
+    :func:`open_streamed` call directly.
 
-    Non-streaming calls skip httpx's request and response models, cookies, auth and redirect
-    layers (none of which Omixa uses): 0.2-0.3 ms less CPU per call on the bench machine.
-    Streams keep going through httpx. Both share the one pool, its limits and connections.
+    Model calls skip httpx's request and response models, cookies, auth and redirect layers
+    (none of which Omixa uses): 0.2-0.3 ms less CPU per call on the bench machine. The httpx
+    client itself serves the rest (a service account's token requests); all share the one
+    pool, its limits and connections.
     """
 
     def __init__(self, *, pool: httpcore.AsyncConnectionPool, **kwargs: object) -> None:
@@ -108,11 +110,12 @@ def set_read_size(size: int) -> None:
 
 
 @contextlib.contextmanager
-def stream_reads(response: httpx.Response) -> Iterator[None]:
-    """Inside the block, ``response``'s connection reads at most ``streaming.chunk_bytes``
-    per socket read (its body is a stream); back to full-size reads on leaving, before the
-    connection can serve another request."""
-    stream = response.extensions.get("network_stream")
+def stream_reads(extensions: Mapping[str, Any]) -> Iterator[None]:
+    """Inside the block, the connection of the response with these ``extensions`` (httpcore's
+    or httpx's) reads at most ``streaming.chunk_bytes`` per socket read (its body is a
+    stream); back to full-size reads on leaving, before the connection can serve another
+    request."""
+    stream = extensions.get("network_stream")
     if not isinstance(stream, _StreamReadStream):
         yield  # not an HTTP/1.1 connection of ours (e.g. a test transport)
         return
@@ -288,28 +291,35 @@ class HttpClients:
             await client.aclose()
 
 
-async def close_response(response: httpx.Response) -> None:
-    """Close a streamed response. Closing drops the socket (or returns it to the pool): quick,
-    so a bounded shield lets it finish even when we are leaving because of cancellation."""
-    with trio.move_on_after(_CLOSE_SECONDS, shield=True):
-        await response.aclose()
-
-
-async def read_bounded(response: httpx.Response, limit: int) -> bytes:
-    """The body of a streamed response, or UpstreamError past ``limit`` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError(
-                f"Upstream answer larger than {limit} bytes.", upstream_status=response.status_code
-            )
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 _USER_AGENT = httpx._client.USER_AGENT.encode()  # what httpx sends
+# What a stream body iterator may raise for a broken connection (see :func:`translate`).
+STREAM_ERRORS = (httpx.HTTPError, *_HTTPCORE_ERRORS)
+
+
+def _core_request(client: UpstreamClient, url: str, headers: dict[str, str], content: bytes) -> httpcore.Request:
+    """The POST httpx would send (``Host``, ``Accept``, ``User-Agent``, ``headers``,
+    ``Content-Length``), as an httpcore request with the client's timeouts."""
+    head = [(b"Host", _host_header(url)), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
+    head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+    head.append((b"Content-Length", b"%d" % len(content)))
+    return httpcore.Request(
+        b"POST", httpcore.URL(url), headers=head, content=content,
+        extensions={"timeout": client.pool_timeouts},
+    )  # fmt: skip
+
+
+async def _failure(answer: httpcore.Response, error_from: ErrorFromResponse) -> UpstreamError:
+    """The provider's error for a non-2xx answer, its body read up to ``MAX_ERROR_BODY_BYTES``."""
+    with map_errors():
+        raw = await _read_core(answer, MAX_ERROR_BODY_BYTES)
+    return error_from(httpx.Response(answer.status, headers=answer.headers, content=raw), raw)
+
+
+async def _close_answer(answer: httpcore.Response) -> None:
+    """Close an answer: drops the socket (or returns it to the pool). Quick, so a bounded
+    shield lets it finish even when we are leaving because of cancellation."""
+    with trio.move_on_after(_CLOSE_SECONDS, shield=True):
+        await answer.aclose()
 
 
 async def post_answer(
@@ -324,33 +334,21 @@ async def post_answer(
     else the provider's error for the failed one (``error_from``, its body read up to
     ``MAX_ERROR_BODY_BYTES``). The response is closed either way.
 
-    This calls the client's httpcore pool directly, with the request httpx would send
-    (``Host``, ``Accept``, ``User-Agent``, ``headers``, ``Content-Length``) and the client's
-    timeouts.
+    This calls the client's httpcore pool directly (:func:`_core_request`).
 
     Errors: UpstreamError, UpstreamTimeout (the client's connect/read/write/pool timeouts;
     the caller bounds the whole call).
     Cancellation: closes the connection; the pool opens a new one next time.
     """
-    target = httpcore.URL(url)
-    head = [(b"Host", _host_header(url)), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
-    head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
-    head.append((b"Content-Length", b"%d" % len(content)))
-    request = httpcore.Request(
-        b"POST", target, headers=head, content=content, extensions={"timeout": client.pool_timeouts}
-    )
     with map_errors():
-        answer = await client.pool.handle_async_request(request)
+        answer = await client.pool.handle_async_request(_core_request(client, url, headers, content))
     try:
+        if not 200 <= answer.status < 300:
+            raise await _failure(answer, error_from)
         with map_errors():
-            if not 200 <= answer.status < 300:
-                raw = await _read_core(answer, MAX_ERROR_BODY_BYTES)
-                response = httpx.Response(answer.status, headers=answer.headers, content=raw)
-                raise error_from(response, raw)
             return answer.status, await _read_core(answer, limit)
     finally:
-        with trio.move_on_after(_CLOSE_SECONDS, shield=True):
-            await answer.aclose()
+        await _close_answer(answer)
 
 
 @functools.lru_cache(maxsize=256)
@@ -373,27 +371,59 @@ async def _read_core(answer: httpcore.Response, limit: int) -> bytes:
 
 @contextlib.asynccontextmanager
 async def open_streamed(
-    send: Callable[[], Awaitable[httpx.Response]], head_timeout: float, error_from: ErrorFromResponse
-) -> AsyncIterator[httpx.Response]:
-    """Send a streaming request and yield its successful response, body unread.
+    client: UpstreamClient,
+    url: str,
+    prepare: Callable[[], Awaitable[tuple[dict[str, str], bytes]]],
+    head_timeout: float,
+    error_from: ErrorFromResponse,
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """POST a streaming request (``prepare()`` gives its headers and body) and yield the
+    successful answer's body, as an iterator of byte chunks.
 
-    Entering waits at most ``head_timeout`` for the head (UpstreamTimeout); a failed status
-    is the provider's error (``error_from``). The response is owned here, never by the body's
-    iterator, so it is closed on every exit path (STACK-NOTES: a response held by an
-    unstarted generator leaks when the client goes early); its body is read in
-    ``streaming.chunk_bytes`` reads (:func:`stream_reads`).
+    Like :func:`post_answer`, this calls the client's httpcore pool directly. Entering
+    (``prepare`` included, e.g. fetching a token) waits at most ``head_timeout`` for the
+    head (UpstreamTimeout); a failed status is the provider's error (``error_from``). The
+    answer is owned here, never by the body's iterator, so it is closed on every exit path
+    (STACK-NOTES: a response held by an unstarted generator leaks when the client goes
+    early). The body is read in ``streaming.chunk_bytes`` reads (:func:`stream_reads`); its
+    iterator raises one of ``STREAM_ERRORS`` when the connection breaks. A body the
+    upstream compressed although we asked for none is decoded by httpx.
     """
-    response = None
+    answer = None
     with trio.move_on_after(head_timeout):
-        response = await send()
-    if response is None:
+        headers, content = await prepare()
+        with map_errors():
+            answer = await client.pool.handle_async_request(_core_request(client, url, headers, content))
+    if answer is None:
         raise UpstreamTimeout("The upstream did not start its answer in time.")
     try:
-        if not response.is_success:
-            with map_errors():
-                raw = await read_bounded(response, MAX_ERROR_BODY_BYTES)
-            raise error_from(response, raw)
-        with stream_reads(response):
-            yield response
+        if not 200 <= answer.status < 300:
+            raise await _failure(answer, error_from)
+        with stream_reads(answer.extensions):
+            yield _body(answer)
     finally:
-        await close_response(response)
+        await _close_answer(answer)
+
+
+def _body(answer: httpcore.Response) -> AsyncIterator[bytes]:
+    encoding = b"identity"
+    for name, value in answer.headers:
+        if name.lower() == b"content-encoding":
+            encoding = value.strip().lower()
+    if encoding == b"identity":
+        return answer.aiter_stream()
+    return httpx.Response(answer.status, headers=answer.headers, stream=_AnswerStream(answer)).aiter_bytes()
+
+
+class _AnswerStream(httpx.AsyncByteStream):
+    """An httpcore answer's body, for httpx's decoders."""
+
+    def __init__(self, answer: httpcore.Response) -> None:
+        self._answer = answer
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._answer.aiter_stream():
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._answer.aclose()

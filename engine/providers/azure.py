@@ -32,9 +32,9 @@ from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import UpstreamError, UpstreamTimeout
 from engine.providers._http import (
     MAX_ERROR_BODY_BYTES,
+    STREAM_ERRORS,
     UpstreamClient,
     make_client,
-    map_errors,
     open_streamed,
     post_answer,
     translate,
@@ -139,24 +139,18 @@ class AzureProvider:
         Cancellation: leaving the block, normally or by cancellation, closes the connection at
         once (HTTP/1.1): Azure sees the disconnect and stops generating.
         """
-        request = self._client.build_request(
-            "POST", self._url, content=_content(body, stream=True), headers=self._headers
-        )
-        async with open_streamed(lambda: self._send(request), self._head_timeout, error_from_response) as response:
-            encoding = response.headers.get("content-encoding", "identity").lower()
-            # aiter_raw skips httpx's decoder layer; fall back to decoding if Azure compressed
-            # despite "accept-encoding: identity" (then raw bytes would not be SSE).
-            chunks = response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
+        content = _content(body, stream=True)
+
+        async def prepare() -> tuple[dict[str, str], bytes]:
+            return self._headers, content
+
+        async with open_streamed(self._client, self._url, prepare, self._head_timeout, error_from_response) as chunks:
             yield _Events(chunks)
 
     async def aclose(self) -> None:
         """Close the pooled connections, if the client is ours."""
         if self._owns_client:
             await self._client.aclose()
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        with map_errors():
-            return await self._client.send(request, stream=True)
 
 
 def _content(body: dict[str, Any], *, stream: bool) -> bytes:
@@ -192,7 +186,7 @@ class _Events:
             except StopAsyncIteration:
                 self._parser.close()
                 raise
-            except httpx.HTTPError as exc:
+            except STREAM_ERRORS as exc:
                 raise translate(exc) from exc
             self._pending.extend(self._parser.feed(chunk))
         return self._pending.popleft()

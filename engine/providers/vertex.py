@@ -33,7 +33,7 @@ import trio
 from engine.config import DeploymentConfig, UpstreamConfig
 from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from engine.providers import gemini
-from engine.providers._http import HttpClients, map_errors, open_streamed, post_answer, translate
+from engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
 from engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from engine.providers.base import Completion, SseEvent
 from engine.providers.google_auth import ServiceAccountTokens, load_service_account
@@ -126,17 +126,14 @@ class VertexProvider:
         (broken connection, malformed or error event, a stream that ends before any finish
         reason): UpstreamError / UpstreamTimeout.
         """
-        async def send() -> httpx.Response:  # the token may need fetching: inside the head's bound
-            headers, content = await self._prepare(body)
-            return await self._send(
-                self._client.build_request("POST", self._stream_url, content=content, headers=headers)
-            )
+        async def prepare() -> tuple[dict[str, str], bytes]:  # a token fetch counts towards the head's bound
+            return await self._prepare(body)
 
-        async with open_streamed(send, self._head_timeout, error_from_response) as response:
+        async with open_streamed(self._client, self._stream_url, prepare, self._head_timeout, error_from_response) as chunks:
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
-            yield _Chunks(response.aiter_bytes(), encoder)
+            yield _Chunks(chunks, encoder)
 
     async def aclose(self) -> None:
         """Close the clients, if they are this provider's own."""
@@ -154,10 +151,6 @@ class VertexProvider:
         if self._tokens is not None:
             headers = {**headers, "authorization": f"Bearer {await self._tokens.token()}"}
         return headers, json.dumps(payload, separators=(",", ":")).encode()
-
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        with map_errors():
-            return await self._client.send(request, stream=True)
 
 
 class _Chunks:
@@ -189,7 +182,7 @@ class _Chunks:
                 self._pending.extend(SseEvent(raw=raw, data=data, done=data is None)
                                      for raw, data in self._encoder.finish())  # fmt: skip
                 continue
-            except httpx.HTTPError as exc:
+            except STREAM_ERRORS as exc:
                 raise translate(exc) from exc
             for event in self._parser.feed(chunk):
                 if event.data is None:
