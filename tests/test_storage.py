@@ -715,7 +715,7 @@ async def test_sqlite_log_stays_bounded_under_steady_writes(tmp_path):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.maintain, 0.005)
             with trio.fail_after(60):
-                for phase in range(4):
+                for phase in range(6):
                     for i in range(250):
                         hold = await store.create_hold(
                             account_id=account.id, request_id=f"r{phase}.{i}", amount=10, expires_at=_later()
@@ -724,7 +724,10 @@ async def test_sqlite_log_stays_bounded_under_steady_writes(tmp_path):
                     sizes.append(wal.stat().st_size)
             nursery.cancel_scope.cancel()
         assert store.checkpoints > 0
-        assert sizes[-1] < 1.5 * sizes[0], sizes
+        # The file keeps its high-water mark, so one late checkpoint on a loaded machine
+        # raises it for good (seen: 1.5x in a CI run); a log that is never rewound would
+        # end near 6x its size after the first phase.
+        assert sizes[-1] < 3 * sizes[0], sizes
         assert await store.verify_ledger() == []
     finally:
         await store.aclose()
