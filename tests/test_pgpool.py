@@ -63,7 +63,6 @@ async def test_concurrent_calls_stay_within_max_size(bridge):
     peak = 0
 
     async def slow_call():
-        nonlocal peak
         await pool.fetchval("SELECT pg_sleep(0.05)")
 
     async def watch():
