@@ -4,6 +4,7 @@ interrupted calls, close. Connections are counted on the server (pg_stat_activit
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -35,6 +36,16 @@ async def _open(min_size: int, max_size: int) -> ConnectionPool:
     return await pool.open()
 
 
+@asynccontextmanager
+async def opened(bridge, min_size: int, max_size: int):
+    """A pool for the block, closed after it however the block ends."""
+    pool = await bridge.run(_open, min_size, max_size)
+    try:
+        yield pool
+    finally:
+        await bridge.run(pool.close, 5)
+
+
 async def _server_connections() -> int:
     conn = await asyncpg.connect(PG_URL)
     try:
@@ -48,21 +59,17 @@ async def _backend_pid(pool: ConnectionPool) -> int:
 
 
 async def test_one_connection_serves_calls_one_after_another(bridge):
-    pool = await bridge.run(_open, 1, 4)
-    try:
+    async with opened(bridge, 1, 4) as pool:
         pids = {await bridge.run(_backend_pid, pool) for _ in range(20)}
         assert len(pids) == 1
         assert await bridge.run(_server_connections) == 1
-    finally:
-        await bridge.run(pool.close, 5)
     assert await bridge.run(_server_connections) == 0
 
 
 async def test_concurrent_calls_stay_within_max_size(bridge):
-    pool = await bridge.run(_open, 0, 3)
     peak = 0
 
-    async def slow_call():
+    async def slow_call(pool):
         await pool.fetchval("SELECT pg_sleep(0.05)")
 
     async def watch():
@@ -71,52 +78,43 @@ async def test_concurrent_calls_stay_within_max_size(bridge):
             peak = max(peak, await _server_connections())
             await asyncio.sleep(0.02)
 
-    async def all_calls():
-        await asyncio.gather(*(slow_call() for _ in range(12)), watch())
+    async def all_calls(pool):
+        await asyncio.gather(*(slow_call(pool) for _ in range(12)), watch())
 
-    try:
-        await bridge.run(all_calls)
+    async with opened(bridge, 0, 3) as pool:
+        await bridge.run(all_calls, pool)
         assert peak == 3
-    finally:
-        await bridge.run(pool.close, 5)
 
 
 async def test_an_interrupted_call_is_reset_and_its_connection_reused(bridge):
     """A call cancelled mid-query (inside a transaction) leaves neither a lock, an open
     transaction nor an extra connection behind."""
-    pool = await bridge.run(_open, 1, 1)
-
-    async def in_transaction():
+    async def in_transaction(pool):
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_sleep(5)")
 
-    async def state():
+    async def state(pool):
         async with pool.acquire() as conn:
             return conn.is_in_transaction(), await conn.fetchval("SELECT pg_backend_pid()")
 
-    try:
+    async with opened(bridge, 1, 1) as pool:
         before = await bridge.run(_backend_pid, pool)
         with trio.move_on_after(0.2) as scope:
-            await bridge.run(in_transaction)
+            await bridge.run(in_transaction, pool)
         assert scope.cancelled_caught
         with trio.fail_after(5):  # waits for the reset to give the only slot back
-            in_tx, pid = await bridge.run(state)
+            in_tx, pid = await bridge.run(state, pool)
         assert (in_tx, pid) == (False, before)
         assert await bridge.run(_server_connections) == 1
-    finally:
-        await bridge.run(pool.close, 5)
     assert await bridge.run(_server_connections) == 0
 
 
 async def test_a_server_error_keeps_the_connection(bridge):
-    pool = await bridge.run(_open, 1, 1)
-    try:
+    async with opened(bridge, 1, 1) as pool:
         before = await bridge.run(_backend_pid, pool)
         with pytest.raises(asyncpg.PostgresError):
             await bridge.run(pool.execute, "SELECT 1/0")
         assert await bridge.run(_backend_pid, pool) == before
-    finally:
-        await bridge.run(pool.close, 5)
 
 
 async def test_close_terminates_calls_still_running_after_its_timeout(bridge):
