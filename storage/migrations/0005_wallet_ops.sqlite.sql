@@ -1,0 +1,3 @@
+-- Nothing to change on SQLite: its wallet batches already run in one call on the storage
+-- thread (storage/sqlite.py). PostgreSQL's version adds the function omixa_wallet_ops,
+-- which applies a batch in one round trip.
