@@ -133,6 +133,12 @@ class Exchange:
         """Why a cancelled request ended: the client left, or the server was shutting down."""
         return "interrupted" if self.service.draining else "client_closed"
 
+    def release_prompt(self) -> None:
+        """Forget the request's body once no other attempt can resend it (a stream's first
+        content is out): a long stream then holds nothing of its prompt."""
+        self.upstream_body = {}
+        self.request = attrs.evolve(self.request, body={})
+
     def delivered_usage(self, delivered_text: str) -> Usage:
         """What to charge when the upstream reported no usage."""
         if not self.reached_upstream:

@@ -344,6 +344,9 @@ class StreamRelay:
                         self._delivered.append(function[key])
         if self._exchange.first_token_at is None and self._delivered:
             self._exchange.first_token_at = time.monotonic()
+            # Content is going out: no other deployment may answer from here on, so the
+            # prompt is not needed again.
+            self._exchange.release_prompt()
 
     async def aclose(self) -> None:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""

@@ -4,8 +4,10 @@ events, and abandoned streams closed upstream and settled for exactly what was d
 
 from __future__ import annotations
 
+import gc
 import json
 import random
+import types
 from collections import Counter
 
 import httpx
@@ -85,6 +87,63 @@ async def test_frames_arrive_one_by_one_as_the_upstream_emits_them(database_url)
     assert len(content) == 4
     gaps = [b[0] - a[0] for a, b in zip(content, content[1:])]
     assert all(gap > 0.2 for gap in gaps), gaps  # not held back to be sent together
+
+
+def _holders(text: str, marker: bytes, mine: tuple[object, ...]) -> list[str]:
+    """Objects, other than ``mine`` and the in-process fake upstream's, that hold ``text`` or
+    bytes carrying ``marker`` (descending into the containers the collector does not track)."""
+
+    def holds(ref: object, depth: int = 0) -> bool:
+        if any(ref is m for m in mine):
+            return False
+        if type(ref) is str:
+            return len(ref) == len(text) and ref == text
+        if type(ref) in (bytes, bytearray, memoryview):
+            return marker in ref
+        if depth < 4 and not gc.is_tracked(ref) and isinstance(ref, (dict, tuple)):
+            items = ref.values() if isinstance(ref, dict) else ref
+            return any(holds(item, depth + 1) for item in items)
+        return False
+
+    mine = (*mine, marker)
+    gc.collect()
+    found = []
+    for obj in gc.get_objects():
+        if obj is mine or (isinstance(obj, types.CoroutineType) and obj.cr_code.co_filename.endswith("fake_azure.py")):
+            continue
+        if any(holds(ref) for ref in gc.get_referents(obj)):
+            found.append(f"{type(obj).__qualname__} {str(obj)[:120]!r}")
+    return found
+
+
+async def test_an_open_stream_holds_nothing_of_its_prompt(database_url):
+    """Once content goes out no other deployment may answer, so the prompt is not needed
+    again: the parsed body, the upstream body and its encoded bytes are all let go, and a
+    long stream costs memory for what it relays, not for its prompt."""
+    marker = "prompt-marker-5f0c"
+    prompt = marker + " a long prompt" * 20_000
+    payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "stream": True}).encode()
+    async with open_fake_azure(reply="one two three", stall_after=2) as fake, open_gateway(
+        database_url, fake, streaming={"heartbeat_seconds": 5}
+    ) as gw:
+        account, key = await gw.funded_account("5.00")
+        async with httpx.AsyncClient(timeout=30) as client:
+            async with client.stream(
+                "POST", f"{gw.base_url}/chat/completions", content=payload,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+            ) as response:
+                assert response.status_code == 200
+                received = b""
+                chunks = response.aiter_raw()
+                while b'"content":"one' not in received:
+                    received += await chunks.__anext__()
+                upstream_copy = fake.requests[-1].json["messages"][0]["content"]
+                assert upstream_copy == prompt  # the upstream got it whole
+                holders = _holders(prompt, marker.encode(), (prompt, payload, upstream_copy))
+        await fake.wait_disconnected(1)
+        while (await gw.storage.get_wallet(account)).locked:  # settled for what was delivered
+            await trio.sleep(0.02)
+    assert holders == []
 
 
 RAW_STREAM = (

@@ -296,16 +296,34 @@ _USER_AGENT = httpx._client.USER_AGENT.encode()  # what httpx sends
 STREAM_ERRORS = (httpx.HTTPError, *_HTTPCORE_ERRORS)
 
 
-def _core_request(client: UpstreamClient, url: str, headers: dict[str, str], content: bytes) -> httpcore.Request:
+def _core_request(
+    client: UpstreamClient, url: str, headers: dict[str, str], content: bytes, *, send_once: bool = False
+) -> httpcore.Request:
     """The POST httpx would send (``Host``, ``Accept``, ``User-Agent``, ``headers``,
-    ``Content-Length``), as an httpcore request with the client's timeouts."""
+    ``Content-Length``), as an httpcore request with the client's timeouts. With
+    ``send_once`` the request lets go of ``content`` once it has been sent."""
     head = [(b"Host", _host_header(url)), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
     head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
     head.append((b"Content-Length", b"%d" % len(content)))
     return httpcore.Request(
-        b"POST", httpcore.URL(url), headers=head, content=content,
+        b"POST", httpcore.URL(url), headers=head, content=_SentOnce(content) if send_once else content,
         extensions={"timeout": client.pool_timeouts},
     )  # fmt: skip
+
+
+class _SentOnce:
+    """A request body that is dropped as it is sent. httpcore sends a request's body in full
+    before it reads the answer's head, and only once: a connection it finds unusable fails
+    before sending anything, and another connection then gets the body whole."""
+
+    __slots__ = ("_content",)
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content, self._content = self._content, b""
+        yield content
 
 
 async def _failure(answer: httpcore.Response, error_from: ErrorFromResponse) -> UpstreamError:
@@ -392,8 +410,12 @@ async def open_streamed(
     answer = None
     with trio.move_on_after(head_timeout):
         headers, content = await prepare()
+        # httpcore keeps the request until the answer ends; its body goes once sent, so a
+        # long stream holds nothing of its prompt.
+        request = _core_request(client, url, headers, content, send_once=True)
+        del prepare, content
         with map_errors():
-            answer = await client.pool.handle_async_request(_core_request(client, url, headers, content))
+            answer = await client.pool.handle_async_request(request)
     if answer is None:
         raise UpstreamTimeout("The upstream did not start its answer in time.")
     try:

@@ -139,10 +139,12 @@ class AzureProvider:
         Cancellation: leaving the block, normally or by cancellation, closes the connection at
         once (HTTP/1.1): Azure sees the disconnect and stops generating.
         """
-        content = _content(body, stream=True)
+        # Handed over once, so a long stream keeps nothing of its prompt (see open_streamed).
+        unsent = [_content(body, stream=True)]
+        del body
 
         async def prepare() -> tuple[dict[str, str], bytes]:
-            return self._headers, content
+            return self._headers, unsent.pop()
 
         async with open_streamed(self._client, self._url, prepare, self._head_timeout, error_from_response) as chunks:
             yield _Events(chunks)

@@ -187,6 +187,7 @@ class SimulatorProvider:
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
             frames.append({"choices": [], **head, "usage": usage})
+        del body  # as a real upstream's stream, this one keeps nothing of its prompt
         yield _SimStream(frames, self._dep.sim_first_token_ms, self._dep.sim_chunk_interval_ms)
 
     async def embed(self, body: dict[str, Any]) -> Completion:

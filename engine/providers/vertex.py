@@ -126,12 +126,17 @@ class VertexProvider:
         (broken connection, malformed or error event, a stream that ends before any finish
         reason): UpstreamError / UpstreamTimeout.
         """
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+
+        # Handed over once, so a long stream keeps nothing of its prompt (see open_streamed).
+        unsent = [body]
+        del body
+
         async def prepare() -> tuple[dict[str, str], bytes]:  # a token fetch counts towards the head's bound
-            return await self._prepare(body)
+            return await self._prepare(unsent.pop())
 
         async with open_streamed(self._client, self._stream_url, prepare, self._head_timeout, error_from_response) as chunks:
-            options = body.get("stream_options")
-            include_usage = isinstance(options, dict) and options.get("include_usage") is True
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
             yield _Chunks(chunks, encoder)
 
