@@ -24,7 +24,7 @@ import json
 import re
 from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 from urllib.parse import quote
 
 import httpx
@@ -36,8 +36,10 @@ from engine.providers import gemini
 from engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
 from engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from engine.providers.base import Completion, SseEvent
-from engine.providers.google_auth import ServiceAccountTokens, load_service_account
 from engine.providers.sse import SseParser
+
+if TYPE_CHECKING:
+    from engine.providers.google_auth import ServiceAccountTokens
 
 _DELAY = re.compile(r"(\d+(?:\.\d+)?)s")
 
@@ -91,8 +93,12 @@ class VertexProvider:
         self._client = self._clients.for_endpoint(url)
         self._tokens: ServiceAccountTokens | None = None
         if deployment.service_account_file:
-            account = load_service_account(deployment.service_account_file)
-            self._tokens = ServiceAccountTokens(account, self._clients.for_endpoint(account.token_uri))
+            # Loaded here, not at import: PyJWT and cryptography take about 9 MB of memory
+            # that a gateway without service accounts need not carry.
+            from engine.providers import google_auth
+
+            account = google_auth.load_service_account(deployment.service_account_file)
+            self._tokens = google_auth.ServiceAccountTokens(account, self._clients.for_endpoint(account.token_uri))
         else:
             self._headers["x-goog-api-key"] = deployment.api_key
 
