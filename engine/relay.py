@@ -54,6 +54,8 @@ READ_AHEAD = 16
 # Events already read when the client's next write starts go out in that one write, up to
 # this many bytes: nothing waits for them, they only share a send (and its HTTP chunk).
 COALESCE_BYTES = 16384
+# Delivered text pieces joined into one string (see _Delivered).
+PIECES_PER_BLOCK = 64
 
 
 def error_event(exc: OmixaError, request_id: str) -> bytes:
@@ -72,6 +74,31 @@ def error_event(exc: OmixaError, request_id: str) -> bytes:
 def padding_comment(size: int) -> bytes:
     """An SSE comment of exactly ``size`` bytes (empty below the 3-byte minimum)."""
     return b":" + b" " * (size - 3) + b"\n\n" if size >= 3 else b""
+
+
+class _Delivered:
+    """The text relayed so far, for counting when the upstream reports no usage. Frames
+    carry a few characters each; their pieces are joined every :data:`PIECES_PER_BLOCK`,
+    so a long answer costs about its length in memory, not a string object (about 50 bytes
+    more) per frame for as long as the stream lasts."""
+
+    __slots__ = ("_blocks", "_pieces")
+
+    def __init__(self) -> None:
+        self._blocks: list[str] = []
+        self._pieces: list[str] = []
+
+    def append(self, text: str) -> None:
+        self._pieces.append(text)
+        if len(self._pieces) >= PIECES_PER_BLOCK:
+            self._blocks.append("".join(self._pieces))
+            self._pieces.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self._blocks or self._pieces)
+
+    def text(self) -> str:
+        return "".join(self._blocks) + "".join(self._pieces)
 
 
 class _Upstream:
@@ -98,6 +125,9 @@ class _Upstream:
                     try:
                         async for event in self.events:
                             await self.send.send(event)
+                            # Not kept while the next one is awaited: a parsed frame is a
+                            # few KB of objects, held for as long as a slow upstream thinks.
+                            del event
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # the relay is closing
                     except Exception as exc:  # handed to the relay, which decides
@@ -140,7 +170,7 @@ class StreamRelay:
         self._idle_timeout = idle_timeout
         self._include_usage = exchange.request.include_usage
         self._usage: Usage | None = None
-        self._delivered: list[str] = []
+        self._delivered = _Delivered()
         self._held: SseEvent | Exception | None = None  # kept back by _coalesce
         self._done = False
         self._closed = False
@@ -369,5 +399,5 @@ class StreamRelay:
         if not charge:
             usage = None
         else:
-            usage = self._usage or self._exchange.delivered_usage("".join(self._delivered))
+            usage = self._usage or self._exchange.delivered_usage(self._delivered.text())
         await self._exchange.finish(status, usage, failure)

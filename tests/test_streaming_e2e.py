@@ -189,6 +189,8 @@ async def test_pass_through_is_byte_for_byte_and_drops_only_what_was_not_asked_f
     "knobs, raw, code",
     [
         ({"break_after": 3}, None, "upstream_error"),
+        # Past the relay's 64-piece blocks of delivered text.
+        ({"break_after": 150, "reply": " ".join(f"w{i}" for i in range(200))}, None, "upstream_error"),
         ({"stall_after": 3}, None, "upstream_timeout"),
         ({}, RAW_EVENTS[1] + RAW_EVENTS[2] + b"data: {not json\n\n", "upstream_error"),
         ({}, RAW_EVENTS[1] + RAW_EVENTS[2] + b'data: {"error":{"code":"500","message":"boom"}}\n\n', "upstream_error"),
