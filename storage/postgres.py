@@ -443,9 +443,13 @@ async def _recover_instance(
 async def _apply_wallet_ops(
     pool: ConnectionPool, steps: list[tuple[str, NewHold] | FinalizeHold]
 ) -> list[Hold | Settlement | None]:
-    """One statement (``omixa_wallet_ops``, migration 0005): one round trip and one commit
-    for the whole batch."""
+    """One statement, one round trip and one commit: a lone step's own statement of CTEs,
+    a batch through ``omixa_wallet_ops`` (migration 0005), which runs those same statements
+    step by step. The lone statement is kept because it is faster alone: about 75 µs less
+    per hold or settle at one connection, measured through trio-asyncio."""
     async with pool.acquire() as conn:
+        if len(steps) == 1:
+            return [await _lone_step(conn, steps[0])]
         rows = await _wallet_ops(conn, steps)
     results: list[Hold | Settlement | None] = []
     for step, row in zip(steps, rows, strict=True):
@@ -464,6 +468,50 @@ async def _apply_wallet_ops(
                 created_at=row["o_created_at"], expires_at=row["o_expires_at"],
             ))  # fmt: skip
     return results
+
+
+async def _lone_step(
+    conn: asyncpg.Connection, step: tuple[str, NewHold] | FinalizeHold
+) -> Hold | Settlement | None:
+    if isinstance(step, FinalizeHold):
+        if step.void:
+            return await _finalize(conn, step.hold_id, 0, "voided")
+        return await _finalize(conn, step.hold_id, step.charge, "posted")
+    hold_id, op = step
+    context = op.context
+    row = await conn.fetchrow(
+        _SQL.CREATE_HOLD, hold_id, op.account_id, op.amount, op.request_id, op.expires_at,
+        context.instance_id, context.key_id, context.model, context.provider, context.stream,
+    )
+    if row is None:
+        if context.key_id is not None and await conn.fetchval(_SQL.KEY_REVOKED, context.key_id):
+            raise KeyRevoked(f"key {context.key_id!r} is revoked")
+        if await conn.fetchval(_SQL.ACCOUNT_EXISTS, op.account_id) is None:
+            raise NotFound(f"no account {op.account_id!r}")
+        return None
+    return Hold(
+        id=hold_id, account_id=op.account_id, request_id=op.request_id, amount=op.amount,
+        created_at=row["created_at"], expires_at=row["expires_at"],
+    )
+
+
+async def _finalize(conn: asyncpg.Connection, hold_id: str, charge: int, state: str) -> Settlement:
+    row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state)
+    if row is not None:
+        wallet = WalletState(
+            account_id=row["account_id"], balance=row["balance"], locked=row["locked"]
+        )
+        return Settlement(
+            hold_id=hold_id, charged=row["charged"], released=row["released"],
+            already_final=False, wallet=wallet,
+        )
+    # Not pending (or no such hold): report the current state, change nothing.
+    row = await conn.fetchrow(_SQL.HOLD_WALLET, hold_id)
+    if row is None:
+        raise NotFound(f"no hold {hold_id!r}")
+    return Settlement(
+        hold_id=hold_id, charged=0, released=0, already_final=True, wallet=WalletState(**row)
+    )
 
 
 async def _wallet_ops(
@@ -539,6 +587,8 @@ class _SQL:
             applied_at  TIMESTAMPTZ NOT NULL DEFAULT now())"""
     INSERT_ACCOUNT = "INSERT INTO accounts (id, email) VALUES ($1, $2) RETURNING created_at"
     GET_ACCOUNT = "SELECT id, email, created_at FROM accounts WHERE id = $1"
+    ACCOUNT_EXISTS = "SELECT 1 FROM accounts WHERE id = $1"
+    KEY_REVOKED = "SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1"
     # Insert only if the account exists: no row back means NotFound, without relying on
     # catching a foreign-key violation.
     INSERT_API_KEY = """
@@ -579,6 +629,61 @@ class _SQL:
             SELECT $1, 'top_up', $2, balance, locked, $3 FROM a
         )
         SELECT balance, locked FROM a"""
+    # A lone hold and a lone settle or void. omixa_wallet_ops (migration 0005) runs these
+    # same two statements for each step of a batch: a change to one is a change to both
+    # (and a new migration).
+    # The conditional update is the arbiter across processes: it locks the funds only if
+    # they are available. No row back: refused (or no such account).
+    CREATE_HOLD = """
+        WITH a AS (
+            UPDATE accounts SET locked = locked + $3
+            WHERE id = $2 AND balance - locked >= $3
+              AND ($7::text IS NULL OR NOT EXISTS (
+                  SELECT 1 FROM api_keys WHERE id = $7 AND revoked_at IS NOT NULL))
+            RETURNING balance, locked
+        ), h AS (
+            INSERT INTO holds (id, account_id, request_id, amount, expires_at, instance_id,
+                               key_id, model, provider, stream)
+            SELECT $1, $2, $4, $3, $5, $6, $7, $8, $9, $10 FROM a
+            RETURNING created_at, expires_at
+        ), l AS (
+            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                                request_id, hold_id, created_at)
+            SELECT $2, 'hold', $3, a.balance, a.locked, $4, $1, h.created_at FROM a, h
+        )
+        SELECT created_at, expires_at FROM h"""
+    # Post ($3 = 'posted') or void ($3 = 'voided', $2 = 0) in one statement. The UPDATE of
+    # the hold locks it and re-checks state = 'pending' after any concurrent finalizer
+    # commits, so a hold is finalized exactly once. Ledger rows show the wallet after each
+    # row: the charge first, then the release.
+    FINALIZE_HOLD = """
+        WITH h AS (
+            UPDATE holds
+            SET state = $3, charged = LEAST($2::bigint, amount), finalized_at = now()
+            WHERE id = $1 AND state = 'pending'
+            RETURNING id, account_id, request_id, amount, charged
+        ), a AS (
+            UPDATE accounts AS acc
+            SET balance = acc.balance - h.charged, locked = acc.locked - h.amount
+            FROM h WHERE acc.id = h.account_id
+            RETURNING acc.id AS account_id, acc.balance, acc.locked, h.id AS hold_id,
+                      h.request_id, h.charged, h.amount - h.charged AS released
+        ), l AS (
+            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                                request_id, hold_id)
+            SELECT a.account_id, e.type, e.amount, a.balance, e.locked_after,
+                   a.request_id, a.hold_id
+            FROM a CROSS JOIN LATERAL (VALUES
+                (1, 'charge', a.charged, a.locked + a.released),
+                (2, 'release', a.released, a.locked)
+            ) AS e (ord, type, amount, locked_after)
+            WHERE e.amount > 0
+            ORDER BY e.ord
+        )
+        SELECT account_id, balance, locked, charged, released FROM a"""
+    HOLD_WALLET = """
+        SELECT a.id AS account_id, a.balance, a.locked
+        FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = $1"""
     # A batch of holds and settles, one array element per step (migration 0005).
     WALLET_OPS = """
         SELECT * FROM omixa_wallet_ops($1::text[], $2::text[], $3::bigint[], $4::text[],

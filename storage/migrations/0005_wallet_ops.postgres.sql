@@ -1,9 +1,11 @@
 -- A wallet actor's batch of holds and settles in one statement: one round trip and one
--- commit, however many steps (storage/postgres.py, apply_wallet_ops). Each step does what
--- the single statements it replaces did: a hold is the conditional update of the account
--- (the arbiter across processes), the hold row and its ledger row; a settle or void updates
--- the hold only while it is pending (exactly once), then the account, then writes the charge
--- and release ledger rows. One result row per step, in step order.
+-- commit, however many steps (storage/postgres.py, apply_wallet_ops; a lone step runs its
+-- own statement, which is a little faster alone). Each step runs the statement a lone step
+-- would (storage/postgres.py, _SQL.CREATE_HOLD and _SQL.FINALIZE_HOLD): a hold is the
+-- conditional update of the account (the arbiter across processes), the hold row and its
+-- ledger row; a settle or void updates the hold only while it is pending (exactly once),
+-- then the account, then writes the charge and release ledger rows. One result row per
+-- step, in step order.
 --
 -- A step that cannot be served raises, so the whole batch rolls back (the caller then serves
 -- the steps one by one): SQLSTATE OX001 a revoked key, OX002 an unknown account, OX003 an
@@ -31,78 +33,86 @@ CREATE FUNCTION omixa_wallet_ops(
     o_released    BIGINT,
     o_final       BOOLEAN         -- settles: the hold was no longer pending; nothing changed
 ) LANGUAGE plpgsql AS $$
-DECLARE
-    v_hold RECORD;
 BEGIN
     FOR i IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
         o_step := i;
         o_created_at := NULL; o_expires_at := NULL; o_account_id := NULL; o_balance := NULL;
         o_locked := NULL; o_charged := NULL; o_released := NULL; o_final := NULL;
         IF p_kinds[i] = 'hold' THEN
-            UPDATE accounts AS a SET locked = a.locked + p_amounts[i]
-            WHERE a.id = p_accounts[i] AND a.balance - a.locked >= p_amounts[i]
-              AND (p_keys[i] IS NULL OR NOT EXISTS (
-                  SELECT 1 FROM api_keys AS k WHERE k.id = p_keys[i] AND k.revoked_at IS NOT NULL))
-            RETURNING a.balance, a.locked INTO o_balance, o_locked;
+            -- One statement, as a lone hold was before: the conditional update is the
+            -- arbiter; no row back means refused.
+            WITH a AS (
+                UPDATE accounts SET locked = locked + p_amounts[i]
+                WHERE id = p_accounts[i] AND balance - locked >= p_amounts[i]
+                  AND (p_keys[i] IS NULL OR NOT EXISTS (
+                      SELECT 1 FROM api_keys WHERE id = p_keys[i] AND revoked_at IS NOT NULL))
+                RETURNING balance, locked
+            ), h AS (
+                INSERT INTO holds (id, account_id, request_id, amount, expires_at, instance_id,
+                                   key_id, model, provider, stream)
+                SELECT p_ids[i], p_accounts[i], p_request_ids[i], p_amounts[i], p_expires[i],
+                       p_instances[i], p_keys[i], p_models[i], p_providers[i], p_streams[i]
+                FROM a
+                RETURNING created_at, expires_at
+            ), l AS (
+                INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                                    request_id, hold_id, created_at)
+                SELECT p_accounts[i], 'hold', p_amounts[i], a.balance, a.locked,
+                       p_request_ids[i], p_ids[i], h.created_at
+                FROM a, h
+            )
+            SELECT h.created_at, h.expires_at INTO o_created_at, o_expires_at FROM h;
             IF NOT FOUND THEN
                 IF p_keys[i] IS NOT NULL AND EXISTS (
-                    SELECT 1 FROM api_keys AS k WHERE k.id = p_keys[i] AND k.revoked_at IS NOT NULL
+                    SELECT 1 FROM api_keys WHERE id = p_keys[i] AND revoked_at IS NOT NULL
                 ) THEN
                     RAISE EXCEPTION 'key % is revoked', p_keys[i] USING ERRCODE = 'OX001', DETAIL = i::text;
                 END IF;
-                IF NOT EXISTS (SELECT 1 FROM accounts AS a WHERE a.id = p_accounts[i]) THEN
+                IF NOT EXISTS (SELECT 1 FROM accounts WHERE id = p_accounts[i]) THEN
                     RAISE EXCEPTION 'no account %', p_accounts[i] USING ERRCODE = 'OX002', DETAIL = i::text;
                 END IF;
-                RETURN NEXT;  -- refused for want of funds
-                CONTINUE;
             END IF;
-            INSERT INTO holds (id, account_id, request_id, amount, expires_at, instance_id,
-                               key_id, model, provider, stream)
-            VALUES (p_ids[i], p_accounts[i], p_request_ids[i], p_amounts[i], p_expires[i],
-                    p_instances[i], p_keys[i], p_models[i], p_providers[i], p_streams[i])
-            RETURNING holds.created_at, holds.expires_at INTO o_created_at, o_expires_at;
-            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
-                                request_id, hold_id, created_at)
-            VALUES (p_accounts[i], 'hold', p_amounts[i], o_balance, o_locked,
-                    p_request_ids[i], p_ids[i], o_created_at);
-            RETURN NEXT;
+            RETURN NEXT;  -- o_created_at NULL: refused for want of funds
             CONTINUE;
         END IF;
-        -- Post or void. Updating the hold locks it and re-checks state = 'pending' after any
-        -- concurrent finalizer commits, so a hold is finalized exactly once.
-        UPDATE holds AS h
-        SET state = p_kinds[i], charged = LEAST(p_amounts[i], h.amount), finalized_at = now()
-        WHERE h.id = p_ids[i] AND h.state = 'pending'
-        RETURNING h.account_id, h.request_id, h.amount, h.charged INTO v_hold;
+        -- Post or void, in one statement. Updating the hold locks it and re-checks
+        -- state = 'pending' after any concurrent finalizer commits, so a hold is finalized
+        -- exactly once. The ledger shows the wallet after each row: the charge first, then
+        -- the release.
+        WITH h AS (
+            UPDATE holds
+            SET state = p_kinds[i], charged = LEAST(p_amounts[i], amount), finalized_at = now()
+            WHERE id = p_ids[i] AND state = 'pending'
+            RETURNING id, account_id, request_id, amount, charged
+        ), a AS (
+            UPDATE accounts AS acc
+            SET balance = acc.balance - h.charged, locked = acc.locked - h.amount
+            FROM h WHERE acc.id = h.account_id
+            RETURNING acc.id AS account_id, acc.balance, acc.locked, h.id AS hold_id,
+                      h.request_id, h.charged, h.amount - h.charged AS released
+        ), l AS (
+            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
+                                request_id, hold_id)
+            SELECT a.account_id, e.type, e.amount, a.balance, e.locked_after,
+                   a.request_id, a.hold_id
+            FROM a CROSS JOIN LATERAL (VALUES
+                (1, 'charge', a.charged, a.locked + a.released),
+                (2, 'release', a.released, a.locked)
+            ) AS e (ord, type, amount, locked_after)
+            WHERE e.amount > 0
+            ORDER BY e.ord
+        )
+        SELECT a.account_id, a.balance, a.locked, a.charged, a.released, false
+        INTO o_account_id, o_balance, o_locked, o_charged, o_released, o_final
+        FROM a;
         IF NOT FOUND THEN
-            SELECT a.id, a.balance, a.locked INTO o_account_id, o_balance, o_locked
-            FROM holds AS h JOIN accounts AS a ON a.id = h.account_id WHERE h.id = p_ids[i];
+            -- Not pending (or no such hold): report the wallet, change nothing.
+            SELECT acc.id, acc.balance, acc.locked, 0, 0, true
+            INTO o_account_id, o_balance, o_locked, o_charged, o_released, o_final
+            FROM holds AS h JOIN accounts AS acc ON acc.id = h.account_id WHERE h.id = p_ids[i];
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'no hold %', p_ids[i] USING ERRCODE = 'OX003', DETAIL = i::text;
             END IF;
-            o_charged := 0; o_released := 0; o_final := true;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        UPDATE accounts AS a
-        SET balance = a.balance - v_hold.charged, locked = a.locked - v_hold.amount
-        WHERE a.id = v_hold.account_id
-        RETURNING a.id, a.balance, a.locked INTO o_account_id, o_balance, o_locked;
-        o_charged := v_hold.charged;
-        o_released := v_hold.amount - v_hold.charged;
-        o_final := false;
-        -- The ledger shows the wallet after each row: the charge first, then the release.
-        IF o_charged > 0 THEN
-            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
-                                request_id, hold_id)
-            VALUES (o_account_id, 'charge', o_charged, o_balance, o_locked + o_released,
-                    v_hold.request_id, p_ids[i]);
-        END IF;
-        IF o_released > 0 THEN
-            INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,
-                                request_id, hold_id)
-            VALUES (o_account_id, 'release', o_released, o_balance, o_locked,
-                    v_hold.request_id, p_ids[i]);
         END IF;
         RETURN NEXT;
     END LOOP;
