@@ -373,6 +373,51 @@ async def test_group_commit_applies_steps_in_order_and_all_or_nothing(storage, d
     assert await storage.verify_ledger() == []
 
 
+async def test_a_batch_writes_exactly_what_its_steps_write_one_by_one(storage):
+    """On PostgreSQL a batch runs in the function of migration 0005 and a lone step in its
+    own statement: the two must not drift apart. The same steps, applied one by one on one
+    account and as one batch on another, give the same results, ledger and wallet."""
+
+    async def run(batched: bool) -> tuple[list, list, tuple[int, int]]:
+        account = await funded_account(storage, 100)
+        key = await storage.create_api_key(
+            account_id=account.id, key_hash=("b" if batched else "s") * 64, prefix="omx_live_kkkkkk", rpm=None
+        )
+        first = await storage.create_hold(account_id=account.id, request_id="r1", amount=40, expires_at=_later())
+        second = await storage.create_hold(account_id=account.id, request_id="r2", amount=20, expires_at=_later())
+        context = HoldContext(key_id=key.id, model="gpt-4o-mini", provider="azure", stream=True)
+        steps = [
+            NewHold(account_id=account.id, request_id="r3", amount=30, expires_at=_later(), context=context),
+            FinalizeHold(hold_id=first.id, charge=10),
+            FinalizeHold(hold_id=second.id, charge=500),  # more than held: charged the hold
+            NewHold(account_id=account.id, request_id="r4", amount=200, expires_at=_later()),  # unfunded
+            FinalizeHold(hold_id=first.id, void=True),  # already final
+            NewHold(account_id=account.id, request_id="r5", amount=40, expires_at=_later()),  # exactly what is left
+        ]
+        if batched:
+            results = await storage.apply_wallet_ops(steps)
+        else:
+            results = [(await storage.apply_wallet_ops([step]))[0] for step in steps]
+        shown = []
+        for result in results:
+            if isinstance(result, Settlement):
+                wallet = result.wallet
+                shown.append((result.charged, result.released, result.already_final, wallet.balance, wallet.locked))
+            else:
+                shown.append(None if result is None else (result.request_id, result.amount))
+        ledger = [(e.type, e.amount, e.balance_after, e.locked_after, e.request_id)
+                  for e in await storage.ledger_entries(account.id)]  # fmt: skip
+        wallet = await storage.get_wallet(account.id)
+        return shown, ledger, (wallet.balance, wallet.locked)
+
+    one_by_one, batched = await run(batched=False), await run(batched=True)
+    assert one_by_one == batched
+    shown, ledger, wallet = batched
+    assert shown[3] is None and shown[4][2] is True and shown[2][:2] == (20, 0)
+    assert shown[5] == ("r5", 40) and wallet == (70, 70)
+    assert await storage.verify_ledger() == []
+
+
 async def test_a_hold_for_a_revoked_key_is_refused(storage):
     account = await funded_account(storage, 100)
     key = await storage.create_api_key(account_id=account.id, key_hash="k" * 64, prefix="omx_live_kkkkkk", rpm=None)

@@ -313,16 +313,20 @@ def _core_request(
 
 class _SentOnce:
     """A request body that is dropped as it is sent. httpcore sends a request's body in full
-    before it reads the answer's head, and only once: a connection it finds unusable fails
-    before sending anything, and another connection then gets the body whole."""
+    before it reads the answer's head, and only once over HTTP/1.1 (the only protocol these
+    clients speak): a connection it finds unusable fails before sending anything, and
+    another connection then gets the body whole. Asked a second time, it raises rather than
+    send nothing under a Content-Length that promised the body."""
 
     __slots__ = ("_content",)
 
     def __init__(self, content: bytes) -> None:
-        self._content = content
+        self._content: bytes | None = content
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content, self._content = self._content, b""
+        content, self._content = self._content, None
+        if content is None:
+            raise RuntimeError("a streamed request's body was asked for twice")
         yield content
 
 

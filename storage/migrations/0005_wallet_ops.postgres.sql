@@ -66,10 +66,10 @@ BEGIN
                 IF p_keys[i] IS NOT NULL AND EXISTS (
                     SELECT 1 FROM api_keys WHERE id = p_keys[i] AND revoked_at IS NOT NULL
                 ) THEN
-                    RAISE EXCEPTION 'key % is revoked', p_keys[i] USING ERRCODE = 'OX001', DETAIL = i::text;
+                    RAISE EXCEPTION 'key % is revoked', quote_literal(p_keys[i]) USING ERRCODE = 'OX001', DETAIL = i::text;
                 END IF;
                 IF NOT EXISTS (SELECT 1 FROM accounts WHERE id = p_accounts[i]) THEN
-                    RAISE EXCEPTION 'no account %', p_accounts[i] USING ERRCODE = 'OX002', DETAIL = i::text;
+                    RAISE EXCEPTION 'no account %', quote_literal(p_accounts[i]) USING ERRCODE = 'OX002', DETAIL = i::text;
                 END IF;
             END IF;
             RETURN NEXT;  -- o_created_at NULL: refused for want of funds
@@ -111,7 +111,7 @@ BEGIN
             INTO o_account_id, o_balance, o_locked, o_charged, o_released, o_final
             FROM holds AS h JOIN accounts AS acc ON acc.id = h.account_id WHERE h.id = p_ids[i];
             IF NOT FOUND THEN
-                RAISE EXCEPTION 'no hold %', p_ids[i] USING ERRCODE = 'OX003', DETAIL = i::text;
+                RAISE EXCEPTION 'no hold %', quote_literal(p_ids[i]) USING ERRCODE = 'OX003', DETAIL = i::text;
             END IF;
         END IF;
         RETURN NEXT;
