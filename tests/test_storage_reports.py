@@ -102,21 +102,23 @@ async def test_rollups_follow_the_logs_and_never_count_twice(storage):
         request_log("req_3", account_id="acct_a", created_at=hour2, latency_ms=50, cost=5, status="upstream_error"),
         request_log("req_4", account_id="acct_a", created_at=hour2, model="gpt-4o", cost=7),
         request_log("req_5", account_id="acct_b", created_at=T0, cost=1000),
+        request_log("req_6", account_id="acct_a", created_at=T0, latency_ms=100, cost=1),
     ]
     await storage.insert_request_logs(logs[:3])
     await storage.insert_request_logs(logs)  # a retried batch plus new rows
     day = await storage.usage_rollups("acct_a", granularity="day", since=T0 - dt.timedelta(days=1),
                                       until=T0 + dt.timedelta(days=1))
-    assert [(r.model, r.requests, r.cost) for r in day] == [("gpt-4o", 1, 7), ("gpt-4o-mini", 3, 35)]
+    assert [(r.model, r.requests, r.cost) for r in day] == [("gpt-4o", 1, 7), ("gpt-4o-mini", 4, 36)]
     mini = day[1]
     assert (mini.errors, mini.client_closed) == (1, 1)
-    assert mini.prompt_tokens == 3 * logs[0].prompt_tokens
-    assert mini.latency_ms_sum == 450
-    assert sum(mini.latency_bins.values()) == 3
+    assert mini.prompt_tokens == 4 * logs[0].prompt_tokens
+    assert mini.latency_ms_sum == 550
+    # req_6 lands in req_1's bin, written by an earlier batch: the counts add up.
+    assert mini.latency_bins == {latency_bin(100): 2, latency_bin(300): 1, latency_bin(50): 1}
     hours = await storage.usage_rollups("acct_a", granularity="hour", since=T0 - dt.timedelta(hours=1),
                                         until=T0 + dt.timedelta(hours=3), model="gpt-4o-mini")
     assert [(r.bucket_start, r.requests) for r in hours] == [
-        (T0.replace(minute=0), 2), (hour2.replace(minute=0), 1)
+        (T0.replace(minute=0), 3), (hour2.replace(minute=0), 1)
     ]
     with pytest.raises(ValueError):
         await storage.usage_rollups("acct_a", granularity="week", since=T0, until=hour2)
