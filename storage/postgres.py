@@ -247,7 +247,7 @@ class PostgresStorage(Storage):
             return
         for log in logs:
             require_aware(log.created_at, "created_at")
-        await self._run(_insert_request_logs_tx, logs)
+        await self._run(_insert_request_logs_pooled, logs)
 
     async def get_request_log(self, request_id: str) -> RequestLog | None:
         row = await self._run(_fetchrow, _SQL.GET_REQUEST_LOG, request_id)
@@ -405,7 +405,7 @@ async def _insert_request_logs(conn: asyncpg.Connection, logs: Sequence[RequestL
     await conn.execute(_SQL.INSERT_REQUEST_LOGS, *columns)
 
 
-async def _insert_request_logs_tx(pool: ConnectionPool, logs: Sequence[RequestLog]) -> None:
+async def _insert_request_logs_pooled(pool: ConnectionPool, logs: Sequence[RequestLog]) -> None:
     async with pool.acquire() as conn:
         await _insert_request_logs(conn, logs)
 
