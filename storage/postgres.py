@@ -51,10 +51,10 @@ from storage._common import (
     bucket_start,
     check_amount,
     interrupted_log,
+    latency_bin,
     merge_rollup_rows,
     new_id,
     request_log_where,
-    latency_bin,
     require_aware,
 )
 from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
