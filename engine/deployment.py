@@ -13,8 +13,9 @@ the real usage. A refusal says when the deployment will have room (``retry_after
 Outcomes and health: an upstream 429 cools the deployment down for the upstream's delay
 (else ``breaker.cooldown_seconds``); ``breaker.failures`` 5xx / timeouts / connection errors
 in a row open the breaker for ``breaker.cooldown_seconds``, after which one probe request is
-let through, and its outcome closes or re-opens the breaker. Client errors (4xx) and
-requests the client abandoned say nothing about health.
+let through, and its outcome closes or re-opens the breaker. Client errors (4xx), requests
+the client abandoned and a full connection pool of our own (UpstreamBusy) say nothing about
+health.
 
 Mailbox: bounded (:data:`MAILBOX_SIZE`); a full mailbox makes the sender wait.
 """
@@ -28,7 +29,7 @@ import attrs
 import trio
 
 from engine.config import BreakerConfig, DeploymentConfig
-from engine.errors import OmixaError, UpstreamError, UpstreamTimeout
+from engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from engine.mailbox import Reply, ask
 from engine.providers.base import Provider, Usage
 from engine.windows import Health, SlidingWindow, hour_window, minute_window
@@ -276,7 +277,9 @@ class DeploymentActor:
     def _judge(self, message: Finish, now: float) -> None:
         """Update health from what the upstream did."""
         failure, health = message.failure, self._health
-        if isinstance(failure, UpstreamError) and failure.upstream_status == 429:
+        if isinstance(failure, UpstreamBusy):
+            health.on_released()  # our own pool was full: the upstream was never asked
+        elif isinstance(failure, UpstreamError) and failure.upstream_status == 429:
             self._counters["failures"] += 1
             health.on_rate_limited(now, failure.retry_after)
         elif isinstance(failure, UpstreamTimeout) or (

@@ -20,6 +20,7 @@ OmixaError                      code                    status
  +-- NoHealthyDeployment        no_healthy_deployment   503 (+ Retry-After)
  +-- ServiceUnavailable         service_unavailable     503
  +-- UpstreamTimeout            upstream_timeout        504
+      +-- UpstreamBusy          no_healthy_deployment   503 (+ Retry-After)
 
 The web layer renders any of these as ``{"error": {"code", "message", "type", "request_id"}}``
 with the status above; anything else becomes ``internal_error`` without leaking details.
@@ -169,3 +170,14 @@ class ServiceUnavailable(OmixaError):
 class UpstreamTimeout(OmixaError):
     code, status, type = "upstream_timeout", 504, "upstream_error"
     default_message = "The upstream did not answer in time."
+
+
+class UpstreamBusy(UpstreamTimeout):
+    """No pooled connection to the upstream's origin came free within
+    ``upstream.connect_timeout_seconds`` (all ``upstream.max_connections`` in use). A timeout
+    like the others, so the request fails over to another deployment; but it says nothing
+    about the upstream's health, so it never counts towards a breaker. The client sees 503
+    ``no_healthy_deployment`` with ``Retry-After``."""
+
+    code, status, type = "no_healthy_deployment", 503, "server_error"
+    default_message = "Every connection to the upstream is in use; retry shortly."

@@ -4,6 +4,7 @@ and failover end to end across two real fake Azure deployments."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import httpx
 import pytest
@@ -209,6 +210,63 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
                     await trio.sleep(0.3)
                     async with httpx.AsyncClient(timeout=10) as client:
                         assert (await post(client, gw, key)).status_code == 200
+
+
+async def _occupy(client: httpx.AsyncClient, gw, key: str, fake, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Hold the gateway's only connection to ``fake`` (which hangs) with a stream, until cancelled."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(post, client, gw, key, stream=True))
+        with trio.fail_after(10):
+            await fake.wait_until(lambda f: len(f.requests) == 1)
+        task_status.started()
+
+
+async def test_a_full_connection_pool_fails_over_fast_and_leaves_health_alone(database_url):
+    """All ``max_connections`` to an origin busy: a request waits at most
+    ``connect_timeout_seconds`` for one, then goes to another deployment; with none left it is
+    refused with 503 and Retry-After, charged nothing. The full pool is this process's own
+    limit, not the upstream's fault: one failure would open these breakers, and none opens."""
+    async with open_fake_azure() as busy, open_fake_azure() as spare:
+        busy.hang = True
+        upstream = {"max_connections": 1, "connect_timeout_seconds": 0.3, "timeout_seconds": 30}
+        breaker = {"failures": 1, "cooldown_seconds": 60}
+        deployments = [azure_deployment(busy, name="busy", weight=100.0), azure_deployment(spare, name="spare", weight=0.001)]
+        async with open_gateway(database_url, deployments=deployments, upstream=upstream, breaker=breaker) as gw:
+            _, key = await gw.funded_account("1.00")
+            async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
+                await nursery.start(_occupy, client, gw, key, busy)
+                started = trio.current_time()
+                for stream in (False, True):
+                    response = await post(client, gw, key, stream=stream)
+                    assert response.status_code == 200, response.text
+                assert trio.current_time() - started < 5  # not the 30 s head timeout
+                assert len(busy.requests) == 1 and len(spare.requests) == 2
+                busy_actor = next(a for a in gw.engine.deployments if a.config.name == "busy")
+                assert busy_actor.snapshot.health == "closed"
+                nursery.cancel_scope.cancel()
+
+        async with open_gateway(database_url, busy, upstream=upstream, breaker=breaker) as gw:
+            account, key = await gw.funded_account("1.00")
+            async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
+                busy.requests.clear()
+                await nursery.start(_occupy, client, gw, key, busy)
+                refused = []
+                for stream in (False, True):
+                    response = await post(client, gw, key, stream=stream)
+                    assert response.status_code == 503, response.text
+                    assert response.json()["error"]["code"] == "no_healthy_deployment"
+                    assert response.headers["retry-after"] == "1"
+                    refused.append(response.headers["x-request-id"])
+                assert len(busy.requests) == 1
+                (actor,) = gw.engine.deployments
+                assert actor.snapshot.health == "closed"
+                nursery.cancel_scope.cancel()
+            # The refused requests' holds were released: nothing charged for them.
+            entries = await gw.settled_entries(account)
+            for request_id in refused:
+                assert [e.type for e in entries if e.request_id == request_id] == ["hold", "release"]
+                assert (await gw.request_log(request_id)).status == "no_healthy_deployment"
+            assert await gw.storage.verify_ledger() == []
 
 
 async def test_key_rate_limits_refuse_with_429_and_report_headers(database_url):

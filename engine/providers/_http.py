@@ -5,14 +5,15 @@ httpx exception tree, and what each becomes here::
     httpx.HTTPError
      +-- httpx.RequestError
      |    +-- httpx.TransportError
-     |    |    +-- httpx.TimeoutException (Connect/Read/Write/PoolTimeout) -> UpstreamTimeout
+     |    |    +-- httpx.PoolTimeout (no free pooled connection)              -> UpstreamBusy
+     |    |    +-- httpx.TimeoutException (Connect/Read/WriteTimeout)         -> UpstreamTimeout
      |    |    +-- NetworkError, ProtocolError, ProxyError, ...          -> UpstreamError(None)
      |    +-- DecodingError, TooManyRedirects                            -> UpstreamError(None)
      +-- httpx.HTTPStatusError (never raised: we read status codes ourselves)
 
 Calls (:func:`post_answer`, :func:`open_streamed`) go to httpcore's pool directly; its
-exceptions map the same way: ``httpcore.TimeoutException`` (Connect/Read/Write/PoolTimeout) ->
-UpstreamTimeout, every other httpcore exception (NetworkError, ProtocolError, ProxyError,
+exceptions map the same way: ``httpcore.PoolTimeout`` -> UpstreamBusy, the other
+``httpcore.TimeoutException`` (Connect/Read/WriteTimeout) -> UpstreamTimeout, every other httpcore exception (NetworkError, ProtocolError, ProxyError,
 UnsupportedProtocol) -> UpstreamError(None).
 
 ``upstream_status=None`` tells the router the upstream was not reached (or the connection broke),
@@ -33,7 +34,7 @@ import httpx
 import trio
 
 from engine.config import UpstreamConfig
-from engine.errors import OmixaError, UpstreamError, UpstreamTimeout
+from engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 
 # An upstream's error body is read up to this many bytes (the message is what matters).
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -49,7 +50,10 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
     keep generating billed tokens (STACK-NOTES). The adapter bounds a stream's head by
     ``timeout_seconds`` and a whole non-streaming call by ``request_timeout_seconds``; the read
     timeout here (the larger of that and ``idle_timeout_seconds``) is only a backstop for each
-    wait for bytes. ``trust_env=False``: stray proxy environment variables are ignored;
+    wait for bytes. Waiting for a free connection when all ``max_connections`` to the origin
+    are in use is bounded like connecting (``connect_timeout_seconds``), then fails as
+    UpstreamBusy: a request does not sit silently behind a full pool until its own deadline,
+    and the router can send it elsewhere. ``trust_env=False``: stray proxy environment variables are ignored;
     upstream traffic goes out directly. ``verify``: httpx's (certifi's CAs by default; the
     tests pass a context that trusts their own CA).
     """
@@ -66,6 +70,7 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
         timeout=httpx.Timeout(
             max(upstream.idle_timeout_seconds, upstream.request_timeout_seconds),
             connect=upstream.connect_timeout_seconds,
+            pool=upstream.connect_timeout_seconds,
         ),
         follow_redirects=False,
         trust_env=False,
@@ -250,6 +255,8 @@ _HTTPCORE_ERRORS = (
 
 def translate(exc: httpx.HTTPError | Exception) -> OmixaError:
     """The adapter error for an httpx or httpcore exception (see the module docstring)."""
+    if isinstance(exc, (httpx.PoolTimeout, httpcore.PoolTimeout)):
+        return UpstreamBusy(retry_after=1.0)
     if isinstance(exc, (httpx.TimeoutException, httpcore.TimeoutException)):
         return UpstreamTimeout(f"The upstream did not answer in time ({type(exc).__name__}).")
     return UpstreamError(f"Upstream connection failed ({type(exc).__name__}).")
