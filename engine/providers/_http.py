@@ -5,16 +5,17 @@ httpx exception tree, and what each becomes here::
     httpx.HTTPError
      +-- httpx.RequestError
      |    +-- httpx.TransportError
-     |    |    +-- httpx.PoolTimeout (no free pooled connection)              -> UpstreamBusy
-     |    |    +-- httpx.TimeoutException (Connect/Read/WriteTimeout)         -> UpstreamTimeout
+     |    |    +-- httpx.TimeoutException (Connect/Read/WriteTimeout)    -> UpstreamTimeout
+     |    |    |    +-- httpx.PoolTimeout (no free pooled connection)    -> UpstreamBusy
      |    |    +-- NetworkError, ProtocolError, ProxyError, ...          -> UpstreamError(None)
      |    +-- DecodingError, TooManyRedirects                            -> UpstreamError(None)
      +-- httpx.HTTPStatusError (never raised: we read status codes ourselves)
 
 Calls (:func:`post_answer`, :func:`open_streamed`) go to httpcore's pool directly; its
 exceptions map the same way: ``httpcore.PoolTimeout`` -> UpstreamBusy, the other
-``httpcore.TimeoutException`` (Connect/Read/WriteTimeout) -> UpstreamTimeout, every other httpcore exception (NetworkError, ProtocolError, ProxyError,
-UnsupportedProtocol) -> UpstreamError(None).
+``httpcore.TimeoutException`` (Connect/Read/WriteTimeout) -> UpstreamTimeout, every other
+httpcore exception (NetworkError, ProtocolError, ProxyError, UnsupportedProtocol) ->
+UpstreamError(None).
 
 ``upstream_status=None`` tells the router the upstream was not reached (or the connection broke),
 which it treats like a 5xx for failover.
@@ -53,8 +54,8 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
     wait for bytes. Waiting for a free connection when all ``max_connections`` to the origin
     are in use is bounded like connecting (``connect_timeout_seconds``), then fails as
     UpstreamBusy: a request does not sit silently behind a full pool until its own deadline,
-    and the router can send it elsewhere. ``trust_env=False``: stray proxy environment variables are ignored;
-    upstream traffic goes out directly. ``verify``: httpx's (certifi's CAs by default; the
+    and the router can send it elsewhere. ``trust_env=False``: stray proxy environment
+    variables are ignored; upstream traffic goes out directly. ``verify``: httpx's (certifi's CAs by default; the
     tests pass a context that trusts their own CA).
     """
     size = upstream.max_connections
