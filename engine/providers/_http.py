@@ -55,8 +55,8 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
     are in use is bounded like connecting (``connect_timeout_seconds``), then fails as
     UpstreamBusy: a request does not sit silently behind a full pool until its own deadline,
     and the router can send it elsewhere. ``trust_env=False``: stray proxy environment
-    variables are ignored; upstream traffic goes out directly. ``verify``: httpx's (certifi's CAs by default; the
-    tests pass a context that trusts their own CA).
+    variables are ignored; upstream traffic goes out directly. ``verify``: httpx's (certifi's
+    CAs by default; the tests pass a context that trusts their own CA).
     """
     size = upstream.max_connections
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
