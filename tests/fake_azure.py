@@ -127,6 +127,7 @@ class FakeAzure:
     reasoning_tokens: int = 0  # added to the computed completion_tokens
     chunks: int | None = None  # content frames: None = one per word, N = N near-equal slices
     first_delay: float = 0.0  # seconds before the answer / the first content frame
+    gate: trio.Event | None = None  # if given, what first_delay delays also waits for it to be set
     chunk_delay: float = 0.0  # seconds between content frames
     hang: bool = False  # never answer (read the request, then wait for the client to go)
     stall_after: int | None = None  # streams: after N content frames, stop sending (stay open)
@@ -191,6 +192,11 @@ class FakeAzure:
         """Wait until ``streams_disconnected >= count`` (wrap in ``trio.fail_after``)."""
         await self.wait_until(lambda fake: fake.streams_disconnected >= count)
 
+    async def _first_wait(self) -> None:
+        await trio.sleep(self.first_delay)
+        if self.gate is not None:
+            await self.gate.wait()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
@@ -232,7 +238,7 @@ class FakeAzure:
             status, raw, head = self._failures.pop(0)
             return await _send_response(send, status, raw, head)
         if match.group(2) != "chat/completions":
-            await trio.sleep(self.first_delay)
+            await self._first_wait()
             answer = self._embeddings if match.group(2) == "embeddings" else self._images
             status, data = answer(body)
             return await _reply(send, status, data)
@@ -252,7 +258,7 @@ class FakeAzure:
                 self._notify()
                 await send({"type": "http.response.body", "body": b""})
             return
-        await trio.sleep(self.first_delay)
+        await self._first_wait()
         await _reply(send, 200, self._completion(body))
 
     async def _watch(self, receive: Any, work: Any, *, stream: bool) -> bool:
@@ -376,7 +382,7 @@ class FakeAzure:
         await _start(send, 200, [(b"content-type", b"text/event-stream; charset=utf-8")])
         await _event(send, {"choices": [], "created": 0, "id": "", "model": "", "object": "",
                             "prompt_filter_results": _PROMPT_FILTERS})  # fmt: skip
-        await trio.sleep(self.first_delay)
+        await self._first_wait()
         await _event(send, frame({"content": "", "refusal": None, "role": "assistant"}, {}, None))
         for i, piece in enumerate(self._pieces(text)):
             if i == self.stall_after:

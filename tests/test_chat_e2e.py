@@ -154,14 +154,15 @@ async def test_stream_headers_and_raw_frames(database_url):
 
 
 async def test_concurrent_requests_never_overdraw(database_url):
-    """200 concurrent requests, money for about 100: none served unpaid, balance >= 0.
+    """200 concurrent requests, money for exactly 100 holds: none served unpaid, balance >= 0.
 
-    The upstream answers slowly, so that the holds come before the settles that would free
-    money for more requests."""
+    The upstream answers only once every request has either reached it or been refused, so
+    all the holds come before the settles that would free money for more requests."""
     max_tokens = 1000
     prompt = count_chat_prompt({"messages": MESSAGES})
     hold = expected_cost(prompt, max_tokens)
-    async with open_fake_azure(first_delay=0.5) as fake, open_gateway(database_url, fake) as gw:
+    gate = trio.Event()
+    async with open_fake_azure(gate=gate) as fake, open_gateway(database_url, fake) as gw:
         account, key = await gw.funded_account("0")
         await gw.storage.top_up(account, hold * 100 + hold // 2)
         start = (await gw.storage.get_wallet(account)).balance
@@ -182,10 +183,14 @@ async def test_concurrent_requests_never_overdraw(database_url):
             async with trio.open_nursery() as nursery:
                 for _ in range(200):
                     nursery.start_soon(one)
+                with trio.fail_after(60):
+                    while len(fake.requests) + statuses.count(402) < 200:
+                        await trio.sleep(0.01)
+                gate.set()
 
         served = statuses.count(200)
         assert statuses.count(402) == 200 - served
-        assert 100 <= served < 200  # each served request's real cost is far below its hold
+        assert served == 100  # 100 holds fit; the rest found too little left
         assert len(fake.requests) == served  # nothing went upstream unpaid
         cost = expected_cost(prompt, count_text(DEFAULT_REPLY))
         await assert_books_clean(gw, account, cost * served, start)
