@@ -187,9 +187,6 @@ async def test_a_running_gateway_releases_holds_of_a_silent_remote_process(datab
                 context=HoldContext(instance_id=instance_id, key_id="key_r", model="gpt-4o-mini",
                                     provider="azure", stream=False),
             )
-    wallet_config = {"instance_heartbeat_seconds": 0.2, "instance_stale_seconds": 2}
-    async with open_fake_azure() as fake, open_gateway(database_url, fake, wallet=wallet_config) as gw:
-        storage = gw.storage
         alive = trio.CancelScope()
 
         async def heartbeat() -> None:
@@ -198,21 +195,28 @@ async def test_a_running_gateway_releases_holds_of_a_silent_remote_process(datab
                     assert await storage.heartbeat_instance(instances["inst_alive"])
                     await trio.sleep(0.2)
 
+        wallet_config = {"instance_heartbeat_seconds": 0.2, "instance_stale_seconds": 2}
         async with trio.open_nursery() as nursery:
+            # The remote process heartbeats from before the gateway starts, so a slow start
+            # can't make it look silent.
             nursery.start_soon(heartbeat)
-            with trio.fail_after(10):
-                while (await storage.get_request_log("req_inst_silent")) is None:
-                    await trio.sleep(0.1)
-            assert (await storage.get_request_log("req_inst_silent")).status == "interrupted"
-            await trio.sleep(1.0)  # several more rounds: the heartbeating one is left alone
-            assert (await storage.get_wallet(account.id)).locked == 1_000_000_000
-            assert await storage.get_request_log("req_inst_alive") is None
-            assert {i.id for i in await storage.list_instances()} == {"inst_alive", gw.engine.monitor.id}
-            alive.cancel()  # it goes silent
-        with trio.fail_after(10):
-            while (await storage.get_wallet(account.id)).locked:
-                await trio.sleep(0.1)
-        assert (await storage.get_request_log("req_inst_alive")).status == "interrupted"
-        assert await storage.verify_ledger() == []
+            async with open_fake_azure() as fake, open_gateway(
+                database_url, fake, wallet=wallet_config
+            ) as gw:
+                with trio.fail_after(10):
+                    while (await gw.storage.get_request_log("req_inst_silent")) is None:
+                        await trio.sleep(0.1)
+                assert (await gw.storage.get_request_log("req_inst_silent")).status == "interrupted"
+                await trio.sleep(1.0)  # several more rounds: the heartbeating one is left alone
+                assert (await gw.storage.get_wallet(account.id)).locked == 1_000_000_000
+                assert await gw.storage.get_request_log("req_inst_alive") is None
+                instances_left = {i.id for i in await gw.storage.list_instances()}
+                assert instances_left == {"inst_alive", gw.engine.monitor.id}
+                alive.cancel()  # it goes silent
+                with trio.fail_after(10):
+                    while (await gw.storage.get_wallet(account.id)).locked:
+                        await trio.sleep(0.1)
+                assert (await gw.storage.get_request_log("req_inst_alive")).status == "interrupted"
+                assert await gw.storage.verify_ledger() == []
     async with open_storage(database_url, loop=aio_loop) as storage:
         assert await storage.list_instances() == []  # the gateway removed itself on stop

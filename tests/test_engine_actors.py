@@ -86,7 +86,8 @@ async def test_default_cap_is_lowered_but_a_clients_cap_is_not(storage):
 async def test_idle_wallet_actor_retires_and_respawns(storage):
     account = await funded(storage, 10_000_000)
     async with trio.open_nursery() as nursery:
-        pool = WalletPool(storage, WalletConfig(idle_seconds=0.05))
+        # Idle long enough that a stalled machine can't retire it before the check below.
+        pool = WalletPool(storage, WalletConfig(idle_seconds=0.5))
         await nursery.start(pool.run)
         with trio.fail_after(30):
             first = await pool.reserve(account, **reserve_args("req_a"))

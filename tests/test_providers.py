@@ -333,7 +333,13 @@ async def test_hung_upstream_times_out(fake):
     with pytest.raises(UpstreamTimeout):
         async with provider.open_stream(STREAM_BODY):
             pass
+    await provider.aclose()
     fake.hang, fake.stall_after = False, 2  # head and two content frames, then silence
+    # Room for the head and the frames on a loaded machine (run alone, the fake's first token
+    # count loads the tokenizer in the middle of the stream); the silence still ends it. A
+    # stream's read timeout is the larger of the idle and request timeouts.
+    patient = UpstreamConfig(timeout_seconds=5, request_timeout_seconds=2, idle_timeout_seconds=2)
+    provider = AzureProvider(azure_deployment(fake), patient)
     seen = []
     with pytest.raises(UpstreamTimeout):
         async with provider.open_stream(STREAM_BODY) as events:

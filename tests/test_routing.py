@@ -174,8 +174,8 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
         # The bad one is heavily preferred, so only its health can keep traffic away from it.
         deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good")]
         async with open_gateway(
-            database_url, deployments=deployments, upstream={"timeout_seconds": 0.3, "request_timeout_seconds": 5},
-            breaker={"failures": 2, "cooldown_seconds": 1.0},
+            database_url, deployments=deployments, upstream={"timeout_seconds": 1.0, "request_timeout_seconds": 5},
+            breaker={"failures": 2, "cooldown_seconds": 3.0},
         ) as gw:
             account, key = await gw.funded_account("1.00")
             if failure == "429":

@@ -17,7 +17,8 @@ async def test_shutdown_lets_short_requests_finish_and_settles_long_streams(data
     reply = " ".join(f"w{i}" for i in range(400))
     async with open_fake_azure(reply=reply, chunk_delay=0.02, first_delay=0.3) as fake:
         results: dict[str, object] = {}
-        async with open_gateway(database_url, fake, server={"shutdown_grace_seconds": 1.0}) as gw:
+        # The long stream needs 8 s; the grace leaves the short request seconds to finish in.
+        async with open_gateway(database_url, fake, server={"shutdown_grace_seconds": 3.0}) as gw:
             account, key = await gw.funded_account("5.00")
             auth = {"Authorization": f"Bearer {key}"}
             url = f"{gw.base_url}/chat/completions"
@@ -44,9 +45,11 @@ async def test_shutdown_lets_short_requests_finish_and_settles_long_streams(data
                         await trio.sleep(0.01)
                 gw.stop()
         # The gateway is down: its storage closed after the actors drained.
+        with trio.fail_after(5):
+            await fake.wait_disconnected(1)  # the upstream was closed
     assert results["short"] == 200
     assert b"data: [DONE]" not in results["long"]  # cut by the grace period
-    assert fake.streams_disconnected == 1  # and the upstream was closed
+    assert fake.streams_disconnected == 1
 
     async with open_storage(database_url, loop=aio_loop) as storage:
         wallet = await storage.get_wallet(account)

@@ -86,7 +86,9 @@ async def test_frames_arrive_one_by_one_as_the_upstream_emits_them(database_url)
     content = [(t, e) for t, e in events if b'"content":"' in e and b'"content":""' not in e]
     assert len(content) == 4
     gaps = [b[0] - a[0] for a, b in zip(content, content[1:])]
-    assert all(gap > 0.2 for gap in gaps), gaps  # not held back to be sent together
+    # Not held back to be sent together (which would leave gaps near 0); the margin below the
+    # fake's 0.3 s is for a loaded machine.
+    assert all(gap > 0.1 for gap in gaps), gaps
 
 
 def _holders(text: str, marker: bytes, mine: tuple[object, ...]) -> list[str]:

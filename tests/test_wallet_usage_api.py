@@ -160,8 +160,9 @@ async def test_usage_requests_rollups_and_ledger_agree(database_url):
                 request_ids.append(response.headers["x-request-id"])
                 await response.aread()
 
-            # Visible within one second.
-            with trio.fail_after(1):
+            # Visible soon: docs/api.md says within about a second (at the default 0.2 s flush;
+            # this gateway flushes every 0.02 s). The deadline leaves room for a loaded machine.
+            with trio.fail_after(5):
                 while len(await walk(client, "/usage/requests", key)) < 6:
                     await trio.sleep(0.02)
             logs = await walk(client, "/usage/requests", key, limit=4)
