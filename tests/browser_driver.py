@@ -8,6 +8,7 @@ non-zero with the traceback on stderr. Screenshots go to ``OUTPUT``.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import subprocess
@@ -49,6 +50,7 @@ def sign_in(page, root: str, key: str) -> None:
 def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, config: str, poll_seconds: float) -> dict:
     seen: dict = {}
     api = httpx.Client(base_url=f"{root}/api/v1", timeout=30)
+    expect.set_options(timeout=15_000)  # not Playwright's 5 s: a loaded CI machine is slow
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
@@ -168,16 +170,20 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
             expect(other_page.locator("#wallet-balance")).to_have_text("$3.00")
             expect(other_page.locator("#total-requests")).to_have_text("0")
             assert request_id not in other_page.content()
-            status = other_page.evaluate(
-                f"fetch('/usage/data/requests/{request_id}').then(r => r.status)"
+            status = other_page.evaluate(  # evaluate() has no timeout of its own: give it one
+                f"Promise.race([fetch('/usage/data/requests/{request_id}').then(r => r.status),"
+                " new Promise(done => setTimeout(() => done('no answer in 10 s'), 10000))])"
             )
-            assert status == 404
+            assert status == 404, status
             shot(other_page, "07-other-account")
 
             # Revoking a key ends its sessions at once; signing out ends this one.
             revoked = subprocess.run([OMIXA, "key", "revoke", key_b_id, "--config", config],
                                      capture_output=True, text=True, timeout=60)
             assert revoked.returncode == 0, revoked.stderr
+            # The open page's next poll gets 401 and it goes to the sign-in page by itself (a
+            # navigation of ours started meanwhile would be cut short: wait for it first).
+            other_page.wait_for_url(f"{root}/signin?next=/usage", timeout=(poll_seconds + 10) * 1000)
             other_page.goto(f"{root}/usage")
             assert other_page.url.startswith(f"{root}/signin")
             other.close()
@@ -193,4 +199,6 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
 
 
 if __name__ == "__main__":
+    # Stuck somewhere: print where, and exit, before the test's own deadline kills us silently.
+    faulthandler.dump_traceback_later(200, exit=True)
     print(json.dumps(drive(**json.load(sys.stdin))))
