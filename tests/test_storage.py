@@ -73,6 +73,14 @@ async def funded_account(storage, amount: int):
     return account
 
 
+async def hold_then_settle(storage, account, request_id: str) -> None:
+    """A hold of 10 settled at 3: the writes one small request makes."""
+    hold = await storage.create_hold(
+        account_id=account.id, request_id=request_id, amount=10, expires_at=_later()
+    )
+    await storage.settle_hold(hold.id, 3)
+
+
 def wallet_of(account_id: str, balance: int, locked: int) -> WalletState:
     return WalletState(account_id=account_id, balance=balance, locked=locked)
 
@@ -678,21 +686,15 @@ async def test_cancelled_calls_are_all_or_nothing(storage, database_url, aio_loo
     cancellation lands before, during and between the calls; the ledger must still verify."""
     account = await funded_account(storage, 10**12)
 
-    async def hold_then_settle(i):
-        hold = await storage.create_hold(
-            account_id=account.id, request_id=f"r{i}", amount=10, expires_at=_later()
-        )
-        await storage.settle_hold(hold.id, 3)
-
     start = trio.current_time()
     for i in range(5):
-        await hold_then_settle(f"warm{i}")
+        await hold_then_settle(storage, account, f"rwarm{i}")
     duration = (trio.current_time() - start) / 5
     outcomes = {"cancelled": 0, "completed": 0}
 
     async def attempt(i, deadline):
         with trio.move_on_after(deadline) as scope:
-            await hold_then_settle(i)
+            await hold_then_settle(storage, account, f"r{i}")
         outcomes["cancelled" if scope.cancelled_caught else "completed"] += 1
 
     for i in range(60):  # one at a time: each cancel hits a different phase
@@ -730,12 +732,6 @@ async def test_sqlite_checkpoints_its_log_in_the_background(tmp_path):
         finally:
             conn.close()
 
-    async def hold_then_settle(request_id: str) -> None:
-        hold = await store.create_hold(
-            account_id=account.id, request_id=request_id, amount=10, expires_at=_later()
-        )
-        await store.settle_hold(hold.id, 3)
-
     try:
         account = await funded_account(store, 10**9)
         async with trio.open_nursery() as nursery:
@@ -745,7 +741,7 @@ async def test_sqlite_checkpoints_its_log_in_the_background(tmp_path):
                     await trio.sleep(0.01)
                 for phase in range(2):
                     for i in range(150):
-                        await hold_then_settle(f"r{phase}.{i}")
+                        await hold_then_settle(store, account, f"r{phase}.{i}")
                     # The first checkpoint may have begun before the last write; the second
                     # one began after it, and nothing wrote since, so it copied the whole log.
                     done = store.checkpoints
@@ -755,7 +751,7 @@ async def test_sqlite_checkpoints_its_log_in_the_background(tmp_path):
                     # and its settle write about 16) and this write would add to them; copied,
                     # the log starts over. (Counting the frames checkpoints too, so it is done
                     # only after the write.)
-                    await hold_then_settle(f"r{phase}.again")
+                    await hold_then_settle(store, account, f"r{phase}.again")
                     assert 0 < await trio.to_thread.run_sync(frames_in_log) < 100
             nursery.cancel_scope.cancel()
         assert await autocheckpoint() == 1000
@@ -778,10 +774,7 @@ async def test_sqlite_log_stays_bounded_under_steady_writes(tmp_path):
             with trio.fail_after(60):
                 for phase in range(6):
                     for i in range(250):
-                        hold = await store.create_hold(
-                            account_id=account.id, request_id=f"r{phase}.{i}", amount=10, expires_at=_later()
-                        )
-                        await store.settle_hold(hold.id, 3)
+                        await hold_then_settle(store, account, f"r{phase}.{i}")
                     sizes.append(wal.stat().st_size)
             nursery.cancel_scope.cancel()
         assert store.checkpoints > 0
