@@ -31,6 +31,7 @@ from engine.config import Config, storage_url
 from engine.runtime import Engine, open_engine
 from storage import open_storage
 from web.app import create_app
+from web.connection import ConnectionGuard
 from web.lifecycle import RequestScope
 from web.reload import watch_config
 
@@ -96,6 +97,18 @@ async def wait_for_signal() -> None:
             return
 
 
+# After an early answer (401, 404, 413...), the unread request body is read and discarded, up
+# to this long and drain_bytes(), so the connection can carry the next request
+# (web.connection); a larger or slower body ends with the connection closed.
+DRAIN_SECONDS = 10.0
+
+
+def drain_bytes(config: Config) -> int:
+    """Twice the largest accepted body, at least 8 MiB: a body refused with 413 for being a
+    little too large is still read, so the client sees the 413 and keeps its connection."""
+    return max(2 * config.server.max_body_bytes, 8 * 1024 * 1024)
+
+
 def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     hc = HypercornConfig()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
@@ -130,7 +143,10 @@ async def run_gateway(
     async with trio_asyncio.open_loop() as loop:
         async with open_storage(storage_url(config), loop=loop) as storage:
             async with open_engine(config, storage) as engine:
-                app = RequestScope(create_app(engine))
+                app = ConnectionGuard(
+                    RequestScope(create_app(engine)),
+                    drain_bytes=drain_bytes(config), drain_seconds=DRAIN_SECONDS,
+                )
 
                 async def shutdown() -> None:
                     await shutdown_trigger()
