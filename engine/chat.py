@@ -29,6 +29,7 @@ import datetime as dt
 import logging
 import time
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import attrs
@@ -254,18 +255,25 @@ class ChatService:
         # Set when shutdown begins: requests cancelled from then on are "interrupted".
         self.draining = False
 
-    def parse(self, body: Any) -> ChatRequest:
-        """Check a chat request body. Errors: InvalidRequest, ModelNotFound."""
-        return parse_chat_request(body, self.catalog, self.router.models(), self.router.priority_models())
+    def parser(self) -> Callable[[Any], ChatRequest]:
+        """A checker of chat request bodies against the deployments enabled now. It reads no
+        actor state when called, so it may run in a worker thread (:mod:`engine.intake`).
+        Its errors: InvalidRequest, ModelNotFound."""
+        return partial(
+            parse_chat_request, catalog=self.catalog, enabled=self.router.models(),
+            priority_models=self.router.priority_models(),
+        )
 
     async def _begin(self, exchange: Exchange) -> dict[str, Any]:
-        """Count the call against the key's limits, hold the money; return the upstream body.
+        """Count the call's tokens against the key's limit, hold the money; return the
+        upstream body. (Its request was counted by :class:`engine.intake.Intake` already.)
 
-        Errors: RateLimited, InsufficientBalance, ServiceUnavailable.
+        Errors: RateLimited, InvalidRequest (the estimate exceeds the key's whole limit),
+        InsufficientBalance, ServiceUnavailable.
         """
         request = exchange.request
         now = trio.current_time()
-        self.limits.admit(exchange.caller.key, request.estimated_tokens, now)
+        self.limits.admit_tokens(exchange.caller.key, request.estimated_tokens, now)
         exchange.admitted_at = now
         reserved = await self.wallets.reserve(
             exchange.caller.account_id,

@@ -94,6 +94,7 @@ class Retune:
 class WindowView:
     used: int
     limit: int
+    clear_at: float = 0.0  # trio time when everything now counted will have left the window
 
 
 @attrs.frozen(kw_only=True)
@@ -304,7 +305,10 @@ class DeploymentActor:
     def _publish(self, now: float) -> None:
         health = self._health
         health.refresh(now)
-        views = {name: WindowView(used=w.used(now), limit=w.limit) for name, w in self._windows.items()}
+        views = {
+            name: WindowView(used=w.used(now), limit=w.limit, clear_at=w.clear_at(now))
+            for name, w in self._windows.items()
+        }
         room = min((max(v.limit - v.used, 0) / v.limit for v in views.values()), default=1.0)
         self.snapshot = DeploymentSnapshot(
             name=self.config.name, model=self.config.model, region=self.config.region,

@@ -1,14 +1,19 @@
 """Per-key rate limits: requests and tokens per minute for each developer key.
 
 Each key has a sliding minute window of requests and one of tokens (the same bucketed
-windows as deployments, :mod:`engine.windows`). A model call is admitted only if both have
-room: one request, and its estimated tokens (prompt + output cap), as the deployments count
-them; when it ends, the token window is corrected with the real usage. Over the limit the
-call gets ``429 rate_limited`` with ``Retry-After`` before anything is held or sent.
+windows as deployments, :mod:`engine.windows`). A model call counts one request as soon as
+its key is known, before its body is read (:meth:`KeyLimiter.admit_request`), so every
+call counts, also one refused later for a bad body or an empty wallet. Once its estimate
+is known (prompt + output cap, as the deployments count it), that estimate counts against
+the tokens window (:meth:`KeyLimiter.admit_tokens`); when the call ends, the estimate is
+replaced by the real usage. Over either limit the call gets ``429 rate_limited`` with
+``Retry-After`` before anything is held or sent; a call whose estimate alone exceeds the
+tokens limit could never fit, so it gets 400 ``invalid_request`` instead (a client retrying a
+429 would retry it for nothing).
 
 Limits come from the key (``omixa key create --rpm/--tpm``) or else ``[limits] key_rpm`` /
-``key_tpm``; 0 means unlimited. Only model calls count (chat completions), not reads such
-as ``/wallet``.
+``key_tpm``; 0 means unlimited. Only model calls count (chat completions, embeddings,
+images, the playground), not reads such as ``/wallet``.
 
 Not an actor: every method is synchronous, so under trio's cooperative scheduling a check
 and its update are one atomic step, with no mailbox hop on the hot path. The state is per
@@ -18,11 +23,13 @@ process (like deployments' windows); idle keys' windows are dropped once they ar
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import attrs
 
 from engine.config import LimitsConfig
-from engine.errors import RateLimited
+from engine.deployment import DeploymentSnapshot
+from engine.errors import InvalidRequest, RateLimited
 from engine.windows import SlidingWindow, minute_window
 from storage import ApiKeyRecord
 
@@ -68,32 +75,43 @@ class KeyLimiter:
             self._keys[key.id] = windows
         return windows
 
-    def admit(self, key: ApiKeyRecord, estimated_tokens: int, now: float) -> None:
-        """Count one model call of ``estimated_tokens`` against the key, or refuse it.
+    def admit_request(self, key: ApiKeyRecord, now: float) -> None:
+        """Count one model call against the key's requests per minute, or refuse it. Called
+        before the request's body is read, so every call counts, whatever becomes of it.
 
-        Errors: RateLimited with ``retry_after`` (seconds until it would fit).
+        Errors: RateLimited with ``retry_after`` (seconds until one more fits).
         """
-        windows = self._windows(key, now)
-        waits = []
-        for window, amount, what in (
-            (windows.requests, 1, "requests"),
-            (windows.tokens, estimated_tokens, "tokens"),
-        ):
-            if window is not None and not window.fits(now, amount):
-                at = window.room_at(now, amount)
-                if at is None:
-                    raise RateLimited(
-                        f"This request's {estimated_tokens} estimated tokens exceed the key's "
-                        f"limit of {window.limit} tokens per minute; lower max_tokens."
-                    )
-                waits.append((at - now, what))
-        if waits:
-            wait, what = max(waits)
-            raise RateLimited(f"Developer key exceeded rate limits ({what} per minute).", retry_after=wait)
-        if windows.requests is not None:
-            windows.requests.add(now, 1)
-        if windows.tokens is not None:
-            windows.tokens.add(now, estimated_tokens)
+        window = self._windows(key, now).requests
+        if window is None:
+            return
+        if not window.fits(now, 1):
+            raise RateLimited(
+                "Developer key exceeded rate limits (requests per minute).",
+                retry_after=_wait(window, now, 1),
+            )
+        window.add(now, 1)
+
+    def admit_tokens(self, key: ApiKeyRecord, estimated_tokens: int, now: float) -> None:
+        """Count a call's ``estimated_tokens`` (prompt + output cap) against the key's tokens
+        per minute, or refuse it.
+
+        Errors: InvalidRequest when the estimate alone exceeds the limit (it can never fit:
+        a retry would fail the same way); RateLimited with ``retry_after`` otherwise.
+        """
+        window = self._windows(key, now).tokens
+        if window is None:
+            return
+        if estimated_tokens > window.limit:
+            raise InvalidRequest(
+                f"This request's {estimated_tokens} estimated tokens (prompt and output cap) exceed "
+                f"the key's limit of {window.limit} tokens per minute; lower max_tokens or the prompt."
+            )
+        if not window.fits(now, estimated_tokens):
+            raise RateLimited(
+                "Developer key exceeded rate limits (tokens per minute).",
+                retry_after=_wait(window, now, estimated_tokens),
+            )
+        window.add(now, estimated_tokens)
 
     def settle(self, key_id: str, admitted_at: float, estimated_tokens: int, used_tokens: int) -> None:
         """Replace a call's estimate by the tokens it really used."""
@@ -108,19 +126,43 @@ class KeyLimiter:
         for name, window in (("requests", windows.requests), ("tokens", windows.tokens)):
             if window is None:
                 continue
-            used = window.used(now)
-            # Back to the full limit once everything now in the window has left it.
-            reset = window.room_at(now, window.limit) if used else now
             views[name] = LimitView(
                 limit=window.limit,
-                remaining=max(window.limit - used, 0),
-                reset_seconds=max((reset if reset is not None else now) - now, 0.0),
+                remaining=max(window.limit - window.used(now), 0),
+                reset_seconds=max(window.clear_at(now) - now, 0.0),
             )
         return views
 
     def _prune(self, now: float) -> None:
         for key_id in [k for k, w in self._keys.items() if _empty(w, now)]:
             del self._keys[key_id]
+
+
+# The deployment window behind each key dimension, for fleet_views.
+_FLEET_WINDOWS = {"requests": "rpm", "tokens": "tpm"}
+
+
+def fleet_views(snapshots: Sequence[DeploymentSnapshot], now: float) -> dict[str, LimitView]:
+    """A model's room per minute over all its enabled deployments (``snapshots``): the sum of
+    their limits and of what is left of them, back to full once every one is. A dimension
+    some deployment does not limit is left out (the model has no limit on it)."""
+    views = {}
+    for name, window_name in _FLEET_WINDOWS.items():
+        windows = [snap.windows.get(window_name) for snap in snapshots]
+        if not windows or any(w is None for w in windows):
+            continue
+        views[name] = LimitView(
+            limit=sum(w.limit for w in windows),
+            remaining=sum(max(w.limit - w.used, 0) for w in windows),
+            reset_seconds=max(max(w.clear_at for w in windows) - now, 0.0),
+        )
+    return views
+
+
+def _wait(window: SlidingWindow, now: float, amount: int) -> float:
+    at = window.room_at(now, amount)
+    assert at is not None  # amount <= limit
+    return at - now
 
 
 def _limit(window: SlidingWindow | None) -> int:

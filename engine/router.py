@@ -25,7 +25,7 @@ import attrs
 import trio
 
 from engine.config import DeploymentConfig
-from engine.deployment import DeploymentActor, Refused, Slot
+from engine.deployment import DeploymentActor, DeploymentSnapshot, Refused, Slot
 from engine.errors import NoHealthyDeployment, OmixaError
 from engine.providers.base import Usage
 
@@ -69,6 +69,10 @@ class Router:
             m for m, actors in self._by_model.items()
             if any(a.config.enabled and a.config.priority for a in actors)
         }  # fmt: skip
+
+    def snapshots(self, model: str) -> list[DeploymentSnapshot]:
+        """The published state of the model's enabled deployments."""
+        return [actor.snapshot for actor in self._by_model.get(model, ()) if actor.config.enabled]
 
     def deployments(self) -> list[DeploymentActor]:
         return [actor for actors in self._by_model.values() for actor in actors]

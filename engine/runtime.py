@@ -28,6 +28,7 @@ from engine.config import Config, DeploymentConfig, resolve_path
 from engine.deployment import DeploymentActor
 from engine.fleet import Fleet
 from engine.instances import InstanceMonitor, new_instance_id
+from engine.intake import Intake
 from engine.keylimits import KeyLimiter
 from engine.providers import set_read_size
 from engine.reports import Reports
@@ -59,6 +60,7 @@ class Engine:
     monitor: InstanceMonitor
     reports: Reports
     limits: KeyLimiter
+    intake: Intake
     chat: ChatService
     signatures: SignatureVerifier
 
@@ -102,11 +104,12 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     monitor = InstanceMonitor(storage, config.wallet, instance_id, wallets_drained=wallets.drained)
     usage = UsageAggregator(storage, config.usage)
     limits = KeyLimiter(config.limits)
+    accounts = Accounts(storage, box)
     engine = Engine(
         config=config,
         catalog=catalog,
         storage=storage,
-        accounts=Accounts(storage, box),
+        accounts=accounts,
         fleet=fleet,
         router=router,
         wallets=wallets,
@@ -114,6 +117,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         monitor=monitor,
         reports=Reports(storage, config.wallet),
         limits=limits,
+        intake=Intake(limits, accounts),
         chat=ChatService(
             catalog=catalog,
             router=router,

@@ -118,11 +118,28 @@ def warm_up(names: Iterable[str]) -> None:
         encoding(name)
 
 
+# Past this many characters, text is counted through tiktoken's token buffer rather than a
+# list of ints: the buffer is built without the GIL (a 3.8 MB text: 61 ms with the loop
+# thread running freely, against 98 ms holding it for about 20 ms to build the list).
+_BUFFER_FROM_CHARS = 4096
+_NO_SPECIAL: frozenset[str] = frozenset()
+
+
 def count_text(text: str, encoding_name: str = "o200k_base") -> int:
-    """Tokens in ``text``; special-token text counts as ordinary text, as upstreams do."""
+    """Tokens in ``text``; special-token text counts as ordinary text, as upstreams do.
+
+    Long texts are counted without holding the GIL, so a worker thread counting them leaves
+    the event loop's thread free (:mod:`engine.intake`).
+    """
     if not text:
         return 0
-    return len(encoding(encoding_name).encode_ordinary(text))
+    enc = encoding(encoding_name)
+    if len(text) < _BUFFER_FROM_CHARS:
+        return len(enc.encode_ordinary(text))
+    # tiktoken's own encode_to_numpy, without numpy: a buffer of uint32 token ids. With no
+    # special token allowed, special-token text is encoded as ordinary text, exactly as
+    # encode_ordinary does (tests/test_tokens.py checks both agree).
+    return memoryview(enc._core_bpe.encode_to_tiktoken_buffer(text, _NO_SPECIAL)).nbytes // 4
 
 
 def _count_content(content: Any, enc: str, image_tokens: int) -> int:

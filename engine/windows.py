@@ -1,8 +1,10 @@
 """Sliding usage windows (requests or tokens over the last N seconds) and a deployment's health.
 
 A :class:`SlidingWindow` keeps counts in fixed buckets (1 s for the minute windows, 60 s for
-the hour window), so memory is bounded whatever the traffic, and an amount leaves the window
-once its bucket is older than the span: the window slides with the bucket's resolution. A
+the hour window), so memory is bounded whatever the traffic. A bucket remembers when its
+latest amount was added, and leaves the window once that is ``span`` seconds ago: an amount
+never leaves early, and at most one bucket's resolution late (a burst leaves exactly
+``span`` after it came, so the wait a refusal announces is never longer than the span). A
 burst up to the limit is admitted at once (there is no smoothing). An amount may be corrected
 after the fact (:meth:`SlidingWindow.adjust`, used when the real usage replaces the admission
 estimate) as long as its bucket is still inside the window.
@@ -27,13 +29,14 @@ class SlidingWindow:
         self.limit = limit
         self.span = span
         self.resolution = resolution
-        self._buckets: collections.deque[list[float]] = collections.deque()  # [start, amount]
+        # [start, amount, time of the latest add]
+        self._buckets: collections.deque[list[float]] = collections.deque()
         self._total = 0.0
 
     def _expire(self, now: float) -> None:
         horizon = now - self.span
         buckets = self._buckets
-        while buckets and buckets[0][0] + self.resolution <= horizon:
+        while buckets and buckets[0][2] <= horizon:
             self._total -= buckets.popleft()[1]
 
     def used(self, now: float) -> int:
@@ -50,10 +53,17 @@ class SlidingWindow:
         self._expire(now)
         start = now - now % self.resolution
         if self._buckets and self._buckets[-1][0] == start:
-            self._buckets[-1][1] += amount
+            bucket = self._buckets[-1]
+            bucket[1] += amount
+            bucket[2] = now
         else:
-            self._buckets.append([start, float(amount)])
+            self._buckets.append([start, float(amount), now])
         self._total += amount
+
+    def clear_at(self, now: float) -> float:
+        """When everything now in the window will have left it (``now`` if it is empty)."""
+        self._expire(now)
+        return self._buckets[-1][2] + self.span if self._buckets else now
 
     def adjust(self, at: float, delta: int) -> None:
         """Correct an amount added at time ``at`` (no effect once it left the window)."""
@@ -75,10 +85,10 @@ class SlidingWindow:
         excess = self._total + amount - self.limit
         if excess <= 0:
             return now
-        for start, value in self._buckets:
+        for _start, value, latest in self._buckets:
             excess -= value
             if excess <= 0:
-                return start + self.resolution + self.span
+                return latest + self.span
         return now + self.span
 
 

@@ -29,9 +29,20 @@ def test_minute_window_slides_and_says_when_room_comes_back():
     for t in range(5):
         window.add(float(t), 1)  # a burst up to the limit is admitted at once
     assert not window.fits(4.0, 1)
-    assert window.room_at(4.0, 1) == 61.0  # the request of t=0 leaves its 1 s bucket at 61
-    assert window.used(60.5) == 5 and window.fits(61.0, 1) and window.used(61.0) == 4
+    assert window.room_at(4.0, 1) == 60.0  # the request of t=0 leaves exactly 60 s later
+    assert window.used(59.5) == 5 and window.fits(60.0, 1) and window.used(60.0) == 4
     assert window.room_at(10.0, 6) is None  # larger than the limit: never
+    assert window.clear_at(10.0) == 64.0  # everything has left once the t=4 request has
+
+
+def test_a_window_never_lets_an_amount_go_early():
+    """Amounts of one bucket leave together, when the latest of them is a span old: up to a
+    bucket late, never early, and a refusal never announces more than the span."""
+    window = minute_window(2)
+    window.add(10.25, 1)
+    window.add(10.75, 1)
+    assert window.room_at(10.75, 1) == 70.75
+    assert window.used(70.5) == 2 and window.used(70.75) == 0
 
 
 def test_token_windows_take_the_real_usage_back():
@@ -49,8 +60,8 @@ def test_hour_window():
     window.add(0.0, 6_000)
     window.add(1_800.0, 4_000)
     assert not window.fits(3_599.0, 1)
-    assert window.room_at(3_599.0, 1) == 3_660.0  # the 60 s bucket of t=0 leaves at 3,660
-    assert window.fits(3_660.0, 6_000)
+    assert window.room_at(3_599.0, 1) == 3_600.0  # the tokens of t=0 leave an hour later
+    assert window.fits(3_600.0, 6_000)
 
 
 def test_breaker_opens_after_consecutive_failures_and_one_probe_closes_it():
@@ -286,18 +297,31 @@ async def test_key_rate_limits_refuse_with_429_and_report_headers(database_url):
             assert refused.status_code == 429
             error = refused.json()["error"]
             assert error["code"] == "rate_limited" and error["request_id"] == refused.headers["x-request-id"]
-            assert 55 <= int(refused.headers["retry-after"]) <= 61
+            # The first request leaves the 60 s window at most 60 s from now, never later.
+            assert 55 <= int(refused.headers["retry-after"]) <= 60
+            assert reset_seconds(refused.headers["x-ratelimit-reset-requests"]) <= 60
             assert refused.headers["x-ratelimit-remaining-requests"] == "0"
             # Reads do not count, and still report the state.
             wallet = await client.get(f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {limited.secret}"})
             assert wallet.status_code == 200 and wallet.headers["x-ratelimit-remaining-requests"] == "0"
-            # A request larger than the key's token limit can never fit: 429 without Retry-After.
+            # A request larger than the key's token limit can never fit: 400, so no client
+            # retries it, and no Retry-After.
             huge = await post(client, gw, (await gw.engine.accounts.create_key(account, tpm=10)).secret)
-            assert huge.status_code == 429 and "retry-after" not in huge.headers
+            assert huge.status_code == 400 and "retry-after" not in huge.headers
+            assert huge.json()["error"]["code"] == "invalid_request"
+            assert "10 tokens per minute" in huge.json()["error"]["message"]
         assert len(fake.requests) == 3
         # Refused calls held nothing: 3 requests' worth of ledger rows were added (hold,
         # charge, release each).
         assert len(await gw.storage.ledger_entries(account)) == rows + 9
+
+
+def reset_seconds(value: str) -> float:
+    """Seconds in OpenAI's reset format (``"1m0s"``, ``"59s"``, ``"18ms"``)."""
+    if value.endswith("ms"):
+        return int(value[:-2]) / 1000
+    minutes, _, seconds = value[:-1].rpartition("m")
+    return int(minutes or 0) * 60 + int(seconds)
 
 
 def test_reset_durations_are_formatted_like_openai():

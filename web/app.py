@@ -8,7 +8,6 @@ rendered by :func:`web.envelope.error_response`.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import os
 from functools import partial
@@ -22,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 
 from engine.chat import Caller
 from engine.deployment import DeploymentActor
+from engine.intake import decode_json
 from engine.errors import (
     InternalError,
     InvalidApiKey,
@@ -31,7 +31,7 @@ from engine.errors import (
     OmixaError,
     RequestTooLarge,
 )
-from engine.keylimits import format_reset
+from engine.keylimits import fleet_views, format_reset
 from engine.money import format_usd
 from engine.runtime import Engine
 from storage import ApiKeyRecord
@@ -71,8 +71,15 @@ def create_app(engine: Engine) -> QuartTrio:
         response.headers[REQUEST_ID_HEADER] = _request_id()
         key = g.get("key")
         if key is not None:
-            # OpenAI's rate-limit headers, on every response to a known key.
-            for name, view in engine.limits.views(key, trio.current_time()).items():
+            # OpenAI's rate-limit headers, on every response to a known key: the key's own
+            # limits; on a model call, the model's room over its deployments for a dimension
+            # the key does not limit.
+            now = trio.current_time()
+            views = engine.limits.views(key, now)
+            model = g.get("model")
+            if model is not None and len(views) < 2:
+                views = {**fleet_views(engine.router.snapshots(model), now), **views}
+            for name, view in views.items():
                 response.headers[f"x-ratelimit-limit-{name}"] = str(view.limit)
                 response.headers[f"x-ratelimit-remaining-{name}"] = str(view.remaining)
                 response.headers[f"x-ratelimit-reset-{name}"] = format_reset(view.reset_seconds)
@@ -136,7 +143,8 @@ def create_app(engine: Engine) -> QuartTrio:
 
     catalog_routes.register(app, engine, authenticate)
     model_calls.register(
-        app, engine, authenticate=authenticate, json_body=partial(_json_body, max_body), request_id=_request_id
+        app, engine, authenticate=authenticate, read_body=partial(signing.raw_body, max_body, cache=False),
+        request_id=_request_id,
     )
 
     @app.get("/api/v1/wallet")
@@ -165,9 +173,11 @@ def create_app(engine: Engine) -> QuartTrio:
         """Answer the current request's chat completion for ``key`` (the API and the
         dashboard's playground: same engine, limits, billing and wallet)."""
         g.key = key
-        body = await _json_body(max_body)
+        engine.intake.admit(key)
+        raw = await signing.raw_body(max_body, cache=False)  # the signing hook's bytes, if it read them
         chat = engine.chat
-        parsed = chat.parse(body)
+        parsed = await engine.intake.check(key, raw, chat.parser())
+        g.model = parsed.model.id
         caller = Caller(request_id=_request_id(), key=key)
         if not parsed.stream:
             return json_response(await chat.complete(caller, parsed))
@@ -221,10 +231,4 @@ def _request_id() -> str:
 
 async def _json_body(max_body: int) -> Any:
     """The request's JSON. Errors: RequestTooLarge, InvalidRequest."""
-    raw = await signing.raw_body(max_body, cache=False)  # the signing hook's bytes, if it read them
-    if not raw:
-        raise InvalidRequest("The request body is empty; send a JSON object.")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+    return decode_json(await signing.raw_body(max_body, cache=False))  # the signing hook's bytes, if it read them

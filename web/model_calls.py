@@ -1,15 +1,17 @@
 """``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
 
-Both take the chat path (:mod:`engine.chat`): key auth, the key's limits, a hold, routing
+Both take the chat path (:mod:`engine.intake`, :mod:`engine.chat`): key auth, the key's
+limits, the body checked (large ones off the loop), a hold, routing
 with failover, settle, a request log, the error envelope. Only the checks and the pricing
 differ (:mod:`engine.embeddings`, :mod:`engine.images`). The answer is the upstream's JSON.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Awaitable, Callable
 
-from quart import Response
+from quart import Response, g
 from quart_trio import QuartTrio
 
 from engine.chat import Caller
@@ -24,21 +26,23 @@ def register(
     engine: Engine,
     *,
     authenticate: Callable[[], Awaitable[Any]],
-    json_body: Callable[[], Awaitable[Any]],
+    read_body: Callable[[], Awaitable[bytes]],
     request_id: Callable[[], str],
 ) -> None:
     """Add the embeddings and image routes to ``app``.
 
     Args:
         authenticate: the app's key check (returns the key record).
-        json_body: reads the body as JSON within the size limit.
+        read_body: reads the raw body within the size limit.
         request_id: the current request's id.
     """
 
     async def call(parse: Callable[..., Any]) -> Response:
         key = await authenticate()
-        body = await json_body()
-        parsed = parse(body, engine.catalog, engine.router.models())
+        engine.intake.admit(key)
+        raw = await read_body()
+        parsed = await engine.intake.check(key, raw, partial(parse, catalog=engine.catalog, enabled=engine.router.models()))
+        g.model = parsed.model.id  # for the rate-limit headers
         caller = Caller(request_id=request_id(), key=key)
         return json_response(await engine.chat.complete(caller, parsed))
 
