@@ -300,7 +300,10 @@ class ChatService:
         """Run ``call`` on a deployment the router grants, failing over to another one on a
         429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
         ``upstream.request_timeout_seconds`` (counted per request, across a stream's
-        failovers too). The hold is the same for every attempt; each failed attempt gives
+        failovers too). A non-streaming attempt has its own bound, the deployment's
+        ``attempt_timeout_seconds`` (else upstream's): a deployment that takes the request
+        and never answers times out (counting against its health) while the request's
+        budget still leaves time to try another. The hold is the same for every attempt; each failed attempt gives
         its slot back with the failure (which cools the deployment down or counts towards
         its breaker). ``call`` gets the deployment's adapter and the body as sent to that
         deployment (``for_deployment``).
@@ -324,7 +327,16 @@ class ChatService:
             exchange.attempt_started = time.monotonic()
             try:
                 actor = exchange.lease.actor
-                return await call(actor.provider, exchange.request.for_deployment(exchange.upstream_body, actor.config))
+                body = exchange.request.for_deployment(exchange.upstream_body, actor.config)
+                if exchange.request.stream:
+                    return await call(actor.provider, body)  # the head's own bound: timeout_seconds
+                bound = min(
+                    actor.config.attempt_timeout_seconds or self.upstream.attempt_timeout_seconds,
+                    exchange.deadline - trio.current_time(),
+                )
+                with trio.move_on_after(bound):
+                    return await call(actor.provider, body)
+                raise UpstreamTimeout()
             except (UpstreamError, UpstreamTimeout) as exc:
                 if not self.may_fail_over(exchange, exc):
                     raise

@@ -75,8 +75,13 @@ class UpstreamConfig:
     connect_timeout_seconds: float = attrs.field(default=10.0, validator=_positive)
     # A stream's response head must arrive within this (reasoning models think after it).
     timeout_seconds: float = attrs.field(default=60.0, validator=_positive)
-    # A whole non-streaming call (its head comes only with the full answer).
+    # A request's whole time with the upstreams: a non-streaming call (its head comes only
+    # with the full answer) and every failover attempt together.
     request_timeout_seconds: float = attrs.field(default=600.0, validator=_positive)
+    # One attempt of a non-streaming call: past this, the deployment counts as failed (its
+    # breaker) and the request fails over while its request_timeout_seconds allow. Generous,
+    # for long reasoning calls; a deployment may set its own.
+    attempt_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     # A stream whose upstream sent nothing for this long ends with an error event.
     idle_timeout_seconds: float = attrs.field(default=300.0, validator=_positive)
     # Attempts per request (first try + failovers) before the content starts, within
@@ -237,7 +242,7 @@ class DeploymentConfig:
     provider: Literal["azure", "vertex", "simulator"] = "azure"
     endpoint: str = ""
     deployment: str = ""
-    api_key: str = ""
+    api_key: str = attrs.field(default="", repr=False)  # a secret: never in a repr or a log
     api_version: str = DEFAULT_AZURE_API_VERSION
     region: str | None = None
     rpm: int | None = attrs.field(default=None, validator=_positive)
@@ -246,6 +251,8 @@ class DeploymentConfig:
     weight: float = attrs.field(default=1.0, validator=_positive)
     priority: bool = False
     enabled: bool = True
+    # One attempt of a non-streaming call on this deployment; None: upstream's.
+    attempt_timeout_seconds: float | None = attrs.field(default=None, validator=_positive)
     # Simulator only: time to first token, pause between chunks, tokens per chunk.
     sim_first_token_ms: float = attrs.field(default=50.0, validator=_non_negative)
     sim_chunk_interval_ms: float = attrs.field(default=20.0, validator=_non_negative)

@@ -185,7 +185,8 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
         # The bad one is heavily preferred, so only its health can keep traffic away from it.
         deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good")]
         async with open_gateway(
-            database_url, deployments=deployments, upstream={"timeout_seconds": 1.0, "request_timeout_seconds": 5},
+            database_url, deployments=deployments,
+            upstream={"timeout_seconds": 1.0, "request_timeout_seconds": 5, "attempt_timeout_seconds": 1.0},
             breaker={"failures": 2, "cooldown_seconds": 3.0},
         ) as gw:
             account, key = await gw.funded_account("1.00")
@@ -197,11 +198,9 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
                 bad.hang = True
             async with httpx.AsyncClient(timeout=10) as client:
                 for i in range(12):
-                    # A hung non-streaming call has only the whole-request bound, which one
-                    # attempt would use up; a stream's head timeout (timeout_seconds) is what
-                    # lets a hang fail over.
-                    stream = True if failure == "hang" else bool(i % 2)
-                    response = await post(client, gw, key, stream=stream)
+                    # A hung stream fails over after its head timeout (timeout_seconds), a
+                    # hung non-streaming call after its attempt timeout.
+                    response = await post(client, gw, key, stream=bool(i % 2))
                     assert response.status_code == 200, response.text
             bad_actor = next(a for a in gw.engine.deployments if a.config.name == "bad")
             assert bad_actor.snapshot.health in ("cooling", "open", "half_open")
@@ -221,6 +220,45 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
                     await trio.sleep(0.3)
                     async with httpx.AsyncClient(timeout=10) as client:
                         assert (await post(client, gw, key)).status_code == 200
+
+
+async def test_a_hung_deployment_fails_over_within_the_request_budget(database_url):
+    """A deployment that takes a non-streaming call and never answers: the attempt times out
+    after the deployment's own attempt_timeout_seconds, counts against its health, and the
+    request is answered by the healthy deployment, well within request_timeout_seconds."""
+    async with open_fake_azure() as hung, open_fake_azure() as healthy:
+        hung.hang = True
+        deployments = [
+            azure_deployment(hung, name="hung", weight=100.0, attempt_timeout_seconds=0.5),
+            azure_deployment(healthy, name="healthy", weight=0.001),
+        ]
+        async with open_gateway(
+            database_url, deployments=deployments,
+            upstream={"timeout_seconds": 5, "request_timeout_seconds": 20}, breaker={"failures": 2},
+        ) as gw:
+            account, key = await gw.funded_account("1.00")
+            async with httpx.AsyncClient(timeout=30) as client:
+                for _ in range(2):
+                    started = trio.current_time()
+                    response = await post(client, gw, key)
+                    assert response.status_code == 200, response.text
+                    assert trio.current_time() - started < 5  # one 0.5 s attempt, then the other
+            hung_actor = next(a for a in gw.engine.deployments if a.config.name == "hung")
+            assert hung_actor.snapshot.failures == 2 and hung_actor.snapshot.health == "open"
+            assert len(hung.requests) == 2 and len(healthy.requests) == 2
+            entries = await gw.settled_entries(account)
+            assert [e.type for e in entries].count("charge") == 2
+            # The budget still bounds the whole: an attempt never outlasts what is left of it.
+            hung_only = [azure_deployment(hung, name="hung", attempt_timeout_seconds=30)]
+        async with open_gateway(
+            database_url, deployments=hung_only, upstream={"request_timeout_seconds": 1.0},
+        ) as gw:
+            _, key = await gw.funded_account("1.00")
+            async with httpx.AsyncClient(timeout=30) as client:
+                started = trio.current_time()
+                response = await post(client, gw, key)
+                assert response.status_code == 504
+                assert trio.current_time() - started < 5
 
 
 async def _occupy(client: httpx.AsyncClient, gw, key: str, fake, task_status=trio.TASK_STATUS_IGNORED) -> None:
