@@ -149,8 +149,13 @@ class SecurityConfig:
     # A signed request's X-Omixa-Timestamp must be within this many seconds of the server's
     # clock, either way; it is also how long a seen signature is remembered.
     signature_window_seconds: int = attrs.field(default=300, validator=_positive)
-    # Signatures remembered for replay detection, per process. When full, the oldest is
-    # forgotten and requests signed at or before its timestamp are refused as stale.
+    # Replays. A request signed with an X-Omixa-Nonce is accepted once; one signed without
+    # is bounded by the timestamp window only (the same signed request may come again
+    # within it, as with AWS SigV4 or Slack's signatures). With one_time_signatures, every
+    # signed request must carry a nonce and is accepted once.
+    one_time_signatures: bool = False
+    # Signatures remembered for replay detection, per key and process. When full, the oldest
+    # is forgotten and requests signed at or before its timestamp are refused as stale.
     replay_cache_size: int = attrs.field(default=100_000, validator=_positive)
     # After `omixa key rotate-secret`, the previous signing secret still verifies this long.
     secret_grace_seconds: float = attrs.field(default=86400.0, validator=_non_negative)
@@ -158,6 +163,7 @@ class SecurityConfig:
 
 SECURITY_ENV = {
     "OMIXA_REQUIRE_SIGNATURE": "require_signature",
+    "OMIXA_ONE_TIME_SIGNATURES": "one_time_signatures",
     "OMIXA_SIGNATURE_WINDOW_SECONDS": "signature_window_seconds",
 }
 
@@ -454,7 +460,7 @@ def _security_from_env(config: Config) -> Config:
         text = (os.environ.get(name) or "").strip()
         if not text:
             continue
-        if field == "require_signature":
+        if field in ("require_signature", "one_time_signatures"):
             if text.lower() not in _TRUE + _FALSE:
                 raise ConfigError(f"{name}: expected true or false, got {text!r}")
             changes[field] = text.lower() in _TRUE

@@ -12,10 +12,18 @@ envelope:
    ``stale_timestamp``;
 4. the HMAC matches the key's signing secret, or its previous one during the grace period
    after a rotation (constant-time comparison), else ``invalid_signature``;
-5. the signature was not seen before, else ``replayed_request``.
+5. for a request that carries ``X-Omixa-Nonce``, the signature was not seen before, else
+   ``replayed_request``.
 
-Replay cache: one per key; only signatures that verified are remembered, until their
-timestamp leaves the window. Each is bounded: when full, the entry with the oldest timestamp
+Replays follow the request-signing schemes people know (AWS SigV4, Slack, Stripe): a request
+signed without a nonce is bounded by the timestamp window alone, so a client may sign the
+same ``GET /api/v1/wallet`` twice in one second, or retry at once, and both are served; a
+request signed with a nonce is accepted once. With ``[security] one_time_signatures`` every
+signed request must carry a nonce (else ``missing_signature``) and is accepted once.
+
+Replay cache: one per key; only signatures with a nonce that verified are remembered, until
+their timestamp leaves the window; a key's cache is dropped once it is empty (checked every
+:data:`PRUNE_SECONDS` across all keys), so keys that stop signing leave nothing behind. Each is bounded: when full, the entry with the oldest timestamp
 is forgotten and that key's requests signed at or before that timestamp are refused as
 ``stale_timestamp`` from then on, so forgetting never lets a replay through (under a flood
 the key's accepted window narrows; other keys are not affected). Timestamps may run at most
@@ -56,6 +64,8 @@ _SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
 # A timestamp may run at most this far ahead of the server's clock (clock skew), so a
 # future-dated signature cannot sit in the replay cache for long.
 MAX_FUTURE_SKEW = 30
+# How often every key's replay cache is swept of expired signatures (and dropped when empty).
+PRUNE_SECONDS = 60.0
 
 
 class ReplayCache:
@@ -75,9 +85,8 @@ class ReplayCache:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def admit(self, ident: bytes, timestamp: int, now: float) -> str | None:
-        """Remember ``ident``; return None, or why it is refused: ``"replayed"`` or
-        ``"too_old"`` (its timestamp is at or below the floor)."""
+    def expire(self, now: float) -> None:
+        """Forget the signatures whose timestamp left the window."""
         heap, seen = self._heap, self._seen
         horizon = now - self.window
         while heap and heap[0][0] < horizon:
@@ -85,6 +94,12 @@ class ReplayCache:
             seen.discard(old)
             # Even if the wall clock later steps back, this signature stays refused.
             self.floor = max(self.floor, old_ts)
+
+    def admit(self, ident: bytes, timestamp: int, now: float) -> str | None:
+        """Remember ``ident``; return None, or why it is refused: ``"replayed"`` or
+        ``"too_old"`` (its timestamp is at or below the floor)."""
+        heap, seen = self._heap, self._seen
+        self.expire(now)
         if ident in seen:
             return "replayed"
         if timestamp <= self.floor:
@@ -105,6 +120,7 @@ class SignatureVerifier:
 
     def __init__(self, config: SecurityConfig, box: SecretBox | None, *, started_at: float) -> None:
         self.required = config.require_signature
+        self.one_time = config.one_time_signatures
         self.window = config.signature_window_seconds
         self.box = box
         # Requests signed before this process started may have been seen by its predecessor.
@@ -113,6 +129,25 @@ class SignatureVerifier:
         # One cache per key: a flood of one key's signatures (its own secret) can only
         # narrow that key's window, never another tenant's.
         self._replays: dict[str, ReplayCache] = {}
+        self._pruned_at = started_at
+
+    @property
+    def remembered(self) -> int:
+        """Signatures in every key's replay cache."""
+        return sum(len(cache) for cache in self._replays.values())
+
+    def prune(self, now: float) -> None:
+        """Expire every key's old signatures and drop the caches left empty.
+
+        Dropping one is safe: every signature it forgot, and its floor, lie before the
+        window, so the window check refuses them anyway; a new cache starts from the
+        process's start, as the first one did.
+        """
+        self._pruned_at = now
+        for key_id, cache in list(self._replays.items()):
+            cache.expire(now)
+            if not len(cache):
+                del self._replays[key_id]
 
     def replays(self, key_id: str) -> ReplayCache:
         cache = self._replays.get(key_id)
@@ -152,6 +187,11 @@ class SignatureVerifier:
         """
         if not timestamp or not signature:
             raise MissingSignature()
+        if self.one_time and not nonce:
+            raise MissingSignature(
+                "This server accepts each signed request once: send X-Omixa-Nonce (a new random "
+                "value for every request) and include it in the signed string."
+            )
         timestamp, signature = timestamp.strip(), signature.strip()
         if not _TIMESTAMP.fullmatch(timestamp):
             raise InvalidSignature("X-Omixa-Timestamp must be a Unix time in whole seconds.")
@@ -174,6 +214,10 @@ class SignatureVerifier:
         message = signed_message(timestamp, method, target, body, nonce)
         if not any(hmac.compare_digest(sign(secret, message), given) for secret in self._secrets(key, now)):
             raise InvalidSignature()
+        if now - self._pruned_at >= PRUNE_SECONDS:
+            self.prune(now)
+        if nonce is None:
+            return  # no nonce: the timestamp window is the replay bound
         replays = self.replays(key.id)
         refused = replays.admit(bytes.fromhex(given[len(SIGNATURE_PREFIX):]), sent_at, now)
         if refused == "replayed":

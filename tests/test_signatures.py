@@ -175,6 +175,57 @@ def test_two_identical_requests_in_one_second_pass_with_distinct_nonces():
               "GET", b"/api/v1/wallet", b"")
 
 
+def without_nonce(method: str, path: str, body: bytes = b"", ts: int = int(NOW)) -> dict[str, str]:
+    """Headers signing the API docs' string, ``timestamp.METHOD.path.body``: no nonce."""
+    return {
+        "X-Omixa-Timestamp": str(ts),
+        "X-Omixa-Signature": sign(SECRET, signed_message(ts, method, path, body)),
+    }
+
+
+def test_without_a_nonce_the_timestamp_window_is_the_replay_bound():
+    """Polling or retrying at once with the same signed request works (AWS SigV4, Slack,
+    Stripe do the same); once the timestamp leaves the window it is stale."""
+    v = verifier()
+    headers = without_nonce("GET", "/api/v1/wallet")
+    for later in (0, 0, 1, WINDOW):
+        check(v, key_record(), headers, "GET", b"/api/v1/wallet", b"", now=NOW + later)
+    with pytest.raises(StaleTimestamp):
+        check(v, key_record(), headers, "GET", b"/api/v1/wallet", b"", now=NOW + WINDOW + 1)
+    assert v.remembered == 0  # nothing to remember without a nonce
+
+
+def test_one_time_signatures_need_a_nonce_and_accept_each_request_once():
+    v = verifier(one_time_signatures=True)
+    with pytest.raises(MissingSignature, match="X-Omixa-Nonce"):
+        check(v, key_record(), without_nonce("GET", "/api/v1/wallet"), "GET", b"/api/v1/wallet", b"")
+    headers = signature_headers(SECRET, "GET", "/api/v1/wallet", timestamp=int(NOW))
+    check(v, key_record(), headers, "GET", b"/api/v1/wallet", b"")
+    with pytest.raises(ReplayedRequest):
+        check(v, key_record(), headers, "GET", b"/api/v1/wallet", b"", now=NOW + 1)
+
+
+def test_replay_memory_of_keys_that_stop_signing_is_dropped():
+    """Each key's cache is swept as the window passes; an empty one goes, and what it
+    forgot stays refused (as stale)."""
+    v = verifier()
+    sent = []
+    for i in range(50):
+        key = key_record(key_id=f"key_{i}")
+        headers = signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(NOW))
+        check(v, key, headers, "GET", b"/api/v1/models", b"")
+        sent.append((key, headers))
+    assert v.remembered == 50
+    # One more key signs after the window: the sweep forgets all 50 and their caches.
+    later = NOW + WINDOW + 61
+    check(v, key_record(key_id="key_late"), signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(later)),
+          "GET", b"/api/v1/models", b"", now=later)
+    assert v.remembered == 1 and len(v._replays) == 1
+    for key, headers in sent:
+        with pytest.raises(StaleTimestamp):
+            check(v, key, headers, "GET", b"/api/v1/models", b"", now=later)
+
+
 @settings(PROPERTY, max_examples=200)
 @given(
     capacity=st.integers(min_value=1, max_value=8),

@@ -21,7 +21,7 @@ from engine.accounts import Accounts
 from engine.secretbox import SecretKeyError, secret_box_from_env
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
-from omixa_client import OmixaSigner, signature_headers
+from omixa_client import OmixaSigner, sign, signature_headers, signed_message
 from test_errors_e2e import check_envelope, ledger_unchanged
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -243,3 +243,28 @@ async def test_the_shell_recipe_in_the_docs_works(database_url, secret_key):
         assert completion["choices"][0]["message"]["content"] == fake.reply
         assert wallet["object"] == "wallet", wallet
         assert len(fake.requests) == 1
+
+
+async def test_signed_polling_without_a_nonce_is_served_and_one_time_mode_refuses_it(tmp_path, secret_key):
+    """The API docs' signed string has no nonce: signing ``GET /api/v1/wallet`` once and
+    sending it twice in the same second (polling, or an immediate retry) gets two answers.
+    With one_time_signatures, a nonce is required and each signed request is served once."""
+    url = f"sqlite:///{tmp_path / 'omixa.db'}"
+    async with open_gateway(url, deployments=[], security={"require_signature": True}) as gw:
+        _, _, key, signing = await signed_account(gw)
+        headers = {"Authorization": f"Bearer {key}", **signature_headers(signing, "GET", "/api/v1/wallet")}
+        del headers["X-Omixa-Nonce"]
+        ts = headers["X-Omixa-Timestamp"]
+        headers["X-Omixa-Signature"] = sign(signing, signed_message(ts, "GET", "/api/v1/wallet", b""))
+        async with httpx.AsyncClient() as client:
+            for _ in range(2):
+                response = await client.get(f"{gw.base_url}/wallet", headers=headers)
+                assert response.status_code == 200, response.text
+    async with open_gateway(
+        url, deployments=[], security={"require_signature": True, "one_time_signatures": True}
+    ) as gw:
+        async with httpx.AsyncClient() as client:
+            check_envelope(await client.get(f"{gw.base_url}/wallet", headers=headers), 401, "missing_signature")
+            once = {"Authorization": f"Bearer {key}", **signature_headers(signing, "GET", "/api/v1/wallet")}
+            assert (await client.get(f"{gw.base_url}/wallet", headers=once)).status_code == 200
+            check_envelope(await client.get(f"{gw.base_url}/wallet", headers=once), 401, "replayed_request")
