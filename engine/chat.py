@@ -39,12 +39,12 @@ from engine.catalog import Catalog
 from engine.chat_request import ChatRequest, parse_chat_request
 from engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from engine.errors import (
-    InvalidRequest,
     NoHealthyDeployment,
     OmixaError,
     ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
+    translate_upstream,
 )
 from engine.providers.base import Provider, SseEvent, Usage
 from engine.keylimits import KeyLimiter
@@ -60,11 +60,6 @@ log = logging.getLogger("omixa.chat")
 
 # Bound on the shielded settle-and-record step that ends every request.
 FINISH_TIMEOUT = 10.0
-# Upstream statuses that are the request's own fault. A 404 is not: Azure answers 404 for a
-# deployment that does not exist, the operator's misconfiguration.
-_CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
-
-
 @attrs.frozen(kw_only=True)
 class Caller:
     request_id: str
@@ -89,21 +84,6 @@ def _retryable(exc: OmixaError) -> bool:
     return isinstance(exc, UpstreamError) and (
         exc.upstream_status is None or exc.upstream_status == 429 or exc.upstream_status >= 500
     )
-
-
-def translate_upstream(exc: OmixaError) -> OmixaError:
-    """Map an upstream failure to what the client should see.
-
-    A 4xx that is the request's own fault becomes ``invalid_request`` with the upstream's
-    reason; an upstream 429 means this deployment has no room (``no_healthy_deployment``
-    with its Retry-After); auth failures upstream are the operator's, so they stay 502.
-    """
-    if isinstance(exc, UpstreamError):
-        if exc.upstream_status in _CLIENT_FAULT_STATUSES:
-            return InvalidRequest(f"The upstream rejected the request: {exc.message}")
-        if exc.upstream_status == 429:
-            return NoHealthyDeployment(retry_after=exc.retry_after or 1.0)
-    return exc
 
 
 class Exchange:

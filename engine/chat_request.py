@@ -97,8 +97,10 @@ class ChatRequest:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
 
     def cost(self, usage: Usage, service_tier: str | None) -> int:
-        """Nano-dollars for ``usage`` at the prices of the tier the answer reported."""
-        return cost_of(usage, self.model.prices_for(service_tier))
+        """Nano-dollars for ``usage`` at the prices of the tier the answer reported, when the
+        request asked for priority; at standard prices otherwise, whatever the answer's label
+        (such a request was held at standard prices and sent as "default")."""
+        return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))
 
 
 def _positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None) -> int | None:

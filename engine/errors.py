@@ -25,7 +25,8 @@ OmixaError                      code                    status
 The web layer renders any of these as ``{"error": {"code", "message", "type", "request_id"}}``
 with the status above; anything else becomes ``internal_error`` without leaking details.
 Provider adapters raise :class:`UpstreamError` / :class:`UpstreamTimeout` (translating httpx's
-exceptions at their one seam); storage errors are translated by the engine.
+exceptions at their one seam); storage errors are translated by the engine. What a client
+sees of an upstream failure is :func:`translate_upstream`'s.
 
 A message never carries an Omixa key or signing secret, even one the client put in its own
 request (a key pasted as the model name): anything shaped like one is redacted when the
@@ -181,3 +182,33 @@ class UpstreamBusy(UpstreamTimeout):
 
     code, status, type = "no_healthy_deployment", 503, "server_error"
     default_message = "Every connection to the upstream is in use; retry shortly."
+
+
+# Upstream statuses that are the request's own fault. A 404 is not: Azure answers 404 for a
+# deployment that does not exist, the operator's misconfiguration.
+_CLIENT_FAULT_STATUSES = frozenset({400, 413, 422})
+
+
+def translate_upstream(exc: OmixaError) -> OmixaError:
+    """What the client should see of an upstream failure.
+
+    A 4xx that is the request's own fault (400, 413, 422: a content filter, a context
+    overflow, a bad parameter) becomes ``invalid_request`` with the upstream's reason. An
+    upstream 429 means this deployment has no room (``no_healthy_deployment`` with its
+    Retry-After). Any other upstream status is the operator's or the upstream's business (a
+    deployment that does not exist, a refused upstream key, a 5xx): it stays 502, but its
+    text, which may describe the operator's setup, is replaced by a plain message (the
+    deployment actor logs the upstream's own text with the deployment's name).
+    """
+    if not isinstance(exc, UpstreamError):
+        return exc
+    status = exc.upstream_status
+    if status in _CLIENT_FAULT_STATUSES:
+        return InvalidRequest(f"The upstream rejected the request: {exc.message}")
+    if status == 429:
+        return NoHealthyDeployment(retry_after=exc.retry_after or 1.0)
+    if status is None or status < 400:
+        return exc  # Omixa's own words (unreachable, a malformed answer), or a mid-stream error
+    if status >= 500:
+        return UpstreamError(f"The upstream failed to answer (HTTP {status}); retry shortly.", upstream_status=status)
+    return UpstreamError("The upstream could not serve this request.", upstream_status=status)

@@ -13,11 +13,18 @@ NANO_PER_USD = 1_000_000_000
 _SCALE = Decimal(NANO_PER_USD)
 
 
+# The largest amount parse_usd takes: a nano-dollar count that still fits a signed 64-bit
+# column ($9.2 billion).
+MAX_USD = Decimal(2**63 - 1) / _SCALE
+
+
 def parse_usd(value: str | int | float | Decimal, *, field: str = "amount") -> int:
     """USD as text (``"10"``, ``"0.25"``) or a JSON number → nano-dollars.
 
-    Errors: ValueError (naming ``field``) for non-numbers, NaN/infinity and amounts finer than
-    one nano-dollar. A float is read through its shortest repr, so ``0.1`` means 0.1.
+    Errors: ValueError (naming ``field``) for non-numbers, NaN/infinity, amounts written with
+    more than 9 decimal places (even zeros: one nano-dollar is the finest amount there is),
+    and amounts beyond ±:data:`MAX_USD`. A float is read through its shortest repr, so
+    ``0.1`` means 0.1.
     """
     if isinstance(value, bool):
         raise ValueError(f"{field} must be a decimal amount in USD")
@@ -28,10 +35,13 @@ def parse_usd(value: str | int | float | Decimal, *, field: str = "amount") -> i
         raise ValueError(f"{field} must be a decimal amount in USD, got {value!r}") from None
     if not amount.is_finite():
         raise ValueError(f"{field} must be a finite amount")
-    nano = amount * _SCALE
-    if nano != nano.to_integral_value():
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)  # finite
+    if exponent < -9:
         raise ValueError(f"{field} has more than 9 decimal places")
-    return int(nano)
+    if amount.adjusted() >= 10 or abs(amount) > MAX_USD:  # adjusted(): no overflow on 1e999999999
+        raise ValueError(f"{field} is too large (at most {MAX_USD:.2f} USD)")
+    return int(amount * _SCALE)
 
 
 def format_usd(nano: int) -> str:

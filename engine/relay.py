@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 import trio
 
 from engine.config import StreamingConfig
-from engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout
+from engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
 from engine.providers.base import SseEvent, Usage
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class StreamRelay:
                 continue
             upstream = failure if isinstance(failure, (UpstreamError, UpstreamTimeout)) else None
             await self._close(failure.code, charge=bool(self._delivered), failure=upstream)
-            return error_event(failure, self._exchange.caller.request_id)
+            return error_event(translate_upstream(failure), self._exchange.caller.request_id)
 
     async def _relay_attempt(self) -> bytes | OmixaError:
         """The next bytes for the client from the current upstream, or its failure."""

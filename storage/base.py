@@ -297,6 +297,21 @@ class Storage(abc.ABC):
     async def revoke_api_key(self, key_id: str) -> bool:
         """Mark revoked; False if no such key. Revoking twice keeps the first time."""
 
+    # -- dashboard sessions ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
+        """Record a dashboard sign-in of ``key_id`` until ``expires_at``, and forget the
+        sessions that have expired. Errors: NotFound if no such key."""
+
+    @abc.abstractmethod
+    async def dashboard_session_key(self, session_id: str) -> ApiKeyRecord | None:
+        """The key of a session that exists and has not expired (by the database's clock);
+        None otherwise. The key may be revoked: the caller checks ``revoked_at``."""
+
+    @abc.abstractmethod
+    async def end_dashboard_session(self, session_id: str) -> None:
+        """Forget the session (signing out); a no-op if it is gone already."""
+
     # -- wallet ---------------------------------------------------------------------------
     @abc.abstractmethod
     async def get_wallet(self, account_id: str) -> WalletState | None: ...

@@ -189,6 +189,21 @@ class PostgresStorage(Storage):
     async def revoke_api_key(self, key_id: str) -> bool:
         return await self._run(_fetchval, _SQL.REVOKE_API_KEY, key_id) is not None
 
+    # -- dashboard sessions -------------------------------------------------------------------
+    async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
+        created = await self._run(
+            _fetchval, _SQL.CREATE_DASHBOARD_SESSION, session_id, key_id, require_aware(expires_at, "expires_at")
+        )
+        if created is None:
+            raise NotFound(f"no key {key_id}")
+
+    async def dashboard_session_key(self, session_id: str) -> ApiKeyRecord | None:
+        row = await self._run(_fetchrow, _SQL.DASHBOARD_SESSION_KEY, session_id)
+        return None if row is None else ApiKeyRecord(**row)
+
+    async def end_dashboard_session(self, session_id: str) -> None:
+        await self._run(_execute, _SQL.END_DASHBOARD_SESSION, session_id)
+
     # -- wallet -----------------------------------------------------------------------------
     async def get_wallet(self, account_id: str) -> WalletState | None:
         row = await self._run(_fetchrow, _SQL.GET_WALLET, account_id)
@@ -615,6 +630,18 @@ class _SQL:
     REVOKE_API_KEY = """
         UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1
         RETURNING id"""
+    # One statement: forget expired sessions, then add this one (none if the key is unknown).
+    CREATE_DASHBOARD_SESSION = """
+        WITH expired AS (DELETE FROM dashboard_sessions WHERE expires_at <= now())
+        INSERT INTO dashboard_sessions (id, key_id, expires_at)
+        SELECT $1, id, $3 FROM api_keys WHERE id = $2
+        RETURNING id"""
+    DASHBOARD_SESSION_KEY = (
+        "SELECT " + ", ".join(f"k.{c.strip()}" for c in KEY_COLUMNS.split(",")) +
+        " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
+        " WHERE s.id = $1 AND s.expires_at > now()"
+    )
+    END_DASHBOARD_SESSION = "DELETE FROM dashboard_sessions WHERE id = $1"
     GET_WALLET = "SELECT balance, locked FROM accounts WHERE id = $1"
     TOP_UP = """
         WITH a AS (

@@ -194,6 +194,18 @@ class SQLiteStorage(Storage):
     async def revoke_api_key(self, key_id: str) -> bool:
         return await self._call(_revoke_api_key, key_id, _now_us(), write=True)
 
+    # -- dashboard sessions -------------------------------------------------------------------
+    async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
+        if not await self._call(_create_dashboard_session, session_id, key_id,
+                                _to_us(expires_at, "expires_at"), write=True):
+            raise NotFound(f"no key {key_id}")
+
+    async def dashboard_session_key(self, session_id: str) -> ApiKeyRecord | None:
+        return await self._one(ApiKeyRecord, _SESSION_KEY_SQL, session_id, _now_us())
+
+    async def end_dashboard_session(self, session_id: str) -> None:
+        await self._call(_end_dashboard_session, session_id, write=True)
+
     # -- wallet -----------------------------------------------------------------------------
     async def get_wallet(self, account_id: str) -> WalletState | None:
         return await self._call(_wallet, account_id)
@@ -629,6 +641,28 @@ def _revoke_api_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> bool:
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (now_us, key_id)
     )
     return cursor.rowcount > 0
+
+
+_SESSION_KEY_SQL = (
+    "SELECT " + ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(",")) +
+    " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
+    " WHERE s.id = ? AND s.expires_at > ?"
+)
+
+
+def _create_dashboard_session(conn: sqlite3.Connection, session_id: str, key_id: str, expires_us: int) -> bool:
+    now = _now_us()
+    conn.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?", (now,))
+    cursor = conn.execute(
+        "INSERT INTO dashboard_sessions (id, key_id, created_at, expires_at)"
+        " SELECT ?, id, ?, ? FROM api_keys WHERE id = ?",
+        (session_id, now, expires_us, key_id),
+    )
+    return cursor.rowcount > 0
+
+
+def _end_dashboard_session(conn: sqlite3.Connection, session_id: str) -> None:
+    conn.execute("DELETE FROM dashboard_sessions WHERE id = ?", (session_id,))
 
 
 def _wallet(conn: sqlite3.Connection, account_id: str) -> WalletState | None:

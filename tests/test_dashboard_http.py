@@ -50,3 +50,27 @@ async def test_signin_checks_csrf_redirects_locally_and_refuses_signing_keys(tmp
             assert refused.status_code == 401 and "must sign every request" in refused.text
             assert "omixa_session" not in refused.cookies
             assert (await client.get("/usage/data")).status_code == 401
+
+
+async def test_signing_out_ends_the_session_on_the_server(database_url):
+    """A copy of the session cookie taken before sign-out (another tab, a stolen cookie)
+    stops working at once: for the usage feed and for spending through the playground."""
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        _, key = await gw.funded_account("1.00")
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            token = await signin_form(client)
+            assert (await client.post("/signin", data={"api_key": key, "csrf": token})).status_code == 302
+            cookie = client.cookies["omixa_session"]
+            page = await client.get("/playground")
+            csrf = re.search(r'data-csrf="([^"]+)"', page.text)
+            assert (await client.get("/usage/data")).status_code == 200
+            out = await client.post("/signout", data={"csrf": csrf[1]})
+            assert out.status_code == 302
+        async with httpx.AsyncClient(base_url=gw.root_url, cookies={"omixa_session": cookie}) as copy:
+            assert (await copy.get("/usage/data")).status_code == 401
+            spent = await copy.post(
+                "/playground/chat/completions", headers={"X-CSRF-Token": csrf[1]},
+                json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            )
+            assert spent.status_code == 401
+        assert fake.requests == []

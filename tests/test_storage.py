@@ -262,6 +262,25 @@ async def test_api_key_errors(storage):
         await storage.create_api_key(account_id=account.id, key_hash="dup", prefix="p", rpm=None)
 
 
+async def test_dashboard_sessions_live_until_ended_or_expired(storage):
+    account = await storage.create_account("s@example.com")
+    key = await storage.create_api_key(account_id=account.id, key_hash="s" * 64, prefix="omx-s", rpm=None)
+    now = dt.datetime.now(dt.timezone.utc)
+    await storage.create_dashboard_session("sess-a", key.id, now + dt.timedelta(hours=1))
+    await storage.create_dashboard_session("sess-b", key.id, now + dt.timedelta(hours=1))
+    await storage.create_dashboard_session("sess-old", key.id, now - dt.timedelta(seconds=1))
+    assert await storage.dashboard_session_key("sess-a") == key
+    assert await storage.dashboard_session_key("sess-old") is None  # expired
+    await storage.end_dashboard_session("sess-a")
+    await storage.end_dashboard_session("sess-a")  # twice: a no-op
+    assert await storage.dashboard_session_key("sess-a") is None
+    assert await storage.dashboard_session_key("sess-b") == key  # only the one signed out ends
+    await storage.revoke_api_key(key.id)
+    assert (await storage.dashboard_session_key("sess-b")).revoked_at is not None  # the caller checks
+    with pytest.raises(NotFound):
+        await storage.create_dashboard_session("sess-c", "key_missing", now + dt.timedelta(hours=1))
+
+
 # -- wallet -----------------------------------------------------------------------------------
 
 

@@ -43,6 +43,8 @@ from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
 log = logging.getLogger("omixa.web")
 
+# The routes that stream chat completions (the API's and the dashboard playground's).
+CHAT_PATHS = frozenset({"/api/v1/chat/completions", "/playground/chat/completions"})
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
@@ -63,12 +65,22 @@ def create_app(engine: Engine) -> QuartTrio:
     max_body = engine.config.server.max_body_bytes
 
     @app.before_request
-    async def assign_request_id() -> None:
+    async def begin_request() -> None:
         g.request_id = new_request_id()
+        # A NUL can be percent-encoded into a path or query, but no id, filter or name holds
+        # one (and PostgreSQL refuses it in text): refuse it here, once, for every route.
+        if "\x00" in request.path or "\x00" in request.query_string.decode("latin-1", "replace") or any(
+            "\x00" in value for value in request.args.values()
+        ):
+            raise InvalidRequest("The request URL must not contain NUL characters.")
 
     @app.after_request
     async def add_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = _request_id()
+        if request.path in CHAT_PATHS:
+            # Streamed or not, error or not: proxies and CDNs must not buffer, transform or
+            # move these to HTTP/3 (the API docs promise the headers on the response).
+            response.headers.update(SSE_HEADERS)
         key = g.get("key")
         if key is not None:
             # OpenAI's rate-limit headers, on every response to a known key: the key's own

@@ -6,12 +6,14 @@ polls JSON feeds under ``/usage/data`` that are built from the same engine calls
 renderings as the ``/api/v1`` wallet and usage routes, so the dashboard shows the API's
 numbers exactly.
 
-Sessions. Signing in with an API key sets one cookie, ``omixa_session``: the key's SHA-256
-hash (what the database stores, not the key) and a CSRF token, signed with itsdangerous
-(HMAC-SHA1 over the server's session secret) and timestamped. It is HttpOnly,
-SameSite=Strict, Secure when the request came over HTTPS (or ``dashboard.secure_cookie``),
-and expires after ``dashboard.session_hours``. Every request looks the key up again, so a
-revoked key ends its sessions at once. A key that must sign its requests (the key's flag or
+Sessions. Signing in with an API key records a session in the database (a random id, the
+key, an expiry ``dashboard.session_hours`` ahead) and sets one cookie, ``omixa_session``:
+that id and a CSRF token, signed with itsdangerous (HMAC-SHA1 over the server's session
+secret) and timestamped. It is HttpOnly, SameSite=Strict, Secure when the request came over
+HTTPS (or ``dashboard.secure_cookie``), and expires with the session. Every request looks
+the session and its key up again: signing out deletes the session, so its cookie stops
+working at once in every process (also a copy of it), and a revoked key ends its sessions
+at once. A key that must sign its requests (the key's flag or
 ``OMIXA_REQUIRE_SIGNATURE``) cannot sign in: a session would let the key alone spend. The secret comes from ``OMIXA_SESSION_SECRET``; without
 it each process draws a random one (sessions then end at restart and do not cross processes).
 
@@ -23,6 +25,7 @@ Pages send ``Content-Security-Policy: default-src 'self'`` and refuse framing.
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import logging
 import os
@@ -36,7 +39,6 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Response, g, redirect, render_template, request
 from quart_trio import QuartTrio
 
-from engine.accounts import hash_key
 from engine.errors import InvalidApiKey, InvalidRequest, ServiceUnavailable
 from engine.money import format_usd
 from engine.reports import STEP, Bucket
@@ -103,6 +105,22 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 
     async def session() -> tuple[ApiKeyRecord, str] | None:
         """The signed-in key and the session's CSRF token, or None."""
+        found = _cookie_session()
+        if found is None:
+            return None
+        session_id, csrf = found
+        try:
+            record = await engine.storage.dashboard_session_key(session_id)
+        except StorageError as exc:
+            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
+        if record is None or record.revoked_at is not None or engine.signatures.applies(record, False):
+            return None
+        g.key = record
+        g.session_id = session_id
+        return record, csrf
+
+    def _cookie_session() -> tuple[str, str] | None:
+        """(session id, CSRF token) from a cookie signed by this server and not too old."""
         raw = request.cookies.get(SESSION_COOKIE)
         if not raw:
             return None
@@ -110,14 +128,9 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
             data = serializer.loads(raw, max_age=max_age)
         except BadSignature:
             return None
-        try:
-            record = await engine.storage.find_api_key(data["kh"])
-        except StorageError as exc:
-            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
-        if record is None or record.revoked_at is not None or engine.signatures.applies(record, False):
-            return None
-        g.key = record
-        return record, data["csrf"]
+        if not isinstance(data, dict) or not isinstance(data.get("sid"), str) or not isinstance(data.get("csrf"), str):
+            return None  # e.g. a cookie from before sessions were kept on the server
+        return data["sid"], data["csrf"]
 
     async def require() -> tuple[ApiKeyRecord, str]:
         found = await session()
@@ -169,7 +182,13 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
             response.status_code = 401
             set_cookie(response, SIGNIN_COOKIE, token, 3600)
             return response
-        data = {"kh": hash_key(form["api_key"].strip()), "csrf": secrets.token_urlsafe(24)}
+        session_id = secrets.token_urlsafe(24)
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=max_age)
+        try:
+            await engine.storage.create_dashboard_session(session_id, key.id, expires)
+        except StorageError as exc:
+            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
+        data = {"sid": session_id, "csrf": secrets.token_urlsafe(24)}
         response = redirect(_safe_next(form.get("next")))
         set_cookie(response, SESSION_COOKIE, serializer.dumps(data), max_age)
         response.delete_cookie(SIGNIN_COOKIE, path="/")
@@ -181,6 +200,10 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         found = await session()
         if found is not None:
             check_csrf(found[1], (await request.form).get("csrf"))
+            try:
+                await engine.storage.end_dashboard_session(g.session_id)
+            except StorageError as exc:
+                raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
         response = redirect("/signin")
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response

@@ -32,18 +32,27 @@ def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Times a filter may name: from the Unix epoch to the start of year 9000, so that a range
+# around one (a default span, a rounded bucket) stays a valid datetime.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def parse_time(name: str, value: str) -> dt.datetime:
-    """Unix seconds or RFC 3339 with a timezone. Errors: InvalidRequest."""
+    """Unix seconds or RFC 3339 with a timezone, from 1970 to 9000. Errors: InvalidRequest."""
     try:
-        if value.lstrip("-").isdigit():
-            return dt.datetime.fromtimestamp(int(value), dt.timezone.utc)
-        moment = dt.datetime.fromisoformat(value)
+        if value.isascii() and value.isdigit():
+            moment: dt.datetime | None = dt.datetime.fromtimestamp(int(value), dt.timezone.utc)
+        else:
+            moment = dt.datetime.fromisoformat(value)
     except (ValueError, OverflowError, OSError):
         moment = None
-    if moment is None or moment.tzinfo is None:
+    if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidRequest(
             f"{name} must be Unix seconds or an RFC 3339 time with a timezone, e.g. 2026-11-25T10:00:00Z."
         )
+    if not EARLIEST <= moment < LATEST:
+        raise InvalidRequest(f"{name} must be between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z.")
     return moment
 
 

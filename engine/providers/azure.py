@@ -39,7 +39,7 @@ from engine.providers._http import (
     post_answer,
     translate,
 )
-from engine.providers.base import Completion, SseEvent, Usage
+from engine.providers.base import Completion, SseEvent, Usage, decode_upstream_json
 from engine.providers.sse import SseParser
 
 MAX_COMPLETION_BYTES = 32 * 1024 * 1024
@@ -115,7 +115,7 @@ class AzureProvider:
         if deadline.cancelled_caught:
             raise UpstreamTimeout("The upstream did not answer in time.")
         try:
-            data = json.loads(raw)
+            data = decode_upstream_json(raw.decode())
         except ValueError:
             data = None
         if not isinstance(data, dict):

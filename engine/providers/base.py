@@ -16,6 +16,7 @@ stops generating billed tokens.
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractAsyncContextManager
 from typing import Any, AsyncIterator, Protocol
 
@@ -23,6 +24,16 @@ import attrs
 
 # No request has this many tokens; a usage claiming more is treated as malformed.
 MAX_REPORTED_TOKENS = 100_000_000
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Upstream JSON, strictly: Python's decoder takes NaN, Infinity and -Infinity, which are not
+# JSON; an answer that carries them is malformed (502), never relayed or billed from. Takes a
+# str (decode bytes as UTF-8 first). Errors: ValueError.
+decode_upstream_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +58,7 @@ class Usage:
             cdet = usage.get("completion_tokens_details") or {}
             cached = int(pdet.get("cached_tokens") or 0) if isinstance(pdet, dict) else 0
             reasoning = int(cdet.get("reasoning_tokens") or 0) if isinstance(cdet, dict) else 0
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
         if min(prompt, completion, cached, reasoning) < 0:
             return None

@@ -35,7 +35,7 @@ from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from engine.providers import gemini
 from engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
 from engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
-from engine.providers.base import Completion, SseEvent
+from engine.providers.base import Completion, SseEvent, decode_upstream_json
 from engine.providers.sse import SseParser
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class VertexProvider:
                 self._client, self._generate_url, headers, content, MAX_COMPLETION_BYTES, error_from_response
             )
             try:
-                data = json.loads(raw)
+                data = decode_upstream_json(raw.decode())
             except ValueError:
                 data = None
             if not isinstance(data, dict):
