@@ -143,18 +143,23 @@ class Exchange:
             self.service.limits.settle(
                 self.caller.key_id, self.admitted_at, self.request.estimated_tokens, used
             )
+        entry = self._log(status, usage or Usage(), 0, latency)
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self.hold is not None:
-                charged = await self._settle(cost)
+                charged = await self._settle(cost, entry)
             if self.lease is not None:
                 await self.lease.finish(usage, status, latency, failure)
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.caller.request_id)
-        self.service.usage.record(self._log(status, usage or Usage(), charged, latency))
+        self.service.usage.record(
+            attrs.evolve(entry, cost=charged), self.hold.id if self.hold is not None else None
+        )
 
-    async def _settle(self, cost: int) -> int:
-        """Charge ``cost`` (at most the hold), retrying a store that is briefly away until
-        the enclosing deadline; returns what was charged."""
+    async def _settle(self, cost: int, entry: RequestLog) -> int:
+        """Charge ``cost`` (at most the hold), keeping the request's log ``entry`` with the
+        hold in the same transaction (so a crash cannot lose the record of a charge),
+        retrying a store that is briefly away until the enclosing deadline; returns what was
+        charged."""
         assert self.hold is not None
         if cost > self.hold.amount:
             log.warning(
@@ -167,9 +172,9 @@ class Exchange:
         while True:
             try:
                 if cost > 0:
-                    settled = await wallets.settle(self.caller.account_id, self.hold.id, cost)
+                    settled = await wallets.settle(self.caller.account_id, self.hold.id, cost, log=entry)
                 else:
-                    settled = await wallets.release(self.caller.account_id, self.hold.id)
+                    settled = await wallets.release(self.caller.account_id, self.hold.id, log=entry)
                 if settled.already_final and cost > 0:
                     # Someone else finalized the hold first: the hold sweeper (a request
                     # longer than wallet.hold_timeout_seconds) or a recovery that took this

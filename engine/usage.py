@@ -6,7 +6,14 @@ full (the database is slow or unavailable), into an overflow buffer of at most
 ``usage.buffer_limit`` records that the aggregator drains next. Past that bound a record is
 dropped: counted in :attr:`UsageAggregator.dropped` (shown on ``/healthz``) and logged at
 ERROR with its request id. Money is not affected: holds, charges and releases are written on
-the request's own path, and their ledger rows carry the request id. A batch is written when
+the request's own path, and their ledger rows carry the request id.
+
+A request that held money also wrote its log into its hold, in the transaction of its settle
+or release (:class:`storage.FinalizeHold`); ``record`` then names that hold, and the batch
+that writes the log makes the hold forget its copy. So the log of a charged request is never
+lost with this process: a crash before the batch, or a log dropped here, leaves the copy in
+the hold, and the recovery of this process writes it
+(:meth:`storage.Storage.recover_instance`). A batch is written when
 ``usage.batch_size`` records are waiting or ``usage.flush_interval_seconds`` passed since the
 first one. A failed write is retried with backoff, keeping the batch (ids make retries
 idempotent). On close, everything received is flushed before the actor returns.
@@ -30,15 +37,20 @@ class UsageAggregator:
     def __init__(self, storage: Storage, config: UsageConfig) -> None:
         self._storage = storage
         self._config = config
-        self._send, self._receive = trio.open_memory_channel[RequestLog](config.queue_size)
-        self._overflow: collections.deque[RequestLog] = collections.deque()
+        # (log, the hold that keeps a copy of it or None)
+        self._send, self._receive = trio.open_memory_channel[tuple[RequestLog, str | None]](config.queue_size)
+        self._overflow: collections.deque[tuple[RequestLog, str | None]] = collections.deque()
         self.dropped = 0
         self.written = 0
         self._flushed = trio.Event()
         self.recorded = 0
 
-    def record(self, entry: RequestLog) -> None:
-        """Queue one finished request for writing, and log its line. Never blocks."""
+    def record(self, entry: RequestLog, hold_id: str | None = None) -> None:
+        """Queue one finished request for writing, and log its line. Never blocks.
+
+        ``hold_id``: the hold that keeps a copy of this log (finalized with it), whose copy
+        the write then clears.
+        """
         request_log.info(
             "request id=%s account=%s model=%s deployment=%s status=%s stream=%s "
             "prompt_tokens=%d completion_tokens=%d cost_nano=%d latency_ms=%d",
@@ -48,13 +60,13 @@ class UsageAggregator:
         )
         self.recorded += 1
         try:
-            self._send.send_nowait(entry)
+            self._send.send_nowait((entry, hold_id))
         except trio.WouldBlock:
             if len(self._overflow) >= self._config.buffer_limit:
                 self.dropped += 1
                 log.error("usage overflow full: request log %s dropped", entry.id)
             else:
-                self._overflow.append(entry)
+                self._overflow.append((entry, hold_id))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.dropped += 1
             log.error("usage aggregator closed: request log %s dropped", entry.id)
@@ -76,7 +88,7 @@ class UsageAggregator:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        batch: list[RequestLog] = []
+        batch: list[tuple[RequestLog, str | None]] = []
         closed = False
         while not (closed and not batch and not self._overflow):
             if not batch and not self._overflow:
@@ -99,11 +111,13 @@ class UsageAggregator:
             self._flushed.set()
             self._flushed = trio.Event()
 
-    async def _write(self, batch: list[RequestLog]) -> None:
+    async def _write(self, batch: list[tuple[RequestLog, str | None]]) -> None:
+        logs = [entry for entry, _ in batch]
+        hold_ids = [hold_id for _, hold_id in batch if hold_id is not None]
         backoff = 0.1
         while True:
             try:
-                await self._storage.insert_request_logs(batch)
+                await self._storage.insert_request_logs(logs, hold_ids=hold_ids)
                 self.written += len(batch)
                 return
             except StorageError as exc:

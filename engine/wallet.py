@@ -45,6 +45,7 @@ from storage import (
     KeyRevoked,
     NewHold,
     NotFound,
+    RequestLog,
     Settlement,
     Storage,
     StorageError,
@@ -90,12 +91,15 @@ class Settle:
     hold_id: str
     charge: int
     reply: Reply[Settlement]
+    # The request's log, kept with the hold until the usage aggregator writes it.
+    log: RequestLog | None = None
 
 
 @attrs.frozen(kw_only=True)
 class Release:
     hold_id: str
     reply: Reply[Settlement]
+    log: RequestLog | None = None
 
 
 Message = Reserve | Settle | Release
@@ -208,8 +212,8 @@ class WalletActor:
         if isinstance(message, Reserve):
             return self._new_hold(message, message.output_tokens)
         if isinstance(message, Settle):
-            return FinalizeHold(hold_id=message.hold_id, charge=message.charge)
-        return FinalizeHold(hold_id=message.hold_id, void=True)
+            return FinalizeHold(hold_id=message.hold_id, charge=message.charge, log=message.log)
+        return FinalizeHold(hold_id=message.hold_id, void=True, log=message.log)
 
     def _new_hold(self, msg: Reserve, cap: int) -> NewHold:
         expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(
@@ -239,9 +243,9 @@ class WalletActor:
             if isinstance(message, Reserve):
                 await self._deliver(message, await self._reserve(message))
             elif isinstance(message, Settle):
-                message.reply.send(await self._pool.storage.settle_hold(message.hold_id, message.charge))
+                message.reply.send(await self._pool.storage.settle_hold(message.hold_id, message.charge, log=message.log))
             else:
-                message.reply.send(await self._pool.storage.void_hold(message.hold_id))
+                message.reply.send(await self._pool.storage.void_hold(message.hold_id, log=message.log))
         except InsufficientBalance as exc:
             self._fail(message, exc)
         except KeyRevoked:
@@ -352,13 +356,14 @@ class WalletPool:
         context = attrs.evolve(context, instance_id=self.instance_id)
         return await self._ask(account_id, Reserve, context=context, **fields)  # type: ignore[return-value]
 
-    async def settle(self, account_id: str, hold_id: str, charge: int) -> Settlement:
-        """Charge at most the hold and release the rest (idempotent)."""
-        return await self._ask(account_id, Settle, hold_id=hold_id, charge=charge)  # type: ignore[return-value]
+    async def settle(self, account_id: str, hold_id: str, charge: int, *, log: RequestLog | None = None) -> Settlement:
+        """Charge at most the hold and release the rest (idempotent), keeping the request's
+        ``log`` with the hold in the same transaction (:class:`storage.FinalizeHold`)."""
+        return await self._ask(account_id, Settle, hold_id=hold_id, charge=charge, log=log)  # type: ignore[return-value]
 
-    async def release(self, account_id: str, hold_id: str) -> Settlement:
-        """Void the hold entirely (idempotent)."""
-        return await self._ask(account_id, Release, hold_id=hold_id)  # type: ignore[return-value]
+    async def release(self, account_id: str, hold_id: str, *, log: RequestLog | None = None) -> Settlement:
+        """Void the hold entirely (idempotent), keeping ``log`` with it like :meth:`settle`."""
+        return await self._ask(account_id, Release, hold_id=hold_id, log=log)  # type: ignore[return-value]
 
     async def _sweep_expired_holds(self, scope: trio.CancelScope) -> None:
         interval = min(60.0, self.config.hold_timeout_seconds / 4)

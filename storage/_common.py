@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 import secrets
 from typing import Any, Callable, Mapping, Sequence
@@ -157,4 +158,34 @@ def interrupted_log(hold: Mapping[str, Any], now: dt.datetime) -> RequestLog:
         reasoning_tokens=0, cached_tokens=0, cost=0,
         latency_ms=max(0, round((now - created).total_seconds() * 1000)), ttft_ms=None,
         created_at=created,
+    )
+
+
+# -- a request log kept with its hold -----------------------------------------------------------
+
+# What holds.log keeps of a request's log: every column but its cost (the hold's charge is
+# the cost) and what the hold row has already (request id, account, key, model, stream).
+_HELD_LOG_FIELDS = (
+    "provider", "deployment", "region", "status", "prompt_tokens", "completion_tokens",
+    "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
+)
+
+
+def log_to_json(log: RequestLog) -> str:
+    """The part of ``log`` a hold keeps until the log is written (see migration 0007)."""
+    fields = {name: getattr(log, name) for name in _HELD_LOG_FIELDS}
+    fields["created_at"] = require_aware(log.created_at, "created_at").isoformat()
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def log_from_hold(hold: Mapping[str, Any]) -> RequestLog:
+    """The request log a finalized ``hold`` (a holds row with its ``log``) stands for: its
+    cost is what the hold charged."""
+    log = hold["log"]
+    fields = json.loads(log) if isinstance(log, str) else dict(log)
+    return RequestLog(
+        id=hold["request_id"], account_id=hold["account_id"], key_id=hold["key_id"] or "",
+        model=hold["model"] or "", stream=bool(hold["stream"]), cost=hold["charged"],
+        created_at=dt.datetime.fromisoformat(fields.pop("created_at")),
+        **{name: fields[name] for name in _HELD_LOG_FIELDS},
     )

@@ -180,11 +180,18 @@ class NewHold:
 @attrs.frozen(kw_only=True)
 class FinalizeHold:
     """A hold to post (charge at most ``charge``) or void, as one step of
-    :meth:`Storage.apply_wallet_ops`."""
+    :meth:`Storage.apply_wallet_ops`.
+
+    ``log``: the request's log, kept with the hold in the same transaction (its ``cost`` is
+    ignored: the hold's charge is the cost) until :meth:`Storage.insert_request_logs` writes
+    it, so the record of a charged request is as durable as its charge: if the process dies
+    first, :meth:`Storage.recover_instance` writes it.
+    """
 
     hold_id: str
     charge: int = 0
     void: bool = False
+    log: RequestLog | None = None
 
 
 WalletOp = NewHold | FinalizeHold
@@ -349,18 +356,19 @@ class Storage(abc.ABC):
                      expires_at=expires_at, context=context)  # fmt: skip
         return (await self.apply_wallet_ops([op]))[0]  # type: ignore[return-value]
 
-    async def settle_hold(self, hold_id: str, charge: int) -> Settlement:
-        """Post a pending hold: charge ``min(charge, amount)`` and release the rest.
+    async def settle_hold(self, hold_id: str, charge: int, *, log: RequestLog | None = None) -> Settlement:
+        """Post a pending hold: charge ``min(charge, amount)`` and release the rest, keeping
+        ``log`` with it (see :class:`FinalizeHold`).
 
         Writes a ``charge`` row (if charge > 0) and a ``release`` row (if anything is left).
         Idempotent: a hold already posted or voided is left alone (``already_final``).
         Errors: NotFound if no such hold; ValueError if charge < 0.
         """
-        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, charge=charge)]))[0]  # type: ignore[return-value]
+        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, charge=charge, log=log)]))[0]  # type: ignore[return-value]
 
-    async def void_hold(self, hold_id: str) -> Settlement:
+    async def void_hold(self, hold_id: str, *, log: RequestLog | None = None) -> Settlement:
         """Release a pending hold entirely. Idempotent like :meth:`settle_hold`."""
-        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, void=True)]))[0]  # type: ignore[return-value]
+        return (await self.apply_wallet_ops([FinalizeHold(hold_id=hold_id, void=True, log=log)]))[0]  # type: ignore[return-value]
 
     @abc.abstractmethod
     async def apply_wallet_ops(self, ops: Sequence[WalletOp]) -> list[Hold | Settlement | None]:
@@ -401,10 +409,12 @@ class Storage(abc.ABC):
 
     # -- usage ----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
+    async def insert_request_logs(self, logs: Sequence[RequestLog], *, hold_ids: Sequence[str] = ()) -> None:
         """Insert a batch in one transaction, and add the new rows to the hourly and daily
         rollups in the same transaction. A log whose id already exists is ignored (so a
-        retried batch never duplicates rows or counts them twice)."""
+        retried batch never duplicates rows or counts them twice). The holds ``hold_ids``
+        (those the logs' requests finalized with their log) forget their copy of the log in
+        the same transaction."""
 
     @abc.abstractmethod
     async def get_request_log(self, request_id: str) -> RequestLog | None: ...
@@ -441,8 +451,9 @@ class Storage(abc.ABC):
     ) -> Sequence[RequestLog]:
         """Clean up after a process that is gone, in one transaction: void each of its
         pending holds (a ``release`` row each), record each such request as ``interrupted``
-        (nothing charged; rollups included) unless it already has a log, and forget the
-        process. Returns the logs written.
+        (nothing charged; rollups included) unless it already has a log, write the log of
+        every request it finalized but had not logged yet (kept with the hold: see
+        :class:`FinalizeHold`), and forget the process. Returns the logs written.
 
         ``stale_after``: recover only if, inside the transaction, the instance's heartbeat is
         still older than this many seconds by the database's clock (a heartbeat that arrived

@@ -52,6 +52,8 @@ from storage._common import (
     check_amount,
     interrupted_log,
     latency_bin,
+    log_from_hold,
+    log_to_json,
     merge_rollup_rows,
     new_id,
     request_log_where,
@@ -257,12 +259,12 @@ class PostgresStorage(Storage):
         return [LedgerProblem(**r) for r in rows]
 
     # -- usage ----------------------------------------------------------------------------
-    async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
-        if not logs:
+    async def insert_request_logs(self, logs: Sequence[RequestLog], *, hold_ids: Sequence[str] = ()) -> None:
+        if not logs and not hold_ids:
             return
         for log in logs:
             require_aware(log.created_at, "created_at")
-        await self._run(_insert_request_logs_pooled, logs)
+        await self._run(_insert_request_logs_pooled, logs, list(hold_ids))
 
     async def get_request_log(self, request_id: str) -> RequestLog | None:
         row = await self._run(_fetchrow, _SQL.GET_REQUEST_LOG, request_id)
@@ -406,23 +408,26 @@ async def _credit_top_up(
         return TopUpResult(entry=entry, wallet=wallet, replayed=False)
 
 
-async def _insert_request_logs(conn: asyncpg.Connection, logs: Sequence[RequestLog]) -> None:
-    """Insert the logs and add the ones that were new to the rollups: one statement (column
-    arrays, each log's latency bin computed here), atomic on its own or in the caller's
-    transaction.
+async def _insert_request_logs(
+    conn: asyncpg.Connection, logs: Sequence[RequestLog], hold_ids: Sequence[str] = ()
+) -> None:
+    """Insert the logs and add the ones that were new to the rollups, and make the holds
+    ``hold_ids`` forget their copies of the logs: one statement (column arrays, each log's
+    latency bin computed here), atomic on its own or in the caller's transaction.
 
     One statement rather than an insert and two upserts in a transaction: a flush of the
     request logs (about 66 of them every 0.2 s at one connection) cost 1.6 ms of the loop's
     CPU that way, five trio-asyncio crossings and the rollup sums in Python, and the
     request in flight waited it out: that was the one-connection p99 on PostgreSQL."""
-    columns = [[getattr(log, name) for log in logs] for name in REQUEST_LOG_COLUMNS]
+    columns: list[list[Any]] = [[getattr(log, name) for log in logs] for name in REQUEST_LOG_COLUMNS]
     columns.append([latency_bin(log.latency_ms) for log in logs])
+    columns.append(list(hold_ids))
     await conn.execute(_SQL.INSERT_REQUEST_LOGS, *columns)
 
 
-async def _insert_request_logs_pooled(pool: ConnectionPool, logs: Sequence[RequestLog]) -> None:
+async def _insert_request_logs_pooled(pool: ConnectionPool, logs: Sequence[RequestLog], hold_ids: list[str]) -> None:
     async with pool.acquire() as conn:
-        await _insert_request_logs(conn, logs)
+        await _insert_request_logs(conn, logs, hold_ids)
 
 
 async def _usage_rollups(pool: ConnectionPool, args: tuple) -> tuple[list, list]:
@@ -443,10 +448,13 @@ async def _recover_instance(
         # Voided as a release voids: only if still pending, exactly once.
         voided = await _wallet_ops(conn, [FinalizeHold(hold_id=h["id"], void=True) for h in holds]) if holds else []
         logs = [interrupted_log(hold, now) for hold, row in zip(holds, voided, strict=True) if not row["o_final"]]
+        # Requests it settled whose logs it had not written yet: their holds kept them.
+        logs += [log_from_hold(hold) for hold in await conn.fetch(_SQL.INSTANCE_UNLOGGED, instance_id)]
         if logs:
             existing = {r[0] for r in await conn.fetch(_SQL.EXISTING_LOGS, [log.id for log in logs])}
             logs = [log for log in logs if log.id not in existing]
             await _insert_request_logs(conn, logs)
+        await conn.execute(_SQL.FORGET_INSTANCE_LOGS, instance_id)
         await conn.execute(_SQL.DELETE_INSTANCE, instance_id)
         return logs
 
@@ -485,9 +493,10 @@ async def _lone_step(
     conn: asyncpg.Connection, step: tuple[str, NewHold] | FinalizeHold
 ) -> Hold | Settlement | None:
     if isinstance(step, FinalizeHold):
+        log = None if step.log is None else log_to_json(step.log)
         if step.void:
-            return await _finalize(conn, step.hold_id, 0, "voided")
-        return await _finalize(conn, step.hold_id, step.charge, "posted")
+            return await _finalize(conn, step.hold_id, 0, "voided", log)
+        return await _finalize(conn, step.hold_id, step.charge, "posted", log)
     hold_id, op = step
     context = op.context
     row = await conn.fetchrow(
@@ -506,8 +515,10 @@ async def _lone_step(
     )
 
 
-async def _finalize(conn: asyncpg.Connection, hold_id: str, charge: int, state: str) -> Settlement:
-    row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state)
+async def _finalize(
+    conn: asyncpg.Connection, hold_id: str, charge: int, state: str, log: str | None = None
+) -> Settlement:
+    row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state, log)
     if row is not None:
         wallet = WalletState(
             account_id=row["account_id"], balance=row["balance"], locked=row["locked"]
@@ -532,12 +543,13 @@ async def _wallet_ops(
 
     Errors: KeyRevoked, NotFound (the statement, and with it every step, rolled back).
     """
-    columns: list[list[Any]] = [[] for _ in range(11)]
+    columns: list[list[Any]] = [[] for _ in range(12)]
     for step in steps:
         if isinstance(step, FinalizeHold):
             values: tuple[Any, ...] = (
                 "voided" if step.void else "posted", step.hold_id, 0 if step.void else step.charge,
                 None, None, None, None, None, None, None, None,
+                None if step.log is None else log_to_json(step.log),
             )  # fmt: skip
         else:
             hold_id, op = step
@@ -545,6 +557,7 @@ async def _wallet_ops(
             values = (
                 "hold", hold_id, op.amount, op.account_id, op.request_id, op.expires_at,
                 context.instance_id, context.key_id, context.model, context.provider, context.stream,
+                None,
             )  # fmt: skip
         for column, value in zip(columns, values):
             column.append(value)
@@ -675,14 +688,16 @@ class _SQL:
             SELECT $2, 'hold', $3, a.balance, a.locked, $4, $1, h.created_at FROM a, h
         )
         SELECT created_at, expires_at FROM h"""
-    # Post ($3 = 'posted') or void ($3 = 'voided', $2 = 0) in one statement. The UPDATE of
-    # the hold locks it and re-checks state = 'pending' after any concurrent finalizer
-    # commits, so a hold is finalized exactly once. Ledger rows show the wallet after each
-    # row: the charge first, then the release.
+    # Post ($3 = 'posted') or void ($3 = 'voided', $2 = 0) in one statement, keeping the
+    # request's log ($4, JSON) with the hold until the usage aggregator has written it
+    # (migration 0007). The UPDATE of the hold locks it and re-checks state = 'pending' after
+    # any concurrent finalizer commits, so a hold is finalized exactly once. Ledger rows show
+    # the wallet after each row: the charge first, then the release.
     FINALIZE_HOLD = """
         WITH h AS (
             UPDATE holds
-            SET state = $3, charged = LEAST($2::bigint, amount), finalized_at = now()
+            SET state = $3, charged = LEAST($2::bigint, amount), finalized_at = now(),
+                log = $4::jsonb
             WHERE id = $1 AND state = 'pending'
             RETURNING id, account_id, request_id, amount, charged
         ), a AS (
@@ -707,11 +722,11 @@ class _SQL:
     HOLD_WALLET = """
         SELECT a.id AS account_id, a.balance, a.locked
         FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = $1"""
-    # A batch of holds and settles, one array element per step (migration 0005).
+    # A batch of holds and settles, one array element per step (migrations 0005 and 0007).
     WALLET_OPS = """
         SELECT * FROM omixa_wallet_ops($1::text[], $2::text[], $3::bigint[], $4::text[],
             $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
-            $11::boolean[]) ORDER BY o_step"""
+            $11::boolean[], $12::jsonb[]) ORDER BY o_step"""
     LOCK_EXPIRED_HOLDS = """
         SELECT id, account_id, request_id, amount FROM holds
         WHERE state = 'pending' AND expires_at < $1
@@ -759,13 +774,16 @@ class _SQL:
         "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "timestamptz",
     )
     _LOG_INPUT = ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_LOG_TYPES, "integer"), 1))
+    _HOLD_IDS = f"${len(_LOG_TYPES) + 2}::text[]"  # the holds whose copies of the logs go
     _LOG_COLUMNS = ", ".join(REQUEST_LOG_COLUMNS)
     _ROLLUP_KEY = "account_id, granularity, bucket_start, model"
     # The logs that were new (not there already) add to the hourly and daily rollups and
     # their latency histograms; the sums as rollup_deltas (storage/_common.py) makes them
-    # for SQLite.
+    # for SQLite. The holds that kept a copy of a log forget it (migration 0007).
     INSERT_REQUEST_LOGS = f"""
-        WITH given AS (
+        WITH cleared AS (
+            UPDATE holds SET log = NULL WHERE id = ANY({_HOLD_IDS}) AND log IS NOT NULL
+        ), given AS (
             SELECT * FROM unnest({_LOG_INPUT}) AS t ({_LOG_COLUMNS}, bin)
         ), inserted AS (
             INSERT INTO request_logs ({_LOG_COLUMNS}) SELECT {_LOG_COLUMNS} FROM given
@@ -810,6 +828,10 @@ class _SQL:
         SELECT id, account_id, request_id, key_id, model, provider, stream, created_at
         FROM holds WHERE instance_id = $1 AND state = 'pending' ORDER BY created_at, id"""
     EXISTING_LOGS = "SELECT id FROM request_logs WHERE id = ANY($1::text[])"
+    INSTANCE_UNLOGGED = """
+        SELECT request_id, account_id, key_id, model, stream, charged, log
+        FROM holds WHERE instance_id = $1 AND log IS NOT NULL"""
+    FORGET_INSTANCE_LOGS = "UPDATE holds SET log = NULL WHERE instance_id = $1 AND log IS NOT NULL"
     LOCK_INSTANCE_AGE = """
         SELECT EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 FROM instances WHERE id = $1
         FOR UPDATE"""

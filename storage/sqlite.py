@@ -50,6 +50,8 @@ from storage._common import (
     bucket_start,
     check_amount,
     interrupted_log,
+    log_from_hold,
+    log_to_json,
     merge_rollup_rows,
     new_id,
     request_log_where,
@@ -258,12 +260,12 @@ class SQLiteStorage(Storage):
         return await self._call(_records, LedgerProblem, verify_ledger_sql(), ())
 
     # -- usage ----------------------------------------------------------------------------
-    async def insert_request_logs(self, logs: Sequence[RequestLog]) -> None:
-        if not logs:
+    async def insert_request_logs(self, logs: Sequence[RequestLog], *, hold_ids: Sequence[str] = ()) -> None:
+        if not logs and not hold_ids:
             return
         for log in logs:
             require_aware(log.created_at, "created_at")
-        await self._call(_insert_request_logs, logs, write=True)
+        await self._call(_insert_request_logs_clearing, logs, hold_ids, write=True)
 
     async def get_request_log(self, request_id: str) -> RequestLog | None:
         return await self._one(RequestLog, f"{_LOG_SELECT} WHERE id = ?", request_id)
@@ -497,6 +499,23 @@ def _execute(conn: sqlite3.Connection, sql: str, params: tuple) -> None:
     conn.execute(sql, params)
 
 
+def _insert_request_logs_clearing(
+    conn: sqlite3.Connection, logs: Sequence[RequestLog], hold_ids: Sequence[str]
+) -> None:
+    """Insert the logs, and make the holds forget their copies of them (one transaction)."""
+    _insert_request_logs(conn, logs)
+    for chunk in _chunks(hold_ids, 500):
+        conn.execute(
+            f"UPDATE holds SET log = NULL WHERE id IN ({', '.join('?' * len(chunk))}) AND log IS NOT NULL",
+            chunk,
+        )
+
+
+def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
+    """``items`` in slices of at most ``size`` (SQLite bounds a statement's parameters)."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 def _insert_request_logs(conn: sqlite3.Connection, logs: Sequence[RequestLog]) -> None:
     """Insert the logs; add the ones that were new to the rollups. In the caller's transaction."""
     new = []
@@ -577,14 +596,22 @@ def _recover_instance(
     for hold in holds:
         if not _finalize(conn, hold["id"], 0, "voided", now_us).already_final:
             logs.append(interrupted_log(hold, now))
-    existing = {
-        r[0] for r in conn.execute(
-            f"SELECT id FROM request_logs WHERE id IN ({', '.join('?' * len(logs))})",
-            [log.id for log in logs],
+    # Requests it settled whose logs it had not written yet: their holds kept them.
+    unlogged = _dicts(
+        conn,
+        "SELECT request_id, account_id, key_id, model, stream, charged, log"
+        " FROM holds WHERE instance_id = ? AND log IS NOT NULL",
+        (instance_id,),
+    )
+    logs += [log_from_hold(hold) for hold in unlogged]
+    existing = set()
+    for chunk in _chunks([log.id for log in logs], 500):
+        existing.update(
+            r[0] for r in conn.execute(f"SELECT id FROM request_logs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         )
-    } if logs else set()
     logs = [log for log in logs if log.id not in existing]
     _insert_request_logs(conn, logs)
+    conn.execute("UPDATE holds SET log = NULL WHERE instance_id = ? AND log IS NOT NULL", (instance_id,))
     conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
     return logs
 
@@ -750,7 +777,8 @@ def _apply_wallet_ops(
     for step in steps:
         if isinstance(step, FinalizeHold):
             charge, state = (0, "voided") if step.void else (step.charge, "posted")
-            results.append(_finalize(conn, step.hold_id, charge, state, _now_us()))
+            log = None if step.log is None else log_to_json(step.log)
+            results.append(_finalize(conn, step.hold_id, charge, state, _now_us(), log))
         else:
             hold, context = step
             results.append(hold if _create_hold(conn, hold, context) else None)
@@ -787,13 +815,15 @@ def _create_hold(conn: sqlite3.Connection, hold: Hold, context: HoldContext) -> 
 
 
 def _finalize(
-    conn: sqlite3.Connection, hold_id: str, charge: int, state: str, now_us: int
+    conn: sqlite3.Connection, hold_id: str, charge: int, state: str, now_us: int,
+    log: str | None = None,
 ) -> Settlement:
-    """Post (``state='posted'``) or void a hold; the caller holds the write lock."""
+    """Post (``state='posted'``) or void a hold, keeping the request's ``log`` (JSON) with it;
+    the caller holds the write lock."""
     rows = conn.execute(
-        "UPDATE holds SET state = ?, charged = MIN(?, amount), finalized_at = ?"
+        "UPDATE holds SET state = ?, charged = MIN(?, amount), finalized_at = ?, log = ?"
         " WHERE id = ? AND state = 'pending' RETURNING account_id, request_id, amount, charged",
-        (state, charge, now_us, hold_id),
+        (state, charge, now_us, log, hold_id),
     ).fetchall()
     if not rows:
         # Already posted or voided (or no such hold): change nothing, report the wallet.

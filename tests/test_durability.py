@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import os
 import signal
 import sqlite3
@@ -22,7 +23,7 @@ from engine.config import UsageConfig
 from engine.usage import UsageAggregator
 from fake_azure import open_fake_azure
 from harness import open_gateway
-from storage import HoldContext, Instance, RequestLog, open_storage
+from storage import HoldContext, Instance, RequestLog, RequestLogFilter, open_storage
 from test_cli import OMIXA, read_values, write_config
 
 
@@ -220,3 +221,97 @@ async def test_a_running_gateway_releases_holds_of_a_silent_remote_process(datab
                 assert await gw.storage.verify_ledger() == []
     async with open_storage(database_url, loop=aio_loop) as storage:
         assert await storage.list_instances() == []  # the gateway removed itself on stop
+
+
+async def _books_balance(storage, account_id: str) -> int:
+    """Assert that every charge of the account has its request log with the same cost, that
+    the hourly and daily rollups sum to the same, and that no hold is pending; return the
+    number of charged requests."""
+    assert await storage.verify_ledger() == []
+    assert (await storage.get_wallet(account_id)).locked == 0
+    charges: dict[str, int] = {}
+    for entry in await storage.ledger_entries(account_id):
+        if entry.type == "charge":
+            charges[entry.request_id] = charges.get(entry.request_id, 0) + entry.amount
+    logged: dict[str, int] = {}
+    before = None
+    while True:
+        page = await storage.list_request_logs(RequestLogFilter(account_id=account_id, limit=500, before=before))
+        logged.update((log.id, log.cost) for log in page)
+        if len(page) < 500:
+            break
+        before = (page[-1].created_at, page[-1].id)
+    missing = sorted(set(charges) - set(logged))
+    assert not missing, f"{len(missing)} of {len(charges)} charged requests have no request log"
+    assert all(logged[request_id] == cost for request_id, cost in charges.items())
+    total = sum(charges.values())
+    assert sum(logged.values()) == total  # uncharged requests (errors, interrupted) cost 0
+    now = dt.datetime.now(dt.timezone.utc)
+    for granularity in ("hour", "day"):
+        rows = await storage.usage_rollups(
+            account_id, granularity=granularity, since=now - dt.timedelta(days=2), until=now + dt.timedelta(days=1)
+        )
+        assert sum(row.cost for row in rows) == total
+        assert sum(row.requests for row in rows) == len(logged)
+    return len(charges)
+
+
+async def test_sigkill_rounds_under_load_lose_no_record_of_a_charge(database_url, aio_loop, tmp_path):
+    """Ten rounds of: serve; JSON and streamed chat calls from 16 clients; SIGKILL at a
+    moment that varies; start again. The usage aggregator writes logs a second after their
+    requests end, so every kill finds charged requests whose logs are only in memory: the
+    copy each settle kept in its hold is what the next start writes. After every restart,
+    charges = request logs = rollups to the nano-dollar, and no hold is pending."""
+    config = write_config(
+        tmp_path / "omixa.toml", database_url,
+        '[usage]\nflush_interval_seconds = 1.0\n'
+        '[[deployments]]\nname = "sim"\nmodel = "gpt-4o-mini"\nprovider = "simulator"\n'
+        'sim_first_token_ms = 5\nsim_chunk_interval_ms = 2\nsim_completion_tokens = 24\n',
+    )
+    async with open_storage(database_url, loop=aio_loop) as storage:
+        accounts = Accounts(storage)
+        account = await accounts.create_account("load@example.com")
+        await storage.top_up(account.id, 100 * 10**9)
+        key = (await accounts.create_key(account.id, rpm=0)).secret
+
+    async def start() -> tuple[trio.Process, str]:
+        process = await trio.lowlevel.open_process(
+            [OMIXA, "serve", "--config", str(config), "--port", "0"], stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        return process, (await read_values(process, {"OMIXA_BASE_URL"}))["OMIXA_BASE_URL"]
+
+    async def load(client: httpx.AsyncClient, base: str, n: int) -> None:
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {n}"}], "max_tokens": 20}
+        for i in itertools.count():
+            try:
+                if (n + i) % 2:
+                    async with client.stream("POST", f"{base}/chat/completions", json={**body, "stream": True}) as r:
+                        async for _ in r.aiter_bytes():
+                            pass
+                else:
+                    await client.post(f"{base}/chat/completions", json=body)
+            except httpx.HTTPError:
+                await trio.sleep(0.01)  # the server is gone: wait to be cancelled
+
+    charged = []
+    process, base = await start()
+    try:
+        for round_ in range(10):
+            headers = {"Authorization": f"Bearer {key}"}
+            async with httpx.AsyncClient(timeout=10, headers=headers) as client, trio.open_nursery() as nursery:
+                for n in range(16):
+                    nursery.start_soon(load, client, base, n)
+                await trio.sleep(0.6 + 0.1 * round_)
+                process.kill()  # SIGKILL
+                await process.wait()
+                nursery.cancel_scope.cancel()
+            process, base = await start()  # recovers the dead process before it serves
+            async with open_storage(database_url, loop=aio_loop) as storage:
+                charged.append(await _books_balance(storage, account.id))
+    finally:
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(20):
+            await process.wait()
+    # Every round charged more requests than the one before (the load really ran).
+    assert all(later > earlier for earlier, later in zip([0, *charged], charged)), charged

@@ -10,10 +10,12 @@ import pytest
 import trio
 
 from storage import (
+    FinalizeHold,
     HoldContext,
     IdempotencyConflict,
     Instance,
     NotFound,
+    RequestLog,
     RequestLogFilter,
     latency_bin_upper,
     open_storage,
@@ -160,4 +162,51 @@ async def test_recovering_an_instance_voids_its_holds_and_logs_them(storage):
     assert [i.id for i in await storage.list_instances()] == ["inst_dead", "inst_live"]
     assert all(0 <= i.heartbeat_age < 5 for i in await storage.list_instances())
     assert await storage.recover_instance("inst_dead", now) == []  # once (the row is back, no holds)
+    assert await storage.verify_ledger() == []
+
+
+async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(storage):
+    """The process settled (the charge is final) and died before its usage aggregator wrote
+    the log: recovering it writes the log from the hold, with the hold's charge as its cost
+    and the rollups to match. A log the aggregator did write is cleared from its hold and
+    never written twice."""
+    account = await funded_account(storage, 10 * USD)
+    now = dt.datetime.now(UTC)
+    await storage.register_instance(Instance(id="inst_gone", host="h", pid=1, started_at=now, heartbeat_at=now))
+    context = HoldContext(instance_id="inst_gone", key_id="key_1", model="gpt-4o", provider="azure", stream=True)
+
+    def log(request_id: str, **extra) -> RequestLog:
+        fields = dict(
+            id=request_id, account_id=account.id, key_id="key_1", model="gpt-4o", provider="azure",
+            deployment="eastus-1", region="eastus", status="ok", stream=True, prompt_tokens=11,
+            completion_tokens=22, reasoning_tokens=3, cached_tokens=4, cost=0, latency_ms=321,
+            ttft_ms=45, created_at=now,
+        )
+        return RequestLog(**{**fields, **extra})
+
+    holds = {}
+    for request_id in ("req_written", "req_lost", "req_released", "req_batched"):
+        holds[request_id] = await storage.create_hold(
+            account_id=account.id, request_id=request_id, amount=USD, expires_at=_later(), context=context
+        )
+    await storage.settle_hold(holds["req_written"].id, 500, log=log("req_written"))
+    await storage.settle_hold(holds["req_lost"].id, 700, log=log("req_lost"))
+    await storage.void_hold(holds["req_released"].id, log=log("req_released", status="upstream_error"))
+    # A wallet actor's group commit keeps the log too.
+    await storage.apply_wallet_ops([FinalizeHold(hold_id=holds["req_batched"].id, charge=900, log=log("req_batched"))])
+    # The aggregator wrote one of them before the process died.
+    await storage.insert_request_logs([log("req_written", cost=500)], hold_ids=[holds["req_written"].id])
+
+    written = await storage.recover_instance("inst_gone", now)
+    assert sorted((entry.id, entry.cost, entry.status) for entry in written) == [
+        ("req_batched", 900, "ok"), ("req_lost", 700, "ok"), ("req_released", 0, "upstream_error"),
+    ]
+    lost = await storage.get_request_log("req_lost")
+    assert lost == log("req_lost", cost=700)  # every field as the process would have written it
+    rollups = await storage.usage_rollups(account.id, granularity="day", since=now - dt.timedelta(days=1),
+                                          until=now + dt.timedelta(days=1))
+    assert sum(r.cost for r in rollups) == 500 + 700 + 900 and sum(r.requests for r in rollups) == 4
+    # Nothing is left to write: a second recovery of the same id writes nothing.
+    await storage.register_instance(Instance(id="inst_gone", host="h", pid=1, started_at=now, heartbeat_at=now))
+    assert await storage.recover_instance("inst_gone", now) == []
     assert await storage.verify_ledger() == []

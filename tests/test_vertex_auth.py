@@ -118,7 +118,9 @@ async def test_the_gateway_calls_vertex_with_a_service_account_token(database_ur
         assert fake.requests[0].path.startswith("/v1/projects/fake-project/locations/us-central1/")
 
 
-async def test_a_bad_token_endpoint_answer_is_a_502_and_costs_nothing(database_url, tmp_path):
+async def test_a_bad_token_endpoint_answer_is_a_502_and_costs_nothing(database_url, tmp_path, caplog):
+    """A refused service account is the operator's setup: the developer gets a plain 502,
+    the operator's log gets the token endpoint's answer."""
     async with open_fake_vertex() as fake:
         deployment = vertex_deployment(fake, service_account_file=str(fake.write_service_account(tmp_path)))
         async with open_gateway(database_url, deployments=[deployment]) as gw:
@@ -130,7 +132,8 @@ async def test_a_bad_token_endpoint_answer_is_a_502_and_costs_nothing(database_u
                     json={"model": MODEL, "messages": MESSAGES},
                 )
             assert response.status_code == 502
-            assert "Vertex auth failed" in response.json()["error"]["message"]
+            assert response.json()["error"]["message"] == "The upstream could not serve this request."
+            assert any("Vertex auth failed" in r.getMessage() for r in caplog.records)
             wallet = await gw.storage.get_wallet(account)
             assert wallet.locked == 0 and await gw.storage.verify_ledger() == []
         assert fake.requests == []
