@@ -46,12 +46,12 @@ POOL_SIZE = 1100  # Omixa's upstream pool must hold 1,000 concurrent streams per
 FULL = dict(
     rounds=3, rps_duration=5.0, rps_warmup=1.0, latency_count=1000, sse_duration=5.0,
     sse_warmup=1.0, sse_events=2000, ttfb_count=200, ttfb_tokens=8, hold_streams=1000,
-    hold_seconds=3.0,
+    hold_seconds=3.0, stall_count=500, stall_body_bytes=4_000_000,
 )  # fmt: skip
 QUICK = dict(
     rounds=1, rps_duration=1.5, rps_warmup=0.5, latency_count=300, sse_duration=2.0,
     sse_warmup=0.5, sse_events=2000, ttfb_count=50, ttfb_tokens=8, hold_streams=200,
-    hold_seconds=1.0,
+    hold_seconds=1.0, stall_count=200, stall_body_bytes=4_000_000,
 )  # fmt: skip
 
 
@@ -331,6 +331,13 @@ class Backend:
             raise BenchError(f"omixa wallet top-up failed ({code}): {err.strip()}")
         self.result["account"] = account
         self.result["balance_after_top_up"] = values(out).get("OMIXA_BALANCE")
+        # A second account that never has money, for the stall scenario's flood.
+        code, out, err = run_cli(["account", "create", "empty@example.com"], self.config, self.env)
+        if code == 0:
+            code, out, err = run_cli(["key", "create", values(out)["OMIXA_ACCOUNT_ID"], *self.result["key_flags"]], self.config, self.env)
+        if code != 0:
+            raise BenchError(f"creating the empty account's key failed ({code}): {err.strip()}")
+        self.empty_key = values(out)["OMIXA_API_KEY"]
 
     def start(self) -> None:
         argv = [OMIXA, "serve", "--config", str(self.config), "--port", "0"]
@@ -414,11 +421,45 @@ class Backend:
         opts = dict(count=p["ttfb_count"], warmup_count=10, max_tokens=p["ttfb_tokens"], include_usage=True, time_limit=120)
         self.both("ttfb_c1", "ttfb", 180, opts, opts)
         self.hold()
+        self.stall()  # last: what its large bodies leave in memory must not count above
         # Still healthy after everything?
         after = self.load("latency", self.chat_url, self.gw_auth, limit=60, count=20, warmup_count=1, time_limit=30)
         self.result["health_after"] = after
         if "error" in after or after.get("ok") != after.get("requests") or not after.get("requests"):
             self.result["problems"].append(f"gateway unhealthy after the run: {brief(after)}")
+
+    def stall(self) -> None:
+        """One-connection latency (the latency_c1 measurement) while two other connections
+        send the largest accepted bodies (a prompt far over any context window) back to
+        back: once from a key whose wallet is empty, once from the funded key. Whatever the
+        gateway does with those bodies (refuse them, count their tokens) shows here as the
+        time it takes from everyone else. Once per backend, after the other rounds."""
+        p = self.p
+        out: dict[str, Any] = {}
+        for who, key in (("empty_wallet", self.empty_key), ("funded", self.api_key)):
+            flood = subprocess.Popen(
+                pinned(self.load.core, [
+                    PY, str(BENCH / "flood.py"), self.chat_url, f"Authorization: Bearer {key}",
+                    "--size", str(p["stall_body_bytes"]), "--connections", "2", "--duration", "12",
+                ]),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            time.sleep(1.0)  # the flood is under way
+            latency = self.load(
+                "latency", self.chat_url, self.gw_auth, limit=120, pid=self.pid,
+                count=p["stall_count"], warmup_count=20, time_limit=10,
+            )  # fmt: skip
+            try:
+                stdout, stderr = flood.communicate(timeout=60)
+                flooded = json.loads(stdout.strip().splitlines()[-1]) if stdout.strip() else {"error": stderr[-500:]}
+            except subprocess.TimeoutExpired:
+                flood.kill()
+                flooded = {"error": "flood did not end"}
+            out[who] = {"latency": latency, "flood": flooded}
+            log(f"{self.name} stall ({who}): {brief(latency)}; flood answers {flooded.get('answers')}")
+        self.result["scenarios"]["stall"] = out
+        time.sleep(1.0)
+        self.result["rss_kib_after_stall"] = _rss(self.pid)
 
     def hold(self) -> None:
         p = self.p
@@ -600,7 +641,7 @@ def summarize(b: dict) -> dict:
     pair("ttfb_c1", "ttfd.p99_ms", "diff")
     errors = {"non_2xx": 0, "failed": 0, "stream_problems": 0}
     for name, rs in b["scenarios"].items():
-        if name == "hold":
+        if name in ("hold", "stall"):
             continue
         for r in rs:
             g = r["gateway"]
@@ -628,6 +669,16 @@ def summarize(b: dict) -> dict:
         "ttfd_p99_ms": get(hold, "ttfd.p99_ms"),
         "failures": hold.get("failures"),
     }
+    stall = b["scenarios"].get("stall", {})
+    s["stall"] = {
+        who: {
+            "p50_ms": get(stall, f"{who}.latency.latency.p50_ms"),
+            "p99_ms": get(stall, f"{who}.latency.latency.p99_ms"),
+            "answers": get(stall, f"{who}.flood.answers"),
+        }
+        for who in ("empty_wallet", "funded")
+    }
+    s["rss_kib_after_stall"] = b.get("rss_kib_after_stall")
     s["rss_kib_idle_after_start"] = b.get("rss_kib_idle_after_start")
     s["rss_kib_before_hold"] = b.get("rss_kib_before_hold")
     return s
@@ -694,6 +745,14 @@ def table(results: dict) -> str:
             oks.append(test(v) if test and v is not None else None)
         row(metric, cells, target, oks)
 
+    for who, words in (("empty_wallet", "an empty wallet"), ("funded", "a funded key")):
+        single(
+            f"one-connection latency p50 / p99 (ms) while 2 connections send 4 MB prompts from {words}",
+            lambda s, who=who: f"{fmt(s['stall'][who].get('p50_ms'), 3)} / {fmt(s['stall'][who].get('p99_ms'), 3)}",
+            "—", None,
+        )  # fmt: skip
+        single("  the flood's answers", lambda s, who=who: s["stall"][who].get("answers"), "—", None)
+    single("  Omixa RSS after both floods (MB)", lambda s: None if s.get("rss_kib_after_stall") is None else s["rss_kib_after_stall"] / 1024, "—", None, "", 1)
     single("Omixa CPU per request at c64 (ms)", lambda s: s.get("cpu_ms_per_request_c64"), "—", None, "", 2)
     single("Omixa CPU per request at c1 (ms)", lambda s: s.get("cpu_ms_per_request_c1"), "—", None, "", 2)
     single(

@@ -2,20 +2,22 @@
 the event loop.
 
 Every model call (chat completions, embeddings, images, the playground) goes through
-:class:`Intake` in this order, so that no key can make the gateway work for a request that
-its limits or its wallet would refuse anyway:
+:meth:`Intake.take`, in this order, so that no key can make the gateway work for a request
+that its limits or its wallet would refuse anyway:
 
-1. :meth:`Intake.admit`: the call counts against the key's requests per minute before its
-   body is read, refused or not later (a 400, a 402 and a 404 each count); over the limit
-   it gets 429 ``rate_limited`` at once.
-2. :meth:`Intake.check`: the body (already bounded by ``server.max_body_bytes``) is decoded
-   and checked. A body of more than :data:`LARGE_BODY_BYTES` is taken further only when the
-   account has money available (else 402 ``insufficient_balance``, one indexed read), and
-   its JSON decoding and token counting run in a worker thread (at most
+1. the call counts against the key's requests per minute before its body is read, refused
+   or not later (a 400, a 402 and a 404 each count); over the limit it gets 429
+   ``rate_limited`` at once;
+2. a body of more than :data:`LARGE_BODY_BYTES` (declared by ``Content-Length``, or found so
+   once read) is taken further only when the account has money available (else 402
+   ``insufficient_balance``, one indexed read), before it is read when its length is
+   declared;
+3. the body (bounded by ``server.max_body_bytes`` where it is read) is decoded and checked.
+   A large body's JSON decoding and token counting run in a worker thread (at most
    :data:`LARGE_BODY_THREADS` at once): token counting does not hold the GIL
-   (:func:`engine.tokens.count_text`), so other requests keep being served meanwhile.
-   Small bodies, nearly every request, are checked on the loop, where that costs less than
-   a thread hop.
+   (:func:`engine.tokens.count_text`), so other requests keep being served meanwhile. Small
+   bodies, nearly every request, are checked on the loop, where that costs less than a
+   thread hop.
 
 The key's tokens per minute are counted later, once the request's estimate is known
 (:mod:`engine.chat`).
@@ -24,7 +26,7 @@ The key's tokens per minute are counted later, once the request's estimate is kn
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
 
@@ -60,29 +62,40 @@ class Intake:
         self._accounts = accounts
         self._threads = trio.CapacityLimiter(LARGE_BODY_THREADS)
 
-    def admit(self, key: ApiKeyRecord) -> None:
-        """Count one model call against the key's requests per minute.
+    async def take(
+        self,
+        key: ApiKeyRecord,
+        declared_bytes: int | None,
+        read_body: Callable[[], Awaitable[bytes]],
+        parse: Callable[[Any], T],
+    ) -> T:
+        """Admit one model call of ``key`` and return ``parse(decode_json(body))``.
 
-        Errors: RateLimited (with ``retry_after``).
-        """
-        self._limits.admit_request(key, trio.current_time())
+        Args:
+            declared_bytes: the request's ``Content-Length``, if it has one.
+            read_body: reads the raw body (within the size limit).
+            parse: checks the decoded body. It must be safe to run in a thread: it may read
+                only immutable state (pass it what it needs from actors, read beforehand).
 
-    async def check(self, key: ApiKeyRecord, raw: bytes, parse: Callable[[Any], T]) -> T:
-        """``parse(decode_json(raw))``; for a large body, only if the account has money
-        available, and in a worker thread.
-
-        ``parse`` must be safe to run in a thread: it may read only immutable state (pass it
-        what it needs from actors, read on the loop beforehand).
-
-        Errors: InvalidRequest, InsufficientBalance, ServiceUnavailable (the wallet store),
-        and whatever ``parse`` raises.
+        Errors: RateLimited, InsufficientBalance, ServiceUnavailable (the wallet store),
+        RequestTooLarge and InvalidRequest (the body), and whatever ``parse`` raises.
         Cancellation: a thread already running finishes on its own; its result is dropped.
         """
+        self._limits.admit_request(key, trio.current_time())
+        looked = declared_bytes is not None and declared_bytes > LARGE_BODY_BYTES
+        if looked:
+            await self._require_money(key)
+        raw = await read_body()
         if len(raw) <= LARGE_BODY_BYTES:
             return parse(decode_json(raw))
-        wallet = await self._accounts.wallet(key.account_id)
-        if wallet.available <= 0:
-            raise InsufficientBalance()
+        if not looked:
+            await self._require_money(key)
         return await trio.to_thread.run_sync(
             lambda: parse(decode_json(raw)), limiter=self._threads, abandon_on_cancel=True
         )
+
+    async def _require_money(self, key: ApiKeyRecord) -> None:
+        """Errors: InsufficientBalance when nothing is available; ServiceUnavailable."""
+        wallet = await self._accounts.wallet(key.account_id)
+        if wallet.available <= 0:
+            raise InsufficientBalance()

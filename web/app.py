@@ -184,10 +184,12 @@ def create_app(engine: Engine) -> QuartTrio:
         """Answer the current request's chat completion for ``key`` (the API and the
         dashboard's playground: same engine, limits, billing and wallet)."""
         g.key = key
-        engine.intake.admit(key)
-        raw = await signing.raw_body(max_body, cache=False)  # the signing hook's bytes, if it read them
         chat = engine.chat
-        parsed = await engine.intake.check(key, raw, chat.parser())
+        parsed = await engine.intake.take(
+            key, request.content_length,
+            partial(signing.raw_body, max_body, cache=False),  # the signing hook's bytes, if it read them
+            chat.parser(),
+        )
         g.model = parsed.model.id
         caller = Caller(request_id=_request_id(), key=key)
         if not parsed.stream:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Awaitable, Callable
 
-from quart import Response, g
+from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from engine.chat import Caller
@@ -39,9 +39,10 @@ def register(
 
     async def call(parse: Callable[..., Any]) -> Response:
         key = await authenticate()
-        engine.intake.admit(key)
-        raw = await read_body()
-        parsed = await engine.intake.check(key, raw, partial(parse, catalog=engine.catalog, enabled=engine.router.models()))
+        parsed = await engine.intake.take(
+            key, request.content_length, read_body,
+            partial(parse, catalog=engine.catalog, enabled=engine.router.models()),
+        )
         g.model = parsed.model.id  # for the rate-limit headers
         caller = Caller(request_id=request_id(), key=key)
         return json_response(await engine.chat.complete(caller, parsed))
