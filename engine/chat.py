@@ -60,6 +60,8 @@ log = logging.getLogger("omixa.chat")
 
 # Bound on the shielded settle-and-record step that ends every request.
 FINISH_TIMEOUT = 10.0
+
+
 @attrs.frozen(kw_only=True)
 class Caller:
     request_id: str
@@ -288,9 +290,9 @@ class ChatService:
         failovers too). A non-streaming attempt has its own bound, the deployment's
         ``attempt_timeout_seconds`` (else upstream's): a deployment that takes the request
         and never answers times out (counting against its health) while the request's
-        budget still leaves time to try another. The hold is the same for every attempt; each failed attempt gives
-        its slot back with the failure (which cools the deployment down or counts towards
-        its breaker). ``call`` gets the deployment's adapter and the body as sent to that
+        budget still leaves time to try another. The hold is the same for every attempt;
+        each failed attempt gives its slot back with the failure (which cools the
+        deployment down or counts towards its breaker). ``call`` gets the deployment's adapter and the body as sent to that
         deployment (``for_deployment``).
 
         Errors: the last upstream failure when attempts run out or no other deployment can
