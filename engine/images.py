@@ -119,7 +119,7 @@ def _allowed(body: dict[str, Any], key: str, table: Collection[str]) -> tuple[st
     value = body.get(key, AUTO)
     if value == AUTO:
         return tuple(table)
-    if value not in table:
+    if not isinstance(value, str) or value not in table:
         raise InvalidRequest(f"'{key}' must be one of {', '.join([*table, AUTO])}; got {value!r}.")
     return (value,)
 
@@ -142,7 +142,7 @@ def parse_image_request(body: Any, catalog: Catalog, enabled: Collection[str]) -
     sizes = _allowed(body, "size", next(iter(model.image_output_tokens.values())))
     if body.get("response_format") not in (None, "b64_json"):
         raise InvalidRequest(f"'{model.id}' returns images as b64_json only; 'response_format' must be b64_json.")
-    if body.get("stream") not in (None, False):
+    if body.get("stream") is not None and body["stream"] is not False:  # 0 == False, but is not false
         raise InvalidRequest("Streaming image generation is not supported; leave 'stream' out.")
 
     prompt_tokens = count_text(prompt, model.encoding)

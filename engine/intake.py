@@ -26,6 +26,7 @@ The key's tokens per minute are counted later, once the request's estimate is kn
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
@@ -43,13 +44,28 @@ LARGE_BODY_THREADS = 2
 LARGE_BODY_BYTES = 64 * 1024
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _number(text: str) -> int | float:
+    """A JSON number with a fraction or an exponent. A whole one (``2.0``, ``1e3``) is the
+    integer it equals, as JSON Schema counts it: an integer field takes it, and it goes
+    upstream as that integer. One too large for a float is refused (it would go upstream as
+    ``Infinity``, which is not JSON)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return int(value) if value.is_integer() else value
+
+
 def decode_json(raw: bytes) -> Any:
-    """The request's JSON document. Errors: InvalidRequest (empty, not JSON, too deeply
-    nested for the decoder)."""
+    """The request's JSON document. Errors: InvalidRequest (empty, not JSON, NaN or Infinity,
+    a number out of range, too deeply nested for the decoder)."""
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_number)
     except RecursionError:
         raise InvalidRequest("The request body is nested too deeply.") from None
     except (UnicodeDecodeError, ValueError) as exc:

@@ -163,3 +163,40 @@ def test_the_operations_guide_covers_the_playground_path_and_live_reload():
     assert "Restart `serve` to use the new deployment" not in guide
     api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     assert "Time to the first content token (streams), else `null`" not in api
+
+
+async def test_bodies_the_fuzzer_found_get_400_and_whole_floats_count_as_integers(database_url):
+    """Found by tests/test_fuzz_api.py: a role or an image option of the wrong JSON type was
+    a 500, an image "stream": 0 was taken for false. And 2.0 is the integer 2 in JSON (and in
+    JSON Schema, so in the OpenAPI document): the server takes it as such, and forwards 2.
+    NaN, Infinity and numbers past a float's range are not JSON numbers: 400."""
+    async with open_fake_azure() as fake, open_gateway(
+        database_url, deployments=[
+            azure_deployment(fake), azure_deployment(fake, name="img", model="gpt-image-1"),
+        ],
+    ) as gw:
+        account, key = await gw.funded_account("5.00")
+        rows = len(await gw.storage.ledger_entries(account))
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        refused = [
+            ("/chat/completions", {"model": MODEL, "messages": [{"role": {}, "content": "hi"}]}),
+            ("/chat/completions", {"model": MODEL, "messages": [{"role": [], "content": "hi"}]}),
+            ("/images/generations", {"model": "gpt-image-1", "prompt": "a", "quality": {}}),
+            ("/images/generations", {"model": "gpt-image-1", "prompt": "a", "size": []}),
+            ("/images/generations", {"model": "gpt-image-1", "prompt": "a", "stream": 0}),
+        ]
+        async with httpx.AsyncClient(base_url=gw.base_url, headers=auth) as client:
+            for path, body in refused:
+                check_envelope(await client.post(path, json=body), 400, "invalid_request")
+            for raw in (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+                        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "top_p": 1e999}'):
+                check_envelope(await client.post("/chat/completions", content=raw), 400, "invalid_request")
+            await ledger_unchanged(gw, account, rows)
+            assert fake.requests == []
+            whole = await client.post(
+                "/chat/completions",
+                content=b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 2.0, "max_tokens": 5.0}',
+            )
+            assert whole.status_code == 200, whole.text
+        sent = fake.requests[-1].json
+        assert sent["n"] == 2 and isinstance(sent["n"], int) and sent["max_tokens"] == 5
