@@ -9,11 +9,40 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.catalog import EFFORTS
+from engine.chat_request import MAX_CHOICES, ROLES, SERVICE_TIERS, VERBOSITIES
+from engine.embeddings import ENCODING_FORMATS, MAX_INPUTS, MAX_TOKEN_ID
 from engine.errors import OmixaError
+from engine.images import MAX_IMAGES, MAX_PROMPT_CHARS
+from engine.reports import MAX_IDEMPOTENCY_KEY, MAX_PAGE
+from web.wallet_api import EARLIEST, LATEST, MAX_FILTER_CHARS
 
 MONEY = {"type": "string", "pattern": r"^-?\d+\.\d{2,9}$", "description": "Exact USD amount as a decimal string"}
 TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, milliseconds"}
-TIME_FILTER = {"type": "string", "description": "RFC 3339 with a timezone, or Unix seconds"}
+# A query parameter is refused past this length, and a URL holding a NUL anywhere (no id,
+# filter or name has one).
+QUERY_TEXT = {"type": "string", "maxLength": MAX_FILTER_CHARS, "pattern": r"^[^\x00]*$"}
+# What parse_time takes: Unix seconds (11 digits reach past the year 5000), or RFC 3339 with an
+# upper-case T and a timezone, in the years a filter can name. The pattern gives the shape and
+# the years, "date-time" the calendar (no 31 April); a pattern cannot see that an offset moves
+# the first or the last day past the bounds (1970-01-01T00:00:00+01:00), which is refused too.
+TIME_FILTER = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^[0-9]{1,11}$"},
+        {"type": "string", "format": "date-time",
+         "pattern": r"^(19[7-9][0-9]|[2-8][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+                    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"},
+    ],
+    "description": (
+        f"Unix seconds, or RFC 3339 with a timezone (2026-11-25T10:00:00Z); from "
+        f"{EARLIEST:%Y-%m-%dT%H:%M:%SZ} to before {LATEST:%Y-%m-%dT%H:%M:%SZ}"
+    ),
+}
+# A string holding something other than whitespace (Python's str.isspace, which the server uses).
+NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+MODEL_ID = {"type": "string", "minLength": 1, "description": "A catalog model id with an enabled deployment here"}
+# JSON values Python takes as true: what "has tool_calls" means on an assistant message.
+TRUTHY = {"not": {"enum": [None, False, 0, "", [], {}]}}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -60,8 +89,11 @@ SCHEMAS: dict[str, Any] = {
     ),
     "TopUpRequest": {
         **_obj(["amount"], amount={
-            "anyOf": [MONEY | {"pattern": r"^\d+(\.\d{1,9})?$"}, {"type": "number"}],
-            "description": "USD; wallet.top_up_min_usd to wallet.top_up_max_usd",
+            "anyOf": [
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,9})?$", "not": {"pattern": r"^0*(\.0*)?$"}},
+                {"type": "number", "exclusiveMinimum": 0, "multipleOf": 1e-9},
+            ],
+            "description": "USD, more than 0 with at most 9 decimals; wallet.top_up_min_usd to wallet.top_up_max_usd",
         }),
         "additionalProperties": False,
     },
@@ -120,34 +152,98 @@ SCHEMAS: dict[str, Any] = {
     "ModelList": _obj(["object", "data"], object={"const": "list"},
                       data={"type": "array", "items": _ref("Model")}),
     "ChatCompletionRequest": {
-        **_obj(["model", "messages"], model={"type": "string"},
-               messages={"type": "array", "items": {"type": "object"}, "minItems": 1},
-               stream={"type": "boolean"}, max_tokens={"type": "integer"},
-               max_completion_tokens={"type": "integer"}, n={"type": "integer"},
-               stream_options={"type": "object"}),
+        **_obj(["model", "messages"], model=MODEL_ID,
+               messages={"type": "array", "items": _ref("ChatMessage"), "minItems": 1},
+               stream={"type": "boolean"}, stream_options=_nullable({"type": "object"}),
+               n=_nullable({"type": "integer", "minimum": 1, "maximum": MAX_CHOICES}),
+               max_tokens=_nullable({"type": "integer", "minimum": 1}),
+               max_completion_tokens=_nullable({"type": "integer", "minimum": 1}),
+               reasoning_effort=_nullable({"enum": list(EFFORTS)}),
+               verbosity=_nullable({"enum": list(VERBOSITIES)}),
+               service_tier=_nullable({"enum": list(SERVICE_TIERS)})),
+        # stream_options only goes with "stream": true.
+        "anyOf": [
+            {"not": {"required": ["stream_options"]}},
+            {"properties": {"stream_options": {"type": "null"}}},
+            {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        ],
         "additionalProperties": True,
-        "description": "OpenAI's chat completion request; see docs/api.md for what is checked",
+        "description": (
+            "OpenAI's chat completion request; other fields are forwarded. The model's "
+            "max_output_tokens and context_window bound the caps and the prompt (docs/api.md)"
+        ),
     },
-    "ChatCompletion": {"type": "object", "description": "OpenAI's chat.completion object"},
+    "ChatMessage": {
+        **_obj(["role"], role={"enum": sorted(ROLES)},
+               content={"anyOf": [{"type": "string"}, {"type": "array", "items": _ref("ContentPart")},
+                                  {"type": "null"}]}),
+        # content may be missing or null only on an assistant message that calls a tool.
+        "anyOf": [
+            {"required": ["content"], "properties": {"content": {"type": ["string", "array"]}}},
+            {"required": ["tool_calls"], "properties": {"role": {"const": "assistant"}, "tool_calls": TRUTHY}},
+            {"required": ["function_call"], "properties": {"role": {"const": "assistant"}, "function_call": TRUTHY}},
+        ],
+        "additionalProperties": True,
+    },
+    "ContentPart": {**_obj(["type"], type={"type": "string"}), "additionalProperties": True},
+    "ChatCompletion": {
+        **_obj([], id={"type": "string"}, object={"const": "chat.completion"}, model={"type": "string"},
+               choices={"type": "array", "items": _obj([], index={"type": "integer"}, message={"type": "object"},
+                                                       finish_reason=_nullable({"type": "string"}))},
+               usage={"type": "object"}),
+        "description": "OpenAI's chat.completion object, as the upstream sent it",
+    },
+    # One event of a stream (an OpenAPI 3.1 document has no other way to describe them).
+    "ChatCompletionEvent": {
+        **_obj(["data"], data={"anyOf": [
+            {"const": "[DONE]"},
+            {"type": "string", "contentMediaType": "application/json", "contentSchema": {"type": "object"}},
+        ]}),
+        "description": (
+            "data: a chat.completion.chunk, or the error envelope that ends a failed stream, or "
+            "[DONE]; comment lines (padding, heartbeats) carry no event"
+        ),
+    },
     "EmbeddingRequest": {
-        **_obj(["model", "input"], model={"type": "string"},
-               input={"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}},
-                                {"type": "array", "items": {"type": "integer"}},
-                                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}]},
-               dimensions={"type": "integer"}, encoding_format={"enum": ["float", "base64"]},
-               user={"type": "string"}),
-        "additionalProperties": False,
-    },
-    "EmbeddingList": {"type": "object", "description": "OpenAI's embeddings list (object: list, data, model, usage)"},
-    "ImageRequest": {
-        **_obj(["model", "prompt"], model={"type": "string"}, prompt={"type": "string"},
-               n={"type": "integer", "minimum": 1, "maximum": 10}, size={"type": "string"},
-               quality={"type": "string"}, response_format={"const": "b64_json"},
-               user={"type": "string"}),
+        **_obj(["model", "input"], model=MODEL_ID,
+               input={"anyOf": [
+                   {"type": "string", "minLength": 1},
+                   {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": MAX_INPUTS},
+                   _ref("TokenIds"),
+                   {"type": "array", "items": _ref("TokenIds"), "minItems": 1, "maxItems": MAX_INPUTS},
+               ]},
+               dimensions=_nullable({"type": "integer", "minimum": 1,
+                                     "description": "At most the model's vector size, on models that take it"}),
+               encoding_format=_nullable({"enum": list(ENCODING_FORMATS)}),
+               user=_nullable({"type": "string"})),
         "additionalProperties": True,
-        "description": "OpenAI's image generation request (gpt-image-1); see docs/api.md",
+        "description": "Other fields are forwarded. Each input is at most the model's context_window tokens",
     },
-    "ImageResponse": {"type": "object", "description": "OpenAI's images response: created, data[].b64_json, usage"},
+    "TokenIds": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": MAX_TOKEN_ID}, "minItems": 1},
+    "EmbeddingList": {
+        **_obj([], object={"const": "list"}, model={"type": "string"}, usage={"type": "object"},
+               data={"type": "array", "items": _obj(
+                   [], object={"const": "embedding"}, index={"type": "integer"},
+                   embedding={"anyOf": [{"type": "array", "items": {"type": "number"}},
+                                        {"type": "string", "description": "base64 of little-endian float32"}]},
+               )}),
+        "description": "OpenAI's embeddings list, as the upstream sent it",
+    },
+    "ImageRequest": {
+        **_obj(["model", "prompt"], model=MODEL_ID,
+               prompt={"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": NOT_BLANK},
+               n={"type": "integer", "minimum": 1, "maximum": MAX_IMAGES},
+               size={"enum": ["1024x1024", "1024x1536", "1536x1024", "auto"]},
+               quality={"enum": ["low", "medium", "high", "auto"]},
+               response_format=_nullable({"const": "b64_json"}), stream={"enum": [False, None]}),
+        "additionalProperties": True,
+        "description": "OpenAI's image generation request (gpt-image-1); other fields are forwarded",
+    },
+    "ImageResponse": {
+        **_obj([], created={"type": "integer"}, usage={"type": "object"},
+               data={"type": "array", "items": _obj([], b64_json={"type": "string"})}),
+        "description": "OpenAI's images response, as the upstream sent it",
+    },
 }
 
 
@@ -170,13 +266,15 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 def _path(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+    # A path parameter is one segment: no "/", and no NUL (refused anywhere in a path).
+    schema = {"type": "string", "minLength": 1, "pattern": r"^[^/\x00]+$"}
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
 
 
 AUTHED = (401, 503)
 LIST_PARAMS = [
-    _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size"),
-    _query("after", {"type": "string"}, "The last_id of the previous page"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20}, "Page size"),
+    _query("after", QUERY_TEXT, "The last_id of the previous page"),
 ]
 
 PATHS: dict[str, dict[str, Any]] = {
@@ -186,7 +284,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "responses": {
             "200": {"description": "A chat.completion, or with stream=true an SSE stream of chat.completion.chunk events ending with data: [DONE]",
                     "content": {"application/json": {"schema": _ref("ChatCompletion")},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+                                "text/event-stream": {"schema": _ref("ChatCompletionEvent")}}},
             **_error_responses(400, *AUTHED, 402, 404, 413, 429, 502, 504),
         },
     }},
@@ -216,7 +314,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/wallet/top-up": {"post": {
         "summary": "Credit your own wallet (when wallet.self_top_up is on)",
         "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        # HTTP drops a header value's surrounding spaces, so one of only spaces is empty.
+                        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY,
+                                   "pattern": r"[^ \t]"},
                         "description": "Retries with the same key credit once and return the first result"}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("TopUpRequest")}}},
         "responses": {**_ok("TopUp", "Credited, or the first result of this Idempotency-Key (header Idempotent-Replayed: true)"),
@@ -235,8 +335,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/usage/requests": {"get": {
         "summary": "Per-request logs, newest first",
         "parameters": LIST_PARAMS + [
-            _query("model", {"type": "string"}, "Only this model"),
-            _query("status", {"type": "string"}, "Only this status (ok, client_closed, interrupted, an error code)"),
+            _query("model", QUERY_TEXT, "Only this model"),
+            _query("status", QUERY_TEXT, "Only this status (ok, client_closed, interrupted, an error code)"),
             _query("since", TIME_FILTER, "Created at or after"),
             _query("until", TIME_FILTER, "Created before"),
         ],
@@ -253,7 +353,7 @@ PATHS: dict[str, dict[str, Any]] = {
             _query("granularity", {"enum": ["hour", "day"], "default": "hour"}, "UTC hours or days"),
             _query("since", TIME_FILTER, "First bucket (rounded down)"),
             _query("until", TIME_FILTER, "End, exclusive (rounded down)"),
-            _query("model", {"type": "string"}, "Only this model"),
+            _query("model", QUERY_TEXT, "Only this model"),
             _query("group_by", {"enum": ["model"]}, "One bucket per model"),
         ],
         "responses": {**_ok("RollupList"), **_error_responses(400, *AUTHED)},
