@@ -59,13 +59,18 @@ def _number(text: str) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+# One decoder for every request: json.loads with hooks would build a decoder per call.
+_decode = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_number).decode
+
+
 def decode_json(raw: bytes) -> Any:
     """The request's JSON document. Errors: InvalidRequest (empty, not JSON, NaN or Infinity,
     a number out of range, too deeply nested for the decoder)."""
     if not raw:
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_number)
+        # Bytes to text as json.loads does (UTF-8, or UTF-16/32 told by the first bytes).
+        return _decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except RecursionError:
         raise InvalidRequest("The request body is nested too deeply.") from None
     except (UnicodeDecodeError, ValueError) as exc:
