@@ -17,8 +17,9 @@ before this process started: a restarted container's server is often pid 1), or 
 heartbeat is older than ``wallet.instance_stale_seconds``, by the database's clock (the only
 test that works across machines and namespaces). Where /proc cannot tell the namespace, only
 the heartbeat counts. Recovering one voids its pending holds (nothing charged: what the
-upstream produced was never counted) and records each request as ``interrupted``, in one
-transaction (:meth:`storage.Storage.recover_instance`).
+upstream produced was never counted) and records each such request as ``interrupted``, and
+writes the logs of the requests it had settled but not logged yet (each settle keeps a copy
+in its hold), in one transaction (:meth:`storage.Storage.recover_instance`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import logging
 import os
 import secrets
 import socket
+from typing import Sequence
 
 import trio
 
 from engine.config import WalletConfig
-from storage import Instance, Storage, StorageError
+from storage import Instance, RequestLog, Storage, StorageError
 
 log = logging.getLogger("omixa.instances")
 
@@ -76,16 +78,18 @@ def new_instance_id() -> str:
 
 class InstanceMonitor:
     def __init__(
-        self, storage: Storage, config: WalletConfig, instance_id: str, *, wallets_drained: trio.Event
+        self, storage: Storage, config: WalletConfig, instance_id: str, *, wallets_drained: trio.Event,
+        usage_drained: trio.Event | None = None,
     ) -> None:
         self._storage = storage
         self._wallets_drained = wallets_drained
+        self._usage_drained = usage_drained
         self._config = config
         self.id = instance_id
         self.host, self._pids_comparable = host_identity()
         self.pid = os.getpid()
         self._stop = trio.Event()
-        self.recovered = 0  # requests recorded as interrupted by this process
+        self.recovered = 0  # request logs written by this process's recoveries
 
     def is_gone(self, other: Instance) -> bool:
         if other.id == self.id:
@@ -101,7 +105,7 @@ class InstanceMonitor:
         return other.started_at < _PROCESS_STARTED
 
     async def recover_gone(self) -> int:
-        """Recover every instance that is gone; return the number of interrupted requests."""
+        """Recover every instance that is gone; return the number of request logs written."""
         now = _now()
         count = 0
         for other in await self._storage.list_instances():
@@ -110,11 +114,13 @@ class InstanceMonitor:
                 # recovery's transaction, so a heartbeat arriving meanwhile wins.
                 stale = None if self._pid_says_gone(other) else self._config.instance_stale_seconds
                 logs = await self._storage.recover_instance(other.id, now, stale_after=stale)
+                interrupted, settled = _split(logs)
                 if logs:
                     log.warning(
-                        "instance %s (host %s, pid %d) is gone: voided %d pending holds, requests "
-                        "recorded as interrupted: %s", other.id, other.host, other.pid, len(logs),
-                        ", ".join(entry.id for entry in logs),
+                        "instance %s (host %s, pid %d) is gone: voided %d pending holds (requests "
+                        "recorded as interrupted: %s); wrote the logs of %d requests it had settled",
+                        other.id, other.host, other.pid, len(interrupted),
+                        ", ".join(entry.id for entry in interrupted) or "none", len(settled),
                     )
                 count += len(logs)
         self.recovered += count
@@ -143,17 +149,33 @@ class InstanceMonitor:
                 await self.recover_gone()
             except StorageError as exc:
                 log.warning("instance heartbeat failed: %s", exc)
-        # Only once every wallet actor served its mailbox: no settle can still be on its way.
+        # Only once every wallet actor served its mailbox (no settle can still be on its way)
+        # and the usage aggregator wrote what it had (so the copies its logs clear are gone).
         await self._wallets_drained.wait()
+        if self._usage_drained is not None:
+            await self._usage_drained.wait()
         try:
             logs = await self._storage.recover_instance(self.id, _now())
         except StorageError as exc:
             # The row stays; the next start on this host (or the heartbeat timeout) recovers it.
             log.warning("could not deregister this instance: %s", exc)
             return
-        if logs:
-            log.warning("%d holds were still pending at shutdown; voided", len(logs))
+        interrupted, settled = _split(logs)
+        if interrupted:
+            log.warning("%d holds were still pending at shutdown; voided", len(interrupted))
+        if settled:
+            log.warning("%d request logs the usage aggregator had not written were written from their holds", len(settled))
 
     def close(self) -> None:
         """Stop heartbeating; the monitor then recovers its own leftovers and returns."""
         self._stop.set()
+
+
+def _split(logs: Sequence[RequestLog]) -> tuple[list[RequestLog], list[RequestLog]]:
+    """Logs a recovery wrote: those of the holds it voided (``interrupted``, nothing charged,
+    never routed as far as the log knows), and those of requests the process had settled."""
+    interrupted = [
+        entry for entry in logs
+        if entry.status == "interrupted" and entry.cost == 0 and entry.deployment is None
+    ]
+    return interrupted, [entry for entry in logs if entry not in interrupted]

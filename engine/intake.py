@@ -34,6 +34,7 @@ import trio
 from engine.accounts import Accounts
 from engine.errors import InsufficientBalance, InvalidRequest
 from engine.keylimits import KeyLimiter
+from engine.providers.base import refuse_json_constant
 from storage import ApiKeyRecord
 
 T = TypeVar("T")
@@ -42,10 +43,6 @@ T = TypeVar("T")
 # tokens of 64 KiB of text takes about 1.5 ms; of the largest default body (4 MiB) 60-100 ms.
 LARGE_BODY_THREADS = 2
 LARGE_BODY_BYTES = 64 * 1024
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _number(text: str) -> int | float:
@@ -60,7 +57,7 @@ def _number(text: str) -> int | float:
 
 
 # One decoder for every request: json.loads with hooks would build a decoder per call.
-_decode = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_number).decode
+_decode = json.JSONDecoder(parse_constant=refuse_json_constant, parse_float=_number).decode
 
 
 def decode_json(raw: bytes) -> Any:

@@ -101,8 +101,10 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     set_read_size(config.streaming.chunk_bytes)
     instance_id = new_instance_id()
     wallets = WalletPool(storage, config.wallet, instance_id=instance_id)
-    monitor = InstanceMonitor(storage, config.wallet, instance_id, wallets_drained=wallets.drained)
     usage = UsageAggregator(storage, config.usage)
+    monitor = InstanceMonitor(
+        storage, config.wallet, instance_id, wallets_drained=wallets.drained, usage_drained=usage.drained
+    )
     limits = KeyLimiter(config.limits)
     accounts = Accounts(storage, box)
     engine = Engine(

@@ -44,6 +44,8 @@ class UsageAggregator:
         self.written = 0
         self._flushed = trio.Event()
         self.recorded = 0
+        # Set once run() returned after close(): everything received is written (or dropped).
+        self.drained = trio.Event()
 
     def record(self, entry: RequestLog, hold_id: str | None = None) -> None:
         """Queue one finished request for writing, and log its line. Never blocks.
@@ -110,6 +112,7 @@ class UsageAggregator:
             # Wake every waiter; only this task replaces the event.
             self._flushed.set()
             self._flushed = trio.Event()
+        self.drained.set()
 
     async def _write(self, batch: list[tuple[RequestLog, str | None]]) -> None:
         logs = [entry for entry, _ in batch]

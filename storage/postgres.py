@@ -448,13 +448,15 @@ async def _recover_instance(
         # Voided as a release voids: only if still pending, exactly once.
         voided = await _wallet_ops(conn, [FinalizeHold(hold_id=h["id"], void=True) for h in holds]) if holds else []
         logs = [interrupted_log(hold, now) for hold, row in zip(holds, voided, strict=True) if not row["o_final"]]
-        # Requests it settled whose logs it had not written yet: their holds kept them.
-        logs += [log_from_hold(hold) for hold in await conn.fetch(_SQL.INSTANCE_UNLOGGED, instance_id)]
+        # Requests it settled whose logs it had not written yet: their holds kept them. Only
+        # the copies read here are cleared (one settled meanwhile by a process wrongly taken
+        # for dead keeps its own).
+        unlogged = await conn.fetch(_SQL.INSTANCE_UNLOGGED, instance_id)
+        logs += [log_from_hold(hold) for hold in unlogged]
         if logs:
             existing = {r[0] for r in await conn.fetch(_SQL.EXISTING_LOGS, [log.id for log in logs])}
             logs = [log for log in logs if log.id not in existing]
-            await _insert_request_logs(conn, logs)
-        await conn.execute(_SQL.FORGET_INSTANCE_LOGS, instance_id)
+            await _insert_request_logs(conn, logs, [hold["id"] for hold in unlogged])
         await conn.execute(_SQL.DELETE_INSTANCE, instance_id)
         return logs
 
@@ -829,9 +831,8 @@ class _SQL:
         FROM holds WHERE instance_id = $1 AND state = 'pending' ORDER BY created_at, id"""
     EXISTING_LOGS = "SELECT id FROM request_logs WHERE id = ANY($1::text[])"
     INSTANCE_UNLOGGED = """
-        SELECT request_id, account_id, key_id, model, stream, charged, log
+        SELECT id, request_id, account_id, key_id, model, stream, charged, log
         FROM holds WHERE instance_id = $1 AND log IS NOT NULL"""
-    FORGET_INSTANCE_LOGS = "UPDATE holds SET log = NULL WHERE instance_id = $1 AND log IS NOT NULL"
     LOCK_INSTANCE_AGE = """
         SELECT EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 FROM instances WHERE id = $1
         FOR UPDATE"""

@@ -599,7 +599,7 @@ def _recover_instance(
     # Requests it settled whose logs it had not written yet: their holds kept them.
     unlogged = _dicts(
         conn,
-        "SELECT request_id, account_id, key_id, model, stream, charged, log"
+        "SELECT id, request_id, account_id, key_id, model, stream, charged, log"
         " FROM holds WHERE instance_id = ? AND log IS NOT NULL",
         (instance_id,),
     )
@@ -610,8 +610,7 @@ def _recover_instance(
             r[0] for r in conn.execute(f"SELECT id FROM request_logs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         )
     logs = [log for log in logs if log.id not in existing]
-    _insert_request_logs(conn, logs)
-    conn.execute("UPDATE holds SET log = NULL WHERE instance_id = ? AND log IS NOT NULL", (instance_id,))
+    _insert_request_logs_clearing(conn, logs, [hold["id"] for hold in unlogged])
     conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
     return logs
 

@@ -26,14 +26,15 @@ import attrs
 MAX_REPORTED_TOKENS = 100_000_000
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+def refuse_json_constant(name: str) -> Any:
+    """A ``parse_constant`` hook: Python's decoder takes NaN, Infinity and -Infinity, which
+    are not JSON. Errors: ValueError, always."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
-# Upstream JSON, strictly: Python's decoder takes NaN, Infinity and -Infinity, which are not
-# JSON; an answer that carries them is malformed (502), never relayed or billed from. Takes a
-# str (decode bytes as UTF-8 first). Errors: ValueError.
-decode_upstream_json = json.JSONDecoder(parse_constant=_refuse_constant).decode
+# Upstream JSON, strictly: an answer that carries NaN or Infinity is malformed (502), never
+# relayed or billed from. Takes a str (decode bytes as UTF-8 first). Errors: ValueError.
+decode_upstream_json = json.JSONDecoder(parse_constant=refuse_json_constant).decode
 
 
 @attrs.frozen(kw_only=True)
