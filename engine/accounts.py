@@ -25,10 +25,12 @@ too is seen by every process on its next request.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import secrets
 import time
+from typing import Iterator
 
 import attrs
 
@@ -151,10 +153,8 @@ class Accounts:
             seen = self._recent.get(key_hash)
             if seen is not None and now - seen[1] <= KEY_CACHE_SECONDS:
                 return seen[0]
-        try:
+        with _key_store():
             record = await self.storage.find_api_key(key_hash)
-        except StorageError as exc:
-            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
         if record is None or record.revoked_at is not None:
             self._recent.pop(key_hash, None)
             raise InvalidApiKey()
@@ -164,6 +164,35 @@ class Accounts:
             del self._recent[next(iter(self._recent))]
         return record
 
+    # -- dashboard sessions ---------------------------------------------------------------
+    async def start_session(self, key: ApiKeyRecord, seconds: float) -> str:
+        """Record a dashboard sign-in of ``key`` lasting ``seconds``; return the session id.
+
+        Errors: ServiceUnavailable (the key store).
+        """
+        session_id = secrets.token_urlsafe(24)
+        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+        with _key_store():
+            await self.storage.create_dashboard_session(session_id, key.id, expires)
+        return session_id
+
+    async def session_key(self, session_id: str) -> ApiKeyRecord | None:
+        """The live key of a session that was not ended and has not expired, else None.
+
+        Errors: ServiceUnavailable (the key store).
+        """
+        with _key_store():
+            record = await self.storage.dashboard_session_key(session_id)
+        return None if record is None or record.revoked_at is not None else record
+
+    async def end_session(self, session_id: str) -> None:
+        """Sign out: the session's cookie stops working in every process.
+
+        Errors: ServiceUnavailable (the key store).
+        """
+        with _key_store():
+            await self.storage.end_dashboard_session(session_id)
+
     async def wallet(self, account_id: str) -> WalletState:
         try:
             wallet = await self.storage.get_wallet(account_id)
@@ -172,3 +201,12 @@ class Accounts:
         if wallet is None:
             raise InvalidApiKey()
         return wallet
+
+
+@contextlib.contextmanager
+def _key_store() -> Iterator[None]:
+    """Translate the key store's failures (keys, dashboard sessions) into a 503."""
+    try:
+        yield
+    except StorageError as exc:
+        raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc

@@ -25,7 +25,6 @@ Pages send ``Content-Security-Policy: default-src 'self'`` and refuse framing.
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import logging
 import os
@@ -39,11 +38,11 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Response, g, redirect, render_template, request
 from quart_trio import QuartTrio
 
-from engine.errors import InvalidApiKey, InvalidRequest, ServiceUnavailable
+from engine.errors import InvalidApiKey, InvalidRequest
 from engine.money import format_usd
 from engine.reports import STEP, Bucket
 from engine.runtime import Engine
-from storage import ApiKeyRecord, RequestLogFilter, StorageError
+from storage import ApiKeyRecord, RequestLogFilter
 from web.catalog_routes import model_object
 from web.envelope import json_response
 from web.wallet_api import bucket_view, iso, request_view
@@ -109,11 +108,8 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         if found is None:
             return None
         session_id, csrf = found
-        try:
-            record = await engine.storage.dashboard_session_key(session_id)
-        except StorageError as exc:
-            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
-        if record is None or record.revoked_at is not None or engine.signatures.applies(record, False):
+        record = await engine.accounts.session_key(session_id)
+        if record is None or engine.signatures.applies(record, False):
             return None
         g.key = record
         g.session_id = session_id
@@ -182,12 +178,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
             response.status_code = 401
             set_cookie(response, SIGNIN_COOKIE, token, 3600)
             return response
-        session_id = secrets.token_urlsafe(24)
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=max_age)
-        try:
-            await engine.storage.create_dashboard_session(session_id, key.id, expires)
-        except StorageError as exc:
-            raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
+        session_id = await engine.accounts.start_session(key, max_age)
         data = {"sid": session_id, "csrf": secrets.token_urlsafe(24)}
         response = redirect(_safe_next(form.get("next")))
         set_cookie(response, SESSION_COOKIE, serializer.dumps(data), max_age)
@@ -200,10 +191,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         found = await session()
         if found is not None:
             check_csrf(found[1], (await request.form).get("csrf"))
-            try:
-                await engine.storage.end_dashboard_session(g.session_id)
-            except StorageError as exc:
-                raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc
+            await engine.accounts.end_session(g.session_id)
         response = redirect("/signin")
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
