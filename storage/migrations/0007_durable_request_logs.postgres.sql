@@ -8,10 +8,10 @@ ALTER TABLE holds ADD COLUMN log JSONB;
 CREATE INDEX holds_unlogged_instance ON holds (instance_id) WHERE log IS NOT NULL;
 
 -- omixa_wallet_ops as in migration 0005, with one more array: each finalizing step's log,
--- stored with the hold in the same statement. The 11-argument version stays, so a process
--- of the previous release keeps working during a rolling upgrade (its logs are not kept in
--- the holds). The lone settle (storage/postgres.py, _SQL.FINALIZE_HOLD) sets the log the
--- same way.
+-- stored with the hold in the same statement. The lone settle (storage/postgres.py,
+-- _SQL.FINALIZE_HOLD) sets the log the same way. The 11-argument version stays, so a process
+-- of the previous release keeps working during a rolling upgrade, but as a call of this one
+-- with no logs (below): one body to keep in step with the lone statements.
 CREATE FUNCTION omixa_wallet_ops(
     p_kinds       TEXT[],         -- per step: 'hold', 'posted' or 'voided'
     p_ids         TEXT[],         -- the hold's id (a new one for 'hold')
@@ -121,4 +121,16 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END
+$$;
+
+CREATE OR REPLACE FUNCTION omixa_wallet_ops(
+    p_kinds TEXT[], p_ids TEXT[], p_amounts BIGINT[], p_accounts TEXT[], p_request_ids TEXT[],
+    p_expires TIMESTAMPTZ[], p_instances TEXT[], p_keys TEXT[], p_models TEXT[],
+    p_providers TEXT[], p_streams BOOLEAN[]
+) RETURNS TABLE (
+    o_step INTEGER, o_created_at TIMESTAMPTZ, o_expires_at TIMESTAMPTZ, o_account_id TEXT,
+    o_balance BIGINT, o_locked BIGINT, o_charged BIGINT, o_released BIGINT, o_final BOOLEAN
+) LANGUAGE sql AS $$
+    SELECT * FROM omixa_wallet_ops(p_kinds, p_ids, p_amounts, p_accounts, p_request_ids,
+        p_expires, p_instances, p_keys, p_models, p_providers, p_streams, NULL::jsonb[])
 $$;
