@@ -23,10 +23,11 @@ signed request must carry a nonce (else ``missing_signature``) and is accepted o
 
 Replay cache: one per key; only signatures with a nonce that verified are remembered, until
 their timestamp leaves the window; a key's cache is dropped once it is empty (checked every
-:data:`PRUNE_SECONDS` across all keys), so keys that stop signing leave nothing behind. Each is bounded: when full, the entry with the oldest timestamp
-is forgotten and that key's requests signed at or before that timestamp are refused as
-``stale_timestamp`` from then on, so forgetting never lets a replay through (under a flood
-the key's accepted window narrows; other keys are not affected). Timestamps may run at most
+:data:`PRUNE_SECONDS` across all keys), so keys that stop signing leave nothing behind.
+Each is bounded: when full, the entry with the oldest timestamp is forgotten and that key's
+requests signed at or before that timestamp are refused as ``stale_timestamp`` from then on,
+so forgetting never lets a replay through (under a flood the key's accepted window narrows;
+other keys are not affected). Timestamps may run at most
 ``MAX_FUTURE_SKEW`` (30 s) ahead of the server's clock. Memory is bounded by the signed
 requests one process can verify within the window, whatever the number of keys.
 A process also refuses requests signed before it started, so a restart does not open a

@@ -4,7 +4,8 @@ Rule: each unit of asyncio work is one plain asyncio coroutine function, called 
 :meth:`AioBridge.run`. Nothing asyncio-owned (a pooled connection, a transaction) is ever held
 across trio code: cancelling a bridged call cancels the asyncio task, which cancels the
 server-side query and returns the connection to the pool; holding a connection from trio
-leaks it on cancel (STACK-NOTES).
+leaks it on cancel (``async with aio_as_trio(pool.acquire())`` does not release it, and
+``pool.close()`` then hangs).
 """
 
 from __future__ import annotations

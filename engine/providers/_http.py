@@ -48,8 +48,9 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
     """A pooled HTTP/1.1 client sized and timed from the ``[upstream]`` config.
 
     HTTP/2 stays off: httpcore does not reset a cancelled HTTP/2 stream, so the upstream would
-    keep generating billed tokens (STACK-NOTES). The adapter bounds a stream's head by
-    ``timeout_seconds`` and a whole non-streaming call by ``request_timeout_seconds``; the read
+    keep generating billed tokens, and after 100 abandoned streams the connection refuses new
+    ones (encode/httpcore#1022). The adapter bounds a stream's head by ``timeout_seconds``
+    and a whole non-streaming call by ``request_timeout_seconds``; the read
     timeout here (the larger of that and ``idle_timeout_seconds``) is only a backstop for each
     wait for bytes. Waiting for a free connection when all ``max_connections`` to the origin
     are in use is bounded like connecting (``connect_timeout_seconds``), then fails as
@@ -414,8 +415,8 @@ async def open_streamed(
     (``prepare`` included, e.g. fetching a token) waits at most ``head_timeout`` for the
     head (UpstreamTimeout); a failed status is the provider's error (``error_from``). The
     answer is owned here, never by the body's iterator, so it is closed on every exit path
-    (STACK-NOTES: a response held by an unstarted generator leaks when the client goes
-    early). The body is read in ``streaming.chunk_bytes`` reads (:func:`stream_reads`); its
+    (an ``aclose()`` on a generator that never started skips its ``finally``, so a response
+    held by one leaks when the client goes early). The body is read in ``streaming.chunk_bytes`` reads (:func:`stream_reads`); its
     iterator raises one of ``STREAM_ERRORS`` when the connection breaks. A body the
     upstream compressed although we asked for none is decoded by httpx.
     """

@@ -130,8 +130,9 @@ class AzureProvider:
         """Start a streaming chat completion; yield an iterator of its SSE events.
 
         Entering sends the request and waits for the response head. The response is owned
-        here, never by the iterator, so it is closed on every exit path (STACK-NOTES: a
-        response held by an unstarted generator leaks when the client goes early).
+        here, never by the iterator, so it is closed on every exit path (an ``aclose()`` on a
+        generator that never started skips its ``finally``: a response held by one leaks when
+        the client goes early).
 
         Errors: UpstreamError/UpstreamTimeout on entering (error status, unreachable, no head
         within ``timeout_seconds``) and while iterating (connection broken, no bytes for the
