@@ -34,9 +34,9 @@ from typing import Iterator
 
 import attrs
 
-from engine.errors import InvalidApiKey, ServiceUnavailable
-from engine.secretbox import SECRET_KEY_ENV, SecretBox, generate_signing_secret
-from storage import Account, ApiKeyRecord, Storage, StorageError, WalletState
+from omixa.engine.errors import InvalidApiKey, ServiceUnavailable
+from omixa.engine.secretbox import SECRET_KEY_ENV, SecretBox, generate_signing_secret
+from omixa.storage import Account, ApiKeyRecord, Storage, StorageError, WalletState
 
 KEY_PREFIX = "omx_live_"
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 6

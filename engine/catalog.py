@@ -22,9 +22,9 @@ from typing import Any, Literal, Mapping
 import attrs
 import cattrs
 
-from engine.money import parse_usd
-from engine.providers.base import Usage
-from engine.tokens import IMAGE_PART_TOKENS
+from omixa.engine.money import parse_usd
+from omixa.engine.providers.base import Usage
+from omixa.engine.tokens import IMAGE_PART_TOKENS
 
 MILLION = 1_000_000
 _REPO_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"

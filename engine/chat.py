@@ -35,10 +35,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 import attrs
 import trio
 
-from engine.catalog import Catalog
-from engine.chat_request import ChatRequest, parse_chat_request
-from engine.config import StreamingConfig, UpstreamConfig, WalletConfig
-from engine.errors import (
+from omixa.engine.catalog import Catalog
+from omixa.engine.chat_request import ChatRequest, parse_chat_request
+from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
+from omixa.engine.errors import (
     NoHealthyDeployment,
     OmixaError,
     ServiceUnavailable,
@@ -46,15 +46,15 @@ from engine.errors import (
     UpstreamTimeout,
     translate_upstream,
 )
-from engine.providers.base import Provider, SseEvent, Usage
-from engine.keylimits import KeyLimiter
-from engine.model_call import ModelCall
-from engine.relay import StreamRelay
-from engine.router import Lease, Router
-from engine.tokens import count_text
-from engine.usage import UsageAggregator
-from engine.wallet import WalletPool
-from storage import ApiKeyRecord, Hold, HoldContext, RequestLog
+from omixa.engine.providers.base import Provider, SseEvent, Usage
+from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.model_call import ModelCall
+from omixa.engine.relay import StreamRelay
+from omixa.engine.router import Lease, Router
+from omixa.engine.tokens import count_text
+from omixa.engine.usage import UsageAggregator
+from omixa.engine.wallet import WalletPool
+from omixa.storage import ApiKeyRecord, Hold, HoldContext, RequestLog
 
 log = logging.getLogger("omixa.chat")
 

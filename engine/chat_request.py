@@ -18,12 +18,12 @@ from typing import Any, Collection
 
 import attrs
 
-from engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
-from engine.config import DeploymentConfig
-from engine.errors import InvalidRequest, ModelNotFound
-from engine.providers.base import Completion, Provider, Usage
-from engine.providers import gemini
-from engine.tokens import count_chat_prompt, count_text
+from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
+from omixa.engine.config import DeploymentConfig
+from omixa.engine.errors import InvalidRequest, ModelNotFound
+from omixa.engine.providers.base import Completion, Provider, Usage
+from omixa.engine.providers import gemini
+from omixa.engine.tokens import count_chat_prompt, count_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_CHOICES = 16

@@ -18,7 +18,7 @@ import attrs
 import cattrs
 import cattrs.v
 
-from engine.money import parse_usd
+from omixa.engine.money import parse_usd
 
 DEFAULT_CONFIG_PATH = Path("config/omixa.toml")
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
@@ -398,7 +398,7 @@ def _check_vertex(dep: DeploymentConfig, where: str, config: Config, *, resolve_
         path = str(resolve_path(config, dep.service_account_file))
         changes["service_account_file"] = path
         if resolve_secrets:
-            from engine.providers.google_auth import load_service_account  # providers import config
+            from omixa.engine.providers.google_auth import load_service_account  # providers import config
 
             try:
                 account = load_service_account(path)

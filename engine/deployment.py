@@ -28,11 +28,11 @@ import logging
 import attrs
 import trio
 
-from engine.config import BreakerConfig, DeploymentConfig
-from engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
-from engine.mailbox import Reply, ask
-from engine.providers.base import Provider, Usage
-from engine.windows import Health, SlidingWindow, hour_window, minute_window
+from omixa.engine.config import BreakerConfig, DeploymentConfig
+from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
+from omixa.engine.mailbox import Reply, ask
+from omixa.engine.providers.base import Provider, Usage
+from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
 
 log = logging.getLogger("omixa.deployment")
 

@@ -16,12 +16,12 @@ from typing import Any, Collection
 
 import attrs
 
-from engine.catalog import Catalog, ModelInfo, cost_of
-from engine.chat_request import resolve_model
-from engine.errors import InvalidRequest
-from engine.model_call import PlainCall
-from engine.providers.base import Completion, Provider, Usage
-from engine.tokens import count_text
+from omixa.engine.catalog import Catalog, ModelInfo, cost_of
+from omixa.engine.chat_request import resolve_model
+from omixa.engine.errors import InvalidRequest
+from omixa.engine.model_call import PlainCall
+from omixa.engine.providers.base import Completion, Provider, Usage
+from omixa.engine.tokens import count_text
 
 # OpenAI's limits: inputs per request, and tokens over all inputs of one request.
 MAX_INPUTS = 2048

@@ -23,12 +23,12 @@ from functools import partial
 import attrs
 import trio
 
-from engine.catalog import Catalog
-from engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
-from engine.deployment import DeploymentActor
-from engine.providers import HttpClients, build_provider
-from engine.router import Router
-from engine.supervise import supervised
+from omixa.engine.catalog import Catalog
+from omixa.engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.providers import HttpClients, build_provider
+from omixa.engine.router import Router
+from omixa.engine.supervise import supervised
 
 log = logging.getLogger("omixa.fleet")
 

@@ -20,12 +20,12 @@ from typing import Any, Collection
 
 import attrs
 
-from engine.catalog import MILLION, Catalog, ModelInfo, Prices
-from engine.chat_request import resolve_model
-from engine.errors import InvalidRequest
-from engine.model_call import PlainCall
-from engine.providers.base import MAX_REPORTED_TOKENS, Completion, Provider, Usage
-from engine.tokens import count_text
+from omixa.engine.catalog import MILLION, Catalog, ModelInfo, Prices
+from omixa.engine.chat_request import resolve_model
+from omixa.engine.errors import InvalidRequest
+from omixa.engine.model_call import PlainCall
+from omixa.engine.providers.base import MAX_REPORTED_TOKENS, Completion, Provider, Usage
+from omixa.engine.tokens import count_text
 
 MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000

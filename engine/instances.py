@@ -33,8 +33,8 @@ from typing import Sequence
 
 import trio
 
-from engine.config import WalletConfig
-from storage import Instance, RequestLog, Storage, StorageError
+from omixa.engine.config import WalletConfig
+from omixa.storage import Instance, RequestLog, Storage, StorageError
 
 log = logging.getLogger("omixa.instances")
 

@@ -31,11 +31,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
 
-from engine.accounts import Accounts
-from engine.errors import InsufficientBalance, InvalidRequest
-from engine.keylimits import KeyLimiter
-from engine.providers.base import refuse_json_constant
-from storage import ApiKeyRecord
+from omixa.engine.accounts import Accounts
+from omixa.engine.errors import InsufficientBalance, InvalidRequest
+from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.providers.base import refuse_json_constant
+from omixa.storage import ApiKeyRecord
 
 T = TypeVar("T")
 

@@ -27,11 +27,11 @@ from typing import Sequence
 
 import attrs
 
-from engine.config import LimitsConfig
-from engine.deployment import DeploymentSnapshot
-from engine.errors import InvalidRequest, RateLimited
-from engine.windows import SlidingWindow, minute_window
-from storage import ApiKeyRecord
+from omixa.engine.config import LimitsConfig
+from omixa.engine.deployment import DeploymentSnapshot
+from omixa.engine.errors import InvalidRequest, RateLimited
+from omixa.engine.windows import SlidingWindow, minute_window
+from omixa.storage import ApiKeyRecord
 
 # Past this many tracked keys, keys whose windows are empty are forgotten.
 _PRUNE_AT = 10_000

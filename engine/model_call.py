@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from engine.catalog import ModelInfo, Prices
-from engine.config import DeploymentConfig
-from engine.providers.base import Completion, Provider, Usage
+from omixa.engine.catalog import ModelInfo, Prices
+from omixa.engine.config import DeploymentConfig
+from omixa.engine.providers.base import Completion, Provider, Usage
 
 
 class ModelCall(Protocol):

@@ -37,12 +37,12 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import trio
 
-from engine.config import StreamingConfig
-from engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
-from engine.providers.base import SseEvent, Usage
+from omixa.engine.config import StreamingConfig
+from omixa.engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
+from omixa.engine.providers.base import SseEvent, Usage
 
 if TYPE_CHECKING:
-    from engine.chat import Exchange
+    from omixa.engine.chat import Exchange
 
 log = logging.getLogger("omixa.relay")
 

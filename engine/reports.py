@@ -18,16 +18,16 @@ from typing import Generic, Sequence, TypeVar
 
 import attrs
 
-from engine.config import WalletConfig
-from engine.errors import (
+from omixa.engine.config import WalletConfig
+from omixa.engine.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     NotFoundError,
     ServiceUnavailable,
     TopUpDisabled,
 )
-from engine.money import format_usd, parse_usd
-from storage import (
+from omixa.engine.money import format_usd, parse_usd
+from omixa.storage import (
     IdempotencyConflict,
     LedgerEntry,
     NotFound,

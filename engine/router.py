@@ -24,10 +24,10 @@ from typing import Callable, Collection, Iterable, Mapping
 import attrs
 import trio
 
-from engine.config import DeploymentConfig
-from engine.deployment import DeploymentActor, DeploymentSnapshot, Refused, Slot
-from engine.errors import NoHealthyDeployment, OmixaError
-from engine.providers.base import Usage
+from omixa.engine.config import DeploymentConfig
+from omixa.engine.deployment import DeploymentActor, DeploymentSnapshot, Refused, Slot
+from omixa.engine.errors import NoHealthyDeployment, OmixaError
+from omixa.engine.providers.base import Usage
 
 # Floor of the room factor, so a nearly full deployment is still tried, just later.
 _MIN_ROOM = 0.05

@@ -21,25 +21,25 @@ from typing import AsyncIterator, Iterable
 import attrs
 import trio
 
-from engine.accounts import Accounts
-from engine.catalog import Catalog, load_catalog
-from engine.chat import ChatService
-from engine.config import Config, DeploymentConfig, resolve_path
-from engine.deployment import DeploymentActor
-from engine.fleet import Fleet
-from engine.instances import InstanceMonitor, new_instance_id
-from engine.intake import Intake
-from engine.keylimits import KeyLimiter
-from engine.providers import set_read_size
-from engine.reports import Reports
-from engine.router import Router
-from engine.secretbox import secret_box_from_env
-from engine.signatures import SignatureVerifier, check_signing_setup
-from engine.supervise import supervised
-from engine.tokens import warm_up
-from engine.usage import UsageAggregator
-from engine.wallet import WalletPool
-from storage import Storage
+from omixa.engine.accounts import Accounts
+from omixa.engine.catalog import Catalog, load_catalog
+from omixa.engine.chat import ChatService
+from omixa.engine.config import Config, DeploymentConfig, resolve_path
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.fleet import Fleet
+from omixa.engine.instances import InstanceMonitor, new_instance_id
+from omixa.engine.intake import Intake
+from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.providers import set_read_size
+from omixa.engine.reports import Reports
+from omixa.engine.router import Router
+from omixa.engine.secretbox import secret_box_from_env
+from omixa.engine.signatures import SignatureVerifier, check_signing_setup
+from omixa.engine.supervise import supervised
+from omixa.engine.tokens import warm_up
+from omixa.engine.usage import UsageAggregator
+from omixa.engine.wallet import WalletPool
+from omixa.storage import Storage
 
 log = logging.getLogger("omixa.runtime")
 

@@ -45,17 +45,17 @@ import hmac
 import logging
 import re
 
-from engine.config import SecurityConfig
-from engine.errors import (
+from omixa.engine.config import SecurityConfig
+from omixa.engine.errors import (
     InvalidSignature,
     MissingSignature,
     ReplayedRequest,
     ServiceUnavailable,
     StaleTimestamp,
 )
-from engine.secretbox import SECRET_KEY_ENV, SecretBox, SecretKeyError
+from omixa.engine.secretbox import SECRET_KEY_ENV, SecretBox, SecretKeyError
 from omixa_client import SIGNATURE_PREFIX, sign, signed_message
-from storage import ApiKeyRecord, SigningSummary
+from omixa.storage import ApiKeyRecord, SigningSummary
 
 log = logging.getLogger("omixa.signatures")
 

@@ -90,7 +90,7 @@ def load_ranks(name: str) -> dict[bytes, int]:
     spec = _SPECS.get(name)
     if spec is None:
         raise ValueError(f"unknown encoding {name!r}; known: {', '.join(_SPECS)}")
-    data = gzip.decompress((resources.files("engine") / "encodings" / f"{name}.tiktoken.gz").read_bytes())
+    data = gzip.decompress((resources.files("omixa.engine") / "encodings" / f"{name}.tiktoken.gz").read_bytes())
     if hashlib.sha256(data).hexdigest() != spec.sha256:
         raise ValueError(f"engine/encodings/{name}.tiktoken.gz is not OpenAI's file (SHA-256 mismatch)")
     # The format tiktoken's own load_tiktoken_bpe reads: "base64(token) id" per line.

@@ -26,8 +26,8 @@ import logging
 
 import trio
 
-from engine.config import UsageConfig
-from storage import RequestLog, Storage, StorageError
+from omixa.engine.config import UsageConfig
+from omixa.storage import RequestLog, Storage, StorageError
 
 log = logging.getLogger("omixa.usage")
 request_log = logging.getLogger("omixa.request")

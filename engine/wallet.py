@@ -34,11 +34,11 @@ import logging
 import attrs
 import trio
 
-from engine.catalog import Prices, affordable_output_tokens, max_cost
-from engine.config import WalletConfig
-from engine.errors import InsufficientBalance, InternalError, InvalidApiKey, ServiceUnavailable
-from engine.mailbox import Reply, ask
-from storage import (
+from omixa.engine.catalog import Prices, affordable_output_tokens, max_cost
+from omixa.engine.config import WalletConfig
+from omixa.engine.errors import InsufficientBalance, InternalError, InvalidApiKey, ServiceUnavailable
+from omixa.engine.mailbox import Reply, ask
+from omixa.storage import (
     FinalizeHold,
     Hold,
     HoldContext,

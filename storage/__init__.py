@@ -5,7 +5,7 @@
 yields. The PostgreSQL backend must be opened inside ``trio_asyncio.open_loop()``.
 """
 
-from storage.base import (
+from omixa.storage.base import (
     Account,
     ApiKeyRecord,
     FinalizeHold,
@@ -25,9 +25,9 @@ from storage.base import (
     WalletOp,
     WalletState,
 )
-from storage._common import bucket_start, latency_bin_upper
-from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
-from storage.open import open_storage
+from omixa.storage._common import bucket_start, latency_bin_upper
+from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
+from omixa.storage.open import open_storage
 
 __all__ = [
     "Account",

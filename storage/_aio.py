@@ -16,11 +16,11 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import trio_asyncio
 
-from storage.errors import StorageError
+from omixa.storage.errors import StorageError
 
 T = TypeVar("T")
 
-logger = logging.getLogger("storage.aio")
+logger = logging.getLogger("omixa.storage.aio")
 
 
 def resolve_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:

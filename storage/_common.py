@@ -8,7 +8,7 @@ import math
 import secrets
 from typing import Any, Callable, Mapping, Sequence
 
-from storage.base import RequestLog, RequestLogFilter, RollupRow
+from omixa.storage.base import RequestLog, RequestLogFilter, RollupRow
 
 MAX_AMOUNT = 2**63 - 1  # the largest nano-dollar amount a BIGINT / INTEGER column holds
 

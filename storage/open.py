@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from typing import AsyncIterator
 
-from storage.base import Storage
+from omixa.storage.base import Storage
 
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -46,11 +46,11 @@ async def open_storage(
     # Backends are imported on demand: trio_asyncio (used by the PostgreSQL one) patches
     # asyncio's event-loop policy functions at import time, which SQLite users need not get.
     if url.startswith("sqlite:"):
-        from storage.sqlite import SQLiteStorage
+        from omixa.storage.sqlite import SQLiteStorage
 
         store: Storage = await SQLiteStorage.open(sqlite_path(url))
     elif url.startswith(_POSTGRES_SCHEMES):
-        from storage.postgres import PostgresStorage
+        from omixa.storage.postgres import PostgresStorage
 
         store = await PostgresStorage.open(url, loop=loop)
     else:

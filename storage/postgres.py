@@ -24,9 +24,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 import trio
 
-from storage._aio import AioBridge, resolve_loop
-from storage._pgpool import ConnectionPool
-from storage.base import (
+from omixa.storage._aio import AioBridge, resolve_loop
+from omixa.storage._pgpool import ConnectionPool
+from omixa.storage.base import (
     Account,
     ApiKeyRecord,
     FinalizeHold,
@@ -45,7 +45,7 @@ from storage.base import (
     WalletOp,
     WalletState,
 )
-from storage._common import (
+from omixa.storage._common import (
     REQUEST_LOG_COLUMNS,
     ROLLUP_SUMS,
     bucket_start,
@@ -59,8 +59,8 @@ from storage._common import (
     request_log_where,
     require_aware,
 )
-from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
-from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
+from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
+from omixa.storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
 

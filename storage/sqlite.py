@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import attrs
 import trio
 
-from storage.base import (
+from omixa.storage.base import (
     FinalizeHold,
     NewHold,
     WalletOp,
@@ -44,7 +44,7 @@ from storage.base import (
     TopUpResult,
     WalletState,
 )
-from storage._common import (
+from omixa.storage._common import (
     REQUEST_LOG_COLUMNS,
     ROLLUP_SUMS,
     bucket_start,
@@ -58,8 +58,8 @@ from storage._common import (
     require_aware,
     rollup_deltas,
 )
-from storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
-from storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
+from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
+from omixa.storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
 

@@ -18,7 +18,7 @@ import pytest
 import trio_asyncio
 from cryptography.fernet import Fernet
 
-from storage import open_storage
+from omixa.storage import open_storage
 
 PG_URL = os.environ.get("OMIXA_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 

@@ -57,8 +57,8 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from engine.providers.simulator import TINY_PNG
-from engine.tokens import count_chat_prompt, count_text, encoding
+from omixa.engine.providers.simulator import TINY_PNG
+from omixa.engine.tokens import count_chat_prompt, count_text, encoding
 
 DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog."
 DEFAULT_MODEL = "gpt-4o-2024-11-20"

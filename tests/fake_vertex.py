@@ -43,7 +43,7 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from engine.tokens import count_text, encoding
+from omixa.engine.tokens import count_text, encoding
 from fake_azure import FakeRequest, _send_response, _start
 
 DEFAULT_REPLY = "Gemini says the quick brown fox jumps over the lazy dog."

@@ -21,9 +21,9 @@ import attrs
 import httpx
 import trio
 
-from engine.config import load_config, structure_config
-from engine.money import parse_usd
-from web.server import Gateway, run_gateway
+from omixa.engine.config import load_config, structure_config
+from omixa.engine.money import parse_usd
+from omixa.web.server import Gateway, run_gateway
 
 MODEL = "gpt-4o-mini"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.catalog import CatalogError, load_catalog
+from omixa.engine.catalog import CatalogError, load_catalog
 from fake_azure import open_fake_azure
 from harness import azure_deployment, open_gateway
 

@@ -13,10 +13,10 @@ import openai
 import pytest
 import trio
 
-from engine.catalog import cost_of, load_catalog
-from engine.money import format_usd
-from engine.providers.base import Usage
-from engine.tokens import count_chat_prompt, count_text
+from omixa.engine.catalog import cost_of, load_catalog
+from omixa.engine.money import format_usd
+from omixa.engine.providers.base import Usage
+from omixa.engine.tokens import count_chat_prompt, count_text
 from fake_azure import DEFAULT_REPLY, open_fake_azure
 from harness import MODEL, ledger_verify_cli, open_gateway
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.catalog import load_catalog
-from engine.config import ConfigError, load_config, structure_config
+from omixa.engine.catalog import load_catalog
+from omixa.engine.config import ConfigError, load_config, structure_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +55,8 @@ def test_instance_staleness_must_span_several_heartbeats():
 
 
 def test_only_the_deployed_models_encodings_are_loaded_at_start():
-    from engine.catalog import load_catalog
-    from engine.runtime import deployed_encodings
+    from omixa.engine.catalog import load_catalog
+    from omixa.engine.runtime import deployed_encodings
 
     catalog = load_catalog()
     config = structure_config({"deployments": [

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from harness import open_gateway
-from web.server import drain_bytes
+from omixa.web.server import drain_bytes
 
 SIZES = [2, 64 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024]
 # The server's answers come at once; this only bounds a stall (a loaded machine is far quicker).

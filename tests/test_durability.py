@@ -18,12 +18,12 @@ import httpx
 import trio
 
 from conftest import PG_URL
-from engine.accounts import Accounts
-from engine.config import UsageConfig
-from engine.usage import UsageAggregator
+from omixa.engine.accounts import Accounts
+from omixa.engine.config import UsageConfig
+from omixa.engine.usage import UsageAggregator
 from fake_azure import open_fake_azure
 from harness import open_gateway
-from storage import HoldContext, Instance, RequestLog, RequestLogFilter, open_storage
+from omixa.storage import HoldContext, Instance, RequestLog, RequestLogFilter, open_storage
 from test_cli import OMIXA, read_values, write_config
 
 

@@ -8,8 +8,8 @@ import openai
 import pytest
 import trio
 
-from engine.catalog import load_catalog
-from engine.tokens import count_text
+from omixa.engine.catalog import load_catalog
+from omixa.engine.tokens import count_text
 from fake_azure import open_fake_azure
 from harness import azure_deployment, ledger_verify_cli, open_gateway
 

@@ -11,17 +11,17 @@ import pytest
 import trio
 import trio.testing
 
-from engine.catalog import load_catalog, max_cost
-from engine.config import DeploymentConfig, UsageConfig, WalletConfig
-from engine.deployment import DeploymentActor, Slot
-from engine.chat_request import parse_chat_request
-from engine.errors import InsufficientBalance, InvalidApiKey, NoHealthyDeployment, OmixaError, UpstreamError
-from engine.mailbox import Reply
-from engine.providers import SimulatorProvider
-from engine.router import Router
-from engine.usage import UsageAggregator
-from engine.wallet import Reserved, WalletPool
-from storage import HoldContext, RequestLog, Settlement
+from omixa.engine.catalog import load_catalog, max_cost
+from omixa.engine.config import DeploymentConfig, UsageConfig, WalletConfig
+from omixa.engine.deployment import DeploymentActor, Slot
+from omixa.engine.chat_request import parse_chat_request
+from omixa.engine.errors import InsufficientBalance, InvalidApiKey, NoHealthyDeployment, OmixaError, UpstreamError
+from omixa.engine.mailbox import Reply
+from omixa.engine.providers import SimulatorProvider
+from omixa.engine.router import Router
+from omixa.engine.usage import UsageAggregator
+from omixa.engine.wallet import Reserved, WalletPool
+from omixa.storage import HoldContext, RequestLog, Settlement
 
 PRICES = load_catalog().get("gpt-4o-mini").prices
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.catalog import EFFORTS, load_catalog
-from engine.config import BreakerConfig, UpstreamConfig, structure_config
-from engine.fleet import Fleet
-from engine.router import Router
+from omixa.engine.catalog import EFFORTS, load_catalog
+from omixa.engine.config import BreakerConfig, UpstreamConfig, structure_config
+from omixa.engine.fleet import Fleet
+from omixa.engine.router import Router
 from fake_azure import open_fake_azure
 from harness import azure_deployment, open_gateway
 

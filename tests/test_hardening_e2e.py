@@ -8,12 +8,12 @@ import json
 import httpx
 import pytest
 
-from engine.catalog import cost_of
-from engine.config import DeploymentConfig
-from engine.providers.base import Usage
+from omixa.engine.catalog import cost_of
+from omixa.engine.config import DeploymentConfig
+from omixa.engine.providers.base import Usage
 from fake_azure import MSG_404, open_fake_azure
 from harness import MODEL, azure_deployment, open_gateway
-from storage import RequestLogFilter
+from omixa.storage import RequestLogFilter
 from test_errors_e2e import check_envelope, ledger_unchanged
 
 MESSAGES = [{"role": "user", "content": "hi"}]

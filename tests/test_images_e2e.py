@@ -11,7 +11,7 @@ import openai
 import pytest
 import trio
 
-from engine.tokens import count_text
+from omixa.engine.tokens import count_text
 from fake_azure import PNG, open_fake_azure
 from harness import azure_deployment, ledger_verify_cli, open_gateway
 

@@ -10,8 +10,8 @@ import asyncpg
 import pytest
 import trio
 
-from storage._aio import AioBridge
-from storage._pgpool import ConnectionPool
+from omixa.storage._aio import AioBridge
+from omixa.storage._pgpool import ConnectionPool
 from conftest import PG_URL
 
 APP = "omixa-pool-test"

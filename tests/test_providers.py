@@ -15,9 +15,9 @@ import pytest
 import trio
 import trustme
 
-from engine.config import DeploymentConfig, UpstreamConfig
-from engine.errors import UpstreamError, UpstreamTimeout
-from engine.providers import (
+from omixa.engine.config import DeploymentConfig, UpstreamConfig
+from omixa.engine.errors import UpstreamError, UpstreamTimeout
+from omixa.engine.providers import (
     AzureProvider,
     HttpClients,
     SimulatorProvider,
@@ -26,8 +26,8 @@ from engine.providers import (
     build_provider,
     iter_sse,
 )
-from engine.providers.simulator import WORDS
-from engine.tokens import count_chat_prompt, count_text
+from omixa.engine.providers.simulator import WORDS
+from omixa.engine.tokens import count_chat_prompt, count_text
 from fake_azure import DEFAULT_REPLY, open_fake_azure
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say something."}]}
@@ -264,8 +264,8 @@ async def test_success_status_with_a_non_object_body(fake, azure):
 async def test_answers_and_error_bodies_are_read_up_to_their_caps(fake):
     """post_answer (httpcore's pool directly) keeps the caps: the answer's limit, and
     MAX_ERROR_BODY_BYTES for an error body; the connection is closed and the next call works."""
-    from engine.providers._http import MAX_ERROR_BODY_BYTES, make_client, post_answer
-    from engine.providers.azure import error_from_response
+    from omixa.engine.providers._http import MAX_ERROR_BODY_BYTES, make_client, post_answer
+    from omixa.engine.providers.azure import error_from_response
 
     client = make_client(SERVER)
     url = f"{fake.endpoint}/openai/deployments/d/chat/completions?api-version=2024-10-21"
@@ -298,7 +298,7 @@ async def test_answers_and_error_bodies_are_read_up_to_their_caps(fake):
      (httpcore.UnsupportedProtocol, False)],
 )  # fmt: skip
 def test_httpcore_exceptions_map_like_their_httpx_twins(exc, timeout):
-    from engine.providers._http import map_errors
+    from omixa.engine.providers._http import map_errors
 
     with pytest.raises(UpstreamTimeout if timeout else UpstreamError) as info:
         with map_errors():
@@ -494,7 +494,7 @@ async def test_simulator_pacing(autojump_clock):
 
 
 async def read_stream_pieces(client, url: str, headers: dict, body: dict) -> list[bytes]:
-    from engine.providers._http import stream_reads
+    from omixa.engine.providers._http import stream_reads
 
     request = client.build_request("POST", url, json={**body, "stream": True}, headers=headers)
     response = await client.send(request, stream=True)
@@ -510,7 +510,7 @@ async def test_stream_bodies_are_read_in_chunk_bytes_and_everything_else_in_full
     are handed up together (each frame in one piece, not in 128-byte slices), over plain TCP
     and TLS. Heads and non-streaming bodies come in full-size reads, and the connection is
     back to them when it serves the next request."""
-    from engine.providers._http import GATHER_BYTES, make_client, set_read_size
+    from omixa.engine.providers._http import GATHER_BYTES, make_client, set_read_size
 
     set_read_size(128)
     reply = " ".join(f"w{i}" for i in range(200))
@@ -554,7 +554,7 @@ async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
     """A stream body read gathers what the kernel holds; a connection reset met while
     gathering is raised by the next read, after the bytes that arrived before it, as the
     same error as before (UpstreamError, upstream not reached)."""
-    from engine.providers._http import make_client, set_read_size, translate
+    from omixa.engine.providers._http import make_client, set_read_size, translate
 
     set_read_size(128)
     frames = b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in
@@ -593,7 +593,7 @@ async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
             response = await client.send(request, stream=True)
             await sent.wait()  # body and reset are both in the kernel before the first body read
             received = []
-            from engine.providers._http import stream_reads
+            from omixa.engine.providers._http import stream_reads
 
             with pytest.raises(httpx.ReadError) as caught:
                 with stream_reads(response.extensions):

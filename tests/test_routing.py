@@ -11,12 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from engine.config import BreakerConfig, DeploymentConfig
-from engine.deployment import DeploymentActor, Refused, Slot
-from engine.errors import UpstreamError, UpstreamTimeout
-from engine.providers import SimulatorProvider
-from engine.providers.base import Usage
-from engine.windows import Health, SlidingWindow, hour_window, minute_window
+from omixa.engine.config import BreakerConfig, DeploymentConfig
+from omixa.engine.deployment import DeploymentActor, Refused, Slot
+from omixa.engine.errors import UpstreamError, UpstreamTimeout
+from omixa.engine.providers import SimulatorProvider
+from omixa.engine.providers.base import Usage
+from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
 from fake_azure import open_fake_azure
 from harness import MODEL, azure_deployment, open_gateway
 
@@ -363,7 +363,7 @@ def reset_seconds(value: str) -> float:
 
 
 def test_reset_durations_are_formatted_like_openai():
-    from engine.keylimits import format_reset
+    from omixa.engine.keylimits import format_reset
 
     assert [format_reset(s) for s in (0.0172, 1, 59.2, 360)] == ["18ms", "1s", "1m0s", "6m0s"]
 

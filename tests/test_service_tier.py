@@ -8,9 +8,9 @@ import httpx
 import openai
 import trio
 
-from engine.catalog import cost_of, load_catalog, max_cost
-from engine.providers.base import Usage
-from engine.tokens import count_chat_prompt, count_text
+from omixa.engine.catalog import cost_of, load_catalog, max_cost
+from omixa.engine.providers.base import Usage
+from omixa.engine.tokens import count_chat_prompt, count_text
 from fake_azure import DEFAULT_REPLY, open_fake_azure
 from harness import azure_deployment, open_gateway
 

@@ -8,7 +8,7 @@ import trio
 
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
-from storage import open_storage
+from omixa.storage import open_storage
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

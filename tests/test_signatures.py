@@ -19,18 +19,18 @@ from hypothesis import strategies as st
 
 from pathlib import Path
 
-from engine.config import ConfigError, SecurityConfig, structure_config
-from engine.errors import (
+from omixa.engine.config import ConfigError, SecurityConfig, structure_config
+from omixa.engine.errors import (
     InvalidSignature,
     MissingSignature,
     ReplayedRequest,
     ServiceUnavailable,
     StaleTimestamp,
 )
-from engine.secretbox import SecretBox, SecretKeyError, generate_signing_secret, secret_box_from_env
-from engine.signatures import MAX_FUTURE_SKEW, ReplayCache, SignatureVerifier, check_signing_setup
+from omixa.engine.secretbox import SecretBox, SecretKeyError, generate_signing_secret, secret_box_from_env
+from omixa.engine.signatures import MAX_FUTURE_SKEW, ReplayCache, SignatureVerifier, check_signing_setup
 from omixa_client import OmixaSigner, sign, signature_headers, signed_message
-from storage import ApiKeyRecord, SigningSummary
+from omixa.storage import ApiKeyRecord, SigningSummary
 
 NOW = 1_780_660_800.0
 WINDOW = 300

@@ -17,8 +17,8 @@ import pytest
 import trio
 from cryptography.fernet import Fernet
 
-from engine.accounts import Accounts
-from engine.secretbox import SecretKeyError, secret_box_from_env
+from omixa.engine.accounts import Accounts
+from omixa.engine.secretbox import SecretKeyError, secret_box_from_env
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
 from omixa_client import OmixaSigner, sign, signature_headers, signed_message

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from storage import NotFound
+from omixa.storage import NotFound
 
 
 async def test_rotation_keeps_the_replaced_secret_only_with_a_grace_period(storage):

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio_asyncio
 
-from storage import (
+from omixa.storage import (
     FinalizeHold,
     HoldContext,
     KeyRevoked,
@@ -29,11 +29,11 @@ from storage import (
     WalletState,
     open_storage,
 )
-from storage._aio import AioBridge
-from storage.migrations import load_migrations
-from storage.open import sqlite_path
-from storage.postgres import _pool_options
-from storage.sqlite import SQLiteStorage
+from omixa.storage._aio import AioBridge
+from omixa.storage.migrations import load_migrations
+from omixa.storage.open import sqlite_path
+from omixa.storage.postgres import _pool_options
+from omixa.storage.sqlite import SQLiteStorage
 
 UTC = dt.timezone.utc
 USD = 1_000_000_000  # nano-dollars

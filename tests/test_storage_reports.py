@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 import trio
 
-from storage import (
+from omixa.storage import (
     FinalizeHold,
     HoldContext,
     IdempotencyConflict,
@@ -20,7 +20,7 @@ from storage import (
     latency_bin_upper,
     open_storage,
 )
-from storage._common import latency_bin
+from omixa.storage._common import latency_bin
 from test_storage import USD, _later, funded_account, request_log
 
 UTC = dt.timezone.utc

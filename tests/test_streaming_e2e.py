@@ -16,9 +16,9 @@ import pytest
 import trio
 import trio.testing
 
-from engine.catalog import cost_of, load_catalog
-from engine.providers.base import Usage
-from engine.tokens import count_chat_prompt, count_text
+from omixa.engine.catalog import cost_of, load_catalog
+from omixa.engine.providers.base import Usage
+from omixa.engine.tokens import count_chat_prompt, count_text
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
 

@@ -13,7 +13,7 @@ from importlib import resources
 
 import pytest
 
-from engine import tokens
+from omixa.engine import tokens
 
 TEXTS = {
     "ascii": "Hello, world! How are you doing today?",
@@ -81,7 +81,7 @@ def test_encoding_is_tiktokens_own(name: str, tmp_path, monkeypatch: pytest.Monk
     from tiktoken_ext import openai_public
 
     url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
-    packed = (resources.files("engine") / "encodings" / f"{name}.tiktoken.gz").read_bytes()
+    packed = (resources.files("omixa.engine") / "encodings" / f"{name}.tiktoken.gz").read_bytes()
     (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(gzip.decompress(packed))
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     theirs = getattr(openai_public, name)()

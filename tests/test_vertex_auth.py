@@ -13,9 +13,9 @@ import openai
 import pytest
 import trio
 
-from engine.config import ConfigError, structure_config
-from engine.errors import UpstreamError
-from engine.providers.google_auth import REFRESH_MARGIN, ServiceAccountTokens, load_service_account
+from omixa.engine.config import ConfigError, structure_config
+from omixa.engine.errors import UpstreamError
+from omixa.engine.providers.google_auth import REFRESH_MARGIN, ServiceAccountTokens, load_service_account
 from fake_vertex import DEFAULT_REPLY, open_fake_vertex
 from harness import open_gateway
 from test_vertex_e2e import MESSAGES, MODEL, vertex_deployment

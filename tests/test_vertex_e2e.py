@@ -17,10 +17,10 @@ import openai
 import pytest
 import trio
 
-from engine.catalog import cost_of, load_catalog
-from engine.providers import gemini
-from engine.providers.base import Usage
-from engine.tokens import count_text
+from omixa.engine.catalog import cost_of, load_catalog
+from omixa.engine.providers import gemini
+from omixa.engine.providers.base import Usage
+from omixa.engine.tokens import count_text
 from fake_vertex import DEFAULT_REPLY, DEFAULT_THOUGHT, open_fake_vertex, prompt_tokens_of
 from harness import open_gateway
 
@@ -307,7 +307,7 @@ async def test_a_client_leaving_a_vertex_stream_pays_prompt_and_delivered_tokens
         # Vertex reports usage only at the end: the prompt (counted offline) and the delivered
         # text are charged, as on Azure.
         assert row.status == "client_closed"
-        from engine.tokens import count_chat_prompt
+        from omixa.engine.tokens import count_chat_prompt
 
         prompt = count_chat_prompt({"messages": MESSAGES})
         assert (row.prompt_tokens, row.completion_tokens) == (prompt, count_text(delivered))

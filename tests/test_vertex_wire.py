@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.config import ConfigError, DeploymentConfig, structure_config
-from engine.errors import InvalidRequest, UpstreamError
-from engine.providers import gemini
-from engine.providers.vertex import _Chunks, error_from_response, model_url
+from omixa.engine.config import ConfigError, DeploymentConfig, structure_config
+from omixa.engine.errors import InvalidRequest, UpstreamError
+from omixa.engine.providers import gemini
+from omixa.engine.providers.vertex import _Chunks, error_from_response, model_url
 
 # Every family x every effort: what reaches Vertex (docs/api.md carries the same table).
 THINKING_TABLE = {

@@ -19,10 +19,10 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from engine.chat import Caller
-from engine.deployment import DeploymentActor
-from engine.intake import decode_json
-from engine.errors import (
+from omixa.engine.chat import Caller
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.intake import decode_json
+from omixa.engine.errors import (
     InternalError,
     InvalidApiKey,
     InvalidRequest,
@@ -31,15 +31,15 @@ from engine.errors import (
     OmixaError,
     RequestTooLarge,
 )
-from engine.keylimits import fleet_views, format_reset
-from engine.money import format_usd
-from engine.runtime import Engine
-from storage import ApiKeyRecord
-from web import catalog_routes, model_calls
-from web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from web import dashboard, signing, wallet_api
-from web.openapi import openapi_document
-from web.lifecycle import CLOSERS_KEY, NURSERY_KEY
+from omixa.engine.keylimits import fleet_views, format_reset
+from omixa.engine.money import format_usd
+from omixa.engine.runtime import Engine
+from omixa.storage import ApiKeyRecord
+from omixa.web import catalog_routes, model_calls
+from omixa.web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
+from omixa.web import dashboard, signing, wallet_api
+from omixa.web.openapi import openapi_document
+from omixa.web.lifecycle import CLOSERS_KEY, NURSERY_KEY
 
 log = logging.getLogger("omixa.web")
 
@@ -53,7 +53,7 @@ SSE_HEADERS = {
 
 
 def create_app(engine: Engine) -> QuartTrio:
-    app = QuartTrio("omixa")
+    app = QuartTrio(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=engine.config.server.max_body_bytes,
         # Long streams and slow reasoning models are bounded by the upstream timeout instead.

@@ -14,11 +14,11 @@ from typing import Any, Awaitable, Callable, Mapping
 from quart import Response
 from quart_trio import QuartTrio
 
-from engine.catalog import ModelInfo, Prices
-from engine.errors import ModelNotFound
-from engine.money import format_usd
-from engine.runtime import Engine
-from web.envelope import json_response
+from omixa.engine.catalog import ModelInfo, Prices
+from omixa.engine.errors import ModelNotFound
+from omixa.engine.money import format_usd
+from omixa.engine.runtime import Engine
+from omixa.web.envelope import json_response
 
 
 def register(app: QuartTrio, engine: Engine, authenticate: Callable[[], Awaitable[Any]]) -> None:

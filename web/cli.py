@@ -17,13 +17,13 @@ from typing import Any, Awaitable, Callable, Sequence
 import trio
 import trio_asyncio
 
-from engine.accounts import Accounts, SigningUnavailable
-from engine.catalog import CatalogError
-from engine.config import Config, ConfigError, load_config, resolve_config_path, storage_url, structure_config
-from engine.money import format_usd, parse_usd
-from engine.secretbox import SECRET_KEY_ENV, secret_box_from_env
-from storage import NotFound, Storage, StorageError, open_storage
-from web import deployments_file
+from omixa.engine.accounts import Accounts, SigningUnavailable
+from omixa.engine.catalog import CatalogError
+from omixa.engine.config import Config, ConfigError, load_config, resolve_config_path, storage_url, structure_config
+from omixa.engine.money import format_usd, parse_usd
+from omixa.engine.secretbox import SECRET_KEY_ENV, secret_box_from_env
+from omixa.storage import NotFound, Storage, StorageError, open_storage
+from omixa.web import deployments_file
 
 log = logging.getLogger("omixa.cli")
 
@@ -87,7 +87,7 @@ def _print(**values: Any) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from web.server import Gateway, freeze_start_up_objects, limit_malloc_arenas, run_gateway  # loads only when serving
+    from omixa.web.server import Gateway, freeze_start_up_objects, limit_malloc_arenas, run_gateway  # loads only when serving
 
     limit_malloc_arenas()
 
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from web.demo import run_demo
+    from omixa.web.demo import run_demo
 
     return _run(run_demo, args.port, args.data_dir)
 

@@ -38,14 +38,14 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Response, g, redirect, render_template, request
 from quart_trio import QuartTrio
 
-from engine.errors import InvalidApiKey, InvalidRequest
-from engine.money import format_usd
-from engine.reports import STEP, Bucket
-from engine.runtime import Engine
-from storage import ApiKeyRecord, RequestLogFilter
-from web.catalog_routes import model_object
-from web.envelope import json_response
-from web.wallet_api import bucket_view, iso, request_view
+from omixa.engine.errors import InvalidApiKey, InvalidRequest
+from omixa.engine.money import format_usd
+from omixa.engine.reports import STEP, Bucket
+from omixa.engine.runtime import Engine
+from omixa.storage import ApiKeyRecord, RequestLogFilter
+from omixa.web.catalog_routes import model_object
+from omixa.web.envelope import json_response
+from omixa.web.wallet_api import bucket_view, iso, request_view
 
 log = logging.getLogger("omixa.dashboard")
 

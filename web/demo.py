@@ -17,10 +17,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from engine.catalog import load_catalog
-from engine.config import StorageConfig, structure_config
-from engine.money import parse_usd
-from web.server import Gateway, run_gateway
+from omixa.engine.catalog import load_catalog
+from omixa.engine.config import StorageConfig, structure_config
+from omixa.engine.money import parse_usd
+from omixa.web.server import Gateway, run_gateway
 
 DEMO_EMAIL = "demo@omixa.local"
 DEMO_BALANCE = "10.00"

@@ -13,8 +13,8 @@ from typing import Any
 
 import tomlkit
 
-from engine.catalog import load_catalog
-from engine.config import DEFAULT_AZURE_API_VERSION, ConfigError, structure_config
+from omixa.engine.catalog import load_catalog
+from omixa.engine.config import DEFAULT_AZURE_API_VERSION, ConfigError, structure_config
 
 
 def add_azure_deployment(

@@ -13,7 +13,7 @@ from typing import Any
 
 from quart import Response
 
-from engine.errors import OmixaError
+from omixa.engine.errors import OmixaError
 
 REQUEST_ID_HEADER = "x-request-id"
 

@@ -14,11 +14,11 @@ from typing import Any, Awaitable, Callable
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from engine.chat import Caller
-from engine.embeddings import parse_embedding_request
-from engine.images import parse_image_request
-from engine.runtime import Engine
-from web.envelope import json_response
+from omixa.engine.chat import Caller
+from omixa.engine.embeddings import parse_embedding_request
+from omixa.engine.images import parse_image_request
+from omixa.engine.runtime import Engine
+from omixa.web.envelope import json_response
 
 
 def register(

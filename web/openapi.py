@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.catalog import EFFORTS
-from engine.chat_request import MAX_CHOICES, ROLES, SERVICE_TIERS, VERBOSITIES
-from engine.embeddings import ENCODING_FORMATS, MAX_INPUTS, MAX_TOKEN_ID
-from engine.errors import OmixaError
-from engine.images import MAX_IMAGES, MAX_PROMPT_CHARS
-from engine.reports import MAX_IDEMPOTENCY_KEY, MAX_PAGE
-from web.wallet_api import EARLIEST, LATEST, MAX_FILTER_CHARS
+from omixa.engine.catalog import EFFORTS
+from omixa.engine.chat_request import MAX_CHOICES, ROLES, SERVICE_TIERS, VERBOSITIES
+from omixa.engine.embeddings import ENCODING_FORMATS, MAX_INPUTS, MAX_TOKEN_ID
+from omixa.engine.errors import OmixaError
+from omixa.engine.images import MAX_IMAGES, MAX_PROMPT_CHARS
+from omixa.engine.reports import MAX_IDEMPOTENCY_KEY, MAX_PAGE
+from omixa.web.wallet_api import EARLIEST, LATEST, MAX_FILTER_CHARS
 
 MONEY = {"type": "string", "pattern": r"^-?\d+\.\d{2,9}$", "description": "Exact USD amount as a decimal string"}
 TIME = {"type": "string", "format": "date-time", "description": "RFC 3339, UTC, milliseconds"}

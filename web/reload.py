@@ -16,10 +16,10 @@ from pathlib import Path
 import attrs
 import trio
 
-from engine.catalog import CatalogError
-from engine.config import ConfigError, load_config
-from engine.runtime import Engine, deployed_encodings
-from engine.tokens import warm_up
+from omixa.engine.catalog import CatalogError
+from omixa.engine.config import ConfigError, load_config
+from omixa.engine.runtime import Engine, deployed_encodings
+from omixa.engine.tokens import warm_up
 
 log = logging.getLogger("omixa.reload")
 

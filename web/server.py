@@ -27,13 +27,13 @@ import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
-from engine.config import Config, storage_url
-from engine.runtime import Engine, open_engine
-from storage import open_storage
-from web.app import create_app
-from web.connection import ConnectionGuard
-from web.lifecycle import RequestScope
-from web.reload import watch_config
+from omixa.engine.config import Config, storage_url
+from omixa.engine.runtime import Engine, open_engine
+from omixa.storage import open_storage
+from omixa.web.app import create_app
+from omixa.web.connection import ConnectionGuard
+from omixa.web.lifecycle import RequestScope
+from omixa.web.reload import watch_config
 
 log = logging.getLogger("omixa.server")
 

@@ -25,8 +25,8 @@ import time
 from quart import g, request
 from quart_trio import QuartTrio
 
-from engine.errors import RequestTooLarge
-from engine.runtime import Engine
+from omixa.engine.errors import RequestTooLarge
+from omixa.engine.runtime import Engine
 from omixa_client import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 API_PREFIX = "/api/v1"

@@ -15,12 +15,12 @@ from typing import Any, Awaitable, Callable, Sequence
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from engine.errors import InvalidRequest, NotFoundError
-from engine.money import format_usd
-from engine.reports import STEP, Bucket, Page, page_limit
-from engine.runtime import Engine
-from storage import ApiKeyRecord, LedgerEntry, RequestLog, RequestLogFilter
-from web.envelope import json_response
+from omixa.engine.errors import InvalidRequest, NotFoundError
+from omixa.engine.money import format_usd
+from omixa.engine.reports import STEP, Bucket, Page, page_limit
+from omixa.engine.runtime import Engine
+from omixa.storage import ApiKeyRecord, LedgerEntry, RequestLog, RequestLogFilter
+from omixa.web.envelope import json_response
 
 TXN_PREFIX = "txn_"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

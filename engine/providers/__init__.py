@@ -6,13 +6,13 @@ with one :class:`HttpClients` share a pooled HTTP/1.1 client per endpoint origin
 
 from __future__ import annotations
 
-from engine.config import DeploymentConfig, UpstreamConfig
-from engine.providers._http import HttpClients, set_read_size
-from engine.providers.azure import AzureProvider
-from engine.providers.base import Completion, Provider, SseEvent, Usage
-from engine.providers.simulator import SimulatorProvider
-from engine.providers.vertex import VertexProvider
-from engine.providers.sse import SseParser, iter_sse
+from omixa.engine.config import DeploymentConfig, UpstreamConfig
+from omixa.engine.providers._http import HttpClients, set_read_size
+from omixa.engine.providers.azure import AzureProvider
+from omixa.engine.providers.base import Completion, Provider, SseEvent, Usage
+from omixa.engine.providers.simulator import SimulatorProvider
+from omixa.engine.providers.vertex import VertexProvider
+from omixa.engine.providers.sse import SseParser, iter_sse
 
 __all__ = [
     "AzureProvider",

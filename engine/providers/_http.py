@@ -34,8 +34,8 @@ import httpcore
 import httpx
 import trio
 
-from engine.config import UpstreamConfig
-from engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
+from omixa.engine.config import UpstreamConfig
+from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 
 # An upstream's error body is read up to this many bytes (the message is what matters).
 MAX_ERROR_BODY_BYTES = 64 * 1024

@@ -28,9 +28,9 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from engine.config import DeploymentConfig, UpstreamConfig
-from engine.errors import UpstreamError, UpstreamTimeout
-from engine.providers._http import (
+from omixa.engine.config import DeploymentConfig, UpstreamConfig
+from omixa.engine.errors import UpstreamError, UpstreamTimeout
+from omixa.engine.providers._http import (
     MAX_ERROR_BODY_BYTES,
     STREAM_ERRORS,
     UpstreamClient,
@@ -39,8 +39,8 @@ from engine.providers._http import (
     post_answer,
     translate,
 )
-from engine.providers.base import Completion, SseEvent, Usage, decode_upstream_json
-from engine.providers.sse import SseParser
+from omixa.engine.providers.base import Completion, SseEvent, Usage, decode_upstream_json
+from omixa.engine.providers.sse import SseParser
 
 MAX_COMPLETION_BYTES = 32 * 1024 * 1024
 # Ten base64 images of 1536x1024 are about 40 MB.

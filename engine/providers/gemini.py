@@ -28,8 +28,8 @@ import re
 import time
 from typing import Any, Iterable
 
-from engine.errors import InvalidRequest, UpstreamError
-from engine.providers.base import Usage
+from omixa.engine.errors import InvalidRequest, UpstreamError
+from omixa.engine.providers.base import Usage
 
 # Parameters the engine or OpenAI clients send that mean nothing to Gemini.
 DROPPED = frozenset({

@@ -34,8 +34,8 @@ import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from engine.errors import UpstreamError, UpstreamTimeout
-from engine.providers._http import map_errors
+from omixa.engine.errors import UpstreamError, UpstreamTimeout
+from omixa.engine.providers._http import map_errors
 
 log = logging.getLogger("omixa.vertex")
 

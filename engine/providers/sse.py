@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import AsyncIterable, AsyncIterator
 
-from engine.errors import UpstreamError
-from engine.providers.base import SseEvent, decode_upstream_json
+from omixa.engine.errors import UpstreamError
+from omixa.engine.providers.base import SseEvent, decode_upstream_json
 
 MAX_BUFFER_BYTES = 1024 * 1024
 _LF, _CR = 10, 13

@@ -30,16 +30,16 @@ from urllib.parse import quote
 import httpx
 import trio
 
-from engine.config import DeploymentConfig, UpstreamConfig
-from engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
-from engine.providers import gemini
-from engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
-from engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
-from engine.providers.base import Completion, SseEvent, decode_upstream_json
-from engine.providers.sse import SseParser
+from omixa.engine.config import DeploymentConfig, UpstreamConfig
+from omixa.engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
+from omixa.engine.providers import gemini
+from omixa.engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
+from omixa.engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
+from omixa.engine.providers.base import Completion, SseEvent, decode_upstream_json
+from omixa.engine.providers.sse import SseParser
 
 if TYPE_CHECKING:
-    from engine.providers.google_auth import ServiceAccountTokens
+    from omixa.engine.providers.google_auth import ServiceAccountTokens
 
 _DELAY = re.compile(r"(\d+(?:\.\d+)?)s")
 
@@ -95,7 +95,7 @@ class VertexProvider:
         if deployment.service_account_file:
             # Loaded here, not at import: PyJWT and cryptography take about 9 MB of memory
             # that a gateway without service accounts need not carry.
-            from engine.providers import google_auth
+            from omixa.engine.providers import google_auth
 
             account = google_auth.load_service_account(deployment.service_account_file)
             self._tokens = google_auth.ServiceAccountTokens(account, self._clients.for_endpoint(account.token_uri))

@@ -21,7 +21,7 @@ from importlib import resources
 
 import attrs
 
-from storage.errors import MigrationError
+from omixa.storage.errors import MigrationError
 
 DIALECTS = ("sqlite", "postgres")
 
