@@ -118,9 +118,7 @@ class Upstream:
         for key, value in flags.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         self.log_path = logdir / f"upstream-{name}.log"
-        self.proc = subprocess.Popen(
-            pinned(core, argv), stdout=subprocess.PIPE, stderr=open(self.log_path, "wb")
-        )
+        self.proc = subprocess.Popen(pinned(core, argv), stdout=subprocess.PIPE, stderr=open(self.log_path, "wb"))
         self.port = int(read_line_with(self.proc, "UPSTREAM_PORT=", 30))
         self.endpoint = f"http://127.0.0.1:{self.port}"
         log(f"upstream {name}: {self.endpoint} ({' '.join(argv[3:])})")
@@ -167,9 +165,7 @@ class Load:
                 argv += [f"--{key.replace('_', '-')}", str(value)]
         self.runs += 1
         try:
-            proc = subprocess.run(
-                pinned(self.core, argv), capture_output=True, text=True, timeout=limit
-            )
+            proc = subprocess.run(pinned(self.core, argv), capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired as exc:
             return {"error": f"load generator exceeded {limit:g} s", "stderr": str(exc.stderr)[-2000:]}
         if proc.returncode != 0 or not proc.stdout.strip():
@@ -178,8 +174,16 @@ class Load:
 
 
 def interleaved(
-    load: Load, rounds: int, fast: Upstream, label: str, mode: str, limit: float,
-    gateway: tuple[str, str, int], direct_opts: dict, gw_opts: dict, problems: list[str],
+    load: Load,
+    rounds: int,
+    fast: Upstream,
+    label: str,
+    mode: str,
+    limit: float,
+    gateway: tuple[str, str, int],
+    direct_opts: dict,
+    gw_opts: dict,
+    problems: list[str],
 ) -> list[dict]:
     """``rounds`` rounds of one scenario: direct to the fast upstream, then through the
     gateway (``gateway``: its URL, auth header and pid), and again. Failed runs go into
@@ -236,9 +240,7 @@ POOL_VARIANTS = [
 ]
 
 
-def write_config(
-    path: Path, storage_url: str, fast: Upstream, slow: Upstream, pool: tuple[str, str]
-) -> None:
+def write_config(path: Path, storage_url: str, fast: Upstream, slow: Upstream, pool: tuple[str, str]) -> None:
     path.write_text(
         CONFIG_TEMPLATE.format(
             server_extra=pool[0],
@@ -334,7 +336,9 @@ class Backend:
         # A second account that never has money, for the stall scenario's flood.
         code, out, err = run_cli(["account", "create", "empty@example.com"], self.config, self.env)
         if code == 0:
-            code, out, err = run_cli(["key", "create", values(out)["OMIXA_ACCOUNT_ID"], *self.result["key_flags"]], self.config, self.env)
+            code, out, err = run_cli(
+                ["key", "create", values(out)["OMIXA_ACCOUNT_ID"], *self.result["key_flags"]], self.config, self.env
+            )
         if code != 0:
             raise BenchError(f"creating the empty account's key failed ({code}): {err.strip()}")
         self.empty_key = values(out)["OMIXA_API_KEY"]
@@ -381,7 +385,9 @@ class Backend:
                     data = resp.read()
                     headers = dict(resp.headers)
             except urllib.error.HTTPError as exc:
-                raise BenchError(f"probe {'stream' if stream else 'request'} got HTTP {exc.code}: {exc.read()[:500]!r}") from None
+                raise BenchError(
+                    f"probe {'stream' if stream else 'request'} got HTTP {exc.code}: {exc.read()[:500]!r}"
+                ) from None
             except OSError as exc:
                 raise BenchError(f"probe {'stream' if stream else 'request'} failed: {exc!r}") from None
             if stream and b"data: [DONE]" not in data:
@@ -414,11 +420,11 @@ class Backend:
             self.both(f"rps_c{c}", "rps", rps_limit, opts, opts)
         opts = dict(count=p["latency_count"], warmup_count=50, time_limit=120)
         self.both("latency_c1", "latency", 180, opts, opts)
-        opts = dict(
-            concurrency=4, duration=p["sse_duration"], warmup=p["sse_warmup"], include_usage=True
-        )
+        opts = dict(concurrency=4, duration=p["sse_duration"], warmup=p["sse_warmup"], include_usage=True)
         self.both("sse_c4", "sse", p["sse_warmup"] + p["sse_duration"] + 90, opts, opts)
-        opts = dict(count=p["ttfb_count"], warmup_count=10, max_tokens=p["ttfb_tokens"], include_usage=True, time_limit=120)
+        opts = dict(
+            count=p["ttfb_count"], warmup_count=10, max_tokens=p["ttfb_tokens"], include_usage=True, time_limit=120
+        )
         self.both("ttfb_c1", "ttfb", 180, opts, opts)
         self.hold()
         self.stall()  # last: what its large bodies leave in memory must not count above
@@ -473,7 +479,9 @@ class Backend:
         if "error" in res:
             self.result["problems"].append(f"hold: {res['error']}: {res.get('stderr', '')[-300:]}")
         elif res.get("streams_with_first_event") != res.get("streams_requested"):
-            self.result["problems"].append(f"hold: only {res.get('streams_with_first_event')} of {res.get('streams_requested')} streams got their first event: {res.get('failures')}")
+            self.result["problems"].append(
+                f"hold: only {res.get('streams_with_first_event')} of {res.get('streams_requested')} streams got their first event: {res.get('failures')}"
+            )
         log(f"{self.name} hold: {brief(res)}")
         # Let the closed streams settle before the next step.
         time.sleep(2.0)
@@ -532,7 +540,11 @@ class Backend:
                 [*PG_ADMIN, "-q", "-c", f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)"],
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
-            log(f"postgresql: dropped database {self.db}" if proc.returncode == 0 else f"postgresql: drop failed: {proc.stderr.strip()}")
+            log(
+                f"postgresql: dropped database {self.db}"
+                if proc.returncode == 0
+                else f"postgresql: drop failed: {proc.stderr.strip()}"
+            )
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -620,7 +632,7 @@ def summarize(b: dict) -> dict:
         rs = rounds_of(b, name)
         d = [get(r["direct"], path) for r in rs]
         g = [get(r["gateway"], path) for r in rs]
-        ok = [(x, y) for x, y in zip(d, g) if x is not None and y is not None]
+        ok = [(x, y) for x, y in zip(d, g, strict=True) if x is not None and y is not None]
         entry = {"direct": median(d), "gateway": median(g), "rounds": len(ok)}
         if kind == "ratio":
             entry["ratio"] = median([y / x for x, y in ok if x])
@@ -700,7 +712,13 @@ def table(results: dict) -> str:
     names = [b["backend"] for b in results["backends"]]
     sums = {b["backend"]: b["summary"] for b in results["backends"]}
     label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
-    head = "| metric | " + " | ".join(f"{label.get(n, n)}: direct | {label.get(n, n)}: Omixa | Omixa vs direct" for n in names) + " | target | " + " / ".join(label.get(n, n) for n in names) + " |"
+    head = (
+        "| metric | "
+        + " | ".join(f"{label.get(n, n)}: direct | {label.get(n, n)}: Omixa | Omixa vs direct" for n in names)
+        + " | target | "
+        + " / ".join(label.get(n, n) for n in names)
+        + " |"
+    )
     sep = "|" + "---|" * (2 + 3 * len(names) + 1)
     rows = [head, sep]
 
@@ -712,7 +730,13 @@ def table(results: dict) -> str:
         cells, oks = [], []
         for n in names:
             e = sums[n].get(key, {})
-            cells.append((fmt(e.get("direct"), nd), fmt(e.get("gateway"), nd), f"×{e['ratio']:.3f}" if e.get("ratio") is not None else "n/a"))
+            cells.append(
+                (
+                    fmt(e.get("direct"), nd),
+                    fmt(e.get("gateway"), nd),
+                    f"×{e['ratio']:.3f}" if e.get("ratio") is not None else "n/a",
+                )
+            )
             oks.append(test(e) if test and e.get("gateway") is not None else None)
         row(metric, cells, target, oks)
 
@@ -720,7 +744,13 @@ def table(results: dict) -> str:
         cells, oks = [], []
         for n in names:
             e = sums[n].get(key, {})
-            cells.append((fmt(e.get("direct"), 3), fmt(e.get("gateway"), 3), f"+{e['added']:.3f} ms" if e.get("added") is not None else "n/a"))
+            cells.append(
+                (
+                    fmt(e.get("direct"), 3),
+                    fmt(e.get("gateway"), 3),
+                    f"+{e['added']:.3f} ms" if e.get("added") is not None else "n/a",
+                )
+            )
             oks.append(test(e) if test and e.get("added") is not None else None)
         row(metric, cells, target, oks)
 
@@ -731,8 +761,15 @@ def table(results: dict) -> str:
     diff_row("  latency p99 at c64 (ms)", "rps_c64.latency.p99_ms", "—", None)
     diff_row("latency p50, one connection (ms)", "latency_c1.latency.p50_ms", "≤ +1.5 ms", lambda e: e["added"] <= 1.5)
     diff_row("latency p99, one connection (ms)", "latency_c1.latency.p99_ms", "≤ +4 ms", lambda e: e["added"] <= 4.0)
-    ratio_row("SSE data events/s, 4 streams × 2,000 events", "sse_c4.events_per_s", "≥ 10,000 ev/s", lambda e: e["gateway"] >= 10000)
-    diff_row("time to first byte p50, one connection (ms)", "ttfb_c1.ttfb.p50_ms", "≤ +3 ms", lambda e: e["added"] <= 3.0)
+    ratio_row(
+        "SSE data events/s, 4 streams × 2,000 events",
+        "sse_c4.events_per_s",
+        "≥ 10,000 ev/s",
+        lambda e: e["gateway"] >= 10000,
+    )
+    diff_row(
+        "time to first byte p50, one connection (ms)", "ttfb_c1.ttfb.p50_ms", "≤ +3 ms", lambda e: e["added"] <= 3.0
+    )
     diff_row("  time to first byte p99 (ms)", "ttfb_c1.ttfb.p99_ms", "—", None)
     diff_row("time to first data event p50, one connection (ms)", "ttfb_c1.ttfd.p50_ms", "—", None)
     diff_row("  time to first data event p99 (ms)", "ttfb_c1.ttfd.p99_ms", "—", None)
@@ -752,12 +789,21 @@ def table(results: dict) -> str:
             "—", None,
         )  # fmt: skip
         single("  the flood's answers", lambda s, who=who: s["stall"][who].get("answers"), "—", None)
-    single("  Omixa RSS after both floods (MB)", lambda s: None if s.get("rss_kib_after_stall") is None else s["rss_kib_after_stall"] / 1024, "—", None, "", 1)
+    single(
+        "  Omixa RSS after both floods (MB)",
+        lambda s: None if s.get("rss_kib_after_stall") is None else s["rss_kib_after_stall"] / 1024,
+        "—",
+        None,
+        "",
+        1,
+    )
     single("Omixa CPU per request at c64 (ms)", lambda s: s.get("cpu_ms_per_request_c64"), "—", None, "", 2)
     single("Omixa CPU per request at c1 (ms)", lambda s: s.get("cpu_ms_per_request_c1"), "—", None, "", 2)
     single(
         "Omixa CPU share of one core during c64 (core 0 / core 1 busy)",
-        lambda s: f"{fmt(s.get('cpu_share_c64'), 2)} ({fmt(s.get('core0_busy_c64'), 2)} / {fmt(s.get('core1_busy_c64'), 2)})",
+        lambda s: (
+            f"{fmt(s.get('cpu_share_c64'), 2)} ({fmt(s.get('core0_busy_c64'), 2)} / {fmt(s.get('core1_busy_c64'), 2)})"
+        ),
         "—",
         None,
     )
@@ -773,10 +819,25 @@ def table(results: dict) -> str:
         "",
         1,
     )
-    single("  streams open / requested", lambda s: f"{s['hold'].get('with_first_event')}/{s['hold'].get('streams')}", "—", None)
+    single(
+        "  streams open / requested",
+        lambda s: f"{s['hold'].get('with_first_event')}/{s['hold'].get('streams')}",
+        "—",
+        None,
+    )
     single("  seconds to open them all", lambda s: s["hold"].get("seconds_to_open_all"), "—", None, "", 1)
-    single("  time to first data event p50 / p99 (ms)", lambda s: f"{fmt(s['hold'].get('ttfd_p50_ms'), 1)} / {fmt(s['hold'].get('ttfd_p99_ms'), 1)}", "—", None)
-    single("Omixa errors: non-2xx / failed requests / bad streams", lambda s: "{non_2xx} / {failed} / {stream_problems}".format(**s["gateway_errors"]), "0", None)
+    single(
+        "  time to first data event p50 / p99 (ms)",
+        lambda s: f"{fmt(s['hold'].get('ttfd_p50_ms'), 1)} / {fmt(s['hold'].get('ttfd_p99_ms'), 1)}",
+        "—",
+        None,
+    )
+    single(
+        "Omixa errors: non-2xx / failed requests / bad streams",
+        lambda s: "{non_2xx} / {failed} / {stream_problems}".format(**s["gateway_errors"]),
+        "0",
+        None,
+    )
     return "\n".join(rows)
 
 
@@ -791,9 +852,15 @@ def machine() -> dict:
         pass
     git = {}
     try:
-        git["commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(ROOT), "status", "--short", "--", "engine", "web", "storage", "config", "pyproject.toml"], capture_output=True, text=True).stdout
-        git["uncommitted_project_files"] = [l[3:] for l in status.splitlines()]
+        git["commit"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--short", "--", "engine", "web", "storage", "config", "pyproject.toml"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        git["uncommitted_project_files"] = [line[3:] for line in status.splitlines()]
     except OSError:
         pass
     return {
@@ -812,7 +879,11 @@ def render(results: dict) -> str:
         "",
         f"Machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}. "
         f"Omixa at {m['git'].get('commit')}"
-        + (f" with {len(m['git'].get('uncommitted_project_files', []))} uncommitted project files" if m["git"].get("uncommitted_project_files") else "")
+        + (
+            f" with {len(m['git'].get('uncommitted_project_files', []))} uncommitted project files"
+            if m["git"].get("uncommitted_project_files")
+            else ""
+        )
         + f". Pinning: {results['pinning']}. Rounds per scenario: {results['params']['rounds']} (medians; "
         "ratios and differences are per round, then the median). Streaming read size "
         f"(chunk_bytes): {results['params'].get('chunk_bytes') or '128, the default'}.",
@@ -824,7 +895,9 @@ def render(results: dict) -> str:
     for b in results["backends"]:
         lines.append(f"## {b['backend']}: checks")
         lines.append("")
-        lines.append(f"- shutdown: {b.get('shutdown')}; ledger verify: {b.get('ledger_verify', {}).get('exit')} ({b.get('ledger_verify', {}).get('stderr', '')[-200:]})")
+        lines.append(
+            f"- shutdown: {b.get('shutdown')}; ledger verify: {b.get('ledger_verify', {}).get('exit')} ({b.get('ledger_verify', {}).get('stderr', '')[-200:]})"
+        )
         lg = b.get("log", {})
         lines.append(f"- log lines by level: {lg.get('lines_by_level')}; request statuses: {lg.get('request_status')}")
         lines.append(f"- database: {b.get('db_counts')}")
@@ -905,8 +978,12 @@ def reference_table(results: dict) -> str:
 
     row("non-streaming req/s, c64", lambda x: (x.get("rps_c64.rps") or {}).get("gateway"), 0)
     row("CPU per request at c64 (ms)", lambda x: x.get("cpu_ms_per_request_c64"), 2)
-    row("added latency p50, one connection", lambda x: (x.get("latency_c1.latency.p50_ms") or {}).get("added"), 3, " ms")
-    row("added latency p99, one connection", lambda x: (x.get("latency_c1.latency.p99_ms") or {}).get("added"), 3, " ms")
+    row(
+        "added latency p50, one connection", lambda x: (x.get("latency_c1.latency.p50_ms") or {}).get("added"), 3, " ms"
+    )
+    row(
+        "added latency p99, one connection", lambda x: (x.get("latency_c1.latency.p99_ms") or {}).get("added"), 3, " ms"
+    )
     row("SSE data events/s, 4 streams", lambda x: (x.get("sse_c4.events_per_s") or {}).get("gateway"), 0)
     row("CPU per relayed event (µs)", lambda x: x.get("cpu_us_per_event"), 1)
     row("RSS after start-up (MB)", lambda x: (x.get("rss_kib_idle_after_start") or 0) / 1024 or None, 1)
@@ -920,7 +997,9 @@ def reference_table(results: dict) -> str:
 # main
 # ---------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/run", description="Benchmark Omixa against its fake upstream, direct vs through the gateway.")
+    ap = argparse.ArgumentParser(
+        prog="bench/run", description="Benchmark Omixa against its fake upstream, direct vs through the gateway."
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round, short durations (< 2 min)")
     ap.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     ap.add_argument("--rounds", type=int, help="rounds per scenario (default 3; 1 with --quick)")
@@ -942,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
         if b not in ("sqlite", "postgres"):
             ap.error(f"unknown backend {b!r}")
 
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H-%M-%SZ")
     outdir = Path(args.out) if args.out else BENCH / "results" / started
     outdir.mkdir(parents=True, exist_ok=True)
     can_pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
@@ -978,7 +1057,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         fast = Upstream("fast", side_core, outdir, workers=args.upstream_workers, events=p["sse_events"])
         slow = Upstream("slow", side_core, outdir, workers=1, events=600, event_interval_ms=1000)
-        results["upstream"] = {"fast": fast.endpoint, "slow": slow.endpoint, "log": (outdir / "upstream-fast.log").read_text().strip()}
+        results["upstream"] = {
+            "fast": fast.endpoint,
+            "slow": slow.endpoint,
+            "log": (outdir / "upstream-fast.log").read_text().strip(),
+        }
         load = Load(side_core, outdir)
         if not args.no_reference:
             results["reference"] = run_reference(p, fast, load, gw_core, outdir)
@@ -1014,7 +1097,10 @@ def main(argv: list[str] | None = None) -> int:
         b.setdefault("summary", summarize(b))
     results["seconds"] = round(time.monotonic() - t0, 1)
     (outdir / "results.json").write_text(json.dumps(results, indent=1))
-    report = render(results) + f"\nWall time of the run: {results['seconds']} s. Raw results: `{outdir.relative_to(ROOT) if outdir.is_relative_to(ROOT) else outdir}/results.json`.\n"
+    report = (
+        render(results)
+        + f"\nWall time of the run: {results['seconds']} s. Raw results: `{outdir.relative_to(ROOT) if outdir.is_relative_to(ROOT) else outdir}/results.json`.\n"
+    )
     (outdir / "summary.md").write_text(report)
     latest = BENCH / "results" / "latest"
     try:

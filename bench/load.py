@@ -121,9 +121,7 @@ class ProcWatch:
             "pid": self.pid,
             "seconds": round(span, 3),
             "cpu_seconds": round(self.cpu1 - self.cpu0, 4),
-            "core_busy_share": {
-                k: round((self.cores1.get(k, 0) - v) / span, 3) for k, v in self.cores0.items()
-            },
+            "core_busy_share": {k: round((self.cores1.get(k, 0) - v) / span, 3) for k, v in self.cores0.items()},
             "rss_kib_start": self.mem0.get("VmRSS"),
             "rss_kib_end": self.mem1.get("VmRSS"),
             "hwm_kib_end": self.mem1.get("VmHWM"),
@@ -188,7 +186,9 @@ class Conn(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
-        self.state = 0  # 0 head, 1 content-length body, 2 chunk size, 3 chunk data, 4 chunk CRLF, 5 trailers, 6 until close
+        self.state = (
+            0  # 0 head, 1 content-length body, 2 chunk size, 3 chunk data, 4 chunk CRLF, 5 trailers, 6 until close
+        )
         self.remaining = 0
         self.tail = b"\n\n"
         self.keep_alive = True
@@ -412,7 +412,7 @@ async def one_request(conn: Conn, target: Target, timeout: float) -> Result:
     fut = conn.send(target.request)
     try:
         return await asyncio.wait_for(asyncio.shield(fut), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         r = conn.result or Result(now())
         conn._fail("timeout")
         conn.transport.close()
@@ -440,7 +440,7 @@ async def worker_loop(
             try:
                 conn = await asyncio.wait_for(connect(target), max(0.1, hard_end - now()))
                 stats.connections += 1
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 stats.fail(f"connect: {type(exc).__name__}")
                 await asyncio.sleep(0.05)
                 continue
@@ -474,10 +474,7 @@ async def run_rps(args: argparse.Namespace, target: Target, watch: ProcWatch) ->
         await asyncio.sleep(max(0, w1 - now()))
         watch.stop()
 
-    tasks = [
-        worker_loop(target, stats, t_end=w1, hard_end=hard, timeout=args.timeout)
-        for _ in range(args.concurrency)
-    ]
+    tasks = [worker_loop(target, stats, t_end=w1, hard_end=hard, timeout=args.timeout) for _ in range(args.concurrency)]
     await asyncio.gather(starter(), *tasks)
     done = [r for r in stats.results if not r.failed and w0 <= r.t_done <= w1]
     ok = [r for r in done if 200 <= r.status < 300]
@@ -508,14 +505,10 @@ async def run_rps(args: argparse.Namespace, target: Target, watch: ProcWatch) ->
 async def run_latency(args: argparse.Namespace, target: Target, watch: ProcWatch) -> dict:
     stats = Stats()
     hard = now() + args.time_limit
-    await worker_loop(
-        target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.warmup_count
-    )
+    await worker_loop(target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.warmup_count)
     stats.results.clear()
     watch.start()
-    await worker_loop(
-        target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.count
-    )
+    await worker_loop(target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.count)
     watch.stop()
     ok = [r for r in stats.results if not r.failed and 200 <= r.status < 300]
     out = {
@@ -537,7 +530,9 @@ async def run_latency(args: argparse.Namespace, target: Target, watch: ProcWatch
 def stream_checks(results: list[Result]) -> dict:
     return {
         "streams": len(results),
-        "streams_ok": sum(1 for r in results if not r.failed and r.status == 200 and r.done_marker and not r.error_events),
+        "streams_ok": sum(
+            1 for r in results if not r.failed and r.status == 200 and r.done_marker and not r.error_events
+        ),
         "non_200": sum(1 for r in results if not r.failed and r.status != 200),
         "without_done": sum(1 for r in results if not r.failed and r.status == 200 and not r.done_marker),
         "error_events": sum(r.error_events for r in results),
@@ -586,14 +581,10 @@ async def run_sse(args: argparse.Namespace, target: Target, watch: ProcWatch) ->
 async def run_ttfb(args: argparse.Namespace, target: Target, watch: ProcWatch) -> dict:
     stats = Stats()
     hard = now() + args.time_limit
-    await worker_loop(
-        target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.warmup_count
-    )
+    await worker_loop(target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.warmup_count)
     stats.results.clear()
     watch.start()
-    await worker_loop(
-        target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.count
-    )
+    await worker_loop(target, stats, t_end=hard, hard_end=hard, timeout=args.timeout, count=args.count)
     watch.stop()
     ok = [r for r in stats.results if not r.failed and r.status == 200 and r.t_first_data]
     return {
@@ -623,7 +614,7 @@ async def run_hold(args: argparse.Namespace, target: Target, watch: ProcWatch) -
         async with gate:
             try:
                 conn = await asyncio.wait_for(connect(target), max(0.1, deadline - now()))
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 failures[f"connect: {type(exc).__name__}"] = failures.get(f"connect: {type(exc).__name__}", 0) + 1
                 return
             conns.append(conn)
@@ -631,7 +622,7 @@ async def run_hold(args: argparse.Namespace, target: Target, watch: ProcWatch) -
             fut = conn.send(target.request)
             try:
                 await asyncio.wait_for(asyncio.shield(conn.first_data_waiter), max(0.1, deadline - now()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 failures["no first event in time"] = failures.get("no first event in time", 0) + 1
                 return
             r = conn.result

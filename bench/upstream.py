@@ -81,9 +81,7 @@ def _event(obj: object) -> bytes:
 
 def _frame(delta: dict, filters: dict, finish: str | None) -> dict:
     return {
-        "choices": [
-            {"content_filter_results": filters, "delta": delta, "finish_reason": finish, "index": 0}
-        ],
+        "choices": [{"content_filter_results": filters, "delta": delta, "finish_reason": finish, "index": 0}],
         "created": CREATED,
         "id": COMPLETION_ID,
         "model": MODEL,
@@ -147,9 +145,7 @@ COMPLETION_BODY = _dumps(
 )
 COMPLETION_RESPONSE = _response("200 OK", COMPLETION_BODY)
 STREAM_HEAD = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: text/event-stream\r\n"
-    b"Transfer-Encoding: chunked\r\n" + AZURE_HEADERS + b"\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n" + AZURE_HEADERS + b"\r\n"
 )
 FILTER_CHUNK = _chunk(
     _event(
@@ -386,9 +382,9 @@ class Conn(asyncio.Protocol):
                     return
                 t.write(chunks[i % k])
                 await self.drain()
-            tail = (FINISH_LENGTH if n < knobs.events else FINISH_STOP) + (
-                usage_chunk(n) if usage else b""
-            ) + DONE_CHUNK
+            tail = (
+                (FINISH_LENGTH if n < knobs.events else FINISH_STOP) + (usage_chunk(n) if usage else b"") + DONE_CHUNK
+            )
             if not self.closed:
                 t.write(tail)
         finally:
@@ -437,13 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         "--filter-every",
         type=int,
         default=4,
-        help="full content_filter_results on every K-th content frame, {} on the others "
-        "(1: on every frame)",
+        help="full content_filter_results on every K-th content frame, {} on the others (1: on every frame)",
     )
     args = p.parse_args(argv)
-    knobs = Knobs(
-        args.events, args.event_interval_ms / 1000, args.first_token_ms / 1000, args.filter_every
-    )
+    knobs = Knobs(args.events, args.event_interval_ms / 1000, args.first_token_ms / 1000, args.filter_every)
     for n in (args.events,):  # warm the cache of the common stream bodies before forking
         knobs.stream_body(n, True)
         knobs.stream_body(n, False)

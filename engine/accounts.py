@@ -30,7 +30,7 @@ import datetime as dt
 import hashlib
 import secrets
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import attrs
 
@@ -128,7 +128,7 @@ class Accounts:
         signing = generate_signing_secret()
         expires = None
         if grace_seconds > 0:
-            expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=grace_seconds)
+            expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace_seconds)
         await self.storage.rotate_signing_secret(key_id, self.box.encrypt(signing), previous_expires_at=expires)
         return signing
 
@@ -171,7 +171,7 @@ class Accounts:
         Errors: ServiceUnavailable (the key store).
         """
         session_id = secrets.token_urlsafe(24)
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
         with _key_store():
             await self.storage.create_dashboard_session(session_id, key.id, expires)
         return session_id

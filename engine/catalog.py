@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -121,7 +122,7 @@ def affordable_output_tokens(budget: int, prompt_tokens: int, prices: Prices) ->
 
 def _price(value: Any, where: str) -> int:
     if not isinstance(value, str):
-        raise CatalogError(f"{where}: write prices as strings, e.g. \"0.15\"")
+        raise CatalogError(f'{where}: write prices as strings, e.g. "0.15"')
     try:
         nano = parse_usd(value, field=where)
     except ValueError as exc:
@@ -145,7 +146,7 @@ def _prices(raw: Any, where: str) -> dict[str, int]:
 def _per_image(raw: Any, where: str) -> dict[str, dict[str, int]]:
     """``{quality: {size: "USD"}}`` as nano-dollars per image."""
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
-        raise CatalogError(f"{where}: expected {{quality = {{size = \"USD\"}}}}")
+        raise CatalogError(f'{where}: expected {{quality = {{size = "USD"}}}}')
     return {q: {s: _price(v, f"{where}.{q}.{s}") for s, v in sizes.items()} for q, sizes in raw.items()}
 
 
@@ -179,8 +180,7 @@ def _check_model(model: ModelInfo, where: str) -> None:
         shape = {q: set(s) for q, s in tokens.items()}
         if not tokens or shape != {q: set(s) for q, s in prices.items()}:
             raise CatalogError(
-                f"{where}: an image model needs image_output_tokens and image_prices for the "
-                "same qualities and sizes"
+                f"{where}: an image model needs image_output_tokens and image_prices for the same qualities and sizes"
             )
 
 
@@ -208,5 +208,5 @@ def load_catalog(path: Path | None = None) -> Catalog:
         raise CatalogError(f"{file}: not valid TOML: {exc}") from None
     models = raw.get("models")
     if not isinstance(models, dict) or set(raw) != {"models"}:
-        raise CatalogError(f"{file}: expected only [models.\"ID\"] tables")
+        raise CatalogError(f'{file}: expected only [models."ID"] tables')
     return Catalog({mid: _model(mid, spec) for mid, spec in models.items()})

@@ -28,9 +28,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from functools import partial
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -46,9 +47,9 @@ from omixa.engine.errors import (
     UpstreamTimeout,
     translate_upstream,
 )
-from omixa.engine.providers.base import Provider, SseEvent, Usage
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
+from omixa.engine.providers.base import Provider, SseEvent, Usage
 from omixa.engine.relay import StreamRelay
 from omixa.engine.router import Lease, Router
 from omixa.engine.tokens import count_text
@@ -91,7 +92,7 @@ def _retryable(exc: OmixaError) -> bool:
 class Exchange:
     """One request's money and accounting, from hold to record. Finishes exactly once."""
 
-    def __init__(self, service: "ChatService", caller: Caller, request: ModelCall) -> None:
+    def __init__(self, service: ChatService, caller: Caller, request: ModelCall) -> None:
         self.service = service
         self.caller = caller
         self.request = request
@@ -108,7 +109,7 @@ class Exchange:
         self.deadline: float | None = None
         self.attempt_started = 0.0
         self.started = time.monotonic()
-        self.created_at = dt.datetime.now(dt.timezone.utc)
+        self.created_at = dt.datetime.now(dt.UTC)
         self.first_token_at: float | None = None
         self.finished = False
 
@@ -142,9 +143,7 @@ class Exchange:
         charged = 0
         if self.admitted_at is not None:
             used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
-            self.service.limits.settle(
-                self.caller.key_id, self.admitted_at, self.request.estimated_tokens, used
-            )
+            self.service.limits.settle(self.caller.key_id, self.admitted_at, self.request.estimated_tokens, used)
         entry = self._log(status, usage or Usage(), 0, latency)
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self.hold is not None:
@@ -153,9 +152,7 @@ class Exchange:
                 await self.lease.finish(usage, status, latency, failure)
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.caller.request_id)
-        self.service.usage.record(
-            attrs.evolve(entry, cost=charged), self.hold.id if self.hold is not None else None
-        )
+        self.service.usage.record(attrs.evolve(entry, cost=charged), self.hold.id if self.hold is not None else None)
 
     async def _settle(self, cost: int, entry: RequestLog) -> int:
         """Charge ``cost`` (at most the hold), keeping the request's log ``entry`` with the
@@ -166,7 +163,9 @@ class Exchange:
         if cost > self.hold.amount:
             log.warning(
                 "request %s: usage cost %d exceeds hold %d; charging the hold",
-                self.caller.request_id, cost, self.hold.amount,
+                self.caller.request_id,
+                cost,
+                self.hold.amount,
             )
             cost = self.hold.amount
         wallets = self.service.wallets
@@ -183,7 +182,9 @@ class Exchange:
                     # process for dead. The usage goes unbilled; say so loudly.
                     log.error(
                         "request %s: hold %s was already final; %d nano-dollars of usage not charged",
-                        self.caller.request_id, self.hold.id, cost,
+                        self.caller.request_id,
+                        self.hold.id,
+                        cost,
                     )
                 return settled.charged
             except ServiceUnavailable:
@@ -247,7 +248,9 @@ class ChatService:
         actor state when called, so it may run in a worker thread (:mod:`engine.intake`).
         Its errors: InvalidRequest, ModelNotFound."""
         return partial(
-            parse_chat_request, catalog=self.catalog, enabled=self.router.models(),
+            parse_chat_request,
+            catalog=self.catalog,
+            enabled=self.router.models(),
             priority_models=self.router.priority_models(),
         )
 
@@ -272,8 +275,10 @@ class ChatService:
             min_output_tokens=None if request.cap_is_clients else self.wallet_config.min_output_tokens,
             amount=request.hold_amount,
             context=HoldContext(
-                key_id=exchange.caller.key_id, model=request.model.id,
-                provider=request.model.provider, stream=request.stream,
+                key_id=exchange.caller.key_id,
+                model=request.model.id,
+                provider=request.model.provider,
+                stream=request.stream,
             ),
         )
         exchange.hold = reserved.hold
@@ -281,9 +286,7 @@ class ChatService:
         exchange.upstream_body = request.build_body(reserved.output_tokens)
         return exchange.upstream_body
 
-    async def _call_upstream(
-        self, exchange: Exchange, call: Callable[[Provider, dict[str, Any]], Awaitable[T]]
-    ) -> T:
+    async def _call_upstream(self, exchange: Exchange, call: Callable[[Provider, dict[str, Any]], Awaitable[T]]) -> T:
         """Run ``call`` on a deployment the router grants, failing over to another one on a
         429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
         ``upstream.request_timeout_seconds`` (counted per request, across a stream's
@@ -292,8 +295,8 @@ class ChatService:
         and never answers times out (counting against its health) while the request's
         budget still leaves time to try another. The hold is the same for every attempt;
         each failed attempt gives its slot back with the failure (which cools the
-        deployment down or counts towards its breaker). ``call`` gets the deployment's adapter and the body as sent to that
-        deployment (``for_deployment``).
+        deployment down or counts towards its breaker). ``call`` gets the deployment's
+        adapter and the body as sent to that deployment (``for_deployment``).
 
         Errors: the last upstream failure when attempts run out or no other deployment can
         take the request; NoHealthyDeployment when none could take it at all.
@@ -303,8 +306,11 @@ class ChatService:
         while True:
             try:
                 exchange.lease = await self.router.acquire(
-                    exchange.request.model.id, exchange.caller.request_id,
-                    exchange.estimated_tokens, exclude=exchange.tried, prefer=exchange.request.prefers,
+                    exchange.request.model.id,
+                    exchange.caller.request_id,
+                    exchange.estimated_tokens,
+                    exclude=exchange.tried,
+                    prefer=exchange.request.prefers,
                 )
             except NoHealthyDeployment:
                 if exchange.last_failure is not None:
@@ -348,7 +354,9 @@ class ChatService:
         exchange.last_failure = failure
         log.warning(
             "request %s: deployment %s failed (%s); failing over",
-            exchange.caller.request_id, lease.actor.config.name, failure.message,
+            exchange.caller.request_id,
+            lease.actor.config.name,
+            failure.message,
         )
 
     async def reopen_stream(

@@ -14,15 +14,16 @@ Azure reasoning models lose the sampling parameters Azure rejects for them
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import attrs
 
 from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
-from omixa.engine.providers.base import Completion, Provider, Usage
 from omixa.engine.providers import gemini
+from omixa.engine.providers.base import Completion, Provider, Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -122,9 +123,7 @@ def _check_messages(messages: Any) -> None:
             raise InvalidRequest(f"messages[{i}] must be an object.")
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(
-                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}."
-            )
+            raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}.")
         content = message.get("content")
         if content is None:
             if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
@@ -135,9 +134,7 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(content, list) or not all(
             isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
         ):
-            raise InvalidRequest(
-                f"messages[{i}].content must be a string or an array of content parts with a 'type'."
-            )
+            raise InvalidRequest(f"messages[{i}].content must be a string or an array of content parts with a 'type'.")
 
 
 _ENDPOINTS = {"chat": "/chat/completions", "embedding": "/embeddings", "image": "/images/generations"}
@@ -159,8 +156,7 @@ def resolve_model(body: Any, catalog: Catalog, enabled: Collection[str], modalit
     if model.modality != modality:
         article = "an" if model.modality[0] in "aeiou" else "a"
         raise InvalidRequest(
-            f"The model '{model_id}' is {article} {model.modality} model; "
-            f"use {_ENDPOINTS[model.modality]}."
+            f"The model '{model_id}' is {article} {model.modality} model; use {_ENDPOINTS[model.modality]}."
         )
     return model
 
@@ -203,8 +199,7 @@ def parse_chat_request(
     if cap is not None and cap > model.max_output_tokens:
         key = "max_completion_tokens" if completion_cap is not None else "max_tokens"
         raise InvalidRequest(
-            f"'{key}' is too large: {cap}. '{model_id}' supports at most "
-            f"{model.max_output_tokens} output tokens."
+            f"'{key}' is too large: {cap}. '{model_id}' supports at most {model.max_output_tokens} output tokens."
         )
 
     prompt_tokens = count_chat_prompt(body, model.encoding, image_tokens=model.image_tokens)

@@ -343,7 +343,7 @@ def _describe(exc: Exception) -> list[str]:
             _, field, problem = problem.split(_FIELD_MARK, 2)
             where = f"{where}.{field}" if where else field
         if problem.startswith("extra fields found (") and problem.endswith(")"):
-            for key in problem[len("extra fields found ("):-1].split(", "):
+            for key in problem[len("extra fields found (") : -1].split(", "):
                 lines.append(f"{where + '.' if where else ''}{key}: unknown key")
         else:
             lines.append(f"{where or 'config'}: {problem}")
@@ -509,7 +509,7 @@ def storage_url(config: Config) -> str:
     url = config.storage.url
     prefix = "sqlite:///"
     if url.startswith(prefix):
-        path = url[len(prefix):]
+        path = url[len(prefix) :]
         if path != ":memory:" and not os.path.isabs(path):
             return prefix + str(resolve_path(config, path))
     return url

@@ -136,7 +136,10 @@ class DeploymentActor:
         self._last: tuple[str | None, str | None] = (None, None)
         self._latency: float | None = None
         self.snapshot = DeploymentSnapshot(
-            name=config.name, model=config.model, region=config.region, weight=config.weight,
+            name=config.name,
+            model=config.model,
+            region=config.region,
+            weight=config.weight,
             enabled=config.enabled,
         )
         self._publish(trio.current_time())
@@ -249,8 +252,10 @@ class DeploymentActor:
             message.reply.send(refusal)
             return
         slot = Slot(
-            id=next(self._ids), deployment=self.config.name,
-            estimated_tokens=message.estimated_tokens, admitted_at=now,
+            id=next(self._ids),
+            deployment=self.config.name,
+            estimated_tokens=message.estimated_tokens,
+            admitted_at=now,
         )
         for name, window in self._windows.items():
             window.add(now, 1 if name == "rpm" else message.estimated_tokens)
@@ -284,8 +289,7 @@ class DeploymentActor:
             self._counters["failures"] += 1
             health.on_rate_limited(now, failure.retry_after)
         elif isinstance(failure, UpstreamTimeout) or (
-            isinstance(failure, UpstreamError)
-            and (failure.upstream_status is None or failure.upstream_status >= 500)
+            isinstance(failure, UpstreamError) and (failure.upstream_status is None or failure.upstream_status >= 500)
         ):
             self._counters["failures"] += 1
             health.on_failure(now)
@@ -293,7 +297,8 @@ class DeploymentActor:
             health.on_success()  # the upstream answered (a 4xx is the request's fault)
             if message.outcome == "ok":
                 self._latency = (
-                    message.latency_s if self._latency is None
+                    message.latency_s
+                    if self._latency is None
                     else self._latency + LATENCY_ALPHA * (message.latency_s - self._latency)
                 )
         else:
@@ -311,10 +316,20 @@ class DeploymentActor:
         }
         room = min((max(v.limit - v.used, 0) / v.limit for v in views.values()), default=1.0)
         self.snapshot = DeploymentSnapshot(
-            name=self.config.name, model=self.config.model, region=self.config.region,
-            weight=self.config.weight, enabled=self.config.enabled, in_flight=len(self._open),
-            requests=self._counters["requests"], failures=self._counters["failures"],
-            tokens_used=self._counters["tokens_used"], health=health.state,
-            available_at=health.retry_at(now), room=room, windows=views,
-            last_outcome=self._last[0], last_error=self._last[1], latency_s=self._latency,
+            name=self.config.name,
+            model=self.config.model,
+            region=self.config.region,
+            weight=self.config.weight,
+            enabled=self.config.enabled,
+            in_flight=len(self._open),
+            requests=self._counters["requests"],
+            failures=self._counters["failures"],
+            tokens_used=self._counters["tokens_used"],
+            health=health.state,
+            available_at=health.retry_at(now),
+            room=room,
+            windows=views,
+            last_outcome=self._last[0],
+            last_error=self._last[1],
+            latency_s=self._latency,
         )

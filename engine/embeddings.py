@@ -12,7 +12,8 @@ Like chat, everything a client can get wrong is found here: a clear ``invalid_re
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import attrs
 
@@ -106,9 +107,7 @@ def parse_embedding_request(body: Any, catalog: Catalog, enabled: Collection[str
     for i, tokens in enumerate(counts):
         if tokens > model.context_window:
             where = "'input'" if len(counts) == 1 else f"input[{i}]"
-            raise InvalidRequest(
-                f"{where} is {tokens} tokens; '{model.id}' accepts at most {model.context_window}."
-            )
+            raise InvalidRequest(f"{where} is {tokens} tokens; '{model.id}' accepts at most {model.context_window}.")
     total = sum(counts)
     if total > MAX_TOTAL_TOKENS:
         raise InvalidRequest(f"The inputs are {total} tokens; at most {MAX_TOTAL_TOKENS} per request.")

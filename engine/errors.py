@@ -88,9 +88,7 @@ class StaleTimestamp(OmixaError):
 
 class ReplayedRequest(OmixaError):
     code, status, type = "replayed_request", 401, "authentication_error"
-    default_message = (
-        "This signature was already used. Sign every request afresh, with a new X-Omixa-Nonce."
-    )
+    default_message = "This signature was already used. Sign every request afresh, with a new X-Omixa-Nonce."
 
 
 class InsufficientBalance(OmixaError):

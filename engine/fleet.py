@@ -47,9 +47,7 @@ class FleetChange:
 
 
 class Fleet:
-    def __init__(
-        self, *, catalog: Catalog, upstream: UpstreamConfig, breaker: BreakerConfig, router: Router
-    ) -> None:
+    def __init__(self, *, catalog: Catalog, upstream: UpstreamConfig, breaker: BreakerConfig, router: Router) -> None:
         self._catalog = catalog
         self._upstream = upstream
         self._breaker = breaker
@@ -77,7 +75,9 @@ class Fleet:
                     "priority_prices in the catalog"
                 )
             if dep.provider not in ("simulator", model.provider):
-                raise ValueError(f"deployment {dep.name!r}: model {dep.model!r} is a {model.provider} model, not {dep.provider}")
+                raise ValueError(
+                    f"deployment {dep.name!r}: model {dep.model!r} is a {model.provider} model, not {dep.provider}"
+                )
 
     async def run(
         self,
@@ -116,7 +116,9 @@ class Fleet:
             actor = self._actors.get(name)
             if actor is None:
                 actor = DeploymentActor(dep, build_provider(dep, self._upstream, self.clients), self._breaker)
-                await self._nursery.start(partial(supervised, f"deployment-{name}", actor.run), name=f"deployment-{name}")
+                await self._nursery.start(
+                    partial(supervised, f"deployment-{name}", actor.run), name=f"deployment-{name}"
+                )
                 self._actors[name] = actor
                 added.append(name)
             elif actor.config != dep:

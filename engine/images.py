@@ -16,7 +16,8 @@ expensive the request allowed). Never more than the hold.
 from __future__ import annotations
 
 import copy
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 
 import attrs
 

@@ -29,7 +29,7 @@ import logging
 import os
 import secrets
 import socket
-from typing import Sequence
+from collections.abc import Sequence
 
 import trio
 
@@ -40,12 +40,12 @@ log = logging.getLogger("omixa.instances")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # Engines opened by this process register after this; an instance with our pid registered
 # before it belongs to an earlier process.
-_PROCESS_STARTED = dt.datetime.now(dt.timezone.utc)
+_PROCESS_STARTED = dt.datetime.now(dt.UTC)
 
 
 def host_identity() -> tuple[str, bool]:
@@ -78,7 +78,12 @@ def new_instance_id() -> str:
 
 class InstanceMonitor:
     def __init__(
-        self, storage: Storage, config: WalletConfig, instance_id: str, *, wallets_drained: trio.Event,
+        self,
+        storage: Storage,
+        config: WalletConfig,
+        instance_id: str,
+        *,
+        wallets_drained: trio.Event,
         usage_drained: trio.Event | None = None,
     ) -> None:
         self._storage = storage
@@ -119,8 +124,12 @@ class InstanceMonitor:
                     log.warning(
                         "instance %s (host %s, pid %d) is gone: voided %d pending holds (requests "
                         "recorded as interrupted: %s); wrote the logs of %d requests it had settled",
-                        other.id, other.host, other.pid, len(interrupted),
-                        ", ".join(entry.id for entry in interrupted) or "none", len(settled),
+                        other.id,
+                        other.host,
+                        other.pid,
+                        len(interrupted),
+                        ", ".join(entry.id for entry in interrupted) or "none",
+                        len(settled),
                     )
                 count += len(logs)
         self.recovered += count
@@ -144,7 +153,8 @@ class InstanceMonitor:
                     log.error(
                         "this process (instance %s) was taken for dead by another and its pending "
                         "holds were released; registered again. Check that heartbeats reach the "
-                        "database within wallet.instance_stale_seconds", self.id,
+                        "database within wallet.instance_stale_seconds",
+                        self.id,
                     )
                 await self.recover_gone()
             except StorageError as exc:
@@ -164,7 +174,9 @@ class InstanceMonitor:
         if interrupted:
             log.warning("%d holds were still pending at shutdown; voided", len(interrupted))
         if settled:
-            log.warning("%d request logs the usage aggregator had not written were written from their holds", len(settled))
+            log.warning(
+                "%d request logs the usage aggregator had not written were written from their holds", len(settled)
+            )
 
     def close(self) -> None:
         """Stop heartbeating; the monitor then recovers its own leftovers and returns."""
@@ -175,7 +187,6 @@ def _split(logs: Sequence[RequestLog]) -> tuple[list[RequestLog], list[RequestLo
     """Logs a recovery wrote: those of the holds it voided (``interrupted``, nothing charged,
     never routed as far as the log knows), and those of requests the process had settled."""
     interrupted = [
-        entry for entry in logs
-        if entry.status == "interrupted" and entry.cost == 0 and entry.deployment is None
+        entry for entry in logs if entry.status == "interrupted" and entry.cost == 0 and entry.deployment is None
     ]
     return interrupted, [entry for entry in logs if entry not in interrupted]

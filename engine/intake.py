@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 

@@ -23,7 +23,7 @@ process (like deployments' windows); idle keys' windows are dropped once they ar
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 

@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -157,7 +158,7 @@ class StreamRelay:
 
     def __init__(
         self,
-        exchange: "Exchange",
+        exchange: Exchange,
         stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]],
         events: AsyncIterator[SseEvent],
         config: StreamingConfig,
@@ -184,7 +185,7 @@ class StreamRelay:
         out before the pump's first turn, which parses whatever the upstream already sent."""
         self._nursery = nursery
 
-    def __aiter__(self) -> "StreamRelay":
+    def __aiter__(self) -> StreamRelay:
         return self
 
     async def __anext__(self) -> bytes:
@@ -318,9 +319,7 @@ class StreamRelay:
             self._last_upstream = trio.current_time()
             return item
         if trio.current_time() >= idle_deadline:
-            raise UpstreamTimeout(
-                f"The upstream sent nothing for {self._idle_timeout:g} seconds."
-            )
+            raise UpstreamTimeout(f"The upstream sent nothing for {self._idle_timeout:g} seconds.")
         return None
 
     async def _finish_upstream(self) -> None:
@@ -382,9 +381,7 @@ class StreamRelay:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""
         await self._close(self._exchange.cancelled_status())
 
-    async def _close(
-        self, status: str, *, charge: bool = True, failure: OmixaError | None = None
-    ) -> None:
+    async def _close(self, status: str, *, charge: bool = True, failure: OmixaError | None = None) -> None:
         """End the stream once: stop the pump, close the upstream, settle and record.
 
         ``charge`` False settles for nothing (an upstream failure before any content);

@@ -14,7 +14,8 @@ hourly and daily rows in the transaction that writes the request's log (see
 from __future__ import annotations
 
 import datetime as dt
-from typing import Generic, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import attrs
 
@@ -101,18 +102,22 @@ def summarize(rows: Sequence[RollupRow], *, by_model: bool) -> list[Bucket]:
         for r in group:
             for bin_, count in r.latency_bins.items():
                 histogram[bin_] = histogram.get(bin_, 0) + count
-        buckets.append(Bucket(
-            start=start, model=model, requests=requests,
-            errors=sum(r.errors for r in group),
-            client_closed=sum(r.client_closed for r in group),
-            prompt_tokens=sum(r.prompt_tokens for r in group),
-            completion_tokens=sum(r.completion_tokens for r in group),
-            reasoning_tokens=sum(r.reasoning_tokens for r in group),
-            cached_tokens=sum(r.cached_tokens for r in group),
-            cost=sum(r.cost for r in group),
-            latency_ms_mean=round(sum(r.latency_ms_sum for r in group) / requests, 1) if requests else None,
-            latency_ms_p95=_percentile(histogram, 0.95),
-        ))
+        buckets.append(
+            Bucket(
+                start=start,
+                model=model,
+                requests=requests,
+                errors=sum(r.errors for r in group),
+                client_closed=sum(r.client_closed for r in group),
+                prompt_tokens=sum(r.prompt_tokens for r in group),
+                completion_tokens=sum(r.completion_tokens for r in group),
+                reasoning_tokens=sum(r.reasoning_tokens for r in group),
+                cached_tokens=sum(r.cached_tokens for r in group),
+                cost=sum(r.cost for r in group),
+                latency_ms_mean=round(sum(r.latency_ms_sum for r in group) / requests, 1) if requests else None,
+                latency_ms_p95=_percentile(histogram, 0.95),
+            )
+        )
     return buckets
 
 
@@ -153,9 +158,7 @@ class Reports:
         low = parse_usd(self._wallet.top_up_min_usd)
         high = parse_usd(self._wallet.top_up_max_usd)
         if not low <= nano <= high:
-            raise InvalidRequest(
-                f"amount must be between {format_usd(low)} and {format_usd(high)} USD."
-            )
+            raise InvalidRequest(f"amount must be between {format_usd(low)} and {format_usd(high)} USD.")
         try:
             return await self._storage.credit_top_up(
                 account_id, nano, idempotency_key=idempotency_key, note="self top-up (API)"
@@ -205,8 +208,14 @@ class Reports:
         return Page(data=rows[: query.limit], has_more=len(rows) > query.limit)
 
     async def rollups(
-        self, account_id: str, *, granularity: str, since: dt.datetime | None,
-        until: dt.datetime | None, model: str | None, by_model: bool,
+        self,
+        account_id: str,
+        *,
+        granularity: str,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        model: str | None,
+        by_model: bool,
     ) -> tuple[dt.datetime, dt.datetime, list[Bucket]]:
         """Buckets with data whose start is in [since, until), oldest first; both bounds are
         rounded down to their bucket.
@@ -217,15 +226,13 @@ class Reports:
         if granularity not in STEP:
             raise InvalidRequest("granularity must be 'hour' or 'day'.")
         if until is None:
-            until = bucket_start(dt.datetime.now(dt.timezone.utc), granularity) + STEP[granularity]
+            until = bucket_start(dt.datetime.now(dt.UTC), granularity) + STEP[granularity]
         until = bucket_start(until, granularity)
         since = until - DEFAULT_SPAN[granularity] if since is None else bucket_start(since, granularity)
         if since >= until:
             raise InvalidRequest("'since' must be before 'until'.")
         if until - since > MAX_SPAN[granularity]:
-            raise InvalidRequest(
-                f"At most {MAX_SPAN[granularity].days} days per query at granularity={granularity}."
-            )
+            raise InvalidRequest(f"At most {MAX_SPAN[granularity].days} days per query at granularity={granularity}.")
         try:
             rows = await self._storage.usage_rollups(
                 account_id, granularity=granularity, since=since, until=until, model=model
@@ -233,5 +240,3 @@ class Reports:
         except StorageError as exc:
             raise _storage_down(exc) from exc
         return since, until, summarize(rows, by_model=by_model)
-
-

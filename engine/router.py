@@ -19,7 +19,7 @@ with the failed deployments excluded.
 from __future__ import annotations
 
 import random
-from typing import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import attrs
 import trio
@@ -78,7 +78,10 @@ class Router:
         return [actor for actors in self._by_model.values() for actor in actors]
 
     def _ranked(
-        self, model: str, exclude: Collection[str], now: float,
+        self,
+        model: str,
+        exclude: Collection[str],
+        now: float,
         prefer: Callable[[DeploymentConfig], bool] | None = None,
     ) -> tuple[list[DeploymentActor], float | None]:
         """Candidates in the order to ask them (preferred ones first), and the soonest time
@@ -99,7 +102,12 @@ class Router:
         return [actor for _, _, actor in ranked], soonest
 
     async def acquire(
-        self, model: str, request_id: str, estimated_tokens: int, *, exclude: Collection[str] = (),
+        self,
+        model: str,
+        request_id: str,
+        estimated_tokens: int,
+        *,
+        exclude: Collection[str] = (),
         prefer: Callable[[DeploymentConfig], bool] | None = None,
     ) -> Lease:
         """A slot on the best deployment of ``model`` that grants one; deployments for which

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from typing import Mapping
+from collections.abc import Mapping
 
 SECRET_KEY_ENV = "OMIXA_SECRET_KEY"
 SIGNING_SECRET_PREFIX = "omx_sig_"

@@ -54,8 +54,8 @@ from omixa.engine.errors import (
     StaleTimestamp,
 )
 from omixa.engine.secretbox import SECRET_KEY_ENV, SecretBox, SecretKeyError
-from omixa_client import SIGNATURE_PREFIX, sign, signed_message
 from omixa.storage import ApiKeyRecord, SigningSummary
+from omixa_client import SIGNATURE_PREFIX, sign, signed_message
 
 log = logging.getLogger("omixa.signatures")
 
@@ -220,7 +220,7 @@ class SignatureVerifier:
         if nonce is None:
             return  # no nonce: the timestamp window is the replay bound
         replays = self.replays(key.id)
-        refused = replays.admit(bytes.fromhex(given[len(SIGNATURE_PREFIX):]), sent_at, now)
+        refused = replays.admit(bytes.fromhex(given[len(SIGNATURE_PREFIX) :]), sent_at, now)
         if refused == "replayed":
             raise ReplayedRequest()
         if refused == "too_old":
@@ -237,8 +237,7 @@ class SignatureVerifier:
             tokens.append(key.previous_secret_enc)
         if not tokens:
             raise InvalidSignature(
-                "This key has no signing secret. Ask the operator to issue one "
-                "(omixa key rotate-secret KEY_ID)."
+                "This key has no signing secret. Ask the operator to issue one (omixa key rotate-secret KEY_ID)."
             )
         if self.box is None:
             log.error("key %s needs a signature check but OMIXA_SECRET_KEY is not set", key.id)
@@ -268,9 +267,7 @@ def check_signing_setup(config: SecurityConfig, box: SecretBox | None, summary: 
                 "not set: the server cannot read their signing secrets"
             )
         if summary.sample_secret_enc is not None:
-            log.warning(
-                "%s is not set: requests that carry a signature will get 503 until it is", SECRET_KEY_ENV
-            )
+            log.warning("%s is not set: requests that carry a signature will get 503 until it is", SECRET_KEY_ENV)
         return
     if summary.sample_secret_enc is not None:
         box.decrypt(summary.sample_secret_enc)

@@ -28,8 +28,9 @@ import functools
 import gzip
 import hashlib
 import json
+from collections.abc import Iterable
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -77,8 +78,14 @@ _SPECS = {
     ),
     "cl100k_base": _Spec(
         sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
-        pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
-        special_tokens={ENDOFTEXT: 100257, FIM_PREFIX: 100258, FIM_MIDDLE: 100259, FIM_SUFFIX: 100260, ENDOFPROMPT: 100276},
+        pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
+        special_tokens={
+            ENDOFTEXT: 100257,
+            FIM_PREFIX: 100258,
+            FIM_MIDDLE: 100259,
+            FIM_SUFFIX: 100260,
+            ENDOFPROMPT: 100276,
+        },
     ),
 }
 ENCODING_NAMES = tuple(_SPECS)
@@ -98,7 +105,7 @@ def load_ranks(name: str) -> dict[bytes, int]:
 
 
 @functools.cache
-def encoding(name: str) -> "tiktoken.Encoding":
+def encoding(name: str) -> tiktoken.Encoding:
     """The named encoding (``o200k_base``, ``cl100k_base``), loaded once."""
     import tiktoken
 

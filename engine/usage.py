@@ -56,8 +56,15 @@ class UsageAggregator:
         request_log.info(
             "request id=%s account=%s model=%s deployment=%s status=%s stream=%s "
             "prompt_tokens=%d completion_tokens=%d cost_nano=%d latency_ms=%d",
-            entry.id, entry.account_id, entry.model, entry.deployment, entry.status,
-            entry.stream, entry.prompt_tokens, entry.completion_tokens, entry.cost,
+            entry.id,
+            entry.account_id,
+            entry.model,
+            entry.deployment,
+            entry.status,
+            entry.stream,
+            entry.prompt_tokens,
+            entry.completion_tokens,
+            entry.cost,
             entry.latency_ms,
         )
         self.recorded += 1

@@ -54,6 +54,9 @@ from omixa.storage import (
 
 log = logging.getLogger("omixa.wallet")
 
+# A hold whose caller says nothing about itself (frozen, so one instance serves every call).
+NO_CONTEXT = HoldContext()
+
 MAILBOX_SIZE = 64
 # The most messages one group commit applies (one storage transaction).
 MAX_BATCH = 64
@@ -74,9 +77,9 @@ class Reserve:
     choices: int
     prices: Prices
     min_output_tokens: int | None
-    reply: Reply["Reserved"]
+    reply: Reply[Reserved]
     # Who asks (key, model, stream); the pool adds this process's instance id.
-    context: HoldContext = HoldContext()
+    context: HoldContext = NO_CONTEXT
     amount: int | None = None
 
 
@@ -106,7 +109,7 @@ Message = Reserve | Settle | Release
 
 
 class WalletActor:
-    def __init__(self, account_id: str, pool: "WalletPool") -> None:
+    def __init__(self, account_id: str, pool: WalletPool) -> None:
         self.account_id = account_id
         self._pool = pool
         self.send, self._receive = trio.open_memory_channel[Message](MAILBOX_SIZE)
@@ -183,7 +186,9 @@ class WalletActor:
             # could hold twice. Each requester gets what a lone message would get.
             log.error("wallet %s: storage failed: %s", self.account_id, exc)
             for message in batch:
-                self._fail(message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
+                self._fail(
+                    message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0)
+                )
             return
         except Exception:
             log.exception("wallet %s: a batch of %d failed", self.account_id, len(batch))
@@ -216,13 +221,14 @@ class WalletActor:
         return FinalizeHold(hold_id=message.hold_id, void=True, log=message.log)
 
     def _new_hold(self, msg: Reserve, cap: int) -> NewHold:
-        expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(
-            seconds=self._pool.config.hold_timeout_seconds
-        )
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._pool.config.hold_timeout_seconds)
         amount = msg.amount or max(max_cost(msg.prompt_tokens, cap * msg.choices, msg.prices), 1)
         return NewHold(
-            account_id=self.account_id, request_id=msg.request_id, amount=amount,
-            expires_at=expires, context=msg.context,
+            account_id=self.account_id,
+            request_id=msg.request_id,
+            amount=amount,
+            expires_at=expires,
+            context=msg.context,
         )
 
     async def _deliver(self, message: Reserve, reserved: Reserved) -> None:
@@ -243,7 +249,9 @@ class WalletActor:
             if isinstance(message, Reserve):
                 await self._deliver(message, await self._reserve(message))
             elif isinstance(message, Settle):
-                message.reply.send(await self._pool.storage.settle_hold(message.hold_id, message.charge, log=message.log))
+                message.reply.send(
+                    await self._pool.storage.settle_hold(message.hold_id, message.charge, log=message.log)
+                )
             else:
                 message.reply.send(await self._pool.storage.void_hold(message.hold_id, log=message.log))
         except InsufficientBalance as exc:
@@ -334,7 +342,7 @@ class WalletPool:
             self._nursery.start_soon(actor.run, name=f"wallet-{account_id}")
         return actor
 
-    async def _ask(self, account_id: str, make: "type[Message]", **fields: object) -> object:
+    async def _ask(self, account_id: str, make: type[Message], **fields: object) -> object:
         # A mailbox closed by retirement is refused before anything was delivered: retry
         # on a fresh actor.
         for _ in range(3):
@@ -351,7 +359,7 @@ class WalletPool:
                 raise
         raise ServiceUnavailable()
 
-    async def reserve(self, account_id: str, *, context: HoldContext = HoldContext(), **fields: object) -> Reserved:
+    async def reserve(self, account_id: str, *, context: HoldContext = NO_CONTEXT, **fields: object) -> Reserved:
         """Hold money for a request. Errors: InsufficientBalance, ServiceUnavailable."""
         context = attrs.evolve(context, instance_id=self.instance_id)
         return await self._ask(account_id, Reserve, context=context, **fields)  # type: ignore[return-value]
@@ -371,7 +379,7 @@ class WalletPool:
             while True:
                 await trio.sleep(interval)
                 try:
-                    voided = await self.storage.expire_holds(dt.datetime.now(dt.timezone.utc))
+                    voided = await self.storage.expire_holds(dt.datetime.now(dt.UTC))
                 except StorageError as exc:
                     log.warning("hold sweeper: storage failed: %s", exc)
                     continue

@@ -5,6 +5,7 @@
 yields. The PostgreSQL backend must be opened inside ``trio_asyncio.open_loop()``.
 """
 
+from omixa.storage._common import bucket_start, latency_bin_upper
 from omixa.storage.base import (
     Account,
     ApiKeyRecord,
@@ -25,7 +26,6 @@ from omixa.storage.base import (
     WalletOp,
     WalletState,
 )
-from omixa.storage._common import bucket_start, latency_bin_upper
 from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
 from omixa.storage.open import open_storage
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio_asyncio
 
@@ -43,9 +44,7 @@ def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
     # trio-asyncio's default handler re-raises these into the loop's nursery and takes the
     # loop (and everything using it) down; asyncpg reports recoverable things this way
     # (e.g. "Resetting connection with an active transaction" after a cancelled query).
-    logger.warning(
-        "asyncio: %s", context.get("message", "unhandled error"), exc_info=context.get("exception")
-    )
+    logger.warning("asyncio: %s", context.get("message", "unhandled error"), exc_info=context.get("exception"))
 
 
 class AioBridge:

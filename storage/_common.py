@@ -6,7 +6,8 @@ import datetime as dt
 import json
 import math
 import secrets
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from omixa.storage.base import RequestLog, RequestLogFilter, RollupRow
 
@@ -36,14 +37,35 @@ def check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
 
 GRANULARITIES = ("hour", "day")
 REQUEST_LOG_COLUMNS = (
-    "id", "account_id", "key_id", "model", "provider", "deployment", "region", "status",
-    "stream", "prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost",
-    "latency_ms", "ttft_ms", "created_at",
+    "id",
+    "account_id",
+    "key_id",
+    "model",
+    "provider",
+    "deployment",
+    "region",
+    "status",
+    "stream",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cost",
+    "latency_ms",
+    "ttft_ms",
+    "created_at",
 )
 # Summed columns of usage_rollups, in table order.
 ROLLUP_SUMS = (
-    "requests", "errors", "client_closed", "prompt_tokens", "completion_tokens",
-    "reasoning_tokens", "cached_tokens", "cost", "latency_ms_sum",
+    "requests",
+    "errors",
+    "client_closed",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "cost",
+    "latency_ms_sum",
 )
 # Latency histogram bins: bin b holds latencies in (upper(b - 1), upper(b)] milliseconds, where
 # upper(b) = ceil(1.1 ** b); a percentile read off the histogram is within 10% above the truth.
@@ -68,7 +90,7 @@ def latency_bin(latency_ms: int) -> int:
 
 def bucket_start(moment: dt.datetime, granularity: str) -> dt.datetime:
     """The UTC hour or day ``moment`` falls in."""
-    utc = require_aware(moment, "created_at").astimezone(dt.timezone.utc)
+    utc = require_aware(moment, "created_at").astimezone(dt.UTC)
     if granularity == "hour":
         return utc.replace(minute=0, second=0, microsecond=0)
     if granularity == "day":
@@ -111,7 +133,8 @@ def merge_rollup_rows(rows: Sequence[Mapping[str, Any]], bins: Sequence[Mapping[
         histograms.setdefault((b["bucket_start"], b["model"]), {})[b["bin"]] = b["count"]
     return [
         RollupRow(
-            bucket_start=r["bucket_start"], model=r["model"],
+            bucket_start=r["bucket_start"],
+            model=r["model"],
             latency_bins=histograms.get((r["bucket_start"], r["model"]), {}),
             **{name: r[name] for name in ROLLUP_SUMS},
         )
@@ -152,11 +175,22 @@ def interrupted_log(hold: Mapping[str, Any], now: dt.datetime) -> RequestLog:
     charged, no tokens known, latency up to the recovery."""
     created = hold["created_at"]
     return RequestLog(
-        id=hold["request_id"], account_id=hold["account_id"], key_id=hold["key_id"] or "",
-        model=hold["model"] or "", provider=hold["provider"] or "", deployment=None, region=None,
-        status="interrupted", stream=bool(hold["stream"]), prompt_tokens=0, completion_tokens=0,
-        reasoning_tokens=0, cached_tokens=0, cost=0,
-        latency_ms=max(0, round((now - created).total_seconds() * 1000)), ttft_ms=None,
+        id=hold["request_id"],
+        account_id=hold["account_id"],
+        key_id=hold["key_id"] or "",
+        model=hold["model"] or "",
+        provider=hold["provider"] or "",
+        deployment=None,
+        region=None,
+        status="interrupted",
+        stream=bool(hold["stream"]),
+        prompt_tokens=0,
+        completion_tokens=0,
+        reasoning_tokens=0,
+        cached_tokens=0,
+        cost=0,
+        latency_ms=max(0, round((now - created).total_seconds() * 1000)),
+        ttft_ms=None,
         created_at=created,
     )
 
@@ -166,8 +200,16 @@ def interrupted_log(hold: Mapping[str, Any], now: dt.datetime) -> RequestLog:
 # What holds.log keeps of a request's log: every column but its cost (the hold's charge is
 # the cost) and what the hold row has already (request id, account, key, model, stream).
 _HELD_LOG_FIELDS = (
-    "provider", "deployment", "region", "status", "prompt_tokens", "completion_tokens",
-    "reasoning_tokens", "cached_tokens", "latency_ms", "ttft_ms",
+    "provider",
+    "deployment",
+    "region",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "latency_ms",
+    "ttft_ms",
 )
 
 
@@ -187,8 +229,12 @@ def log_from_hold(hold: Mapping[str, Any]) -> RequestLog:
     log = hold["log"]
     fields = json.loads(log) if isinstance(log, str) else dict(log)
     return RequestLog(
-        id=hold["request_id"], account_id=hold["account_id"], key_id=hold["key_id"] or "",
-        model=hold["model"] or "", stream=bool(hold["stream"]), cost=hold["charged"],
+        id=hold["request_id"],
+        account_id=hold["account_id"],
+        key_id=hold["key_id"] or "",
+        model=hold["model"] or "",
+        stream=bool(hold["stream"]),
+        cost=hold["charged"],
         created_at=dt.datetime.fromisoformat(fields.pop("created_at")),
         **{name: fields[name] for name in _HELD_LOG_FIELDS},
     )

@@ -8,15 +8,15 @@ only awaits are the slot semaphore when all ``max_size`` connections are in use,
 connect when no idle one is left.
 
 A connection goes straight back to the idle list when the block that used it ended normally
-(its statement completed, its transaction committed or rolled back) or with an error the
-server reported (:class:`asyncpg.PostgresError`, after which the connection is idle again),
-and it is still open and outside a transaction (a closed one is dropped). Anything else (cancellation, a socket error, a driver
-error) may leave a query or a cancel request in flight: a background task resets that
-connection with :meth:`asyncpg.Connection.reset` (which waits for the server to acknowledge
-the cancel, then rolls back) while keeping its slot, and gives it back; one that cannot be
-reset within ``RESET_TIMEOUT`` is terminated. Our statements never change session state (no
-SET, LISTEN, cursors or session locks; migrations use their own connection), so the reset
-query asyncpg's own pool runs after every call is not needed on the normal path.
+(its statement completed, its transaction committed or rolled back) or with an error the server
+reported (:class:`asyncpg.PostgresError`, after which the connection is idle again), and it is
+still open and outside a transaction (a closed one is dropped). Anything else (cancellation, a
+socket error, a driver error) may leave a query or a cancel request in flight: a background
+task resets that connection with :meth:`asyncpg.Connection.reset` (which waits for the server
+to acknowledge the cancel, then rolls back) while keeping its slot, and gives it back; one that
+cannot be reset within ``RESET_TIMEOUT`` is terminated. Our statements never change session
+state (no SET, LISTEN, cursors or session locks; migrations use their own connection), so the
+reset query asyncpg's own pool runs after every call is not needed on the normal path.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -145,7 +146,8 @@ class ConnectionPool:
         self._closed = True
         try:
             async with asyncio.timeout(timeout):
-                while self._in_use or self._resetting:
+                # Polled: a close is rare and bounded by ``timeout``, so no event is kept for it.
+                while self._in_use or self._resetting:  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
                 await asyncio.gather(*(conn.close() for conn in self._idle), return_exceptions=True)
         except TimeoutError:

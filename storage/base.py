@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from typing import Sequence
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -329,7 +329,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def credit_top_up(
-        self, account_id: str, amount: int, *, idempotency_key: str | None = None,
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
         note: str | None = None,
     ) -> TopUpResult:
         """Credit ``amount`` (> 0) like :meth:`top_up`, returning its ledger row.
@@ -341,7 +345,12 @@ class Storage(abc.ABC):
         """
 
     async def create_hold(
-        self, *, account_id: str, request_id: str, amount: int, expires_at: dt.datetime,
+        self,
+        *,
+        account_id: str,
+        request_id: str,
+        amount: int,
+        expires_at: dt.datetime,
         context: HoldContext = HoldContext(),
     ) -> Hold | None:
         """Lock ``amount`` (> 0) if ``balance - locked >= amount``, else return None.
@@ -390,9 +399,7 @@ class Storage(abc.ABC):
         """All ledger rows of an account, oldest first."""
 
     @abc.abstractmethod
-    async def list_ledger(
-        self, account_id: str, *, limit: int, before_id: int | None = None
-    ) -> Sequence[LedgerEntry]:
+    async def list_ledger(self, account_id: str, *, limit: int, before_id: int | None = None) -> Sequence[LedgerEntry]:
         """Up to ``limit`` ledger rows of an account, newest first, with ids below
         ``before_id`` when given (ids only grow, so pages stay stable under inserts)."""
 
@@ -425,7 +432,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def usage_rollups(
-        self, account_id: str, *, granularity: str, since: dt.datetime, until: dt.datetime,
+        self,
+        account_id: str,
+        *,
+        granularity: str,
+        since: dt.datetime,
+        until: dt.datetime,
         model: str | None = None,
     ) -> Sequence[RollupRow]:
         """The account's rollup rows with ``since <= bucket_start < until``, oldest first

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from omixa.storage.base import Storage
 
@@ -20,16 +20,14 @@ def sqlite_path(url: str) -> str:
     """
     if not url.startswith(_SQLITE_PREFIX):
         raise ValueError(f"not a SQLite URL (expected sqlite:///PATH): {url!r}")
-    path = url[len(_SQLITE_PREFIX):]
+    path = url[len(_SQLITE_PREFIX) :]
     if not path:
         raise ValueError(f"SQLite URL names no file: {url!r}")
     return path
 
 
 @contextlib.asynccontextmanager
-async def open_storage(
-    url: str, *, loop: asyncio.AbstractEventLoop | None = None
-) -> AsyncIterator[Storage]:
+async def open_storage(url: str, *, loop: asyncio.AbstractEventLoop | None = None) -> AsyncIterator[Storage]:
     """Open the database named by ``url``, apply pending migrations, yield it, close it.
 
     Args:
@@ -56,8 +54,7 @@ async def open_storage(
     else:
         scheme = url.split(":", 1)[0] if ":" in url else url
         raise ValueError(
-            f"unsupported storage URL scheme {scheme!r}: use sqlite:///PATH or "
-            "postgresql://user@host:port/db"
+            f"unsupported storage URL scheme {scheme!r}: use sqlite:///PATH or postgresql://user@host:port/db"
         )
     try:
         yield store

@@ -18,13 +18,28 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import trio
 
 from omixa.storage._aio import AioBridge, resolve_loop
+from omixa.storage._common import (
+    REQUEST_LOG_COLUMNS,
+    ROLLUP_SUMS,
+    bucket_start,
+    check_amount,
+    interrupted_log,
+    latency_bin,
+    log_from_hold,
+    log_to_json,
+    merge_rollup_rows,
+    new_id,
+    request_log_where,
+    require_aware,
+)
 from omixa.storage._pgpool import ConnectionPool
 from omixa.storage.base import (
     Account,
@@ -45,28 +60,12 @@ from omixa.storage.base import (
     WalletOp,
     WalletState,
 )
-from omixa.storage._common import (
-    REQUEST_LOG_COLUMNS,
-    ROLLUP_SUMS,
-    bucket_start,
-    check_amount,
-    interrupted_log,
-    latency_bin,
-    log_from_hold,
-    log_to_json,
-    merge_rollup_rows,
-    new_id,
-    request_log_where,
-    require_aware,
-)
 from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
 from omixa.storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
 
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError
-)
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 # pg_advisory_lock key serializing migrations across processes ("omixa" in ASCII).
 MIGRATION_LOCK_KEY = 0x6F6D697861
 CLOSE_TIMEOUT = 5.0
@@ -96,9 +95,7 @@ class PostgresStorage(Storage):
         self._closed = False
 
     @classmethod
-    async def open(
-        cls, url: str, *, loop: asyncio.AbstractEventLoop | None = None
-    ) -> PostgresStorage:
+    async def open(cls, url: str, *, loop: asyncio.AbstractEventLoop | None = None) -> PostgresStorage:
         """Connect a pool to ``url`` and apply pending migrations.
 
         Errors: StorageError if no trio-asyncio loop is given or running, or the server
@@ -157,14 +154,28 @@ class PostgresStorage(Storage):
     ) -> ApiKeyRecord:
         key_id = new_id("key")
         created_at = await self._run(
-            _fetchval, _SQL.INSERT_API_KEY, key_id, account_id, key_hash, prefix, rpm, tpm,
-            signature_required, signing_secret_enc,
+            _fetchval,
+            _SQL.INSERT_API_KEY,
+            key_id,
+            account_id,
+            key_hash,
+            prefix,
+            rpm,
+            tpm,
+            signature_required,
+            signing_secret_enc,
         )
         if created_at is None:
             raise NotFound(f"no account {account_id!r}")
         return ApiKeyRecord(
-            id=key_id, account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm, created_at=created_at,
-            revoked_at=None, signature_required=signature_required,
+            id=key_id,
+            account_id=account_id,
+            prefix=prefix,
+            rpm=rpm,
+            tpm=tpm,
+            created_at=created_at,
+            revoked_at=None,
+            signature_required=signature_required,
             signing_secret_enc=signing_secret_enc,
         )
 
@@ -177,9 +188,7 @@ class PostgresStorage(Storage):
     ) -> ApiKeyRecord:
         if previous_expires_at is not None:
             require_aware(previous_expires_at, "previous_expires_at")
-        row = await self._run(
-            _fetchrow, _SQL.ROTATE_SIGNING_SECRET, key_id, signing_secret_enc, previous_expires_at
-        )
+        row = await self._run(_fetchrow, _SQL.ROTATE_SIGNING_SECRET, key_id, signing_secret_enc, previous_expires_at)
         if row is None:
             raise NotFound(f"no key {key_id}")
         return ApiKeyRecord(**row)
@@ -219,7 +228,11 @@ class PostgresStorage(Storage):
         return WalletState(account_id=account_id, **row)
 
     async def credit_top_up(
-        self, account_id: str, amount: int, *, idempotency_key: str | None = None,
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
         note: str | None = None,
     ) -> TopUpResult:
         check_amount(amount, "amount")
@@ -244,9 +257,7 @@ class PostgresStorage(Storage):
         rows = await self._run(_fetch, _SQL.LEDGER_ENTRIES, account_id)
         return [LedgerEntry(**r) for r in rows]
 
-    async def list_ledger(
-        self, account_id: str, *, limit: int, before_id: int | None = None
-    ) -> Sequence[LedgerEntry]:
+    async def list_ledger(self, account_id: str, *, limit: int, before_id: int | None = None) -> Sequence[LedgerEntry]:
         rows = await self._run(_fetch, _SQL.LIST_LEDGER, account_id, before_id, limit)
         return [LedgerEntry(**r) for r in rows]
 
@@ -280,7 +291,12 @@ class PostgresStorage(Storage):
         return [RequestLog(**r) for r in rows]
 
     async def usage_rollups(
-        self, account_id: str, *, granularity: str, since: dt.datetime, until: dt.datetime,
+        self,
+        account_id: str,
+        *,
+        granularity: str,
+        since: dt.datetime,
+        until: dt.datetime,
         model: str | None = None,
     ) -> Sequence[RollupRow]:
         bucket_start(since, granularity)  # validates the granularity
@@ -294,7 +310,11 @@ class PostgresStorage(Storage):
 
     async def heartbeat_instance(self, instance: Instance) -> bool:
         existed = await self._run(
-            _fetchval, _SQL.UPSERT_INSTANCE, instance.id, instance.host, instance.pid,
+            _fetchval,
+            _SQL.UPSERT_INSTANCE,
+            instance.id,
+            instance.host,
+            instance.pid,
             require_aware(instance.started_at, "started_at"),
         )
         return bool(existed)
@@ -325,9 +345,7 @@ class PostgresStorage(Storage):
 
 
 async def _create_pool(dsn: str, options: dict[str, int]) -> ConnectionPool:
-    pool = ConnectionPool(
-        dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": "omixa"}, **options
-    )
+    pool = ConnectionPool(dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": "omixa"}, **options)
     return await pool.open()
 
 
@@ -355,7 +373,7 @@ async def _migrate(dsn: str) -> None:
     finally:
         try:
             await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
-        except (asyncio.TimeoutError, *_DRIVER_ERRORS):
+        except (TimeoutError, *_DRIVER_ERRORS):
             conn.terminate()
 
 
@@ -376,7 +394,10 @@ async def _execute(pool: ConnectionPool, query: str, *args: Any) -> None:
 
 
 async def _credit_top_up(
-    pool: ConnectionPool, account_id: str, amount: int, idempotency_key: str | None,
+    pool: ConnectionPool,
+    account_id: str,
+    amount: int,
+    idempotency_key: str | None,
     note: str | None,
 ) -> TopUpResult:
     async with pool.acquire() as conn, conn.transaction():
@@ -395,7 +416,8 @@ async def _credit_top_up(
                 entry = await conn.fetchrow(_SQL.GET_LEDGER_ENTRY, first["ledger_id"], account_id)
                 wallet = await conn.fetchrow(_SQL.GET_WALLET, account_id)
                 return TopUpResult(
-                    entry=LedgerEntry(**entry), wallet=WalletState(account_id=account_id, **wallet),
+                    entry=LedgerEntry(**entry),
+                    wallet=WalletState(account_id=account_id, **wallet),
                     replayed=True,
                 )
         row = await conn.fetchrow(_SQL.CREDIT, account_id, amount, note)
@@ -491,9 +513,7 @@ async def _apply_wallet_ops(
     return results
 
 
-async def _lone_step(
-    conn: asyncpg.Connection, step: tuple[str, NewHold] | FinalizeHold
-) -> Hold | Settlement | None:
+async def _lone_step(conn: asyncpg.Connection, step: tuple[str, NewHold] | FinalizeHold) -> Hold | Settlement | None:
     if isinstance(step, FinalizeHold):
         log = None if step.log is None else log_to_json(step.log)
         if step.void:
@@ -502,8 +522,17 @@ async def _lone_step(
     hold_id, op = step
     context = op.context
     row = await conn.fetchrow(
-        _SQL.CREATE_HOLD, hold_id, op.account_id, op.amount, op.request_id, op.expires_at,
-        context.instance_id, context.key_id, context.model, context.provider, context.stream,
+        _SQL.CREATE_HOLD,
+        hold_id,
+        op.account_id,
+        op.amount,
+        op.request_id,
+        op.expires_at,
+        context.instance_id,
+        context.key_id,
+        context.model,
+        context.provider,
+        context.stream,
     )
     if row is None:
         if context.key_id is not None and await conn.fetchval(_SQL.KEY_REVOKED, context.key_id):
@@ -512,8 +541,12 @@ async def _lone_step(
             raise NotFound(f"no account {op.account_id!r}")
         return None
     return Hold(
-        id=hold_id, account_id=op.account_id, request_id=op.request_id, amount=op.amount,
-        created_at=row["created_at"], expires_at=row["expires_at"],
+        id=hold_id,
+        account_id=op.account_id,
+        request_id=op.request_id,
+        amount=op.amount,
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
     )
 
 
@@ -522,20 +555,19 @@ async def _finalize(
 ) -> Settlement:
     row = await conn.fetchrow(_SQL.FINALIZE_HOLD, hold_id, charge, state, log)
     if row is not None:
-        wallet = WalletState(
-            account_id=row["account_id"], balance=row["balance"], locked=row["locked"]
-        )
+        wallet = WalletState(account_id=row["account_id"], balance=row["balance"], locked=row["locked"])
         return Settlement(
-            hold_id=hold_id, charged=row["charged"], released=row["released"],
-            already_final=False, wallet=wallet,
+            hold_id=hold_id,
+            charged=row["charged"],
+            released=row["released"],
+            already_final=False,
+            wallet=wallet,
         )
     # Not pending (or no such hold): report the current state, change nothing.
     row = await conn.fetchrow(_SQL.HOLD_WALLET, hold_id)
     if row is None:
         raise NotFound(f"no hold {hold_id!r}")
-    return Settlement(
-        hold_id=hold_id, charged=0, released=0, already_final=True, wallet=WalletState(**row)
-    )
+    return Settlement(hold_id=hold_id, charged=0, released=0, already_final=True, wallet=WalletState(**row))
 
 
 async def _wallet_ops(
@@ -561,7 +593,7 @@ async def _wallet_ops(
                 context.instance_id, context.key_id, context.model, context.provider, context.stream,
                 None,
             )  # fmt: skip
-        for column, value in zip(columns, values):
+        for column, value in zip(columns, values, strict=True):
             column.append(value)
     try:
         return await conn.fetch(_SQL.WALLET_OPS, *columns)
@@ -595,8 +627,7 @@ async def _expire_holds(pool: ConnectionPool, now: dt.datetime) -> int:
             for hold in account_holds:
                 locked -= hold["amount"]
                 ledger_rows.append(
-                    (account_id, hold["amount"], wallet["balance"], locked,
-                     hold["request_id"], hold["id"])
+                    (account_id, hold["amount"], wallet["balance"], locked, hold["request_id"], hold["id"])
                 )
         await conn.executemany(_SQL.INSERT_RELEASE, ledger_rows)
         await conn.execute(_SQL.VOID_HOLDS, [h["id"] for h in holds])
@@ -652,8 +683,9 @@ class _SQL:
         SELECT $1, id, $3 FROM api_keys WHERE id = $2
         RETURNING id"""
     DASHBOARD_SESSION_KEY = (
-        "SELECT " + ", ".join(f"k.{c.strip()}" for c in KEY_COLUMNS.split(",")) +
-        " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
+        "SELECT "
+        + ", ".join(f"k.{c.strip()}" for c in KEY_COLUMNS.split(","))
+        + " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
         " WHERE s.id = $1 AND s.expires_at > now()"
     )
     END_DASHBOARD_SESSION = "DELETE FROM dashboard_sessions WHERE id = $1"
@@ -772,8 +804,23 @@ class _SQL:
         RETURNING id, type, amount, balance_after, locked_after, locked_after AS locked,
                   request_id, hold_id, created_at"""
     _LOG_TYPES = (
-        "text", "text", "text", "text", "text", "text", "text", "text", "boolean", "bigint",
-        "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "timestamptz",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "text",
+        "boolean",
+        "bigint",
+        "bigint",
+        "bigint",
+        "bigint",
+        "bigint",
+        "bigint",
+        "bigint",
+        "timestamptz",
     )
     _LOG_INPUT = ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_LOG_TYPES, "integer"), 1))
     _HOLD_IDS = f"${len(_LOG_TYPES) + 2}::text[]"  # the holds whose copies of the logs go
@@ -837,6 +884,4 @@ class _SQL:
         SELECT EXTRACT(EPOCH FROM now() - heartbeat_at)::float8 FROM instances WHERE id = $1
         FOR UPDATE"""
     DELETE_INSTANCE = "DELETE FROM instances WHERE id = $1"
-    GET_REQUEST_LOG = (
-        f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs WHERE id = $1"
-    )
+    GET_REQUEST_LOG = f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs WHERE id = $1"

@@ -19,31 +19,12 @@ import datetime as dt
 import logging
 import sqlite3
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import attrs
 import trio
 
-from omixa.storage.base import (
-    FinalizeHold,
-    NewHold,
-    WalletOp,
-    Account,
-    ApiKeyRecord,
-    Hold,
-    HoldContext,
-    Instance,
-    LedgerEntry,
-    LedgerProblem,
-    RequestLog,
-    RequestLogFilter,
-    RollupRow,
-    Settlement,
-    SigningSummary,
-    Storage,
-    TopUpResult,
-    WalletState,
-)
 from omixa.storage._common import (
     REQUEST_LOG_COLUMNS,
     ROLLUP_SUMS,
@@ -58,12 +39,32 @@ from omixa.storage._common import (
     require_aware,
     rollup_deltas,
 )
+from omixa.storage.base import (
+    Account,
+    ApiKeyRecord,
+    FinalizeHold,
+    Hold,
+    HoldContext,
+    Instance,
+    LedgerEntry,
+    LedgerProblem,
+    NewHold,
+    RequestLog,
+    RequestLogFilter,
+    RollupRow,
+    Settlement,
+    SigningSummary,
+    Storage,
+    TopUpResult,
+    WalletOp,
+    WalletState,
+)
 from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
 from omixa.storage.migrations import load_migrations, pending_migrations, verify_ledger_sql
 
 T = TypeVar("T")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _US = dt.timedelta(microseconds=1)
 BUSY_TIMEOUT_MS = 5000
 # maintain(): how often the write-ahead log is checkpointed; SQLite's own default threshold
@@ -85,7 +86,7 @@ def _from_us(value: int | None) -> dt.datetime | None:
 
 
 def _now_us() -> int:
-    return _to_us(dt.datetime.now(dt.timezone.utc), "now")
+    return _to_us(dt.datetime.now(dt.UTC), "now")
 
 
 class SQLiteStorage(Storage):
@@ -156,8 +157,7 @@ class SQLiteStorage(Storage):
         return account
 
     async def get_account(self, account_id: str) -> Account | None:
-        return await self._one(Account, "SELECT id, email, created_at FROM accounts WHERE id = ?",
-                               account_id)
+        return await self._one(Account, "SELECT id, email, created_at FROM accounts WHERE id = ?", account_id)
 
     async def create_api_key(
         self,
@@ -171,9 +171,15 @@ class SQLiteStorage(Storage):
         signing_secret_enc: str | None = None,
     ) -> ApiKeyRecord:
         record = ApiKeyRecord(
-            id=new_id("key"), account_id=account_id, prefix=prefix, rpm=rpm, tpm=tpm,
-            created_at=_from_us(_now_us()), revoked_at=None,
-            signature_required=signature_required, signing_secret_enc=signing_secret_enc,
+            id=new_id("key"),
+            account_id=account_id,
+            prefix=prefix,
+            rpm=rpm,
+            tpm=tpm,
+            created_at=_from_us(_now_us()),
+            revoked_at=None,
+            signature_required=signature_required,
+            signing_secret_enc=signing_secret_enc,
         )
         await self._call(_insert_api_key, record, key_hash, write=True)
         return record
@@ -198,8 +204,9 @@ class SQLiteStorage(Storage):
 
     # -- dashboard sessions -------------------------------------------------------------------
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
-        if not await self._call(_create_dashboard_session, session_id, key_id,
-                                _to_us(expires_at, "expires_at"), write=True):
+        if not await self._call(
+            _create_dashboard_session, session_id, key_id, _to_us(expires_at, "expires_at"), write=True
+        ):
             raise NotFound(f"no key {key_id}")
 
     async def dashboard_session_key(self, session_id: str) -> ApiKeyRecord | None:
@@ -217,7 +224,11 @@ class SQLiteStorage(Storage):
         return await self._call(_top_up, account_id, amount, note, write=True)
 
     async def credit_top_up(
-        self, account_id: str, amount: int, *, idempotency_key: str | None = None,
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
         note: str | None = None,
     ) -> TopUpResult:
         check_amount(amount, "amount")
@@ -238,23 +249,22 @@ class SQLiteStorage(Storage):
 
     async def ledger_entries(self, account_id: str) -> Sequence[LedgerEntry]:
         return await self._call(
-            _records, LedgerEntry, f"{_LEDGER_SELECT} WHERE account_id = ? ORDER BY id",
+            _records,
+            LedgerEntry,
+            f"{_LEDGER_SELECT} WHERE account_id = ? ORDER BY id",
             (account_id,),
         )
 
-    async def list_ledger(
-        self, account_id: str, *, limit: int, before_id: int | None = None
-    ) -> Sequence[LedgerEntry]:
+    async def list_ledger(self, account_id: str, *, limit: int, before_id: int | None = None) -> Sequence[LedgerEntry]:
         return await self._call(
-            _records, LedgerEntry,
+            _records,
+            LedgerEntry,
             f"{_LEDGER_SELECT} WHERE account_id = ? AND id < ? ORDER BY id DESC LIMIT ?",
             (account_id, _MAX_ROW_ID if before_id is None else before_id, limit),
         )
 
     async def get_ledger_entry(self, account_id: str, entry_id: int) -> LedgerEntry | None:
-        return await self._one(
-            LedgerEntry, f"{_LEDGER_SELECT} WHERE id = ? AND account_id = ?", entry_id, account_id
-        )
+        return await self._one(LedgerEntry, f"{_LEDGER_SELECT} WHERE id = ? AND account_id = ?", entry_id, account_id)
 
     async def verify_ledger(self) -> list[LedgerProblem]:
         return await self._call(_records, LedgerProblem, verify_ledger_sql(), ())
@@ -273,18 +283,28 @@ class SQLiteStorage(Storage):
     async def list_request_logs(self, query: RequestLogFilter) -> Sequence[RequestLog]:
         where, params = request_log_where(query, lambda _i: "?", lambda t: _to_us(t, "time"))
         return await self._call(
-            _records, RequestLog,
+            _records,
+            RequestLog,
             f"{_LOG_SELECT} WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
             (*params, query.limit),
         )
 
     async def usage_rollups(
-        self, account_id: str, *, granularity: str, since: dt.datetime, until: dt.datetime,
+        self,
+        account_id: str,
+        *,
+        granularity: str,
+        since: dt.datetime,
+        until: dt.datetime,
         model: str | None = None,
     ) -> Sequence[RollupRow]:
         return await self._call(
-            _usage_rollups, account_id, granularity, _to_us(since, "since"),
-            _to_us(until, "until"), model,
+            _usage_rollups,
+            account_id,
+            granularity,
+            _to_us(since, "since"),
+            _to_us(until, "until"),
+            model,
         )
 
     # -- process instances ----------------------------------------------------------------
@@ -296,7 +316,8 @@ class SQLiteStorage(Storage):
 
     async def list_instances(self) -> Sequence[Instance]:
         rows = await self._call(
-            _records, Instance,
+            _records,
+            Instance,
             "SELECT id, host, pid, started_at, heartbeat_at FROM instances ORDER BY id",
             (),
         )
@@ -366,8 +387,7 @@ _INSERT_REQUEST_LOG = (
     f" VALUES ({', '.join('?' * len(REQUEST_LOG_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
 )
 _LEDGER_SELECT = (
-    "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id,"
-    " created_at FROM ledger"
+    "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id, created_at FROM ledger"
 )
 _MAX_ROW_ID = 2**63 - 1
 _UPSERT_ROLLUP = (
@@ -382,10 +402,17 @@ _UPSERT_LATENCY = (
     " DO UPDATE SET count = usage_rollup_latency.count + excluded.count"
 )
 # Columns stored as microseconds (or 0/1) that records want as datetimes (or bools).
-_TIME_COLUMNS = frozenset({
-    "created_at", "revoked_at", "expires_at", "bucket_start", "started_at", "heartbeat_at",
-    "previous_secret_expires_at",
-})
+_TIME_COLUMNS = frozenset(
+    {
+        "created_at",
+        "revoked_at",
+        "expires_at",
+        "bucket_start",
+        "started_at",
+        "heartbeat_at",
+        "previous_secret_expires_at",
+    }
+)
 _BOOL_COLUMNS = ("stream", "signature_required")
 _KEY_COLUMNS = (
     "id, account_id, prefix, rpm, tpm, created_at, revoked_at, signature_required,"
@@ -400,7 +427,7 @@ def _records(conn: sqlite3.Connection, cls: type[T], sql: str, params: tuple) ->
     times = [i for i, name in enumerate(names) if name in _TIME_COLUMNS]
     records = []
     for row in cursor:
-        values = dict(zip(names, row))
+        values = dict(zip(names, row, strict=True))
         for i in times:
             values[names[i]] = _from_us(row[i])
         for name in _BOOL_COLUMNS:
@@ -513,7 +540,7 @@ def _insert_request_logs_clearing(
 
 def _chunks(items: Sequence[str], size: int) -> list[Sequence[str]]:
     """``items`` in slices of at most ``size`` (SQLite bounds a statement's parameters)."""
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _insert_request_logs(conn: sqlite3.Connection, logs: Sequence[RequestLog]) -> None:
@@ -527,18 +554,23 @@ def _insert_request_logs(conn: sqlite3.Connection, logs: Sequence[RequestLog]) -
         start_us = _to_us(delta.bucket_start, "bucket_start")
         conn.execute(
             _UPSERT_ROLLUP,
-            (account_id, granularity, start_us, delta.model,
-             *(getattr(delta, c) for c in ROLLUP_SUMS)),
+            (account_id, granularity, start_us, delta.model, *(getattr(delta, c) for c in ROLLUP_SUMS)),
         )
         conn.executemany(
             _UPSERT_LATENCY,
-            [(account_id, granularity, start_us, delta.model, bin_, count)
-             for bin_, count in delta.latency_bins.items()],
+            [
+                (account_id, granularity, start_us, delta.model, bin_, count)
+                for bin_, count in delta.latency_bins.items()
+            ],
         )
 
 
 def _usage_rollups(
-    conn: sqlite3.Connection, account_id: str, granularity: str, since_us: int, until_us: int,
+    conn: sqlite3.Connection,
+    account_id: str,
+    granularity: str,
+    since_us: int,
+    until_us: int,
     model: str | None,
 ) -> list[RollupRow]:
     bucket_start(_from_us(since_us), granularity)  # validates the granularity
@@ -547,10 +579,13 @@ def _usage_rollups(
     if model is not None:
         where += " AND model = ?"
         params += (model,)
-    rows = _dicts(conn, f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
-                  f" WHERE {where} ORDER BY bucket_start, model", params)
-    bins = _dicts(conn, f"SELECT bucket_start, model, bin, count FROM usage_rollup_latency"
-                  f" WHERE {where}", params)
+    rows = _dicts(
+        conn,
+        f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
+        f" WHERE {where} ORDER BY bucket_start, model",
+        params,
+    )
+    bins = _dicts(conn, f"SELECT bucket_start, model, bin, count FROM usage_rollup_latency WHERE {where}", params)
     return merge_rollup_rows(rows, bins)
 
 
@@ -559,7 +594,7 @@ def _dicts(conn: sqlite3.Connection, sql: str, params: tuple) -> list[dict[str, 
     names = [d[0] for d in cursor.description]
     rows = []
     for row in cursor:
-        values = dict(zip(names, row))
+        values = dict(zip(names, row, strict=True))
         for name in _TIME_COLUMNS.intersection(values):
             values[name] = _from_us(values[name])
         rows.append(values)
@@ -607,7 +642,8 @@ def _recover_instance(
     existing = set()
     for chunk in _chunks([log.id for log in logs], 500):
         existing.update(
-            r[0] for r in conn.execute(f"SELECT id FROM request_logs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            r[0]
+            for r in conn.execute(f"SELECT id FROM request_logs WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
         )
     logs = [log for log in logs if log.id not in existing]
     _insert_request_logs_clearing(conn, logs, [hold["id"] for hold in unlogged])
@@ -628,8 +664,17 @@ def _insert_api_key(conn: sqlite3.Connection, key: ApiKeyRecord, key_hash: str) 
     conn.execute(
         "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm, created_at,"
         " signature_required, signing_secret_enc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (key.id, key.account_id, key_hash, key.prefix, key.rpm, key.tpm,
-         _to_us(key.created_at, "created_at"), int(key.signature_required), key.signing_secret_enc),
+        (
+            key.id,
+            key.account_id,
+            key_hash,
+            key.prefix,
+            key.rpm,
+            key.tpm,
+            _to_us(key.created_at, "created_at"),
+            int(key.signature_required),
+            key.signing_secret_enc,
+        ),
     )
 
 
@@ -663,15 +708,14 @@ def _signing_summary(conn: sqlite3.Connection) -> SigningSummary:
 
 
 def _revoke_api_key(conn: sqlite3.Connection, key_id: str, now_us: int) -> bool:
-    cursor = conn.execute(
-        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (now_us, key_id)
-    )
+    cursor = conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (now_us, key_id))
     return cursor.rowcount > 0
 
 
 _SESSION_KEY_SQL = (
-    "SELECT " + ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(",")) +
-    " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
+    "SELECT "
+    + ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(","))
+    + " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
     " WHERE s.id = ? AND s.expires_at > ?"
 )
 
@@ -692,30 +736,42 @@ def _end_dashboard_session(conn: sqlite3.Connection, session_id: str) -> None:
 
 
 def _wallet(conn: sqlite3.Connection, account_id: str) -> WalletState | None:
-    row = conn.execute(
-        "SELECT balance, locked FROM accounts WHERE id = ?", (account_id,)
-    ).fetchone()
+    row = conn.execute("SELECT balance, locked FROM accounts WHERE id = ?", (account_id,)).fetchone()
     if row is None:
         return None
     return WalletState(account_id=account_id, balance=row[0], locked=row[1])
 
 
 def _ledger(
-    conn: sqlite3.Connection, account_id: str, type_: str, amount: int, balance_after: int,
-    locked_after: int, request_id: str | None = None, hold_id: str | None = None,
-    note: str | None = None, now_us: int | None = None,
+    conn: sqlite3.Connection,
+    account_id: str,
+    type_: str,
+    amount: int,
+    balance_after: int,
+    locked_after: int,
+    request_id: str | None = None,
+    hold_id: str | None = None,
+    note: str | None = None,
+    now_us: int | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO ledger (account_id, type, amount, balance_after, locked_after,"
         " request_id, hold_id, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (account_id, type_, amount, balance_after, locked_after, request_id, hold_id, note,
-         _now_us() if now_us is None else now_us),
+        (
+            account_id,
+            type_,
+            amount,
+            balance_after,
+            locked_after,
+            request_id,
+            hold_id,
+            note,
+            _now_us() if now_us is None else now_us,
+        ),
     )
 
 
-def _top_up(
-    conn: sqlite3.Connection, account_id: str, amount: int, note: str | None
-) -> WalletState:
+def _top_up(conn: sqlite3.Connection, account_id: str, amount: int, note: str | None) -> WalletState:
     rows = conn.execute(
         "UPDATE accounts SET balance = balance + ? WHERE id = ? RETURNING balance, locked",
         (amount, account_id),
@@ -728,7 +784,10 @@ def _top_up(
 
 
 def _credit_top_up(
-    conn: sqlite3.Connection, account_id: str, amount: int, idempotency_key: str | None,
+    conn: sqlite3.Connection,
+    account_id: str,
+    amount: int,
+    idempotency_key: str | None,
     note: str | None,
 ) -> TopUpResult:
     if idempotency_key is not None:
@@ -748,7 +807,9 @@ def _credit_top_up(
             return TopUpResult(entry=entry, wallet=wallet, replayed=True)
     wallet = _top_up(conn, account_id, amount, note)
     entry = _records(
-        conn, LedgerEntry, f"{_LEDGER_SELECT} WHERE account_id = ? ORDER BY id DESC LIMIT 1",
+        conn,
+        LedgerEntry,
+        f"{_LEDGER_SELECT} WHERE account_id = ? ORDER BY id DESC LIMIT 1",
         (account_id,),
     )[0]
     if idempotency_key is not None:
@@ -763,8 +824,12 @@ def _credit_top_up(
 def _new_hold(op: NewHold) -> Hold:
     check_amount(op.amount, "amount")
     return Hold(
-        id=new_id("hold"), account_id=op.account_id, request_id=op.request_id, amount=op.amount,
-        created_at=_from_us(_now_us()), expires_at=_from_us(_to_us(op.expires_at, "expires_at")),
+        id=new_id("hold"),
+        account_id=op.account_id,
+        request_id=op.request_id,
+        amount=op.amount,
+        created_at=_from_us(_now_us()),
+        expires_at=_from_us(_to_us(op.expires_at, "expires_at")),
     )
 
 
@@ -791,8 +856,7 @@ def _create_hold(conn: sqlite3.Connection, hold: Hold, context: HoldContext) -> 
             raise KeyRevoked(f"key {context.key_id!r} is revoked")
     # The conditional update is the arbiter: it succeeds only if the funds are available.
     rows = conn.execute(
-        "UPDATE accounts SET locked = locked + ?1 WHERE id = ?2 AND balance - locked >= ?1"
-        " RETURNING balance, locked",
+        "UPDATE accounts SET locked = locked + ?1 WHERE id = ?2 AND balance - locked >= ?1 RETURNING balance, locked",
         (hold.amount, hold.account_id),
     ).fetchall()
     if not rows:
@@ -804,17 +868,40 @@ def _create_hold(conn: sqlite3.Connection, hold: Hold, context: HoldContext) -> 
     conn.execute(
         "INSERT INTO holds (id, account_id, request_id, amount, created_at, expires_at,"
         " instance_id, key_id, model, provider, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (hold.id, hold.account_id, hold.request_id, hold.amount, created_us,
-         _to_us(hold.expires_at, "expires_at"), context.instance_id, context.key_id,
-         context.model, context.provider, context.stream),
+        (
+            hold.id,
+            hold.account_id,
+            hold.request_id,
+            hold.amount,
+            created_us,
+            _to_us(hold.expires_at, "expires_at"),
+            context.instance_id,
+            context.key_id,
+            context.model,
+            context.provider,
+            context.stream,
+        ),
     )
-    _ledger(conn, hold.account_id, "hold", hold.amount, balance, locked,
-            request_id=hold.request_id, hold_id=hold.id, now_us=created_us)
+    _ledger(
+        conn,
+        hold.account_id,
+        "hold",
+        hold.amount,
+        balance,
+        locked,
+        request_id=hold.request_id,
+        hold_id=hold.id,
+        now_us=created_us,
+    )
     return True
 
 
 def _finalize(
-    conn: sqlite3.Connection, hold_id: str, charge: int, state: str, now_us: int,
+    conn: sqlite3.Connection,
+    hold_id: str,
+    charge: int,
+    state: str,
+    now_us: int,
     log: str | None = None,
 ) -> Settlement:
     """Post (``state='posted'``) or void a hold, keeping the request's ``log`` (JSON) with it;
@@ -827,8 +914,7 @@ def _finalize(
     if not rows:
         # Already posted or voided (or no such hold): change nothing, report the wallet.
         row = conn.execute(
-            "SELECT a.balance, a.locked, a.id FROM holds h JOIN accounts a"
-            " ON a.id = h.account_id WHERE h.id = ?",
+            "SELECT a.balance, a.locked, a.id FROM holds h JOIN accounts a ON a.id = h.account_id WHERE h.id = ?",
             (hold_id,),
         ).fetchone()
         if row is None:
@@ -838,29 +924,43 @@ def _finalize(
     account_id, request_id, amount, charged = rows[0]
     released = amount - charged
     balance, locked = conn.execute(
-        "UPDATE accounts SET balance = balance - ?, locked = locked - ? WHERE id = ?"
-        " RETURNING balance, locked",
+        "UPDATE accounts SET balance = balance - ?, locked = locked - ? WHERE id = ? RETURNING balance, locked",
         (charged, amount, account_id),
     ).fetchall()[0]
     # Each ledger row carries the wallet as it stands after that row: charge, then release.
     if charged:
-        _ledger(conn, account_id, "charge", charged, balance, locked + released,
-                request_id=request_id, hold_id=hold_id, now_us=now_us)
+        _ledger(
+            conn,
+            account_id,
+            "charge",
+            charged,
+            balance,
+            locked + released,
+            request_id=request_id,
+            hold_id=hold_id,
+            now_us=now_us,
+        )
     if released:
-        _ledger(conn, account_id, "release", released, balance, locked,
-                request_id=request_id, hold_id=hold_id, now_us=now_us)
+        _ledger(
+            conn,
+            account_id,
+            "release",
+            released,
+            balance,
+            locked,
+            request_id=request_id,
+            hold_id=hold_id,
+            now_us=now_us,
+        )
     wallet = WalletState(account_id=account_id, balance=balance, locked=locked)
-    return Settlement(
-        hold_id=hold_id, charged=charged, released=released, already_final=False, wallet=wallet
-    )
+    return Settlement(hold_id=hold_id, charged=charged, released=released, already_final=False, wallet=wallet)
 
 
 def _expire_holds(conn: sqlite3.Connection, now_us: int) -> int:
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM holds WHERE state = 'pending' AND expires_at < ?"
-            " ORDER BY expires_at, id",
+            "SELECT id FROM holds WHERE state = 'pending' AND expires_at < ? ORDER BY expires_at, id",
             (now_us,),
         )
     ]

@@ -20,7 +20,9 @@ import httpx
 from playwright.sync_api import expect, sync_playwright
 
 MODEL = "gpt-4o-mini"
-OUTPUT = Path(os.environ.get("OMIXA_TEST_OUTPUT", Path(__file__).resolve().parent.parent / "test-output")) / "screenshots"
+OUTPUT = (
+    Path(os.environ.get("OMIXA_TEST_OUTPUT", Path(__file__).resolve().parent.parent / "test-output")) / "screenshots"
+)
 OMIXA = str(Path(sys.executable).parent / "omixa")
 
 
@@ -76,8 +78,11 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
 
             # A request made through the API appears without a reload, within the poll.
             page.evaluate("window.__noReload = true")
-            response = api.post("/chat/completions", headers={"Authorization": f"Bearer {key_a}"},
-                                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+            response = api.post(
+                "/chat/completions",
+                headers={"Authorization": f"Bearer {key_a}"},
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20},
+            )
             assert response.status_code == 200
             request_id = response.headers["x-request-id"]
             row = page.locator(f'tr[data-request-id="{request_id}"]')
@@ -115,7 +120,9 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
             expect(mini).to_be_hidden()
             expect(page.locator('#catalog-table tr[data-model="text-embedding-3-small"]').first).to_be_visible()
             page.select_option("#catalog-modality", "")
-            expect(page.locator('#catalog-table tr[data-model="gpt-5.1"]').first).to_contain_text("none, low, medium, high")
+            expect(page.locator('#catalog-table tr[data-model="gpt-5.1"]').first).to_contain_text(
+                "none, low, medium, high"
+            )
             expect(page.locator("#catalog-table")).to_contain_text("Per image")
             shot(page, "03-catalog")
 
@@ -145,11 +152,16 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
 
             # The playground refuses a call without the session's CSRF token.
             cookies = {c["name"]: c["value"] for c in context.cookies()}
-            forged = httpx.post(f"{root}/playground/chat/completions", cookies=cookies,
-                                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+            forged = httpx.post(
+                f"{root}/playground/chat/completions",
+                cookies=cookies,
+                json={"model": MODEL, "messages": [{"role": "user", "content": "x"}]},
+            )
             assert forged.status_code == 400
-            assert httpx.post(f"{root}/playground/chat/completions",
-                              json={"model": MODEL, "messages": []}).status_code == 401
+            assert (
+                httpx.post(f"{root}/playground/chat/completions", json={"model": MODEL, "messages": []}).status_code
+                == 401
+            )
 
             # A phone-width view.
             phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
@@ -178,8 +190,9 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
             shot(other_page, "07-other-account")
 
             # Revoking a key ends its sessions at once; signing out ends this one.
-            revoked = subprocess.run([OMIXA, "key", "revoke", key_b_id, "--config", config],
-                                     capture_output=True, text=True, timeout=60)
+            revoked = subprocess.run(
+                [OMIXA, "key", "revoke", key_b_id, "--config", config], capture_output=True, text=True, timeout=60
+            )
             assert revoked.returncode == 0, revoked.stderr
             # The open page's next poll gets 401 and it goes to the sign-in page by itself (a
             # navigation of ours started meanwhile would be cut short: wait for it first).
@@ -195,7 +208,6 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
             browser.close()
             api.close()
     return seen
-
 
 
 if __name__ == "__main__":

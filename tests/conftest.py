@@ -45,7 +45,7 @@ def database_url(request, tmp_path):
     name = "omixa_t_" + secrets.token_hex(6)
     try:
         asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
     try:
         yield _with_database(PG_URL, name)

@@ -47,9 +47,10 @@ import json
 import re
 import struct
 import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
@@ -142,14 +143,10 @@ class FakeAzure:
     streams_finished: int = 0  # [DONE] sent
     streams_disconnected: int = 0  # client went away before [DONE]
     disconnects: int = 0  # any request (stream or hung) abandoned by its client
-    _failures: list[tuple[int, bytes, list[tuple[bytes, bytes]]]] = attrs.field(
-        factory=list, init=False
-    )
+    _failures: list[tuple[int, bytes, list[tuple[bytes, bytes]]]] = attrs.field(factory=list, init=False)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False)
 
-    def fail_next(
-        self, status: int, body: Any = None, headers: dict[str, str] | None = None, count: int = 1
-    ) -> None:
+    def fail_next(self, status: int, body: Any = None, headers: dict[str, str] | None = None, count: int = 1) -> None:
         """Answer the next ``count`` chat requests with ``status`` (queued after earlier ones).
 
         ``body``: dict (sent as JSON), str/bytes (sent as is), or None for an Azure error
@@ -182,7 +179,7 @@ class FakeAzure:
             headers["retry-after"] = str(retry_after)
         self.fail_next(429, azure_error("429", rate_limit_message(seconds)), headers, count)
 
-    async def wait_until(self, predicate: Callable[["FakeAzure"], bool]) -> None:
+    async def wait_until(self, predicate: Callable[[FakeAzure], bool]) -> None:
         """Wait until ``predicate(fake)`` holds, re-checked whenever a request arrives or a
         stream/disconnect counter changes (wrap in ``trio.fail_after``)."""
         while not predicate(self):
@@ -247,7 +244,7 @@ class FakeAzure:
                      "invalid_request_error", "param": None, "code": None}  # fmt: skip
             return await _reply(send, 400, {"error": error})
         if self.hang:
-            return await self._watch(receive, trio.sleep_forever(), stream=False)
+            return await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
         if body.get("stream") is True:
             self.streams_started += 1
             self._notify()

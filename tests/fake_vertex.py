@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
@@ -42,9 +43,9 @@ import jwt
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from fake_azure import FakeRequest, _send_response, _start
 
 from omixa.engine.tokens import count_text, encoding
-from fake_azure import FakeRequest, _send_response, _start
 
 DEFAULT_REPLY = "Gemini says the quick brown fox jumps over the lazy dog."
 DEFAULT_THOUGHT = "**Thinking about foxes** The user wants a sentence about a fox."
@@ -143,7 +144,7 @@ class FakeVertex:
         raw = json.dumps({"error": error, "error_description": f"Fake token failure ({error})."}).encode()
         self._token_failures.extend([(status, raw)] * count)
 
-    async def wait_until(self, predicate: Callable[["FakeVertex"], bool]) -> None:
+    async def wait_until(self, predicate: Callable[[FakeVertex], bool]) -> None:
         while not predicate(self):
             await self._changed.wait()
 
@@ -185,7 +186,9 @@ class FakeVertex:
             status, raw = self._failures.pop(0)
             return await _send_response(send, status, raw, [(b"content-type", b"application/json")])
         if not isinstance(body, dict) or not body.get("contents"):
-            return await _json(send, 400, google_error(400, "Unable to submit request because it has an empty contents field."))
+            return await _json(
+                send, 400, google_error(400, "Unable to submit request because it has an empty contents field.")
+            )
         if match.group(4) == "streamGenerateContent":
             if query.get("alt") != "sse":
                 return await _json(send, 400, google_error(400, "This fake only streams with alt=sse."))

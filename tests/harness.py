@@ -12,10 +12,11 @@ through its shutdown trigger at the end.
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import attrs
 import httpx
@@ -147,6 +148,7 @@ async def ledger_verify_cli(database_url: str, tmp_path: Path) -> None:
     config.write_text(f'[storage]\nurl = "{database_url}"\n')
     verify = await trio.run_process(
         [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
-        capture_stderr=True, check=False,
+        capture_stderr=True,
+        check=False,
     )
     assert verify.returncode == 0, verify.stderr

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from omixa.engine.catalog import CatalogError, load_catalog
 from fake_azure import open_fake_azure
 from harness import azure_deployment, open_gateway
+
+from omixa.engine.catalog import CatalogError, load_catalog
 
 
 async def test_the_catalog_lists_enabled_models_with_their_prices(tmp_path):
@@ -88,7 +88,10 @@ def test_image_and_embedding_models_need_their_tables(tmp_path: Path):
     catalog.write_text(head + 'modality = "embedding"\n')
     with pytest.raises(CatalogError, match="dimensions"):
         load_catalog(catalog)
-    catalog.write_text(head + 'modality = "image"\nimage_output_tokens.low = { "1024x1024" = 272 }\nimage_prices.high = { "1024x1024" = "0.1" }\n')
+    catalog.write_text(
+        head
+        + 'modality = "image"\nimage_output_tokens.low = { "1024x1024" = 272 }\nimage_prices.high = { "1024x1024" = "0.1" }\n'
+    )
     with pytest.raises(CatalogError, match="same qualities and sizes"):
         load_catalog(catalog)
 
@@ -97,7 +100,7 @@ def test_a_new_family_is_data_only_and_ties_go_to_the_lower_effort(tmp_path: Pat
     catalog = tmp_path / "models.toml"
     catalog.write_text(
         '[models."gpt-next"]\nprovider = "azure"\nmodality = "chat"\nencoding = "o200k_base"\n'
-        'context_window = 1000\nmax_output_tokens = 100\nreasoning = true\n'
+        "context_window = 1000\nmax_output_tokens = 100\nreasoning = true\n"
         'reasoning_efforts = ["minimal", "medium", "xhigh"]\nprices = { input = "1" }\n'
     )
     model = load_catalog(catalog).get("gpt-next")

@@ -12,13 +12,13 @@ import httpx
 import openai
 import pytest
 import trio
+from fake_azure import DEFAULT_REPLY, open_fake_azure
+from harness import MODEL, ledger_verify_cli, open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.money import format_usd
 from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
-from fake_azure import DEFAULT_REPLY, open_fake_azure
-from harness import MODEL, ledger_verify_cli, open_gateway
 
 PRICES = load_catalog().get(MODEL).prices
 MESSAGES = [{"role": "user", "content": "Say something about foxes."}]
@@ -81,9 +81,7 @@ async def test_non_streaming_sdk_call_charges_exact_catalog_price(database_url, 
         # The operator's check, as a separate process on the same database.
         await ledger_verify_cli(database_url, tmp_path)
 
-        wallet = await in_thread(
-            httpx.get, f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {key}"}
-        )
+        wallet = await in_thread(httpx.get, f"{gw.base_url}/wallet", headers={"Authorization": f"Bearer {key}"})
         assert wallet.json() == {
             "object": "wallet",
             "balance": format_usd(start - cost),

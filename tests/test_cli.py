@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
-
 from fake_azure import open_fake_azure
 
 OMIXA = str(Path(sys.executable).parent / "omixa")
@@ -81,8 +80,7 @@ def test_config_from_environment_and_database_url_override(tmp_path):
     assert created.returncode == 0 and db.exists()
     # Commands that never call upstream do not need the upstream keys' variables.
     config.write_text(
-        config.read_text()
-        + '[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\n'
+        config.read_text() + '[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\n'
         'deployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_VAR"\n'
     )
     assert run("ledger", "verify", config=config).returncode == 0
@@ -92,10 +90,16 @@ def test_config_from_environment_and_database_url_override(tmp_path):
     "body, where",
     [
         ("[server]\nprot = 1\n", "server.prot"),
-        ("[server]\nport = \"80\"\n", "server.port"),
+        ('[server]\nport = "80"\n', "server.port"),
         ("[wallet]\nmin_output_tokens = true\n", "wallet.min_output_tokens"),
-        ('[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "k"\nrpm = -5\n', "deployments[0].rpm"),
-        ('[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_VAR"\n', "deployments[0].api_key"),
+        (
+            '[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "k"\nrpm = -5\n',
+            "deployments[0].rpm",
+        ),
+        (
+            '[[deployments]]\nname = "a"\nmodel = "gpt-4o"\nendpoint = "https://x"\ndeployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_VAR"\n',
+            "deployments[0].api_key",
+        ),
     ],
 )
 def test_bad_config_stops_with_the_key_path(tmp_path, body, where):
@@ -108,14 +112,34 @@ def test_bad_config_stops_with_the_key_path(tmp_path, body, where):
 
 def test_add_azure_deployment_creates_and_keeps_comments(tmp_path):
     config = tmp_path / "sub" / "omixa.toml"
-    args = ("add-azure-deployment", "gpt-4o-mini", "eastus-key-1", "https://res.openai.azure.com", "gpt-4o-mini", "env:AZ_KEY")
-    first = run(*args, "--region", "eastus", "--rpm", "120", "--tpm", "200000", "--hourly-tokens", "1000000", config=config)
+    args = (
+        "add-azure-deployment",
+        "gpt-4o-mini",
+        "eastus-key-1",
+        "https://res.openai.azure.com",
+        "gpt-4o-mini",
+        "env:AZ_KEY",
+    )
+    first = run(
+        *args, "--region", "eastus", "--rpm", "120", "--tpm", "200000", "--hourly-tokens", "1000000", config=config
+    )
     assert first.returncode == 0, first.stderr
     text = config.read_text()
     assert 'name = "eastus-key-1"' in text and "hourly_tokens = 1000000" in text and 'api_key = "env:AZ_KEY"' in text
 
     config.write_text("# operator's note: keep me\n" + text.replace("rpm = 120", "rpm = 120 # tuned"))
-    second = run("add-azure-deployment", "gpt-4.1", "westus-1", "http://127.0.0.1:9999", "gpt-4.1", "k2", "--priority", "--weight", "2", config=config)
+    second = run(
+        "add-azure-deployment",
+        "gpt-4.1",
+        "westus-1",
+        "http://127.0.0.1:9999",
+        "gpt-4.1",
+        "k2",
+        "--priority",
+        "--weight",
+        "2",
+        config=config,
+    )
     assert second.returncode == 0, second.stderr
     text = config.read_text()
     assert "# operator's note: keep me" in text and "rpm = 120 # tuned" in text
@@ -184,10 +208,17 @@ async def test_demo_serves_the_readme_curl_example(tmp_path):
         # The README's example, as a developer pastes it.
         curl = await trio.run_process(
             [
-                "curl", "-sS", "-X", "POST", f"{base}/chat/completions",
-                "-H", f"Authorization: Bearer {key}",
-                "-H", "Content-Type: application/json",
-                "-d", '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}',
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                f"{base}/chat/completions",
+                "-H",
+                f"Authorization: Bearer {key}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}',
             ],
             capture_stdout=True,
         )
@@ -223,15 +254,22 @@ async def test_demo_serves_the_readme_curl_example(tmp_path):
 
 def test_env_secrets_are_needed_only_where_the_server_runs(tmp_path):
     config = write_config(
-        tmp_path / "omixa.toml", f"sqlite:///{tmp_path / 'o.db'}",
+        tmp_path / "omixa.toml",
+        f"sqlite:///{tmp_path / 'o.db'}",
         '[[deployments]]\nname = "e1"\nmodel = "gpt-4o-mini"\nendpoint = "https://x.openai.azure.com"\n'
         'deployment = "d"\napi_key = "env:OMIXA_TEST_UNSET_KEY"\n',
     )
     env = {k: v for k, v in os.environ.items() if k != "OMIXA_TEST_UNSET_KEY"}
-    created = subprocess.run([OMIXA, "account", "create", "ops@example.com", "--config", str(config)],
-                             capture_output=True, text=True, timeout=60, env=env)
+    created = subprocess.run(
+        [OMIXA, "account", "create", "ops@example.com", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert created.returncode == 0, created.stderr
-    served = subprocess.run([OMIXA, "serve", "--config", str(config), "--port", "0"],
-                            capture_output=True, text=True, timeout=60, env=env)
+    served = subprocess.run(
+        [OMIXA, "serve", "--config", str(config), "--port", "0"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert served.returncode != 0
     assert "deployments[0].api_key: environment variable OMIXA_TEST_UNSET_KEY is not set" in served.stderr

@@ -17,9 +17,24 @@ def test_the_example_config_and_the_catalog_load():
     catalog = load_catalog()
     assert config.deployments and all(catalog.get(d.model) for d in config.deployments)
     required = {
-        "gpt-4o-mini", "gpt-4o", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano", "gpt-5", "gpt-5-mini",
-        "gpt-5-nano", "gpt-5.1", "gpt-5-pro", "gpt-5.4", "gpt-5.5", "text-embedding-3-small",
-        "text-embedding-3-large", "text-embedding-ada-002", "gpt-image-1", "gemini-2.5-flash", "gemini-2.5-pro",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.1-mini",
+        "gpt-4.1-nano",
+        "gpt-5",
+        "gpt-5-mini",
+        "gpt-5-nano",
+        "gpt-5.1",
+        "gpt-5-pro",
+        "gpt-5.4",
+        "gpt-5.5",
+        "text-embedding-3-small",
+        "text-embedding-3-large",
+        "text-embedding-ada-002",
+        "gpt-image-1",
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
     }
     assert required <= set(catalog.models)
     mini = catalog.get("gpt-4o-mini").prices
@@ -40,7 +55,11 @@ def test_stream_knobs_come_from_the_environment(monkeypatch):
 
 
 def test_secrets_resolve_from_the_environment(monkeypatch):
-    raw = {"deployments": [{"name": "a", "model": "gpt-4o", "endpoint": "https://x", "deployment": "d", "api_key": "env:AZ_TEST_KEY"}]}
+    raw = {
+        "deployments": [
+            {"name": "a", "model": "gpt-4o", "endpoint": "https://x", "deployment": "d", "api_key": "env:AZ_TEST_KEY"}
+        ]
+    }
     with pytest.raises(ConfigError, match=r"deployments\[0\].api_key"):
         structure_config(raw, base_dir=Path("."))
     monkeypatch.setenv("AZ_TEST_KEY", "secret")
@@ -49,8 +68,12 @@ def test_secrets_resolve_from_the_environment(monkeypatch):
 
 def test_instance_staleness_must_span_several_heartbeats():
     with pytest.raises(ConfigError, match="instance_stale_seconds.*3 x instance_heartbeat_seconds"):
-        structure_config({"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 20}}, base_dir=Path("."))
-    wallet = structure_config({"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 30}}, base_dir=Path(".")).wallet
+        structure_config(
+            {"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 20}}, base_dir=Path(".")
+        )
+    wallet = structure_config(
+        {"wallet": {"instance_heartbeat_seconds": 10, "instance_stale_seconds": 30}}, base_dir=Path(".")
+    ).wallet
     assert wallet.instance_stale_seconds == 30
 
 
@@ -59,12 +82,25 @@ def test_only_the_deployed_models_encodings_are_loaded_at_start():
     from omixa.engine.runtime import deployed_encodings
 
     catalog = load_catalog()
-    config = structure_config({"deployments": [
-        {"name": "a", "model": "gpt-4o-mini", "provider": "simulator"},
-        {"name": "b", "model": "gpt-5.1", "provider": "simulator"},
-    ]}, base_dir=Path("."))
+    config = structure_config(
+        {
+            "deployments": [
+                {"name": "a", "model": "gpt-4o-mini", "provider": "simulator"},
+                {"name": "b", "model": "gpt-5.1", "provider": "simulator"},
+            ]
+        },
+        base_dir=Path("."),
+    )
     assert deployed_encodings(catalog, config.deployments) == {"o200k_base"}
-    with_embeddings = config.deployments + structure_config({"deployments": [
-        {"name": "c", "model": "text-embedding-3-small", "provider": "simulator"},
-    ]}, base_dir=Path(".")).deployments
+    with_embeddings = (
+        config.deployments
+        + structure_config(
+            {
+                "deployments": [
+                    {"name": "c", "model": "text-embedding-3-small", "provider": "simulator"},
+                ]
+            },
+            base_dir=Path("."),
+        ).deployments
+    )
     assert deployed_encodings(catalog, with_embeddings) == {"o200k_base", "cl100k_base"}

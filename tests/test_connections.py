@@ -15,8 +15,8 @@ from contextlib import AsyncExitStack
 
 import pytest
 import trio
-
 from harness import open_gateway
+
 from omixa.web.server import drain_bytes
 
 SIZES = [2, 64 * 1024, 2 * 1024 * 1024, 4 * 1024 * 1024]
@@ -31,7 +31,7 @@ class RawConnection:
         self.stream = stream
         self.buffer = b""
 
-    async def __aenter__(self) -> "RawConnection":
+    async def __aenter__(self) -> RawConnection:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -127,9 +127,7 @@ async def test_the_connection_answers_again_after_an_early_401_404_or_405(gatewa
 
 @pytest.mark.parametrize("size", SIZES)
 async def test_the_connection_answers_again_after_a_413(tmp_path, size):
-    async with open_gateway(
-        f"sqlite:///{tmp_path / 'omixa.db'}", deployments=[], server={"max_body_bytes": 1}
-    ) as gw:
+    async with open_gateway(f"sqlite:///{tmp_path / 'omixa.db'}", deployments=[], server={"max_body_bytes": 1}) as gw:
         _, key = await gw.funded_account("1.00")
         auth = f"Authorization: Bearer {key}"
         assert await early_answer_then_reuse(gw, "POST", "/api/v1/chat/completions", size, auth) == 413
@@ -148,12 +146,16 @@ async def test_a_keep_alive_connection_carries_many_requests(gateway):
         assert not await conn.closed_by_server(0.2)
 
 
-@pytest.mark.parametrize("request_head", [
-    head("GET", "/healthz", None, "Connection: close"),
-    head("GET", "/api/v1/wallet", None, "Connection: close", "Authorization: Bearer omx_live_bad"),
-    head("POST", "/api/v1/no-such-route", 2, "Connection: close") + b"{}",
-    head("POST", "/api/v1/chat/completions", 2, "Connection: close", "Authorization: Bearer omx_live_bad") + b"{}",
-], ids=["200", "401", "404", "401-with-body"])
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        head("GET", "/healthz", None, "Connection: close"),
+        head("GET", "/api/v1/wallet", None, "Connection: close", "Authorization: Bearer omx_live_bad"),
+        head("POST", "/api/v1/no-such-route", 2, "Connection: close") + b"{}",
+        head("POST", "/api/v1/chat/completions", 2, "Connection: close", "Authorization: Bearer omx_live_bad") + b"{}",
+    ],
+    ids=["200", "401", "404", "401-with-body"],
+)
 async def test_the_server_closes_a_connection_close_socket(gateway, request_head):
     async with await connect(gateway) as conn:
         await conn.send(request_head)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import httpx
-
 from fake_azure import open_fake_azure
 from harness import open_gateway
 from test_signing_e2e import signed_account
@@ -69,7 +68,8 @@ async def test_signing_out_ends_the_session_on_the_server(database_url):
         async with httpx.AsyncClient(base_url=gw.root_url, cookies={"omixa_session": cookie}) as copy:
             assert (await copy.get("/usage/data")).status_code == 401
             spent = await copy.post(
-                "/playground/chat/completions", headers={"X-CSRF-Token": csrf[1]},
+                "/playground/chat/completions",
+                headers={"X-CSRF-Token": csrf[1]},
                 json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
             )
             assert spent.status_code == 401

@@ -10,29 +10,42 @@ import os
 import signal
 import sqlite3
 import subprocess
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import asyncpg
 import httpx
 import trio
-
 from conftest import PG_URL
+from fake_azure import open_fake_azure
+from harness import open_gateway
+from test_cli import OMIXA, read_values, write_config
+
 from omixa.engine.accounts import Accounts
 from omixa.engine.config import UsageConfig
 from omixa.engine.usage import UsageAggregator
-from fake_azure import open_fake_azure
-from harness import open_gateway
 from omixa.storage import HoldContext, Instance, RequestLog, RequestLogFilter, open_storage
-from test_cli import OMIXA, read_values, write_config
 
 
 def _log(i: int, account_id: str) -> RequestLog:
     return RequestLog(
-        id=f"req_outage_{i:03d}", account_id=account_id, key_id="key_x", model="gpt-4o-mini",
-        provider="azure", deployment="eastus-1", region="eastus", status="ok", stream=False,
-        prompt_tokens=10, completion_tokens=5, reasoning_tokens=0, cached_tokens=0, cost=7,
-        latency_ms=100 + i, ttft_ms=None, created_at=dt.datetime.now(dt.timezone.utc),
+        id=f"req_outage_{i:03d}",
+        account_id=account_id,
+        key_id="key_x",
+        model="gpt-4o-mini",
+        provider="azure",
+        deployment="eastus-1",
+        region="eastus",
+        status="ok",
+        stream=False,
+        prompt_tokens=10,
+        completion_tokens=5,
+        reasoning_tokens=0,
+        cached_tokens=0,
+        cost=7,
+        latency_ms=100 + i,
+        ttft_ms=None,
+        created_at=dt.datetime.now(dt.UTC),
     )
 
 
@@ -97,16 +110,18 @@ async def test_records_wait_out_an_outage_and_the_bound_drops_the_excess(databas
         assert aggregator.written == 10 and aggregator.dropped == 5
         kept = [i for i in range(15) if await storage.get_request_log(f"req_outage_{i:03d}")]
         assert kept == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
-        now = dt.datetime.now(dt.timezone.utc)
-        rows = await storage.usage_rollups(account.id, granularity="day", since=now - dt.timedelta(days=1),
-                                           until=now + dt.timedelta(days=1))
+        now = dt.datetime.now(dt.UTC)
+        rows = await storage.usage_rollups(
+            account.id, granularity="day", since=now - dt.timedelta(days=1), until=now + dt.timedelta(days=1)
+        )
         assert sum(r.requests for r in rows) == 10 and sum(r.cost for r in rows) == 70
 
 
 async def test_sigkill_mid_stream_leaves_no_locked_balance_after_restart(database_url, aio_loop, tmp_path):
     async with open_fake_azure(reply="slow " * 400, chunk_delay=0.05) as fake:
         config = write_config(
-            tmp_path / "omixa.toml", database_url,
+            tmp_path / "omixa.toml",
+            database_url,
             f'[[deployments]]\nname = "e1"\nmodel = "gpt-4o-mini"\nendpoint = "{fake.endpoint}"\n'
             f'deployment = "d"\napi_key = "env:FAKE_AZURE_KEY"\n',
         )
@@ -128,7 +143,9 @@ async def test_sigkill_mid_stream_leaves_no_locked_balance_after_restart(databas
         try:
             async with httpx.AsyncClient(timeout=30) as client:
                 async with client.stream(
-                    "POST", f"{base}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    "POST",
+                    f"{base}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": True},
                 ) as response:
                     request_id = response.headers["x-request-id"]
@@ -161,8 +178,9 @@ async def test_sigkill_mid_stream_leaves_no_locked_balance_after_restart(databas
                 types = [e.type for e in await storage.ledger_entries(account.id)]
                 assert types == ["top_up", "hold", "release"]
             async with httpx.AsyncClient(timeout=30) as client:
-                usage = await client.get(f"{base}/usage/requests/{request_id}",
-                                         headers={"Authorization": f"Bearer {key}"})
+                usage = await client.get(
+                    f"{base}/usage/requests/{request_id}", headers={"Authorization": f"Bearer {key}"}
+                )
                 assert usage.json()["status"] == "interrupted"
         finally:
             process.send_signal(signal.SIGINT)
@@ -177,16 +195,21 @@ async def test_a_running_gateway_releases_holds_of_a_silent_remote_process(datab
     async with open_storage(database_url, loop=aio_loop) as storage:
         account = await storage.create_account("dev@example.com")
         await storage.top_up(account.id, 5_000_000_000)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         instances = {}
         for instance_id in ("inst_silent", "inst_alive"):
-            instances[instance_id] = Instance(id=instance_id, host=host, pid=os.getpid(), started_at=now, heartbeat_at=now)
+            instances[instance_id] = Instance(
+                id=instance_id, host=host, pid=os.getpid(), started_at=now, heartbeat_at=now
+            )
             await storage.register_instance(instances[instance_id])
             await storage.create_hold(
-                account_id=account.id, request_id=f"req_{instance_id}", amount=1_000_000_000,
+                account_id=account.id,
+                request_id=f"req_{instance_id}",
+                amount=1_000_000_000,
                 expires_at=now + dt.timedelta(hours=1),
-                context=HoldContext(instance_id=instance_id, key_id="key_r", model="gpt-4o-mini",
-                                    provider="azure", stream=False),
+                context=HoldContext(
+                    instance_id=instance_id, key_id="key_r", model="gpt-4o-mini", provider="azure", stream=False
+                ),
             )
         alive = trio.CancelScope()
 
@@ -201,9 +224,7 @@ async def test_a_running_gateway_releases_holds_of_a_silent_remote_process(datab
             # The remote process heartbeats from before the gateway starts, so a slow start
             # can't make it look silent.
             nursery.start_soon(heartbeat)
-            async with open_fake_azure() as fake, open_gateway(
-                database_url, fake, wallet=wallet_config
-            ) as gw:
+            async with open_fake_azure() as fake, open_gateway(database_url, fake, wallet=wallet_config) as gw:
                 with trio.fail_after(10):
                     while (await gw.storage.get_request_log("req_inst_silent")) is None:
                         await trio.sleep(0.1)
@@ -246,7 +267,7 @@ async def _books_balance(storage, account_id: str) -> int:
     assert all(logged[request_id] == cost for request_id, cost in charges.items())
     total = sum(charges.values())
     assert sum(logged.values()) == total  # uncharged requests (errors, interrupted) cost 0
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for granularity in ("hour", "day"):
         rows = await storage.usage_rollups(
             account_id, granularity=granularity, since=now - dt.timedelta(days=2), until=now + dt.timedelta(days=1)
@@ -263,10 +284,11 @@ async def test_sigkill_rounds_under_load_lose_no_record_of_a_charge(database_url
     copy each settle kept in its hold is what the next start writes. After every restart,
     charges = request logs = rollups to the nano-dollar, and no hold is pending."""
     config = write_config(
-        tmp_path / "omixa.toml", database_url,
-        '[usage]\nflush_interval_seconds = 1.0\n'
+        tmp_path / "omixa.toml",
+        database_url,
+        "[usage]\nflush_interval_seconds = 1.0\n"
         '[[deployments]]\nname = "sim"\nmodel = "gpt-4o-mini"\nprovider = "simulator"\n'
-        'sim_first_token_ms = 5\nsim_chunk_interval_ms = 2\nsim_completion_tokens = 24\n',
+        "sim_first_token_ms = 5\nsim_chunk_interval_ms = 2\nsim_completion_tokens = 24\n",
     )
     async with open_storage(database_url, loop=aio_loop) as storage:
         accounts = Accounts(storage)
@@ -276,7 +298,8 @@ async def test_sigkill_rounds_under_load_lose_no_record_of_a_charge(database_url
 
     async def start() -> tuple[trio.Process, str]:
         process = await trio.lowlevel.open_process(
-            [OMIXA, "serve", "--config", str(config), "--port", "0"], stdout=subprocess.PIPE,
+            [OMIXA, "serve", "--config", str(config), "--port", "0"],
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
         return process, (await read_values(process, {"OMIXA_BASE_URL"}))["OMIXA_BASE_URL"]
@@ -314,4 +337,4 @@ async def test_sigkill_rounds_under_load_lose_no_record_of_a_charge(database_url
         with trio.fail_after(20):
             await process.wait()
     # Every round charged more requests than the one before (the load really ran).
-    assert all(later > earlier for earlier, later in zip([0, *charged], charged)), charged
+    assert all(later > earlier for earlier, later in zip([0, *charged], charged, strict=True)), charged

@@ -7,11 +7,11 @@ import httpx
 import openai
 import pytest
 import trio
+from fake_azure import open_fake_azure
+from harness import azure_deployment, ledger_verify_cli, open_gateway
 
 from omixa.engine.catalog import load_catalog
 from omixa.engine.tokens import count_text
-from fake_azure import open_fake_azure
-from harness import azure_deployment, ledger_verify_cli, open_gateway
 
 SMALL = "text-embedding-3-small"
 CATALOG = load_catalog()
@@ -31,9 +31,10 @@ async def in_thread(fn, *args, **kwargs):
 
 
 async def test_sdk_embeddings_of_every_input_shape_are_billed_exactly(database_url, tmp_path):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, deployments=embedding_deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(database_url, fake, deployments=embedding_deployments(fake)) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
@@ -93,9 +94,10 @@ async def test_sdk_embeddings_of_every_input_shape_are_billed_exactly(database_u
     ],
 )
 async def test_bad_embedding_requests_change_nothing(tmp_path, body, status, words):
-    async with open_fake_azure() as fake, open_gateway(
-        f"sqlite:///{tmp_path / 'e.db'}", fake, deployments=embedding_deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(f"sqlite:///{tmp_path / 'e.db'}", fake, deployments=embedding_deployments(fake)) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         got, error = await gw.refused(key, "/embeddings", body)
         assert got == status and words in error["message"]
@@ -104,15 +106,17 @@ async def test_bad_embedding_requests_change_nothing(tmp_path, body, status, wor
 
 
 async def test_embedding_models_are_refused_on_chat_and_need_a_key(tmp_path):
-    async with open_fake_azure() as fake, open_gateway(
-        f"sqlite:///{tmp_path / 'e.db'}", fake, deployments=embedding_deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(f"sqlite:///{tmp_path / 'e.db'}", fake, deployments=embedding_deployments(fake)) as gw,
+    ):
         _, key = await gw.funded_account("1.00")
         async with httpx.AsyncClient() as client:
             anonymous = await client.post(f"{gw.base_url}/embeddings", json={"model": SMALL, "input": "x"})
             assert anonymous.status_code == 401
             chat = await client.post(
-                f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                f"{gw.base_url}/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
                 json={"model": SMALL, "messages": [{"role": "user", "content": "x"}]},
             )
         assert chat.status_code == 400 and "/embeddings" in chat.json()["error"]["message"]
@@ -120,13 +124,18 @@ async def test_embedding_models_are_refused_on_chat_and_need_a_key(tmp_path):
 
 
 async def test_embeddings_fail_over_and_count_against_the_key(database_url):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, deployments=[
-            azure_deployment(fake, name="a", model=SMALL, deployment="a-dz"),
-            azure_deployment(fake, name="b", model=SMALL, deployment="b-dz"),
-        ],
-        limits={"key_rpm": 2},
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(
+            database_url,
+            fake,
+            deployments=[
+                azure_deployment(fake, name="a", model=SMALL, deployment="a-dz"),
+                azure_deployment(fake, name="b", model=SMALL, deployment="b-dz"),
+            ],
+            limits={"key_rpm": 2},
+        ) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         fake.fail_next(500)
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:

@@ -12,9 +12,9 @@ import trio
 import trio.testing
 
 from omixa.engine.catalog import load_catalog, max_cost
+from omixa.engine.chat_request import parse_chat_request
 from omixa.engine.config import DeploymentConfig, UsageConfig, WalletConfig
 from omixa.engine.deployment import DeploymentActor, Slot
-from omixa.engine.chat_request import parse_chat_request
 from omixa.engine.errors import InsufficientBalance, InvalidApiKey, NoHealthyDeployment, OmixaError, UpstreamError
 from omixa.engine.mailbox import Reply
 from omixa.engine.providers import SimulatorProvider
@@ -35,8 +35,12 @@ async def funded(storage, nano: int) -> str:
 
 def reserve_args(request_id: str, output_tokens: int = 100, min_output_tokens: int | None = None) -> dict:
     return dict(
-        request_id=request_id, prompt_tokens=10, output_tokens=output_tokens, choices=1,
-        prices=PRICES, min_output_tokens=min_output_tokens,
+        request_id=request_id,
+        prompt_tokens=10,
+        output_tokens=output_tokens,
+        choices=1,
+        prices=PRICES,
+        min_output_tokens=min_output_tokens,
     )
 
 
@@ -190,16 +194,29 @@ async def test_cancelled_slot_request_gives_the_slot_back():
 async def test_usage_aggregator_batches_and_flushes_on_close(storage):
     account = await funded(storage, 0)
     aggregator = UsageAggregator(storage, UsageConfig(batch_size=10, flush_interval_seconds=0.05))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     async with trio.open_nursery() as nursery:
         await nursery.start(aggregator.run)
         for i in range(25):
             aggregator.record(
                 RequestLog(
-                    id=f"req_{i}", account_id=account, key_id="key_x", model="gpt-4o-mini",
-                    provider="azure", deployment="d", region=None, status="ok", stream=False,
-                    prompt_tokens=1, completion_tokens=2, reasoning_tokens=0, cached_tokens=0,
-                    cost=3, latency_ms=4, ttft_ms=None, created_at=now,
+                    id=f"req_{i}",
+                    account_id=account,
+                    key_id="key_x",
+                    model="gpt-4o-mini",
+                    provider="azure",
+                    deployment="d",
+                    region=None,
+                    status="ok",
+                    stream=False,
+                    prompt_tokens=1,
+                    completion_tokens=2,
+                    reasoning_tokens=0,
+                    cached_tokens=0,
+                    cost=3,
+                    latency_ms=4,
+                    ttft_ms=None,
+                    created_at=now,
                 )
             )
         await aggregator.wait_flushed()
@@ -208,7 +225,6 @@ async def test_usage_aggregator_batches_and_flushes_on_close(storage):
         aggregator.close()
     assert await storage.get_request_log("req_last") is not None
     assert aggregator.dropped == 0
-
 
 
 async def test_messages_arriving_at_the_end_of_the_idle_window_are_served(storage):
@@ -245,16 +261,29 @@ async def test_one_bad_request_does_not_take_the_wallet_pool_down(storage):
 async def test_every_waiter_of_the_aggregator_is_woken(storage):
     account = await funded(storage, 0)
     aggregator = UsageAggregator(storage, UsageConfig(flush_interval_seconds=0.01))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     woken = []
     async with trio.open_nursery() as nursery:
         await nursery.start(aggregator.run)
         aggregator.record(
             RequestLog(
-                id="req_w", account_id=account, key_id="key_x", model="gpt-4o-mini",
-                provider="azure", deployment="d", region=None, status="ok", stream=False,
-                prompt_tokens=1, completion_tokens=2, reasoning_tokens=0, cached_tokens=0,
-                cost=3, latency_ms=4, ttft_ms=None, created_at=now,
+                id="req_w",
+                account_id=account,
+                key_id="key_x",
+                model="gpt-4o-mini",
+                provider="azure",
+                deployment="d",
+                region=None,
+                status="ok",
+                stream=False,
+                prompt_tokens=1,
+                completion_tokens=2,
+                reasoning_tokens=0,
+                cached_tokens=0,
+                cost=3,
+                latency_ms=4,
+                ttft_ms=None,
+                created_at=now,
             )
         )
 
@@ -274,10 +303,15 @@ def test_image_parts_are_held_at_the_models_worst_case():
     catalog = load_catalog()
     body = {
         "model": "gpt-4o-mini",
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}},
-        ]}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "high"}},
+                ],
+            }
+        ],
     }
     request = parse_chat_request(body, catalog, {"gpt-4o-mini"})
     assert request.prompt_tokens > catalog.get("gpt-4o-mini").image_tokens == 48169
@@ -348,9 +382,7 @@ async def test_a_revoked_key_holds_nothing_alone_or_in_a_group_commit(storage):
 
         async def reserve(name: str, key_id: str) -> None:
             try:
-                results[name] = await pool.reserve(
-                    account, context=HoldContext(key_id=key_id), **reserve_args(name)
-                )
+                results[name] = await pool.reserve(account, context=HoldContext(key_id=key_id), **reserve_args(name))
             except OmixaError as exc:
                 results[name] = exc
 

@@ -7,7 +7,6 @@ import math
 import httpx
 import pytest
 import trio
-
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
 
@@ -52,17 +51,41 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(gateway):
         (dict(json={"model": "gpt-4.1", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
         (dict(json={"model": "text-embedding-3-small", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
         (dict(json={"model": MODEL, "messages": []}, headers=auth), 400, "invalid_request"),
-        (dict(json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, headers=auth), 400, "invalid_request"),
+        (
+            dict(json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, headers=auth),
+            400,
+            "invalid_request",
+        ),
         (dict(json={"model": MODEL, "messages": [{"role": "user"}]}, headers=auth), 400, "invalid_request"),
-        (dict(json={"model": MODEL, "messages": [{"role": "user", "content": 5}]}, headers=auth), 400, "invalid_request"),
+        (
+            dict(json={"model": MODEL, "messages": [{"role": "user", "content": 5}]}, headers=auth),
+            400,
+            "invalid_request",
+        ),
         (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 0}, headers=auth), 400, "invalid_request"),
         (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 10**18}, headers=auth), 400, "invalid_request"),
-        (dict(json={"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16385}, headers=auth), 400, "invalid_request"),
+        (
+            dict(json={"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16385}, headers=auth),
+            400,
+            "invalid_request",
+        ),
         (dict(json={"model": MODEL, "messages": MESSAGES, "stream": "yes"}, headers=auth), 400, "invalid_request"),
-        (dict(json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=auth), 413, "request_too_large"),
+        (
+            dict(json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=auth),
+            413,
+            "request_too_large",
+        ),
         (dict(json={"model": MODEL, "messages": MESSAGES}), 401, "invalid_api_key"),
-        (dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Bearer omx_live_wrong"}), 401, "invalid_api_key"),
-        (dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Basic abc"}), 401, "invalid_api_key"),
+        (
+            dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Bearer omx_live_wrong"}),
+            401,
+            "invalid_api_key",
+        ),
+        (
+            dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Basic abc"}),
+            401,
+            "invalid_api_key",
+        ),
     ]
     async with httpx.AsyncClient() as client:
         for kwargs, status, code in cases:
@@ -90,7 +113,9 @@ async def test_revoked_key_stops_at_once(gateway):
         assert paid.status_code == 200, paid.text
         sent, rows = len(gw.fake.requests), len(await gw.storage.ledger_entries(account))
         assert await gw.storage.revoke_api_key(record.id)
-        check_envelope(await client.post(f"{gw.base_url}/chat/completions", headers=auth, json=chat), 401, "invalid_api_key")
+        check_envelope(
+            await client.post(f"{gw.base_url}/chat/completions", headers=auth, json=chat), 401, "invalid_api_key"
+        )
         streamed = await client.post(f"{gw.base_url}/chat/completions", headers=auth, json={**chat, "stream": True})
         check_envelope(streamed, 401, "invalid_api_key")
         check_envelope(await client.get(f"{gw.base_url}/wallet", headers=auth), 401, "invalid_api_key")
@@ -182,8 +207,12 @@ async def test_upstream_errors_are_mapped_and_not_charged(gateway, status, heade
 
 async def test_upstream_unreachable_is_502(database_url):
     deployment = {
-        "name": "dead", "model": MODEL, "provider": "azure", "endpoint": "http://127.0.0.1:9",
-        "deployment": "x", "api_key": "k",
+        "name": "dead",
+        "model": MODEL,
+        "provider": "azure",
+        "endpoint": "http://127.0.0.1:9",
+        "deployment": "x",
+        "api_key": "k",
     }
     async with open_gateway(database_url, deployments=[deployment]) as gw:
         account, key = await gw.funded_account("1.00")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fake_azure import open_fake_azure
+from harness import azure_deployment, open_gateway
 
 from omixa.engine.catalog import EFFORTS, load_catalog
 from omixa.engine.config import BreakerConfig, UpstreamConfig, structure_config
 from omixa.engine.fleet import Fleet
 from omixa.engine.router import Router
-from fake_azure import open_fake_azure
-from harness import azure_deployment, open_gateway
 
 CATALOG = load_catalog()
 MESSAGES = [{"role": "user", "content": "Think about foxes."}]
@@ -57,7 +57,9 @@ async def test_reasoning_effort_verbosity_and_sampling_per_family(tmp_path):
                         body = {"model": model, "messages": MESSAGES, "reasoning_effort": requested,
                                 "verbosity": "low", "service_tier": "priority", **DROPPED}  # fmt: skip
                         for stream in (False, True):
-                            response = await client.post(f"{gw.base_url}/chat/completions", json={**body, "stream": stream})
+                            response = await client.post(
+                                f"{gw.base_url}/chat/completions", json={**body, "stream": stream}
+                            )
                             assert response.status_code == 200, response.text
                             sent = fake.requests[-1]
                             assert sent.deployment == f"{model}-dz"
@@ -75,9 +77,10 @@ async def test_reasoning_effort_verbosity_and_sampling_per_family(tmp_path):
 
 
 async def test_bad_effort_verbosity_or_tier_is_refused_before_anything_happens(tmp_path):
-    async with open_fake_azure() as fake, open_gateway(
-        f"sqlite:///{tmp_path / 'f.db'}", fake, deployments=[azure_deployment(fake, model="gpt-5")]
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(f"sqlite:///{tmp_path / 'f.db'}", fake, deployments=[azure_deployment(fake, model="gpt-5")]) as gw,
+    ):
         account, key = await gw.funded_account("10.00")
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
             for extra, field in (

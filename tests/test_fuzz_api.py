@@ -31,6 +31,7 @@ import pytest
 import requests
 import schemathesis
 import trio
+from harness import MODEL, open_gateway
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture import providers
@@ -38,8 +39,6 @@ from hypothesis.internal.constants_ast import Constants
 from schemathesis import GenerationMode
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi import checks as openapi_checks
-
-from harness import MODEL, open_gateway
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 EMBEDDING_MODEL = "text-embedding-3-small"
@@ -65,11 +64,13 @@ MODEL_RULES = [
     (400, "invalid_request", r"is an? \w+ model; use /"),  # another modality's endpoint
 ]
 REFUSALS: dict[str, list[tuple[int, str, str]]] = {
-    "POST /api/v1/chat/completions": MODEL_RULES + [
+    "POST /api/v1/chat/completions": MODEL_RULES
+    + [
         (400, "invalid_request", r"supports at most \d+ output tokens"),  # its max_output_tokens
         (400, "invalid_request", r"accepts at most \d+ tokens of context"),  # its context_window
     ],
-    "POST /api/v1/embeddings": MODEL_RULES + [
+    "POST /api/v1/embeddings": MODEL_RULES
+    + [
         (400, "invalid_request", r"accepts at most \d+\.$"),  # its context_window
         (400, "invalid_request", r"at most \d+ per request"),  # all inputs together
         (400, "invalid_request", r"does not take 'dimensions'"),
@@ -193,10 +194,17 @@ def strategies(operation: Any, auth: dict[str, str], ids: dict[str, list[str]]) 
         if negative is not None:
             negative = model_calls(negative, MODEL_CALLS[label])
     for parameter in operation.path_parameters:
-        positive = st.one_of(positive, st.one_of(*(
-            operation.as_strategy(GenerationMode.POSITIVE, headers=auth, path_parameters={parameter.name: value})
-            for value in ids[parameter.name]
-        )))
+        positive = st.one_of(
+            positive,
+            st.one_of(
+                *(
+                    operation.as_strategy(
+                        GenerationMode.POSITIVE, headers=auth, path_parameters={parameter.name: value}
+                    )
+                    for value in ids[parameter.name]
+                )
+            ),
+        )
     return {"positive": positive} | ({"negative": negative} if negative is not None else {})
 
 
@@ -226,10 +234,17 @@ def fuzz(spec: dict[str, Any], root_url: str, key: str, ids: dict[str, list[str]
             for mode, strategy in strategies(operation, auth, ids).items():
 
                 @settings(
-                    max_examples=EXAMPLES[mode], derandomize=True, database=None, deadline=None,
+                    max_examples=EXAMPLES[mode],
+                    derandomize=True,
+                    database=None,
+                    deadline=None,
                     phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                           HealthCheck.data_too_large, HealthCheck.large_base_example],
+                    suppress_health_check=[
+                        HealthCheck.too_slow,
+                        HealthCheck.filter_too_much,
+                        HealthCheck.data_too_large,
+                        HealthCheck.large_base_example,
+                    ],
                 )
                 @given(case=strategy)
                 def check(case: schemathesis.Case) -> None:
@@ -272,8 +287,9 @@ async def test_every_operation_keeps_its_documented_promises_under_fuzzing(tmp_p
         account, key = await gw.funded_account("1000000.00")
         async with httpx.AsyncClient(base_url=gw.base_url, headers={"Authorization": f"Bearer {key}"}) as client:
             spec = (await client.get("/openapi.json")).json()
-            served = await client.post("/chat/completions", json={"model": MODEL, "messages": [
-                {"role": "user", "content": "hi"}]})
+            served = await client.post(
+                "/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            )
             assert served.status_code == 200, served.text
         ids = {
             "model_id": list(SERVED),

@@ -7,23 +7,21 @@ import json
 
 import httpx
 import pytest
+from fake_azure import MSG_404, open_fake_azure
+from harness import MODEL, azure_deployment, open_gateway
+from test_errors_e2e import check_envelope, ledger_unchanged
 
 from omixa.engine.catalog import cost_of
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.providers.base import Usage
-from fake_azure import MSG_404, open_fake_azure
-from harness import MODEL, azure_deployment, open_gateway
 from omixa.storage import RequestLogFilter
-from test_errors_e2e import check_envelope, ledger_unchanged
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture
 async def gateway(database_url):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, wallet={"self_top_up": True}
-    ) as gw:
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, wallet={"self_top_up": True}) as gw:
         yield gw
 
 
@@ -40,16 +38,24 @@ async def test_bad_values_are_400_not_500(gateway):
         for path in ("/chat/completions", "/embeddings", "/wallet/top-up"):
             check_envelope(await client.post(path, content=deep), 400, "invalid_request")
         for query in (
-            "until=0001-01-01T00:00:00Z", "since=0001-01-01T00:00:00Z",
-            "until=9999-12-31T23:59:59Z", "since=-5", "until=99999999999999",
+            "until=0001-01-01T00:00:00Z",
+            "since=0001-01-01T00:00:00Z",
+            "until=9999-12-31T23:59:59Z",
+            "since=-5",
+            "until=99999999999999",
             "since=2026-01-01T00:00:00",  # no timezone
         ):
             check_envelope(await client.get(f"/usage/rollups?{query}"), 400, "invalid_request")
             check_envelope(await client.get(f"/usage/requests?{query}"), 400, "invalid_request")
         for amount in ("1e999999999", "1.1000000000", 1e300, "9999999999", "NaN", "-1"):
             check_envelope(await client.post("/wallet/top-up", json={"amount": amount}), 400, "invalid_request")
-        for url in ("/usage/requests?model=a%00b", "/usage/requests?status=%00", "/usage/rollups?model=%00",
-                    "/usage/requests/req_%00", "/wallet/transactions/txn_1%00"):
+        for url in (
+            "/usage/requests?model=a%00b",
+            "/usage/requests?status=%00",
+            "/usage/rollups?model=%00",
+            "/usage/requests/req_%00",
+            "/wallet/transactions/txn_1%00",
+        ):
             check_envelope(await client.get(url), 400, "invalid_request")
     await ledger_unchanged(gw, account, rows)
 
@@ -66,7 +72,8 @@ async def test_an_upstream_answer_with_infinity_is_a_502(gateway):
     gw.fake.fail_next(200, answer, {"content-type": "application/json"})
     async with httpx.AsyncClient() as client:
         response = await client.post(
-            f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
             json={"model": MODEL, "messages": MESSAGES},
         )
     check_envelope(response, 502, "upstream_error")
@@ -77,15 +84,19 @@ async def test_an_upstream_answer_with_infinity_is_a_502(gateway):
 async def test_a_request_that_did_not_ask_for_priority_is_billed_at_standard_prices(database_url):
     """The upstream labelling the answer "priority" does not make it priority for billing:
     the request was held at standard prices and sent as "default"."""
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, deployments=[azure_deployment(fake, model="gpt-5.1", priority=True, api_version="2025-12-01")]
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(
+            database_url, deployments=[azure_deployment(fake, model="gpt-5.1", priority=True, api_version="2025-12-01")]
+        ) as gw,
+    ):
         fake.service_tier = "priority"
         account, key = await gw.funded_account("1.00")
         async with httpx.AsyncClient() as client:
             for stream in (False, True):
                 response = await client.post(
-                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    f"{gw.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"model": "gpt-5.1", "messages": MESSAGES, "stream": stream, "max_completion_tokens": 50},
                 )
                 assert response.status_code == 200, response.text
@@ -95,8 +106,10 @@ async def test_a_request_that_did_not_ask_for_priority_is_billed_at_standard_pri
         assert len(logs) == 2
         for log in logs:
             usage = Usage(
-                prompt_tokens=log.prompt_tokens, completion_tokens=log.completion_tokens,
-                cached_tokens=log.cached_tokens, reasoning_tokens=log.reasoning_tokens,
+                prompt_tokens=log.prompt_tokens,
+                completion_tokens=log.completion_tokens,
+                cached_tokens=log.cached_tokens,
+                reasoning_tokens=log.reasoning_tokens,
             )
             assert log.cost == cost_of(usage, model.prices) < cost_of(usage, model.priority_prices)
 
@@ -104,21 +117,25 @@ async def test_a_request_that_did_not_ask_for_priority_is_billed_at_standard_pri
 async def test_upstream_errors_that_reveal_the_operators_setup_get_a_clean_message(database_url, caplog):
     """Azure's 404 for a missing deployment names the operator's resource; 401 its key. The
     developer gets 502 with a plain message; the operator's log keeps Azure's own text."""
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, deployments=[azure_deployment(fake, name="eastus-1")]
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(database_url, deployments=[azure_deployment(fake, name="eastus-1")]) as gw,
+    ):
         fake.deployments = {"another-deployment"}
         account, key = await gw.funded_account("1.00")
         async with httpx.AsyncClient() as client:
             for stream in (False, True):
                 response = await client.post(
-                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    f"{gw.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"model": MODEL, "messages": MESSAGES, "stream": stream},
                 )
                 error = check_envelope(response, 502, "upstream_error")
                 assert error["message"] == "The upstream could not serve this request."
                 assert "deployment" not in response.text.lower()
-        assert any(MSG_404[:40] in record.getMessage() and "eastus-1" in record.getMessage() for record in caplog.records)
+        assert any(
+            MSG_404[:40] in record.getMessage() and "eastus-1" in record.getMessage() for record in caplog.records
+        )
 
 
 def test_a_deployments_api_key_never_shows_in_its_repr():
@@ -156,9 +173,9 @@ def test_the_operations_guide_covers_the_playground_path_and_live_reload():
     from pathlib import Path
 
     guide = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
-    proxy = guide[guide.index("### Behind a reverse proxy"):guide.index("### Graceful shutdown")]
+    proxy = guide[guide.index("### Behind a reverse proxy") : guide.index("### Graceful shutdown")]
     assert "/playground/chat/completions" in proxy
-    nginx = proxy[proxy.index("```nginx"):]
+    nginx = proxy[proxy.index("```nginx") :]
     assert "playground" in nginx and "api/v1" in nginx
     assert "Restart `serve` to use the new deployment" not in guide
     api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
@@ -170,11 +187,16 @@ async def test_bodies_the_fuzzer_found_get_400_and_whole_floats_count_as_integer
     a 500, an image "stream": 0 was taken for false. And 2.0 is the integer 2 in JSON (and in
     JSON Schema, so in the OpenAPI document): the server takes it as such, and forwards 2.
     NaN, Infinity and numbers past a float's range are not JSON numbers: 400."""
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, deployments=[
-            azure_deployment(fake), azure_deployment(fake, name="img", model="gpt-image-1"),
-        ],
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(
+            database_url,
+            deployments=[
+                azure_deployment(fake),
+                azure_deployment(fake, name="img", model="gpt-image-1"),
+            ],
+        ) as gw,
+    ):
         account, key = await gw.funded_account("5.00")
         rows = len(await gw.storage.ledger_entries(account))
         auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -188,8 +210,10 @@ async def test_bodies_the_fuzzer_found_get_400_and_whole_floats_count_as_integer
         async with httpx.AsyncClient(base_url=gw.base_url, headers=auth) as client:
             for path, body in refused:
                 check_envelope(await client.post(path, json=body), 400, "invalid_request")
-            for raw in (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
-                        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "top_p": 1e999}'):
+            for raw in (
+                b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+                b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "top_p": 1e999}',
+            ):
                 check_envelope(await client.post("/chat/completions", content=raw), 400, "invalid_request")
             await ledger_unchanged(gw, account, rows)
             assert fake.requests == []

@@ -10,10 +10,10 @@ import httpx
 import openai
 import pytest
 import trio
-
-from omixa.engine.tokens import count_text
 from fake_azure import PNG, open_fake_azure
 from harness import azure_deployment, ledger_verify_cli, open_gateway
+
+from omixa.engine.tokens import count_text
 
 MODEL = "gpt-image-1"
 PROMPT = "A black and white futuristic API dashboard"
@@ -59,9 +59,10 @@ async def test_sdk_images_are_held_at_the_worst_case_and_billed_from_usage(datab
 
 
 async def test_without_usage_the_catalog_price_per_image_is_charged(database_url):
-    async with open_fake_azure(image_usage=False) as fake, open_gateway(
-        database_url, fake, deployments=image_deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure(image_usage=False) as fake,
+        open_gateway(database_url, fake, deployments=image_deployments(fake)) as gw,
+    ):
         account, key = await gw.funded_account("5.00")
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
             # quality and size "auto": the hold covers the dearest option (high, 1536 tall);
@@ -92,9 +93,10 @@ async def test_without_usage_the_catalog_price_per_image_is_charged(database_url
     ],
 )
 async def test_bad_image_requests_change_nothing(tmp_path, extra, words):
-    async with open_fake_azure() as fake, open_gateway(
-        f"sqlite:///{tmp_path / 'i.db'}", fake, deployments=image_deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(f"sqlite:///{tmp_path / 'i.db'}", fake, deployments=image_deployments(fake)) as gw,
+    ):
         account, key = await gw.funded_account("5.00")
         status, error = await gw.refused(key, "/images/generations", {"model": MODEL, "prompt": PROMPT, **extra})
         assert status == 400 and words in error["message"]
@@ -103,16 +105,19 @@ async def test_bad_image_requests_change_nothing(tmp_path, extra, words):
 
 
 async def test_an_image_request_the_wallet_cannot_cover_is_402_and_an_upstream_refusal_costs_nothing(tmp_path):
-    async with open_fake_azure() as fake, open_gateway(
-        f"sqlite:///{tmp_path / 'i.db'}", fake, deployments=image_deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(f"sqlite:///{tmp_path / 'i.db'}", fake, deployments=image_deployments(fake)) as gw,
+    ):
         account, key = await gw.funded_account("0.10")
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
             url = f"{gw.base_url}/images/generations"
             poor = await client.post(url, json={"model": MODEL, "prompt": PROMPT, "quality": "high"})
             assert poor.status_code == 402 and poor.json()["error"]["code"] == "insufficient_balance"
             assert fake.requests == []
-            fake.fail_next(400, {"error": {"code": "content_policy_violation", "message": "Blocked by the safety system."}})
+            fake.fail_next(
+                400, {"error": {"code": "content_policy_violation", "message": "Blocked by the safety system."}}
+            )
             refused = await client.post(url, json={"model": MODEL, "prompt": PROMPT, "quality": "low"})
         assert refused.status_code == 400
         assert "Blocked by the safety system." in refused.json()["error"]["message"]

@@ -10,7 +10,6 @@ import time
 import httpx
 import pytest
 import trio
-
 from fake_azure import open_fake_azure
 from harness import MODEL, azure_deployment, open_gateway
 
@@ -25,19 +24,26 @@ def big_prompt_body(size: int) -> bytes:
 
 
 async def chat(client: httpx.AsyncClient, gw, key: str, content: bytes | None = None) -> httpx.Response:
-    body = content if content is not None else json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 5}).encode()
+    body = (
+        content if content is not None else json.dumps({"model": MODEL, "messages": MESSAGES, "max_tokens": 5}).encode()
+    )
     return await client.post(
-        f"{gw.base_url}/chat/completions", content=body,
+        f"{gw.base_url}/chat/completions",
+        content=body,
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
     )
 
 
 @pytest.fixture
 async def gateway(tmp_path):
-    async with open_fake_azure() as fake, open_gateway(
-        f"sqlite:///{tmp_path / 'omixa.db'}", fake,
-        deployments=[azure_deployment(fake, rpm=100, tpm=50_000)],
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(
+            f"sqlite:///{tmp_path / 'omixa.db'}",
+            fake,
+            deployments=[azure_deployment(fake, rpm=100, tpm=50_000)],
+        ) as gw,
+    ):
         yield gw
 
 

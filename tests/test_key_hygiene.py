@@ -22,10 +22,10 @@ import httpx
 import trio
 import trio_asyncio
 from cryptography.fernet import Fernet
-
 from fake_azure import open_fake_azure
-from omixa_client import signature_headers
 from test_cli import OMIXA, read_values, run, values, write_config
+
+from omixa_client import signature_headers
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -71,7 +71,8 @@ async def test_no_plain_key_or_signing_secret_in_database_or_logs(database_url, 
 
     async with open_fake_azure() as fake:
         config = write_config(
-            tmp_path / "omixa.toml", database_url,
+            tmp_path / "omixa.toml",
+            database_url,
             f'[[deployments]]\nname = "e1"\nmodel = "gpt-4o-mini"\nendpoint = "{fake.endpoint}"\n'
             f'deployment = "d"\napi_key = "env:FAKE_AZURE_KEY"\n',
         )
@@ -95,7 +96,8 @@ async def test_no_plain_key_or_signing_secret_in_database_or_logs(database_url, 
         with open(log_file, "wb") as stderr:
             process = await trio.lowlevel.open_process(
                 [OMIXA, "serve", "--config", str(config), "--port", "0"],
-                stdout=subprocess.PIPE, stderr=stderr,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
                 env={**os.environ, **env, "FAKE_AZURE_KEY": fake.api_key},
             )
             try:
@@ -130,11 +132,15 @@ async def exercise(base: str, key: str, secret: str, old_secret: str, revoked: s
     texts = []
 
     async with httpx.AsyncClient(timeout=30) as client:
-        async def post(body: dict, headers: dict[str, str] | None = None, signer: str | None = secret) -> httpx.Response:
+
+        async def post(
+            body: dict, headers: dict[str, str] | None = None, signer: str | None = secret
+        ) -> httpx.Response:
             raw = json.dumps(body).encode()
             signed = signature_headers(signer, "POST", path, raw) if signer else {}
             response = await client.post(
-                origin + path, content=raw,
+                origin + path,
+                content=raw,
                 headers={"Authorization": f"Bearer {key}", **signed, **(headers or {})},
             )
             texts.append(response.text)
@@ -150,8 +156,9 @@ async def exercise(base: str, key: str, secret: str, old_secret: str, revoked: s
         assert (await post({"model": "nope", "messages": MESSAGES})).status_code == 404
         # A key pasted where the body should be, and a revoked key: refused without echoing either.
         assert (await post({"model": key, "messages": [{"role": "user", "content": secret}]})).status_code == 404
-        assert (await post({"model": "gpt-4o-mini", "messages": MESSAGES},
-                           headers={"Authorization": f"Bearer {revoked}"})).status_code == 401
+        assert (
+            await post({"model": "gpt-4o-mini", "messages": MESSAGES}, headers={"Authorization": f"Bearer {revoked}"})
+        ).status_code == 401
         replayed = signature_headers(secret, "GET", "/api/v1/wallet")
         for expected in (200, 401):
             response = await client.get(base + "/wallet", headers={"Authorization": f"Bearer {key}", **replayed})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import httpx
-
 from fake_azure import open_fake_azure
 from harness import open_gateway
+
 from omixa.web.app import create_app
 
 

@@ -9,10 +9,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 import trio
+from conftest import PG_URL
 
 from omixa.storage._aio import AioBridge
 from omixa.storage._pgpool import ConnectionPool
-from conftest import PG_URL
 
 APP = "omixa-pool-test"
 
@@ -89,6 +89,7 @@ async def test_concurrent_calls_stay_within_max_size(bridge):
 async def test_an_interrupted_call_is_reset_and_its_connection_reused(bridge):
     """A call cancelled mid-query (inside a transaction) leaves neither a lock, an open
     transaction nor an extra connection behind."""
+
     async def in_transaction(pool):
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_sleep(5)")

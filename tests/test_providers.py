@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 import trustme
+from fake_azure import DEFAULT_REPLY, open_fake_azure
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.errors import UpstreamError, UpstreamTimeout
@@ -28,7 +29,6 @@ from omixa.engine.providers import (
 )
 from omixa.engine.providers.simulator import WORDS
 from omixa.engine.tokens import count_chat_prompt, count_text
-from fake_azure import DEFAULT_REPLY, open_fake_azure
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say something."}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
@@ -158,9 +158,7 @@ async def collect(provider, body=STREAM_BODY):
 
 def content_of(events) -> str:
     return "".join(
-        e.data["choices"][0]["delta"].get("content") or ""
-        for e in events
-        if e.data and e.data.get("choices")
+        e.data["choices"][0]["delta"].get("content") or "" for e in events if e.data and e.data.get("choices")
     )
 
 
@@ -372,7 +370,7 @@ async def test_cancelling_a_stream_closes_the_upstream_connection(fake, azure):
     print(f"upstream saw the disconnect after {(time.perf_counter() - cancelled_at) * 1e3:.2f} ms")
     assert fake.streams_finished == 0
     async with azure.open_stream(STREAM_BODY) as events:  # leaving early also disconnects
-        async for event in events:
+        async for _event in events:
             break
     with trio.fail_after(2):
         await fake.wait_disconnected(2)
@@ -453,8 +451,7 @@ async def test_simulator_caps_at_max_tokens_and_usage_frame_is_optional():
     assert count_text(content_of(events)) == 7
     assert events[-1].done and events[-1].raw == b"data: [DONE]\n\n"
     for event in events[:-1]:
-        assert event.raw == b"data: " + json.dumps(event.data, separators=(",", ":")).encode() \
-            + b"\n\n"
+        assert event.raw == b"data: " + json.dumps(event.data, separators=(",", ":")).encode() + b"\n\n"
 
 
 def shape(value):
@@ -557,8 +554,9 @@ async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
     from omixa.engine.providers._http import make_client, set_read_size, translate
 
     set_read_size(128)
-    frames = b"".join(b"%x\r\n%s\r\n" % (len(f), f) for f in
-                      [b'data: {"n":%d,"pad":"%s"}\n\n' % (i, b"x" * 200) for i in range(20)])
+    frames = b"".join(
+        b"%x\r\n%s\r\n" % (len(f), f) for f in [b'data: {"n":%d,"pad":"%s"}\n\n' % (i, b"x" * 200) for i in range(20)]
+    )
     # Padded with a comment to a multiple of 128 bytes: the gathering reads end on the reset,
     # not on a short read.
     for k in range(1, 200):
@@ -615,10 +613,14 @@ async def test_a_stream_compressed_against_our_ask_is_decoded():
     import gzip
     from types import SimpleNamespace
 
-    frames = b"".join(
-        b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % word
-        for word in (b"one ", b"two")
-    ) + b"data: [DONE]\n\n"
+    frames = (
+        b"".join(
+            b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n'
+            % word
+            for word in (b"one ", b"two")
+        )
+        + b"data: [DONE]\n\n"
+    )
     packed = gzip.compress(frames)
     head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-encoding: gzip\r\n"
             b"content-length: %d\r\n\r\n" % len(packed))  # fmt: skip

@@ -10,6 +10,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
+from fake_azure import open_fake_azure
+from harness import MODEL, azure_deployment, open_gateway
 
 from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.deployment import DeploymentActor, Refused, Slot
@@ -17,8 +19,6 @@ from omixa.engine.errors import UpstreamError, UpstreamTimeout
 from omixa.engine.providers import SimulatorProvider
 from omixa.engine.providers.base import Usage
 from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
-from fake_azure import open_fake_azure
-from harness import MODEL, azure_deployment, open_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -129,10 +129,16 @@ async def test_deployment_actor_health_from_outcomes(autojump_clock):
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
         slot = await actor.acquire("r1", 10)
-        await actor.finish(slot, None, "no_healthy_deployment", 0.1, UpstreamError("busy", upstream_status=429, retry_after=7))
+        await actor.finish(
+            slot, None, "no_healthy_deployment", 0.1, UpstreamError("busy", upstream_status=429, retry_after=7)
+        )
         await trio.testing.wait_all_tasks_blocked()
         refused = await actor.acquire("r2", 10)
-        assert isinstance(refused, Refused) and refused.reason == "cooling" and refused.retry_after == pytest.approx(7, abs=0.01)
+        assert (
+            isinstance(refused, Refused)
+            and refused.reason == "cooling"
+            and refused.retry_after == pytest.approx(7, abs=0.01)
+        )
         await trio.sleep(7)
         for _ in range(2):  # two failures in a row open the breaker (failures=2)
             slot = await actor.acquire("r", 10)
@@ -185,7 +191,8 @@ async def test_failover_keeps_every_request_succeeding_and_charged_once(database
         # The bad one is heavily preferred, so only its health can keep traffic away from it.
         deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good")]
         async with open_gateway(
-            database_url, deployments=deployments,
+            database_url,
+            deployments=deployments,
             upstream={"timeout_seconds": 1.0, "request_timeout_seconds": 5, "attempt_timeout_seconds": 1.0},
             breaker={"failures": 2, "cooldown_seconds": 3.0},
         ) as gw:
@@ -233,8 +240,10 @@ async def test_a_hung_deployment_fails_over_within_the_request_budget(database_u
             azure_deployment(healthy, name="healthy", weight=0.001),
         ]
         async with open_gateway(
-            database_url, deployments=deployments,
-            upstream={"timeout_seconds": 5, "request_timeout_seconds": 20}, breaker={"failures": 2},
+            database_url,
+            deployments=deployments,
+            upstream={"timeout_seconds": 5, "request_timeout_seconds": 20},
+            breaker={"failures": 2},
         ) as gw:
             account, key = await gw.funded_account("1.00")
             async with httpx.AsyncClient(timeout=30) as client:
@@ -251,7 +260,9 @@ async def test_a_hung_deployment_fails_over_within_the_request_budget(database_u
             # The budget still bounds the whole: an attempt never outlasts what is left of it.
             hung_only = [azure_deployment(hung, name="hung", attempt_timeout_seconds=30)]
         async with open_gateway(
-            database_url, deployments=hung_only, upstream={"request_timeout_seconds": 1.0},
+            database_url,
+            deployments=hung_only,
+            upstream={"request_timeout_seconds": 1.0},
         ) as gw:
             _, key = await gw.funded_account("1.00")
             async with httpx.AsyncClient(timeout=30) as client:
@@ -279,7 +290,10 @@ async def test_a_full_connection_pool_fails_over_fast_and_leaves_health_alone(da
         busy.hang = True
         upstream = {"max_connections": 1, "connect_timeout_seconds": 0.3, "timeout_seconds": 30}
         breaker = {"failures": 1, "cooldown_seconds": 60}
-        deployments = [azure_deployment(busy, name="busy", weight=100.0), azure_deployment(spare, name="spare", weight=0.001)]
+        deployments = [
+            azure_deployment(busy, name="busy", weight=100.0),
+            azure_deployment(spare, name="spare", weight=0.001),
+        ]
         async with open_gateway(database_url, deployments=deployments, upstream=upstream, breaker=breaker) as gw:
             _, key = await gw.funded_account("1.00")
             async with httpx.AsyncClient(timeout=30) as client, trio.open_nursery() as nursery:
@@ -381,7 +395,9 @@ async def test_admin_view_of_deployments(database_url, monkeypatch):
                 assert (await post(client, gw, key)).status_code == 200
                 wrong = await client.get(f"{gw.root_url}/admin/deployments", headers={"Authorization": "Bearer nope"})
                 assert wrong.status_code == 401
-                view = (await client.get(f"{gw.root_url}/admin/deployments", headers={"Authorization": "Bearer s3cret"})).json()
+                view = (
+                    await client.get(f"{gw.root_url}/admin/deployments", headers={"Authorization": "Bearer s3cret"})
+                ).json()
         [deployment] = view["data"]
         assert deployment["name"] == "eastus-1" and deployment["health"] == "closed"
         assert deployment["windows"]["rpm"] == {"used": 1, "limit": 50}
@@ -392,10 +408,12 @@ async def test_admin_view_of_deployments(database_url, monkeypatch):
 def write_deployments(path, database_url: str, *entries: dict) -> None:
     lines = [f'[server]\nreload_poll_seconds = 0.05\nshutdown_grace_seconds = 2\n[storage]\nurl = "{database_url}"\n']
     for entry in entries:
-        lines.append("[[deployments]]\n" + "".join(
-            f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n"
-            for k, v in entry.items()
-        ))
+        lines.append(
+            "[[deployments]]\n"
+            + "".join(
+                f"{k} = {v!r}\n".replace("'", '"') if isinstance(v, str) else f"{k} = {v}\n" for k, v in entry.items()
+            )
+        )
     text = "\n".join(lines)
     # A new mtime even on coarse clocks: the watcher compares modification times.
     path.write_text(text)
@@ -413,7 +431,9 @@ async def test_reload_adds_retunes_and_removes_deployments_without_breaking_stre
             async def long_stream() -> None:
                 async with httpx.AsyncClient(timeout=30) as client:
                     async with client.stream(
-                        "POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                        "POST",
+                        f"{gw.base_url}/chat/completions",
+                        headers={"Authorization": f"Bearer {key}"},
                         json={"model": MODEL, "messages": MESSAGES, "stream": True},
                     ) as response:
                         async for chunk in response.aiter_raw():
@@ -427,8 +447,10 @@ async def test_reload_adds_retunes_and_removes_deployments_without_breaking_stre
 
                 # Re-tune (rpm 100 -> 7) and add a deployment.
                 write_deployments(
-                    config, database_url,
-                    azure_deployment(old, name="old", rpm=7), azure_deployment(new, name="new"),
+                    config,
+                    database_url,
+                    azure_deployment(old, name="old", rpm=7),
+                    azure_deployment(new, name="new"),
                 )
                 with trio.fail_after(5):
                     while len(gw.engine.deployments) != 2:
@@ -466,24 +488,29 @@ async def test_a_stream_fails_over_after_comments_but_before_content(database_ur
     async with open_fake_azure(**knobs) as bad, open_fake_azure(reply="Hello from the other side.") as good:
         # Weights 100 : 0.001, so the first pick is the bad one but for a 1-in-100,000 chance
         # (at 100 : 1 it was 1 in 101, which made the test flaky).
-        deployments = [azure_deployment(bad, name="bad", weight=100.0), azure_deployment(good, name="good", weight=0.001)]
+        deployments = [
+            azure_deployment(bad, name="bad", weight=100.0),
+            azure_deployment(good, name="good", weight=0.001),
+        ]
         async with open_gateway(
-            database_url, deployments=deployments,
-            upstream={"idle_timeout_seconds": 0.5}, streaming={"heartbeat_seconds": 0.1},
+            database_url,
+            deployments=deployments,
+            upstream={"idle_timeout_seconds": 0.5},
+            streaming={"heartbeat_seconds": 0.1},
         ) as gw:
             account, key = await gw.funded_account("1.00")
             start = (await gw.storage.get_wallet(account)).balance
             async with httpx.AsyncClient(timeout=30) as client:
                 response = await client.post(
-                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    f"{gw.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"model": MODEL, "messages": MESSAGES, "stream": True},
                 )
             events = [e for e in response.content.split(b"\n\n") if e]
             data = [e for e in events if e.startswith(b"data:")]
             assert data[-1] == b"data: [DONE]"
             text = "".join(
-                choice["delta"].get("content") or ""
-                for e in data[:-1] for choice in json.loads(e[5:])["choices"]
+                choice["delta"].get("content") or "" for e in data[:-1] for choice in json.loads(e[5:])["choices"]
             )
             assert text == "Hello from the other side."
             assert len(bad.requests) == 1 and len(good.requests) == 1

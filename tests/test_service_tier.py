@@ -7,12 +7,12 @@ from __future__ import annotations
 import httpx
 import openai
 import trio
+from fake_azure import DEFAULT_REPLY, open_fake_azure
+from harness import azure_deployment, open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog, max_cost
 from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
-from fake_azure import DEFAULT_REPLY, open_fake_azure
-from harness import azure_deployment, open_gateway
 
 MODEL = "gpt-5.1"
 INFO = load_catalog().get(MODEL)
@@ -57,9 +57,10 @@ async def test_priority_goes_to_the_priority_deployment_and_is_billed_at_priorit
 
 
 async def test_a_downgraded_answer_is_billed_at_the_standard_price(database_url):
-    async with open_fake_azure(downgrade_priority=True) as fake, open_gateway(
-        database_url, fake, deployments=deployments(fake)
-    ) as gw:
+    async with (
+        open_fake_azure(downgrade_priority=True) as fake,
+        open_gateway(database_url, fake, deployments=deployments(fake)) as gw,
+    ):
         account, key = await gw.funded_account("10.00")
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
             body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": CAP,
@@ -112,9 +113,10 @@ async def test_other_requests_get_an_explicit_default_tier_or_none(database_url)
 
 
 async def test_without_a_priority_deployment_the_tier_is_omitted_and_held_at_standard(database_url):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, deployments=deployments(fake, priority_enabled=False)
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(database_url, fake, deployments=deployments(fake, priority_enabled=False)) as gw,
+    ):
         account, key = await gw.funded_account("10.00")
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
             body = {"model": MODEL, "messages": MESSAGES, "max_completion_tokens": CAP, "service_tier": "priority"}

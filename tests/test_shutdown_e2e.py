@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import httpx
 import trio
-
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
+
 from omixa.storage import open_storage
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -24,13 +24,17 @@ async def test_shutdown_lets_short_requests_finish_and_settles_long_streams(data
             url = f"{gw.base_url}/chat/completions"
 
             async def short(client: httpx.AsyncClient) -> None:
-                response = await client.post(url, headers=auth, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5})
+                response = await client.post(
+                    url, headers=auth, json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5}
+                )
                 results["short"] = response.status_code
 
             async def long_stream(client: httpx.AsyncClient) -> None:
                 body = b""
                 try:
-                    async with client.stream("POST", url, headers=auth, json={"model": MODEL, "messages": MESSAGES, "stream": True}) as response:
+                    async with client.stream(
+                        "POST", url, headers=auth, json={"model": MODEL, "messages": MESSAGES, "stream": True}
+                    ) as response:
                         async for chunk in response.aiter_raw():
                             body += chunk
                 except httpx.HTTPError:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+from pathlib import Path
 
 import httpx
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from pathlib import Path
 
 from omixa.engine.config import ConfigError, SecurityConfig, structure_config
 from omixa.engine.errors import (
@@ -29,8 +28,8 @@ from omixa.engine.errors import (
 )
 from omixa.engine.secretbox import SecretBox, SecretKeyError, generate_signing_secret, secret_box_from_env
 from omixa.engine.signatures import MAX_FUTURE_SKEW, ReplayCache, SignatureVerifier, check_signing_setup
-from omixa_client import OmixaSigner, sign, signature_headers, signed_message
 from omixa.storage import ApiKeyRecord, SigningSummary
+from omixa_client import OmixaSigner, sign, signature_headers, signed_message
 
 NOW = 1_780_660_800.0
 WINDOW = 300
@@ -41,7 +40,9 @@ METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])
 SEGMENT = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.~%", min_size=1, max_size=12)
 PATHS = st.lists(SEGMENT, min_size=1, max_size=4).map(lambda parts: "/api/v1/" + "/".join(parts))
 QUERIES = st.one_of(st.just(""), st.text("abcdefghijklmnopqrstuvwxyz0123456789=&%+-_", min_size=1, max_size=30))
-NONCES = st.one_of(st.none(), st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=64))
+NONCES = st.one_of(
+    st.none(), st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=64)
+)
 BODIES = st.binary(max_size=2048)  # arbitrary bytes: non-UTF-8 included
 OFFSETS = st.integers(min_value=-WINDOW, max_value=min(WINDOW, MAX_FUTURE_SKEW))
 # No per-example deadline: the suite shares two cores with other runs, and a slow example is
@@ -51,27 +52,44 @@ PROPERTY = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 def key_record(secret: str | None = SECRET, key_id: str = "key_test", **extra) -> ApiKeyRecord:
     return ApiKeyRecord(
-        id=key_id, account_id="acct_test", prefix="omx_live_abcdef", rpm=None, tpm=None,
-        created_at=dt.datetime.now(dt.timezone.utc), revoked_at=None,
-        signing_secret_enc=None if secret is None else BOX.encrypt(secret), **extra,
+        id=key_id,
+        account_id="acct_test",
+        prefix="omx_live_abcdef",
+        rpm=None,
+        tpm=None,
+        created_at=dt.datetime.now(dt.UTC),
+        revoked_at=None,
+        signing_secret_enc=None if secret is None else BOX.encrypt(secret),
+        **extra,
     )
 
 
 def verifier(**config) -> SignatureVerifier:
-    return SignatureVerifier(
-        SecurityConfig(signature_window_seconds=WINDOW, **config), BOX, started_at=NOW - 3600
-    )
+    return SignatureVerifier(SecurityConfig(signature_window_seconds=WINDOW, **config), BOX, started_at=NOW - 3600)
 
 
 def target(path: str, query: str) -> bytes:
     return (path + ("?" + query if query else "")).encode()
 
 
-def check(v: SignatureVerifier, key: ApiKeyRecord, headers: dict[str, str], method: str, tgt: bytes,
-          body: bytes, now: float = NOW) -> None:
+def check(
+    v: SignatureVerifier,
+    key: ApiKeyRecord,
+    headers: dict[str, str],
+    method: str,
+    tgt: bytes,
+    body: bytes,
+    now: float = NOW,
+) -> None:
     v.verify(
-        key, timestamp=headers.get("X-Omixa-Timestamp"), nonce=headers.get("X-Omixa-Nonce"),
-        signature=headers.get("X-Omixa-Signature"), method=method, target=tgt, body=body, now=now,
+        key,
+        timestamp=headers.get("X-Omixa-Timestamp"),
+        nonce=headers.get("X-Omixa-Nonce"),
+        signature=headers.get("X-Omixa-Signature"),
+        method=method,
+        target=tgt,
+        body=body,
+        now=now,
     )
 
 
@@ -95,8 +113,12 @@ def test_a_valid_signature_over_any_bytes_verifies(method, path, query, body, no
 @st.composite
 def request_and_change(draw):
     original = {
-        "ts": int(NOW) + draw(OFFSETS), "method": draw(METHODS), "path": draw(PATHS),
-        "query": draw(QUERIES), "body": draw(BODIES), "nonce": draw(NONCES),
+        "ts": int(NOW) + draw(OFFSETS),
+        "method": draw(METHODS),
+        "path": draw(PATHS),
+        "query": draw(QUERIES),
+        "body": draw(BODIES),
+        "nonce": draw(NONCES),
     }
     field = draw(st.sampled_from(["ts", "method", "path", "query", "body", "nonce"]))
     changed = dict(original)
@@ -141,13 +163,24 @@ def test_any_change_to_timestamp_method_path_query_body_or_nonce_invalidates(pai
     with pytest.raises(InvalidSignature):
         check(verifier(), key_record(), headers, changed["method"], tgt, changed["body"])
     # ... and the original itself verifies.
-    check(verifier(), key_record(), headers_for(original), original["method"],
-          target(original["path"], original["query"]), original["body"])
+    check(
+        verifier(),
+        key_record(),
+        headers_for(original),
+        original["method"],
+        target(original["path"], original["query"]),
+        original["body"],
+    )
 
 
 @PROPERTY
-@given(method=METHODS, path=PATHS, body=BODIES, late=st.integers(min_value=WINDOW + 1, max_value=10**6),
-       future=st.booleans())
+@given(
+    method=METHODS,
+    path=PATHS,
+    body=BODIES,
+    late=st.integers(min_value=WINDOW + 1, max_value=10**6),
+    future=st.booleans(),
+)
 def test_a_timestamp_outside_the_window_is_refused(method, path, body, late, future):
     ts = int(NOW) + (late if future else -late)
     headers = signature_headers(SECRET, method, path, body, timestamp=ts)
@@ -171,8 +204,14 @@ def test_a_replay_inside_the_window_is_refused(method, path, body, nonce, later)
 def test_two_identical_requests_in_one_second_pass_with_distinct_nonces():
     v = verifier()
     for _ in range(2):
-        check(v, key_record(), signature_headers(SECRET, "GET", "/api/v1/wallet", timestamp=int(NOW)),
-              "GET", b"/api/v1/wallet", b"")
+        check(
+            v,
+            key_record(),
+            signature_headers(SECRET, "GET", "/api/v1/wallet", timestamp=int(NOW)),
+            "GET",
+            b"/api/v1/wallet",
+            b"",
+        )
 
 
 def without_nonce(method: str, path: str, body: bytes = b"", ts: int = int(NOW)) -> dict[str, str]:
@@ -218,8 +257,15 @@ def test_replay_memory_of_keys_that_stop_signing_is_dropped():
     assert v.remembered == 50
     # One more key signs after the window: the sweep forgets all 50 and their caches.
     later = NOW + WINDOW + 61
-    check(v, key_record(key_id="key_late"), signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(later)),
-          "GET", b"/api/v1/models", b"", now=later)
+    check(
+        v,
+        key_record(key_id="key_late"),
+        signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(later)),
+        "GET",
+        b"/api/v1/models",
+        b"",
+        now=later,
+    )
     assert v.remembered == 1 and len(v._replays) == 1
     for key, headers in sent:
         with pytest.raises(StaleTimestamp):
@@ -281,8 +327,14 @@ def test_requests_signed_before_the_process_started_are_refused():
     headers = signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(NOW) - 5)
     with pytest.raises(StaleTimestamp, match="older than this server accepts"):
         check(v, key_record(), headers, "GET", b"/api/v1/models", b"")
-    check(v, key_record(), signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(NOW)),
-          "GET", b"/api/v1/models", b"")
+    check(
+        v,
+        key_record(),
+        signature_headers(SECRET, "GET", "/api/v1/models", timestamp=int(NOW)),
+        "GET",
+        b"/api/v1/models",
+        b"",
+    )
 
 
 @pytest.mark.parametrize(
@@ -294,8 +346,14 @@ def test_requests_signed_before_the_process_started_are_refused():
         ({"X-Omixa-Timestamp": "soon", "X-Omixa-Signature": "sha256=" + "0" * 64}, InvalidSignature),
         ({"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Signature": "0" * 64}, InvalidSignature),
         ({"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Signature": "sha256=xyz"}, InvalidSignature),
-        ({"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Nonce": "a" * 65, "X-Omixa-Signature": "sha256=" + "0" * 64}, InvalidSignature),
-        ({"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Nonce": "a.b", "X-Omixa-Signature": "sha256=" + "0" * 64}, InvalidSignature),
+        (
+            {"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Nonce": "a" * 65, "X-Omixa-Signature": "sha256=" + "0" * 64},
+            InvalidSignature,
+        ),
+        (
+            {"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Nonce": "a.b", "X-Omixa-Signature": "sha256=" + "0" * 64},
+            InvalidSignature,
+        ),
         ({"X-Omixa-Timestamp": str(int(NOW)), "X-Omixa-Signature": "sha256=" + "0" * 64}, InvalidSignature),
     ],
 )
@@ -317,18 +375,37 @@ def test_uppercase_hex_verifies_once_and_its_lowercase_twin_is_a_replay():
 
 def test_previous_secret_verifies_only_during_its_grace_period():
     old, new = generate_signing_secret(), generate_signing_secret()
-    until = dt.datetime.fromtimestamp(NOW + 60, dt.timezone.utc)
+    until = dt.datetime.fromtimestamp(NOW + 60, dt.UTC)
     key = key_record(new, previous_secret_enc=BOX.encrypt(old), previous_secret_expires_at=until)
     v = verifier()
     for secret in (new, old):
-        check(v, key, signature_headers(secret, "GET", "/api/v1/models", timestamp=int(NOW)),
-              "GET", b"/api/v1/models", b"")
+        check(
+            v,
+            key,
+            signature_headers(secret, "GET", "/api/v1/models", timestamp=int(NOW)),
+            "GET",
+            b"/api/v1/models",
+            b"",
+        )
     with pytest.raises(InvalidSignature):
-        check(v, key, signature_headers(old, "GET", "/api/v1/models", timestamp=int(NOW) + 61),
-              "GET", b"/api/v1/models", b"", now=NOW + 61)
+        check(
+            v,
+            key,
+            signature_headers(old, "GET", "/api/v1/models", timestamp=int(NOW) + 61),
+            "GET",
+            b"/api/v1/models",
+            b"",
+            now=NOW + 61,
+        )
     with pytest.raises(InvalidSignature):
-        check(v, key, signature_headers(generate_signing_secret(), "GET", "/api/v1/models", timestamp=int(NOW)),
-              "GET", b"/api/v1/models", b"")
+        check(
+            v,
+            key,
+            signature_headers(generate_signing_secret(), "GET", "/api/v1/models", timestamp=int(NOW)),
+            "GET",
+            b"/api/v1/models",
+            b"",
+        )
 
 
 def test_a_key_without_a_secret_or_a_server_without_the_key_fails_clearly():
@@ -374,19 +451,24 @@ def test_start_up_refuses_enforcement_it_cannot_honour():
         check_signing_setup(SecurityConfig(), None, SigningSummary(required_keys=2, sample_secret_enc=None))
     with pytest.raises(SecretKeyError, match="does not decrypt"):
         check_signing_setup(
-            SecurityConfig(), SecretBox([Fernet.generate_key()]),
+            SecurityConfig(),
+            SecretBox([Fernet.generate_key()]),
             SigningSummary(required_keys=0, sample_secret_enc=BOX.encrypt(SECRET)),
         )
     check_signing_setup(SecurityConfig(), None, none)
-    check_signing_setup(SecurityConfig(require_signature=True), BOX,
-                        SigningSummary(required_keys=1, sample_secret_enc=BOX.encrypt(SECRET)))
+    check_signing_setup(
+        SecurityConfig(require_signature=True),
+        BOX,
+        SigningSummary(required_keys=1, sample_secret_enc=BOX.encrypt(SECRET)),
+    )
 
 
 @PROPERTY
 @given(path=PATHS, query=QUERIES, body=BODIES)
 def test_the_httpx_signer_signs_what_goes_on_the_wire(path, query, body):
-    request = httpx.Request("POST", "http://127.0.0.1:9/" + path.lstrip("/") + ("?" + query if query else "?"),
-                            content=body)
+    request = httpx.Request(
+        "POST", "http://127.0.0.1:9/" + path.lstrip("/") + ("?" + query if query else "?"), content=body
+    )
     flow = OmixaSigner(SECRET, clock=lambda: NOW).auth_flow(request)
     signed = next(flow)
     assert len(signed.headers["X-Omixa-Nonce"]) == 24  # always a nonce
@@ -397,8 +479,14 @@ def test_the_httpx_signer_signs_what_goes_on_the_wire(path, query, body):
 
 
 def test_security_config_from_the_file_and_the_environment(monkeypatch):
-    raw = {"security": {"require_signature": True, "signature_window_seconds": 60, "replay_cache_size": 10,
-                        "secret_grace_seconds": 0}}
+    raw = {
+        "security": {
+            "require_signature": True,
+            "signature_window_seconds": 60,
+            "replay_cache_size": 10,
+            "secret_grace_seconds": 0,
+        }
+    }
     assert structure_config(raw, base_dir=Path(".")).security == SecurityConfig(
         require_signature=True, signature_window_seconds=60, replay_cache_size=10, secret_grace_seconds=0.0
     )

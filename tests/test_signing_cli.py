@@ -10,9 +10,9 @@ import subprocess
 import httpx
 import trio
 from cryptography.fernet import Fernet
+from test_cli import OMIXA, read_values, run, values, write_config
 
 from omixa_client import OmixaSigner
-from test_cli import OMIXA, read_values, run, values, write_config
 
 
 def cli(*args: str, **kw):
@@ -28,7 +28,10 @@ async def test_key_create_prints_a_signing_secret_only_with_a_server_key(databas
     assert signed.returncode == 0, signed.stderr
     lines = signed.stdout.splitlines()
     assert lines[0].startswith("OMIXA_KEY_ID=key_") and lines[1].startswith("OMIXA_API_KEY=omx_live_")
-    assert lines[2].startswith("OMIXA_SIGNING_SECRET=omx_sig_") and len(lines[2]) == len("OMIXA_SIGNING_SECRET=omx_sig_") + 43
+    assert (
+        lines[2].startswith("OMIXA_SIGNING_SECRET=omx_sig_")
+        and len(lines[2]) == len("OMIXA_SIGNING_SECRET=omx_sig_") + 43
+    )
     assert "not shown again" in signed.stderr
 
     # Without OMIXA_SECRET_KEY: the same two lines as ever, no secret, and a note saying why.
@@ -55,7 +58,9 @@ async def test_key_create_prints_a_signing_secret_only_with_a_server_key(databas
 
 
 async def test_serve_refuses_required_signatures_without_a_server_key(tmp_path):
-    config = write_config(tmp_path / "omixa.toml", f"sqlite:///{tmp_path / 'o.db'}", "[security]\nrequire_signature = true\n")
+    config = write_config(
+        tmp_path / "omixa.toml", f"sqlite:///{tmp_path / 'o.db'}", "[security]\nrequire_signature = true\n"
+    )
     refused = await cli("serve", "--port", "0", config=config, env={"OMIXA_SECRET_KEY": ""})
     assert refused.returncode == 2
     assert "OMIXA_SECRET_KEY is not set" in refused.stderr and "Traceback" not in refused.stderr

@@ -16,13 +16,13 @@ import openai
 import pytest
 import trio
 from cryptography.fernet import Fernet
+from fake_azure import open_fake_azure
+from harness import MODEL, open_gateway
+from test_errors_e2e import check_envelope, ledger_unchanged
 
 from omixa.engine.accounts import Accounts
 from omixa.engine.secretbox import SecretKeyError, secret_box_from_env
-from fake_azure import open_fake_azure
-from harness import MODEL, open_gateway
 from omixa_client import OmixaSigner, sign, signature_headers, signed_message
-from test_errors_e2e import check_envelope, ledger_unchanged
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
@@ -40,7 +40,9 @@ async def signed_account(gw, **options) -> tuple[str, str, str, str]:
 
 def sdk(gw, key: str, signing_secret: str) -> openai.OpenAI:
     return openai.OpenAI(
-        base_url=gw.base_url, api_key=key, max_retries=0,
+        base_url=gw.base_url,
+        api_key=key,
+        max_retries=0,
         http_client=httpx.Client(auth=OmixaSigner(signing_secret)),
     )
 
@@ -50,9 +52,7 @@ async def in_thread(fn, *args, **kwargs):
 
 
 async def test_openai_sdk_signs_through_the_helper_streaming_and_not(database_url, secret_key):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, security={"require_signature": True}
-    ) as gw:
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, security={"require_signature": True}) as gw:
         account, _, key, signing = await signed_account(gw)
         client = sdk(gw, key, signing)
         try:
@@ -84,9 +84,10 @@ async def test_openai_sdk_signs_through_the_helper_streaming_and_not(database_ur
 
 
 async def test_refused_signatures_hold_and_send_nothing(database_url, secret_key):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, security={"require_signature": True}, server={"max_body_bytes": 4096}
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(database_url, fake, security={"require_signature": True}, server={"max_body_bytes": 4096}) as gw,
+    ):
         account, _, key, signing = await signed_account(gw)
         rows = len(await gw.storage.ledger_entries(account))
         url = f"{gw.base_url}/chat/completions"
@@ -102,9 +103,7 @@ async def test_refused_signatures_hold_and_send_nothing(database_url, secret_key
             check_envelope(await client.get(f"{gw.base_url}/wallet", headers=auth), 401, "missing_signature")
             tampered = body.replace(b"hi", b"ho")
             check_envelope(await client.post(url, content=tampered, headers=signed()), 401, "invalid_signature")
-            check_envelope(
-                await client.post(f"{url}?x=1", content=body, headers=signed()), 401, "invalid_signature"
-            )
+            check_envelope(await client.post(f"{url}?x=1", content=body, headers=signed()), 401, "invalid_signature")
             wrong_secret = {**auth, **signature_headers("omx_sig_" + "A" * 43, "POST", path, body)}
             check_envelope(await client.post(url, content=body, headers=wrong_secret), 401, "invalid_signature")
             old = signed(timestamp=1_000_000)
@@ -137,7 +136,9 @@ async def test_refused_signatures_hold_and_send_nothing(database_url, secret_key
             assert response.status_code == 200, response.text
             odd = b"\xff\xfe\x00binary"
             response = await client.request(
-                "GET", f"{gw.base_url}/wallet", content=odd,
+                "GET",
+                f"{gw.base_url}/wallet",
+                content=odd,
                 headers={**auth, **signature_headers(signing, "GET", "/api/v1/wallet", odd)},
             )
             assert response.status_code == 200, response.text
@@ -152,9 +153,13 @@ async def test_per_key_requirement_and_opt_in_verification(database_url, secret_
             check_envelope(
                 await client.get(wallet, headers={"Authorization": f"Bearer {strict_key}"}), 401, "missing_signature"
             )
-            ok = await client.get(wallet, headers={
-                "Authorization": f"Bearer {strict_key}", **signature_headers(strict_secret, "GET", "/api/v1/wallet"),
-            })
+            ok = await client.get(
+                wallet,
+                headers={
+                    "Authorization": f"Bearer {strict_key}",
+                    **signature_headers(strict_secret, "GET", "/api/v1/wallet"),
+                },
+            )
             assert ok.status_code == 200, ok.text
             # A key that is not required to sign works unsigned ...
             assert (await client.get(wallet, headers={"Authorization": f"Bearer {plain_key}"})).status_code == 200
@@ -162,17 +167,22 @@ async def test_per_key_requirement_and_opt_in_verification(database_url, secret_
             forged = signature_headers(strict_secret, "GET", "/api/v1/wallet")
             check_envelope(
                 await client.get(wallet, headers={"Authorization": f"Bearer {plain_key}", **forged}),
-                401, "invalid_signature",
+                401,
+                "invalid_signature",
             )
             good = signature_headers(plain_secret, "GET", "/api/v1/wallet")
-            assert (await client.get(wallet, headers={"Authorization": f"Bearer {plain_key}", **good})).status_code == 200
+            assert (
+                await client.get(wallet, headers={"Authorization": f"Bearer {plain_key}", **good})
+            ).status_code == 200
 
 
 async def test_rotation_grace_and_revocation_reach_every_process(database_url, secret_key):
     # Two gateways on one database stand for two processes; the CLI's Accounts is a third.
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, security={"require_signature": True}
-    ) as one, open_gateway(database_url, fake, security={"require_signature": True}) as two:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(database_url, fake, security={"require_signature": True}) as one,
+        open_gateway(database_url, fake, security={"require_signature": True}) as two,
+    ):
         _, key_id, key, first_secret = await signed_account(one)
         operator = Accounts(one.storage, secret_box_from_env())
 
@@ -196,7 +206,7 @@ async def start_error(database_url, **sections) -> BaseException:
     try:
         async with open_gateway(database_url, deployments=[], **sections):
             pass
-    except BaseException as exc:  # noqa: BLE001 - unwrapped and returned for the test to check
+    except BaseException as exc:
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         return exc
@@ -230,13 +240,14 @@ def doc_recipe() -> str:
 
 
 async def test_the_shell_recipe_in_the_docs_works(database_url, secret_key):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, security={"require_signature": True}
-    ) as gw:
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, security={"require_signature": True}) as gw:
         _, _, key, signing = await signed_account(gw)
         env = {**os.environ, "OMIXA_BASE_URL": gw.base_url, "OMIXA_API_KEY": key, "OMIXA_SIGNING_SECRET": signing}
         result = await trio.run_process(
-            ["bash", "-euo", "pipefail", "-c", doc_recipe()], env=env, capture_stdout=True, capture_stderr=True,
+            ["bash", "-euo", "pipefail", "-c", doc_recipe()],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
         )
         completion, wallet = [json.loads(line) for line in result.stdout.decode().splitlines()]
         assert completion["object"] == "chat.completion", completion

@@ -23,8 +23,8 @@ from omixa.storage import (
     MigrationError,
     NewHold,
     NotFound,
-    Settlement,
     RequestLog,
+    Settlement,
     StorageError,
     WalletState,
     open_storage,
@@ -35,7 +35,7 @@ from omixa.storage.open import sqlite_path
 from omixa.storage.postgres import _pool_options
 from omixa.storage.sqlite import SQLiteStorage
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 USD = 1_000_000_000  # nano-dollars
 
 
@@ -75,9 +75,7 @@ async def funded_account(storage, amount: int):
 
 async def hold_then_settle(storage, account, request_id: str) -> None:
     """A hold of 10 settled at 3: the writes one small request makes."""
-    hold = await storage.create_hold(
-        account_id=account.id, request_id=request_id, amount=10, expires_at=_later()
-    )
+    hold = await storage.create_hold(account_id=account.id, request_id=request_id, amount=10, expires_at=_later())
     await storage.settle_hold(hold.id, 3)
 
 
@@ -231,16 +229,12 @@ async def test_accounts(storage):
 
 async def test_api_keys(storage):
     account = await storage.create_account("k@example.com")
-    key = await storage.create_api_key(
-        account_id=account.id, key_hash="h" * 64, prefix="omx-abc", rpm=60
-    )
+    key = await storage.create_api_key(account_id=account.id, key_hash="h" * 64, prefix="omx-abc", rpm=60)
     assert key.id.startswith("key_") and key.revoked_at is None and key.rpm == 60
     assert await storage.find_api_key("h" * 64) == key
     assert await storage.find_api_key("nope") is None
 
-    unlimited = await storage.create_api_key(
-        account_id=account.id, key_hash="u" * 64, prefix="omx-u", rpm=None
-    )
+    unlimited = await storage.create_api_key(account_id=account.id, key_hash="u" * 64, prefix="omx-u", rpm=None)
     assert (await storage.find_api_key("u" * 64)).rpm is None
     assert unlimited.id != key.id
 
@@ -265,7 +259,7 @@ async def test_api_key_errors(storage):
 async def test_dashboard_sessions_live_until_ended_or_expired(storage):
     account = await storage.create_account("s@example.com")
     key = await storage.create_api_key(account_id=account.id, key_hash="s" * 64, prefix="omx-s", rpm=None)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     await storage.create_dashboard_session("sess-a", key.id, now + dt.timedelta(hours=1))
     await storage.create_dashboard_session("sess-b", key.id, now + dt.timedelta(hours=1))
     await storage.create_dashboard_session("sess-old", key.id, now - dt.timedelta(seconds=1))
@@ -317,9 +311,7 @@ async def test_hold_success(storage):
     account = await funded_account(storage, 100)
     # Any timezone in; timezone-aware UTC out.
     expires = _later().astimezone(dt.timezone(dt.timedelta(hours=2)))
-    hold = await storage.create_hold(
-        account_id=account.id, request_id="req_1", amount=60, expires_at=expires
-    )
+    hold = await storage.create_hold(account_id=account.id, request_id="req_1", amount=60, expires_at=expires)
     assert hold.id.startswith("hold_") and hold.amount == 60 and hold.request_id == "req_1"
     assert hold.expires_at == expires and hold.expires_at.utcoffset() == dt.timedelta(0)
     assert hold.created_at.utcoffset() == dt.timedelta(0)
@@ -332,38 +324,26 @@ async def test_hold_success(storage):
 
 async def test_hold_refused_writes_nothing(storage, database_url, aio_loop):
     account = await funded_account(storage, 100)
-    await storage.create_hold(
-        account_id=account.id, request_id="r1", amount=70, expires_at=_later()
-    )
+    await storage.create_hold(account_id=account.id, request_id="r1", amount=70, expires_at=_later())
     before = await storage.ledger_entries(account.id)
-    refused = await storage.create_hold(
-        account_id=account.id, request_id="r2", amount=31, expires_at=_later()
-    )
+    refused = await storage.create_hold(account_id=account.id, request_id="r2", amount=31, expires_at=_later())
     assert refused is None
     assert await storage.ledger_entries(account.id) == before
     assert await raw(database_url, aio_loop, "SELECT request_id FROM holds") == [("r1",)]
     assert (await storage.get_wallet(account.id)).locked == 70
     # Exactly the available amount still fits.
-    assert await storage.create_hold(
-        account_id=account.id, request_id="r3", amount=30, expires_at=_later()
-    )
+    assert await storage.create_hold(account_id=account.id, request_id="r3", amount=30, expires_at=_later())
 
 
 async def test_hold_errors(storage):
     account = await funded_account(storage, 100)
     with pytest.raises(NotFound):
-        await storage.create_hold(
-            account_id="acct_missing", request_id="r", amount=1, expires_at=_later()
-        )
+        await storage.create_hold(account_id="acct_missing", request_id="r", amount=1, expires_at=_later())
     for amount in (0, -5):
         with pytest.raises(ValueError):
-            await storage.create_hold(
-                account_id=account.id, request_id="r", amount=amount, expires_at=_later()
-            )
+            await storage.create_hold(account_id=account.id, request_id="r", amount=amount, expires_at=_later())
     with pytest.raises(ValueError):
-        await storage.create_hold(
-            account_id=account.id, request_id="r", amount=1, expires_at=dt.datetime.now()
-        )
+        await storage.create_hold(account_id=account.id, request_id="r", amount=1, expires_at=dt.datetime.now())
     assert len(await storage.ledger_entries(account.id)) == 1
 
 
@@ -449,11 +429,15 @@ async def test_a_hold_for_a_revoked_key_is_refused(storage):
     account = await funded_account(storage, 100)
     key = await storage.create_api_key(account_id=account.id, key_hash="k" * 64, prefix="omx_live_kkkkkk", rpm=None)
     context = HoldContext(key_id=key.id, model="gpt-4o-mini")
-    assert await storage.create_hold(account_id=account.id, request_id="r1", amount=10, expires_at=_later(), context=context)
+    assert await storage.create_hold(
+        account_id=account.id, request_id="r1", amount=10, expires_at=_later(), context=context
+    )
     assert await storage.revoke_api_key(key.id)
     before = await storage.ledger_entries(account.id)
     with pytest.raises(KeyRevoked):
-        await storage.create_hold(account_id=account.id, request_id="r2", amount=10, expires_at=_later(), context=context)
+        await storage.create_hold(
+            account_id=account.id, request_id="r2", amount=10, expires_at=_later(), context=context
+        )
     with pytest.raises(KeyRevoked):
         await storage.apply_wallet_ops(
             [NewHold(account_id=account.id, request_id="r3", amount=1, expires_at=_later()),
@@ -463,14 +447,10 @@ async def test_a_hold_for_a_revoked_key_is_refused(storage):
     assert (await storage.get_wallet(account.id)).locked == 10
 
 
-@pytest.mark.parametrize(
-    ("charge", "charged", "released"), [(30, 30, 70), (150, 100, 0), (100, 100, 0), (0, 0, 100)]
-)
+@pytest.mark.parametrize(("charge", "charged", "released"), [(30, 30, 70), (150, 100, 0), (100, 100, 0), (0, 0, 100)])
 async def test_settle(storage, charge, charged, released):
     account = await funded_account(storage, 1000)
-    hold = await storage.create_hold(
-        account_id=account.id, request_id="req_s", amount=100, expires_at=_later()
-    )
+    hold = await storage.create_hold(account_id=account.id, request_id="req_s", amount=100, expires_at=_later())
     settlement = await storage.settle_hold(hold.id, charge)
     assert settlement.hold_id == hold.id and not settlement.already_final
     assert (settlement.charged, settlement.released) == (charged, released)
@@ -491,25 +471,19 @@ async def test_settle(storage, charge, charged, released):
 
 async def test_void(storage, database_url, aio_loop):
     account = await funded_account(storage, 1000)
-    hold = await storage.create_hold(
-        account_id=account.id, request_id="req_v", amount=400, expires_at=_later()
-    )
+    hold = await storage.create_hold(account_id=account.id, request_id="req_v", amount=400, expires_at=_later())
     settlement = await storage.void_hold(hold.id)
     assert (settlement.charged, settlement.released, settlement.already_final) == (0, 400, False)
     assert settlement.wallet == wallet_of(account.id, 1000, 0)
     last = (await storage.ledger_entries(account.id))[-1]
-    assert (last.type, last.amount, last.balance_after, last.locked_after) == (
-        "release", 400, 1000, 0
-    )
+    assert (last.type, last.amount, last.balance_after, last.locked_after) == ("release", 400, 1000, 0)
     states = await raw(database_url, aio_loop, "SELECT state, charged FROM holds")
     assert states == [("voided", 0)]
 
 
 async def test_finalize_is_idempotent(storage, database_url, aio_loop):
     account = await funded_account(storage, 1000)
-    hold = await storage.create_hold(
-        account_id=account.id, request_id="r", amount=100, expires_at=_later()
-    )
+    hold = await storage.create_hold(account_id=account.id, request_id="r", amount=100, expires_at=_later())
     first = await storage.settle_hold(hold.id, 40)
     entries = await storage.ledger_entries(account.id)
     for again in (await storage.settle_hold(hold.id, 90), await storage.void_hold(hold.id)):
@@ -522,9 +496,7 @@ async def test_finalize_is_idempotent(storage, database_url, aio_loop):
 async def test_concurrent_settle_and_void_finalize_once(storage, database_url, aio_loop):
     account = await funded_account(storage, 10_000)
     holds = [
-        await storage.create_hold(
-            account_id=account.id, request_id=f"r{i}", amount=100, expires_at=_later()
-        )
+        await storage.create_hold(account_id=account.id, request_id=f"r{i}", amount=100, expires_at=_later())
         for i in range(20)
     ]
     results = []
@@ -554,9 +526,7 @@ async def test_finalize_errors(storage):
     with pytest.raises(NotFound):
         await storage.void_hold("hold_missing")
     account = await funded_account(storage, 100)
-    hold = await storage.create_hold(
-        account_id=account.id, request_id="r", amount=10, expires_at=_later()
-    )
+    hold = await storage.create_hold(account_id=account.id, request_id="r", amount=10, expires_at=_later())
     with pytest.raises(ValueError):
         await storage.settle_hold(hold.id, -1)
     assert (await storage.get_wallet(account.id)).locked == 10
@@ -568,17 +538,13 @@ async def test_expire_holds(storage, database_url, aio_loop):
     now = dt.datetime.now(UTC)
     expired = now - dt.timedelta(seconds=1)
     past = [
-        await storage.create_hold(
-            account_id=acct.id, request_id=f"old{i}", amount=10 + i, expires_at=expired
-        )
+        await storage.create_hold(account_id=acct.id, request_id=f"old{i}", amount=10 + i, expires_at=expired)
         for i, acct in enumerate([account, account, other])
     ]
     future = await storage.create_hold(
         account_id=account.id, request_id="new", amount=50, expires_at=now + dt.timedelta(hours=1)
     )
-    settled = await storage.create_hold(
-        account_id=account.id, request_id="done", amount=5, expires_at=expired
-    )
+    settled = await storage.create_hold(account_id=account.id, request_id="done", amount=5, expires_at=expired)
     await storage.settle_hold(settled.id, 5)
 
     assert await storage.expire_holds(now) == 3
@@ -587,9 +553,7 @@ async def test_expire_holds(storage, database_url, aio_loop):
     releases = [e for e in await storage.ledger_entries(account.id) if e.type == "release"]
     assert sorted(e.hold_id for e in releases) == sorted(h.id for h in past[:2])
     states = dict(await raw(database_url, aio_loop, "SELECT request_id, state FROM holds"))
-    assert states == {
-        "old0": "voided", "old1": "voided", "old2": "voided", "new": "pending", "done": "posted"
-    }
+    assert states == {"old0": "voided", "old1": "voided", "old2": "voided", "new": "pending", "done": "posted"}
     assert await storage.expire_holds(now) == 0
     assert (await storage.void_hold(past[0].id)).already_final
     assert (await storage.settle_hold(future.id, 50)).charged == 50
@@ -613,7 +577,9 @@ async def test_verify_ledger_clean_after_a_mix(storage):
             await storage.top_up(account.id, rng.randint(1, 500))
         elif step < 0.6 or not open_holds:
             hold = await storage.create_hold(
-                account_id=account.id, request_id=f"r{i}", amount=rng.randint(1, 900),
+                account_id=account.id,
+                request_id=f"r{i}",
+                amount=rng.randint(1, 900),
                 expires_at=_later(rng.choice([-1, 5])),
             )
             if hold:
@@ -633,9 +599,7 @@ async def test_verify_ledger_detects_tampering(storage, database_url, aio_loop):
     bad = await funded_account(storage, 1000)
     await storage.create_hold(account_id=bad.id, request_id="r", amount=10, expires_at=_later())
     assert await storage.verify_ledger() == []
-    await raw(
-        database_url, aio_loop, f"UPDATE accounts SET balance = balance + 1 WHERE id = '{bad.id}'"
-    )
+    await raw(database_url, aio_loop, f"UPDATE accounts SET balance = balance + 1 WHERE id = '{bad.id}'")
     problems = await storage.verify_ledger()
     assert problems and {p.account_id for p in problems} == {bad.id}
     assert any("balance 1001" in p.message for p in problems)
@@ -656,9 +620,7 @@ async def test_request_logs(storage):
     assert await storage.get_request_log("req_1") == log
     assert await storage.get_request_log("req_missing") is None
 
-    other = request_log(
-        "req_2", deployment=None, region=None, ttft_ms=None, stream=False, status="client_closed"
-    )
+    other = request_log("req_2", deployment=None, region=None, ttft_ms=None, stream=False, status="client_closed")
     changed = request_log("req_1", cost=1)
     await storage.insert_request_logs([changed, other, other])  # existing and repeated ids
     assert await storage.get_request_log("req_1") == log  # the first write wins
@@ -668,9 +630,7 @@ async def test_request_logs(storage):
 
 async def test_request_logs_need_aware_times(storage):
     with pytest.raises(ValueError):
-        await storage.insert_request_logs(
-            [request_log("req_n", created_at=dt.datetime(2025, 1, 1))]
-        )
+        await storage.insert_request_logs([request_log("req_n", created_at=dt.datetime(2025, 1, 1))])
     assert await storage.get_request_log("req_n") is None
 
 
@@ -685,9 +645,7 @@ async def test_concurrent_holds_never_overdraw(storage, database_url, aio_loop):
 
     async def hold(store, i):
         results.append(
-            await store.create_hold(
-                account_id=account.id, request_id=f"r{i}", amount=25, expires_at=_later()
-            )
+            await store.create_hold(account_id=account.id, request_id=f"r{i}", amount=25, expires_at=_later())
         )
 
     async with open_storage(database_url, loop=aio_loop) as other:

@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 import trio
+from test_storage import USD, _later, funded_account, request_log
 
 from omixa.storage import (
     FinalizeHold,
@@ -21,9 +22,8 @@ from omixa.storage import (
     open_storage,
 )
 from omixa.storage._common import latency_bin
-from test_storage import USD, _later, funded_account, request_log
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
 
 
@@ -68,9 +68,13 @@ async def test_ledger_pages_newest_first(storage):
 
 async def test_request_log_filters_and_cursor(storage):
     logs = [
-        request_log(f"req_{i}", account_id="acct_a", created_at=T0 + dt.timedelta(minutes=i),
-                    model="gpt-4o" if i % 3 == 0 else "gpt-4o-mini",
-                    status="ok" if i % 2 == 0 else "upstream_error")
+        request_log(
+            f"req_{i}",
+            account_id="acct_a",
+            created_at=T0 + dt.timedelta(minutes=i),
+            model="gpt-4o" if i % 3 == 0 else "gpt-4o-mini",
+            status="ok" if i % 2 == 0 else "upstream_error",
+        )
         for i in range(10)
     ] + [request_log("req_b", account_id="acct_b", created_at=T0)]
     # Two logs in the same microsecond: the id breaks the tie.
@@ -108,8 +112,9 @@ async def test_rollups_follow_the_logs_and_never_count_twice(storage):
     ]
     await storage.insert_request_logs(logs[:3])
     await storage.insert_request_logs(logs)  # a retried batch plus new rows
-    day = await storage.usage_rollups("acct_a", granularity="day", since=T0 - dt.timedelta(days=1),
-                                      until=T0 + dt.timedelta(days=1))
+    day = await storage.usage_rollups(
+        "acct_a", granularity="day", since=T0 - dt.timedelta(days=1), until=T0 + dt.timedelta(days=1)
+    )
     assert [(r.model, r.requests, r.cost) for r in day] == [("gpt-4o", 1, 7), ("gpt-4o-mini", 4, 36)]
     mini = day[1]
     assert (mini.errors, mini.client_closed) == (1, 1)
@@ -117,11 +122,14 @@ async def test_rollups_follow_the_logs_and_never_count_twice(storage):
     assert mini.latency_ms_sum == 550
     # req_6 lands in req_1's bin, written by an earlier batch: the counts add up.
     assert mini.latency_bins == {latency_bin(100): 2, latency_bin(300): 1, latency_bin(50): 1}
-    hours = await storage.usage_rollups("acct_a", granularity="hour", since=T0 - dt.timedelta(hours=1),
-                                        until=T0 + dt.timedelta(hours=3), model="gpt-4o-mini")
-    assert [(r.bucket_start, r.requests) for r in hours] == [
-        (T0.replace(minute=0), 3), (hour2.replace(minute=0), 1)
-    ]
+    hours = await storage.usage_rollups(
+        "acct_a",
+        granularity="hour",
+        since=T0 - dt.timedelta(hours=1),
+        until=T0 + dt.timedelta(hours=3),
+        model="gpt-4o-mini",
+    )
+    assert [(r.bucket_start, r.requests) for r in hours] == [(T0.replace(minute=0), 3), (hour2.replace(minute=0), 1)]
     with pytest.raises(ValueError):
         await storage.usage_rollups("acct_a", granularity="week", since=T0, until=hour2)
 
@@ -140,7 +148,9 @@ async def test_recovering_an_instance_voids_its_holds_and_logs_them(storage):
     dead = HoldContext(instance_id="inst_dead", key_id="key_1", model="gpt-4o", provider="azure", stream=True)
     live = HoldContext(instance_id="inst_live", key_id="key_1", model="gpt-4o", provider="azure", stream=False)
     await storage.create_hold(account_id=account.id, request_id="req_d1", amount=USD, expires_at=_later(), context=dead)
-    h2 = await storage.create_hold(account_id=account.id, request_id="req_d2", amount=USD, expires_at=_later(), context=dead)
+    h2 = await storage.create_hold(
+        account_id=account.id, request_id="req_d2", amount=USD, expires_at=_later(), context=dead
+    )
     await storage.create_hold(account_id=account.id, request_id="req_l", amount=USD, expires_at=_later(), context=live)
     await storage.settle_hold(h2.id, 100)  # finished before the process died
     # Taken for stale, but it heartbeats before the recovery's transaction: nothing happens.
@@ -177,10 +187,23 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
 
     def log(request_id: str, **extra) -> RequestLog:
         fields = dict(
-            id=request_id, account_id=account.id, key_id="key_1", model="gpt-4o", provider="azure",
-            deployment="eastus-1", region="eastus", status="ok", stream=True, prompt_tokens=11,
-            completion_tokens=22, reasoning_tokens=3, cached_tokens=4, cost=0, latency_ms=321,
-            ttft_ms=45, created_at=now,
+            id=request_id,
+            account_id=account.id,
+            key_id="key_1",
+            model="gpt-4o",
+            provider="azure",
+            deployment="eastus-1",
+            region="eastus",
+            status="ok",
+            stream=True,
+            prompt_tokens=11,
+            completion_tokens=22,
+            reasoning_tokens=3,
+            cached_tokens=4,
+            cost=0,
+            latency_ms=321,
+            ttft_ms=45,
+            created_at=now,
         )
         return RequestLog(**{**fields, **extra})
 
@@ -199,12 +222,15 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
 
     written = await storage.recover_instance("inst_gone", now)
     assert sorted((entry.id, entry.cost, entry.status) for entry in written) == [
-        ("req_batched", 900, "ok"), ("req_lost", 700, "ok"), ("req_released", 0, "upstream_error"),
+        ("req_batched", 900, "ok"),
+        ("req_lost", 700, "ok"),
+        ("req_released", 0, "upstream_error"),
     ]
     lost = await storage.get_request_log("req_lost")
     assert lost == log("req_lost", cost=700)  # every field as the process would have written it
-    rollups = await storage.usage_rollups(account.id, granularity="day", since=now - dt.timedelta(days=1),
-                                          until=now + dt.timedelta(days=1))
+    rollups = await storage.usage_rollups(
+        account.id, granularity="day", since=now - dt.timedelta(days=1), until=now + dt.timedelta(days=1)
+    )
     assert sum(r.cost for r in rollups) == 500 + 700 + 900 and sum(r.requests for r in rollups) == 4
     # Nothing is left to write: a second recovery of the same id writes nothing.
     await storage.register_instance(Instance(id="inst_gone", host="h", pid=1, started_at=now, heartbeat_at=now))

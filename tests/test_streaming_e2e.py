@@ -5,6 +5,7 @@ events, and abandoned streams closed upstream and settled for exactly what was d
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import random
 import types
@@ -15,12 +16,12 @@ import openai
 import pytest
 import trio
 import trio.testing
+from fake_azure import open_fake_azure
+from harness import MODEL, open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
-from fake_azure import open_fake_azure
-from harness import MODEL, open_gateway
 
 PRICES = load_catalog().get(MODEL).prices
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
@@ -38,7 +39,9 @@ async def read_events(gw, key: str, body: dict | None = None) -> list[tuple[floa
     buffer = b""
     async with httpx.AsyncClient(timeout=30) as client:
         async with client.stream(
-            "POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+            "POST",
+            f"{gw.base_url}/chat/completions",
+            headers={"Authorization": f"Bearer {key}"},
             json=body or {"model": MODEL, "messages": MESSAGES, "stream": True},
         ) as response:
             assert response.status_code == 200
@@ -61,9 +64,10 @@ async def settled_row(gw, account: str):
 
 
 async def test_padding_first_then_heartbeats_while_the_upstream_thinks(database_url):
-    async with open_fake_azure(first_delay=1.0) as fake, open_gateway(
-        database_url, fake, streaming={"heartbeat_seconds": 0.2, "flush_padding_bytes": 2048}
-    ) as gw:
+    async with (
+        open_fake_azure(first_delay=1.0) as fake,
+        open_gateway(database_url, fake, streaming={"heartbeat_seconds": 0.2, "flush_padding_bytes": 2048}) as gw,
+    ):
         _, key = await gw.funded_account("1.00")
         events = await read_events(gw, key)
     first = events[0][1]
@@ -78,14 +82,15 @@ async def test_padding_first_then_heartbeats_while_the_upstream_thinks(database_
 
 
 async def test_frames_arrive_one_by_one_as_the_upstream_emits_them(database_url):
-    async with open_fake_azure(reply="one two three four", chunk_delay=0.3) as fake, open_gateway(
-        database_url, fake, streaming={"heartbeat_seconds": 5}
-    ) as gw:
+    async with (
+        open_fake_azure(reply="one two three four", chunk_delay=0.3) as fake,
+        open_gateway(database_url, fake, streaming={"heartbeat_seconds": 5}) as gw,
+    ):
         _, key = await gw.funded_account("1.00")
         events = await read_events(gw, key)
     content = [(t, e) for t, e in events if b'"content":"' in e and b'"content":""' not in e]
     assert len(content) == 4
-    gaps = [b[0] - a[0] for a, b in zip(content, content[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(content)]
     # Not held back to be sent together (which would leave gaps near 0); the margin below the
     # fake's 0.3 s is for a loaded machine.
     assert all(gap > 0.1 for gap in gaps), gaps
@@ -125,13 +130,16 @@ async def test_an_open_stream_holds_nothing_of_its_prompt(database_url):
     marker = "prompt-marker-5f0c"
     prompt = marker + " a long prompt" * 20_000
     payload = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "stream": True}).encode()
-    async with open_fake_azure(reply="one two three", stall_after=2) as fake, open_gateway(
-        database_url, fake, streaming={"heartbeat_seconds": 5}
-    ) as gw:
+    async with (
+        open_fake_azure(reply="one two three", stall_after=2) as fake,
+        open_gateway(database_url, fake, streaming={"heartbeat_seconds": 5}) as gw,
+    ):
         account, key = await gw.funded_account("5.00")
         async with httpx.AsyncClient(timeout=30) as client:
             async with client.stream(
-                "POST", f"{gw.base_url}/chat/completions", content=payload,
+                "POST",
+                f"{gw.base_url}/chat/completions",
+                content=payload,
                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             ) as response:
                 assert response.status_code == 200
@@ -171,9 +179,10 @@ RAW_EVENTS = [e + b"\n\n" for e in RAW_STREAM.split(b"\n\n") if e]
 async def test_pass_through_is_byte_for_byte_and_drops_only_what_was_not_asked_for(
     database_url, keep_filter_frames, include_usage, expected
 ):
-    async with open_fake_azure() as fake, open_gateway(
-        database_url, fake, streaming={"keep_filter_frames": keep_filter_frames}
-    ) as gw:
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(database_url, fake, streaming={"keep_filter_frames": keep_filter_frames}) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         fake.fail_next(200, RAW_STREAM, headers=SSE)
         body = {"model": MODEL, "messages": MESSAGES, "stream": True}
@@ -202,9 +211,12 @@ async def test_pass_through_is_byte_for_byte_and_drops_only_what_was_not_asked_f
 async def test_mid_stream_failures_end_with_an_error_event_and_charge_what_was_delivered(
     database_url, knobs, raw, code
 ):
-    async with open_fake_azure(**knobs) as fake, open_gateway(
-        database_url, fake, streaming={"heartbeat_seconds": 0.1}, upstream={"idle_timeout_seconds": 0.5}
-    ) as gw:
+    async with (
+        open_fake_azure(**knobs) as fake,
+        open_gateway(
+            database_url, fake, streaming={"heartbeat_seconds": 0.1}, upstream={"idle_timeout_seconds": 0.5}
+        ) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         if raw is not None:
@@ -286,7 +298,8 @@ async def test_two_hundred_streams_cut_at_random_points(database_url):
                 async with limiter:
                     seen = 0
                     async with client.stream(
-                        "POST", f"{gw.base_url}/chat/completions",
+                        "POST",
+                        f"{gw.base_url}/chat/completions",
                         headers={"Authorization": f"Bearer {key}"},
                         json={"model": MODEL, "messages": MESSAGES, "stream": True},
                     ) as response:
@@ -345,8 +358,10 @@ async def test_a_client_giving_up_on_a_non_streaming_request_cancels_the_upstrea
         async with httpx.AsyncClient() as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(
-                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                    json={"model": MODEL, "messages": MESSAGES}, timeout=0.5,
+                    f"{gw.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
+                    json={"model": MODEL, "messages": MESSAGES},
+                    timeout=0.5,
                 )
         with trio.fail_after(5):
             await fake.wait_until(lambda f: f.disconnects >= 1)

@@ -94,4 +94,3 @@ def test_encoding_is_tiktokens_own(name: str, tmp_path, monkeypatch: pytest.Monk
 def test_unknown_encoding_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown encoding"):
         tokens.encoding("p50k_base")
-

@@ -12,13 +12,13 @@ import httpx
 import openai
 import pytest
 import trio
+from fake_vertex import DEFAULT_REPLY, open_fake_vertex
+from harness import open_gateway
+from test_vertex_e2e import MESSAGES, MODEL, vertex_deployment
 
 from omixa.engine.config import ConfigError, structure_config
 from omixa.engine.errors import UpstreamError
 from omixa.engine.providers.google_auth import REFRESH_MARGIN, ServiceAccountTokens, load_service_account
-from fake_vertex import DEFAULT_REPLY, open_fake_vertex
-from harness import open_gateway
-from test_vertex_e2e import MESSAGES, MODEL, vertex_deployment
 
 
 class Clock:
@@ -128,7 +128,8 @@ async def test_a_bad_token_endpoint_answer_is_a_502_and_costs_nothing(database_u
             fake.fail_token_next(401, "unauthorized_client")
             async with httpx.AsyncClient() as client:
                 response = await client.post(
-                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    f"{gw.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"model": MODEL, "messages": MESSAGES},
                 )
             assert response.status_code == 502
@@ -161,7 +162,12 @@ def test_service_account_files_are_checked_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match=r"deployments\[0\].project: required"):
         load(service_account_file=sa.name)
     dep = load(service_account_file=sa.name, project="mine").deployments[0]
-    assert (dep.project, dep.service_account_file, dep.region, dep.deployment) == ("mine", str(sa), "us-central1", MODEL)
+    assert (dep.project, dep.service_account_file, dep.region, dep.deployment) == (
+        "mine",
+        str(sa),
+        "us-central1",
+        MODEL,
+    )
 
 
 async def test_a_short_lived_token_is_used_for_half_its_life(tmp_path):

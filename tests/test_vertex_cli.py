@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import trio
-
 from fake_vertex import DEFAULT_REPLY, open_fake_vertex
 from harness import open_gateway
 from test_cli import run, write_config
@@ -44,7 +43,8 @@ async def test_add_vertex_deployment_then_serve_it(database_url, tmp_path, monke
             async with httpx.AsyncClient() as client:
                 for model in ("gemini-2.5-pro", "gemini-2.5-flash"):
                     response = await client.post(
-                        f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                        f"{gw.base_url}/chat/completions",
+                        headers={"Authorization": f"Bearer {key}"},
                         json={"model": model, "messages": [{"role": "user", "content": "Hi"}]},
                     )
                     assert response.status_code == 200, response.text

@@ -16,13 +16,13 @@ import httpx
 import openai
 import pytest
 import trio
+from fake_vertex import DEFAULT_REPLY, DEFAULT_THOUGHT, open_fake_vertex, prompt_tokens_of
+from harness import open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.providers import gemini
 from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_text
-from fake_vertex import DEFAULT_REPLY, DEFAULT_THOUGHT, open_fake_vertex, prompt_tokens_of
-from harness import open_gateway
 
 MODEL = "gemini-2.5-flash"
 PRICES = load_catalog().get(MODEL).prices
@@ -67,14 +67,20 @@ async def only_row(gw, account: str):
 
 
 async def test_non_streaming_sdk_call_translates_and_bills_usage_metadata(database_url, tmp_path):
-    async with open_fake_vertex(thoughts_tokens=40, cached_tokens=3) as fake, open_gateway(
-        database_url, deployments=[vertex_deployment(fake)]
-    ) as gw:
+    async with (
+        open_fake_vertex(thoughts_tokens=40, cached_tokens=3) as fake,
+        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
+    ):
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
         completion = await in_thread(
-            sdk(gw, key).chat.completions.create, model=MODEL, messages=MESSAGES,
-            temperature=0.2, top_p=0.9, stop=["END"], reasoning_effort="low",
+            sdk(gw, key).chat.completions.create,
+            model=MODEL,
+            messages=MESSAGES,
+            temperature=0.2,
+            top_p=0.9,
+            stop=["END"],
+            reasoning_effort="low",
         )
         assert completion.object == "chat.completion" and completion.model == MODEL
         choice = completion.choices[0]
@@ -88,12 +94,18 @@ async def test_non_streaming_sdk_call_translates_and_bills_usage_metadata(databa
         assert usage.prompt_tokens_details.cached_tokens == 3
 
         sent = fake.requests[-1]
-        assert sent.path == "/v1/projects/fake-project/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
+        assert (
+            sent.path
+            == "/v1/projects/fake-project/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
+        )
         assert sent.headers["x-goog-api-key"] == fake.api_key and "key" not in sent.query
         assert sent.json["systemInstruction"] == {"parts": [{"text": "You are terse."}]}
         assert sent.json["contents"] == [{"role": "user", "parts": [{"text": "Say something about foxes."}]}]
         assert sent.json["generationConfig"] == {
-            "maxOutputTokens": 65536, "temperature": 0.2, "topP": 0.9, "stopSequences": ["END"],
+            "maxOutputTokens": 65536,
+            "temperature": 0.2,
+            "topP": 0.9,
+            "stopSequences": ["END"],
             "thinkingConfig": {"thinkingBudget": 1024},
         }
 
@@ -102,22 +114,29 @@ async def test_non_streaming_sdk_call_translates_and_bills_usage_metadata(databa
         row = await only_row(gw, account)
         assert (row.status, row.provider, row.deployment, row.region) == ("ok", "vertex", "vertex-1", "us-central1")
         assert (row.prompt_tokens, row.completion_tokens, row.reasoning_tokens, row.cached_tokens, row.cost) == (
-            PROMPT, answer + 40, 40, 3, spent)
+            PROMPT,
+            answer + 40,
+            40,
+            3,
+            spent,
+        )
 
         config = tmp_path / "verify.toml"
         config.write_text(f'[storage]\nurl = "{database_url}"\n')
         verify = await trio.run_process(
             [str(Path(sys.executable).parent / "omixa"), "ledger", "verify", "--config", str(config)],
-            capture_stderr=True, check=False,
+            capture_stderr=True,
+            check=False,
         )
         assert verify.returncode == 0, verify.stderr
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
 async def test_streaming_sdk_call_gets_openai_chunks_and_done(database_url, include_usage):
-    async with open_fake_vertex(thoughts_tokens=25, chunk_delay=0.001) as fake, open_gateway(
-        database_url, deployments=[vertex_deployment(fake, location="global")]
-    ) as gw:
+    async with (
+        open_fake_vertex(thoughts_tokens=25, chunk_delay=0.001) as fake,
+        open_gateway(database_url, deployments=[vertex_deployment(fake, location="global")]) as gw,
+    ):
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
         extra = {"stream_options": {"include_usage": True}} if include_usage else {}
@@ -142,7 +161,10 @@ async def test_streaming_sdk_call_gets_openai_chunks_and_done(database_url, incl
         else:
             assert usage_chunks == []
         sent = fake.requests[-1]
-        assert sent.path == "/v1/projects/fake-project/locations/global/publishers/google/models/gemini-2.5-flash:streamGenerateContent"
+        assert (
+            sent.path
+            == "/v1/projects/fake-project/locations/global/publishers/google/models/gemini-2.5-flash:streamGenerateContent"
+        )
         assert sent.query == {"alt": "sse"}
         await books(gw, account, start, cost(PROMPT, answer))
         row = await only_row(gw, account)
@@ -154,7 +176,8 @@ async def test_the_stream_ends_with_done_and_never_relays_thoughts(database_url)
         _, key = await gw.funded_account("1.00")
         async with httpx.AsyncClient() as client:
             response = await client.post(
-                f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                f"{gw.base_url}/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
                 json={"model": MODEL, "messages": MESSAGES, "stream": True, "n": 2},
             )
         body = response.content
@@ -168,20 +191,25 @@ async def test_the_stream_ends_with_done_and_never_relays_thoughts(database_url)
         assert fake.requests[-1].json["generationConfig"]["candidateCount"] == 2
         # The catalog says which efforts a Gemini model takes (all six, mapped to thinking).
         async with httpx.AsyncClient() as client:
-            model = (await client.get(f"{gw.base_url}/models/{MODEL}", headers={"Authorization": f"Bearer {key}"})).json()
+            model = (
+                await client.get(f"{gw.base_url}/models/{MODEL}", headers={"Authorization": f"Bearer {key}"})
+            ).json()
         assert model["reasoning_efforts"] == ["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_blocked_prompt_answers_content_filter_and_pays_the_prompt(database_url, stream):
-    async with open_fake_vertex(block_reason="PROHIBITED_CONTENT") as fake, open_gateway(
-        database_url, deployments=[vertex_deployment(fake)]
-    ) as gw:
+    async with (
+        open_fake_vertex(block_reason="PROHIBITED_CONTENT") as fake,
+        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         client = sdk(gw, key)
         if stream:
-            chunks = await in_thread(lambda: list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)))
+            chunks = await in_thread(
+                lambda: list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+            )
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""
             assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "content_filter"
             refusal = "".join(c.choices[0].delta.refusal or "" for c in chunks if c.choices)
@@ -198,9 +226,10 @@ async def test_a_blocked_prompt_answers_content_filter_and_pays_the_prompt(datab
 
 
 async def test_max_tokens_maps_to_max_output_tokens_and_length(database_url):
-    async with open_fake_vertex(thoughts_tokens=4) as fake, open_gateway(
-        database_url, deployments=[vertex_deployment(fake)]
-    ) as gw:
+    async with (
+        open_fake_vertex(thoughts_tokens=4) as fake,
+        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         completion = await in_thread(sdk(gw, key).chat.completions.create, model=MODEL, messages=MESSAGES, max_tokens=9)
@@ -211,10 +240,17 @@ async def test_max_tokens_maps_to_max_output_tokens_and_length(database_url):
 
 
 async def test_vertex_rate_limit_fails_over_and_cools_the_deployment(database_url):
-    async with open_fake_vertex() as first, open_fake_vertex() as second, open_gateway(
-        database_url, deployments=[vertex_deployment(first, name="v-a", weight=100.0),
-                                   vertex_deployment(second, name="v-b", weight=0.001)],  # fmt: skip
-    ) as gw:
+    async with (
+        open_fake_vertex() as first,
+        open_fake_vertex() as second,
+        open_gateway(
+            database_url,
+            deployments=[
+                vertex_deployment(first, name="v-a", weight=100.0),
+                vertex_deployment(second, name="v-b", weight=0.001),
+            ],  # fmt: skip
+        ) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         retry = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "17s"}
@@ -232,19 +268,25 @@ async def test_vertex_rate_limit_fails_over_and_cools_the_deployment(database_ur
 
 @pytest.mark.parametrize(
     ("status", "code", "http"),
-    [(400, "invalid_request", 400), (403, "upstream_error", 502), (500, "upstream_error", 502),
-     (429, "no_healthy_deployment", 503)],  # fmt: skip
+    [
+        (400, "invalid_request", 400),
+        (403, "upstream_error", 502),
+        (500, "upstream_error", 502),
+        (429, "no_healthy_deployment", 503),
+    ],  # fmt: skip
 )
 async def test_vertex_errors_map_to_the_envelope_and_cost_nothing(database_url, status, code, http):
-    async with open_fake_vertex() as fake, open_gateway(
-        database_url, deployments=[vertex_deployment(fake)], upstream={"max_attempts": 1}
-    ) as gw:
+    async with (
+        open_fake_vertex() as fake,
+        open_gateway(database_url, deployments=[vertex_deployment(fake)], upstream={"max_attempts": 1}) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         fake.fail_next(status, [{"error": {"code": status, "message": "Vertex says no.", "status": "X"}}])
         async with httpx.AsyncClient() as client:
             response = await client.post(
-                f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                f"{gw.base_url}/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
                 json={"model": MODEL, "messages": MESSAGES, "stream": status == 500},
             )
         assert response.status_code == http, response.text
@@ -259,7 +301,11 @@ async def test_requests_gemini_cannot_take_are_refused_before_any_hold(database_
         account, key = await gw.funded_account("1.00")
         bad = [
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}
+                ]
+            },
             {"stop": ["a", "b", "c", "d", "e", "f"]},
             {"reasoning_effort": "extreme"},
             {"logprobs": True},
@@ -267,7 +313,8 @@ async def test_requests_gemini_cannot_take_are_refused_before_any_hold(database_
         async with httpx.AsyncClient() as client:
             for extra in bad:
                 response = await client.post(
-                    f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                    f"{gw.base_url}/chat/completions",
+                    headers={"Authorization": f"Bearer {key}"},
                     json={"model": MODEL, "messages": MESSAGES, **extra},
                 )
                 assert response.status_code == 400, extra
@@ -277,15 +324,22 @@ async def test_requests_gemini_cannot_take_are_refused_before_any_hold(database_
 
 
 async def test_a_client_leaving_a_vertex_stream_pays_prompt_and_delivered_tokens(database_url):
-    async with open_fake_vertex(chunks=6, stall_after=3) as fake, open_gateway(
-        database_url, deployments=[vertex_deployment(fake)], streaming={"flush_padding_bytes": 0},
-    ) as gw:
+    async with (
+        open_fake_vertex(chunks=6, stall_after=3) as fake,
+        open_gateway(
+            database_url,
+            deployments=[vertex_deployment(fake)],
+            streaming={"flush_padding_bytes": 0},
+        ) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         delivered = ""
         async with httpx.AsyncClient() as client:
             async with client.stream(
-                "POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                "POST",
+                f"{gw.base_url}/chat/completions",
+                headers={"Authorization": f"Bearer {key}"},
                 json={"model": MODEL, "messages": MESSAGES, "stream": True},
             ) as response:
                 buffer = b""
@@ -315,14 +369,23 @@ async def test_a_client_leaving_a_vertex_stream_pays_prompt_and_delivered_tokens
 
 
 async def test_a_vertex_stream_fails_over_before_content(database_url):
-    async with open_fake_vertex() as first, open_fake_vertex() as second, open_gateway(
-        database_url, deployments=[vertex_deployment(first, name="v-a", weight=100.0),
-                                   vertex_deployment(second, name="v-b", weight=0.001)],  # fmt: skip
-    ) as gw:
+    async with (
+        open_fake_vertex() as first,
+        open_fake_vertex() as second,
+        open_gateway(
+            database_url,
+            deployments=[
+                vertex_deployment(first, name="v-a", weight=100.0),
+                vertex_deployment(second, name="v-b", weight=0.001),
+            ],  # fmt: skip
+        ) as gw,
+    ):
         account, key = await gw.funded_account("1.00")
         start = (await gw.storage.get_wallet(account)).balance
         first.fail_next(503)
-        chunks = await in_thread(lambda: list(sdk(gw, key).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)))
+        chunks = await in_thread(
+            lambda: list(sdk(gw, key).chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+        )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == DEFAULT_REPLY
         assert (len(first.requests), len(second.requests)) == (1, 1)
         await books(gw, account, start, cost(PROMPT, count_text(DEFAULT_REPLY)))

@@ -35,7 +35,9 @@ def test_reasoning_effort_maps_per_family(model, effort):
 
 
 def test_no_effort_sends_no_thinking_config():
-    assert "generationConfig" not in gemini.to_gemini({"messages": [{"role": "user", "content": "hi"}]}, "gemini-2.5-pro")
+    assert "generationConfig" not in gemini.to_gemini(
+        {"messages": [{"role": "user", "content": "hi"}]}, "gemini-2.5-pro"
+    )
 
 
 def test_messages_become_contents_and_system_instruction():
@@ -60,8 +62,12 @@ def test_messages_become_contents_and_system_instruction():
         {"role": "user", "parts": [{"text": "Encore"}]},
     ]  # fmt: skip
     assert out["generationConfig"] == {
-        "candidateCount": 3, "presencePenalty": 0.5, "frequencyPenalty": 0.1, "seed": 7,
-        "stopSequences": ["STOP"], "responseMimeType": "application/json",
+        "candidateCount": 3,
+        "presencePenalty": 0.5,
+        "frequencyPenalty": 0.1,
+        "seed": 7,
+        "stopSequences": ["STOP"],
+        "responseMimeType": "application/json",
         "responseJsonSchema": {"type": "object"},
     }
 
@@ -76,7 +82,10 @@ def test_messages_become_contents_and_system_instruction():
         ({"temperature": "hot"}, "'temperature' must be a number"),
         ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "tool calls are not supported"),
         ({"messages": [{"role": "system", "content": "only"}]}, "at least one user or assistant"),
-        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "'input_audio' are not supported"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "'input_audio' are not supported",
+        ),
     ],
 )
 def test_what_gemini_cannot_take_is_refused_with_its_name(extra, message):
@@ -86,15 +95,25 @@ def test_what_gemini_cannot_take_is_refused_with_its_name(extra, message):
 
 
 def test_empty_tools_and_false_logprobs_ask_for_nothing():
-    gemini.check_request({"messages": [{"role": "user", "content": "hi"}], "tools": [], "logprobs": False, "logit_bias": {}})
+    gemini.check_request(
+        {"messages": [{"role": "user", "content": "hi"}], "tools": [], "logprobs": False, "logit_bias": {}}
+    )
 
 
 @pytest.mark.parametrize(
     ("vertex", "openai"),
-    [("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
-     ("RECITATION", "content_filter"), ("BLOCKLIST", "content_filter"),
-     ("PROHIBITED_CONTENT", "content_filter"), ("SPII", "content_filter"),
-     ("OTHER", "stop"), ("MALFORMED_FUNCTION_CALL", "stop"), ("LANGUAGE", "stop")],  # fmt: skip
+    [
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("BLOCKLIST", "content_filter"),
+        ("PROHIBITED_CONTENT", "content_filter"),
+        ("SPII", "content_filter"),
+        ("OTHER", "stop"),
+        ("MALFORMED_FUNCTION_CALL", "stop"),
+        ("LANGUAGE", "stop"),
+    ],  # fmt: skip
 )
 def test_finish_reasons(vertex, openai):
     answer, _ = gemini.to_completion(
@@ -106,10 +125,18 @@ def test_finish_reasons(vertex, openai):
 def test_usage_metadata_becomes_openai_usage():
     usage = gemini.usage_of({"promptTokenCount": 100, "candidatesTokenCount": 20, "thoughtsTokenCount": 30,
                              "cachedContentTokenCount": 60, "totalTokenCount": 150})  # fmt: skip
-    assert (usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens, usage.cached_tokens) == (100, 50, 30, 60)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens, usage.cached_tokens) == (
+        100,
+        50,
+        30,
+        60,
+    )
     assert gemini.openai_usage(usage) == {
-        "prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
-        "prompt_tokens_details": {"cached_tokens": 60}, "completion_tokens_details": {"reasoning_tokens": 30},
+        "prompt_tokens": 100,
+        "completion_tokens": 50,
+        "total_tokens": 150,
+        "prompt_tokens_details": {"cached_tokens": 60},
+        "completion_tokens_details": {"reasoning_tokens": 30},
     }
     assert gemini.usage_of(None) is None
 
@@ -123,14 +150,24 @@ def test_a_safety_stop_without_content_is_an_empty_content_filter_answer():
 @pytest.mark.parametrize(
     ("dep", "url"),
     [
-        (dict(location="us-central1", project="p1"),
-         "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-pro"),
-        (dict(location="global", project="p1"),
-         "https://aiplatform.googleapis.com/v1/projects/p1/locations/global/publishers/google/models/gemini-2.5-pro"),
-        (dict(location="global", api_key="k"),
-         "https://aiplatform.googleapis.com/v1/publishers/google/models/gemini-2.5-pro"),
-        (dict(location="europe-west4", project="p1", endpoint="http://127.0.0.1:9/", deployment="gemini-2.5-pro-002"),
-         "http://127.0.0.1:9/v1/projects/p1/locations/europe-west4/publishers/google/models/gemini-2.5-pro-002"),
+        (
+            dict(location="us-central1", project="p1"),
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-pro",
+        ),
+        (
+            dict(location="global", project="p1"),
+            "https://aiplatform.googleapis.com/v1/projects/p1/locations/global/publishers/google/models/gemini-2.5-pro",
+        ),
+        (
+            dict(location="global", api_key="k"),
+            "https://aiplatform.googleapis.com/v1/publishers/google/models/gemini-2.5-pro",
+        ),
+        (
+            dict(
+                location="europe-west4", project="p1", endpoint="http://127.0.0.1:9/", deployment="gemini-2.5-pro-002"
+            ),
+            "http://127.0.0.1:9/v1/projects/p1/locations/europe-west4/publishers/google/models/gemini-2.5-pro-002",
+        ),
     ],
 )
 def test_regional_global_and_express_urls(dep, url):
@@ -141,7 +178,11 @@ def test_vertex_error_bodies_give_status_message_and_retry_delay():
     body = [{"error": {"code": 429, "message": "Resource exhausted.", "status": "RESOURCE_EXHAUSTED",
                        "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "12.5s"}]}}]  # fmt: skip
     error = error_from_response(httpx.Response(429), json.dumps(body).encode())
-    assert (error.upstream_status, error.retry_after, error.message) == (429, 12.5, "RESOURCE_EXHAUSTED: Resource exhausted.")
+    assert (error.upstream_status, error.retry_after, error.message) == (
+        429,
+        12.5,
+        "RESOURCE_EXHAUSTED: Resource exhausted.",
+    )
     error = error_from_response(httpx.Response(503, headers={"retry-after": "3"}), b"<html>")
     assert (error.upstream_status, error.retry_after, error.message) == (503, 3.0, "Vertex answered HTTP 503.")
 

@@ -10,7 +10,6 @@ from decimal import Decimal
 import httpx
 import pytest
 import trio
-
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
 
@@ -52,9 +51,18 @@ async def test_top_up_is_off_unless_configured(database_url):
 @pytest.mark.parametrize(
     "body",
     [
-        {"amount": "-5"}, {"amount": "0"}, {"amount": "0.5"}, {"amount": "1000.01"},
-        {"amount": "1.0000000001"}, {"amount": "ten"}, {"amount": True}, {"amount": None}, {},
-        {"amount": "5", "currency": "EUR"}, ["5"], {"amount": [5]},
+        {"amount": "-5"},
+        {"amount": "0"},
+        {"amount": "0.5"},
+        {"amount": "1000.01"},
+        {"amount": "1.0000000001"},
+        {"amount": "ten"},
+        {"amount": True},
+        {"amount": None},
+        {},
+        {"amount": "5", "currency": "EUR"},
+        ["5"],
+        {"amount": [5]},
     ],
 )
 async def test_bad_top_ups_are_refused_and_change_nothing(database_url, body):
@@ -94,14 +102,20 @@ async def test_fifty_concurrent_top_ups_with_one_key_credit_once(database_url):
             reused = await client.post("/wallet/top-up", headers=headers, json={"amount": "20.00"})
             assert reused.status_code == 409
             assert reused.json()["error"]["code"] == "idempotency_key_reused"
-            fresh = await client.post("/wallet/top-up", headers={**auth(key), "Idempotency-Key": "order-1235"},
-                                      json={"amount": 2.5})
+            fresh = await client.post(
+                "/wallet/top-up", headers={**auth(key), "Idempotency-Key": "order-1235"}, json={"amount": 2.5}
+            )
             assert fresh.json()["transaction"]["balance_after"] == "13.50"
             # Without a key, each call credits.
             await client.post("/wallet/top-up", headers=auth(key), json={"amount": "1"})
             wallet = (await client.get("/wallet", headers=auth(key))).json()
-        assert wallet == {"object": "wallet", "balance": "14.50", "locked_balance": "0.00",
-                          "available": "14.50", "currency": "USD"}
+        assert wallet == {
+            "object": "wallet",
+            "balance": "14.50",
+            "locked_balance": "0.00",
+            "available": "14.50",
+            "currency": "USD",
+        }
         top_ups = [e for e in await gw.storage.ledger_entries(account) if e.type == "top_up"]
         assert len(top_ups) == 4
         assert await gw.storage.verify_ledger() == []
@@ -113,8 +127,11 @@ async def test_transactions_list_every_movement_newest_first_and_page_stably(dat
         async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
             for _ in range(3):
                 # A cap above the answer's length: the unused part of the hold is released.
-                response = await client.post("/chat/completions", headers=auth(key),
-                                             json={"model": MODEL, "messages": MESSAGES, "max_tokens": 500})
+                response = await client.post(
+                    "/chat/completions",
+                    headers=auth(key),
+                    json={"model": MODEL, "messages": MESSAGES, "max_tokens": 500},
+                )
                 assert response.status_code == 200
             everything = await walk(client, "/wallet/transactions", key, limit=100)
             # A chat call is a hold, a charge and a release; the seed is a top-up.
@@ -178,15 +195,18 @@ async def test_usage_requests_rollups_and_ledger_agree(database_url):
             only_ok = await walk(client, "/usage/requests", key, status="ok")
             assert len(only_ok) == 5
             assert await walk(client, "/usage/requests", key, model="gpt-4o") == []
-            future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
+            future = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
             assert await walk(client, "/usage/requests", key, since=future) == []
             assert len(await walk(client, "/usage/requests", key, until=future)) == 6
             bad = await client.get("/usage/requests", headers=auth(key), params={"since": "yesterday"})
             assert bad.status_code == 400
 
             hours = (await client.get("/usage/rollups", headers=auth(key), params={"granularity": "hour"})).json()
-            days = (await client.get("/usage/rollups", headers=auth(key),
-                                     params={"granularity": "day", "group_by": "model"})).json()
+            days = (
+                await client.get(
+                    "/usage/rollups", headers=auth(key), params={"granularity": "day", "group_by": "model"}
+                )
+            ).json()
         request_cost = sum(Decimal(r["cost"]) for r in logs)
         charges = sum(e.amount for e in await gw.storage.ledger_entries(account) if e.type == "charge")
         assert request_cost == Decimal(charges) / 10**9 > 0
@@ -207,8 +227,9 @@ async def test_another_accounts_ids_are_not_found(database_url):
         _, key_a = await gw.funded_account("1.00")
         _, key_b = await gw.funded_account("1.00")
         async with httpx.AsyncClient(base_url=gw.base_url, timeout=30) as client:
-            response = await client.post("/chat/completions", headers=auth(key_a),
-                                         json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5})
+            response = await client.post(
+                "/chat/completions", headers=auth(key_a), json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5}
+            )
             request_id = response.headers["x-request-id"]
             await gw.flushed()
             txn = (await client.get("/wallet/transactions", headers=auth(key_a))).json()["data"][0]["id"]
@@ -216,8 +237,7 @@ async def test_another_accounts_ids_are_not_found(database_url):
                 assert (await client.get(path, headers=auth(key_a))).status_code == 200
                 other = await client.get(path, headers=auth(key_b))
                 assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
-            for path, params in (("/usage/requests", {"after": request_id}),
-                                 ("/wallet/transactions", {"after": txn})):
+            for path, params in (("/usage/requests", {"after": request_id}), ("/wallet/transactions", {"after": txn})):
                 assert (await client.get(path, headers=auth(key_b), params=params)).status_code == 404
             assert await walk(client, "/usage/requests", key_b) == []
             b_rollups = (await client.get("/usage/rollups", headers=auth(key_b))).json()

@@ -21,7 +21,6 @@ from werkzeug.exceptions import HTTPException
 
 from omixa.engine.chat import Caller
 from omixa.engine.deployment import DeploymentActor
-from omixa.engine.intake import decode_json
 from omixa.engine.errors import (
     InternalError,
     InvalidApiKey,
@@ -31,15 +30,15 @@ from omixa.engine.errors import (
     OmixaError,
     RequestTooLarge,
 )
+from omixa.engine.intake import decode_json
 from omixa.engine.keylimits import fleet_views, format_reset
 from omixa.engine.money import format_usd
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
-from omixa.web import catalog_routes, model_calls
+from omixa.web import catalog_routes, dashboard, model_calls, signing, wallet_api
 from omixa.web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from omixa.web import dashboard, signing, wallet_api
-from omixa.web.openapi import openapi_document
 from omixa.web.lifecycle import CLOSERS_KEY, NURSERY_KEY
+from omixa.web.openapi import openapi_document
 
 log = logging.getLogger("omixa.web")
 
@@ -129,13 +128,15 @@ def create_app(engine: Engine) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return json_response({
-            "status": "ok",
-            "deployments": len(engine.deployments),
-            # Request logs waiting for the database, and those lost past usage.buffer_limit.
-            "usage_backlog": engine.usage.backlog,
-            "usage_dropped": engine.usage.dropped,
-        })
+        return json_response(
+            {
+                "status": "ok",
+                "deployments": len(engine.deployments),
+                # Request logs waiting for the database, and those lost past usage.buffer_limit.
+                "usage_backlog": engine.usage.backlog,
+                "usage_dropped": engine.usage.dropped,
+            }
+        )
 
     admin_token = os.environ.get("OMIXA_ADMIN_TOKEN", "")
 
@@ -148,13 +149,14 @@ def create_app(engine: Engine) -> QuartTrio:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
             raise InvalidApiKey("Send the admin token as 'Authorization: Bearer ...'.")
         now = trio.current_time()
-        return json_response({"object": "list", "data": [
-            _deployment_view(actor, now) for actor in engine.deployments
-        ]})
+        return json_response({"object": "list", "data": [_deployment_view(actor, now) for actor in engine.deployments]})
 
     catalog_routes.register(app, engine, authenticate)
     model_calls.register(
-        app, engine, authenticate=authenticate, read_body=partial(signing.raw_body, max_body, cache=False),
+        app,
+        engine,
+        authenticate=authenticate,
+        read_body=partial(signing.raw_body, max_body, cache=False),
         request_id=_request_id,
     )
 
@@ -186,7 +188,8 @@ def create_app(engine: Engine) -> QuartTrio:
         g.key = key
         chat = engine.chat
         parsed = await engine.intake.take(
-            key, request.content_length,
+            key,
+            request.content_length,
             partial(signing.raw_body, max_body, cache=False),  # the signing hook's bytes, if it read them
             chat.parser(),
         )
@@ -226,9 +229,7 @@ def _deployment_view(actor: DeploymentActor, now: float) -> dict[str, Any]:
         "requests": snap.requests,
         "failures": snap.failures,
         "tokens_used": snap.tokens_used,
-        "windows": {
-            name: {"used": view.used, "limit": view.limit} for name, view in snap.windows.items()
-        },
+        "windows": {name: {"used": view.used, "limit": view.limit} for name, view in snap.windows.items()},
         "latency_ms": round(snap.latency_s * 1000, 1) if snap.latency_s is not None else None,
         "last_outcome": snap.last_outcome,
         "last_error": snap.last_error,

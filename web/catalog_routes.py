@@ -9,7 +9,8 @@ model has one).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from quart import Response
 from quart_trio import QuartTrio

@@ -11,8 +11,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 import trio_asyncio
@@ -33,9 +34,7 @@ class UsageError(Exception):
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # One line per request comes from omixa.request; httpx would add its own for each call.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -87,7 +86,12 @@ def _print(**values: Any) -> None:
 
 # -- commands -----------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from omixa.web.server import Gateway, freeze_start_up_objects, limit_malloc_arenas, run_gateway  # loads only when serving
+    from omixa.web.server import (
+        Gateway,
+        freeze_start_up_objects,
+        limit_malloc_arenas,
+        run_gateway,
+    )  # loads only when serving
 
     limit_malloc_arenas()
 
@@ -213,8 +217,11 @@ def cmd_key_rotate_secret(args: argparse.Namespace) -> int:
         _print(OMIXA_SIGNING_SECRET=secret)
         print(
             "Store the signing secret now: it is not shown again. "
-            + (f"The previous one keeps working for {grace:g} seconds." if grace > 0
-               else "The previous one no longer works."),
+            + (
+                f"The previous one keeps working for {grace:g} seconds."
+                if grace > 0
+                else "The previous one no longer works."
+            ),
             file=sys.stderr,
         )
         return 0
@@ -264,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omixa", description="Omixa LLM gateway")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help: str, parent: Any = sub) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, parent: Any = sub
+    ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help)
         p.add_argument("--config", help="config file (default: $OMIXA_CONFIG, else config/omixa.toml)")
         p.set_defaults(func=func)
@@ -313,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rpm", type=int, help="requests per minute (default: [limits] key_rpm; 0: none)")
     p.add_argument("--tpm", type=int, help="tokens per minute (default: [limits] key_tpm; 0: none)")
     p.add_argument(
-        "--require-signature", action="store_true",
+        "--require-signature",
+        action="store_true",
         help="every request with this key must be signed (needs OMIXA_SECRET_KEY)",
     )
     p = command("revoke", cmd_key_revoke, "revoke a key at once", key)
@@ -321,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("rotate-secret", cmd_key_rotate_secret, "issue a new signing secret (printed once)", key)
     p.add_argument("key_id")
     p.add_argument(
-        "--grace-seconds", type=float,
+        "--grace-seconds",
+        type=float,
         help="how long the previous secret keeps working (default: [security] secret_grace_seconds; 0: not at all)",
     )
 

@@ -34,7 +34,8 @@ arrives before the app's last ``send`` reaches the app as before, and cancels th
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 

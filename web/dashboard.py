@@ -6,16 +6,16 @@ polls JSON feeds under ``/usage/data`` that are built from the same engine calls
 renderings as the ``/api/v1`` wallet and usage routes, so the dashboard shows the API's
 numbers exactly.
 
-Sessions. Signing in with an API key records a session in the database (a random id, the
-key, an expiry ``dashboard.session_hours`` ahead) and sets one cookie, ``omixa_session``:
-that id and a CSRF token, signed with itsdangerous (HMAC-SHA1 over the server's session
-secret) and timestamped. It is HttpOnly, SameSite=Strict, Secure when the request came over
-HTTPS (or ``dashboard.secure_cookie``), and expires with the session. Every request looks
-the session and its key up again: signing out deletes the session, so its cookie stops
-working at once in every process (also a copy of it), and a revoked key ends its sessions
-at once. A key that must sign its requests (the key's flag or
-``OMIXA_REQUIRE_SIGNATURE``) cannot sign in: a session would let the key alone spend. The secret comes from ``OMIXA_SESSION_SECRET``; without
-it each process draws a random one (sessions then end at restart and do not cross processes).
+Sessions. Signing in with an API key records a session in the database (a random id, the key,
+an expiry ``dashboard.session_hours`` ahead) and sets one cookie, ``omixa_session``: that id
+and a CSRF token, signed with itsdangerous (HMAC-SHA1 over the server's session secret) and
+timestamped. It is HttpOnly, SameSite=Strict, Secure when the request came over HTTPS (or
+``dashboard.secure_cookie``), and expires with the session. Every request looks the session and
+its key up again: signing out deletes the session, so its cookie stops working at once in every
+process (also a copy of it), and a revoked key ends its sessions at once. A key that must sign
+its requests (the key's flag or ``OMIXA_REQUIRE_SIGNATURE``) cannot sign in: a session would
+let the key alone spend. The secret comes from ``OMIXA_SESSION_SECRET``; without it each
+process draws a random one (sessions then end at restart and do not cross processes).
 
 CSRF. Every state-changing request (sign-in, sign-out, the playground's chat call) must carry
 a token: the session's, in a form field or the ``X-CSRF-Token`` header; for sign-in, where no
@@ -30,9 +30,10 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
-from typing import Any, Awaitable, Callable
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from quart import Response, g, redirect, render_template, request
@@ -140,8 +141,12 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 
     async def page(template: str, key: ApiKeyRecord | None, csrf: str = "", **context: Any) -> Response:
         html = await render_template(
-            template, csrf=csrf, signed_in=key is not None,
-            key_prefix=key.prefix if key else "", poll_seconds=config.poll_seconds, **context,
+            template,
+            csrf=csrf,
+            signed_in=key is not None,
+            key_prefix=key.prefix if key else "",
+            poll_seconds=config.poll_seconds,
+            **context,
         )
         return Response(html, content_type="text/html; charset=utf-8", headers=SECURITY_HEADERS)
 
@@ -173,8 +178,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         except InvalidApiKey as exc:
             token = secrets.token_urlsafe(24)
             message = exc.message if isinstance(exc, SignatureKey) else "That key is not valid or was revoked."
-            response = await page("signin.html", None, csrf=token, error=message,
-                                  next=_safe_next(form.get("next")))
+            response = await page("signin.html", None, csrf=token, error=message, next=_safe_next(form.get("next")))
             response.status_code = 401
             set_cookie(response, SIGNIN_COOKIE, token, 3600)
             return response
@@ -241,20 +245,24 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         by_model: dict[str, list] = {}
         for bucket in per_model:
             by_model.setdefault(bucket.model or "", []).append(bucket)
-        models = [
-            {"model": model, **_totals(rows)} for model, rows in sorted(by_model.items())
-        ]
-        return json_response({
-            "wallet": {"balance": format_usd(wallet.balance), "locked_balance": format_usd(wallet.locked),
-                       "available": format_usd(wallet.available), "currency": "USD"},
-            "granularity": granularity,
-            "since": iso(since),
-            "until": iso(until),
-            "buckets": [bucket_view(b, STEP[granularity]) for b in buckets],
-            "totals": _totals(buckets),
-            "models": sorted(models, key=lambda m: -m["requests"]),
-            "latest": [request_view(r) for r in latest.data],
-        })
+        models = [{"model": model, **_totals(rows)} for model, rows in sorted(by_model.items())]
+        return json_response(
+            {
+                "wallet": {
+                    "balance": format_usd(wallet.balance),
+                    "locked_balance": format_usd(wallet.locked),
+                    "available": format_usd(wallet.available),
+                    "currency": "USD",
+                },
+                "granularity": granularity,
+                "since": iso(since),
+                "until": iso(until),
+                "buckets": [bucket_view(b, STEP[granularity]) for b in buckets],
+                "totals": _totals(buckets),
+                "models": sorted(models, key=lambda m: -m["requests"]),
+                "latest": [request_view(r) for r in latest.data],
+            }
+        )
 
     @app.get("/usage/data/requests/<request_id>")
     async def usage_data_request(request_id: str) -> Response:

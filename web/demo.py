@@ -35,8 +35,7 @@ def demo_config(port: int, data_dir: Path):
             # The demo's developer may top up their own wallet (POST /api/v1/wallet/top-up).
             "wallet": {"self_top_up": True},
             "deployments": [
-                {"name": f"simulated-{m}", "model": m, "provider": "simulator", "region": "local"}
-                for m in models
+                {"name": f"simulated-{m}", "model": m, "provider": "simulator", "region": "local"} for m in models
             ],
         },
         base_dir=data_dir,
@@ -67,9 +66,9 @@ async def run_demo(port: int, data_dir: str | None) -> int:
             print(f"OMIXA_SIGNING_SECRET={key.signing_secret}", flush=True)
         print(
             f"Omixa demo: data in {folder}; try\n"
-            f"  curl {gateway.base_url}/chat/completions -H \"Authorization: Bearer $OMIXA_API_KEY\" "
+            f'  curl {gateway.base_url}/chat/completions -H "Authorization: Bearer $OMIXA_API_KEY" '
             "-H 'Content-Type: application/json' "
-            "-d '{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"
+            '-d \'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}\'\n'
             "Press Ctrl+C to stop.",
             file=sys.stderr,
             flush=True,

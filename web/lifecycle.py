@@ -13,7 +13,8 @@ The wrapper runs around the whole request, from the first byte received to the l
 from __future__ import annotations
 
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 

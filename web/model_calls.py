@@ -8,8 +8,9 @@ differ (:mod:`engine.embeddings`, :mod:`engine.images`). The answer is the upstr
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
@@ -40,7 +41,9 @@ def register(
     async def call(parse: Callable[..., Any]) -> Response:
         key = await authenticate()
         parsed = await engine.intake.take(
-            key, request.content_length, read_body,
+            key,
+            request.content_length,
+            read_body,
             partial(parse, catalog=engine.catalog, enabled=engine.router.models()),
         )
         g.model = parsed.model.id  # for the rate-limit headers

@@ -18,8 +18,8 @@ import gc
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import attrs
 import hypercorn.trio
@@ -156,7 +156,8 @@ async def run_gateway(
             async with open_engine(config, storage) as engine:
                 app = ConnectionGuard(
                     RequestScope(create_app(engine)),
-                    drain_bytes=drain_bytes(config), drain_seconds=DRAIN_SECONDS,
+                    drain_bytes=drain_bytes(config),
+                    drain_seconds=DRAIN_SECONDS,
                 )
 
                 async def shutdown() -> None:
@@ -165,16 +166,16 @@ async def run_gateway(
 
                 async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn.trio.serve(
-                        app, hypercorn_config(config, host, port),
-                        shutdown_trigger=shutdown, task_status=task_status,
+                        app,
+                        hypercorn_config(config, host, port),
+                        shutdown_trigger=shutdown,
+                        task_status=task_status,
                     )
                     nursery.cancel_scope.cancel()  # the server is done: stop the watcher
 
                 async with trio.open_nursery() as nursery:
                     binds = await nursery.start(serve)
                     if config_path is not None:
-                        nursery.start_soon(
-                            watch_config, engine, config_path, config.server.reload_poll_seconds
-                        )
+                        nursery.start_soon(watch_config, engine, config_path, config.server.reload_poll_seconds)
                     root = binds[0]
                     task_status.started(Gateway(base_url=f"{root}/api/v1", root_url=root, engine=engine))

@@ -10,7 +10,8 @@ Unknown query parameters are refused, so a typo never silently widens a filter.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -29,20 +30,20 @@ MAX_FILTER_CHARS = 128
 
 
 def iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # Times a filter may name: from the Unix epoch to the start of year 9000, so that a range
 # around one (a default span, a rounded bucket) stays a valid datetime.
-EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc)
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def parse_time(name: str, value: str) -> dt.datetime:
     """Unix seconds or RFC 3339 with a timezone, from 1970 to 9000. Errors: InvalidRequest."""
     try:
         if value.isascii() and value.isdigit():
-            moment: dt.datetime | None = dt.datetime.fromtimestamp(int(value), dt.timezone.utc)
+            moment: dt.datetime | None = dt.datetime.fromtimestamp(int(value), dt.UTC)
         else:
             moment = dt.datetime.fromisoformat(value)
     except (ValueError, OverflowError, OSError):
@@ -153,7 +154,9 @@ def _transaction_id(value: str) -> int:
 
 
 def register(
-    app: QuartTrio, engine: Engine, authenticate: Callable[[], Awaitable[ApiKeyRecord]],
+    app: QuartTrio,
+    engine: Engine,
+    authenticate: Callable[[], Awaitable[ApiKeyRecord]],
     json_body: Callable[[], Awaitable[Any]],
 ) -> None:
     reports = engine.reports
@@ -167,8 +170,11 @@ def register(
         result = await reports.top_up(key.account_id, body.get("amount"), request.headers.get(IDEMPOTENCY_HEADER))
         headers = {REPLAYED_HEADER: "true"} if result.replayed else None
         return json_response(
-            {"object": "wallet.top_up", "amount": format_usd(result.entry.amount),
-             "transaction": transaction_view(result.entry)},
+            {
+                "object": "wallet.top_up",
+                "amount": format_usd(result.entry.amount),
+                "transaction": transaction_view(result.entry),
+            },
             headers=headers,
         )
 
@@ -191,7 +197,9 @@ def register(
         key = await authenticate()
         params = query_params(("limit", "after", "model", "status", "since", "until"))
         query = RequestLogFilter(
-            account_id=key.account_id, limit=_limit(params), model=params.get("model"),
+            account_id=key.account_id,
+            limit=_limit(params),
+            model=params.get("model"),
             status=params.get("status"),
             since=parse_time("since", params["since"]) if "since" in params else None,
             until=parse_time("until", params["until"]) if "until" in params else None,
@@ -214,15 +222,19 @@ def register(
         if group_by not in (None, "model"):
             raise InvalidRequest("group_by must be 'model' (or absent: every model together).")
         since, until, buckets = await reports.rollups(
-            key.account_id, granularity=granularity,
+            key.account_id,
+            granularity=granularity,
             since=parse_time("since", params["since"]) if "since" in params else None,
             until=parse_time("until", params["until"]) if "until" in params else None,
-            model=params.get("model"), by_model=group_by == "model",
+            model=params.get("model"),
+            by_model=group_by == "model",
         )
-        return json_response({
-            "object": "list",
-            "granularity": granularity,
-            "since": iso(since),
-            "until": iso(until),
-            "data": [bucket_view(b, STEP[granularity]) for b in buckets],
-        })
+        return json_response(
+            {
+                "object": "list",
+                "granularity": granularity,
+                "since": iso(since),
+                "until": iso(until),
+                "data": [bucket_view(b, STEP[granularity]) for b in buckets],
+            }
+        )

@@ -33,8 +33,18 @@ OUT = Path(__file__).resolve().parent
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--dest", tmp, WHEEL],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                tmp,
+                WHEEL,
+            ],
             check=True,
         )
         (wheel,) = Path(tmp).glob("bpe_openai-*.whl")

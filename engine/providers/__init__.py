@@ -11,8 +11,8 @@ from omixa.engine.providers._http import HttpClients, set_read_size
 from omixa.engine.providers.azure import AzureProvider
 from omixa.engine.providers.base import Completion, Provider, SseEvent, Usage
 from omixa.engine.providers.simulator import SimulatorProvider
-from omixa.engine.providers.vertex import VertexProvider
 from omixa.engine.providers.sse import SseParser, iter_sse
+from omixa.engine.providers.vertex import VertexProvider
 
 __all__ = [
     "AzureProvider",
@@ -45,4 +45,3 @@ def build_provider(
         return VertexProvider(deployment, upstream, clients)
     client = clients.for_endpoint(deployment.endpoint) if clients is not None else None
     return AzureProvider(deployment, upstream, client)
-

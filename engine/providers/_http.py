@@ -27,7 +27,8 @@ import contextlib
 import functools
 import os
 import ssl
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
 
 import attrs
 import httpcore
@@ -44,7 +45,7 @@ _CLOSE_SECONDS = 5.0
 ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
 
 
-def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = True) -> "UpstreamClient":
+def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = True) -> UpstreamClient:
     """A pooled HTTP/1.1 client sized and timed from the ``[upstream]`` config.
 
     HTTP/2 stays off: httpcore does not reset a cancelled HTTP/2 stream, so the upstream would
@@ -412,13 +413,13 @@ async def open_streamed(
     successful answer's body, as an iterator of byte chunks.
 
     Like :func:`post_answer`, this calls the client's httpcore pool directly. Entering
-    (``prepare`` included, e.g. fetching a token) waits at most ``head_timeout`` for the
-    head (UpstreamTimeout); a failed status is the provider's error (``error_from``). The
-    answer is owned here, never by the body's iterator, so it is closed on every exit path
-    (an ``aclose()`` on a generator that never started skips its ``finally``, so a response
-    held by one leaks when the client goes early). The body is read in ``streaming.chunk_bytes`` reads (:func:`stream_reads`); its
-    iterator raises one of ``STREAM_ERRORS`` when the connection breaks. A body the
-    upstream compressed although we asked for none is decoded by httpx.
+    (``prepare`` included, e.g. fetching a token) waits at most ``head_timeout`` for the head
+    (UpstreamTimeout); a failed status is the provider's error (``error_from``). The answer is
+    owned here, never by the body's iterator, so it is closed on every exit path (an
+    ``aclose()`` on a generator that never started skips its ``finally``, so a response held by
+    one leaks when the client goes early). The body is read in ``streaming.chunk_bytes`` reads
+    (:func:`stream_reads`); its iterator raises one of ``STREAM_ERRORS`` when the connection
+    breaks. A body the upstream compressed although we asked for none is decoded by httpx.
     """
     answer = None
     with trio.move_on_after(head_timeout):

@@ -21,8 +21,9 @@ import json
 import re
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -177,7 +178,7 @@ class _Events:
         self._parser = SseParser()
         self._pending: deque[SseEvent] = deque()
 
-    def __aiter__(self) -> "_Events":
+    def __aiter__(self) -> _Events:
         return self
 
     async def __anext__(self) -> SseEvent:
@@ -209,9 +210,7 @@ def error_from_response(response: httpx.Response, raw: bytes) -> UpstreamError:
         message = f"Upstream answered HTTP {status}."
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    return UpstreamError(
-        message, upstream_status=status, retry_after=parse_retry_after(response.headers, raw)
-    )
+    return UpstreamError(message, upstream_status=status, retry_after=parse_retry_after(response.headers, raw))
 
 
 def parse_retry_after(headers: httpx.Headers, raw: bytes = b"") -> float | None:

@@ -17,8 +17,9 @@ stops generating billed tokens.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -48,7 +49,7 @@ class Usage:
     reasoning_tokens: int = 0
 
     @classmethod
-    def from_openai(cls, usage: Any) -> "Usage | None":
+    def from_openai(cls, usage: Any) -> Usage | None:
         """Read an OpenAI ``usage`` object; None if it is missing or malformed."""
         if not isinstance(usage, dict):
             return None
@@ -105,9 +106,7 @@ class Provider(Protocol):
         """Send a non-streaming chat completion and return the parsed answer."""
         ...
 
-    def open_stream(
-        self, body: dict[str, Any]
-    ) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+    def open_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
         """Start a streaming chat completion.
 
         Entering the context sends the request and waits for the response head (raising

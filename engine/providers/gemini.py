@@ -26,7 +26,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from omixa.engine.errors import InvalidRequest, UpstreamError
 from omixa.engine.providers.base import Usage
@@ -212,8 +213,7 @@ def _parts(content: Any, where: str) -> Iterable[dict[str, Any]]:
             yield {"inlineData": {"mimeType": match.group(1), "data": match.group(2)}}
         else:
             raise InvalidRequest(
-                f"{where}.content[{j}]: content parts of type {kind!r} are not supported "
-                "for Vertex Gemini models."
+                f"{where}.content[{j}]: content parts of type {kind!r} are not supported for Vertex Gemini models."
             )
 
 

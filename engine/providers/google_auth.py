@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 import httpx
@@ -66,7 +67,7 @@ def load_service_account(path: str | Path) -> ServiceAccount:
     except ValueError:
         raise ValueError(f"{path}: the service account file is not JSON") from None
     if not isinstance(raw, dict) or raw.get("type") != "service_account":
-        raise ValueError(f"{path}: not a service account key (\"type\" must be \"service_account\")")
+        raise ValueError(f'{path}: not a service account key ("type" must be "service_account")')
     for key in ("client_email", "private_key", "token_uri"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ValueError(f"{path}: {key} is missing")

@@ -29,8 +29,9 @@ import secrets
 import struct
 import time
 import zlib
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import trio
 
@@ -241,7 +242,7 @@ class _SimStream:
         self._every_ms = every_ms
         self._index = 0
 
-    def __aiter__(self) -> "_SimStream":
+    def __aiter__(self) -> _SimStream:
         return self
 
     async def __anext__(self) -> SseEvent:

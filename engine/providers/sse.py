@@ -19,7 +19,7 @@ line, and the unconsumed tail is trimmed once per ``feed`` call, so nothing is r
 
 from __future__ import annotations
 
-from typing import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 from omixa.engine.errors import UpstreamError
 from omixa.engine.providers.base import SseEvent, decode_upstream_json
@@ -159,9 +159,7 @@ def _data_event(raw: bytes, payload: bytes) -> SseEvent:
     return SseEvent(raw=raw, data=data)
 
 
-async def iter_sse(
-    chunks: AsyncIterable[bytes], *, max_buffer: int = MAX_BUFFER_BYTES
-) -> AsyncIterator[SseEvent]:
+async def iter_sse(chunks: AsyncIterable[bytes], *, max_buffer: int = MAX_BUFFER_BYTES) -> AsyncIterator[SseEvent]:
     """Parse an async iterable of byte chunks into events, yielding each as soon as complete.
 
     Errors: UpstreamError as :class:`SseParser` (including a stream cut inside an event).

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -142,7 +143,9 @@ class VertexProvider:
         async def prepare() -> tuple[dict[str, str], bytes]:  # a token fetch counts towards the head's bound
             return await self._prepare(unsent.pop())
 
-        async with open_streamed(self._client, self._stream_url, prepare, self._head_timeout, error_from_response) as chunks:
+        async with open_streamed(
+            self._client, self._stream_url, prepare, self._head_timeout, error_from_response
+        ) as chunks:
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
             yield _Chunks(chunks, encoder)
 
@@ -174,7 +177,7 @@ class _Chunks:
         self._pending: deque[SseEvent] = deque()
         self._ended = False
 
-    def __aiter__(self) -> "_Chunks":
+    def __aiter__(self) -> _Chunks:
         return self
 
     async def __anext__(self) -> SseEvent:
