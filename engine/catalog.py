@@ -24,8 +24,8 @@ import attrs
 import cattrs
 
 from omixa.engine.money import parse_usd
-from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import IMAGE_PART_TOKENS
+from omixa.engine.upstream import Usage
 
 MILLION = 1_000_000
 _REPO_CATALOG = Path(__file__).resolve().parent.parent / "config" / "models.toml"

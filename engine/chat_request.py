@@ -23,8 +23,8 @@ from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
 from omixa.engine.providers import gemini
-from omixa.engine.providers.base import Completion, Provider, Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Completion, Provider, Usage
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_CHOICES = 16

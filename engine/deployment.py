@@ -31,7 +31,7 @@ import trio
 from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.engine.mailbox import Reply, ask
-from omixa.engine.providers.base import Provider, Usage
+from omixa.engine.upstream import Provider, Usage
 from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
 
 log = logging.getLogger("omixa.deployment")

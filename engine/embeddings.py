@@ -21,8 +21,8 @@ from omixa.engine.catalog import Catalog, ModelInfo, cost_of
 from omixa.engine.chat_request import resolve_model
 from omixa.engine.errors import InvalidRequest
 from omixa.engine.model_call import PlainCall
-from omixa.engine.providers.base import Completion, Provider, Usage
 from omixa.engine.tokens import count_text
+from omixa.engine.upstream import Completion, Provider, Usage
 
 # OpenAI's limits: inputs per request, and tokens over all inputs of one request.
 MAX_INPUTS = 2048

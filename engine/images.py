@@ -25,8 +25,8 @@ from omixa.engine.catalog import MILLION, Catalog, ModelInfo, Prices
 from omixa.engine.chat_request import resolve_model
 from omixa.engine.errors import InvalidRequest
 from omixa.engine.model_call import PlainCall
-from omixa.engine.providers.base import MAX_REPORTED_TOKENS, Completion, Provider, Usage
 from omixa.engine.tokens import count_text
+from omixa.engine.upstream import MAX_REPORTED_TOKENS, Completion, Provider, Usage
 
 MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000

@@ -20,7 +20,7 @@ that its limits or its wallet would refuse anyway:
    thread hop.
 
 The key's tokens per minute are counted later, once the request's estimate is known
-(:mod:`engine.chat`).
+(:mod:`engine.exchange`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import trio
 from omixa.engine.accounts import Accounts
 from omixa.engine.errors import InsufficientBalance, InvalidRequest
 from omixa.engine.keylimits import KeyLimiter
-from omixa.engine.providers.base import refuse_json_constant
+from omixa.engine.upstream import refuse_json_constant
 from omixa.storage import ApiKeyRecord
 
 T = TypeVar("T")

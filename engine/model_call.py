@@ -1,4 +1,4 @@
-"""What the shared paid-call path (:mod:`engine.chat`) needs of a checked request.
+"""What the shared paid-call path (:mod:`engine.exchange`) needs of a checked request.
 
 Chat completions (:class:`~engine.chat_request.ChatRequest`), embeddings
 (:class:`~engine.embeddings.EmbeddingRequest`) and image generations
@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from omixa.engine.catalog import ModelInfo, Prices
 from omixa.engine.config import DeploymentConfig
-from omixa.engine.providers.base import Completion, Provider, Usage
+from omixa.engine.upstream import Completion, Provider, Usage
 
 
 class ModelCall(Protocol):

@@ -23,27 +23,28 @@ otherwise nothing.
 The upstream is read by a pump task in the request's own nursery, so the relay can wait
 for the next event with a deadline (heartbeats, idle timeout) without ever cancelling a
 read half-way. The relay owns the upstream response: :meth:`StreamRelay.aclose`, which the
-web layer guarantees to call, stops the pump, closes the connection and settles the request
-as ``client_closed`` (``interrupted`` during shutdown) if it had not finished.
+web layer guarantees to call, stops the pump, closes the connection and ends the request
+as ``client_closed`` (``interrupted`` during shutdown) if it had not ended.
+
+The relay moves bytes and nothing else: what the stream means for money, limits and the
+deployments' health is its owner's (:class:`StreamOwner`, implemented by
+:class:`engine.exchange.Exchange`), to which it reports.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import attrs
 import trio
 
 from omixa.engine.config import StreamingConfig
 from omixa.engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
-from omixa.engine.providers.base import SseEvent, Usage
-
-if TYPE_CHECKING:
-    from omixa.engine.chat import Exchange
+from omixa.engine.upstream import SseEvent, Usage
 
 log = logging.getLogger("omixa.relay")
 
@@ -57,6 +58,43 @@ READ_AHEAD = 16
 COALESCE_BYTES = 16384
 # Delivered text pieces joined into one string (see _Delivered).
 PIECES_PER_BLOCK = 64
+
+
+@attrs.frozen
+class OpenedStream:
+    """An upstream stream whose response head arrived: the adapter's context (entered) and
+    its events. Whoever holds it must close ``stream``."""
+
+    stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]]
+    events: AsyncIterator[SseEvent]
+
+
+class StreamOwner(Protocol):
+    """What the relay reports to, and asks, the request it serves."""
+
+    request_id: str
+
+    def may_fail_over(self, failure: OmixaError) -> bool:
+        """Whether another deployment may take over after ``failure``."""
+        ...
+
+    async def fail_over(self, failure: OmixaError) -> OpenedStream | None:
+        """Another deployment's stream (the failed one is closed), or None: ``failure`` stands."""
+        ...
+
+    def tier_reported(self, tier: str) -> None: ...
+
+    def content_started(self) -> None:
+        """The first content is going out; no other deployment may answer from here on."""
+        ...
+
+    def cancelled_status(self) -> str: ...
+
+    async def stream_ended(
+        self, status: str, *, usage: Usage | None, delivered: str, charge: bool, failure: OmixaError | None
+    ) -> None:
+        """Settle and record, once. Shielded and bounded; never raises."""
+        ...
 
 
 def error_event(exc: OmixaError, request_id: str) -> bytes:
@@ -105,11 +143,9 @@ class _Delivered:
 class _Upstream:
     """One attempt's upstream response and the pump task that reads it into a channel."""
 
-    def __init__(
-        self, stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]], events: AsyncIterator[SseEvent]
-    ) -> None:
-        self.stream = stream
-        self.events = events
+    def __init__(self, opened: OpenedStream) -> None:
+        self.stream = opened.stream
+        self.events = opened.events
         self.send, self.receive = trio.open_memory_channel[SseEvent | Exception](READ_AHEAD)
         self.scope = trio.CancelScope()
         self.done = trio.Event()
@@ -158,20 +194,22 @@ class StreamRelay:
 
     def __init__(
         self,
-        exchange: Exchange,
-        stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]],
-        events: AsyncIterator[SseEvent],
+        owner: StreamOwner,
+        opened: OpenedStream,
         config: StreamingConfig,
         idle_timeout: float,
+        *,
+        include_usage: bool,
     ) -> None:
-        self._exchange = exchange
-        self._upstream = _Upstream(stream, events)
+        self._owner = owner
+        self._upstream = _Upstream(opened)
         self._nursery: trio.Nursery | None = None
         self._config = config
         self._idle_timeout = idle_timeout
-        self._include_usage = exchange.request.include_usage
+        self._include_usage = include_usage
         self._usage: Usage | None = None
         self._delivered = _Delivered()
+        self._content_started = False
         self._held: SseEvent | Exception | None = None  # kept back by _coalesce
         self._done = False
         self._closed = False
@@ -198,7 +236,7 @@ class StreamRelay:
             raise StopAsyncIteration
         if not self._upstream.started:
             assert self._nursery is not None, "start() the relay first"
-            self._upstream.start(self._nursery, f"relay-{self._exchange.caller.request_id}")
+            self._upstream.start(self._nursery, f"relay-{self._owner.request_id}")
         if self._padding:
             padding, self._padding = self._padding, b""
             return padding
@@ -212,7 +250,7 @@ class StreamRelay:
                 continue
             upstream = failure if isinstance(failure, (UpstreamError, UpstreamTimeout)) else None
             await self._close(failure.code, charge=bool(self._delivered), failure=upstream)
-            return error_event(translate_upstream(failure), self._exchange.caller.request_id)
+            return error_event(translate_upstream(failure), self._owner.request_id)
 
     async def _relay_attempt(self) -> bytes | OmixaError:
         """The next bytes for the client from the current upstream, or its failure."""
@@ -240,10 +278,10 @@ class StreamRelay:
         except OmixaError as exc:
             return exc
         except Exception:
-            log.exception("request %s: relay failed", self._exchange.caller.request_id)
+            log.exception("request %s: relay failed", self._owner.request_id)
             return InternalError()
         except BaseException:  # cancelled: the client left, or shutdown
-            await self._close(self._exchange.cancelled_status())
+            await self._close(self._owner.cancelled_status())
             raise
 
     async def _fail_over(self, failure: OmixaError) -> bool:
@@ -253,25 +291,21 @@ class StreamRelay:
         is replaced by the last attempt's own failure).
         Cancellation: the client leaving meanwhile ends the stream as usual.
         """
-        exchange, service = self._exchange, self._exchange.service
-        if not service.may_fail_over(exchange, failure):
+        owner = self._owner
+        if not owner.may_fail_over(failure):
             return False
-        failed = self._upstream
-        await failed.stop()
-        await service.retire_attempt(exchange, failure)
+        await self._upstream.stop()
         try:
-            stream, events = await service.reopen_stream(exchange)
-        except OmixaError as exc:
-            log.warning("request %s: stream failover found no deployment: %s", exchange.caller.request_id, exc.message)
-            return False
+            opened = await owner.fail_over(failure)
         except BaseException:
-            await self._close(exchange.cancelled_status())
+            await self._close(owner.cancelled_status())
             raise
-        self._upstream = _Upstream(stream, events)
+        if opened is None:
+            return False
+        self._upstream = _Upstream(opened)
         assert self._nursery is not None
-        self._upstream.start(self._nursery, f"relay-{exchange.caller.request_id}")
+        self._upstream.start(self._nursery, f"relay-{owner.request_id}")
         self._usage, self._done, self._held = None, False, None
-        exchange.service_tier = None  # the next deployment reports its own tier
         self._last_upstream = trio.current_time()
         return True
 
@@ -345,7 +379,7 @@ class StreamRelay:
             raise UpstreamError(str(error.get("message") or "The upstream reported an error."))
         tier = data.get("service_tier")
         if isinstance(tier, str):
-            self._exchange.service_tier = tier  # the tier billed (Azure may downgrade priority)
+            self._owner.tier_reported(tier)  # the tier billed (Azure may downgrade priority)
         usage = data.get("usage")
         if usage:
             self._usage = Usage.from_openai(usage) or self._usage
@@ -371,18 +405,16 @@ class StreamRelay:
                 for key in ("name", "arguments"):
                     if isinstance(function.get(key), str):
                         self._delivered.append(function[key])
-        if self._exchange.first_token_at is None and self._delivered:
-            self._exchange.first_token_at = time.monotonic()
-            # Content is going out: no other deployment may answer from here on, so the
-            # prompt is not needed again.
-            self._exchange.release_prompt()
+        if not self._content_started and self._delivered:
+            self._content_started = True
+            self._owner.content_started()
 
     async def aclose(self) -> None:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""
-        await self._close(self._exchange.cancelled_status())
+        await self._close(self._owner.cancelled_status())
 
     async def _close(self, status: str, *, charge: bool = True, failure: OmixaError | None = None) -> None:
-        """End the stream once: stop the pump, close the upstream, settle and record.
+        """End the stream once: stop the pump, close the upstream, report the end.
 
         ``charge`` False settles for nothing (an upstream failure before any content);
         ``failure`` is the upstream's error, for the deployment's health.
@@ -393,8 +425,5 @@ class StreamRelay:
         await self._upstream.stop()
         if status in ("client_closed", "interrupted") and self._usage is not None and self._done:
             status = "ok"  # everything was sent before the client left
-        if not charge:
-            usage = None
-        else:
-            usage = self._usage or self._exchange.delivered_usage(self._delivered.text())
-        await self._exchange.finish(status, usage, failure)
+        delivered = self._delivered.text() if charge and self._usage is None else ""
+        await self._owner.stream_ended(status, usage=self._usage, delivered=delivered, charge=charge, failure=failure)

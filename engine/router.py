@@ -12,7 +12,7 @@ Routing is by the catalog model id, never by the Azure deployment name. When no 
 can take the request, :class:`NoHealthyDeployment` carries ``retry_after``: the soonest
 moment any of them leaves cooldown or has room.
 
-Failover after an upstream error is the caller's loop (:mod:`engine.chat`), which asks again
+Failover after an upstream error is the caller's loop (:mod:`engine.exchange`), which asks again
 with the failed deployments excluded.
 """
 
@@ -27,7 +27,7 @@ import trio
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.deployment import DeploymentActor, DeploymentSnapshot, Refused, Slot
 from omixa.engine.errors import NoHealthyDeployment, OmixaError
-from omixa.engine.providers.base import Usage
+from omixa.engine.upstream import Usage
 
 # Floor of the room factor, so a nearly full deployment is still tried, just later.
 _MIN_ROOM = 0.05

@@ -17,8 +17,8 @@ from harness import MODEL, ledger_verify_cli, open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.money import format_usd
-from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Usage
 
 PRICES = load_catalog().get(MODEL).prices
 MESSAGES = [{"role": "user", "content": "Say something about foxes."}]

@@ -13,7 +13,7 @@ from test_errors_e2e import check_envelope, ledger_unchanged
 
 from omixa.engine.catalog import cost_of
 from omixa.engine.config import DeploymentConfig
-from omixa.engine.providers.base import Usage
+from omixa.engine.upstream import Usage
 from omixa.storage import RequestLogFilter
 
 MESSAGES = [{"role": "user", "content": "hi"}]

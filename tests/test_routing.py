@@ -17,7 +17,7 @@ from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.deployment import DeploymentActor, Refused, Slot
 from omixa.engine.errors import UpstreamError, UpstreamTimeout
 from omixa.engine.providers import SimulatorProvider
-from omixa.engine.providers.base import Usage
+from omixa.engine.upstream import Usage
 from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -11,8 +11,8 @@ from fake_azure import DEFAULT_REPLY, open_fake_azure
 from harness import azure_deployment, open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog, max_cost
-from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Usage
 
 MODEL = "gpt-5.1"
 INFO = load_catalog().get(MODEL)

@@ -20,8 +20,8 @@ from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog
-from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Usage
 
 PRICES = load_catalog().get(MODEL).prices
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]

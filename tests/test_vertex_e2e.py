@@ -21,8 +21,8 @@ from harness import open_gateway
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.providers import gemini
-from omixa.engine.providers.base import Usage
 from omixa.engine.tokens import count_text
+from omixa.engine.upstream import Usage
 
 MODEL = "gemini-2.5-flash"
 PRICES = load_catalog().get(MODEL).prices

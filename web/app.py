@@ -19,7 +19,6 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from omixa.engine.chat import Caller
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.errors import (
     InternalError,
@@ -30,6 +29,7 @@ from omixa.engine.errors import (
     OmixaError,
     RequestTooLarge,
 )
+from omixa.engine.exchange import Caller
 from omixa.engine.intake import decode_json
 from omixa.engine.keylimits import fleet_views, format_reset
 from omixa.engine.money import format_usd

@@ -1,6 +1,6 @@
 """``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
 
-Both take the chat path (:mod:`engine.intake`, :mod:`engine.chat`): key auth, the key's
+Both take the chat path (:mod:`engine.intake`, :mod:`engine.exchange`): key auth, the key's
 limits, the body checked (large ones off the loop), a hold, routing
 with failover, settle, a request log, the error envelope. Only the checks and the pricing
 differ (:mod:`engine.embeddings`, :mod:`engine.images`). The answer is the upstream's JSON.
@@ -15,8 +15,8 @@ from typing import Any
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
-from omixa.engine.chat import Caller
 from omixa.engine.embeddings import parse_embedding_request
+from omixa.engine.exchange import Caller
 from omixa.engine.images import parse_image_request
 from omixa.engine.runtime import Engine
 from omixa.web.envelope import json_response

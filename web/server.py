@@ -162,7 +162,7 @@ async def run_gateway(
 
                 async def shutdown() -> None:
                     await shutdown_trigger()
-                    engine.chat.draining = True
+                    engine.chat.start_draining()
 
                 async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn.trio.serve(

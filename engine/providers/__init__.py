@@ -9,20 +9,16 @@ from __future__ import annotations
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.providers._http import HttpClients, set_read_size
 from omixa.engine.providers.azure import AzureProvider
-from omixa.engine.providers.base import Completion, Provider, SseEvent, Usage
 from omixa.engine.providers.simulator import SimulatorProvider
 from omixa.engine.providers.sse import SseParser, iter_sse
 from omixa.engine.providers.vertex import VertexProvider
+from omixa.engine.upstream import Provider
 
 __all__ = [
     "AzureProvider",
-    "Completion",
     "HttpClients",
-    "Provider",
     "SimulatorProvider",
-    "SseEvent",
     "SseParser",
-    "Usage",
     "VertexProvider",
     "build_provider",
     "iter_sse",

@@ -40,8 +40,8 @@ from omixa.engine.providers._http import (
     post_answer,
     translate,
 )
-from omixa.engine.providers.base import Completion, SseEvent, Usage, decode_upstream_json
 from omixa.engine.providers.sse import SseParser
+from omixa.engine.upstream import Completion, SseEvent, Usage, decode_upstream_json
 
 MAX_COMPLETION_BYTES = 32 * 1024 * 1024
 # Ten base64 images of 1536x1024 are about 40 MB.

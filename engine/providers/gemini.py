@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from omixa.engine.errors import InvalidRequest, UpstreamError
-from omixa.engine.providers.base import Usage
+from omixa.engine.upstream import Usage
 
 # Parameters the engine or OpenAI clients send that mean nothing to Gemini.
 DROPPED = frozenset({

@@ -36,8 +36,8 @@ from typing import Any
 import trio
 
 from omixa.engine.config import DeploymentConfig
-from omixa.engine.providers.base import Completion, SseEvent, Usage
 from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Completion, SseEvent, Usage
 
 # Each word is a single o200k token with a leading space, lower or capitalised, and alone
 # capitalised (checked by the tests), so N pieces are N tokens.

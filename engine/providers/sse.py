@@ -1,7 +1,7 @@
 """An incremental server-sent-events parser for upstream streams (the relay's hot path).
 
 Bytes go in with arbitrary chunk boundaries; complete events come out as
-:class:`~engine.providers.base.SseEvent`, whose ``raw`` is exactly the bytes received for that
+:class:`~engine.upstream.SseEvent`, whose ``raw`` is exactly the bytes received for that
 event, its terminating blank line included, so a pass-through relay forwards them unchanged.
 
 What is understood: lines ended by ``\\n`` or ``\\r\\n`` (mixed is fine), an event ended by a
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 from omixa.engine.errors import UpstreamError
-from omixa.engine.providers.base import SseEvent, decode_upstream_json
+from omixa.engine.upstream import SseEvent, decode_upstream_json
 
 MAX_BUFFER_BYTES = 1024 * 1024
 _LF, _CR = 10, 13

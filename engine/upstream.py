@@ -1,6 +1,10 @@
-"""What every provider adapter offers: translate, call, translate back. Nothing else.
+"""What the engine and the provider adapters say to each other.
 
-Routing, limits and billing live in the engine; an adapter knows one upstream's wire format.
+The engine's side of the adapter seam: :class:`Provider` is the interface every adapter
+(Azure, Vertex, the simulator) implements, and :class:`Usage`, :class:`Completion` and
+:class:`SseEvent` are the answers it hands back. Adapters import these; the engine never
+imports an adapter except to build one (:mod:`engine.fleet`).
+
 The request body handed to an adapter is already an OpenAI chat-completions body as the
 engine wants it sent (output cap set, ``stream_options.include_usage`` set for streams); the
 adapter adds what its upstream needs (URL, auth header, api-version) and nothing more.

@@ -1,0 +1,487 @@
+"""One paid call's exchange with the upstream, top to bottom: hold, route, call, settle, record.
+
+Chat completions, embeddings and image generations all take this path; each checked request
+(:class:`~engine.model_call.ModelCall`: :class:`~engine.chat_request.ChatRequest`,
+:class:`~engine.embeddings.EmbeddingRequest`, :class:`~engine.images.ImageRequest`) says
+what to hold, what to send to a deployment, which adapter call makes it, and what its usage
+costs. An :class:`Exchange` is one such request, and it runs the same sequence for all:
+
+1. :meth:`Exchange._reserve`: the key's token limit counts the call and the wallet actor
+   holds the most it can cost (:mod:`engine.keylimits`, :mod:`engine.wallet`);
+2. :meth:`Exchange._attempt`: the router grants a slot on a deployment of the model
+   (:mod:`engine.router`) and the request's own task calls the adapter; a 429, 5xx,
+   connection failure or timeout gives the slot back with the failure and tries another
+   deployment, within ``upstream.max_attempts`` and ``upstream.request_timeout_seconds``;
+3. a stream is handed to :class:`engine.relay.StreamRelay`, which moves its bytes to the
+   client and reports to the exchange: content started, the tier billed, a failure before
+   any content (the exchange may open another deployment's stream: step 2 again), the end;
+4. :meth:`Exchange._finish`: settle the hold from the upstream's usage, give the slot back
+   with the outcome, and hand the request log to the usage aggregator, exactly once, in a
+   shielded, time-bounded step, whatever ended the request (success, upstream error, client
+   gone, shutdown).
+
+Only the exchange writes its own state; the relay below it reports through
+:class:`engine.relay.StreamOwner` and never reaches the services.
+
+What is charged: the upstream's reported usage at the catalog price (for chat, at the prices
+of the service tier the answer reports: priority or standard), never more than the hold.
+When the upstream never reported usage:
+- the client left (or shutdown cut the request) after the request reached the upstream:
+  its prompt tokens (counted offline; the upstream had them) plus the completion tokens
+  actually delivered, counted with the model's tokenizer;
+- the upstream failed mid-stream after content was delivered: the same;
+- the upstream failed before any content reached the client: nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
+from omixa.engine.errors import (
+    NoHealthyDeployment,
+    OmixaError,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    translate_upstream,
+)
+from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.model_call import ModelCall
+from omixa.engine.relay import OpenedStream, StreamRelay
+from omixa.engine.router import Lease, Router
+from omixa.engine.tokens import count_text
+from omixa.engine.upstream import Provider, Usage
+from omixa.engine.usage import UsageAggregator
+from omixa.engine.wallet import WalletPool
+from omixa.storage import ApiKeyRecord, Hold, HoldContext, RequestLog
+
+log = logging.getLogger("omixa.chat")
+
+# Bound on the shielded settle-and-record step that ends every request.
+FINISH_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+
+@attrs.frozen(kw_only=True)
+class Caller:
+    """Who makes the request: its id and the key it came with."""
+
+    request_id: str
+    key: ApiKeyRecord
+
+    @property
+    def account_id(self) -> str:
+        return self.key.account_id
+
+    @property
+    def key_id(self) -> str:
+        return self.key.id
+
+
+@attrs.frozen(kw_only=True)
+class Services:
+    """What an exchange uses: the actors' front ends and the settings of the path.
+    ``draining`` says whether shutdown has begun (a request cancelled from then on is
+    ``interrupted``, not ``client_closed``)."""
+
+    router: Router
+    wallets: WalletPool
+    usage: UsageAggregator
+    limits: KeyLimiter
+    wallet: WalletConfig
+    streaming: StreamingConfig
+    upstream: UpstreamConfig
+    draining: Callable[[], bool]
+
+
+def _retryable(exc: OmixaError) -> bool:
+    """Failures another deployment may not have: 429, 5xx, unreachable, timeout."""
+    if isinstance(exc, UpstreamTimeout):
+        return True
+    return isinstance(exc, UpstreamError) and (
+        exc.upstream_status is None or exc.upstream_status == 429 or exc.upstream_status >= 500
+    )
+
+
+class Exchange:
+    """One request's exchange, from hold to record. Finishes exactly once.
+
+    :meth:`complete` runs a non-streaming call to its end; :meth:`open_stream` returns the
+    relay of a stream, which reports back through the :class:`~engine.relay.StreamOwner`
+    methods below (``request_id`` to :meth:`stream_ended`).
+    """
+
+    def __init__(self, services: Services, caller: Caller, request: ModelCall) -> None:
+        self._services = services
+        self._caller = caller
+        self._request = request
+        self.request_id = caller.request_id
+        self._started = time.monotonic()
+        self._created_at = dt.datetime.now(dt.UTC)
+        # Step 1: what the call holds.
+        self._admitted_at: float | None = None  # when the key's limits counted this call
+        self._hold: Hold | None = None
+        self._estimated_tokens = 0
+        self._upstream_body: dict[str, Any] = {}
+        # Step 2: the attempts. Deployments that failed this request, the last failure.
+        self._deadline: float | None = None
+        self._lease: Lease | None = None
+        self._attempt_started = 0.0
+        self._tried: set[str] = set()
+        self._last_failure: OmixaError | None = None
+        self._reached_upstream = False
+        # What the answer reported.
+        self._service_tier: str | None = None
+        self._first_token_at: float | None = None
+        self._finished = False
+
+    # -- the two ways through -------------------------------------------------------------
+
+    async def complete(self) -> dict[str, Any]:
+        """A non-streaming call (a chat completion, embeddings, images): the upstream's
+        answer, paid for.
+
+        Errors: InsufficientBalance, NoHealthyDeployment, InvalidRequest (upstream 4xx),
+        UpstreamError, UpstreamTimeout, ServiceUnavailable.
+        Cancellation: the upstream call is abandoned (connection closed) and the request is
+        settled as ``client_closed`` (``interrupted`` when the server is shutting down).
+        """
+        request = self._request
+        async with self._failing():
+            await self._reserve()
+            completion = await self._attempt(request.send)
+        self._first_token_at = time.monotonic()
+        tier = completion.body.get("service_tier")
+        self._service_tier = tier if isinstance(tier, str) else None
+        await self._finish("ok", request.usage_of(completion))
+        return completion.body
+
+    async def open_stream(self) -> StreamRelay:
+        """Start a streaming completion; errors before the upstream's 200 raise here (so
+        the client gets a plain HTTP status), later ones become an error event.
+
+        The returned relay owns the upstream response: ``start()`` it in the request's
+        nursery, iterate it, and always ``aclose()`` it.
+        """
+        async with self._failing():
+            await self._reserve()
+            opened = await self._attempt(_open_stream)
+        services = self._services
+        return StreamRelay(
+            self,
+            opened,
+            services.streaming,
+            services.upstream.idle_timeout_seconds,
+            include_usage=self._request.include_usage,
+        )
+
+    # -- step 1: limits and the hold ------------------------------------------------------
+
+    async def _reserve(self) -> None:
+        """Count the call's tokens against the key's limit, hold the money, build the
+        upstream body. (Its request was counted by :class:`engine.intake.Intake` already.)
+
+        Errors: RateLimited, InvalidRequest (the estimate exceeds the key's whole limit),
+        InsufficientBalance, ServiceUnavailable.
+        """
+        request, caller, services = self._request, self._caller, self._services
+        now = trio.current_time()
+        services.limits.admit_tokens(caller.key, request.estimated_tokens, now)
+        self._admitted_at = now
+        reserved = await services.wallets.reserve(
+            caller.account_id,
+            request_id=caller.request_id,
+            prompt_tokens=request.prompt_tokens,
+            output_tokens=request.output_tokens,
+            choices=request.choices,
+            prices=request.hold_prices,
+            min_output_tokens=None if request.cap_is_clients else services.wallet.min_output_tokens,
+            amount=request.hold_amount,
+            context=HoldContext(
+                key_id=caller.key_id,
+                model=request.model.id,
+                provider=request.model.provider,
+                stream=request.stream,
+            ),
+        )
+        self._hold = reserved.hold
+        self._estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
+        self._upstream_body = request.build_body(reserved.output_tokens)
+
+    # -- step 2: attempts and failover ----------------------------------------------------
+
+    async def _attempt(self, call: Callable[[Provider, dict[str, Any]], Awaitable[T]]) -> T:
+        """Run ``call`` on a deployment the router grants, failing over to another one on a
+        429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
+        ``upstream.request_timeout_seconds`` (counted per request, across a stream's
+        failovers too). A non-streaming attempt has its own bound, the deployment's
+        ``attempt_timeout_seconds`` (else upstream's): a deployment that takes the request
+        and never answers times out (counting against its health) while the request's
+        budget still leaves time to try another. The hold is the same for every attempt;
+        each failed attempt gives its slot back with the failure (which cools the
+        deployment down or counts towards its breaker). ``call`` gets the deployment's
+        adapter and the body as sent to that deployment (``for_deployment``).
+
+        Errors: the last upstream failure when attempts run out or no other deployment can
+        take the request; NoHealthyDeployment when none could take it at all.
+        """
+        request, upstream = self._request, self._services.upstream
+        if self._deadline is None:
+            self._deadline = trio.current_time() + upstream.request_timeout_seconds
+        while True:
+            try:
+                self._lease = await self._services.router.acquire(
+                    request.model.id,
+                    self.request_id,
+                    self._estimated_tokens,
+                    exclude=self._tried,
+                    prefer=request.prefers,
+                )
+            except NoHealthyDeployment:
+                if self._last_failure is not None:
+                    raise self._last_failure from None
+                raise
+            self._reached_upstream = True
+            self._attempt_started = time.monotonic()
+            try:
+                actor = self._lease.actor
+                body = request.for_deployment(self._upstream_body, actor.config)
+                if request.stream:
+                    return await call(actor.provider, body)  # the head's own bound: timeout_seconds
+                bound = min(
+                    actor.config.attempt_timeout_seconds or upstream.attempt_timeout_seconds,
+                    self._deadline - trio.current_time(),
+                )
+                with trio.move_on_after(bound):
+                    return await call(actor.provider, body)
+                raise UpstreamTimeout()
+            except (UpstreamError, UpstreamTimeout) as exc:
+                if not self.may_fail_over(exc):
+                    raise
+                await self._retire_attempt(exc)
+
+    def may_fail_over(self, failure: OmixaError) -> bool:
+        """Whether ``failure`` of the current attempt may be retried on another deployment."""
+        return (
+            _retryable(failure)
+            and len(self._tried) + 1 < self._services.upstream.max_attempts
+            and self._deadline is not None
+            and trio.current_time() < self._deadline
+        )
+
+    async def _retire_attempt(self, failure: OmixaError) -> None:
+        """Give the failed attempt's slot back with its failure; exclude its deployment."""
+        lease, self._lease = self._lease, None
+        assert lease is not None
+        latency = time.monotonic() - self._attempt_started
+        await lease.finish(None, translate_upstream(failure).code, latency, failure)
+        self._tried.add(lease.actor.config.name)
+        self._last_failure = failure
+        log.warning(
+            "request %s: deployment %s failed (%s); failing over",
+            self.request_id,
+            lease.actor.config.name,
+            failure.message,
+        )
+
+    # -- step 3: what the relay reports ---------------------------------------------------
+
+    async def fail_over(self, failure: OmixaError) -> OpenedStream | None:
+        """The stream of the next deployment that takes the request after ``failure``
+        (which :meth:`may_fail_over` allowed), or None when none can: ``failure`` stands.
+        The failed attempt's stream is already closed. Cancellation: propagates; the relay
+        then ends the stream as usual."""
+        await self._retire_attempt(failure)
+        try:
+            opened = await self._attempt(_open_stream)
+        except OmixaError as exc:
+            log.warning("request %s: stream failover found no deployment: %s", self.request_id, exc.message)
+            return None
+        self._service_tier = None  # the next deployment reports its own tier
+        return opened
+
+    def tier_reported(self, tier: str) -> None:
+        """The answer says which service tier it was billed at (Azure may downgrade priority)."""
+        self._service_tier = tier
+
+    def content_started(self) -> None:
+        """The first content is going out: the time to first token is now, and no other
+        deployment may answer from here on, so the prompt is not needed again (a long stream
+        then holds nothing of it)."""
+        if self._first_token_at is None:
+            self._first_token_at = time.monotonic()
+            self._upstream_body = {}
+            self._request = attrs.evolve(self._request, body={})  # type: ignore[misc]
+
+    def cancelled_status(self) -> str:
+        """Why a cancelled request ended: the client left, or the server was shutting down."""
+        return "interrupted" if self._services.draining() else "client_closed"
+
+    async def stream_ended(
+        self, status: str, *, usage: Usage | None, delivered: str, charge: bool, failure: OmixaError | None
+    ) -> None:
+        """The stream is over: settle and record. ``usage`` is what the upstream reported
+        (None if it did not: then the ``delivered`` text is counted); ``charge`` False
+        settles for nothing (an upstream failure before any content); ``failure`` is the
+        upstream's error, for the deployment's health."""
+        if not charge:
+            usage = None
+        elif usage is None:
+            usage = self._delivered_usage(delivered)
+        await self._finish(status, usage, failure)
+
+    # -- step 4: settle and record --------------------------------------------------------
+
+    def _delivered_usage(self, delivered_text: str) -> Usage:
+        """What to charge when the upstream reported no usage."""
+        if not self._reached_upstream:
+            return Usage()
+        return Usage(
+            prompt_tokens=self._request.prompt_tokens,
+            completion_tokens=count_text(delivered_text, self._request.model.encoding),
+        )
+
+    def _failing(self) -> _Failing:
+        return _Failing(self)
+
+    async def _fail(self, exc: BaseException) -> None:
+        """Finish a request that ended in ``exc`` before its answer or stream was handed out."""
+        failure: OmixaError | None = None
+        usage: Usage | None = None
+        if isinstance(exc, OmixaError):
+            status = translate_upstream(exc).code
+            if isinstance(exc, (UpstreamError, UpstreamTimeout)):
+                failure = exc
+        elif _is_cancellation(exc):
+            status, usage = self.cancelled_status(), self._delivered_usage("")
+        else:
+            log.exception("request %s failed", self.request_id, exc_info=exc)
+            status = "internal_error"
+        await self._finish(status, usage, failure)
+
+    async def _finish(self, status: str, usage: Usage | None, failure: OmixaError | None = None) -> None:
+        """Settle, give the slot back (with the upstream's ``failure``, if any, for its
+        health) and record. Shielded and bounded; never raises."""
+        if self._finished:
+            return
+        self._finished = True
+        services, request = self._services, self._request
+        latency = time.monotonic() - self._started
+        cost = request.cost(usage, self._service_tier) if usage is not None else 0
+        charged = 0
+        if self._admitted_at is not None:
+            used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
+            services.limits.settle(self._caller.key_id, self._admitted_at, request.estimated_tokens, used)
+        entry = self._log(status, usage or Usage(), latency)
+        with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
+            if self._hold is not None:
+                charged = await self._settle(self._hold, cost, entry)
+            if self._lease is not None:
+                await self._lease.finish(usage, status, latency, failure)
+        if scope.cancelled_caught:
+            log.error("request %s: settling timed out; the hold expires later", self.request_id)
+        services.usage.record(attrs.evolve(entry, cost=charged), self._hold.id if self._hold is not None else None)
+
+    async def _settle(self, hold: Hold, cost: int, entry: RequestLog) -> int:
+        """Charge ``cost`` (at most the hold), keeping the request's log ``entry`` with the
+        hold in the same transaction (so a crash cannot lose the record of a charge),
+        retrying a store that is briefly away until the enclosing deadline; returns what was
+        charged."""
+        if cost > hold.amount:
+            log.warning(
+                "request %s: usage cost %d exceeds hold %d; charging the hold", self.request_id, cost, hold.amount
+            )
+            cost = hold.amount
+        wallets, account_id = self._services.wallets, self._caller.account_id
+        backoff = 0.05
+        while True:
+            try:
+                if cost > 0:
+                    settled = await wallets.settle(account_id, hold.id, cost, log=entry)
+                else:
+                    settled = await wallets.release(account_id, hold.id, log=entry)
+                if settled.already_final and cost > 0:
+                    # Someone else finalized the hold first: the hold sweeper (a request
+                    # longer than wallet.hold_timeout_seconds) or a recovery that took this
+                    # process for dead. The usage goes unbilled; say so loudly.
+                    log.error(
+                        "request %s: hold %s was already final; %d nano-dollars of usage not charged",
+                        self.request_id,
+                        hold.id,
+                        cost,
+                    )
+                return settled.charged
+            except ServiceUnavailable:
+                log.warning("request %s: wallet unavailable; retrying settle", self.request_id)
+            except Exception:
+                log.exception("request %s: settling hold %s failed", self.request_id, hold.id)
+                return 0
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _log(self, status: str, usage: Usage, latency: float) -> RequestLog:
+        lease, request, ttft = self._lease, self._request, self._first_token_at
+        return RequestLog(
+            id=self.request_id,
+            account_id=self._caller.account_id,
+            key_id=self._caller.key_id,
+            model=request.model.id,
+            provider=lease.actor.provider.name if lease else request.model.provider,
+            deployment=lease.actor.config.name if lease else None,
+            region=lease.actor.config.region if lease else None,
+            status=status,
+            stream=request.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost=0,
+            latency_ms=round(latency * 1000),
+            ttft_ms=round((ttft - self._started) * 1000) if ttft is not None else None,
+            created_at=self._created_at,
+        )
+
+
+class _Failing:
+    """``async with exchange._failing():`` around the steps before an answer or a stream is
+    handed out: a failure there finishes the exchange (shielded) and goes on, an upstream's
+    error translated for the client (:func:`engine.errors.translate_upstream`)."""
+
+    __slots__ = ("_exchange",)
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        await self._exchange._fail(exc)
+        if isinstance(exc, OmixaError):
+            raise translate_upstream(exc) from None
+        return False
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Cancelled, or a group of nothing but Cancelled (as a library's nursery raises it)."""
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(trio.Cancelled)[1]
+        return rest is None
+    return isinstance(exc, trio.Cancelled)
+
+
+async def _open_stream(provider: Provider, body: dict[str, Any]) -> OpenedStream:
+    stream: AbstractAsyncContextManager[AsyncIterator[Any]] = provider.open_stream(body)
+    return OpenedStream(stream, await stream.__aenter__())
