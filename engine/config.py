@@ -395,18 +395,9 @@ def _check_vertex(dep: DeploymentConfig, where: str, config: Config, *, resolve_
         raise ConfigError(f"{where}.endpoint: must start with https:// or http://")
     changes: dict[str, Any] = {"deployment": dep.deployment or dep.model, "region": dep.region or dep.location}
     if dep.service_account_file:
-        path = str(resolve_path(config, dep.service_account_file))
-        changes["service_account_file"] = path
-        if resolve_secrets:
-            from omixa.engine.providers.google_auth import load_service_account  # providers import config
-
-            try:
-                account = load_service_account(path)
-            except ValueError as exc:
-                raise ConfigError(f"{where}.service_account_file: {exc}") from None
-            if not (dep.project or account.project_id):
-                raise ConfigError(f"{where}.project: required (the service account file names none)")
-            changes["project"] = dep.project or account.project_id
+        # Only the path is settled here; the adapter reads the file (and takes its project
+        # when none is configured) when the deployment is checked at start-up or reload.
+        changes["service_account_file"] = str(resolve_path(config, dep.service_account_file))
     elif resolve_secrets:
         changes["api_key"] = _resolve_secret(dep.api_key, f"{where}.api_key")
     return attrs.evolve(dep, **changes)

@@ -26,7 +26,7 @@ import trio
 from omixa.engine.catalog import Catalog
 from omixa.engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
 from omixa.engine.deployment import DeploymentActor
-from omixa.engine.providers import HttpClients, build_provider
+from omixa.engine.providers import HttpClients, build_provider, check_deployment
 from omixa.engine.router import Router
 from omixa.engine.supervise import supervised
 
@@ -63,8 +63,9 @@ class Fleet:
 
     def check(self, deployments: tuple[DeploymentConfig, ...]) -> None:
         """Errors: ValueError if a deployment names a model the catalog lacks or one of another
-        provider (a simulator may stand in for any), or enables priority for a model without
-        priority prices."""
+        provider (a simulator may stand in for any), enables priority for a model without
+        priority prices, or has credentials its adapter cannot use (a Vertex service account
+        file: :func:`engine.providers.check_deployment`)."""
         for dep in deployments:
             model = self._catalog.get(dep.model)
             if model is None:
@@ -78,6 +79,10 @@ class Fleet:
                 raise ValueError(
                     f"deployment {dep.name!r}: model {dep.model!r} is a {model.provider} model, not {dep.provider}"
                 )
+            try:
+                check_deployment(dep)
+            except ValueError as exc:
+                raise ValueError(f"deployment {dep.name!r}: {exc}") from None
 
     async def run(
         self,

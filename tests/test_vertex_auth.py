@@ -16,9 +16,12 @@ from fake_vertex import DEFAULT_REPLY, open_fake_vertex
 from harness import open_gateway
 from test_vertex_e2e import MESSAGES, MODEL, vertex_deployment
 
-from omixa.engine.config import ConfigError, structure_config
+from omixa.engine.catalog import load_catalog
+from omixa.engine.config import BreakerConfig, UpstreamConfig, structure_config
 from omixa.engine.errors import UpstreamError
+from omixa.engine.fleet import Fleet
 from omixa.engine.providers.google_auth import REFRESH_MARGIN, ServiceAccountTokens, load_service_account
+from omixa.engine.router import Router
 
 
 class Clock:
@@ -141,25 +144,30 @@ async def test_a_bad_token_endpoint_answer_is_a_502_and_costs_nothing(database_u
 
 
 def test_service_account_files_are_checked_at_start_up(tmp_path):
+    """The config only settles the file's path; the fleet's check, which runs at start-up and
+    before a reload applies, has the Vertex adapter read the file."""
     base = {"name": "v", "model": MODEL, "provider": "vertex", "location": "us-central1"}
+    fleet = Fleet(catalog=load_catalog(None), upstream=UpstreamConfig(), breaker=BreakerConfig(), router=Router())
 
     def load(**extra):
-        return structure_config({"deployments": [{**base, **extra}]}, base_dir=tmp_path)
+        config = structure_config({"deployments": [{**base, **extra}]}, base_dir=tmp_path)
+        fleet.check(config.deployments)
+        return config
 
-    with pytest.raises(ConfigError, match=r"deployments\[0\].service_account_file: .*cannot read"):
+    with pytest.raises(ValueError, match=r"deployment 'v': service_account_file: .*cannot read"):
         load(service_account_file="missing.json")
     (tmp_path / "bad.json").write_text('{"type": "authorized_user"}')
-    with pytest.raises(ConfigError, match="not a service account key"):
+    with pytest.raises(ValueError, match="not a service account key"):
         load(service_account_file="bad.json")
     (tmp_path / "nokey.json").write_text(json.dumps({
         "type": "service_account", "client_email": "a@b", "token_uri": "http://x/token",
         "private_key": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n"}))  # fmt: skip
-    with pytest.raises(ConfigError, match="private_key is not a PEM private key"):
+    with pytest.raises(ValueError, match="private_key is not a PEM private key"):
         load(service_account_file="nokey.json")
     from fake_vertex import FakeVertex
 
     sa = FakeVertex(endpoint="http://127.0.0.1:9").write_service_account(tmp_path, project_id=None)
-    with pytest.raises(ConfigError, match=r"deployments\[0\].project: required"):
+    with pytest.raises(ValueError, match=r"deployment 'v': project: required"):
         load(service_account_file=sa.name)
     dep = load(service_account_file=sa.name, project="mine").deployments[0]
     assert (dep.project, dep.service_account_file, dep.region, dep.deployment) == (

@@ -11,7 +11,7 @@ from omixa.engine.providers._http import HttpClients, set_read_size
 from omixa.engine.providers.azure import AzureProvider
 from omixa.engine.providers.simulator import SimulatorProvider
 from omixa.engine.providers.sse import SseParser, iter_sse
-from omixa.engine.providers.vertex import VertexProvider
+from omixa.engine.providers.vertex import VertexProvider, service_account
 from omixa.engine.upstream import Provider
 
 __all__ = [
@@ -21,9 +21,18 @@ __all__ = [
     "SseParser",
     "VertexProvider",
     "build_provider",
+    "check_deployment",
     "iter_sse",
     "set_read_size",
 ]
+
+
+def check_deployment(deployment: DeploymentConfig) -> None:
+    """What only the adapter can check before ``deployment`` is used (at start-up and before
+    a reload applies): a Vertex service account file is read and must name a project unless
+    the config does. Errors: ValueError naming the config key."""
+    if deployment.provider == "vertex" and deployment.service_account_file:
+        service_account(deployment)
 
 
 def build_provider(

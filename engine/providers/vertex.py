@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import attrs
 import httpx
 import trio
 
@@ -40,7 +41,7 @@ from omixa.engine.providers.sse import SseParser
 from omixa.engine.upstream import Completion, SseEvent, decode_upstream_json
 
 if TYPE_CHECKING:
-    from omixa.engine.providers.google_auth import ServiceAccountTokens
+    from omixa.engine.providers.google_auth import ServiceAccount, ServiceAccountTokens
 
 _DELAY = re.compile(r"(\d+(?:\.\d+)?)s")
 
@@ -60,6 +61,26 @@ def model_url(deployment: DeploymentConfig) -> str:
         project, location = quote(deployment.project, safe=""), quote(deployment.location, safe="")
         return f"{base}/v1/projects/{project}/locations/{location}/publishers/google/models/{model}"
     return f"{base}/v1/publishers/google/models/{model}"  # express mode
+
+
+def service_account(deployment: DeploymentConfig) -> tuple[ServiceAccount, DeploymentConfig]:
+    """Read the deployment's service account file. Returns the account and the deployment
+    with its project (the file's ``project_id`` when the config names none).
+
+    Errors: ValueError naming the config key (an unreadable or invalid file, no project).
+    """
+    # Imported here, not at import: PyJWT and cryptography take about 9 MB of memory that a
+    # gateway without service accounts need not carry.
+    from omixa.engine.providers import google_auth
+
+    try:
+        account = google_auth.load_service_account(deployment.service_account_file)
+    except ValueError as exc:
+        raise ValueError(f"service_account_file: {exc}") from None
+    project = deployment.project or account.project_id
+    if not project:
+        raise ValueError("project: required (the service account file names none)")
+    return account, attrs.evolve(deployment, project=project)
 
 
 class VertexProvider:
@@ -82,6 +103,9 @@ class VertexProvider:
         upstream: UpstreamConfig,
         clients: HttpClients | None = None,
     ) -> None:
+        account = None
+        if deployment.service_account_file:
+            account, deployment = service_account(deployment)
         self._model = deployment.model
         url = model_url(deployment)
         self._generate_url = f"{url}:generateContent"
@@ -93,13 +117,10 @@ class VertexProvider:
         self._clients = clients if clients is not None else HttpClients(upstream)
         self._client = self._clients.for_endpoint(url)
         self._tokens: ServiceAccountTokens | None = None
-        if deployment.service_account_file:
-            # Loaded here, not at import: PyJWT and cryptography take about 9 MB of memory
-            # that a gateway without service accounts need not carry.
-            from omixa.engine.providers import google_auth
+        if account is not None:
+            from omixa.engine.providers.google_auth import ServiceAccountTokens
 
-            account = google_auth.load_service_account(deployment.service_account_file)
-            self._tokens = google_auth.ServiceAccountTokens(account, self._clients.for_endpoint(account.token_uri))
+            self._tokens = ServiceAccountTokens(account, self._clients.for_endpoint(account.token_uri))
         else:
             self._headers["x-goog-api-key"] = deployment.api_key
 
