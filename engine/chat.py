@@ -18,6 +18,7 @@ from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from omixa.engine.exchange import Caller, Exchange, Services
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
+from omixa.engine.providers import check_request
 from omixa.engine.relay import StreamRelay
 from omixa.engine.router import Router
 from omixa.engine.usage import UsageAggregator
@@ -66,6 +67,7 @@ class ChatService:
             catalog=self._catalog,
             enabled=self._router.models(),
             priority_models=self._router.priority_models(),
+            provider_check=check_request,
         )
 
     async def complete(self, caller: Caller, request: ModelCall) -> dict[str, Any]:

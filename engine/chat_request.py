@@ -14,7 +14,7 @@ Azure reasoning models lose the sampling parameters Azure rejects for them
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -22,7 +22,6 @@ import attrs
 from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
-from omixa.engine.providers import gemini
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, Provider, Usage
 
@@ -169,11 +168,17 @@ def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | N
 
 
 def parse_chat_request(
-    body: Any, catalog: Catalog, enabled: Collection[str], priority_models: Collection[str] = ()
+    body: Any,
+    catalog: Catalog,
+    enabled: Collection[str],
+    priority_models: Collection[str] = (),
+    provider_check: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> ChatRequest:
     """Check ``body`` and work out the hold's token counts.
 
     ``priority_models``: catalog ids with an enabled deployment that has priority processing.
+    ``provider_check(provider, body)``: the adapters' own refusals for the model's provider
+    (:func:`engine.providers.check_request`: what Vertex Gemini cannot take), before any hold.
     Errors: InvalidRequest, ModelNotFound.
     """
     model = resolve_model(body, catalog, enabled, "chat")
@@ -182,8 +187,8 @@ def parse_chat_request(
     _choice(body, "reasoning_effort", EFFORTS)
     _choice(body, "verbosity", VERBOSITIES)
     tier = _choice(body, "service_tier", SERVICE_TIERS)
-    if model.provider == "vertex":
-        gemini.check_request(body)  # what Gemini cannot take is refused before any hold
+    if provider_check is not None:
+        provider_check(model.provider, body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.")

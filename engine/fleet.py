@@ -26,7 +26,7 @@ import trio
 from omixa.engine.catalog import Catalog
 from omixa.engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
 from omixa.engine.deployment import DeploymentActor
-from omixa.engine.providers import HttpClients, build_provider, check_deployment
+from omixa.engine.providers import DEFAULT_READ_SIZE, HttpClients, build_provider, check_deployment
 from omixa.engine.router import Router
 from omixa.engine.supervise import supervised
 
@@ -47,12 +47,22 @@ class FleetChange:
 
 
 class Fleet:
-    def __init__(self, *, catalog: Catalog, upstream: UpstreamConfig, breaker: BreakerConfig, router: Router) -> None:
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        upstream: UpstreamConfig,
+        breaker: BreakerConfig,
+        router: Router,
+        read_size: int = DEFAULT_READ_SIZE,
+    ) -> None:
+        """``read_size``: ``streaming.chunk_bytes``, the bound on each socket read of a
+        streamed answer's body, for every upstream client the fleet makes."""
         self._catalog = catalog
         self._upstream = upstream
         self._breaker = breaker
         self._router = router
-        self.clients = HttpClients(upstream)
+        self.clients = HttpClients(upstream, read_size)
         self._actors: dict[str, DeploymentActor] = {}
         self._nursery: trio.Nursery | None = None
         self._closed = trio.Event()

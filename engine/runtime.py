@@ -30,7 +30,6 @@ from omixa.engine.fleet import Fleet
 from omixa.engine.instances import InstanceMonitor, new_instance_id
 from omixa.engine.intake import Intake
 from omixa.engine.keylimits import KeyLimiter
-from omixa.engine.providers import set_read_size
 from omixa.engine.reports import Reports
 from omixa.engine.router import Router
 from omixa.engine.secretbox import secret_box_from_env
@@ -93,12 +92,17 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     box = secret_box_from_env()
     check_signing_setup(config.security, box, await storage.signing_summary())
     router = Router()
-    fleet = Fleet(catalog=catalog, upstream=config.upstream, breaker=config.breaker, router=router)
+    fleet = Fleet(
+        catalog=catalog,
+        upstream=config.upstream,
+        breaker=config.breaker,
+        router=router,
+        read_size=config.streaming.chunk_bytes,
+    )
     fleet.check(config.deployments)
     # Load the tokenizers of the deployed models now, so the first request does not pay for
     # it (a reload that deploys another model loads its encoding before applying).
     await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))
-    set_read_size(config.streaming.chunk_bytes)
     instance_id = new_instance_id()
     wallets = WalletPool(storage, config.wallet, instance_id=instance_id)
     usage = UsageAggregator(storage, config.usage)

@@ -23,12 +23,12 @@ from omixa.engine.providers import (
     HttpClients,
     SimulatorProvider,
     SseParser,
-    Usage,
     build_provider,
     iter_sse,
 )
 from omixa.engine.providers.simulator import WORDS
 from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Usage
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say something."}]}
 STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
@@ -507,9 +507,8 @@ async def test_stream_bodies_are_read_in_chunk_bytes_and_everything_else_in_full
     are handed up together (each frame in one piece, not in 128-byte slices), over plain TCP
     and TLS. Heads and non-streaming bodies come in full-size reads, and the connection is
     back to them when it serves the next request."""
-    from omixa.engine.providers._http import GATHER_BYTES, make_client, set_read_size
+    from omixa.engine.providers._http import GATHER_BYTES, make_client
 
-    set_read_size(128)
     reply = " ".join(f"w{i}" for i in range(200))
     tls_files, verify = {}, True
     if tls:
@@ -521,7 +520,7 @@ async def test_stream_bodies_are_read_in_chunk_bytes_and_everything_else_in_full
         ca.configure_trust(verify)
     async with open_fake_azure(reply=reply, chunks=4, **tls_files) as fake:
         assert fake.endpoint.startswith("https://" if tls else "http://")
-        client = make_client(UpstreamConfig(max_connections=1), verify=verify)  # one connection
+        client = make_client(UpstreamConfig(max_connections=1), read_size=128, verify=verify)  # one connection
         url = f"{fake.endpoint}/openai/deployments/d/chat/completions?api-version=2024-10-21"
         headers = {"api-key": fake.api_key}
         body = {"messages": [{"role": "user", "content": "hi"}]}
@@ -551,9 +550,8 @@ async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
     """A stream body read gathers what the kernel holds; a connection reset met while
     gathering is raised by the next read, after the bytes that arrived before it, as the
     same error as before (UpstreamError, upstream not reached)."""
-    from omixa.engine.providers._http import make_client, set_read_size, translate
+    from omixa.engine.providers._http import make_client, translate
 
-    set_read_size(128)
     frames = b"".join(
         b"%x\r\n%s\r\n" % (len(f), f) for f in [b'data: {"n":%d,"pad":"%s"}\n\n' % (i, b"x" * 200) for i in range(20)]
     )

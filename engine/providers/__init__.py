@@ -6,8 +6,11 @@ with one :class:`HttpClients` share a pooled HTTP/1.1 client per endpoint origin
 
 from __future__ import annotations
 
+from typing import Any
+
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
-from omixa.engine.providers._http import HttpClients, set_read_size
+from omixa.engine.providers import gemini
+from omixa.engine.providers._http import DEFAULT_READ_SIZE, HttpClients
 from omixa.engine.providers.azure import AzureProvider
 from omixa.engine.providers.simulator import SimulatorProvider
 from omixa.engine.providers.sse import SseParser, iter_sse
@@ -15,6 +18,7 @@ from omixa.engine.providers.vertex import VertexProvider, service_account
 from omixa.engine.upstream import Provider
 
 __all__ = [
+    "DEFAULT_READ_SIZE",
     "AzureProvider",
     "HttpClients",
     "SimulatorProvider",
@@ -22,9 +26,16 @@ __all__ = [
     "VertexProvider",
     "build_provider",
     "check_deployment",
+    "check_request",
     "iter_sse",
-    "set_read_size",
 ]
+
+
+def check_request(provider: str, body: dict[str, Any]) -> None:
+    """Refuse, before any hold, what ``provider``'s upstream cannot take: for Vertex Gemini,
+    the fields it has no translation for. Errors: InvalidRequest naming the field."""
+    if provider == "vertex":
+        gemini.check_request(body)
 
 
 def check_deployment(deployment: DeploymentConfig) -> None:

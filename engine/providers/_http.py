@@ -35,9 +35,12 @@ import httpcore
 import httpx
 import trio
 
-from omixa.engine.config import UpstreamConfig
+from omixa.engine.config import StreamingConfig, UpstreamConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 
+# Each socket read of a streamed answer's body takes at most this many bytes unless the
+# client is made with another ``read_size`` (``streaming.chunk_bytes``; the same default).
+DEFAULT_READ_SIZE: int = attrs.fields(StreamingConfig).chunk_bytes.default
 # An upstream's error body is read up to this many bytes (the message is what matters).
 MAX_ERROR_BODY_BYTES = 64 * 1024
 _CLOSE_SECONDS = 5.0
@@ -45,7 +48,9 @@ _CLOSE_SECONDS = 5.0
 ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
 
 
-def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = True) -> UpstreamClient:
+def make_client(
+    upstream: UpstreamConfig, *, read_size: int = DEFAULT_READ_SIZE, verify: ssl.SSLContext | bool = True
+) -> UpstreamClient:
     """A pooled HTTP/1.1 client sized and timed from the ``[upstream]`` config.
 
     HTTP/2 stays off: httpcore does not reset a cancelled HTTP/2 stream, so the upstream would
@@ -57,8 +62,9 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
     are in use is bounded like connecting (``connect_timeout_seconds``), then fails as
     UpstreamBusy: a request does not sit silently behind a full pool until its own deadline,
     and the router can send it elsewhere. ``trust_env=False``: stray proxy environment
-    variables are ignored; upstream traffic goes out directly. ``verify``: httpx's (certifi's
-    CAs by default; the tests pass a context that trusts their own CA).
+    variables are ignored; upstream traffic goes out directly. ``read_size``: the bound on
+    each socket read of a stream's body (:func:`stream_reads`). ``verify``: httpx's
+    (certifi's CAs by default; the tests pass a context that trusts their own CA).
     """
     size = upstream.max_connections
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
@@ -66,7 +72,7 @@ def make_client(upstream: UpstreamConfig, *, verify: ssl.SSLContext | bool = Tru
     # httpx has no parameter for the network backend; its pool (pinned httpx 0.28.1) does.
     pool = transport._pool
     assert isinstance(pool, httpcore.AsyncConnectionPool)
-    pool._network_backend = _StreamReadBackend(pool._network_backend)
+    pool._network_backend = _StreamReadBackend(pool._network_backend, read_size)
     return UpstreamClient(
         pool=pool,
         transport=transport,
@@ -97,15 +103,17 @@ class UpstreamClient(httpx.AsyncClient):
         self.pool_timeouts = self.timeout.as_dict()
 
 
-_stream_read_size = 128
 # The most bytes one stream-body read hands up, gathered from back-to-back reads of at most
 # ``streaming.chunk_bytes`` each (httpcore asks for 64 KiB; this is the same bound).
 GATHER_BYTES = 64 * 1024
 
 
-def set_read_size(size: int) -> None:
-    """Bound each socket read of a streamed answer's body to ``size`` bytes
-    (``streaming.chunk_bytes``; process-wide, like the environment variable it comes from).
+@contextlib.contextmanager
+def stream_reads(extensions: Mapping[str, Any]) -> Iterator[None]:
+    """Inside the block, the connection of the response with these ``extensions`` (httpcore's
+    or httpx's) reads at most its client's ``read_size`` (``streaming.chunk_bytes``) per
+    socket read (its body is a stream); back to full-size reads on leaving, before the
+    connection can serve another request.
 
     Reads return whatever has arrived, up to the bound, and never wait to fill it, so a
     complete SSE frame is parsed and relayed as soon as its bytes are in. Response heads and
@@ -113,21 +121,11 @@ def set_read_size(size: int) -> None:
     soon stream frames move, and 128-byte reads of a 1 KB JSON body only cost CPU.
     How the reads of one wakeup are gathered: :class:`_StreamReadStream`.
     """
-    global _stream_read_size
-    _stream_read_size = size
-
-
-@contextlib.contextmanager
-def stream_reads(extensions: Mapping[str, Any]) -> Iterator[None]:
-    """Inside the block, the connection of the response with these ``extensions`` (httpcore's
-    or httpx's) reads at most ``streaming.chunk_bytes`` per socket read (its body is a
-    stream); back to full-size reads on leaving, before the connection can serve another
-    request."""
     stream = extensions.get("network_stream")
     if not isinstance(stream, _StreamReadStream):
         yield  # not an HTTP/1.1 connection of ours (e.g. a test transport)
         return
-    stream.read_limit = _stream_read_size
+    stream.read_limit = stream.stream_limit
     try:
         yield
     finally:
@@ -154,8 +152,9 @@ class _StreamReadStream(httpcore.AsyncNetworkStream):
     never wait either; they do pass trio's checkpoint each.
     """
 
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkStream, stream_limit: int) -> None:
         self._inner = inner
+        self.stream_limit = stream_limit  # the bound while a stream body is read
         self.read_limit: int | None = None
         self._failure: httpcore.ReadError | None = None
         self._ssl = inner.get_extra_info("ssl_object")
@@ -224,7 +223,7 @@ class _StreamReadStream(httpcore.AsyncNetworkStream):
         await self._inner.aclose()
 
     async def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
-        return _StreamReadStream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+        return _StreamReadStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self.stream_limit)
 
     def get_extra_info(self, info: str):  # type: ignore[no-untyped-def]
         return self._inner.get_extra_info(info)
@@ -233,14 +232,16 @@ class _StreamReadStream(httpcore.AsyncNetworkStream):
 class _StreamReadBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, handing out :class:`_StreamReadStream` connections."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, read_size: int) -> None:
         self._inner = inner
+        self._read_size = read_size
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # type: ignore[no-untyped-def]
-        return _StreamReadStream(await self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _StreamReadStream(stream, self._read_size)
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # type: ignore[no-untyped-def]
-        return _StreamReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options))
+        return _StreamReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options), self._read_size)
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)
@@ -283,6 +284,7 @@ class HttpClients:
     """
 
     upstream: UpstreamConfig
+    read_size: int = DEFAULT_READ_SIZE  # streaming.chunk_bytes
     _clients: dict[str, UpstreamClient] = attrs.field(factory=dict, init=False)
 
     def for_endpoint(self, endpoint: str) -> UpstreamClient:
@@ -291,7 +293,7 @@ class HttpClients:
         key = f"{url.scheme}://{url.host}:{url.port}"
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = make_client(self.upstream)
+            client = self._clients[key] = make_client(self.upstream, read_size=self.read_size)
         return client
 
     async def aclose(self) -> None:

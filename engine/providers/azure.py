@@ -16,10 +16,7 @@ the connection broke; ``retry_after`` from ``retry-after-ms``, else ``Retry-Afte
 
 from __future__ import annotations
 
-import email.utils
 import json
-import re
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,8 +28,8 @@ import trio
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.errors import UpstreamError, UpstreamTimeout
+from omixa.engine.providers._answers import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers._http import (
-    MAX_ERROR_BODY_BYTES,
     STREAM_ERRORS,
     UpstreamClient,
     make_client,
@@ -43,11 +40,8 @@ from omixa.engine.providers._http import (
 from omixa.engine.providers.sse import SseParser
 from omixa.engine.upstream import Completion, SseEvent, Usage, decode_upstream_json
 
-MAX_COMPLETION_BYTES = 32 * 1024 * 1024
 # Ten base64 images of 1536x1024 are about 40 MB.
 MAX_IMAGES_BYTES = 128 * 1024 * 1024
-MAX_MESSAGE_CHARS = 500
-_RETRY_TEXT = re.compile(rb"(?:retry after|try again in) (\d+(?:\.\d+)?) second", re.IGNORECASE)
 
 
 class AzureProvider:
@@ -211,26 +205,3 @@ def error_from_response(response: httpx.Response, raw: bytes) -> UpstreamError:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return UpstreamError(message, upstream_status=status, retry_after=parse_retry_after(response.headers, raw))
-
-
-def parse_retry_after(headers: httpx.Headers, raw: bytes = b"") -> float | None:
-    """Seconds to wait from ``retry-after-ms``, else ``Retry-After`` (seconds or HTTP date),
-    else Azure's "Please retry after N seconds" text; None when none says."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-                return max(0.0, when.timestamp() - time.time())
-            except (TypeError, ValueError):
-                pass
-    match = _RETRY_TEXT.search(raw[:MAX_ERROR_BODY_BYTES])
-    return float(match.group(1)) if match else None

@@ -35,8 +35,8 @@ import trio
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from omixa.engine.providers import gemini
+from omixa.engine.providers._answers import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
-from omixa.engine.providers.azure import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers.sse import SseParser
 from omixa.engine.upstream import Completion, SseEvent, decode_upstream_json
 
