@@ -108,7 +108,7 @@ class Accounts:
             rpm=rpm,
             tpm=tpm,
             signature_required=signature_required,
-            signing_secret_enc=None if signing is None else self.box.encrypt(signing),
+            signing_secret_enc=None if signing is None or self.box is None else self.box.encrypt(signing),
         )
         return NewKey(record=record, secret=secret, signing_secret=signing)
 

@@ -19,10 +19,10 @@ import attrs
 
 from omixa.engine.catalog import Catalog, ModelInfo, cost_of
 from omixa.engine.chat_request import resolve_model
-from omixa.engine.errors import InvalidRequest
+from omixa.engine.errors import InternalError, InvalidRequest
 from omixa.engine.model_call import PlainCall
 from omixa.engine.tokens import count_text
-from omixa.engine.upstream import Completion, Provider, Usage
+from omixa.engine.upstream import Completion, EmbeddingsProvider, Provider, Usage
 
 # OpenAI's limits: inputs per request, and tokens over all inputs of one request.
 MAX_INPUTS = 2048
@@ -53,6 +53,10 @@ class EmbeddingRequest(PlainCall):
         return copy.copy(self.body)
 
     async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+        # The fleet gives a model only deployments of its provider (or the simulator), and
+        # the catalog's embed models are Azure's: such an adapter has it.
+        if not isinstance(provider, EmbeddingsProvider):
+            raise InternalError()
         return await provider.embed(body)
 
     def usage_of(self, completion: Completion) -> Usage:

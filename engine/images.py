@@ -23,10 +23,10 @@ import attrs
 
 from omixa.engine.catalog import MILLION, Catalog, ModelInfo, Prices
 from omixa.engine.chat_request import resolve_model
-from omixa.engine.errors import InvalidRequest
+from omixa.engine.errors import InternalError, InvalidRequest
 from omixa.engine.model_call import PlainCall
 from omixa.engine.tokens import count_text
-from omixa.engine.upstream import MAX_REPORTED_TOKENS, Completion, Provider, Usage
+from omixa.engine.upstream import MAX_REPORTED_TOKENS, Completion, EmbeddingsProvider, Provider, Usage
 
 MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000
@@ -67,6 +67,10 @@ class ImageRequest(PlainCall):
         return body
 
     async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+        # The fleet gives a model only deployments of its provider (or the simulator), and
+        # the catalog's generate images models are Azure's: such an adapter has it.
+        if not isinstance(provider, EmbeddingsProvider):
+            raise InternalError()
         return await provider.generate_images(body)
 
     def usage_of(self, completion: Completion) -> Usage:
@@ -98,12 +102,21 @@ def image_usage(raw: Any) -> ImageUsage | None:
     if not isinstance(raw, dict):
         return None
     details = raw.get("input_tokens_details")
-    values = [raw.get("input_tokens"), raw.get("output_tokens"),
-              (details.get("image_tokens") or 0) if isinstance(details, dict) else 0]  # fmt: skip
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_REPORTED_TOKENS for v in values):
+    prompt, output, image = (
+        _token_count(raw.get("input_tokens")),
+        _token_count(raw.get("output_tokens")),
+        _token_count((details.get("image_tokens") or 0) if isinstance(details, dict) else 0),
+    )
+    if prompt is None or output is None or image is None:
         return None
-    prompt, output, image = values
     return ImageUsage(prompt_tokens=prompt, completion_tokens=output, image_prompt_tokens=min(image, prompt))
+
+
+def _token_count(value: Any) -> int | None:
+    """``value`` if it is a token count (an int in range), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_REPORTED_TOKENS:
+        return value
+    return None
 
 
 def image_cost(usage: Usage, prices: Prices) -> int:

@@ -148,8 +148,8 @@ def fleet_views(snapshots: Sequence[DeploymentSnapshot], now: float) -> dict[str
     some deployment does not limit is left out (the model has no limit on it)."""
     views = {}
     for name, window_name in _FLEET_WINDOWS.items():
-        windows = [snap.windows.get(window_name) for snap in snapshots]
-        if not windows or any(w is None for w in windows):
+        windows = [w for snap in snapshots if (w := snap.windows.get(window_name)) is not None]
+        if not windows or len(windows) < len(snapshots):
             continue
         views[name] = LimitView(
             limit=sum(w.limit for w in windows),

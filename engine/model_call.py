@@ -17,18 +17,44 @@ from omixa.engine.upstream import Completion, Provider, Usage
 
 
 class ModelCall(Protocol):
-    """A checked request of any endpoint, as the shared path needs it."""
+    """A checked request of any endpoint, as the shared path needs it (read-only: the
+    requests are frozen)."""
 
-    model: ModelInfo
-    body: dict[str, Any]
-    stream: bool
-    include_usage: bool
-    prompt_tokens: int
-    output_tokens: int  # cap per choice the hold covers
-    choices: int
-    cap_is_clients: bool  # the cap may not be lowered to fit the wallet
-    priority: bool
-    hold_amount: int | None  # a fixed hold, or None: the wallet prices prompt + cap
+    @property
+    def model(self) -> ModelInfo: ...
+
+    @property
+    def body(self) -> dict[str, Any]: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+    @property
+    def include_usage(self) -> bool: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def output_tokens(self) -> int:
+        """The cap per choice the hold covers."""
+        ...
+
+    @property
+    def choices(self) -> int: ...
+
+    @property
+    def cap_is_clients(self) -> bool:
+        """The cap may not be lowered to fit the wallet."""
+        ...
+
+    @property
+    def priority(self) -> bool: ...
+
+    @property
+    def hold_amount(self) -> int | None:
+        """A fixed hold, or None: the wallet prices prompt + cap."""
+        ...
 
     @property
     def estimated_tokens(self) -> int: ...

@@ -267,6 +267,7 @@ class StreamRelay:
                     # wallet is final.
                     await self._finish_upstream()
                     await self._close("ok")
+                    assert out is not None  # the end marker is always forwarded
                     return out
                 if out is not None:
                     return self._coalesce(out)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
@@ -124,6 +124,7 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
 class EmbeddingsProvider(Provider, Protocol):
     """An adapter that also serves embedding and image models (Azure, the simulator)."""
 

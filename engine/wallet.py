@@ -201,6 +201,7 @@ class WalletActor:
         abandoned: list[Hold] = []
         for message, result in zip(batch, results, strict=True):
             if not isinstance(message, Reserve):
+                assert isinstance(result, Settlement)  # a settle or release answers with one
                 message.reply.send(result)
             elif result is None:
                 unfunded.append(message)
@@ -276,6 +277,7 @@ class WalletActor:
         for _ in range(2):
             (hold,) = await storage.apply_wallet_ops([self._new_hold(msg, cap)])
             if hold is not None:
+                assert isinstance(hold, Hold)  # a new hold answers with one, or None (unfunded)
                 return Reserved(hold=hold, output_tokens=cap)
             if msg.min_output_tokens is None or msg.amount is not None:
                 break

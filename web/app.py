@@ -37,7 +37,7 @@ from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
 from omixa.web import catalog_routes, dashboard, model_calls, signing, wallet_api
 from omixa.web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from omixa.web.lifecycle import CLOSERS_KEY, NURSERY_KEY
+from omixa.web.lifecycle import bind_to_request
 from omixa.web.openapi import openapi_document
 
 log = logging.getLogger("omixa.web")
@@ -197,9 +197,7 @@ def create_app(engine: Engine) -> QuartTrio:
         caller = Caller(request_id=_request_id(), key=key)
         if not parsed.stream:
             return json_response(await chat.complete(caller, parsed))
-        relay = await chat.open_stream(caller, parsed)
-        request.scope[CLOSERS_KEY].append(relay)
-        relay.start(request.scope[NURSERY_KEY])
+        relay = bind_to_request(await chat.open_stream(caller, parsed))
         response = Response(relay, status=200, headers=SSE_HEADERS, content_type="text/event-stream")
         response.timeout = None  # never cut a long stream
         return response

@@ -32,11 +32,12 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from quart import Response, g, redirect, render_template, request
+from quart import Response, g, render_template, request
+from quart import redirect as quart_redirect
 from quart_trio import QuartTrio
 
 from omixa.engine.errors import InvalidApiKey, InvalidRequest
@@ -152,11 +153,11 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 
     def to_signin() -> Response:
         target = request.full_path.rstrip("?")
-        return redirect("/signin?" + urlencode({"next": target}) if target.startswith("/") else "/signin")
+        return _redirect("/signin?" + urlencode({"next": target}) if target.startswith("/") else "/signin")
 
     @app.get("/")
     async def home() -> Response:
-        return redirect("/usage")
+        return _redirect("/usage")
 
     @app.get("/signin")
     async def signin_form() -> Response:
@@ -184,7 +185,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
             return response
         session_id = await engine.accounts.start_session(key, max_age)
         data = {"sid": session_id, "csrf": secrets.token_urlsafe(24)}
-        response = redirect(_safe_next(form.get("next")))
+        response = _redirect(_safe_next(form.get("next")))
         set_cookie(response, SESSION_COOKIE, serializer.dumps(data), max_age)
         response.delete_cookie(SIGNIN_COOKIE, path="/")
         log.info("dashboard sign-in key=%s account=%s", key.id, key.account_id)
@@ -196,7 +197,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         if found is not None:
             check_csrf(found[1], (await request.form).get("csrf"))
             await engine.accounts.end_session(g.session_id)
-        response = redirect("/signin")
+        response = _redirect("/signin")
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -274,6 +275,12 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 # whitespace or control characters anywhere (browsers strip tabs and newlines from URLs, so
 # "/\t/evil.example" would become "//evil.example", another site).
 _LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~!$&'()*+,;=:@/?%-]*")
+
+
+def _redirect(location: str) -> Response:
+    """A 302 to ``location``. Quart's ``redirect`` builds the app's own response class; its
+    annotation names werkzeug's."""
+    return cast(Response, quart_redirect(location))
 
 
 def _safe_next(value: str | None = None) -> str:

@@ -14,15 +14,27 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import trio
+from quart import request
+
+from omixa.engine.relay import StreamRelay
 
 log = logging.getLogger("omixa.web")
 
 CLOSERS_KEY = "omixa.closers"
 NURSERY_KEY = "omixa.nursery"
 CLOSE_TIMEOUT = 15.0
+
+
+def bind_to_request(relay: StreamRelay) -> StreamRelay:
+    """Tie a streamed body to the current request: its upstream is read in the request's
+    nursery, and it is closed (settled) when the request ends, however it ends."""
+    scope = cast(dict[str, Any], request.scope)  # ASGI's scope, with this wrapper's keys
+    scope[CLOSERS_KEY].append(relay)
+    relay.start(scope[NURSERY_KEY])
+    return relay
 
 
 class RequestScope:

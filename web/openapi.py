@@ -45,7 +45,7 @@ TIME_FILTER = {
 NOT_BLANK = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 MODEL_ID = {"type": "string", "minLength": 1, "description": "A catalog model id with an enabled deployment here"}
 # JSON values Python takes as true: what "has tool_calls" means on an assistant message.
-TRUTHY = {"not": {"enum": [None, False, 0, "", [], {}]}}
+TRUTHY: dict[str, Any] = {"not": {"enum": [None, False, 0, "", [], {}]}}
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -166,7 +166,7 @@ async def run_gateway(
 
                 async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn.trio.serve(
-                        app,
+                        app,  # type: ignore[arg-type]  # an ASGI 3 app; hypercorn's alias wants its own scope types
                         hypercorn_config(config, host, port),
                         shutdown_trigger=shutdown,
                         task_status=task_status,

@@ -21,6 +21,8 @@ the route does not allow, is left to the router (404/405) without authentication
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from quart import g, request
 from quart_trio import QuartTrio
@@ -65,7 +67,7 @@ def register(app: QuartTrio, engine: Engine) -> None:
         g.key = key
 
 
-def request_target(scope: dict) -> bytes:
+def request_target(scope: Mapping[str, Any]) -> bytes:
     """The path as received (still percent-encoded), plus ``?query`` when there is one."""
     raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
     query = scope.get("query_string") or b""
@@ -78,7 +80,7 @@ async def raw_body(max_body: int, *, cache: bool = True) -> bytes:
     length = request.content_length
     if length is not None and length > max_body:
         raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
-    body = await request.get_data(cache=cache)
+    body = await request.get_data(cache=cache, as_text=False, parse_form_data=False)
     if len(body) > max_body:
         raise RequestTooLarge(f"The request body exceeds {max_body} bytes.")
     return body

@@ -40,7 +40,7 @@ from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, Upstrea
 
 # Each socket read of a streamed answer's body takes at most this many bytes unless the
 # client is made with another ``read_size`` (``streaming.chunk_bytes``; the same default).
-DEFAULT_READ_SIZE: int = attrs.fields(StreamingConfig).chunk_bytes.default
+DEFAULT_READ_SIZE = StreamingConfig().chunk_bytes
 # An upstream's error body is read up to this many bytes (the message is what matters).
 MAX_ERROR_BODY_BYTES = 64 * 1024
 _CLOSE_SECONDS = 5.0
@@ -187,6 +187,7 @@ class _StreamReadStream(httpcore.AsyncNetworkStream):
     def _gather_socket(self, first: bytes, limit: int, cap: int) -> bytes:
         parts = [first]
         size = len(first)
+        assert self._socket is not None  # only called for a plain socket
         fd = self._socket.fileno()
         while size < cap:
             try:
@@ -222,10 +223,10 @@ class _StreamReadStream(httpcore.AsyncNetworkStream):
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # type: ignore[no-untyped-def]
+    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):
         return _StreamReadStream(await self._inner.start_tls(ssl_context, server_hostname, timeout), self.stream_limit)
 
-    def get_extra_info(self, info: str):  # type: ignore[no-untyped-def]
+    def get_extra_info(self, info: str):
         return self._inner.get_extra_info(info)
 
 
@@ -236,11 +237,11 @@ class _StreamReadBackend(httpcore.AsyncNetworkBackend):
         self._inner = inner
         self._read_size = read_size
 
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # type: ignore[no-untyped-def]
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         return _StreamReadStream(stream, self._read_size)
 
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):  # type: ignore[no-untyped-def]
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
         return _StreamReadStream(await self._inner.connect_unix_socket(path, timeout, socket_options), self._read_size)
 
     async def sleep(self, seconds: float) -> None:

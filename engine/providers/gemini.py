@@ -263,7 +263,7 @@ def blocked_refusal(data: dict[str, Any]) -> str | None:
     reason = feedback.get("blockReason") if isinstance(feedback, dict) else None
     if not reason or data.get("candidates"):
         return None
-    detail = feedback.get("blockReasonMessage")
+    detail = feedback.get("blockReasonMessage") if isinstance(feedback, dict) else None
     return f"The prompt was blocked by Vertex ({reason})" + (f": {detail}" if detail else ".")
 
 

@@ -68,9 +68,9 @@ def load_service_account(path: str | Path) -> ServiceAccount:
         raise ValueError(f"{path}: the service account file is not JSON") from None
     if not isinstance(raw, dict) or raw.get("type") != "service_account":
         raise ValueError(f'{path}: not a service account key ("type" must be "service_account")')
-    for key in ("client_email", "private_key", "token_uri"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise ValueError(f"{path}: {key} is missing")
+    for name in ("client_email", "private_key", "token_uri"):
+        if not isinstance(raw.get(name), str) or not raw[name]:
+            raise ValueError(f"{path}: {name} is missing")
     try:
         key = serialization.load_pem_private_key(raw["private_key"].encode(), password=None)
     except (ValueError, TypeError) as exc:

@@ -158,7 +158,7 @@ class SimulatorProvider:
         pieces, finish, usage = self._answer(body)
         chunks = len(self._chunks(pieces))
         await _sleep_ms(self._dep.sim_first_token_ms + chunks * self._dep.sim_chunk_interval_ms)
-        message = {"annotations": [], "content": "".join(pieces), "refusal": None,
+        message: dict[str, Any] = {"annotations": [], "content": "".join(pieces), "refusal": None,
                    "role": "assistant"}  # fmt: skip
         choice = {"content_filter_results": _CONTENT_FILTER, "finish_reason": finish, "index": 0,
                   "logprobs": None, "message": message}  # fmt: skip
