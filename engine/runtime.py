@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
+from omixa.engine.access import Access
 from omixa.engine.accounts import Accounts
 from omixa.engine.catalog import Catalog, load_catalog
 from omixa.engine.chat import ChatService
@@ -52,6 +53,7 @@ class Engine:
     catalog: Catalog
     storage: Storage
     accounts: Accounts
+    access: Access
     fleet: Fleet
     router: Router
     wallets: WalletPool
@@ -111,11 +113,13 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     )
     limits = KeyLimiter(config.limits)
     accounts = Accounts(storage, box)
+    verifier = SignatureVerifier(config.security, box, started_at=time.time())
     engine = Engine(
         config=config,
         catalog=catalog,
         storage=storage,
         accounts=accounts,
+        access=Access(accounts, verifier),
         fleet=fleet,
         router=router,
         wallets=wallets,
@@ -134,7 +138,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
             upstream=config.upstream,
             limits=limits,
         ),
-        signatures=SignatureVerifier(config.security, box, started_at=time.time()),
+        signatures=verifier,
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -19,7 +19,10 @@ from fake_azure import open_fake_azure
 from harness import azure_deployment, open_gateway
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not found (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="Chromium not found (apt-get install chromium)"),
+]
 DRIVER = Path(__file__).resolve().parent / "browser_driver.py"
 POLL_SECONDS = 1.0
 # A chat, a reasoning, an embedding and an image model, so the catalog has something to filter.

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
+import pytest
 import trio
 from conftest import PG_URL
 from fake_azure import open_fake_azure
@@ -25,6 +26,8 @@ from omixa.engine.accounts import Accounts
 from omixa.engine.config import UsageConfig
 from omixa.engine.usage import UsageAggregator
 from omixa.storage import HoldContext, Instance, RequestLog, RequestLogFilter, open_storage
+
+pytestmark = pytest.mark.slow
 
 
 def _log(i: int, account_id: str) -> RequestLog:

@@ -37,8 +37,11 @@ from hypothesis import strategies as st
 from hypothesis.internal.conjecture import providers
 from hypothesis.internal.constants_ast import Constants
 from schemathesis import GenerationMode
+from schemathesis.core.result import Ok
 from schemathesis.errors import FailureGroup
 from schemathesis.specs.openapi import checks as openapi_checks
+
+pytestmark = pytest.mark.slow
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 EMBEDDING_MODEL = "text-embedding-3-small"
@@ -230,6 +233,7 @@ def fuzz(spec: dict[str, Any], root_url: str, key: str, ids: dict[str, list[str]
     accepted: set[str] = set()
     with requests.Session() as session:
         for result in schema.get_all_operations():
+            assert isinstance(result, Ok), f"the schema has an invalid operation: {result.err()!r}"
             operation = result.ok()
             for mode, strategy in strategies(operation, auth, ids).items():
 

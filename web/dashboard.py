@@ -40,6 +40,7 @@ from quart import Response, g, render_template, request
 from quart import redirect as quart_redirect
 from quart_trio import QuartTrio
 
+from omixa.engine.access import SigningKeyRefused
 from omixa.engine.errors import InvalidApiKey, InvalidRequest
 from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket
@@ -69,13 +70,6 @@ LATEST_REQUESTS = 10
 
 class NotSignedIn(InvalidApiKey):
     default_message = "Sign in first: your dashboard session is missing or has expired."
-
-
-class SignatureKey(InvalidApiKey):
-    default_message = (
-        "This key must sign every request, which a browser session cannot do; "
-        "use a key without the signature requirement for the dashboard."
-    )
 
 
 def session_secret() -> str:
@@ -110,8 +104,8 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         if found is None:
             return None
         session_id, csrf = found
-        record = await engine.accounts.session_key(session_id)
-        if record is None or engine.signatures.applies(record, False):
+        record = await engine.access.session_key(session_id)
+        if record is None:
             return None
         g.key = record
         g.session_id = session_id
@@ -171,14 +165,10 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         form = await request.form
         check_csrf(request.cookies.get(SIGNIN_COOKIE, ""), form.get("csrf"))
         try:
-            key = await engine.accounts.authenticate(f"Bearer {form.get('api_key', '').strip()}")
-            if engine.signatures.applies(key, False):
-                # A browser cannot sign with the key's secret: a session would let the key
-                # alone spend money that the operator requires signatures for.
-                raise SignatureKey()
+            key = await engine.access.sign_in(form.get("api_key", ""))
         except InvalidApiKey as exc:
             token = secrets.token_urlsafe(24)
-            message = exc.message if isinstance(exc, SignatureKey) else "That key is not valid or was revoked."
+            message = exc.message if isinstance(exc, SigningKeyRefused) else "That key is not valid or was revoked."
             response = await page("signin.html", None, csrf=token, error=message, next=_safe_next(form.get("next")))
             response.status_code = 401
             set_cookie(response, SIGNIN_COOKIE, token, 3600)

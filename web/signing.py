@@ -1,17 +1,13 @@
 """Authentication and request signatures for every ``/api/v1`` route, in one hook.
 
 :func:`register` installs a ``before_request`` hook that runs before any ``/api/v1`` view,
-whichever module registered it, so no route can forget it:
-
-1. the bearer key is authenticated: looked up by hash in the database, so a revocation or a
-   secret rotation is seen on the next request by every process. The one exception is an
-   unsigned paid model call (:data:`PAID_PATHS`), which may use this process's record of
-   the key from the last :data:`engine.accounts.KEY_CACHE_SECONDS`: its hold re-checks in
-   the database that the key is live before anything is held or sent upstream
-   (:mod:`engine.accounts`);
-2. when the request must be signed (:meth:`SignatureVerifier.applies`), the exact body is
-   read (within ``server.max_body_bytes``) and the signature verified. The body is cached
-   on the request (``get_data(cache=True)``), so the view parses these same bytes.
+whichever module registered it, so no route can forget it. It hands the request's head to
+the engine's one authentication call (:meth:`engine.access.Access.authenticate`: the key,
+and the signature where one is required or sent) and reads the body only when the engine
+asks for it (within ``server.max_body_bytes``). The body is cached on the request
+(``get_data(cache=True)``), so the view parses these same bytes. An unsigned paid model call
+(:data:`PAID_PATHS`) may be served from this process's recent record of its key: its hold
+re-checks in the database that the key is live.
 
 Only then is the key put on ``g.key`` for the views (and the rate-limit headers). Nothing is
 held or sent upstream before the hook has passed. A path that matches no route, or a method
@@ -20,13 +16,14 @@ the route does not allow, is left to the router (404/405) without authentication
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from quart import g, request
 from quart_trio import QuartTrio
 
+from omixa.engine.access import RequestHead
 from omixa.engine.errors import RequestTooLarge
 from omixa.engine.runtime import Engine
 from omixa_client import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
@@ -40,7 +37,6 @@ PAID_PATHS = frozenset({"/api/v1/chat/completions", "/api/v1/embeddings", "/api/
 
 def register(app: QuartTrio, engine: Engine) -> None:
     max_body = engine.config.server.max_body_bytes
-    verifier = engine.signatures
 
     @app.before_request
     async def authenticate_api_request() -> None:
@@ -50,21 +46,16 @@ def register(app: QuartTrio, engine: Engine) -> None:
         if request.routing_exception is not None or path in PUBLIC_PATHS:
             return
         headers = request.headers
-        signature = headers.get(SIGNATURE_HEADER)
-        recent = signature is None and path in PAID_PATHS
-        key = await engine.accounts.authenticate(headers.get("Authorization"), recent=recent)
-        if verifier.applies(key, signature is not None):
-            verifier.verify(
-                key,
-                timestamp=headers.get(TIMESTAMP_HEADER),
-                nonce=headers.get(NONCE_HEADER),
-                signature=signature,
-                method=request.method,
-                target=request_target(request.scope),
-                body=await raw_body(max_body),
-                now=time.time(),
-            )
-        g.key = key
+        head = RequestHead(
+            authorization=headers.get("Authorization"),
+            timestamp=headers.get(TIMESTAMP_HEADER),
+            nonce=headers.get(NONCE_HEADER),
+            signature=headers.get(SIGNATURE_HEADER),
+            method=request.method,
+            target=request_target(request.scope),
+            paid=path in PAID_PATHS,
+        )
+        g.key = await engine.access.authenticate(head, partial(raw_body, max_body))
 
 
 def request_target(scope: Mapping[str, Any]) -> bytes:
