@@ -30,9 +30,9 @@ from hypercorn.config import Config as HypercornConfig
 from omixa.engine.config import Config, storage_url
 from omixa.engine.runtime import Engine, open_engine
 from omixa.storage import open_storage
-from omixa.web.app import create_app
-from omixa.web.connection import ConnectionGuard
-from omixa.web.lifecycle import RequestScope
+from omixa.web.http.app import create_app
+from omixa.web.http.connection import ConnectionGuard
+from omixa.web.http.lifecycle import RequestScope
 from omixa.web.reload import watch_config
 
 log = logging.getLogger("omixa.server")

@@ -1,7 +1,7 @@
 """The developer dashboard: sign-in with an API key, /usage, /catalog and /playground.
 
-Pages are server-rendered HTML (Jinja templates in ``web/templates``) with one stylesheet and
-one script (``web/static``), all served by Omixa itself: no CDN, works offline. The script
+Pages are server-rendered HTML (Jinja templates in ``web/http/templates``) with one stylesheet and
+one script (``web/http/static``), all served by Omixa itself: no CDN, works offline. The script
 polls JSON feeds under ``/usage/data`` that are built from the same engine calls and the same
 renderings as the ``/api/v1`` wallet and usage routes, so the dashboard shows the API's
 numbers exactly.
@@ -46,9 +46,9 @@ from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord, RequestLogFilter
-from omixa.web.catalog_routes import model_object
-from omixa.web.envelope import json_response
-from omixa.web.wallet_api import bucket_view, iso, request_view
+from omixa.web.http.catalog_routes import model_object
+from omixa.web.http.envelope import json_response
+from omixa.web.http.wallet_api import bucket_view, iso, request_view
 
 log = logging.getLogger("omixa.dashboard")
 

@@ -19,7 +19,7 @@ from omixa.engine.embeddings import parse_embedding_request
 from omixa.engine.exchange import Caller
 from omixa.engine.images import parse_image_request
 from omixa.engine.runtime import Engine
-from omixa.web.envelope import json_response
+from omixa.web.http.envelope import json_response
 
 
 def register(

@@ -21,7 +21,7 @@ from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket, Page, page_limit
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord, LedgerEntry, RequestLog, RequestLogFilter
-from omixa.web.envelope import json_response
+from omixa.web.http.envelope import json_response
 
 TXN_PREFIX = "txn_"
 IDEMPOTENCY_HEADER = "Idempotency-Key"

@@ -19,7 +19,7 @@ from omixa.engine.catalog import ModelInfo, Prices
 from omixa.engine.errors import ModelNotFound
 from omixa.engine.money import format_usd
 from omixa.engine.runtime import Engine
-from omixa.web.envelope import json_response
+from omixa.web.http.envelope import json_response
 
 
 def register(app: QuartTrio, engine: Engine, authenticate: Callable[[], Awaitable[Any]]) -> None:

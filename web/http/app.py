@@ -35,10 +35,10 @@ from omixa.engine.keylimits import fleet_views, format_reset
 from omixa.engine.money import format_usd
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
-from omixa.web import catalog_routes, dashboard, model_calls, signing, wallet_api
-from omixa.web.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
-from omixa.web.lifecycle import bind_to_request
-from omixa.web.openapi import openapi_document
+from omixa.web.http import catalog_routes, dashboard, model_calls, signing, wallet_api
+from omixa.web.http.envelope import REQUEST_ID_HEADER, error_response, json_response, new_request_id
+from omixa.web.http.lifecycle import bind_to_request
+from omixa.web.http.openapi import openapi_document
 
 log = logging.getLogger("omixa.web")
 
