@@ -8,7 +8,7 @@ import httpx
 from fake_azure import open_fake_azure
 from harness import open_gateway
 
-from omixa.web.app import create_app
+from omixa.web.http.app import create_app
 
 
 def served_operations(app) -> set[tuple[str, str]]:
