@@ -22,7 +22,7 @@ import attrs
 import httpx
 import trio
 
-from omixa.engine.config import load_config, structure_config
+from omixa.engine.config_loader import load_config, structure_config
 from omixa.engine.money import parse_usd
 from omixa.web.server import Gateway, run_gateway
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from omixa.engine.catalog import load_catalog
-from omixa.engine.config import ConfigError, load_config, structure_config
+from omixa.engine.config import ConfigError
+from omixa.engine.config_loader import load_config, structure_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

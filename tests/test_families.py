@@ -14,7 +14,8 @@ from fake_azure import open_fake_azure
 from harness import azure_deployment, open_gateway
 
 from omixa.engine.catalog import EFFORTS, load_catalog
-from omixa.engine.config import BreakerConfig, UpstreamConfig, structure_config
+from omixa.engine.config import BreakerConfig, UpstreamConfig
+from omixa.engine.config_loader import structure_config
 from omixa.engine.fleet import Fleet
 from omixa.engine.router import Router
 

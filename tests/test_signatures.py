@@ -18,7 +18,8 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omixa.engine.config import ConfigError, SecurityConfig, structure_config
+from omixa.engine.config import ConfigError, SecurityConfig
+from omixa.engine.config_loader import structure_config
 from omixa.engine.errors import (
     InvalidSignature,
     MissingSignature,

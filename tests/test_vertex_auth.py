@@ -17,7 +17,8 @@ from harness import open_gateway
 from test_vertex_e2e import MESSAGES, MODEL, vertex_deployment
 
 from omixa.engine.catalog import load_catalog
-from omixa.engine.config import BreakerConfig, UpstreamConfig, structure_config
+from omixa.engine.config import BreakerConfig, UpstreamConfig
+from omixa.engine.config_loader import structure_config
 from omixa.engine.errors import UpstreamError
 from omixa.engine.fleet import Fleet
 from omixa.engine.providers.google_auth import REFRESH_MARGIN, ServiceAccountTokens, load_service_account

@@ -8,7 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from omixa.engine.config import ConfigError, DeploymentConfig, structure_config
+from omixa.engine.config import ConfigError, DeploymentConfig
+from omixa.engine.config_loader import structure_config
 from omixa.engine.errors import InvalidRequest, UpstreamError
 from omixa.engine.providers import gemini
 from omixa.engine.providers.vertex import _Chunks, error_from_response, model_url

@@ -20,7 +20,8 @@ import trio_asyncio
 
 from omixa.engine.accounts import Accounts, SigningUnavailable
 from omixa.engine.catalog import CatalogError
-from omixa.engine.config import Config, ConfigError, load_config, resolve_config_path, storage_url, structure_config
+from omixa.engine.config import Config, ConfigError, storage_url
+from omixa.engine.config_loader import load_config, resolve_config_path, structure_config
 from omixa.engine.money import format_usd, parse_usd
 from omixa.engine.secretbox import SECRET_KEY_ENV, secret_box_from_env
 from omixa.storage import NotFound, Storage, StorageError, open_storage

@@ -18,7 +18,8 @@ import attrs
 import trio
 
 from omixa.engine.catalog import load_catalog
-from omixa.engine.config import StorageConfig, structure_config
+from omixa.engine.config import StorageConfig
+from omixa.engine.config_loader import structure_config
 from omixa.engine.money import parse_usd
 from omixa.web.server import Gateway, run_gateway
 

@@ -14,7 +14,8 @@ from typing import Any
 import tomlkit
 
 from omixa.engine.catalog import load_catalog
-from omixa.engine.config import DEFAULT_AZURE_API_VERSION, ConfigError, structure_config
+from omixa.engine.config import DEFAULT_AZURE_API_VERSION, ConfigError
+from omixa.engine.config_loader import structure_config
 
 
 def add_azure_deployment(

@@ -17,7 +17,8 @@ import attrs
 import trio
 
 from omixa.engine.catalog import CatalogError
-from omixa.engine.config import ConfigError, load_config
+from omixa.engine.config import ConfigError
+from omixa.engine.config_loader import load_config
 from omixa.engine.runtime import Engine, deployed_encodings
 from omixa.engine.tokens import warm_up
 
