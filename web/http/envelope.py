@@ -11,7 +11,7 @@ import math
 import secrets
 from typing import Any
 
-from quart import Response
+from quart import Response, g
 
 from omixa.engine.errors import OmixaError
 
@@ -20,6 +20,15 @@ REQUEST_ID_HEADER = "x-request-id"
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
+
+
+def current_request_id() -> str:
+    """The current request's id (assigned by :mod:`web.http.gate`; made here if a failure
+    came before that)."""
+    request_id = g.get("request_id")
+    if request_id is None:
+        request_id = g.request_id = new_request_id()
+    return str(request_id)
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -1,9 +1,11 @@
-"""``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
+"""The paid model calls: ``POST /api/v1/chat/completions`` (JSON or an SSE stream),
+``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
 
-Both take the chat path (:mod:`engine.intake`, :mod:`engine.exchange`): key auth, the key's
-limits, the body checked (large ones off the loop), a hold, routing
-with failover, settle, a request log, the error envelope. Only the checks and the pricing
-differ (:mod:`engine.embeddings`, :mod:`engine.images`). The answer is the upstream's JSON.
+All take one path (:mod:`engine.intake`, :mod:`engine.exchange`): the key's limits, the body
+checked (large ones off the loop), a hold, routing with failover, settle, a request log, the
+error envelope. Only the checks and the pricing differ (:mod:`engine.chat_request`,
+:mod:`engine.embeddings`, :mod:`engine.images`). A non-streaming answer is the upstream's
+JSON; a stream is the engine's relay, tied to the request (:func:`web.http.lifecycle.bind_to_request`).
 """
 
 from __future__ import annotations
@@ -15,40 +17,61 @@ from typing import Any
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
+from omixa.engine.chat_request import ChatRequest
 from omixa.engine.embeddings import parse_embedding_request
 from omixa.engine.exchange import Caller
 from omixa.engine.images import parse_image_request
+from omixa.engine.model_call import ModelCall
 from omixa.engine.runtime import Engine
-from omixa.web.http.envelope import json_response
+from omixa.storage import ApiKeyRecord
+from omixa.web.http.envelope import current_request_id, json_response
+from omixa.web.http.gate import SSE_HEADERS
+from omixa.web.http.lifecycle import bind_to_request
 
 
 def register(
     app: QuartTrio,
     engine: Engine,
     *,
-    authenticate: Callable[[], Awaitable[Any]],
+    authenticate: Callable[[], Awaitable[ApiKeyRecord]],
     read_body: Callable[[], Awaitable[bytes]],
-    request_id: Callable[[], str],
-) -> None:
-    """Add the embeddings and image routes to ``app``.
+) -> Callable[[ApiKeyRecord], Awaitable[Response]]:
+    """Add the model-call routes to ``app``. Returns ``serve_chat``, which answers the
+    current request's chat completion for a key (the dashboard's playground uses it too:
+    same engine, limits, billing and wallet).
 
     Args:
         authenticate: the app's key check (returns the key record).
         read_body: reads the raw body within the size limit.
-        request_id: the current request's id.
     """
 
-    async def call(parse: Callable[..., Any]) -> Response:
-        key = await authenticate()
-        parsed = await engine.intake.take(
-            key,
-            request.content_length,
-            read_body,
-            partial(parse, catalog=engine.catalog, enabled=engine.router.models()),
-        )
+    async def take(key: ApiKeyRecord, parse: Callable[[Any], ModelCall]) -> ModelCall:
+        g.key = key
+        parsed = await engine.intake.take(key, request.content_length, read_body, parse)
         g.model = parsed.model.id  # for the rate-limit headers
-        caller = Caller(request_id=request_id(), key=key)
+        return parsed
+
+    async def serve_chat(key: ApiKeyRecord) -> Response:
+        chat = engine.chat
+        parsed = await take(key, chat.parser())
+        assert isinstance(parsed, ChatRequest)
+        caller = Caller(request_id=current_request_id(), key=key)
+        if not parsed.stream:
+            return json_response(await chat.complete(caller, parsed))
+        relay = bind_to_request(await chat.open_stream(caller, parsed))
+        response = Response(relay, status=200, headers=SSE_HEADERS, content_type="text/event-stream")
+        response.timeout = None  # never cut a long stream
+        return response
+
+    async def call(parse: Callable[..., ModelCall]) -> Response:
+        key = await authenticate()
+        parsed = await take(key, partial(parse, catalog=engine.catalog, enabled=engine.router.models()))
+        caller = Caller(request_id=current_request_id(), key=key)
         return json_response(await engine.chat.complete(caller, parsed))
+
+    @app.post("/api/v1/chat/completions")
+    async def chat_completions() -> Response:
+        return await serve_chat(await authenticate())
 
     @app.post("/api/v1/embeddings")
     async def embeddings() -> Response:
@@ -57,3 +80,5 @@ def register(
     @app.post("/api/v1/images/generations")
     async def image_generations() -> Response:
         return await call(parse_image_request)
+
+    return serve_chat
