@@ -165,7 +165,8 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
 
             # A phone-width view.
             phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
-            phone.add_cookies(context.cookies())
+            # Playwright returns Cookie and takes SetCookieParam: the same keys, typed apart.
+            phone.add_cookies(context.cookies())  # type: ignore[arg-type]
             phone_page = phone.new_page()
             phone_page.goto(f"{root}/usage")
             now_balance = api.get("/wallet", headers={"Authorization": f"Bearer {key_a}"}).json()["balance"]

@@ -47,7 +47,7 @@ import json
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -200,7 +200,7 @@ class FakeAzure:
 
     # --- the ASGI app ---
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -244,7 +244,8 @@ class FakeAzure:
                      "invalid_request_error", "param": None, "code": None}  # fmt: skip
             return await _reply(send, 400, {"error": error})
         if self.hang:
-            return await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
+            await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
+            return
         if body.get("stream") is True:
             self.streams_started += 1
             self._notify()
@@ -302,7 +303,7 @@ class FakeAzure:
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         text, finish, usage = self._answer(body)
-        message = {"annotations": [], "content": text, "refusal": None, "role": "assistant"}
+        message: dict[str, Any] = {"annotations": [], "content": text, "refusal": None, "role": "assistant"}
         choice = {"content_filter_results": _FILTERS, "finish_reason": finish, "index": 0,
                   "logprobs": None, "message": message}  # fmt: skip
         return {"choices": [choice], **self._head("chat.completion", body),
@@ -332,7 +333,7 @@ class FakeAzure:
         for i, item in enumerate(inputs):
             tokens += count_text(item, "cl100k_base") if isinstance(item, str) else len(item)
             seed = hashlib.sha256(json.dumps(item).encode()).digest()
-            vector = [((seed[j % 32] + j) % 200 - 100) / 1000 for j in range(dims)]
+            vector: list[float] | str = [((seed[j % 32] + j) % 200 - 100) / 1000 for j in range(dims)]
             if body.get("encoding_format") == "base64":
                 vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
             data.append({"object": "embedding", "index": i, "embedding": vector})

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -153,7 +153,7 @@ class FakeVertex:
         self._changed = trio.Event()
 
     # --- the ASGI app ---
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
@@ -218,8 +218,8 @@ class FakeVertex:
             assert claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
             assert claims["exp"] - claims["iat"] <= 3600
         except (AssertionError, jwt.PyJWTError, KeyError, AttributeError) as exc:
-            body = {"error": "invalid_grant", "error_description": f"Invalid JWT: {exc!r}"}
-            return await _json(send, 400, body)
+            error = {"error": "invalid_grant", "error_description": f"Invalid JWT: {exc!r}"}
+            return await _json(send, 400, error)
         token = f"ya29.fake-{len(self.tokens_issued) + 1}"
         self.tokens_issued.append(token)
         await _json(send, 200, {"access_token": token, "expires_in": self.token_lifetime, "token_type": "Bearer"})

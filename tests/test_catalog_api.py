@@ -104,6 +104,7 @@ def test_a_new_family_is_data_only_and_ties_go_to_the_lower_effort(tmp_path: Pat
         'reasoning_efforts = ["minimal", "medium", "xhigh"]\nprices = { input = "1" }\n'
     )
     model = load_catalog(catalog).get("gpt-next")
+    assert model is not None
     mapped = {e: model.effort_for(e) for e in ("none", "minimal", "low", "medium", "high", "xhigh")}
     assert mapped == {"none": "minimal", "minimal": "minimal", "low": "minimal",
                       "medium": "medium", "high": "medium", "xhigh": "xhigh"}  # fmt: skip

@@ -20,7 +20,9 @@ from omixa.engine.money import format_usd
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Usage
 
-PRICES = load_catalog().get(MODEL).prices
+MODEL_INFO = load_catalog().get(MODEL)
+assert MODEL_INFO is not None  # the shipped catalog lists it
+PRICES = MODEL_INFO.prices
 MESSAGES = [{"role": "user", "content": "Say something about foxes."}]
 
 

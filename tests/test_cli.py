@@ -157,6 +157,7 @@ def test_add_azure_deployment_creates_and_keeps_comments(tmp_path):
 
 
 async def read_values(process: trio.Process, names: set[str]) -> dict[str, str]:
+    assert process.stdout is not None, "started with stdout=subprocess.PIPE"
     buffer = b""
     found: dict[str, str] = {}
     with trio.fail_after(30):

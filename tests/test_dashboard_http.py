@@ -15,7 +15,9 @@ async def signin_form(client: httpx.AsyncClient, next_path: str = "/usage") -> s
     page = await client.get("/signin", params={"next": next_path})
     assert page.status_code == 200
     assert "default-src 'self'" in page.headers["content-security-policy"]
-    return re.search(r'name="csrf" value="([^"]+)"', page.text)[1]
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match is not None, "the sign-in form has a csrf field"
+    return match[1]
 
 
 async def test_signin_checks_csrf_redirects_locally_and_refuses_signing_keys(tmp_path, secret_key):

@@ -15,7 +15,9 @@ from omixa.engine.tokens import count_text
 
 SMALL = "text-embedding-3-small"
 CATALOG = load_catalog()
-PER_TOKEN = CATALOG.get(SMALL).prices.input // 1_000_000  # 20 nano-dollars a token
+SMALL_INFO = CATALOG.get(SMALL)
+assert SMALL_INFO is not None  # the shipped catalog lists it
+PER_TOKEN = SMALL_INFO.prices.input // 1_000_000  # 20 nano-dollars a token
 
 
 def embedding_deployments(fake) -> list[dict]:

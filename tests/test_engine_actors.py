@@ -23,7 +23,9 @@ from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import Reserved, WalletPool
 from omixa.storage import HoldContext, RequestLog, Settlement
 
-PRICES = load_catalog().get("gpt-4o-mini").prices
+MINI = load_catalog().get("gpt-4o-mini")
+assert MINI is not None  # the shipped catalog lists it
+PRICES = MINI.prices
 
 
 async def funded(storage, nano: int) -> str:

@@ -43,7 +43,8 @@ def sdk(gw, key: str, signing_secret: str) -> openai.OpenAI:
         base_url=gw.base_url,
         api_key=key,
         max_retries=0,
-        http_client=httpx.Client(auth=OmixaSigner(signing_secret)),
+        # openai takes an httpx.Client at run time (it checks for one); its annotation names httpx2's only.
+        http_client=httpx.Client(auth=OmixaSigner(signing_secret)),  # type: ignore[arg-type]
     )
 
 

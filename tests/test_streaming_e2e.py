@@ -23,7 +23,9 @@ from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Usage
 
-PRICES = load_catalog().get(MODEL).prices
+MODEL_INFO = load_catalog().get(MODEL)
+assert MODEL_INFO is not None  # the shipped catalog lists it
+PRICES = MODEL_INFO.prices
 MESSAGES = [{"role": "user", "content": "Tell me a story."}]
 PROMPT = count_chat_prompt({"messages": MESSAGES})
 SSE = {"content-type": "text/event-stream"}
@@ -105,7 +107,7 @@ def _holders(text: str, marker: bytes, mine: tuple[object, ...]) -> list[str]:
             return False
         if type(ref) is str:
             return len(ref) == len(text) and ref == text
-        if type(ref) in (bytes, bytearray, memoryview):
+        if type(ref) is bytes or type(ref) is bytearray or type(ref) is memoryview:
             return marker in ref
         if depth < 4 and not gc.is_tracked(ref) and isinstance(ref, (dict, tuple)):
             items = ref.values() if isinstance(ref, dict) else ref

@@ -78,7 +78,7 @@ def test_encoding_is_tiktokens_own(name: str, tmp_path, monkeypatch: pytest.Monk
     """tiktoken's own constructor (tiktoken_ext.openai_public), fed our file through its cache
     (looked up under the SHA-1 of OpenAI's URL, checked against its expected SHA-256), gives
     the same split pattern, special tokens and ranks as ours."""
-    from tiktoken_ext import openai_public
+    from tiktoken_ext import openai_public  # type: ignore[import-untyped]  # tiktoken_ext ships no types
 
     url = f"https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
     packed = (resources.files("omixa.engine") / "encodings" / f"{name}.tiktoken.gz").read_bytes()

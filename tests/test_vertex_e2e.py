@@ -25,7 +25,9 @@ from omixa.engine.tokens import count_text
 from omixa.engine.upstream import Usage
 
 MODEL = "gemini-2.5-flash"
-PRICES = load_catalog().get(MODEL).prices
+MODEL_INFO = load_catalog().get(MODEL)
+assert MODEL_INFO is not None  # the shipped catalog lists it
+PRICES = MODEL_INFO.prices
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Say something about foxes."},

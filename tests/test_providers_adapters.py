@@ -1,133 +1,23 @@
-"""Provider adapters: the SSE parser, the Azure adapter against a real fake Azure on loopback,
-and the simulator."""
+"""Provider adapters: Azure against a real fake Azure on loopback, and the simulator."""
 
 from __future__ import annotations
 
 import json
 import socket
-import ssl
-import struct
 import time
 
-import httpcore
 import httpx
 import pytest
 import trio
-import trustme
 from fake_azure import DEFAULT_REPLY, open_fake_azure
+from provider_helpers import BODY, SERVER, STREAM_BODY, azure_deployment, collect, content_of
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.errors import UpstreamError, UpstreamTimeout
-from omixa.engine.providers import (
-    AzureProvider,
-    HttpClients,
-    SimulatorProvider,
-    SseParser,
-    build_provider,
-    iter_sse,
-)
+from omixa.engine.providers import AzureProvider, SimulatorProvider
 from omixa.engine.providers.simulator import WORDS
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Usage
-
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say something."}]}
-STREAM_BODY = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
-SERVER = UpstreamConfig(request_timeout_seconds=5.0, timeout_seconds=5.0, idle_timeout_seconds=5.0,
-                        connect_timeout_seconds=2.0, max_connections=8)  # fmt: skip
-
-# ---------------------------------------------------------------- SSE parser
-
-SAMPLE = (
-    b": padding comment\n\n"
-    b'data: {"a":1}\n\n'
-    b'data: {"b":\r\ndata: 2}\r\n\r\n'
-    b"\n"
-    b'event: message\nid: 7\ndata: {"c":"x\\ny"}\n\n'
-    b"retry: 100\n\n"
-    b"data:[DONE]\n\n"
-)
-
-
-def parse_all(chunks: list[bytes]):
-    parser = SseParser()
-    events = [event for chunk in chunks for event in parser.feed(chunk)]
-    parser.close()
-    return events
-
-
-def test_sse_parses_each_kind_of_event():
-    events = parse_all([SAMPLE])
-    assert [(e.data, e.done, e.comment) for e in events] == [
-        (None, False, True),
-        ({"a": 1}, False, False),
-        ({"b": 2}, False, False),  # two data lines joined with "\n", CRLF line ends
-        (None, False, True),  # a stray blank line, passed through
-        ({"c": "x\ny"}, False, False),
-        (None, False, False),  # fields without data: not content, not a comment
-        (None, True, False),
-    ]
-    assert b"".join(e.raw for e in events) == SAMPLE
-
-
-def test_sse_split_at_every_byte_boundary_gives_the_same_events():
-    whole = parse_all([SAMPLE])
-    for cut in range(1, len(SAMPLE)):
-        assert parse_all([SAMPLE[:cut], SAMPLE[cut:]]) == whole, cut
-    assert parse_all([SAMPLE[i : i + 1] for i in range(len(SAMPLE))]) == whole
-    for cut in range(1, len(SAMPLE) - 3, 7):
-        parts = [SAMPLE[:cut], SAMPLE[cut : cut + 3], SAMPLE[cut + 3 :]]
-        assert parse_all(parts) == whole
-
-
-def test_sse_crlf_only_stream():
-    crlf = b'data: {"x":1}\r\n\r\n: ping\r\n\r\ndata: [DONE]\r\n\r\n'
-    events = parse_all([crlf[i : i + 1] for i in range(len(crlf))])
-    assert [e.raw for e in events] == [b'data: {"x":1}\r\n\r\n', b": ping\r\n\r\n",
-                                       b"data: [DONE]\r\n\r\n"]  # fmt: skip
-    assert events[0].data == {"x": 1} and events[1].comment and events[2].done
-
-
-@pytest.mark.parametrize("frame", [b"data: {nope}\n\n", b"data: [1, 2]\n\n", b"data: \xff\n\n",
-                                   b'data: {"a":\ndata: }\n\n'])  # fmt: skip
-def test_sse_malformed_frame_is_an_upstream_error(frame):
-    with pytest.raises(UpstreamError, match="malformed stream frame"):
-        SseParser().feed(frame)
-
-
-def test_sse_good_events_before_a_malformed_one_in_the_same_chunk_are_kept():
-    parser = SseParser()
-    events = parser.feed(b'data: {"a":1}\n\ndata: {nope}\n\n')
-    assert [e.data for e in events] == [{"a": 1}]
-    assert parser.failure is not None
-    with pytest.raises(UpstreamError, match="malformed stream frame"):
-        parser.close()
-
-
-def test_sse_bounds_the_buffer():
-    parser = SseParser(max_buffer=1000)
-    parser.feed(b"data: " + b"x" * 900)
-    with pytest.raises(UpstreamError, match="no event boundary"):
-        parser.feed(b"x" * 200)
-
-
-def test_sse_stream_cut_inside_an_event_is_an_error():
-    parser = SseParser()
-    assert parser.feed(b'data: {"a":1}\n\ndata: {"b"') != []
-    with pytest.raises(UpstreamError):
-        parser.close()
-    trailing = SseParser()
-    trailing.feed(b"data: [DONE]\n\n\n")
-    trailing.close()  # whitespace after the last event is fine
-
-
-async def test_iter_sse_over_async_chunks():
-    async def chunks():
-        for i in range(0, len(SAMPLE), 5):
-            yield SAMPLE[i : i + 5]
-
-    events = [event async for event in iter_sse(chunks())]
-    assert events == parse_all([SAMPLE])
-
 
 # ---------------------------------------------------------------- Azure adapter
 
@@ -138,28 +28,11 @@ async def fake():
         yield server
 
 
-def azure_deployment(fake, **changes) -> DeploymentConfig:
-    fields = dict(name="east", model="gpt-4o", provider="azure", endpoint=fake.endpoint + "/",
-                  deployment="gpt4o-east", api_key=fake.api_key)  # fmt: skip
-    return DeploymentConfig(**{**fields, **changes})
-
-
 @pytest.fixture
 async def azure(fake):
     provider = AzureProvider(azure_deployment(fake), SERVER)
     yield provider
     await provider.aclose()
-
-
-async def collect(provider, body=STREAM_BODY):
-    async with provider.open_stream(body) as events:
-        return [event async for event in events]
-
-
-def content_of(events) -> str:
-    return "".join(
-        e.data["choices"][0]["delta"].get("content") or "" for e in events if e.data and e.data.get("choices")
-    )
 
 
 async def test_complete_sends_azure_wire_format_and_parses_usage(fake, azure):
@@ -259,53 +132,6 @@ async def test_success_status_with_a_non_object_body(fake, azure):
     assert info.value.upstream_status == 200
 
 
-async def test_answers_and_error_bodies_are_read_up_to_their_caps(fake):
-    """post_answer (httpcore's pool directly) keeps the caps: the answer's limit, and
-    MAX_ERROR_BODY_BYTES for an error body; the connection is closed and the next call works."""
-    from omixa.engine.providers._http import MAX_ERROR_BODY_BYTES, make_client, post_answer
-    from omixa.engine.providers.azure import error_from_response
-
-    client = make_client(SERVER)
-    url = f"{fake.endpoint}/openai/deployments/d/chat/completions?api-version=2024-10-21"
-    headers = {"api-key": fake.api_key, "content-type": "application/json"}
-    content = json.dumps({"messages": BODY["messages"]}).encode()
-    try:
-        with pytest.raises(UpstreamError, match="larger than 100 bytes") as info:
-            await post_answer(client, url, headers, content, 100, error_from_response)
-        assert info.value.upstream_status == 200
-        fake.fail_next(500, body="x" * (MAX_ERROR_BODY_BYTES + 1))
-        with pytest.raises(UpstreamError, match="larger than") as info:
-            await post_answer(client, url, headers, content, 10**6, error_from_response)
-        assert info.value.upstream_status == 500
-        fake.fail_next(429, body={"error": {"code": "429", "message": "Slow down."}}, headers={"retry-after": "3"})
-        with pytest.raises(UpstreamError, match="Slow down.") as info:
-            await post_answer(client, url, headers, content, 10**6, error_from_response)
-        assert (info.value.upstream_status, info.value.retry_after) == (429, 3.0)
-        status, raw = await post_answer(client, url, headers, content, 10**6, error_from_response)
-        assert status == 200 and json.loads(raw)["choices"]
-    finally:
-        await client.aclose()
-
-
-@pytest.mark.parametrize(
-    "exc, timeout",
-    [(httpcore.ConnectTimeout, True), (httpcore.ReadTimeout, True), (httpcore.WriteTimeout, True),
-     (httpcore.PoolTimeout, True), (httpcore.ConnectError, False), (httpcore.ReadError, False),
-     (httpcore.WriteError, False), (httpcore.RemoteProtocolError, False),
-     (httpcore.LocalProtocolError, False), (httpcore.ProxyError, False),
-     (httpcore.UnsupportedProtocol, False)],
-)  # fmt: skip
-def test_httpcore_exceptions_map_like_their_httpx_twins(exc, timeout):
-    from omixa.engine.providers._http import map_errors
-
-    with pytest.raises(UpstreamTimeout if timeout else UpstreamError) as info:
-        with map_errors():
-            raise exc("boom")
-    assert isinstance(info.value.__cause__, exc)
-    if not timeout:
-        assert info.value.upstream_status is None and exc.__name__ in info.value.message
-
-
 async def test_connection_refused_is_upstream_error_without_status():
     with socket.socket() as sock:  # a port nobody listens on once closed
         sock.bind(("127.0.0.1", 0))
@@ -376,16 +202,6 @@ async def test_cancelling_a_stream_closes_the_upstream_connection(fake, azure):
         await fake.wait_disconnected(2)
     fake.reply = DEFAULT_REPLY  # and the pool still works
     assert content_of(await collect(azure)) == DEFAULT_REPLY
-
-
-async def test_build_provider_shares_one_client_per_endpoint(fake):
-    clients = HttpClients(SERVER)
-    east = build_provider(azure_deployment(fake), SERVER, clients)
-    west = build_provider(azure_deployment(fake, name="west", deployment="w"), SERVER, clients)
-    assert east._client is west._client
-    assert (await west.complete(BODY)).usage.completion_tokens == count_text(DEFAULT_REPLY)
-    assert fake.requests[-1].deployment == "w"
-    await clients.aclose()
 
 
 async def test_fake_knobs_chunks_deployments_and_first_delay(fake, azure):
@@ -488,121 +304,6 @@ async def test_simulator_pacing(autojump_clock):
     start = trio.current_time()
     await provider.complete(BODY)
     assert trio.current_time() - start == pytest.approx(0.11)
-
-
-async def read_stream_pieces(client, url: str, headers: dict, body: dict) -> list[bytes]:
-    from omixa.engine.providers._http import stream_reads
-
-    request = client.build_request("POST", url, json={**body, "stream": True}, headers=headers)
-    response = await client.send(request, stream=True)
-    with stream_reads(response.extensions):
-        pieces = [chunk async for chunk in response.aiter_raw()]
-    await response.aclose()
-    return pieces
-
-
-@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
-async def test_stream_bodies_are_read_in_chunk_bytes_and_everything_else_in_full(tmp_path, tls):
-    """streaming.chunk_bytes bounds each read of a stream's body only; the reads of one wakeup
-    are handed up together (each frame in one piece, not in 128-byte slices), over plain TCP
-    and TLS. Heads and non-streaming bodies come in full-size reads, and the connection is
-    back to them when it serves the next request."""
-    from omixa.engine.providers._http import GATHER_BYTES, make_client
-
-    reply = " ".join(f"w{i}" for i in range(200))
-    tls_files, verify = {}, True
-    if tls:
-        ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1")
-        cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
-        tls_files = {"certfile": str(tmp_path / "server.pem"), "keyfile": str(tmp_path / "server.pem")}
-        verify = ssl.create_default_context()
-        ca.configure_trust(verify)
-    async with open_fake_azure(reply=reply, chunks=4, **tls_files) as fake:
-        assert fake.endpoint.startswith("https://" if tls else "http://")
-        client = make_client(UpstreamConfig(max_connections=1), read_size=128, verify=verify)  # one connection
-        url = f"{fake.endpoint}/openai/deployments/d/chat/completions?api-version=2024-10-21"
-        headers = {"api-key": fake.api_key}
-        body = {"messages": [{"role": "user", "content": "hi"}]}
-        try:
-            for _ in range(2):
-                pieces = await read_stream_pieces(client, url, headers, body)
-                # Each frame is a 300-odd-byte HTTP chunk sent alone: read in 128-byte reads,
-                # then gathered.
-                assert max(map(len, pieces)) > 128
-                assert max(map(len, pieces)) <= GATHER_BYTES
-                events = SseParser().feed(b"".join(pieces))
-                assert events[-1].done
-                assert content_of(events) == reply
-
-                plain = await client.post(url, json=body, headers=headers)
-                assert len(plain.content) > 1000
-                request = client.build_request("POST", url, json=body, headers=headers)
-                response = await client.send(request, stream=True)
-                sizes = [len(chunk) async for chunk in response.aiter_raw()]
-                await response.aclose()
-                assert max(sizes) > 128  # the same connection, full-size reads again
-        finally:
-            await client.aclose()
-
-
-async def test_a_reset_after_gathered_bytes_comes_after_those_bytes():
-    """A stream body read gathers what the kernel holds; a connection reset met while
-    gathering is raised by the next read, after the bytes that arrived before it, as the
-    same error as before (UpstreamError, upstream not reached)."""
-    from omixa.engine.providers._http import make_client, translate
-
-    frames = b"".join(
-        b"%x\r\n%s\r\n" % (len(f), f) for f in [b'data: {"n":%d,"pad":"%s"}\n\n' % (i, b"x" * 200) for i in range(20)]
-    )
-    # Padded with a comment to a multiple of 128 bytes: the gathering reads end on the reset,
-    # not on a short read.
-    for k in range(1, 200):
-        pad = b":" + b" " * k + b"\n\n"
-        padded = frames + b"%x\r\n%s\r\n" % (len(pad), pad)
-        if len(padded) % 128 == 0:
-            frames = padded
-            break
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    listener = trio.socket.socket()
-    await listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    port = listener.getsockname()[1]
-    sent = trio.Event()
-
-    async def serve() -> None:
-        conn, _ = await listener.accept()
-        with conn:
-            await conn.recv(65536)  # the request
-            await conn.send(head)
-            await trio.sleep(0.05)  # the head is read alone, then the body in 128-byte reads
-            await conn.send(frames)
-            await trio.sleep(0.05)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sent.set()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve)
-        client = make_client(UpstreamConfig(max_connections=1))
-        try:
-            request = client.build_request("POST", f"http://127.0.0.1:{port}/", json={})
-            response = await client.send(request, stream=True)
-            await sent.wait()  # body and reset are both in the kernel before the first body read
-            received = []
-            from omixa.engine.providers._http import stream_reads
-
-            with pytest.raises(httpx.ReadError) as caught:
-                with stream_reads(response.extensions):
-                    async for chunk in response.aiter_raw():
-                        received.append(chunk)
-            await response.aclose()
-        finally:
-            await client.aclose()
-            listener.close()
-    parsed = SseParser().feed(b"".join(received))
-    assert [e.data["n"] for e in parsed if e.data] == list(range(20))
-    error = translate(caught.value)
-    assert isinstance(error, UpstreamError) and error.upstream_status is None
 
 
 async def test_a_stream_compressed_against_our_ask_is_decoded():
