@@ -1,4 +1,6 @@
-"""Checks and ids shared by both backends, so they refuse the same inputs the same way."""
+"""What both backends share, so they refuse the same inputs the same way and agree on what
+they store: the checks and ids, the wallet steps as they come in, the request logs and rollups
+as Python computes them, and the SQL text both dialects can read alike."""
 
 from __future__ import annotations
 
@@ -9,7 +11,16 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from omixa.storage.base import RequestLog, RequestLogFilter, RollupRow
+from omixa.storage.base import (
+    FinalizeHold,
+    NewHold,
+    RequestLog,
+    RequestLogFilter,
+    RollupRow,
+    Settlement,
+    WalletOp,
+    WalletState,
+)
 
 MAX_AMOUNT = 2**63 - 1  # the largest nano-dollar amount a BIGINT / INTEGER column holds
 
@@ -31,6 +42,41 @@ def check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     if not low <= value <= MAX_AMOUNT:
         raise ValueError(f"{name} must be an integer >= {low}, got {value}")
+
+
+# -- wallet steps ------------------------------------------------------------------------------
+
+# A step of apply_wallet_ops once checked: a new hold with the id it will have, or a finalize.
+WalletStep = tuple[str, NewHold] | FinalizeHold
+
+
+def wallet_steps(ops: Sequence[WalletOp]) -> list[WalletStep]:
+    """``ops`` checked, all of them before any runs, each new hold with a new id.
+
+    Errors: ValueError for an amount or charge out of range, or a naive ``expires_at``.
+    """
+    steps: list[WalletStep] = []
+    for op in ops:
+        if isinstance(op, NewHold):
+            check_amount(op.amount, "amount")
+            require_aware(op.expires_at, "expires_at")
+            steps.append((new_id("hold"), op))
+        else:
+            check_amount(op.charge, "charge", allow_zero=True)
+            steps.append(op)
+    return steps
+
+
+def finalize_args(step: FinalizeHold) -> tuple[str, int, str | None]:
+    """The hold's new state, the charge asked for and the log to keep with the hold (JSON): a
+    void charges nothing."""
+    state, charge = ("voided", 0) if step.void else ("posted", step.charge)
+    return state, charge, None if step.log is None else log_to_json(step.log)
+
+
+def already_final(hold_id: str, wallet: WalletState) -> Settlement:
+    """What finalizing a hold that is no longer pending returns: nothing changed."""
+    return Settlement(hold_id=hold_id, charged=0, released=0, already_final=True, wallet=wallet)
 
 
 # -- request logs and rollups ------------------------------------------------------------------
@@ -170,6 +216,10 @@ def request_log_where(
     return " AND ".join(clauses), params
 
 
+# The holds columns interrupted_log reads.
+PENDING_HOLD_COLUMNS = "id, account_id, request_id, key_id, model, provider, stream, created_at"
+
+
 def interrupted_log(hold: Mapping[str, Any], now: dt.datetime) -> RequestLog:
     """The log of a request whose process died holding ``hold`` (a holds row): nothing
     charged, no tokens known, latency up to the recovery."""
@@ -223,6 +273,10 @@ def log_to_json(log: RequestLog) -> str:
     return _encode(fields)
 
 
+# The holds columns log_from_hold reads (and the hold's id, to clear its copy).
+UNLOGGED_HOLD_COLUMNS = "id, request_id, account_id, key_id, model, stream, charged, log"
+
+
 def log_from_hold(hold: Mapping[str, Any]) -> RequestLog:
     """The request log a finalized ``hold`` (a holds row with its ``log``) stands for: its
     cost is what the hold charged."""
@@ -238,3 +292,23 @@ def log_from_hold(hold: Mapping[str, Any]) -> RequestLog:
         created_at=dt.datetime.fromisoformat(fields.pop("created_at")),
         **{name: fields[name] for name in _HELD_LOG_FIELDS},
     )
+
+
+# -- SQL both dialects read alike --------------------------------------------------------------
+
+KEY_COLUMNS = (
+    "id, account_id, prefix, rpm, tpm, created_at, revoked_at, signature_required,"
+    " signing_secret_enc, previous_secret_enc, previous_secret_expires_at"
+)
+# A dashboard session's key; each backend adds its WHERE (a session by id, not expired).
+SESSION_KEY_SELECT = (
+    "SELECT "
+    + ", ".join(f"k.{c.strip()}" for c in KEY_COLUMNS.split(","))
+    + " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
+)
+LEDGER_SELECT = (
+    "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id, created_at FROM ledger"
+)
+REQUEST_LOG_SELECT = f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs"
+ROLLUP_SELECT = f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
+ROLLUP_LATENCY_SELECT = "SELECT bucket_start, model, bin, count FROM usage_rollup_latency"

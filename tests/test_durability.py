@@ -340,4 +340,4 @@ async def test_sigkill_rounds_under_load_lose_no_record_of_a_charge(database_url
         with trio.fail_after(20):
             await process.wait()
     # Every round charged more requests than the one before (the load really ran).
-    assert all(later > earlier for earlier, later in zip([0, *charged], charged, strict=True)), charged
+    assert all(later > earlier for earlier, later in itertools.pairwise([0, *charged])), charged

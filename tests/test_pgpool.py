@@ -1,4 +1,4 @@
-"""The PostgreSQL connection pool (storage._pgpool) on a real server: reuse, its bound,
+"""The PostgreSQL connection pool (storage/postgres/pool.py) on a real server: reuse, its bound,
 interrupted calls, close. Connections are counted on the server (pg_stat_activity)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import trio
 from conftest import PG_URL
 
-from omixa.storage._aio import AioBridge
-from omixa.storage._pgpool import ConnectionPool
+from omixa.storage.postgres.aio import AioBridge
+from omixa.storage.postgres.pool import ConnectionPool
 
 APP = "omixa-pool-test"
 

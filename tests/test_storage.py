@@ -29,10 +29,10 @@ from omixa.storage import (
     WalletState,
     open_storage,
 )
-from omixa.storage._aio import AioBridge
 from omixa.storage.migrations import load_migrations
 from omixa.storage.open import sqlite_path
-from omixa.storage.postgres import _pool_options
+from omixa.storage.postgres.aio import AioBridge
+from omixa.storage.postgres.connection import pool_options as _pool_options
 from omixa.storage.sqlite import SQLiteStorage
 
 UTC = dt.UTC

@@ -1,0 +1,91 @@
+"""Accounts, API keys and dashboard sessions in SQLite. Runs in the worker thread; a writer
+is called inside the write transaction (BEGIN IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from omixa.storage._common import KEY_COLUMNS, SESSION_KEY_SELECT
+from omixa.storage.base import Account, ApiKeyRecord, SigningSummary
+from omixa.storage.errors import NotFound
+from omixa.storage.sqlite.rows import now_us, records, to_us
+
+FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+SESSION_KEY = f"{SESSION_KEY_SELECT} WHERE s.id = ? AND s.expires_at > ?"
+
+
+def insert_account(conn: sqlite3.Connection, account: Account) -> None:
+    conn.execute(
+        "INSERT INTO accounts (id, email, created_at) VALUES (?, ?, ?)",
+        (account.id, account.email, to_us(account.created_at, "created_at")),
+    )
+
+
+def insert_api_key(conn: sqlite3.Connection, key: ApiKeyRecord, key_hash: str) -> None:
+    if conn.execute("SELECT 1 FROM accounts WHERE id = ?", (key.account_id,)).fetchone() is None:
+        raise NotFound(f"no account {key.account_id!r}")
+    conn.execute(
+        "INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm, created_at,"
+        " signature_required, signing_secret_enc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            key.id,
+            key.account_id,
+            key_hash,
+            key.prefix,
+            key.rpm,
+            key.tpm,
+            to_us(key.created_at, "created_at"),
+            int(key.signature_required),
+            key.signing_secret_enc,
+        ),
+    )
+
+
+def rotate_signing_secret(
+    conn: sqlite3.Connection, key_id: str, secret_enc: str, expires_us: int | None
+) -> ApiKeyRecord | None:
+    # With no grace the replaced secret goes at once; with grace it becomes the previous one
+    # (a key that had no secret yet has no previous one).
+    conn.execute(
+        "UPDATE api_keys SET"
+        " previous_secret_enc = CASE WHEN ? IS NULL THEN NULL ELSE signing_secret_enc END,"
+        " previous_secret_expires_at = CASE WHEN ? IS NULL OR signing_secret_enc IS NULL"
+        "   THEN NULL ELSE ? END,"
+        " signing_secret_enc = ?"
+        " WHERE id = ?",
+        (expires_us, expires_us, expires_us, secret_enc, key_id),
+    )
+    found = records(conn, ApiKeyRecord, f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,))
+    return found[0] if found else None
+
+
+def signing_summary(conn: sqlite3.Connection) -> SigningSummary:
+    required = conn.execute(
+        "SELECT count(*) FROM api_keys WHERE signature_required = 1 AND revoked_at IS NULL"
+    ).fetchone()[0]
+    sample = conn.execute(
+        "SELECT signing_secret_enc FROM api_keys WHERE signing_secret_enc IS NOT NULL"
+        " AND revoked_at IS NULL ORDER BY created_at DESC LIMIT 1"
+    ).fetchone()
+    return SigningSummary(required_keys=required, sample_secret_enc=sample[0] if sample else None)
+
+
+def revoke_api_key(conn: sqlite3.Connection, key_id: str, revoked_us: int) -> bool:
+    cursor = conn.execute("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?", (revoked_us, key_id))
+    return cursor.rowcount > 0
+
+
+def create_dashboard_session(conn: sqlite3.Connection, session_id: str, key_id: str, expires_us: int) -> bool:
+    now = now_us()
+    conn.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?", (now,))
+    cursor = conn.execute(
+        "INSERT INTO dashboard_sessions (id, key_id, created_at, expires_at)"
+        " SELECT ?, id, ?, ? FROM api_keys WHERE id = ?",
+        (session_id, now, expires_us, key_id),
+    )
+    return cursor.rowcount > 0
+
+
+def end_dashboard_session(conn: sqlite3.Connection, session_id: str) -> None:
+    conn.execute("DELETE FROM dashboard_sessions WHERE id = ?", (session_id,))
