@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import random
 import sqlite3
+from typing import Any
 
 import asyncpg
 import pytest
@@ -83,8 +84,8 @@ def wallet_of(account_id: str, balance: int, locked: int) -> WalletState:
     return WalletState(account_id=account_id, balance=balance, locked=locked)
 
 
-def request_log(request_id: str, **overrides) -> RequestLog:
-    values = dict(
+def request_log(request_id: str, **overrides: Any) -> RequestLog:
+    values: dict[str, Any] = dict(
         id=request_id,
         account_id="acct_x",
         key_id="key_x",
@@ -405,7 +406,7 @@ async def test_a_batch_writes_exactly_what_its_steps_write_one_by_one(storage):
             results = await storage.apply_wallet_ops(steps)
         else:
             results = [(await storage.apply_wallet_ops([step]))[0] for step in steps]
-        shown = []
+        shown: list[Any] = []
         for result in results:
             if isinstance(result, Settlement):
                 wallet = result.wallet
