@@ -36,6 +36,7 @@ error is made, so neither the response nor a log of the error can show it.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 # omx_live_ (API keys) and omx_sig_ (signing secrets), followed by their random part.
 _SECRET_SHAPED = re.compile(r"omx_(live|sig)_[A-Za-z0-9_-]+")
@@ -56,6 +57,11 @@ class OmixaError(Exception):
         self.message = redact_secrets(message) if message else self.default_message
         self.retry_after = retry_after
         super().__init__(self.message)
+
+    def envelope(self, request_id: str) -> dict[str, Any]:
+        """The OpenAI-shaped error body: ``{"error": {"code", "message", "type", "request_id"}}``
+        (an HTTP error response's body, and a stream's error event's data)."""
+        return {"error": {"code": self.code, "message": self.message, "type": self.type, "request_id": request_id}}
 
 
 class InvalidRequest(OmixaError):

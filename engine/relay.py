@@ -99,15 +99,7 @@ class StreamOwner(Protocol):
 
 def error_event(exc: OmixaError, request_id: str) -> bytes:
     """An OpenAI-shaped error event."""
-    payload = {
-        "error": {
-            "code": exc.code,
-            "message": exc.message,
-            "type": exc.type,
-            "request_id": request_id,
-        }
-    }
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json.dumps(exc.envelope(request_id), separators=(",", ":")).encode() + b"\n\n"
 
 
 def padding_comment(size: int) -> bytes:

@@ -37,14 +37,7 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(exc: OmixaError, request_id: str, headers: dict[str, str] | None = None) -> Response:
-    payload = {
-        "error": {
-            "code": exc.code,
-            "message": exc.message,
-            "type": exc.type,
-            "request_id": request_id,
-        }
-    }
+    payload = exc.envelope(request_id)
     headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     if exc.retry_after is not None and exc.status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
