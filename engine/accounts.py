@@ -25,18 +25,16 @@ too is seen by every process on its next request.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import secrets
 import time
-from collections.abc import Iterator
 
 import attrs
 
-from omixa.engine.errors import InvalidApiKey, ServiceUnavailable
+from omixa.engine.errors import InvalidApiKey, storage_failures
 from omixa.engine.secretbox import SECRET_KEY_ENV, SecretBox, generate_signing_secret
-from omixa.storage import Account, ApiKeyRecord, Storage, StorageError, WalletState
+from omixa.storage import Account, ApiKeyRecord, Storage, WalletState
 
 KEY_PREFIX = "omx_live_"
 DISPLAY_PREFIX_CHARS = len(KEY_PREFIX) + 6
@@ -153,7 +151,7 @@ class Accounts:
             seen = self._recent.get(key_hash)
             if seen is not None and now - seen[1] <= KEY_CACHE_SECONDS:
                 return seen[0]
-        with _key_store():
+        with storage_failures("key"):
             record = await self.storage.find_api_key(key_hash)
         if record is None or record.revoked_at is not None:
             self._recent.pop(key_hash, None)
@@ -172,7 +170,7 @@ class Accounts:
         """
         session_id = secrets.token_urlsafe(24)
         expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
-        with _key_store():
+        with storage_failures("key"):
             await self.storage.create_dashboard_session(session_id, key.id, expires)
         return session_id
 
@@ -181,7 +179,7 @@ class Accounts:
 
         Errors: ServiceUnavailable (the key store).
         """
-        with _key_store():
+        with storage_failures("key"):
             record = await self.storage.dashboard_session_key(session_id)
         return None if record is None or record.revoked_at is not None else record
 
@@ -190,23 +188,12 @@ class Accounts:
 
         Errors: ServiceUnavailable (the key store).
         """
-        with _key_store():
+        with storage_failures("key"):
             await self.storage.end_dashboard_session(session_id)
 
     async def wallet(self, account_id: str) -> WalletState:
-        try:
+        with storage_failures("wallet"):
             wallet = await self.storage.get_wallet(account_id)
-        except StorageError as exc:
-            raise ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0) from exc
         if wallet is None:
             raise InvalidApiKey()
         return wallet
-
-
-@contextlib.contextmanager
-def _key_store() -> Iterator[None]:
-    """Translate the key store's failures (keys, dashboard sessions) into a 503."""
-    try:
-        yield
-    except StorageError as exc:
-        raise ServiceUnavailable("The key store is unavailable; retry shortly.", retry_after=1.0) from exc

@@ -35,8 +35,12 @@ error is made, so neither the response nor a log of the error can show it.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
+
+from omixa.storage import StorageError
 
 # omx_live_ (API keys) and omx_sig_ (signing secrets), followed by their random part.
 _SECRET_SHAPED = re.compile(r"omx_(live|sig)_[A-Za-z0-9_-]+")
@@ -216,3 +220,18 @@ def translate_upstream(exc: OmixaError) -> OmixaError:
     if status >= 500:
         return UpstreamError(f"The upstream failed to answer (HTTP {status}); retry shortly.", upstream_status=status)
     return UpstreamError("The upstream could not serve this request.", upstream_status=status)
+
+
+def store_unavailable(store: str) -> ServiceUnavailable:
+    """The 503 for a ``store`` ("wallet", "key", "usage") that cannot be reached now: the
+    client may retry in a second."""
+    return ServiceUnavailable(f"The {store} store is unavailable; retry shortly.", retry_after=1.0)
+
+
+@contextlib.contextmanager
+def storage_failures(store: str) -> Iterator[None]:
+    """Inside the block, a storage failure is :func:`store_unavailable` (``from`` it)."""
+    try:
+        yield
+    except StorageError as exc:
+        raise store_unavailable(store) from exc

@@ -24,8 +24,8 @@ from omixa.engine.errors import (
     IdempotencyKeyReused,
     InvalidRequest,
     NotFoundError,
-    ServiceUnavailable,
     TopUpDisabled,
+    store_unavailable,
 )
 from omixa.engine.money import format_usd, parse_usd
 from omixa.storage import (
@@ -76,10 +76,6 @@ class Bucket:
     latency_ms_mean: float | None
     # Upper bound of the histogram bin holding the 95th percentile: at most 10% above it.
     latency_ms_p95: int | None
-
-
-def _storage_down(exc: StorageError) -> ServiceUnavailable:
-    return ServiceUnavailable("The usage store is unavailable; retry shortly.", retry_after=1.0)
 
 
 def page_limit(value: int | None) -> int:
@@ -168,7 +164,7 @@ class Reports:
         except NotFound:
             raise NotFoundError("No such account.") from None
         except StorageError as exc:
-            raise _storage_down(exc) from exc
+            raise store_unavailable("usage") from exc
 
     async def transactions(self, account_id: str, *, limit: int, after: int | None) -> Page[LedgerEntry]:
         try:
@@ -176,14 +172,14 @@ class Reports:
                 raise NotFoundError("No such transaction for 'after'.")
             rows = await self._storage.list_ledger(account_id, limit=limit + 1, before_id=after)
         except StorageError as exc:
-            raise _storage_down(exc) from exc
+            raise store_unavailable("usage") from exc
         return Page(data=rows[:limit], has_more=len(rows) > limit)
 
     async def transaction(self, account_id: str, entry_id: int) -> LedgerEntry:
         try:
             entry = await self._storage.get_ledger_entry(account_id, entry_id)
         except StorageError as exc:
-            raise _storage_down(exc) from exc
+            raise store_unavailable("usage") from exc
         if entry is None:
             raise NotFoundError("No such transaction.")
         return entry
@@ -192,7 +188,7 @@ class Reports:
         try:
             log = await self._storage.get_request_log(request_id)
         except StorageError as exc:
-            raise _storage_down(exc) from exc
+            raise store_unavailable("usage") from exc
         if log is None or log.account_id != account_id:
             raise NotFoundError("No such request.")
         return log
@@ -204,7 +200,7 @@ class Reports:
         try:
             rows = await self._storage.list_request_logs(attrs.evolve(query, limit=query.limit + 1))
         except StorageError as exc:
-            raise _storage_down(exc) from exc
+            raise store_unavailable("usage") from exc
         return Page(data=rows[: query.limit], has_more=len(rows) > query.limit)
 
     async def rollups(
@@ -238,5 +234,5 @@ class Reports:
                 account_id, granularity=granularity, since=since, until=until, model=model
             )
         except StorageError as exc:
-            raise _storage_down(exc) from exc
+            raise store_unavailable("usage") from exc
         return since, until, summarize(rows, by_model=by_model)

@@ -36,7 +36,7 @@ import trio
 
 from omixa.engine.catalog import Prices, affordable_output_tokens, max_cost
 from omixa.engine.config import WalletConfig
-from omixa.engine.errors import InsufficientBalance, InternalError, InvalidApiKey, ServiceUnavailable
+from omixa.engine.errors import InsufficientBalance, InternalError, InvalidApiKey, ServiceUnavailable, store_unavailable
 from omixa.engine.mailbox import Reply, ask
 from omixa.storage import (
     FinalizeHold,
@@ -186,9 +186,7 @@ class WalletActor:
             # could hold twice. Each requester gets what a lone message would get.
             log.error("wallet %s: storage failed: %s", self.account_id, exc)
             for message in batch:
-                self._fail(
-                    message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0)
-                )
+                self._fail(message, store_unavailable("wallet"))
             return
         except Exception:
             log.exception("wallet %s: a batch of %d failed", self.account_id, len(batch))
@@ -261,7 +259,7 @@ class WalletActor:
             self._fail(message, InvalidApiKey())
         except StorageError as exc:
             log.error("wallet %s: storage failed: %s", self.account_id, exc)
-            self._fail(message, ServiceUnavailable("The wallet store is unavailable; retry shortly.", retry_after=1.0))
+            self._fail(message, store_unavailable("wallet"))
         except Exception:
             log.exception("wallet %s: handling %s failed", self.account_id, type(message).__name__)
             self._fail(message, InternalError())

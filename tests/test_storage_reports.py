@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 import trio
-from test_storage import USD, _later, funded_account, request_log
+from storage_helpers import USD, _later, funded_account, request_log
 
 from omixa.storage import (
     FinalizeHold,
