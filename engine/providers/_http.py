@@ -39,6 +39,7 @@ from omixa.engine.providers._reads import DEFAULT_READ_SIZE, StreamReadBackend, 
 
 # An upstream's error body is read up to this many bytes (the message is what matters).
 MAX_ERROR_BODY_BYTES = 64 * 1024
+KEEPALIVE_EXPIRY = httpx.Limits().keepalive_expiry
 _CLOSE_SECONDS = 5.0
 
 ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
@@ -70,6 +71,9 @@ def make_client(
         ssl_context=verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify),
         max_connections=size,
         max_keepalive_connections=size,
+        # httpx's default (Limits.keepalive_expiry): an idle connection is closed after 5 s
+        # rather than reused when the upstream may be about to close it.
+        keepalive_expiry=KEEPALIVE_EXPIRY,
         http1=True,
         http2=False,
         network_backend=StreamReadBackend(httpcore.TrioBackend(), read_size),
