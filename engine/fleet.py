@@ -71,11 +71,15 @@ class Fleet:
     def actors(self) -> list[DeploymentActor]:
         return list(self._actors.values())
 
-    def check(self, deployments: tuple[DeploymentConfig, ...]) -> None:
-        """Errors: ValueError if a deployment names a model the catalog lacks or one of another
+    def check(self, deployments: tuple[DeploymentConfig, ...]) -> tuple[DeploymentConfig, ...]:
+        """The deployments as their adapters will use them (:func:`engine.providers.check_deployment`).
+
+        Errors: ValueError if a deployment names a model the catalog lacks or one of another
         provider (a simulator may stand in for any), enables priority for a model without
         priority prices, or has credentials its adapter cannot use (a Vertex service account
-        file: :func:`engine.providers.check_deployment`)."""
+        file). It reads those files: call it from a worker thread on a running loop.
+        """
+        checked = []
         for dep in deployments:
             model = self._catalog.get(dep.model)
             if model is None:
@@ -90,9 +94,10 @@ class Fleet:
                     f"deployment {dep.name!r}: model {dep.model!r} is a {model.provider} model, not {dep.provider}"
                 )
             try:
-                check_deployment(dep)
+                checked.append(check_deployment(dep))
             except ValueError as exc:
                 raise ValueError(f"deployment {dep.name!r}: {exc}") from None
+        return tuple(checked)
 
     async def run(
         self,
@@ -121,7 +126,7 @@ class Fleet:
         Errors: ValueError (unknown model); nothing is changed then.
         """
         assert self._nursery is not None, "the fleet is not running"
-        self.check(deployments)
+        deployments = await trio.to_thread.run_sync(self.check, deployments)
         wanted = {dep.name: dep for dep in deployments}
         added, removed, retuned = [], [], []
         for name in [n for n in self._actors if n not in wanted]:

@@ -101,7 +101,7 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
         router=router,
         read_size=config.streaming.chunk_bytes,
     )
-    fleet.check(config.deployments)
+    await trio.to_thread.run_sync(fleet.check, config.deployments)
     # Load the tokenizers of the deployed models now, so the first request does not pay for
     # it (a reload that deploys another model loads its encoding before applying).
     await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))

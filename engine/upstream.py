@@ -2,8 +2,9 @@
 
 The engine's side of the adapter seam: :class:`Provider` is the interface every adapter
 (Azure, Vertex, the simulator) implements, and :class:`Usage`, :class:`Completion` and
-:class:`SseEvent` are the answers it hands back. Adapters import these; the engine never
-imports an adapter except to build one (:mod:`engine.fleet`).
+:class:`SseEvent` are the answers it hands back. Adapters import these; the engine reaches the
+adapter package only to build an adapter (:mod:`engine.fleet`) and to ask for a provider's
+own request checks (:func:`engine.providers.check_request`).
 
 The request body handed to an adapter is already an OpenAI chat-completions body as the
 engine wants it sent (output cap set, ``stream_options.include_usage`` set for streams); the

@@ -190,3 +190,21 @@ async def test_a_short_lived_token_is_used_for_half_its_life(tmp_path):
         clock.now += 2
         await tokens.token()
         assert fake.token_requests == 2
+
+
+def test_the_fleet_sees_the_project_a_service_account_file_names(tmp_path):
+    """With no project in the config, the file's project_id is the deployment's, as the fleet
+    checks it; a reload after the file changed therefore sees a changed deployment (and
+    gives it a new adapter)."""
+    from fake_vertex import FakeVertex
+
+    fleet = Fleet(catalog=load_catalog(None), upstream=UpstreamConfig(), breaker=BreakerConfig(), router=Router())
+    raw = {"name": "v", "model": MODEL, "provider": "vertex", "location": "us-central1"}
+    fake = FakeVertex(endpoint="http://127.0.0.1:9")
+    sa = fake.write_service_account(tmp_path, project_id="first")
+    config = structure_config({"deployments": [{**raw, "service_account_file": sa.name}]}, base_dir=tmp_path)
+    assert config.deployments[0].project == ""  # the loader does not read the file
+    (first,) = fleet.check(config.deployments)
+    fake.write_service_account(tmp_path, project_id="second")
+    (second,) = fleet.check(config.deployments)
+    assert (first.project, second.project) == ("first", "second")

@@ -38,12 +38,15 @@ def check_request(provider: str, body: dict[str, Any]) -> None:
         gemini.check_request(body)
 
 
-def check_deployment(deployment: DeploymentConfig) -> None:
+def check_deployment(deployment: DeploymentConfig) -> DeploymentConfig:
     """What only the adapter can check before ``deployment`` is used (at start-up and before
     a reload applies): a Vertex service account file is read and must name a project unless
-    the config does. Errors: ValueError naming the config key."""
+    the config does. Returns the deployment as its adapter will use it (a Vertex project
+    taken from the file), so a reload sees a change of that project too.
+    Errors: ValueError naming the config key."""
     if deployment.provider == "vertex" and deployment.service_account_file:
-        service_account(deployment)
+        return service_account(deployment)[1]
+    return deployment
 
 
 def build_provider(

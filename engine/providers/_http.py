@@ -58,8 +58,8 @@ def make_client(
     wait for bytes. Waiting for a free connection when all ``max_connections`` to the origin
     are in use is bounded like connecting (``connect_timeout_seconds``), then fails as
     UpstreamBusy: a request does not sit silently behind a full pool until its own deadline,
-    and the router can send it elsewhere. ``trust_env=False``: stray proxy environment
-    variables are ignored; upstream traffic goes out directly. ``read_size``: the bound on
+    and the router can send it elsewhere. ``trust_env=False``: stray proxy and CA-bundle
+    environment variables are ignored; upstream traffic goes out directly. ``read_size``: the bound on
     each socket read of a stream's body (:func:`stream_reads`). ``verify``: httpx's
     (certifi's CAs by default; the tests pass a context that trusts their own CA).
 
@@ -68,7 +68,10 @@ def make_client(
     """
     size = upstream.max_connections
     pool = httpcore.AsyncConnectionPool(
-        ssl_context=verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify),
+        # trust_env=False: certifi's CAs, whatever SSL_CERT_FILE / SSL_CERT_DIR say.
+        ssl_context=(
+            verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify, trust_env=False)
+        ),
         max_connections=size,
         max_keepalive_connections=size,
         # httpx's default (Limits.keepalive_expiry): an idle connection is closed after 5 s
