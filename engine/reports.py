@@ -25,7 +25,7 @@ from omixa.engine.errors import (
     InvalidRequest,
     NotFoundError,
     TopUpDisabled,
-    store_unavailable,
+    storage_failures,
 )
 from omixa.engine.money import format_usd, parse_usd
 from omixa.storage import (
@@ -36,7 +36,6 @@ from omixa.storage import (
     RequestLogFilter,
     RollupRow,
     Storage,
-    StorageError,
     TopUpResult,
     bucket_start,
     latency_bin_upper,
@@ -155,40 +154,33 @@ class Reports:
         high = parse_usd(self._wallet.top_up_max_usd)
         if not low <= nano <= high:
             raise InvalidRequest(f"amount must be between {format_usd(low)} and {format_usd(high)} USD.")
-        try:
-            return await self._storage.credit_top_up(
-                account_id, nano, idempotency_key=idempotency_key, note="self top-up (API)"
-            )
-        except IdempotencyConflict:
-            raise IdempotencyKeyReused() from None
-        except NotFound:
-            raise NotFoundError("No such account.") from None
-        except StorageError as exc:
-            raise store_unavailable("usage") from exc
+        with storage_failures("usage"):
+            try:
+                return await self._storage.credit_top_up(
+                    account_id, nano, idempotency_key=idempotency_key, note="self top-up (API)"
+                )
+            except IdempotencyConflict:
+                raise IdempotencyKeyReused() from None
+            except NotFound:
+                raise NotFoundError("No such account.") from None
 
     async def transactions(self, account_id: str, *, limit: int, after: int | None) -> Page[LedgerEntry]:
-        try:
+        with storage_failures("usage"):
             if after is not None and await self._storage.get_ledger_entry(account_id, after) is None:
                 raise NotFoundError("No such transaction for 'after'.")
             rows = await self._storage.list_ledger(account_id, limit=limit + 1, before_id=after)
-        except StorageError as exc:
-            raise store_unavailable("usage") from exc
         return Page(data=rows[:limit], has_more=len(rows) > limit)
 
     async def transaction(self, account_id: str, entry_id: int) -> LedgerEntry:
-        try:
+        with storage_failures("usage"):
             entry = await self._storage.get_ledger_entry(account_id, entry_id)
-        except StorageError as exc:
-            raise store_unavailable("usage") from exc
         if entry is None:
             raise NotFoundError("No such transaction.")
         return entry
 
     async def request(self, account_id: str, request_id: str) -> RequestLog:
-        try:
+        with storage_failures("usage"):
             log = await self._storage.get_request_log(request_id)
-        except StorageError as exc:
-            raise store_unavailable("usage") from exc
         if log is None or log.account_id != account_id:
             raise NotFoundError("No such request.")
         return log
@@ -197,10 +189,8 @@ class Reports:
         if after is not None:
             cursor = await self.request(query.account_id, after)
             query = attrs.evolve(query, before=(cursor.created_at, cursor.id))
-        try:
+        with storage_failures("usage"):
             rows = await self._storage.list_request_logs(attrs.evolve(query, limit=query.limit + 1))
-        except StorageError as exc:
-            raise store_unavailable("usage") from exc
         return Page(data=rows[: query.limit], has_more=len(rows) > query.limit)
 
     async def rollups(
@@ -229,10 +219,8 @@ class Reports:
             raise InvalidRequest("'since' must be before 'until'.")
         if until - since > MAX_SPAN[granularity]:
             raise InvalidRequest(f"At most {MAX_SPAN[granularity].days} days per query at granularity={granularity}.")
-        try:
+        with storage_failures("usage"):
             rows = await self._storage.usage_rollups(
                 account_id, granularity=granularity, since=since, until=until, model=model
             )
-        except StorageError as exc:
-            raise store_unavailable("usage") from exc
         return since, until, summarize(rows, by_model=by_model)
