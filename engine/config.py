@@ -169,6 +169,30 @@ class StorageConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """Many processes as one gateway: the Redis server they share their limits through.
+
+    ``redis_url`` (``redis://host:port/db``, ``rediss://`` for TLS; ``OMIXA_REDIS_URL`` wins
+    over the file) makes every deployment's RPM, TPM and hourly-token windows and its health
+    (429 cooldowns, the circuit breaker) shared by every process using the same Redis and
+    database. Without it, each process keeps its own.
+    """
+
+    redis_url: str = ""
+    # Bound on one Redis call; past it (or on any Redis error) the process falls back to its
+    # share of every limit (the limit divided by the live processes) until Redis answers.
+    timeout_seconds: float = attrs.field(default=0.25, validator=_positive)
+    # While Redis is unreachable, it is tried again this often.
+    retry_seconds: float = attrs.field(default=1.0, validator=_positive)
+    # A deployment with no traffic still reads its shared state this often (for routing
+    # and the operator's views).
+    refresh_seconds: float = attrs.field(default=1.0, validator=_positive)
+    # Prefix of every Redis key Omixa writes; gateways that must not share limits on one
+    # Redis use different prefixes.
+    key_prefix: str = "omixa"
+
+
+@attrs.frozen(kw_only=True)
 class WalletConfig:
     # A wallet actor with no message for this long is retired (respawned on demand).
     idle_seconds: float = attrs.field(default=60.0, validator=_positive)
@@ -277,6 +301,7 @@ class Config:
     streaming: StreamingConfig = StreamingConfig()
     dashboard: DashboardConfig = DashboardConfig()
     security: SecurityConfig = SecurityConfig()
+    cluster: ClusterConfig = ClusterConfig()
     # Path of the model catalog; empty means the shipped config/models.toml.
     catalog: str = ""
     deployments: tuple[DeploymentConfig, ...] = ()

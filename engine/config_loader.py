@@ -2,7 +2,8 @@
 
 Unknown keys and bad values stop start-up with the path of the offending key
 (``ConfigError("deployments[1].rpm: must be > 0, got -5")``). Relative paths resolve
-against the config file's folder; ``OMIXA_DATABASE_URL`` overrides ``[storage] url``, and
+against the config file's folder; ``OMIXA_DATABASE_URL`` overrides ``[storage] url``,
+``OMIXA_REDIS_URL`` overrides ``[cluster] redis_url``, and
 the streaming and security environment variables override their keys. Upstream API keys
 may be written ``env:NAME`` and are resolved when the config is loaded.
 """
@@ -163,6 +164,9 @@ def structure_config(raw: dict[str, Any], *, base_dir: Path, resolve_secrets: bo
     db_url = os.environ.get("OMIXA_DATABASE_URL")
     if db_url:
         config = attrs.evolve(config, storage=StorageConfig(url=db_url))
+    redis_url = os.environ.get("OMIXA_REDIS_URL")
+    if redis_url is not None:
+        config = attrs.evolve(config, cluster=attrs.evolve(config.cluster, redis_url=redis_url.strip()))
     return _check(_security_from_env(_streaming_from_env(config)), resolve_secrets=resolve_secrets)
 
 

@@ -17,6 +17,15 @@ let through, and its outcome closes or re-opens the breaker. Client errors (4xx)
 the client abandoned and a full connection pool of our own (UpstreamBusy) say nothing about
 health.
 
+Shared across processes (``[cluster] redis_url``, :mod:`engine.cluster`): the windows and
+health live in Redis. The actor queues the admissions that arrive and a task of its own
+sends them, with the corrections and health events gathered meanwhile, in one call per
+batch; the answers come back in order. The actor's mailbox never waits on Redis. Locally it
+still counts consecutive failures (a breaker it opens, or a 429 it meets, is sent as an
+event that every process honours from its next admission on). After the breaker's cooldown
+one probe is let through by the whole fleet. When Redis does not answer, the actor decides
+alone on its process's share of each limit (see :mod:`engine.cluster`).
+
 Mailbox: bounded (:data:`MAILBOX_SIZE`); a full mailbox makes the sender wait.
 """
 
@@ -24,15 +33,19 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import time
 
 import attrs
 import trio
 
+from omixa.engine.cluster import ClusterLink
 from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.engine.mailbox import Reply, ask
 from omixa.engine.upstream import Provider, Usage
 from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
+from omixa.storage.coordination import CoordinatorError, DeploymentBatch, DeploymentState
 
 log = logging.getLogger("omixa.deployment")
 
@@ -51,6 +64,8 @@ class Slot:
     deployment: str
     estimated_tokens: int
     admitted_at: float
+    shared_at: int | None = None  # Redis's clock (ms) when the shared windows admitted it
+    probe: bool = False  # the fleet's one half-open probe
 
 
 @attrs.frozen(kw_only=True)
@@ -119,16 +134,40 @@ class DeploymentSnapshot:
     latency_s: float | None = None  # moving average of successful requests
 
 
+# Each window: span and bucket resolution, seconds.
+_SPANS = {"rpm": (60.0, 1.0), "tpm": (60.0, 1.0), "hourly_tokens": (3600.0, 60.0)}
+
+
 class DeploymentActor:
     """Owns one deployment's state. Start with ``nursery.start(actor.run)``."""
 
-    def __init__(self, config: DeploymentConfig, provider: Provider, breaker: BreakerConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: DeploymentConfig,
+        provider: Provider,
+        breaker: BreakerConfig | None = None,
+        *,
+        cluster: ClusterLink | None = None,
+    ) -> None:
         breaker = breaker or BreakerConfig()
         self.config = config
         self.provider = provider
+        self._breaker = breaker
         self._windows: dict[str, SlidingWindow] = {}
+        self._share = 1  # the windows above hold limit // share (share > 1: alone in a cluster)
         self._tune_windows(config)
         self._health = Health(failures_to_open=breaker.failures, cooldown_seconds=breaker.cooldown_seconds)
+        # Shared mode (engine.cluster): what waits for the next call to Redis, and its last answer.
+        self._cluster = cluster
+        self._pending: list[Acquire] = []
+        self._events: list[tuple[str, int]] = []
+        self._fixes: list[tuple[str, int, int]] = []  # window, admitted at (Redis ms), delta
+        self._gap: dict[tuple[str, int], list[float]] = {}  # admitted alone: (window, second) -> [amount, latest]
+        self._alone = False
+        self._state: DeploymentState | None = None
+        self._offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
+        self._wake = trio.Event()
+        self._closing = False
         self._send, self._receive = trio.open_memory_channel[Acquire | Finish | Retune](MAILBOX_SIZE)
         self._ids = itertools.count(1)
         self._open: dict[int, Slot] = {}
@@ -199,19 +238,38 @@ class DeploymentActor:
         """Close the mailbox: the actor finishes what is queued and returns."""
         self._send.close()
 
-    def _tune_windows(self, config: DeploymentConfig) -> None:
+    @staticmethod
+    def _limits(config: DeploymentConfig) -> dict[str, int]:
         limits = {"rpm": config.rpm, "tpm": config.tpm, "hourly_tokens": config.hourly_tokens}
+        return {name: limit for name, limit in limits.items() if limit}
+
+    def _tune_windows(self, config: DeploymentConfig) -> None:
+        limits = self._limits(config)
+        for name in [n for n in self._windows if n not in limits]:
+            del self._windows[name]
         for name, limit in limits.items():
-            if not limit:
-                self._windows.pop(name, None)
-            elif name in self._windows:
-                self._windows[name].limit = limit  # the counts stay; only the limit moves
+            share = limit // self._share
+            if name in self._windows:
+                self._windows[name].limit = share  # the counts stay; only the limit moves
             else:
-                self._windows[name] = hour_window(limit) if name == "hourly_tokens" else minute_window(limit)
+                self._windows[name] = hour_window(share) if name == "hourly_tokens" else minute_window(share)
 
     # -- the actor ------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        if self._cluster is None:
+            task_status.started()
+            await self._serve()
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sync, self._cluster)
+            task_status.started()
+            await self._serve()
+            # The mailbox is closed: send what is left (corrections, events), then stop.
+            self._closing = True
+            self._wake.set()
+            nursery.cancel_scope.deadline = trio.current_time() + 2 * self._cluster.config.timeout_seconds + 1
+
+    async def _serve(self) -> None:
         async for message in self._receive:
             now = trio.current_time()
             if isinstance(message, Acquire):
@@ -247,22 +305,144 @@ class DeploymentActor:
         return 1.0
 
     def _on_acquire(self, message: Acquire, now: float) -> None:
+        if self._cluster is not None and not self._alone and self.config.enabled:
+            self._pending.append(message)  # decided by the next call to Redis
+            self._wake.set()
+            return
         refusal = self._refusal(message.estimated_tokens, now)
         if refusal is not None:
             message.reply.send(refusal)
             return
+        for name, window in self._windows.items():
+            amount = 1 if name == "rpm" else message.estimated_tokens
+            window.add(now, amount)
+            if self._alone:
+                entry = self._gap.setdefault((name, int(now)), [0.0, now])
+                entry[0] += amount
+                entry[1] = now
+        self._health.on_admit()
+        self._grant(message, now)
+
+    def _grant(self, message: Acquire, now: float, shared_at: int | None = None, probe: bool = False) -> None:
         slot = Slot(
             id=next(self._ids),
             deployment=self.config.name,
             estimated_tokens=message.estimated_tokens,
             admitted_at=now,
+            shared_at=shared_at,
+            probe=probe,
         )
-        for name, window in self._windows.items():
-            window.add(now, 1 if name == "rpm" else message.estimated_tokens)
-        self._health.on_admit()
         self._open[slot.id] = slot
         if not message.reply.send(slot):
             self._on_finish(Finish(slot=slot, usage=None, outcome="cancelled", latency_s=0.0), now)
+
+    # -- shared mode: the task that talks to Redis ----------------------------------------
+    async def _sync(self, cluster: ClusterLink) -> None:
+        """Send what waits (admissions, corrections, health events) in one call, whenever
+        there is something and the previous call is back; read the shared state every
+        ``refresh_seconds`` anyway (every ``retry_seconds`` while Redis is not answering)."""
+        config = cluster.config
+        first = True
+        while True:
+            if not (first or self._pending or self._events or self._fixes or self._closing):
+                with trio.move_on_after(config.retry_seconds if self._alone else config.refresh_seconds):
+                    await self._wake.wait()
+            first = False
+            self._wake = trio.Event()
+            if self._closing and not (self._pending or self._events or self._fixes):
+                return
+            if self._alone and cluster.live_processes() != self._share:
+                self._reshare(cluster.live_processes())
+            admissions, self._pending = self._pending, []
+            batch, gap = self._batch(admissions)
+            sent = trio.current_time()
+            try:
+                state = await cluster.coordinator.deployment(self.config.name, batch)
+            except CoordinatorError as exc:
+                now = trio.current_time()
+                self._go_alone(cluster, str(exc), now)
+                for key, (amount, latest) in gap.items():  # not delivered: keep for later
+                    entry = self._gap.setdefault(key, [0.0, latest])
+                    entry[0] += amount
+                    entry[1] = max(entry[1], latest)
+                for message in admissions:
+                    self._on_acquire(message, now)
+                self._publish(now)
+                if self._closing:
+                    return
+                continue
+            now = trio.current_time()
+            self._offset = state.now_ms / 1000 - (sent + now) / 2
+            if self._alone:
+                self._alone = False
+                cluster.rejoined(self.config.name)
+                if self._gap:
+                    self._wake.set()  # admitted alone while this call was in flight
+            self._state = state
+            for message, answer in zip(admissions, state.answers, strict=True):
+                if isinstance(answer, tuple):
+                    reason, retry_ms = answer
+                    if retry_ms is None:
+                        message.reply.send(Refused(reason="too_large"))
+                    else:
+                        message.reply.send(Refused(reason=reason, retry_after=retry_ms / 1000))
+                else:
+                    self._grant(message, now, shared_at=state.now_ms, probe=answer == 1)
+            self._publish(now)
+
+    def _batch(self, admissions: list[Acquire]) -> tuple[DeploymentBatch, dict[tuple[str, int], list[float]]]:
+        limits = self._limits(self.config)
+        names = list(limits)
+        windows = tuple(
+            (name, limit, int(_SPANS[name][0] * 1000), int(_SPANS[name][1] * 1000), name == "rpm")
+            for name, limit in limits.items()
+        )
+        fixes = tuple((names.index(name), at, delta) for name, at, delta in self._fixes if name in limits)
+        now = trio.current_time()
+        gap = {key: entry for key, entry in self._gap.items() if entry[1] > now - _SPANS[key[0]][0]}
+        self._gap = {}
+        adds = tuple(
+            (names.index(name), int((latest + self._offset) * 1000), math.ceil(amount))
+            for (name, _), (amount, latest) in gap.items()
+            if name in limits and amount > 0
+        )
+        batch = DeploymentBatch(
+            windows=windows,
+            health=tuple(self._events),
+            fixes=fixes,
+            adds=adds,
+            admissions=tuple(m.estimated_tokens for m in admissions),
+            probe_lease_ms=int(self._breaker.cooldown_seconds * 1000),
+        )
+        self._events, self._fixes = [], []
+        return batch, gap
+
+    def _go_alone(self, cluster: ClusterLink, reason: str, now: float) -> None:
+        """Decide locally on this process's share, starting from what the shared windows held
+        (counted as if added at the latest moment they were, so it leaves no earlier than
+        it really does) and from the shared health."""
+        self._events, self._fixes = [], []
+        if self._alone:
+            return
+        self._alone = True
+        cluster.went_alone(self.config.name, reason)
+        self._windows = {}
+        self._reshare(cluster.live_processes())
+        state = self._state
+        if state is None:
+            return
+        for name, (used, clear_ms) in state.windows.items():
+            window = self._windows.get(name)
+            if window is not None and used > 0:
+                window.add(min(clear_ms / 1000 - self._offset - window.span, now), used)
+        if state.health in ("cooling", "open"):
+            until = state.health_until_ms / 1000 - self._offset
+            if until > now:
+                self._health.state, self._health.until = state.health, until
+
+    def _reshare(self, live: int) -> None:
+        self._share = max(1, live)
+        self._tune_windows(self.config)
 
     def _on_finish(self, message: Finish, now: float) -> None:
         slot = self._open.pop(message.slot.id, None)
@@ -272,29 +452,45 @@ class DeploymentActor:
         if message.usage is not None:
             used = message.usage.prompt_tokens + message.usage.completion_tokens
             counters["tokens_used"] += used
-            for name, window in self._windows.items():
-                if name != "rpm":
-                    window.adjust(slot.admitted_at, used - slot.estimated_tokens)
+            delta = used - slot.estimated_tokens
+            if slot.shared_at is None:
+                for name, window in self._windows.items():
+                    if name != "rpm":
+                        window.adjust(slot.admitted_at, delta)
+            elif delta and not self._alone:
+                # (admitted through Redis but finished while it is away: the estimate stays)
+                self._fixes.extend((name, slot.shared_at, delta) for name in self._limits(self.config) if name != "rpm")
+                self._wake.set()
         if message.outcome != "cancelled":
             counters["requests"] += 1
         self._judge(message, now)
         self._last = (message.outcome, self._last[1])
 
     def _judge(self, message: Finish, now: float) -> None:
-        """Update health from what the upstream did."""
+        """Update health from what the upstream did (and tell the other processes)."""
         failure, health = message.failure, self._health
+        probe = message.slot.probe
         if isinstance(failure, UpstreamBusy):
             health.on_released()  # our own pool was full: the upstream was never asked
+            if probe:
+                self._tell("release")
         elif isinstance(failure, UpstreamError) and failure.upstream_status == 429:
             self._counters["failures"] += 1
             health.on_rate_limited(now, failure.retry_after)
+            wait = failure.retry_after if failure.retry_after is not None else health.cooldown_seconds
+            self._tell("cool", wait)
         elif isinstance(failure, UpstreamTimeout) or (
             isinstance(failure, UpstreamError) and (failure.upstream_status is None or failure.upstream_status >= 500)
         ):
             self._counters["failures"] += 1
             health.on_failure(now)
+            if probe or health.consecutive_failures >= health.failures_to_open:
+                self._tell("open", health.cooldown_seconds)
         elif failure is not None or message.outcome == "ok":
             health.on_success()  # the upstream answered (a 4xx is the request's fault)
+            shared = self._state
+            if probe or (shared is not None and shared.health in ("open", "half_open")):
+                self._tell("ok")
             if message.outcome == "ok":
                 self._latency = (
                     message.latency_s
@@ -303,18 +499,40 @@ class DeploymentActor:
                 )
         else:
             health.on_released()
+            if probe:
+                self._tell("release")
         if failure is not None:
             self._last = (self._last[0], f"{failure.code}: {failure.message}"[:300])
             log.warning("deployment %s: %s (%s)", self.config.name, failure.message, health.state)
 
+    def _tell(self, event: str, seconds: float = 0.0) -> None:
+        """Queue a health event for the shared state (shared mode, while Redis answers)."""
+        if self._cluster is not None and not self._alone:
+            self._events.append((event, math.ceil(seconds * 1000)))
+            self._wake.set()
+
     def _publish(self, now: float) -> None:
         health = self._health
         health.refresh(now)
-        views = {
-            name: WindowView(used=w.used(now), limit=w.limit, clear_at=w.clear_at(now))
-            for name, w in self._windows.items()
-        }
-        room = min((max(v.limit - v.used, 0) / v.limit for v in views.values()), default=1.0)
+        state, available_at = health.state, health.retry_at(now)
+        shared = self._state if self._cluster is not None and not self._alone else None
+        if shared is None:
+            views = {
+                name: WindowView(used=w.used(now), limit=w.limit, clear_at=w.clear_at(now))
+                for name, w in self._windows.items()
+            }
+        else:
+            limits = self._limits(self.config)
+            views = {
+                name: WindowView(used=used, limit=limits[name], clear_at=clear_ms / 1000 - self._offset)
+                for name, (used, clear_ms) in shared.windows.items()
+                if name in limits
+            }
+            state, until = shared.health, shared.health_until_ms / 1000 - self._offset
+            if state in ("cooling", "open") and until <= now:
+                state = "closed" if state == "cooling" else "half_open"
+            available_at = until if state in ("cooling", "open") else now
+        room = min((max(v.limit - v.used, 0) / v.limit for v in views.values() if v.limit), default=1.0)
         self.snapshot = DeploymentSnapshot(
             name=self.config.name,
             model=self.config.model,
@@ -325,8 +543,8 @@ class DeploymentActor:
             requests=self._counters["requests"],
             failures=self._counters["failures"],
             tokens_used=self._counters["tokens_used"],
-            health=health.state,
-            available_at=health.retry_at(now),
+            health=state,
+            available_at=available_at,
             room=room,
             windows=views,
             last_outcome=self._last[0],

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from omixa.engine.catalog import Catalog
+from omixa.engine.cluster import ClusterLink
 from omixa.engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.providers import DEFAULT_READ_SIZE, HttpClients, build_provider, check_deployment
@@ -55,13 +56,16 @@ class Fleet:
         breaker: BreakerConfig,
         router: Router,
         read_size: int = DEFAULT_READ_SIZE,
+        cluster: ClusterLink | None = None,
     ) -> None:
         """``read_size``: ``streaming.chunk_bytes``, the bound on each socket read of a
-        streamed answer's body, for every upstream client the fleet makes."""
+        streamed answer's body, for every upstream client the fleet makes. ``cluster``: the
+        deployments' windows and health are shared through it (:mod:`engine.cluster`)."""
         self._catalog = catalog
         self._upstream = upstream
         self._breaker = breaker
         self._router = router
+        self._cluster = cluster
         self.clients = HttpClients(upstream, read_size)
         self._actors: dict[str, DeploymentActor] = {}
         self._nursery: trio.Nursery | None = None
@@ -135,7 +139,9 @@ class Fleet:
         for name, dep in wanted.items():
             actor = self._actors.get(name)
             if actor is None:
-                actor = DeploymentActor(dep, build_provider(dep, self._upstream, self.clients), self._breaker)
+                actor = DeploymentActor(
+                    dep, build_provider(dep, self._upstream, self.clients), self._breaker, cluster=self._cluster
+                )
                 await self._nursery.start(
                     partial(supervised, f"deployment-{name}", actor.run), name=f"deployment-{name}"
                 )

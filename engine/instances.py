@@ -95,6 +95,8 @@ class InstanceMonitor:
         self.pid = os.getpid()
         self._stop = trio.Event()
         self.recovered = 0  # request logs written by this process's recoveries
+        # Processes alive at the last check, this one included (a cluster's share divides by it).
+        self.live = 1
 
     def is_gone(self, other: Instance) -> bool:
         if other.id == self.id:
@@ -113,7 +115,9 @@ class InstanceMonitor:
         """Recover every instance that is gone; return the number of request logs written."""
         now = _now()
         count = 0
-        for other in await self._storage.list_instances():
+        others = await self._storage.list_instances()
+        self.live = 1 + sum(1 for other in others if other.id != self.id and not self.is_gone(other))
+        for other in others:
             if self.is_gone(other):
                 # Gone by its pid: certain. Gone by its heartbeat: re-checked in the
                 # recovery's transaction, so a heartbeat arriving meanwhile wins.

@@ -25,6 +25,7 @@ from omixa.engine.access import Access
 from omixa.engine.accounts import Accounts
 from omixa.engine.catalog import Catalog, load_catalog
 from omixa.engine.chat import ChatService
+from omixa.engine.cluster import ClusterLink
 from omixa.engine.config import Config, DeploymentConfig, resolve_path
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.fleet import Fleet
@@ -40,6 +41,7 @@ from omixa.engine.tokens import warm_up
 from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
 from omixa.storage import Storage
+from omixa.storage.coordination import Coordinator
 
 log = logging.getLogger("omixa.runtime")
 
@@ -83,8 +85,15 @@ def catalog_for(config: Config) -> Catalog:
 
 
 @asynccontextmanager
-async def open_engine(config: Config, storage: Storage, catalog: Catalog | None = None) -> AsyncIterator[Engine]:
-    """Start every actor; yield the engine; stop them in order.
+async def open_engine(
+    config: Config,
+    storage: Storage,
+    catalog: Catalog | None = None,
+    *,
+    coordinator: Coordinator | None = None,
+) -> AsyncIterator[Engine]:
+    """Start every actor; yield the engine; stop them in order. With ``coordinator`` (Redis,
+    ``[cluster] redis_url``), the deployments' windows and health are shared through it.
 
     Errors: catalog.CatalogError if the catalog is invalid; ValueError if a deployment
     names a model the catalog lacks; secretbox.SecretKeyError (a ValueError) if signatures
@@ -94,23 +103,25 @@ async def open_engine(config: Config, storage: Storage, catalog: Catalog | None 
     box = secret_box_from_env()
     check_signing_setup(config.security, box, await storage.signing_summary())
     router = Router()
-    fleet = Fleet(
-        catalog=catalog,
-        upstream=config.upstream,
-        breaker=config.breaker,
-        router=router,
-        read_size=config.streaming.chunk_bytes,
-    )
-    await trio.to_thread.run_sync(fleet.check, config.deployments)
-    # Load the tokenizers of the deployed models now, so the first request does not pay for
-    # it (a reload that deploys another model loads its encoding before applying).
-    await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))
     instance_id = new_instance_id()
     wallets = WalletPool(storage, config.wallet, instance_id=instance_id)
     usage = UsageAggregator(storage, config.usage)
     monitor = InstanceMonitor(
         storage, config.wallet, instance_id, wallets_drained=wallets.drained, usage_drained=usage.drained
     )
+    cluster = None if coordinator is None else ClusterLink(coordinator, config.cluster, lambda: monitor.live)
+    fleet = Fleet(
+        catalog=catalog,
+        upstream=config.upstream,
+        breaker=config.breaker,
+        router=router,
+        read_size=config.streaming.chunk_bytes,
+        cluster=cluster,
+    )
+    await trio.to_thread.run_sync(fleet.check, config.deployments)
+    # Load the tokenizers of the deployed models now, so the first request does not pay for
+    # it (a reload that deploys another model loads its encoding before applying).
+    await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))
     limits = KeyLimiter(config.limits)
     accounts = Accounts(storage, box)
     verifier = SignatureVerifier(config.security, box, started_at=time.time())

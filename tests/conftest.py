@@ -73,3 +73,16 @@ def secret_key(monkeypatch):
     key = Fernet.generate_key().decode()
     monkeypatch.setenv("OMIXA_SECRET_KEY", key)
     return key
+
+
+@pytest.fixture
+def redis_server():
+    """A redis-server of the test's own (tests/redis_helpers.py), stopped afterwards."""
+    from redis_helpers import RedisServer
+
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

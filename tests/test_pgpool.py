@@ -11,7 +11,7 @@ import pytest
 import trio
 from conftest import PG_URL
 
-from omixa.storage.postgres.aio import AioBridge
+from omixa.storage.aio import AioBridge
 from omixa.storage.postgres.pool import ConnectionPool
 
 APP = "omixa-pool-test"

@@ -22,8 +22,8 @@ from omixa.storage import (
     StorageError,
     open_storage,
 )
+from omixa.storage.aio import AioBridge
 from omixa.storage.migrations import load_migrations
-from omixa.storage.postgres.aio import AioBridge
 from omixa.storage.postgres.connection import pool_options as _pool_options
 from omixa.storage.sqlite import SQLiteStorage
 

@@ -1,9 +1,10 @@
 """The root of a running gateway: one tree, started in order, stopped in reverse.
 
-    trio_asyncio loop            (the asyncpg bridge lives under it)
+    trio_asyncio loop            (the asyncpg and redis-py bridge lives under it)
      └─ storage                  (migrated before anything else starts)
-         └─ engine actors        (deployments, wallets, usage aggregator)
-             └─ Hypercorn        (ready: task_status.started(Gateway))
+         └─ Redis client         (only with [cluster] redis_url; connects on first use)
+             └─ engine actors    (deployments, wallets, usage aggregator)
+                 └─ Hypercorn    (ready: task_status.started(Gateway))
 
 Shutdown (SIGINT/SIGTERM, or the ``shutdown_trigger`` returning): Hypercorn stops accepting,
 lets in-flight requests finish for ``server.shutdown_grace_seconds``, then cancels them (each
@@ -13,12 +14,14 @@ writes its last batch) and storage closes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import gc
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import attrs
@@ -30,6 +33,7 @@ from hypercorn.config import Config as HypercornConfig
 from omixa.engine.config import Config, storage_url
 from omixa.engine.runtime import Engine, open_engine
 from omixa.storage import open_storage
+from omixa.storage.coordination import Coordinator, open_coordinator
 from omixa.web.http.app import create_app
 from omixa.web.http.connection import ConnectionGuard
 from omixa.web.http.lifecycle import RequestScope
@@ -131,6 +135,20 @@ def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
     return hc
 
 
+@contextlib.asynccontextmanager
+async def open_cluster(config: Config, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Coordinator | None]:
+    """The Redis client of ``[cluster] redis_url``, or None when there is none."""
+    cluster = config.cluster
+    if not cluster.redis_url:
+        yield None
+        return
+    async with open_coordinator(
+        cluster.redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds, loop=loop
+    ) as coordinator:
+        log.info("deployment limits and health shared through Redis at %s", coordinator.where)
+        yield coordinator
+
+
 async def run_gateway(
     config: Config,
     *,
@@ -152,8 +170,8 @@ async def run_gateway(
     host = host or config.server.host
     port = config.server.port if port is None else port
     async with trio_asyncio.open_loop() as loop:
-        async with open_storage(storage_url(config), loop=loop) as storage:
-            async with open_engine(config, storage) as engine:
+        async with open_storage(storage_url(config), loop=loop) as storage, open_cluster(config, loop) as coordinator:
+            async with open_engine(config, storage, coordinator=coordinator) as engine:
                 app = ConnectionGuard(
                     RequestScope(create_app(engine)),
                     drain_bytes=drain_bytes(config),

@@ -29,6 +29,7 @@ from omixa.storage._common import (
     require_aware,
     wallet_steps,
 )
+from omixa.storage.aio import AioBridge, resolve_loop
 from omixa.storage.base import (
     Account,
     ApiKeyRecord,
@@ -49,7 +50,6 @@ from omixa.storage.base import (
 from omixa.storage.errors import MigrationError, NotFound, StorageError
 from omixa.storage.migrations import verify_ledger_sql
 from omixa.storage.postgres import usage, wallet
-from omixa.storage.postgres.aio import AioBridge, resolve_loop
 from omixa.storage.postgres.connection import (
     CLOSE_TIMEOUT,
     DRIVER_ERRORS,

@@ -1,0 +1,170 @@
+"""The Redis side of shared limits: one bounded call per batch, errors as CoordinatorError."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import redis.asyncio as aredis
+import redis.exceptions
+import trio
+
+from omixa.storage.aio import AioBridge, resolve_loop
+from omixa.storage.coordination.deployment_lua import DEPLOYMENT_BATCH
+
+log = logging.getLogger("omixa.coordination")
+
+
+class CoordinatorError(Exception):
+    """Redis did not answer in time, refused, or answered something unusable."""
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentBatch:
+    """What one process sends for one deployment (see :mod:`.deployment_lua` for the meaning).
+
+    ``windows``: (name, limit, span_ms, resolution_ms, counts_requests) per window; the others
+    name windows by their index in it (0-based here).
+    """
+
+    windows: tuple[tuple[str, int, int, int, bool], ...]
+    health: tuple[tuple[str, int], ...] = ()
+    fixes: tuple[tuple[int, int, int], ...] = ()
+    adds: tuple[tuple[int, int, int], ...] = ()
+    admissions: tuple[int, ...] = ()
+    probe_lease_ms: int = 30_000
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentState:
+    """Redis's answer: its clock, one answer per admission, each window's used amount and
+    when it will be empty, and the health state with when it changes next (ms, Redis's clock).
+
+    An answer is ``0`` (admitted), ``1`` (admitted as the half-open probe), or a
+    ``(reason, retry_ms)`` refusal: reason "cooling", "open", "probing" or a window's name;
+    ``retry_ms`` None when the amount can never fit.
+    """
+
+    now_ms: int
+    answers: tuple[int | tuple[str, int | None], ...]
+    windows: dict[str, tuple[int, int]]
+    health: str
+    health_until_ms: int
+
+
+def _list(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}.
+    return value if isinstance(value, list) else []
+
+
+class Coordinator:
+    """One Redis client per process. Every call is bounded by ``timeout`` seconds."""
+
+    def __init__(self, client: aredis.Redis, bridge: AioBridge, *, prefix: str, timeout: float, where: str) -> None:
+        self._client = client
+        self._bridge = bridge
+        self._prefix = prefix
+        self._timeout = timeout
+        self._script = client.register_script(DEPLOYMENT_BATCH)
+        self.where = where  # host:port/db, for logs (never the password)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        with trio.move_on_after(self._timeout) as scope:
+            try:
+                return await self._bridge.run(fn, *args)
+            except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+                raise CoordinatorError(f"redis: {exc}") from exc
+        assert scope.cancelled_caught
+        raise CoordinatorError(f"redis: no answer within {self._timeout:g} s")
+
+    async def ping(self) -> None:
+        """Errors: CoordinatorError."""
+        await self._call(self._client.ping)
+
+    async def deployment(self, name: str, batch: DeploymentBatch) -> DeploymentState:
+        """Apply ``batch`` to deployment ``name``'s shared state, atomically.
+
+        Errors: CoordinatorError (Redis down, slow or failing); the batch may or may not have
+        been applied then.
+        """
+        base = f"{self._prefix}:deployment:{{{name}}}"
+        keys = [f"{base}:health"]
+        for window in batch.windows:
+            keys += [f"{base}:{window[0]}:amounts", f"{base}:{window[0]}:latest"]
+        payload = json.dumps(
+            {
+                "w": [[limit, span, res, 1 if requests else 0] for _, limit, span, res, requests in batch.windows],
+                "h": [list(event) for event in batch.health],
+                "fix": [[k + 1, at, delta] for k, at, delta in batch.fixes],
+                "add": [[k + 1, at, amount] for k, at, amount in batch.adds],
+                "acq": list(batch.admissions),
+                "lease": batch.probe_lease_ms,
+            },
+            separators=(",", ":"),
+        )
+        raw = await self._call(self._script, keys, [payload])
+        try:
+            data = json.loads(raw)
+            names = [window[0] for window in batch.windows]
+            answers: list[int | tuple[str, int | None]] = []
+            for answer in _list(data["r"]):
+                if isinstance(answer, list):
+                    reason = answer[0] if isinstance(answer[0], str) else names[int(answer[0]) - 1]
+                    retry = int(answer[1])
+                    answers.append((reason, None if retry < 0 else retry))
+                else:
+                    answers.append(int(answer))
+            views = _list(data["v"])
+            return DeploymentState(
+                now_ms=int(data["now"]),
+                answers=tuple(answers),
+                windows={name: (int(used), int(clear)) for name, (used, clear) in zip(names, views, strict=True)},
+                health=str(data["hs"]),
+                health_until_ms=int(data["hu"]),
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CoordinatorError(f"redis: unexpected answer {raw!r}") from exc
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(2, shield=True):
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await self._bridge.run(self._client.aclose)
+
+
+def describe(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path or '/0'}"
+
+
+@contextlib.asynccontextmanager
+async def open_coordinator(
+    url: str,
+    *,
+    prefix: str,
+    timeout: float,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> AsyncIterator[Coordinator]:
+    """A Redis client for ``url``; it connects on first use, so a Redis that is down at start
+    only makes the first calls fail (and the gateway run on its shares until it answers).
+
+    Errors: ValueError for a URL redis-py cannot use; StorageError without a trio-asyncio loop.
+    """
+    bridge = AioBridge(resolve_loop(loop))
+    client = aredis.Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    coordinator = Coordinator(client, bridge, prefix=prefix, timeout=timeout, where=describe(url))
+    try:
+        yield coordinator
+    finally:
+        await coordinator.aclose()

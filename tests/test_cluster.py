@@ -1,0 +1,195 @@
+"""Deployment windows and health shared through a real Redis by several processes' actors.
+
+Each "process" here is a deployment actor with its own Redis client (its own connections),
+as in separate ``omixa serve`` processes; the end-to-end cases with real processes are in
+test_cluster_e2e.py. Times are Redis's clock, so these run on the real clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+from harness import MODEL
+
+from omixa.engine.cluster import ClusterLink
+from omixa.engine.config import BreakerConfig, ClusterConfig, DeploymentConfig
+from omixa.engine.deployment import DeploymentActor, Refused, Slot
+from omixa.engine.errors import UpstreamError
+from omixa.engine.providers import SimulatorProvider
+from omixa.engine.upstream import Usage
+from omixa.storage.coordination import open_coordinator
+
+
+@asynccontextmanager
+async def actors_on_redis(
+    redis_url: str,
+    loop,
+    count: int,
+    breaker: BreakerConfig | None = None,
+    live: Callable[[], int] | None = None,
+    **knobs,
+) -> AsyncIterator[list[DeploymentActor]]:
+    """``count`` actors of one deployment, each with a Redis client of its own."""
+    config = DeploymentConfig(name="shared-d", model=MODEL, provider="simulator", **knobs)
+    cluster = ClusterConfig(redis_url=redis_url, key_prefix="t" + secrets.token_hex(4), retry_seconds=0.2)
+    async with AsyncExitStack() as stack:
+        actors = []
+        for _ in range(count):
+            coordinator = await stack.enter_async_context(
+                open_coordinator(redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds, loop=loop)
+            )
+            link = ClusterLink(coordinator, cluster, live or (lambda: count))
+            actors.append(DeploymentActor(config, SimulatorProvider(config), breaker, cluster=link))
+        async with trio.open_nursery() as nursery:
+            for actor in actors:
+                await nursery.start(actor.run)
+            yield actors
+            for actor in actors:
+                actor.close()
+
+
+def evalsha_calls(redis_server) -> int:
+    info = redis_server.command("INFO", "commandstats").decode()
+    for line in info.splitlines():
+        if line.startswith("cmdstat_evalsha:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_three_processes_admit_exactly_the_rpm_limit_in_batches(redis_server, aio_loop):
+    async with actors_on_redis(redis_server.url, aio_loop, 3, rpm=30) as actors:
+        before = evalsha_calls(redis_server)
+        answers: list[Slot | Refused] = []
+
+        async def ask(i: int) -> None:
+            answers.append(await actors[i % 3].acquire(f"r{i}", 100))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(ask, i)
+        calls = evalsha_calls(redis_server) - before
+        granted = [a for a in answers if isinstance(a, Slot)]
+        refused = [a for a in answers if isinstance(a, Refused)]
+        assert len(granted) == 30 and len(refused) == 170
+        assert {r.reason for r in refused} == {"rpm"}
+        assert all(r.retry_after is not None and 0 < r.retry_after <= 61 for r in refused)
+        # Admissions that arrived while a call was in flight went in one call.
+        assert calls < 60, calls
+        # Every process sees the whole fleet's count.
+        await trio.sleep(0.1)
+        await actors[0].acquire("refresh", 1)
+        assert actors[0].snapshot.windows["rpm"].used == 30
+
+
+async def test_real_usage_corrects_the_shared_estimate(redis_server, aio_loop):
+    async with actors_on_redis(redis_server.url, aio_loop, 2, tpm=3_000) as (a, b):
+        slots = [await a.acquire(f"r{i}", 1_000) for i in range(3)]
+        assert all(isinstance(s, Slot) for s in slots)
+        refused = await b.acquire("r4", 1_000)
+        assert isinstance(refused, Refused) and refused.reason == "tpm"
+        for slot in slots:  # each really used 200: 2,400 of the estimate is released
+            assert isinstance(slot, Slot)
+            await a.finish(slot, Usage(prompt_tokens=150, completion_tokens=50), "ok", 0.1)
+        with trio.fail_after(5):
+            while not isinstance(answer := await b.acquire("r5", 2_000), Slot):
+                await trio.sleep(0.02)
+        assert answer.shared_at is not None
+        too_big = await b.acquire("r6", 3_001)
+        assert isinstance(too_big, Refused) and too_big.reason == "too_large" and too_big.retry_after is None
+
+
+async def test_a_429_in_one_process_cools_the_deployment_down_in_every_process(redis_server, aio_loop):
+    async with actors_on_redis(redis_server.url, aio_loop, 3) as actors:
+        slot = await actors[0].acquire("r1", 10)
+        assert isinstance(slot, Slot)
+        limited = UpstreamError("rate limited", upstream_status=429, retry_after=3.0)
+        await actors[0].finish(slot, None, "upstream_error", 0.1, limited)
+        with trio.fail_after(2):
+            while not isinstance(refused := await actors[2].acquire("r2", 10), Refused):
+                await actors[2].finish(refused, None, "cancelled", 0.0)
+                await trio.sleep(0.01)
+        assert refused.reason == "cooling" and 2 < refused.retry_after <= 3
+        assert actors[1].snapshot.health in ("closed", "cooling")
+        await trio.sleep(refused.retry_after + 0.05)
+        assert isinstance(await actors[1].acquire("r3", 10), Slot)
+
+
+async def test_a_breaker_opened_in_one_process_keeps_the_others_off_then_one_probe_closes_it(redis_server, aio_loop):
+    breaker = BreakerConfig(failures=2, cooldown_seconds=1.0)
+    async with actors_on_redis(redis_server.url, aio_loop, 3, breaker) as actors:
+        failing = UpstreamError("upstream 500", upstream_status=500)
+        for i in range(2):
+            slot = await actors[0].acquire(f"f{i}", 10)
+            assert isinstance(slot, Slot)
+            await actors[0].finish(slot, None, "upstream_error", 0.1, failing)
+        with trio.fail_after(2):
+            while isinstance(answer := await actors[1].acquire("x", 10), Slot):
+                await actors[1].finish(answer, None, "cancelled", 0.0)
+                await trio.sleep(0.01)
+        assert answer.reason == "open" and 0 < answer.retry_after <= 1.0
+        await trio.sleep(answer.retry_after + 0.05)
+        # Half-open: the fleet lets one probe through.
+        probe = await actors[2].acquire("probe", 10)
+        assert isinstance(probe, Slot) and probe.probe
+        others = [await actors[i].acquire("p", 10) for i in (0, 1)]
+        assert all(isinstance(o, Refused) and o.reason == "probing" for o in others)
+        await actors[2].finish(probe, Usage(prompt_tokens=5), "ok", 0.1)
+        with trio.fail_after(2):
+            while not isinstance(answer := await actors[0].acquire("after", 10), Slot):
+                await trio.sleep(0.01)
+        assert not answer.probe
+
+
+async def test_without_redis_each_process_admits_its_share_then_rejoins(redis_server, aio_loop, caplog):
+    caplog.set_level(logging.INFO, logger="omixa.cluster")
+    async with actors_on_redis(redis_server.url, aio_loop, 3, rpm=30) as actors:
+        first = [await actors[0].acquire(f"a{i}", 10) for i in range(6)]
+        assert all(isinstance(s, Slot) for s in first)
+        redis_server.stop()
+        granted = 0
+        for i in range(60):
+            answer = await actors[i % 3].acquire(f"g{i}", 10)
+            granted += isinstance(answer, Slot)
+        # Each process: 30 // 3 = 10, less the 6 the shared window held when it last read it
+        # (process 0 learned of its own 6; the others had read the window before they came).
+        assert 6 + granted <= 30, granted
+        assert granted >= 10
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "not answering" in r.message]
+        assert len(warnings) == 3 and "1/3" in warnings[0].message  # one per process
+        redis_server.start()  # empty: it kept nothing
+        with trio.fail_after(5):
+            while any(actor._alone for actor in actors):
+                await trio.sleep(0.05)
+        assert any("answers again" in r.message for r in caplog.records)
+        # What was admitted alone is in the shared window again: no more than 30 in all.
+        more = 0
+        for i in range(40):
+            more += isinstance(await actors[i % 3].acquire(f"m{i}", 10), Slot)
+        assert granted + more <= 30, (granted, more)
+
+
+async def test_a_process_without_redis_at_start_serves_on_its_share(aio_loop, caplog):
+    caplog.set_level(logging.WARNING, logger="omixa.cluster")
+    url = "redis://127.0.0.1:1/0"  # nothing listens there
+    async with actors_on_redis(url, aio_loop, 2, rpm=10) as (a, _b):
+        answers = [await a.acquire(f"r{i}", 10) for i in range(8)]
+        assert sum(isinstance(x, Slot) for x in answers) == 5
+        refused = answers[-1]
+        assert isinstance(refused, Refused) and refused.reason == "rpm"
+    assert any("not answering" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("count", [1])
+async def test_one_process_with_redis_behaves_as_without(redis_server, aio_loop, count):
+    async with actors_on_redis(redis_server.url, aio_loop, count, rpm=3, tpm=10_000) as (actor,):
+        slots = [await actor.acquire(f"r{i}", 2_000) for i in range(3)]
+        assert all(isinstance(s, Slot) for s in slots)
+        refused = await actor.acquire("r4", 2_000)
+        assert isinstance(refused, Refused) and refused.reason == "rpm" and 59 < refused.retry_after <= 61
+        assert actor.snapshot.windows["rpm"].used == 3 and actor.snapshot.windows["tpm"].used == 6_000
+        assert actor.snapshot.room == 0.0
