@@ -19,9 +19,10 @@ INFO when it is back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from omixa.engine.config import ClusterConfig
+from omixa.engine.windows import DEPLOYMENT_WINDOWS
 from omixa.storage.coordination import Coordinator
 
 log = logging.getLogger("omixa.cluster")
@@ -61,3 +62,60 @@ class ClusterLink:
             self._alone.discard(deployment)
             if not self._alone:
                 log.info("Redis at %s answers again: limits are shared again", self.coordinator.where)
+
+
+class AdmissionBook:
+    """What one process admitted into a deployment's windows, per window bucket, for as long
+    as it counts (the window's span), in Redis's clock (ms).
+
+    Two of them per actor: everything it admitted (put back if Redis lost the deployment's
+    state, e.g. restarted empty) and what it admitted alone (added when Redis answers again).
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], list[int]] = {}  # (window, bucket) -> [amount, latest ms]
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def add(self, window: str, at_ms: int, amount: int) -> None:
+        entry = self._entries.setdefault((window, at_ms // _resolution_ms(window)), [0, at_ms])
+        entry[0] += amount
+        entry[1] = max(entry[1], at_ms)
+
+    def correct(self, window: str, at_ms: int, delta: int) -> None:
+        """Change the amount admitted at ``at_ms`` by ``delta`` (never below zero)."""
+        entry = self._entries.get((window, at_ms // _resolution_ms(window)))
+        if entry is not None:
+            entry[0] = max(0, entry[0] + delta)
+
+    def merge(self, other: AdmissionBook) -> None:
+        for (window, _), (amount, latest) in other._entries.items():
+            self.add(window, latest, amount)
+
+    def take(self) -> AdmissionBook:
+        """Move everything out into a new book; this one is left empty."""
+        taken = AdmissionBook()
+        taken._entries, self._entries = self._entries, {}
+        return taken
+
+    def entries(self, windows: Collection[str], now_ms: int) -> tuple[tuple[int, int, int], ...]:
+        """(index in ``windows``, latest ms, amount) of what still counts, for a batch; drops
+        what no longer does."""
+        names = list(windows)
+        self._entries = {
+            key: entry
+            for key, entry in self._entries.items()
+            if entry[1] > now_ms - DEPLOYMENT_WINDOWS[key[0]][0] * 1000
+        }
+        return tuple(
+            (names.index(window), latest, amount)
+            for (window, _), (amount, latest) in self._entries.items()
+            if window in names and amount > 0
+        )
+
+
+def _resolution_ms(window: str) -> int:
+    return int(DEPLOYMENT_WINDOWS[window][1] * 1000)

@@ -39,12 +39,12 @@ import time
 import attrs
 import trio
 
-from omixa.engine.cluster import ClusterLink
+from omixa.engine.cluster import AdmissionBook, ClusterLink
 from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.engine.mailbox import Reply, ask
 from omixa.engine.upstream import Provider, Usage
-from omixa.engine.windows import Health, SlidingWindow, hour_window, minute_window
+from omixa.engine.windows import DEPLOYMENT_WINDOWS, Health, SlidingWindow, hour_window, minute_window
 from omixa.storage.coordination import CoordinatorError, DeploymentBatch, DeploymentState
 
 log = logging.getLogger("omixa.deployment")
@@ -134,10 +134,6 @@ class DeploymentSnapshot:
     latency_s: float | None = None  # moving average of successful requests
 
 
-# Each window: span and bucket resolution, seconds.
-_SPANS = {"rpm": (60.0, 1.0), "tpm": (60.0, 1.0), "hourly_tokens": (3600.0, 60.0)}
-
-
 class DeploymentActor:
     """Owns one deployment's state. Start with ``nursery.start(actor.run)``."""
 
@@ -162,7 +158,10 @@ class DeploymentActor:
         self._pending: list[Acquire] = []
         self._events: list[tuple[str, int]] = []
         self._fixes: list[tuple[str, int, int]] = []  # window, admitted at (Redis ms), delta
-        self._gap: dict[tuple[str, int], list[float]] = {}  # admitted alone: (window, second) -> [amount, latest]
+        self._mine = AdmissionBook()  # what this process admitted (put back if Redis lost it)
+        self._gap = AdmissionBook()  # what it admitted alone (added when Redis answers again)
+        self._epoch = ""  # the name of the shared state this process knows
+        self._restore_due = False  # Redis lost that state; put _mine back in the next call
         self._alone = False
         self._state: DeploymentState | None = None
         self._offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
@@ -313,13 +312,13 @@ class DeploymentActor:
         if refusal is not None:
             message.reply.send(refusal)
             return
+        at_ms = self._redis_ms(now)
         for name, window in self._windows.items():
             amount = 1 if name == "rpm" else message.estimated_tokens
             window.add(now, amount)
             if self._alone:
-                entry = self._gap.setdefault((name, int(now)), [0.0, now])
-                entry[0] += amount
-                entry[1] = now
+                self._gap.add(name, at_ms, amount)
+                self._mine.add(name, at_ms, amount)
         self._health.on_admit()
         self._grant(message, now)
 
@@ -354,17 +353,15 @@ class DeploymentActor:
             if self._alone and cluster.live_processes() != self._share:
                 self._reshare(cluster.live_processes())
             admissions, self._pending = self._pending, []
-            batch, gap = self._batch(admissions)
+            gap = self._gap.take()
+            batch = self._batch(admissions, gap)
             sent = trio.current_time()
             try:
                 state = await cluster.coordinator.deployment(self.config.name, batch)
             except CoordinatorError as exc:
                 now = trio.current_time()
                 self._go_alone(cluster, str(exc), now)
-                for key, (amount, latest) in gap.items():  # not delivered: keep for later
-                    entry = self._gap.setdefault(key, [0.0, latest])
-                    entry[0] += amount
-                    entry[1] = max(entry[1], latest)
+                self._gap.merge(gap)  # not delivered: keep for later
                 for message in admissions:
                     self._on_acquire(message, now)
                 self._publish(now)
@@ -373,6 +370,13 @@ class DeploymentActor:
                 continue
             now = trio.current_time()
             self._offset = state.now_ms / 1000 - (sent + now) / 2
+            if state.fresh and not batch.restore:
+                # Redis lost this deployment's state (restarted empty, or was flushed):
+                # put back what this process admitted, in the next call.
+                self._restore_due = True
+                self._wake.set()
+            else:
+                self._epoch, self._restore_due = state.epoch, False
             if self._alone:
                 self._alone = False
                 cluster.rejoined(self.config.name)
@@ -387,35 +391,40 @@ class DeploymentActor:
                     else:
                         message.reply.send(Refused(reason=reason, retry_after=retry_ms / 1000))
                 else:
+                    for name in self._limits(self.config):
+                        self._mine.add(name, state.now_ms, 1 if name == "rpm" else message.estimated_tokens)
                     self._grant(message, now, shared_at=state.now_ms, probe=answer == 1)
             self._publish(now)
 
-    def _batch(self, admissions: list[Acquire]) -> tuple[DeploymentBatch, dict[tuple[str, int], list[float]]]:
+    def _redis_ms(self, now: float) -> int:
+        return int((now + self._offset) * 1000)
+
+    def _batch(self, admissions: list[Acquire], gap: AdmissionBook) -> DeploymentBatch:
         limits = self._limits(self.config)
         names = list(limits)
         windows = tuple(
-            (name, limit, int(_SPANS[name][0] * 1000), int(_SPANS[name][1] * 1000), name == "rpm")
+            (
+                name,
+                limit,
+                int(DEPLOYMENT_WINDOWS[name][0] * 1000),
+                int(DEPLOYMENT_WINDOWS[name][1] * 1000),
+                name == "rpm",
+            )
             for name, limit in limits.items()
         )
-        fixes = tuple((names.index(name), at, delta) for name, at, delta in self._fixes if name in limits)
-        now = trio.current_time()
-        gap = {key: entry for key, entry in self._gap.items() if entry[1] > now - _SPANS[key[0]][0]}
-        self._gap = {}
-        adds = tuple(
-            (names.index(name), int((latest + self._offset) * 1000), math.ceil(amount))
-            for (name, _), (amount, latest) in gap.items()
-            if name in limits and amount > 0
-        )
+        now_ms = self._redis_ms(trio.current_time())
         batch = DeploymentBatch(
             windows=windows,
             health=tuple(self._events),
-            fixes=fixes,
-            adds=adds,
+            fixes=tuple((names.index(name), at, delta) for name, at, delta in self._fixes if name in limits),
+            adds=gap.entries(names, now_ms),
+            restore=self._mine.entries(names, now_ms) if self._alone or self._restore_due else (),
             admissions=tuple(m.estimated_tokens for m in admissions),
             probe_lease_ms=int(self._breaker.cooldown_seconds * 1000),
+            epoch=self._epoch,
         )
         self._events, self._fixes = [], []
-        return batch, gap
+        return batch
 
     def _go_alone(self, cluster: ClusterLink, reason: str, now: float) -> None:
         """Decide locally on this process's share, starting from what the shared windows held
@@ -459,7 +468,10 @@ class DeploymentActor:
                         window.adjust(slot.admitted_at, delta)
             elif delta and not self._alone:
                 # (admitted through Redis but finished while it is away: the estimate stays)
-                self._fixes.extend((name, slot.shared_at, delta) for name in self._limits(self.config) if name != "rpm")
+                for name in self._limits(self.config):
+                    if name != "rpm":
+                        self._fixes.append((name, slot.shared_at, delta))
+                        self._mine.correct(name, slot.shared_at, delta)
                 self._wake.set()
         if message.outcome != "cancelled":
             counters["requests"] += 1

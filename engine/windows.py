@@ -92,6 +92,10 @@ class SlidingWindow:
         return now + self.span
 
 
+# A deployment's windows: (span, bucket resolution) in seconds.
+DEPLOYMENT_WINDOWS = {"rpm": (60.0, 1.0), "tpm": (60.0, 1.0), "hourly_tokens": (3600.0, 60.0)}
+
+
 def minute_window(limit: int) -> SlidingWindow:
     return SlidingWindow(limit, 60.0, 1.0)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -36,12 +37,7 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    """A URL of an empty database on one backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'omixa.db'}"
-        return
+def _postgres_database() -> Iterator[str]:
     name = "omixa_t_" + secrets.token_hex(6)
     try:
         asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
@@ -51,6 +47,21 @@ def database_url(request, tmp_path):
         yield _with_database(PG_URL, name)
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A URL of an empty database on one backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'omixa.db'}"
+        return
+    yield from _postgres_database()
+
+
+@pytest.fixture
+def postgres_url():
+    """A URL of an empty PostgreSQL database (what several hosts share)."""
+    yield from _postgres_database()
 
 
 @pytest.fixture

@@ -109,6 +109,7 @@ class FakeRequest:
     json: Any
     deployment: str | None
     operation: str | None = None  # "chat/completions", "embeddings" or "images/generations"
+    at: float = attrs.field(factory=time.monotonic)  # when it arrived (time.monotonic())
 
 
 @attrs.define(kw_only=True)

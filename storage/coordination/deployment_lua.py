@@ -12,8 +12,10 @@ amounts are kept per bucket (``resolution_ms``), a bucket remembers when its lat
 added and leaves the window ``span_ms`` after that; a correction changes the bucket its
 admission went to, never below zero, and does nothing once that bucket has left.
 
-KEYS[1]: the health hash (state, until, probe). KEYS[2k], KEYS[2k+1]: window k's amounts and
-latest-add times, hashes keyed by bucket start.
+KEYS[1]: the health hash (state, until, probe). KEYS[2]: the deployment's epoch, a random
+name its state got when it was first written (a Redis that restarted empty, or was flushed,
+gives it a new one). KEYS[2k+1], KEYS[2k+2]: window k's amounts and latest-add times, hashes
+keyed by bucket start.
 
 ARGV[1], JSON:
   w     [[limit, span_ms, resolution_ms, counts_requests (0|1)], ...]   one per window
@@ -21,11 +23,15 @@ ARGV[1], JSON:
         "ok" (the upstream answered: closes an open breaker), "release" (a probe ended
         without telling anything: another may probe)
   fix   [[window, at_ms, delta], ...]
-  add   [[window, at_ms, amount], ...]
+  epoch the epoch the process last saw ("" if none); ``new_epoch``: the name to give a new one
+  add   [[window, at_ms, amount], ...]  applied when the epoch is the process's own
+  restore [[window, at_ms, amount], ...]  applied instead when it is not (the state was lost:
+        the process puts back what it admitted in the windows' spans)
   acq   [estimated_tokens, ...]
   lease ms a half-open probe holds the deployment before another process may probe
 
-Returns JSON: {now, r, v, hs, hu}: ``r`` one answer per admission, in order: 0 (admitted), 1
+Returns JSON: {now, r, v, hs, hu, epoch, fresh}: ``fresh`` true when the epoch was not the
+process's own (it should restore, if this batch did not); ``r`` one answer per admission, in order: 0 (admitted), 1
 (admitted as the half-open probe) or [reason, retry_ms] (reason "cooling", "open",
 "probing", or the 1-based index of the full window; retry_ms -1: it can never fit); ``v``
 [[used, clear_at_ms], ...] per window after the batch; ``hs``/``hu`` the health state and
@@ -39,7 +45,13 @@ local req = cjson.decode(ARGV[1])
 local windows = req.w or {}
 local nw = #windows
 
-local hkey = KEYS[1]
+local hkey, ekey = KEYS[1], KEYS[2]
+local epoch = redis.call('GET', ekey)
+if not epoch then
+  epoch = req.new_epoch
+  redis.call('SET', ekey, epoch)
+end
+local fresh = (req.epoch or '') ~= '' and req.epoch ~= epoch
 local h = redis.call('HMGET', hkey, 'state', 'until', 'probe')
 local state, hu, probe = h[1] or 'closed', tonumber(h[2]) or 0, tonumber(h[3]) or 0
 local state0, hu0, probe0 = state, hu, probe
@@ -73,7 +85,7 @@ end
 
 local amounts, times, total, dirty = {}, {}, {}, {}
 for k = 1, nw do
-  local akey, tkey, span = KEYS[2 * k], KEYS[2 * k + 1], windows[k][2]
+  local akey, tkey, span = KEYS[2 * k + 1], KEYS[2 * k + 2], windows[k][2]
   local a = redis.call('HGETALL', akey)
   local l = redis.call('HGETALL', tkey)
   local am, tm, sum, gone = {}, {}, 0, {}
@@ -132,7 +144,11 @@ for _, f in ipairs(req.fix or {}) do
   end
 end
 
-for _, e in ipairs(req.add or {}) do
+local replay = req.add or {}
+if fresh then
+  replay = req.restore or {}
+end
+for _, e in ipairs(replay) do
   local k, at, amount = e[1], e[2], e[3]
   if k >= 1 and k <= nw and at > now - windows[k][2] and at <= now then
     add(k, at, amount)
@@ -201,7 +217,7 @@ end
 
 local views = {}
 for k = 1, nw do
-  local akey, tkey, span = KEYS[2 * k], KEYS[2 * k + 1], windows[k][2]
+  local akey, tkey, span = KEYS[2 * k + 1], KEYS[2 * k + 2], windows[k][2]
   local aset, tset, latest = {}, {}, 0
   for b, _ in pairs(dirty[k]) do
     aset[#aset + 1] = b
@@ -234,5 +250,5 @@ if state ~= state0 or hu ~= hu0 or probe ~= probe0 then
   end
 end
 
-return cjson.encode({now = now, r = answers, v = views, hs = state, hu = hu})
+return cjson.encode({now = now, r = answers, v = views, hs = state, hu = hu, epoch = epoch, fresh = fresh})
 """

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,8 +38,10 @@ class DeploymentBatch:
     health: tuple[tuple[str, int], ...] = ()
     fixes: tuple[tuple[int, int, int], ...] = ()
     adds: tuple[tuple[int, int, int], ...] = ()
+    restore: tuple[tuple[int, int, int], ...] = ()
     admissions: tuple[int, ...] = ()
     probe_lease_ms: int = 30_000
+    epoch: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -56,6 +59,8 @@ class DeploymentState:
     windows: dict[str, tuple[int, int]]
     health: str
     health_until_ms: int
+    epoch: str
+    fresh: bool  # the epoch was not the batch's: the state the process knew was lost
 
 
 def _list(value: Any) -> list[Any]:
@@ -94,7 +99,7 @@ class Coordinator:
         been applied then.
         """
         base = f"{self._prefix}:deployment:{{{name}}}"
-        keys = [f"{base}:health"]
+        keys = [f"{base}:health", f"{base}:epoch"]
         for window in batch.windows:
             keys += [f"{base}:{window[0]}:amounts", f"{base}:{window[0]}:latest"]
         payload = json.dumps(
@@ -103,6 +108,9 @@ class Coordinator:
                 "h": [list(event) for event in batch.health],
                 "fix": [[k + 1, at, delta] for k, at, delta in batch.fixes],
                 "add": [[k + 1, at, amount] for k, at, amount in batch.adds],
+                "restore": [[k + 1, at, amount] for k, at, amount in batch.restore],
+                "epoch": batch.epoch,
+                "new_epoch": secrets.token_hex(8),
                 "acq": list(batch.admissions),
                 "lease": batch.probe_lease_ms,
             },
@@ -127,6 +135,8 @@ class Coordinator:
                 windows={name: (int(used), int(clear)) for name, (used, clear) in zip(names, views, strict=True)},
                 health=str(data["hs"]),
                 health_until_ms=int(data["hu"]),
+                epoch=str(data["epoch"]),
+                fresh=bool(data["fresh"]),
             )
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise CoordinatorError(f"redis: unexpected answer {raw!r}") from exc
