@@ -70,7 +70,7 @@ class Access:
         signed = head.signature is not None
         key = await self._accounts.authenticate(head.authorization, recent=head.paid and not signed)
         if self._verifier.applies(key, signed):
-            self._verifier.verify(
+            claim = self._verifier.verify(
                 key,
                 timestamp=head.timestamp,
                 nonce=head.nonce,
@@ -80,6 +80,7 @@ class Access:
                 body=await read_body(),
                 now=time.time(),
             )
+            await self._verifier.claim(claim)
         return key
 
     async def sign_in(self, api_key: str) -> ApiKeyRecord:

@@ -46,22 +46,24 @@ class ClusterLink:
         """Some deployment of this process decides on its share (Redis is not answering)."""
         return bool(self._alone)
 
-    def went_alone(self, deployment: str, reason: str) -> None:
+    def went_alone(self, part: str, reason: str) -> None:
+        """``part`` (a deployment, "developer keys", "signatures") found Redis not answering."""
         if not self._alone:
             log.warning(
-                "Redis at %s is not answering (%s): each deployment now admits at most this "
-                "process's share of its limits (1/%d) until it does",
+                "Redis at %s is not answering (%s): until it does, every deployment and key admits "
+                "at most this process's share of its limits (1/%d), and replayed signatures are "
+                "caught only by the process that saw them first",
                 self.coordinator.where,
                 reason,
                 self.live_processes(),
             )
-        self._alone.add(deployment)
+        self._alone.add(part)
 
-    def rejoined(self, deployment: str) -> None:
-        if deployment in self._alone:
-            self._alone.discard(deployment)
+    def rejoined(self, part: str) -> None:
+        if part in self._alone:
+            self._alone.discard(part)
             if not self._alone:
-                log.info("Redis at %s answers again: limits are shared again", self.coordinator.where)
+                log.info("Redis at %s answers again: limits and replay checks are shared again", self.coordinator.where)
 
 
 class AdmissionBook:
@@ -72,22 +74,24 @@ class AdmissionBook:
     state, e.g. restarted empty) and what it admitted alone (added when Redis answers again).
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_shape")
 
-    def __init__(self) -> None:
+    def __init__(self, shape: Callable[[str], tuple[float, float]] = lambda window: DEPLOYMENT_WINDOWS[window]) -> None:
+        """``shape(window)``: the window's (span, bucket resolution), seconds."""
+        self._shape = shape
         self._entries: dict[tuple[str, int], list[int]] = {}  # (window, bucket) -> [amount, latest ms]
 
     def __bool__(self) -> bool:
         return bool(self._entries)
 
     def add(self, window: str, at_ms: int, amount: int) -> None:
-        entry = self._entries.setdefault((window, at_ms // _resolution_ms(window)), [0, at_ms])
+        entry = self._entries.setdefault((window, at_ms // self._resolution_ms(window)), [0, at_ms])
         entry[0] += amount
         entry[1] = max(entry[1], at_ms)
 
     def correct(self, window: str, at_ms: int, delta: int) -> None:
         """Change the amount admitted at ``at_ms`` by ``delta`` (never below zero)."""
-        entry = self._entries.get((window, at_ms // _resolution_ms(window)))
+        entry = self._entries.get((window, at_ms // self._resolution_ms(window)))
         if entry is not None:
             entry[0] = max(0, entry[0] + delta)
 
@@ -97,25 +101,25 @@ class AdmissionBook:
 
     def take(self) -> AdmissionBook:
         """Move everything out into a new book; this one is left empty."""
-        taken = AdmissionBook()
+        taken = AdmissionBook(self._shape)
         taken._entries, self._entries = self._entries, {}
         return taken
+
+    def windows(self) -> set[str]:
+        return {window for window, _ in self._entries}
 
     def entries(self, windows: Collection[str], now_ms: int) -> tuple[tuple[int, int, int], ...]:
         """(index in ``windows``, latest ms, amount) of what still counts, for a batch; drops
         what no longer does."""
-        names = list(windows)
+        index = {window: i for i, window in enumerate(windows)}
         self._entries = {
-            key: entry
-            for key, entry in self._entries.items()
-            if entry[1] > now_ms - DEPLOYMENT_WINDOWS[key[0]][0] * 1000
+            key: entry for key, entry in self._entries.items() if entry[1] > now_ms - self._shape(key[0])[0] * 1000
         }
         return tuple(
-            (names.index(window), latest, amount)
+            (index[window], latest, amount)
             for (window, _), (amount, latest) in self._entries.items()
-            if window in names and amount > 0
+            if window in index and amount > 0
         )
 
-
-def _resolution_ms(window: str) -> int:
-    return int(DEPLOYMENT_WINDOWS[window][1] * 1000)
+    def _resolution_ms(self, window: str) -> int:
+        return int(self._shape(window)[1] * 1000)

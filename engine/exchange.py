@@ -54,7 +54,7 @@ from omixa.engine.errors import (
     UpstreamTimeout,
     translate_upstream,
 )
-from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.keylimits import Admitted, KeyLimiter
 from omixa.engine.model_call import ModelCall
 from omixa.engine.relay import OpenedStream, StreamRelay
 from omixa.engine.router import Lease, Router
@@ -129,7 +129,7 @@ class Exchange:
         self._started = time.monotonic()
         self._created_at = dt.datetime.now(dt.UTC)
         # Step 1: what the call holds.
-        self._admitted_at: float | None = None  # when the key's limits counted this call
+        self._admitted: Admitted | None = None  # the key's limits counted this call
         self._hold: Hold | None = None
         self._estimated_tokens = 0
         self._upstream_body: dict[str, Any] = {}
@@ -196,8 +196,7 @@ class Exchange:
         """
         request, caller, services = self._request, self._caller, self._services
         now = trio.current_time()
-        services.limits.admit_tokens(caller.key, request.estimated_tokens, now)
-        self._admitted_at = now
+        self._admitted = await services.limits.admit_tokens(caller.key, request.estimated_tokens, now)
         reserved = await services.wallets.reserve(
             caller.account_id,
             request_id=caller.request_id,
@@ -379,9 +378,9 @@ class Exchange:
         latency = time.monotonic() - self._started
         cost = request.cost(usage, self._service_tier) if usage is not None else 0
         charged = 0
-        if self._admitted_at is not None:
+        if self._admitted is not None:
             used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
-            services.limits.settle(self._caller.key_id, self._admitted_at, request.estimated_tokens, used)
+            services.limits.settle(self._caller.key_id, self._admitted, request.estimated_tokens, used)
         entry = self._log(status, usage or Usage(), latency)
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self._hold is not None:

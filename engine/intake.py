@@ -100,7 +100,7 @@ class Intake:
         RequestTooLarge and InvalidRequest (the body), and whatever ``parse`` raises.
         Cancellation: a thread already running finishes on its own; its result is dropped.
         """
-        self._limits.admit_request(key, trio.current_time())
+        await self._limits.admit_request(key, trio.current_time())
         looked = declared_bytes is not None and declared_bytes > LARGE_BODY_BYTES
         if looked:
             await self._require_money(key)

@@ -15,26 +15,38 @@ Limits come from the key (``omixa key create --rpm/--tpm``) or else ``[limits] k
 ``key_tpm``; 0 means unlimited. Only model calls count (chat completions, embeddings,
 images, the playground), not reads such as ``/wallet``.
 
-Not an actor: every method is synchronous, so under trio's cooperative scheduling a check
-and its update are one atomic step, with no mailbox hop on the hot path. The state is per
-process (like deployments' windows); idle keys' windows are dropped once they are empty.
+On one process the windows are local and every check is synchronous: under trio's
+cooperative scheduling a check and its update are one atomic step, with no mailbox hop on
+the hot path; idle keys' windows are dropped once they are empty. With ``[cluster]
+redis_url`` (:mod:`engine.cluster`), the windows are counted in Redis for every process: the
+admissions that arrive while a call is in flight go in the next call, one for all keys, and
+each waits for its answer; the corrections ride along. While Redis does not answer, each
+process decides on its share (the limit divided by the live processes, starting from what
+the shared window held when it last read it), and puts back what it admitted once Redis
+answers again (everything it admitted in the last minute, if Redis lost its state).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import attrs
+import trio
 
+from omixa.engine.cluster import AdmissionBook, ClusterLink
 from omixa.engine.config import LimitsConfig
 from omixa.engine.deployment import DeploymentSnapshot
 from omixa.engine.errors import InvalidRequest, RateLimited
 from omixa.engine.windows import SlidingWindow, minute_window
 from omixa.storage import ApiKeyRecord
+from omixa.storage.coordination import CoordinatorError, KeysBatch
 
-# Past this many tracked keys, keys whose windows are empty are forgotten.
+# Past this many tracked windows, the empty ones are forgotten.
 _PRUNE_AT = 10_000
+_SPAN = 60.0  # every key window is a minute, in 1 s buckets
+_MESSAGES = {"requests": "requests per minute", "tokens": "tokens per minute"}
 
 
 @attrs.frozen(kw_only=True)
@@ -46,96 +58,271 @@ class LimitView:
     reset_seconds: float  # until the window is back to its full limit
 
 
-@attrs.define
-class _KeyWindows:
-    requests: SlidingWindow | None
-    tokens: SlidingWindow | None
+@attrs.frozen(kw_only=True)
+class Admitted:
+    """A call's tokens admitted at ``at`` (trio time); ``shared_at``: Redis's clock (ms) when
+    the shared window admitted them."""
+
+    at: float
+    shared_at: int | None = None
+
+
+@attrs.define(kw_only=True)
+class _Ask:
+    """One admission waiting for the next call to Redis."""
+
+    window: str  # "<key id>/requests" or "<key id>/tokens"
+    limit: int
+    amount: int
+    done: trio.Event = attrs.field(factory=trio.Event)
+    retry_after: float | None = None  # set when refused
+    shared_at: int | None = None  # set when the shared window admitted it
+
+
+def _window_id(key_id: str, name: str) -> str:
+    return f"{key_id}/{name}"
 
 
 class KeyLimiter:
-    def __init__(self, config: LimitsConfig) -> None:
+    def __init__(self, config: LimitsConfig, cluster: ClusterLink | None = None) -> None:
         self._config = config
-        self._keys: dict[str, _KeyWindows] = {}
+        self._local: dict[str, SlidingWindow] = {}  # window id -> window (limit // share)
+        self._share = 1
+        self._cluster = cluster
+        # Shared mode: what waits for the next call, and what the last calls said.
+        self._queue: list[_Ask] = []
+        self._fixes: list[tuple[str, int, int]] = []  # window id, admitted at (Redis ms), delta
+        self._views: dict[str, tuple[int, int]] = {}  # window id -> (used, clear_at ms)
+        self._limits_seen: dict[str, int] = {}  # window id -> its limit when last asked
+        self._mine = AdmissionBook(lambda _window: (_SPAN, 1.0))
+        self._gap = AdmissionBook(lambda _window: (_SPAN, 1.0))
+        self._epoch = ""
+        self._restore_due = False
+        self._alone = False
+        self._offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
+        self._wake = trio.Event()
+        self._closing = False
 
     def _limits(self, key: ApiKeyRecord) -> tuple[int, int]:
         rpm = key.rpm if key.rpm is not None else self._config.key_rpm
         tpm = key.tpm if key.tpm is not None else self._config.key_tpm
         return rpm, tpm
 
-    def _windows(self, key: ApiKeyRecord, now: float) -> _KeyWindows:
-        windows = self._keys.get(key.id)
-        rpm, tpm = self._limits(key)
-        if windows is None or _limit(windows.requests) != rpm or _limit(windows.tokens) != tpm:
-            if len(self._keys) >= _PRUNE_AT:
-                self._prune(now)
-            windows = _KeyWindows(
-                requests=minute_window(rpm) if rpm else None,
-                tokens=minute_window(tpm) if tpm else None,
-            )
-            self._keys[key.id] = windows
-        return windows
+    @property
+    def _shared(self) -> bool:
+        return self._cluster is not None and not self._alone
 
-    def admit_request(self, key: ApiKeyRecord, now: float) -> None:
+    async def admit_request(self, key: ApiKeyRecord, now: float) -> None:
         """Count one model call against the key's requests per minute, or refuse it. Called
         before the request's body is read, so every call counts, whatever becomes of it.
 
         Errors: RateLimited with ``retry_after`` (seconds until one more fits).
         """
-        window = self._windows(key, now).requests
-        if window is None:
-            return
-        if not window.fits(now, 1):
-            raise RateLimited(
-                "Developer key exceeded rate limits (requests per minute).",
-                retry_after=_wait(window, now, 1),
-            )
-        window.add(now, 1)
+        rpm, _ = self._limits(key)
+        if rpm:
+            await self._admit(key.id, "requests", rpm, 1, now)
 
-    def admit_tokens(self, key: ApiKeyRecord, estimated_tokens: int, now: float) -> None:
+    async def admit_tokens(self, key: ApiKeyRecord, estimated_tokens: int, now: float) -> Admitted:
         """Count a call's ``estimated_tokens`` (prompt + output cap) against the key's tokens
-        per minute, or refuse it.
+        per minute, or refuse it; pass what it returns to :meth:`settle`.
 
         Errors: InvalidRequest when the estimate alone exceeds the limit (it can never fit:
         a retry would fail the same way); RateLimited with ``retry_after`` otherwise.
         """
-        window = self._windows(key, now).tokens
-        if window is None:
-            return
-        if estimated_tokens > window.limit:
+        _, tpm = self._limits(key)
+        if not tpm:
+            return Admitted(at=now)
+        if estimated_tokens > tpm:
             raise InvalidRequest(
                 f"This request's {estimated_tokens} estimated tokens (prompt and output cap) exceed "
-                f"the key's limit of {window.limit} tokens per minute; lower max_tokens or the prompt."
+                f"the key's limit of {tpm} tokens per minute; lower max_tokens or the prompt."
             )
-        if not window.fits(now, estimated_tokens):
-            raise RateLimited(
-                "Developer key exceeded rate limits (tokens per minute).",
-                retry_after=_wait(window, now, estimated_tokens),
-            )
-        window.add(now, estimated_tokens)
+        return await self._admit(key.id, "tokens", tpm, estimated_tokens, now)
 
-    def settle(self, key_id: str, admitted_at: float, estimated_tokens: int, used_tokens: int) -> None:
+    async def _admit(self, key_id: str, name: str, limit: int, amount: int, now: float) -> Admitted:
+        window = _window_id(key_id, name)
+        if self._shared:
+            ask = _Ask(window=window, limit=limit, amount=amount)
+            self._queue.append(ask)
+            self._wake.set()
+            await ask.done.wait()
+            retry_after, admitted = ask.retry_after, Admitted(at=now, shared_at=ask.shared_at)
+        else:
+            retry_after, admitted = self._admit_locally(window, limit, amount, now), Admitted(at=now)
+        if retry_after is not None:
+            raise RateLimited(f"Developer key exceeded rate limits ({_MESSAGES[name]}).", retry_after=retry_after)
+        return admitted
+
+    def _admit_locally(self, window_id: str, limit: int, amount: int, now: float) -> float | None:
+        """None when admitted, else the seconds until it fits."""
+        self._limits_seen[window_id] = limit
+        window = self._local_window(window_id, limit, now)
+        if not window.fits(now, amount):
+            at = window.room_at(now, amount)
+            return _SPAN if at is None else max(at - now, 0.001)  # None: larger than a share
+        window.add(now, amount)
+        if self._alone:
+            at_ms = int((now + self._offset) * 1000)
+            self._gap.add(window_id, at_ms, amount)
+            self._mine.add(window_id, at_ms, amount)
+        return None
+
+    def _local_window(self, window_id: str, limit: int, now: float) -> SlidingWindow:
+        share = limit // self._share
+        window = self._local.get(window_id)
+        if window is None:
+            if len(self._local) >= _PRUNE_AT:
+                self._prune(now)
+            window = self._local[window_id] = minute_window(share)
+        elif window.limit != share:
+            window.limit = share  # the counts stay; only the limit moves
+        return window
+
+    def settle(self, key_id: str, admitted: Admitted, estimated_tokens: int, used_tokens: int) -> None:
         """Replace a call's estimate by the tokens it really used."""
-        windows = self._keys.get(key_id)
-        if windows is not None and windows.tokens is not None:
-            windows.tokens.adjust(admitted_at, used_tokens - estimated_tokens)
+        delta = used_tokens - estimated_tokens
+        if not delta:
+            return
+        window_id = _window_id(key_id, "tokens")
+        if admitted.shared_at is not None:
+            if self._shared:  # (admitted through Redis but finished while it is away: the estimate stays)
+                self._fixes.append((window_id, admitted.shared_at, delta))
+                self._mine.correct(window_id, admitted.shared_at, delta)
+                self._wake.set()
+        elif (window := self._local.get(window_id)) is not None:
+            window.adjust(admitted.at, delta)
 
     def views(self, key: ApiKeyRecord, now: float) -> dict[str, LimitView]:
         """The key's ``requests`` and ``tokens`` state (unlimited dimensions left out)."""
-        windows = self._windows(key, now)
         views = {}
-        for name, window in (("requests", windows.requests), ("tokens", windows.tokens)):
-            if window is None:
+        for name, limit in zip(("requests", "tokens"), self._limits(key), strict=True):
+            if not limit:
                 continue
-            views[name] = LimitView(
-                limit=window.limit,
-                remaining=max(window.limit - window.used(now), 0),
-                reset_seconds=max(window.clear_at(now) - now, 0.0),
-            )
+            window_id = _window_id(key.id, name)
+            shared = self._views.get(window_id) if self._shared else None
+            if shared is not None:
+                used, clear_ms = shared
+                views[name] = LimitView(
+                    limit=limit,
+                    remaining=max(limit - used, 0),
+                    reset_seconds=max(clear_ms / 1000 - self._offset - now, 0.0),
+                )
+            elif (window := self._local.get(window_id)) is not None:
+                views[name] = LimitView(
+                    limit=limit,
+                    remaining=max(window.limit - window.used(now), 0),
+                    reset_seconds=max(window.clear_at(now) - now, 0.0),
+                )
+            else:
+                views[name] = LimitView(limit=limit, remaining=limit // self._share, reset_seconds=0.0)
         return views
 
     def _prune(self, now: float) -> None:
-        for key_id in [k for k, w in self._keys.items() if _empty(w, now)]:
-            del self._keys[key_id]
+        for window_id in [w for w, window in self._local.items() if window.used(now) == 0]:
+            del self._local[window_id]
+        if len(self._views) >= _PRUNE_AT:
+            now_ms = (now + self._offset) * 1000
+            self._views = {w: view for w, view in self._views.items() if view[1] > now_ms}
+
+    # -- shared mode: the task that talks to Redis ----------------------------------------
+    def close(self) -> None:
+        """Send what is left (corrections), then :meth:`run` returns."""
+        self._closing = True
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send what waits in one call whenever there is something and the previous call is
+        back (shared mode only; returns at once without a cluster)."""
+        task_status.started()
+        cluster = self._cluster
+        if cluster is None:
+            return
+        while True:
+            if not (self._queue or self._fixes or self._restore_due or self._closing):
+                with trio.move_on_after(cluster.config.retry_seconds if self._alone else math.inf):
+                    await self._wake.wait()
+            self._wake = trio.Event()
+            if self._closing and not (self._queue or self._fixes):
+                return
+            if self._alone and cluster.live_processes() != self._share:
+                self._share = cluster.live_processes()
+            await self._call(cluster)
+
+    async def _call(self, cluster: ClusterLink) -> None:
+        asks, self._queue = self._queue, []
+        fixes, self._fixes = self._fixes, []
+        gap = self._gap.take()
+        restore = self._alone or self._restore_due
+        order: dict[str, int] = {}
+        for window_id in [a.window for a in asks] + [f[0] for f in fixes] + sorted(gap.windows()):
+            order.setdefault(window_id, len(order))
+        if restore:
+            for window_id in sorted(self._mine.windows()):
+                order.setdefault(window_id, len(order))
+        for ask in asks:
+            self._limits_seen[ask.window] = ask.limit
+        ids = list(order)
+        sent = trio.current_time()
+        now_ms = int((sent + self._offset) * 1000)
+        windows = []
+        for window_id in ids:
+            key_id, name = window_id.rsplit("/", 1)
+            windows.append((key_id, name, self._limits_seen.get(window_id, 1)))
+        batch = KeysBatch(
+            windows=tuple(windows),
+            fixes=tuple((order[w], at, delta) for w, at, delta in fixes),
+            adds=gap.entries(ids, now_ms),
+            restore=self._mine.entries(ids, now_ms) if restore else (),
+            admissions=tuple((order[a.window], a.amount) for a in asks),
+            epoch=self._epoch,
+        )
+        try:
+            state = await cluster.coordinator.keys(batch)
+        except CoordinatorError as exc:
+            now = trio.current_time()
+            self._go_alone(cluster, str(exc), now)
+            self._gap.merge(gap)  # not delivered: keep for later
+            for ask in asks:
+                ask.retry_after = self._admit_locally(ask.window, ask.limit, ask.amount, now)
+                ask.done.set()
+            return
+        now = trio.current_time()
+        self._offset = state.now_ms / 1000 - (sent + now) / 2
+        if state.fresh and not batch.restore:
+            self._restore_due = True  # Redis lost the keys' state: put back what we admitted
+            self._wake.set()
+        else:
+            self._epoch, self._restore_due = state.epoch, False
+        if self._alone:
+            self._alone = False
+            cluster.rejoined("developer keys")
+            if self._gap:
+                self._wake.set()  # admitted alone while this call was in flight
+        for window_id, view in zip(ids, state.windows, strict=True):
+            self._views[window_id] = view
+        for ask, answer in zip(asks, state.answers, strict=True):
+            if answer is None:
+                ask.shared_at = state.now_ms
+                self._mine.add(ask.window, state.now_ms, ask.amount)
+            else:
+                ask.retry_after = _SPAN if answer < 0 else answer / 1000
+            ask.done.set()
+
+    def _go_alone(self, cluster: ClusterLink, reason: str, now: float) -> None:
+        """Decide locally on this process's share, starting from what each shared window held
+        when last read (as if added at the latest moment it was: it leaves no earlier than it
+        really does)."""
+        if self._alone:
+            return
+        self._alone = True
+        cluster.went_alone("developer keys", reason)
+        self._share = cluster.live_processes()
+        self._local = {}
+        for window_id, (used, clear_ms) in self._views.items():
+            limit = self._limits_seen.get(window_id)
+            if limit and used > 0:
+                window = self._local_window(window_id, limit, now)
+                window.add(min(clear_ms / 1000 - self._offset - _SPAN, now), used)
 
 
 # The deployment window behind each key dimension, for fleet_views.
@@ -157,20 +344,6 @@ def fleet_views(snapshots: Sequence[DeploymentSnapshot], now: float) -> dict[str
             reset_seconds=max(max(w.clear_at for w in windows) - now, 0.0),
         )
     return views
-
-
-def _wait(window: SlidingWindow, now: float, amount: int) -> float:
-    at = window.room_at(now, amount)
-    assert at is not None  # amount <= limit
-    return at - now
-
-
-def _limit(window: SlidingWindow | None) -> int:
-    return window.limit if window is not None else 0
-
-
-def _empty(windows: _KeyWindows, now: float) -> bool:
-    return all(w is None or w.used(now) == 0 for w in (windows.requests, windows.tokens))
 
 
 def format_reset(seconds: float) -> str:

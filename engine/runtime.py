@@ -6,7 +6,9 @@ only after ``task_status.started()``):
 - the wallet pool (wallet actors spawned per account on demand, plus the hold sweeper),
 - the usage aggregator,
 - the instance monitor (registers this process, releases the holds of dead ones before the
-  engine is ready, heartbeats, and deregisters once the wallets drained).
+  engine is ready, heartbeats, and deregisters once the wallets drained),
+- with ``[cluster] redis_url``, the key limiter's task that batches the keys' admissions to
+  Redis (the deployment actors talk to Redis themselves, :mod:`engine.cluster`).
 On exit the mailboxes are closed, so every actor serves what is queued (the aggregator
 flushes its last batch) and returns; then the upstream connection pools are closed.
 """
@@ -122,9 +124,9 @@ async def open_engine(
     # Load the tokenizers of the deployed models now, so the first request does not pay for
     # it (a reload that deploys another model loads its encoding before applying).
     await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))
-    limits = KeyLimiter(config.limits)
+    limits = KeyLimiter(config.limits, cluster)
     accounts = Accounts(storage, box)
-    verifier = SignatureVerifier(config.security, box, started_at=time.time())
+    verifier = SignatureVerifier(config.security, box, started_at=time.time(), cluster=cluster)
     engine = Engine(
         config=config,
         catalog=catalog,
@@ -157,6 +159,7 @@ async def open_engine(
             await nursery.start(supervised, "wallets", wallets.run, name="wallets")
             await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
             await nursery.start(supervised, "instances", monitor.run, name="instance-monitor")
+            await nursery.start(supervised, "key-limits", limits.run, name="key-limits")
             upkeep = trio.CancelScope()
 
             async def maintain_storage(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -175,6 +178,7 @@ async def open_engine(
                 # Every actor returns once its mailbox is closed and drained.
                 wallets.close()
                 usage.close()
+                limits.close()
                 fleet.close()
                 monitor.close()
                 nursery.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT

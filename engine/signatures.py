@@ -31,11 +31,17 @@ other keys are not affected). Timestamps may run at most
 ``MAX_FUTURE_SKEW`` (30 s) ahead of the server's clock. Memory is bounded by the signed
 requests one process can verify within the window, whatever the number of keys.
 A process also refuses requests signed before it started, so a restart does not open a
-replay window. The cache is per process: a replay sent to *another* process within the
-window is not detected.
+replay window.
+
+Across processes (``[cluster] redis_url``): a signature with a nonce that this process's
+cache accepted is then claimed in Redis (``SET NX`` until its timestamp leaves the window,
+:meth:`SignatureVerifier.claim`), so a replay sent to *another* process within the window is
+refused too. While Redis does not answer, each process's own cache is all there is: a replay
+sent to another process during the gap is not detected (logged once when Redis goes away).
+Without Redis the cache is per process.
 
 Cancellation: :meth:`SignatureVerifier.verify` is synchronous; check and insert are one
-step under Trio's scheduling.
+step under Trio's scheduling. A claim cancelled midway may or may not have been recorded.
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ import hmac
 import logging
 import re
 
+import attrs
+
+from omixa.engine.cluster import ClusterLink
 from omixa.engine.config import SecurityConfig
 from omixa.engine.errors import (
     InvalidSignature,
@@ -55,6 +64,7 @@ from omixa.engine.errors import (
 )
 from omixa.engine.secretbox import SECRET_KEY_ENV, SecretBox, SecretKeyError
 from omixa.storage import ApiKeyRecord, SigningSummary
+from omixa.storage.coordination import CoordinatorError
 from omixa_client import SIGNATURE_PREFIX, sign, signed_message
 
 log = logging.getLogger("omixa.signatures")
@@ -116,10 +126,27 @@ class ReplayCache:
         return None
 
 
+@attrs.frozen(kw_only=True)
+class Claim:
+    """A signature with a nonce that verified: to claim fleet-wide (:meth:`SignatureVerifier.claim`)."""
+
+    key_id: str
+    signature: str  # the hex digest
+    seconds: float  # until its timestamp leaves the window
+
+
 class SignatureVerifier:
     """One per process (the engine's). See the module docstring for the checks."""
 
-    def __init__(self, config: SecurityConfig, box: SecretBox | None, *, started_at: float) -> None:
+    def __init__(
+        self,
+        config: SecurityConfig,
+        box: SecretBox | None,
+        *,
+        started_at: float,
+        cluster: ClusterLink | None = None,
+    ) -> None:
+        self._cluster = cluster
         self.required = config.require_signature
         self.one_time = config.one_time_signatures
         self.window = config.signature_window_seconds
@@ -171,8 +198,9 @@ class SignatureVerifier:
         target: bytes,
         body: bytes,
         now: float,
-    ) -> None:
-        """Check one request's signature and remember it.
+    ) -> Claim | None:
+        """Check one request's signature and remember it; return what to :meth:`claim` across
+        processes (a signature with a nonce), if anything.
 
         Args:
             key: The authenticated key (its encrypted secrets come with it).
@@ -218,9 +246,10 @@ class SignatureVerifier:
         if now - self._pruned_at >= PRUNE_SECONDS:
             self.prune(now)
         if nonce is None:
-            return  # no nonce: the timestamp window is the replay bound
+            return None  # no nonce: the timestamp window is the replay bound
         replays = self.replays(key.id)
-        refused = replays.admit(bytes.fromhex(given[len(SIGNATURE_PREFIX) :]), sent_at, now)
+        digest = given[len(SIGNATURE_PREFIX) :]
+        refused = replays.admit(bytes.fromhex(digest), sent_at, now)
         if refused == "replayed":
             raise ReplayedRequest()
         if refused == "too_old":
@@ -228,6 +257,26 @@ class SignatureVerifier:
                 f"X-Omixa-Timestamp {sent_at} is older than this server accepts now "
                 f"(after {replays.floor}). Sign with the current Unix time."
             )
+        return Claim(key_id=key.id, signature=digest, seconds=max(sent_at + self.window - now, 1.0))
+
+    async def claim(self, claim: Claim | None) -> None:
+        """Claim a verified signature for the whole fleet (with ``[cluster] redis_url``; else
+        nothing to do).
+
+        Errors: ReplayedRequest when another process accepted it already. Redis not
+        answering is not an error: this process's own cache has accepted it (logged once).
+        """
+        if claim is None or self._cluster is None:
+            return
+        cluster = self._cluster
+        try:
+            first = await cluster.coordinator.claim(f"nonce:{claim.key_id}:{claim.signature}", claim.seconds)
+        except CoordinatorError as exc:
+            cluster.went_alone("signatures", str(exc))
+            return
+        cluster.rejoined("signatures")
+        if not first:
+            raise ReplayedRequest()
 
     def _secrets(self, key: ApiKeyRecord, now: float) -> list[str]:
         """The key's current signing secret, and its previous one while in its grace period."""

@@ -1,4 +1,5 @@
-"""Deployment windows and health shared through a real Redis by several processes' actors.
+"""Deployment windows and health, and developer keys' limits, shared through a real Redis by
+several processes' actors.
 
 Each "process" here is a deployment actor with its own Redis client (its own connections),
 as in separate ``omixa serve`` processes; the end-to-end cases with real processes are in
@@ -7,6 +8,7 @@ test_cluster_e2e.py. Times are Redis's clock, so these run on the real clock.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -17,11 +19,14 @@ import trio
 from harness import MODEL
 
 from omixa.engine.cluster import ClusterLink
-from omixa.engine.config import BreakerConfig, ClusterConfig, DeploymentConfig
+from omixa.engine.config import BreakerConfig, ClusterConfig, DeploymentConfig, LimitsConfig, SecurityConfig
 from omixa.engine.deployment import DeploymentActor, Refused, Slot
-from omixa.engine.errors import UpstreamError
+from omixa.engine.errors import InvalidRequest, RateLimited, ReplayedRequest, UpstreamError
+from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.providers import SimulatorProvider
+from omixa.engine.signatures import Claim, SignatureVerifier
 from omixa.engine.upstream import Usage
+from omixa.storage import ApiKeyRecord
 from omixa.storage.coordination import open_coordinator
 
 
@@ -208,3 +213,121 @@ async def test_a_redis_that_lost_its_state_gets_back_what_each_process_admitted(
         # The first call after the loss may admit before the others put theirs back; from then
         # on the six admitted before count again.
         assert granted <= 4 + 1, granted
+
+
+@asynccontextmanager
+async def limiters_on_redis(redis_url: str, loop, count: int) -> AsyncIterator[list[KeyLimiter]]:
+    """``count`` key limiters (one per process), each with a Redis client of its own."""
+    cluster = ClusterConfig(redis_url=redis_url, key_prefix="t" + secrets.token_hex(4), retry_seconds=0.2)
+    async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        limiters = []
+        for _ in range(count):
+            coordinator = await stack.enter_async_context(
+                open_coordinator(redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds, loop=loop)
+            )
+            limiter = KeyLimiter(LimitsConfig(key_rpm=0), ClusterLink(coordinator, cluster, lambda: count))
+            await nursery.start(limiter.run)
+            limiters.append(limiter)
+        yield limiters
+        for limiter in limiters:
+            limiter.close()
+
+
+def api_key(rpm: int | None = None, tpm: int | None = None) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id="key_" + secrets.token_hex(6),
+        account_id="acct_x",
+        prefix="omx_live_x",
+        rpm=rpm,
+        tpm=tpm,
+        created_at=dt.datetime.now(dt.UTC),
+        revoked_at=None,
+    )
+
+
+async def test_a_keys_rpm_holds_across_processes_with_shared_headers(redis_server, aio_loop):
+    key = api_key(rpm=10)
+    async with limiters_on_redis(redis_server.url, aio_loop, 3) as limiters:
+        outcomes: list[float | None] = []
+
+        async def ask(i: int) -> None:
+            try:
+                await limiters[i % 3].admit_request(key, trio.current_time())
+                outcomes.append(None)
+            except RateLimited as exc:
+                outcomes.append(exc.retry_after)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(ask, i)
+        assert outcomes.count(None) == 10
+        assert all(r is not None and 58 < r <= 61 for r in outcomes if r is not None)
+        # Every process's headers show the fleet's count.
+        views = [limiter.views(key, trio.current_time())["requests"] for limiter in limiters]
+        assert all(v.limit == 10 and v.remaining == 0 and 58 < v.reset_seconds <= 61 for v in views), views
+
+
+async def test_a_keys_tokens_are_estimated_then_corrected_across_processes(redis_server, aio_loop):
+    key = api_key(tpm=1_000)
+    async with limiters_on_redis(redis_server.url, aio_loop, 2) as (a, b):
+        admitted = [await a.admit_tokens(key, 400, trio.current_time()) for _ in range(2)]
+        with pytest.raises(RateLimited):
+            await b.admit_tokens(key, 400, trio.current_time())
+        for one in admitted:
+            a.settle(key.id, one, 400, 50)
+        with trio.fail_after(5):
+            while True:
+                try:
+                    await b.admit_tokens(key, 400, trio.current_time())
+                    break
+                except RateLimited:
+                    await trio.sleep(0.02)
+        with pytest.raises(InvalidRequest):
+            await b.admit_tokens(key, 1_001, trio.current_time())
+
+
+async def test_without_redis_a_keys_limit_is_split_then_shared_again(redis_server, aio_loop):
+    key = api_key(rpm=30)
+    async with limiters_on_redis(redis_server.url, aio_loop, 3) as limiters:
+        for _ in range(6):
+            await limiters[0].admit_request(key, trio.current_time())
+        redis_server.stop()
+        granted = 0
+        for i in range(60):
+            try:
+                await limiters[i % 3].admit_request(key, trio.current_time())
+                granted += 1
+            except RateLimited:
+                pass
+        assert 6 + granted <= 30 and granted >= 10, granted
+        redis_server.start()  # empty
+        with trio.fail_after(5):
+            while any(limiter._alone for limiter in limiters):
+                await trio.sleep(0.05)
+        more = 0
+        for i in range(40):
+            try:
+                await limiters[i % 3].admit_request(key, trio.current_time())
+                more += 1
+            except RateLimited:
+                pass
+        assert 6 + granted + more <= 30, (granted, more)
+
+
+async def test_a_signature_claimed_by_one_process_is_refused_by_another(redis_server, aio_loop):
+    cluster = ClusterConfig(redis_url=redis_server.url, key_prefix="t" + secrets.token_hex(4))
+    async with AsyncExitStack() as stack:
+        verifiers = []
+        for _ in range(2):
+            coordinator = await stack.enter_async_context(
+                open_coordinator(redis_server.url, prefix=cluster.key_prefix, timeout=0.25, loop=aio_loop)
+            )
+            link = ClusterLink(coordinator, cluster, lambda: 2)
+            verifiers.append(SignatureVerifier(SecurityConfig(), None, started_at=0, cluster=link))
+        claim = Claim(key_id="key_a", signature="ab" * 32, seconds=5)
+        await verifiers[0].claim(claim)
+        with pytest.raises(ReplayedRequest):
+            await verifiers[1].claim(claim)
+        await verifiers[1].claim(Claim(key_id="key_b", signature="ab" * 32, seconds=5))  # another key's
+        redis_server.stop()
+        await verifiers[1].claim(Claim(key_id="key_a", signature="cd" * 32, seconds=5))  # Redis away: accepted

@@ -13,7 +13,10 @@ from cluster_helpers import chat, cluster_config, funded_key, serve_processes, u
 from fake_azure import open_fake_azure
 from harness import ledger_verify_cli
 
+from omixa.engine.accounts import Accounts
+from omixa.engine.secretbox import secret_box_from_env
 from omixa.storage import open_storage
+from omixa_client import signature_headers
 
 pytestmark = pytest.mark.slow
 
@@ -169,3 +172,47 @@ async def test_redis_stopped_mid_run_neither_fails_requests_nor_exceeds_a_limit(
             assert_only_no_room(after)
             assert time.monotonic() - started < 60
             assert len(upstream_chats(fake)) <= 60
+
+
+async def test_a_keys_rpm_holds_across_processes(postgres_url, redis_server, aio_loop, tmp_path):
+    async with open_fake_azure() as fake:
+        config = cluster_config(tmp_path / "omixa.toml", postgres_url, redis_server.url, fake)
+        _, key = await funded_key(postgres_url, aio_loop, rpm=10)
+        async with serve_processes(config, 3, fake) as processes:
+            responses = await burst(processes, key, 40, concurrency=20)
+            ok = [r for r in responses if r.status_code == 200]
+            limited = [r for r in responses if r.status_code == 429]
+            assert len(ok) == 10 and len(limited) == 30 and len(upstream_chats(fake)) == 10
+            for response in limited:
+                assert response.json()["error"]["code"] == "rate_limited"
+                assert 1 <= int(response.headers["Retry-After"]) <= 61
+            # Every process reports the fleet's count in its headers.
+            async with httpx.AsyncClient(timeout=30) as client:
+                for process in processes:
+                    wallet = await client.get(f"{process.base_url}/wallet", headers={"Authorization": f"Bearer {key}"})
+                    assert wallet.headers["x-ratelimit-limit-requests"] == "10"
+                    assert wallet.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_a_nonce_replayed_to_another_process_is_refused(
+    postgres_url, redis_server, aio_loop, tmp_path, secret_key
+):
+    async with open_fake_azure() as fake:
+        config = cluster_config(tmp_path / "omixa.toml", postgres_url, redis_server.url, fake)
+        async with open_storage(postgres_url, loop=aio_loop) as storage:
+            accounts = Accounts(storage, secret_box_from_env())
+            account = await accounts.create_account("dev@example.com")
+            new = await accounts.create_key(account.id, signature_required=True)
+        assert new.signing_secret is not None
+        async with serve_processes(config, 3, fake) as processes, httpx.AsyncClient(timeout=30) as client:
+            headers = {
+                "Authorization": f"Bearer {new.secret}",
+                **signature_headers(new.signing_secret, "GET", "/api/v1/wallet"),
+            }
+            first = await client.get(f"{processes[0].base_url}/wallet", headers=headers)
+            assert first.status_code == 200, first.text
+            for process in processes:
+                again = await client.get(f"{process.base_url}/wallet", headers=headers)
+                assert again.status_code == 401 and again.json()["error"]["code"] == "replayed_request"
+            fresh = {**headers, **signature_headers(new.signing_secret, "GET", "/api/v1/wallet")}
+            assert (await client.get(f"{processes[2].base_url}/wallet", headers=fresh)).status_code == 200

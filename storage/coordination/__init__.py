@@ -1,7 +1,8 @@
 """State shared by every process of one gateway through Redis: the coordination store.
 
 The database keeps what must last (money, logs); Redis keeps what many processes must agree
-on for seconds to an hour: each deployment's usage windows and health. Open it with
+on for seconds to an hour: each deployment's usage windows and health, and each developer
+key's requests and tokens per minute. Open it with
 :func:`open_coordinator` inside ``trio_asyncio.open_loop()`` (redis-py's asyncio client runs
 on the same bridge as asyncpg).
 """
@@ -11,7 +12,17 @@ from omixa.storage.coordination.redis_client import (
     CoordinatorError,
     DeploymentBatch,
     DeploymentState,
+    KeysBatch,
+    KeysState,
     open_coordinator,
 )
 
-__all__ = ["Coordinator", "CoordinatorError", "DeploymentBatch", "DeploymentState", "open_coordinator"]
+__all__ = [
+    "Coordinator",
+    "CoordinatorError",
+    "DeploymentBatch",
+    "DeploymentState",
+    "KeysBatch",
+    "KeysState",
+    "open_coordinator",
+]

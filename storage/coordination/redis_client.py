@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -17,7 +18,7 @@ import redis.exceptions
 import trio
 
 from omixa.storage.aio import AioBridge, resolve_loop
-from omixa.storage.coordination.deployment_lua import DEPLOYMENT_BATCH
+from omixa.storage.coordination.scripts import DEPLOYMENT_BATCH, KEYS_BATCH
 
 log = logging.getLogger("omixa.coordination")
 
@@ -63,6 +64,38 @@ class DeploymentState:
     fresh: bool  # the epoch was not the batch's: the state the process knew was lost
 
 
+@attrs.frozen(kw_only=True)
+class KeysBatch:
+    """What one process sends for developer keys' minute windows (requests and tokens).
+
+    ``windows``: (key id, window name, limit) per window; the others name windows by their
+    index in it (0-based). ``admissions``: (window, amount) to decide in order.
+    """
+
+    windows: tuple[tuple[str, str, int], ...]
+    fixes: tuple[tuple[int, int, int], ...] = ()
+    adds: tuple[tuple[int, int, int], ...] = ()
+    restore: tuple[tuple[int, int, int], ...] = ()
+    admissions: tuple[tuple[int, int], ...] = ()
+    epoch: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class KeysState:
+    """Redis's answer: its clock (ms), per admission None (admitted) or the ms until it fits
+    (-1: never), and each window's (used, clear_at_ms)."""
+
+    now_ms: int
+    answers: tuple[int | None, ...]
+    windows: tuple[tuple[int, int], ...]
+    epoch: str
+    fresh: bool
+
+
+# Developer keys' windows: requests or tokens per minute, in 1 s buckets.
+KEY_SPAN_MS, KEY_RESOLUTION_MS = 60_000, 1_000
+
+
 def _list(value: Any) -> list[Any]:
     # cjson encodes an empty Lua table as {}.
     return value if isinstance(value, list) else []
@@ -77,6 +110,7 @@ class Coordinator:
         self._prefix = prefix
         self._timeout = timeout
         self._script = client.register_script(DEPLOYMENT_BATCH)
+        self._keys_script = client.register_script(KEYS_BATCH)
         self.where = where  # host:port/db, for logs (never the password)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
@@ -139,6 +173,48 @@ class Coordinator:
                 fresh=bool(data["fresh"]),
             )
         except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CoordinatorError(f"redis: unexpected answer {raw!r}") from exc
+
+    async def claim(self, name: str, seconds: float) -> bool:
+        """Record ``name`` for ``seconds`` unless it is recorded already; True if this call
+        recorded it. Errors: CoordinatorError."""
+        ms = max(1, int(seconds * 1000))
+        return bool(
+            await self._call(functools.partial(self._client.set, f"{self._prefix}:{name}", b"1", px=ms, nx=True))
+        )
+
+    async def keys(self, batch: KeysBatch) -> KeysState:
+        """Apply ``batch`` to the developer keys' shared windows, atomically.
+
+        Errors: CoordinatorError (the batch may or may not have been applied then).
+        """
+        keys = [f"{self._prefix}:keys:epoch"]
+        for key_id, name, _ in batch.windows:
+            base = f"{self._prefix}:key:{{{key_id}}}:{name}"
+            keys += [f"{base}:amounts", f"{base}:latest"]
+        payload = json.dumps(
+            {
+                "w": [[limit, KEY_SPAN_MS, KEY_RESOLUTION_MS, 0] for _, _, limit in batch.windows],
+                "fix": [[k + 1, at, delta] for k, at, delta in batch.fixes],
+                "add": [[k + 1, at, amount] for k, at, amount in batch.adds],
+                "restore": [[k + 1, at, amount] for k, at, amount in batch.restore],
+                "epoch": batch.epoch,
+                "new_epoch": secrets.token_hex(8),
+                "acq": [[k + 1, amount] for k, amount in batch.admissions],
+            },
+            separators=(",", ":"),
+        )
+        raw = await self._call(self._keys_script, keys, [payload])
+        try:
+            data = json.loads(raw)
+            return KeysState(
+                now_ms=int(data["now"]),
+                answers=tuple(None if int(a) == 0 else int(a) for a in _list(data["r"])),
+                windows=tuple((int(used), int(clear)) for used, clear in _list(data["v"])),
+                epoch=str(data["epoch"]),
+                fresh=bool(data["fresh"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
             raise CoordinatorError(f"redis: unexpected answer {raw!r}") from exc
 
     async def aclose(self) -> None:

@@ -1,0 +1,313 @@
+"""The Lua scripts that decide batches of admissions atomically in Redis.
+
+Redis runs one script at a time, so every process sees one sequence of decisions: the sum
+admitted into a window never exceeds its limit. One call carries everything a process has
+gathered since its previous one.
+
+Times are Redis's own clock (``TIME``) in integer milliseconds, so processes on different
+hosts share one clock. Windows (:data:`WINDOWS`) have the semantics of
+``engine.windows.SlidingWindow``: amounts are kept per bucket (``resolution_ms``); a bucket
+remembers when its latest amount was added and leaves the window ``span_ms`` after that; a
+correction changes the bucket its admission went to, never below zero, and does nothing once
+that bucket has left. Each window is two hashes keyed by bucket start: amounts and latest-add
+times; they expire a minute after the window's span.
+
+Epochs: a namespace's state (one deployment's; all keys' limits) has an epoch, a random name
+given when it is first written. A Redis that restarted empty, or was flushed, gives it a new
+one; a process that sees an epoch that is not the one it knew (``fresh``) puts back what it
+admitted within the windows' spans (``restore``), instead of only what it admitted while
+Redis was away (``add``).
+"""
+
+# The window library: load, add, correct, room, save. Every entry script starts with it.
+WINDOWS = r"""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local req = cjson.decode(ARGV[1])
+
+local function epoch_of(ekey)
+  local epoch = redis.call('GET', ekey)
+  if not epoch then
+    epoch = req.new_epoch
+    redis.call('SET', ekey, epoch)
+  end
+  return epoch, (req.epoch or '') ~= '' and req.epoch ~= epoch
+end
+
+-- spec: {limit, span_ms, resolution_ms, counts_requests (0|1)}
+local function load_window(spec, akey, tkey)
+  local span = spec[2]
+  local a = redis.call('HGETALL', akey)
+  local l = redis.call('HGETALL', tkey)
+  local am, tm, sum, gone = {}, {}, 0, {}
+  for i = 1, #l, 2 do
+    tm[l[i]] = tonumber(l[i + 1])
+  end
+  for i = 1, #a, 2 do
+    local b, v = a[i], tonumber(a[i + 1])
+    if (tm[b] or 0) <= now - span then
+      gone[#gone + 1] = b
+      tm[b] = nil
+    else
+      am[b] = v
+      sum = sum + v
+    end
+  end
+  for b, _ in pairs(tm) do
+    if am[b] == nil then
+      gone[#gone + 1] = b
+    end
+  end
+  for _, b in ipairs(gone) do
+    tm[b] = nil
+  end
+  if #gone > 0 then
+    redis.call('HDEL', akey, unpack(gone))
+    redis.call('HDEL', tkey, unpack(gone))
+  end
+  return {limit = spec[1], span = span, res = spec[3], requests = spec[4] == 1,
+          akey = akey, tkey = tkey, amounts = am, times = tm, total = sum, dirty = {}}
+end
+
+local function bucket(w, at)
+  return string.format('%d', at - at % w.res)
+end
+
+local function w_add(w, at, amount)
+  if at <= now - w.span or at > now then
+    return
+  end
+  local b = bucket(w, at)
+  w.amounts[b] = (w.amounts[b] or 0) + amount
+  w.times[b] = math.max(w.times[b] or 0, at)
+  w.total = w.total + amount
+  w.dirty[b] = true
+end
+
+local function w_fix(w, at, delta)
+  local b = bucket(w, at)
+  local v = w.amounts[b]
+  if v ~= nil then
+    local change = math.max(delta, -v)
+    w.amounts[b] = v + change
+    w.total = w.total + change
+    w.dirty[b] = true
+  end
+end
+
+-- ms until amount more fits (at least 1), or -1 if it never can
+local function w_room_in(w, amount)
+  if amount > w.limit then
+    return -1
+  end
+  local excess = w.total + amount - w.limit
+  if excess <= 0 then
+    return 0
+  end
+  local starts = {}
+  for b, _ in pairs(w.amounts) do
+    starts[#starts + 1] = tonumber(b)
+  end
+  table.sort(starts)
+  for _, s in ipairs(starts) do
+    local b = string.format('%d', s)
+    excess = excess - w.amounts[b]
+    if excess <= 0 then
+      return math.max(w.times[b] + w.span - now, 1)
+    end
+  end
+  return w.span
+end
+
+-- writes what changed; returns {used, clear_at_ms}
+local function w_save(w)
+  local aset, tset, latest = {}, {}, 0
+  for b, _ in pairs(w.dirty) do
+    aset[#aset + 1] = b
+    aset[#aset + 1] = w.amounts[b]
+    tset[#tset + 1] = b
+    tset[#tset + 1] = w.times[b]
+  end
+  if #aset > 0 then
+    redis.call('HSET', w.akey, unpack(aset))
+    redis.call('HSET', w.tkey, unpack(tset))
+    redis.call('PEXPIRE', w.akey, w.span + 60000)
+    redis.call('PEXPIRE', w.tkey, w.span + 60000)
+  end
+  for _, at in pairs(w.times) do
+    latest = math.max(latest, at)
+  end
+  local clear = now
+  if latest > 0 then
+    clear = latest + w.span
+  end
+  return {math.max(w.total, 0), clear}
+end
+
+local function replay(windows, fresh)
+  local entries = req.add or {}
+  if fresh then
+    entries = req.restore or {}
+  end
+  for _, e in ipairs(entries) do
+    local w = windows[e[1]]
+    if w ~= nil then
+      w_add(w, e[2], e[3])
+    end
+  end
+end
+"""
+
+DEPLOYMENT_BATCH = (
+    WINDOWS
+    + r"""
+-- One deployment: its windows and its health, for one process's batch.
+-- KEYS[1]: the health hash (state, until, probe); KEYS[2]: the epoch;
+-- KEYS[2k+1], KEYS[2k+2]: window k's amounts and latest-add times.
+-- ARGV[1], JSON:
+--   w     [[limit, span_ms, resolution_ms, counts_requests], ...]   one per window
+--   h     [[op, ms], ...]  "cool" (a 429: cool down for ms), "open" (open the breaker for
+--         ms), "ok" (the upstream answered: closes an open breaker), "release" (a probe
+--         ended without telling anything: another may probe)
+--   fix   [[window, at_ms, delta], ...]
+--   epoch, new_epoch, add, restore: see the module's docstring ([[window, at_ms, amount], ...])
+--   acq   [estimated_tokens, ...]
+--   lease ms a half-open probe holds the deployment before another process may probe
+-- Returns JSON {now, r, v, hs, hu, epoch, fresh}: r one answer per admission, in order:
+-- 0 (admitted), 1 (admitted as the half-open probe) or [reason, retry_ms] (reason "cooling",
+-- "open", "probing", or the 1-based index of the full window; retry_ms -1: it can never
+-- fit); v [[used, clear_at_ms], ...] per window; hs/hu the health state and when it ends.
+local hkey = KEYS[1]
+local epoch, fresh = epoch_of(KEYS[2])
+local h = redis.call('HMGET', hkey, 'state', 'until', 'probe')
+local state, hu, probe = h[1] or 'closed', tonumber(h[2]) or 0, tonumber(h[3]) or 0
+local state0, hu0, probe0 = state, hu, probe
+if state == 'cooling' and now >= hu then
+  state = 'closed'
+elseif state == 'open' and now >= hu then
+  state, probe = 'half_open', 0
+end
+for _, ev in ipairs(req.h or {}) do
+  local op, ms = ev[1], tonumber(ev[2]) or 0
+  if op == 'cool' then
+    if state == 'closed' then
+      state, hu = 'cooling', now + ms
+    elseif state == 'cooling' then
+      hu = math.max(hu, now + ms)
+    elseif state == 'half_open' then
+      state, hu, probe = 'open', now + ms, 0
+    end
+  elseif op == 'open' then
+    state, hu, probe = 'open', now + ms, 0
+  elseif op == 'ok' then
+    if state == 'open' or state == 'half_open' then
+      state, probe = 'closed', 0
+    end
+  elseif op == 'release' then
+    if state == 'half_open' then
+      probe = 0
+    end
+  end
+end
+
+local windows = {}
+for k, spec in ipairs(req.w or {}) do
+  windows[k] = load_window(spec, KEYS[2 * k + 1], KEYS[2 * k + 2])
+end
+for _, f in ipairs(req.fix or {}) do
+  local w = windows[f[1]]
+  if w ~= nil then
+    w_fix(w, f[2], f[3])
+  end
+end
+replay(windows, fresh)
+
+local answers = {}
+local lease = tonumber(req.lease) or 30000
+for i, est in ipairs(req.acq or {}) do
+  local answer = nil
+  if state == 'cooling' or state == 'open' then
+    answer = {state, math.max(hu - now, 1)}
+  elseif state == 'half_open' and probe > now then
+    answer = {'probing', 1000}
+  end
+  if answer == nil then
+    for k, w in ipairs(windows) do
+      local amount = w.requests and 1 or est
+      if w.total + amount > w.limit then
+        answer = {k, w_room_in(w, amount)}
+        break
+      end
+    end
+  end
+  if answer == nil then
+    for _, w in ipairs(windows) do
+      w_add(w, now, w.requests and 1 or est)
+    end
+    if state == 'half_open' then
+      probe = now + lease
+      answer = 1
+    else
+      answer = 0
+    end
+  end
+  answers[i] = answer
+end
+
+local views = {}
+for k, w in ipairs(windows) do
+  views[k] = w_save(w)
+end
+if state ~= state0 or hu ~= hu0 or probe ~= probe0 then
+  if state == 'closed' then
+    redis.call('DEL', hkey)
+  else
+    redis.call('HSET', hkey, 'state', state, 'until', hu, 'probe', probe)
+    redis.call('PEXPIRE', hkey, math.max(hu, probe, now) - now + 3600000)
+  end
+end
+return cjson.encode({now = now, r = answers, v = views, hs = state, hu = hu, epoch = epoch, fresh = fresh})
+"""
+)
+
+KEYS_BATCH = (
+    WINDOWS
+    + r"""
+-- Developer keys' windows (requests and tokens per minute), many keys per batch.
+-- KEYS[1]: the epoch of all keys' limits; KEYS[2k], KEYS[2k+1]: window k's hashes.
+-- ARGV[1], JSON:
+--   w     [[limit, span_ms, resolution_ms, 0], ...]   one per window
+--   fix   [[window, at_ms, delta], ...]
+--   epoch, new_epoch, add, restore: see the module's docstring
+--   acq   [[window, amount], ...]  admissions, decided in order
+-- Returns JSON {now, r, v, epoch, fresh}: r one answer per admission: 0 (admitted), or the
+-- ms until it fits (-1: it never can); v [[used, clear_at_ms], ...] per window.
+local epoch, fresh = epoch_of(KEYS[1])
+local windows = {}
+for k, spec in ipairs(req.w or {}) do
+  windows[k] = load_window(spec, KEYS[2 * k], KEYS[2 * k + 1])
+end
+for _, f in ipairs(req.fix or {}) do
+  local w = windows[f[1]]
+  if w ~= nil then
+    w_fix(w, f[2], f[3])
+  end
+end
+replay(windows, fresh)
+local answers = {}
+for i, a in ipairs(req.acq or {}) do
+  local w, amount = windows[a[1]], a[2]
+  if w.total + amount > w.limit then
+    answers[i] = w_room_in(w, amount)
+  else
+    w_add(w, now, amount)
+    answers[i] = 0
+  end
+end
+local views = {}
+for k, w in ipairs(windows) do
+  views[k] = w_save(w)
+end
+return cjson.encode({now = now, r = answers, v = views, epoch = epoch, fresh = fresh})
+"""
+)
