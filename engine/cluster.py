@@ -21,11 +21,29 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 
+import attrs
+
 from omixa.engine.config import ClusterConfig
 from omixa.engine.windows import DEPLOYMENT_WINDOWS
 from omixa.storage.coordination import Coordinator
 
 log = logging.getLogger("omixa.cluster")
+
+
+@attrs.frozen
+class Share:
+    """The part of every limit one process may admit when it cannot count with the others:
+    worker ``index`` of ``count`` (``omixa serve --workers`` without Redis), or one of the
+    live processes while Redis is away. The shares of all ``count`` add up to the limit."""
+
+    index: int = 0
+    count: int = 1
+
+    def of(self, limit: int) -> int:
+        return limit // self.count + (1 if self.index < limit % self.count else 0)
+
+
+WHOLE = Share()
 
 
 class ClusterLink:

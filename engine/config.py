@@ -61,6 +61,9 @@ class ServerConfig:
     # How often the config file is checked for changes to [[deployments]] (SIGHUP reloads at
     # once); 0 turns the polling off.
     reload_poll_seconds: float = attrs.field(default=2.0, validator=_non_negative)
+    # Gateway processes on this host behind one port (`omixa serve --workers N` wins), each a
+    # whole gateway; supervised and restarted when one dies. About one per core.
+    workers: int = attrs.field(default=1, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

@@ -39,7 +39,7 @@ import time
 import attrs
 import trio
 
-from omixa.engine.cluster import AdmissionBook, ClusterLink
+from omixa.engine.cluster import WHOLE, AdmissionBook, ClusterLink, Share
 from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.engine.mailbox import Reply, ask
@@ -144,13 +144,16 @@ class DeploymentActor:
         breaker: BreakerConfig | None = None,
         *,
         cluster: ClusterLink | None = None,
+        share: Share = WHOLE,
     ) -> None:
+        """``share``: the part of each limit this process admits on its own (one of several
+        workers without Redis); with ``cluster``, the limits are shared instead."""
         breaker = breaker or BreakerConfig()
         self.config = config
         self.provider = provider
         self._breaker = breaker
         self._windows: dict[str, SlidingWindow] = {}
-        self._share = 1  # the windows above hold limit // share (share > 1: alone in a cluster)
+        self._share = share  # the windows above hold this share of each limit
         self._tune_windows(config)
         self._health = Health(failures_to_open=breaker.failures, cooldown_seconds=breaker.cooldown_seconds)
         # Shared mode (engine.cluster): what waits for the next call to Redis, and its last answer.
@@ -247,7 +250,7 @@ class DeploymentActor:
         for name in [n for n in self._windows if n not in limits]:
             del self._windows[name]
         for name, limit in limits.items():
-            share = limit // self._share
+            share = self._share.of(limit)
             if name in self._windows:
                 self._windows[name].limit = share  # the counts stay; only the limit moves
             else:
@@ -350,7 +353,7 @@ class DeploymentActor:
             self._wake = trio.Event()
             if self._closing and not (self._pending or self._events or self._fixes):
                 return
-            if self._alone and cluster.live_processes() != self._share:
+            if self._alone and cluster.live_processes() != self._share.count:
                 self._reshare(cluster.live_processes())
             admissions, self._pending = self._pending, []
             gap = self._gap.take()
@@ -450,7 +453,7 @@ class DeploymentActor:
                 self._health.state, self._health.until = state.health, until
 
     def _reshare(self, live: int) -> None:
-        self._share = max(1, live)
+        self._share = Share(0, max(1, live))
         self._tune_windows(self.config)
 
     def _on_finish(self, message: Finish, now: float) -> None:

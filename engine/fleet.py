@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from omixa.engine.catalog import Catalog
-from omixa.engine.cluster import ClusterLink
+from omixa.engine.cluster import WHOLE, ClusterLink, Share
 from omixa.engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.providers import DEFAULT_READ_SIZE, HttpClients, build_provider, check_deployment
@@ -57,15 +57,18 @@ class Fleet:
         router: Router,
         read_size: int = DEFAULT_READ_SIZE,
         cluster: ClusterLink | None = None,
+        share: Share = WHOLE,
     ) -> None:
         """``read_size``: ``streaming.chunk_bytes``, the bound on each socket read of a
         streamed answer's body, for every upstream client the fleet makes. ``cluster``: the
-        deployments' windows and health are shared through it (:mod:`engine.cluster`)."""
+        deployments' windows and health are shared through it (:mod:`engine.cluster`);
+        ``share``: else, the part of each limit this process admits (one of several workers)."""
         self._catalog = catalog
         self._upstream = upstream
         self._breaker = breaker
         self._router = router
         self._cluster = cluster
+        self._share = share
         self.clients = HttpClients(upstream, read_size)
         self._actors: dict[str, DeploymentActor] = {}
         self._nursery: trio.Nursery | None = None
@@ -140,7 +143,11 @@ class Fleet:
             actor = self._actors.get(name)
             if actor is None:
                 actor = DeploymentActor(
-                    dep, build_provider(dep, self._upstream, self.clients), self._breaker, cluster=self._cluster
+                    dep,
+                    build_provider(dep, self._upstream, self.clients),
+                    self._breaker,
+                    cluster=self._cluster,
+                    share=self._share,
                 )
                 await self._nursery.start(
                     partial(supervised, f"deployment-{name}", actor.run), name=f"deployment-{name}"

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import attrs
 import trio
 
-from omixa.engine.cluster import AdmissionBook, ClusterLink
+from omixa.engine.cluster import WHOLE, AdmissionBook, ClusterLink, Share
 from omixa.engine.config import LimitsConfig
 from omixa.engine.deployment import DeploymentSnapshot
 from omixa.engine.errors import InvalidRequest, RateLimited
@@ -84,10 +84,12 @@ def _window_id(key_id: str, name: str) -> str:
 
 
 class KeyLimiter:
-    def __init__(self, config: LimitsConfig, cluster: ClusterLink | None = None) -> None:
+    def __init__(self, config: LimitsConfig, cluster: ClusterLink | None = None, *, share: Share = WHOLE) -> None:
+        """``share``: the part of each limit this process admits on its own (one of several
+        workers without Redis); with ``cluster``, the limits are shared instead."""
         self._config = config
-        self._local: dict[str, SlidingWindow] = {}  # window id -> window (limit // share)
-        self._share = 1
+        self._local: dict[str, SlidingWindow] = {}  # window id -> window (its share of the limit)
+        self._share = share
         self._cluster = cluster
         # Shared mode: what waits for the next call, and what the last calls said.
         self._queue: list[_Ask] = []
@@ -168,7 +170,7 @@ class KeyLimiter:
         return None
 
     def _local_window(self, window_id: str, limit: int, now: float) -> SlidingWindow:
-        share = limit // self._share
+        share = self._share.of(limit)
         window = self._local.get(window_id)
         if window is None:
             if len(self._local) >= _PRUNE_AT:
@@ -214,7 +216,7 @@ class KeyLimiter:
                     reset_seconds=max(window.clear_at(now) - now, 0.0),
                 )
             else:
-                views[name] = LimitView(limit=limit, remaining=limit // self._share, reset_seconds=0.0)
+                views[name] = LimitView(limit=limit, remaining=self._share.of(limit), reset_seconds=0.0)
         return views
 
     def _prune(self, now: float) -> None:
@@ -244,8 +246,8 @@ class KeyLimiter:
             self._wake = trio.Event()
             if self._closing and not (self._queue or self._fixes):
                 return
-            if self._alone and cluster.live_processes() != self._share:
-                self._share = cluster.live_processes()
+            if self._alone and cluster.live_processes() != self._share.count:
+                self._share = Share(0, cluster.live_processes())
             await self._call(cluster)
 
     async def _call(self, cluster: ClusterLink) -> None:
@@ -316,7 +318,7 @@ class KeyLimiter:
             return
         self._alone = True
         cluster.went_alone("developer keys", reason)
-        self._share = cluster.live_processes()
+        self._share = Share(0, cluster.live_processes())
         self._local = {}
         for window_id, (used, clear_ms) in self._views.items():
             limit = self._limits_seen.get(window_id)

@@ -27,7 +27,7 @@ from omixa.engine.access import Access
 from omixa.engine.accounts import Accounts
 from omixa.engine.catalog import Catalog, load_catalog
 from omixa.engine.chat import ChatService
-from omixa.engine.cluster import ClusterLink
+from omixa.engine.cluster import WHOLE, ClusterLink, Share
 from omixa.engine.config import Config, DeploymentConfig, resolve_path
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.fleet import Fleet
@@ -93,9 +93,12 @@ async def open_engine(
     catalog: Catalog | None = None,
     *,
     coordinator: Coordinator | None = None,
+    share: Share = WHOLE,
 ) -> AsyncIterator[Engine]:
     """Start every actor; yield the engine; stop them in order. With ``coordinator`` (Redis,
-    ``[cluster] redis_url``), the deployments' windows and health are shared through it.
+    ``[cluster] redis_url``), the deployments' and keys' windows, the deployments' health
+    and the replay cache are shared through it; without, this process admits ``share`` of
+    every limit (one of several workers).
 
     Errors: catalog.CatalogError if the catalog is invalid; ValueError if a deployment
     names a model the catalog lacks; secretbox.SecretKeyError (a ValueError) if signatures
@@ -119,12 +122,13 @@ async def open_engine(
         router=router,
         read_size=config.streaming.chunk_bytes,
         cluster=cluster,
+        share=share,
     )
     await trio.to_thread.run_sync(fleet.check, config.deployments)
     # Load the tokenizers of the deployed models now, so the first request does not pay for
     # it (a reload that deploys another model loads its encoding before applying).
     await trio.to_thread.run_sync(warm_up, deployed_encodings(catalog, config.deployments))
-    limits = KeyLimiter(config.limits, cluster)
+    limits = KeyLimiter(config.limits, cluster, share=share)
     accounts = Accounts(storage, box)
     verifier = SignatureVerifier(config.security, box, started_at=time.time(), cluster=cluster)
     engine = Engine(

@@ -20,6 +20,7 @@ import trio_asyncio
 
 from omixa.engine.accounts import Accounts, SigningUnavailable
 from omixa.engine.catalog import CatalogError
+from omixa.engine.cluster import WHOLE, Share
 from omixa.engine.config import Config, ConfigError, storage_url
 from omixa.engine.config_loader import load_config, resolve_config_path, structure_config
 from omixa.engine.money import format_usd, parse_usd
@@ -92,19 +93,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         freeze_start_up_objects,
         limit_malloc_arenas,
         run_gateway,
+        wait_for_signal,
     )  # loads only when serving
 
-    limit_malloc_arenas()
-
     config = _load(args.config, serving=True)
+    workers = args.workers if args.workers is not None else config.server.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.worker is None and workers > 1:
+        return _supervise(args, config, workers)
+    limit_malloc_arenas()
     path = resolve_config_path(args.config)
     config_path = path if path.exists() else None
+    fd, share, shutdown_trigger = None, WHOLE, wait_for_signal
+    if args.worker is not None:
+        from omixa.web.workers import signal_or_orphaned
+
+        index, count, fd = _worker_spec(args.worker)
+        _become_worker(index)
+        share = WHOLE if config.cluster.redis_url else Share(index, count)
+        shutdown_trigger = signal_or_orphaned
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             gateway: Gateway = await nursery.start(
                 lambda task_status: run_gateway(
-                    config, host=args.host, port=args.port, config_path=config_path, task_status=task_status
+                    config,
+                    host=args.host,
+                    port=args.port,
+                    config_path=config_path,
+                    fd=fd,
+                    share=share,
+                    shutdown_trigger=shutdown_trigger,
+                    task_status=task_status,
                 )
             )
             freeze_start_up_objects()
@@ -115,6 +136,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
     return _run(serve)
+
+
+def _supervise(args: argparse.Namespace, config: Config, workers: int) -> int:
+    """``omixa serve --workers N`` (:mod:`web.workers`)."""
+    from omixa.web.workers import Supervisor, listening_socket
+
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    serve_args = ["--config", args.config] if args.config else []
+    with listening_socket(host, port) as sock:
+        supervisor = Supervisor(config, serve_args, workers, sock)
+
+        async def main() -> int:
+            async with trio.open_nursery() as nursery:
+                root = await nursery.start(supervisor.run)
+                _print(OMIXA_BASE_URL=f"{root}/api/v1")
+            return 0
+
+        try:
+            return _run(main)
+        except RuntimeError as exc:
+            print(f"omixa: {exc}", file=sys.stderr)
+            return 1
+
+
+def _worker_spec(text: str) -> tuple[int, int, int]:
+    try:
+        index, count, fd = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--worker: expected INDEX/COUNT/FD, got {text!r}") from None
+    if not 0 <= index < count:
+        raise UsageError(f"--worker: index {index} is not below the count {count}")
+    return index, count, fd
+
+
+def _become_worker(index: int) -> None:
+    """Name the worker in every log line."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(name)s %(message)s"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -283,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", cmd_serve, "run the gateway")
     p.add_argument("--host")
     p.add_argument("--port", type=int, help="0 picks a free port")
+    p.add_argument("--workers", type=int, help="gateway processes on this port (default: [server] workers, 1)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # INDEX/COUNT/FD: started by the supervisor
 
     p = sub.add_parser("demo", help="run with embedded SQLite, a simulated upstream and a funded key")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port")

@@ -30,6 +30,7 @@ import trio
 import trio_asyncio
 from hypercorn.config import Config as HypercornConfig
 
+from omixa.engine.cluster import WHOLE, Share
 from omixa.engine.config import Config, storage_url
 from omixa.engine.runtime import Engine, open_engine
 from omixa.storage import open_storage
@@ -124,9 +125,13 @@ def drain_bytes(config: Config) -> int:
     return max(2 * config.server.max_body_bytes, 8 * 1024 * 1024)
 
 
-def hypercorn_config(config: Config, host: str, port: int) -> HypercornConfig:
+def hypercorn_config(config: Config, host: str, port: int, fd: int | None = None) -> HypercornConfig:
+    """Hypercorn's settings; ``fd``: serve on this inherited listening socket (a worker)."""
     hc = HypercornConfig()
-    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if fd is not None:
+        hc.bind = [f"fd://{fd}"]
+    else:
+        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = config.server.shutdown_grace_seconds
     hc.accesslog = None  # chat requests get one structured line each from the engine instead
     hc.keep_alive_timeout = 75
@@ -156,12 +161,15 @@ async def run_gateway(
     port: int | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] = wait_for_signal,
     config_path: Path | None = None,
+    fd: int | None = None,
+    share: Share = WHOLE,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns; report the bound address when ready.
 
     With ``config_path``, its ``[[deployments]]`` are reloaded on SIGHUP and when the file
-    changes (:mod:`web.reload`).
+    changes (:mod:`web.reload`). A worker of ``omixa serve --workers`` (:mod:`web.workers`)
+    serves on the inherited socket ``fd`` and, without Redis, admits ``share`` of every limit.
 
     Errors: storage.StorageError (database unreachable or migrations failing),
     catalog.CatalogError, ValueError (a deployment's model missing from the catalog),
@@ -171,7 +179,7 @@ async def run_gateway(
     port = config.server.port if port is None else port
     async with trio_asyncio.open_loop() as loop:
         async with open_storage(storage_url(config), loop=loop) as storage, open_cluster(config, loop) as coordinator:
-            async with open_engine(config, storage, coordinator=coordinator) as engine:
+            async with open_engine(config, storage, coordinator=coordinator, share=share) as engine:
                 app = ConnectionGuard(
                     RequestScope(create_app(engine)),
                     drain_bytes=drain_bytes(config),
@@ -185,7 +193,7 @@ async def run_gateway(
                 async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
                     await hypercorn.trio.serve(
                         app,  # type: ignore[arg-type]  # an ASGI 3 app; hypercorn's alias wants its own scope types
-                        hypercorn_config(config, host, port),
+                        hypercorn_config(config, host, port, fd),
                         shutdown_trigger=shutdown,
                         task_status=task_status,
                     )
