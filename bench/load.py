@@ -22,7 +22,8 @@ Modes (``load.py MODE --url ... [options]``):
                ``--pid``, holds them ``--hold`` seconds, reads again, then closes them all.
 
 ``--pid PID`` (any mode): CPU time (utime+stime from /proc/PID/stat) and VmRSS/VmHWM of that
-process are read at the start and the end of the measured window.
+process are read at the start and the end of the measured window; ``--also-pids`` adds the
+CPU time of more processes (a supervisor's workers).
 
 The target is ``--url http://HOST:PORT/path``; ``--auth-header`` is sent as is (e.g.
 ``"Authorization: Bearer omx_..."`` or ``"api-key: x"``). Every loop is bounded in time.
@@ -75,6 +76,7 @@ async def run_rps(args: argparse.Namespace, target: Target, watch: ProcWatch) ->
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "requests": len(done),
+        "requests_total": len(stats.results),  # the warm-up and the tail included
         "ok": len(ok),
         "rps": round(len(ok) / args.duration, 1),
         "non_2xx": len(non2xx),
@@ -274,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=30.0, help="per request/stream")
     p.add_argument("--time-limit", type=float, default=120.0, help="bound of count-based modes")
     p.add_argument("--pid", type=int)
+    p.add_argument("--also-pids", default="", help="comma-separated: more processes whose CPU counts with --pid's")
     args = p.parse_args(argv)
 
     body: dict = {"model": args.model, "messages": PROMPT}
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_tokens:
         body["max_tokens"] = args.max_tokens
     target = Target(args.url, args.auth_header, body)
-    watch = ProcWatch(args.pid)
+    watch = ProcWatch(args.pid, tuple(int(pid) for pid in args.also_pids.split(",") if pid))
     result = asyncio.run(MODES[args.mode](args, target, watch))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")

@@ -45,10 +45,12 @@ def core_busy_seconds() -> dict[str, float]:
 
 
 class ProcWatch:
-    """CPU time and memory of one process, and busy time of every core, over a window."""
+    """CPU time and memory of one process (CPU also of ``also``, other processes of the same
+    service, e.g. a supervisor's workers), and busy time of every core, over a window."""
 
-    def __init__(self, pid: int | None) -> None:
+    def __init__(self, pid: int | None, also: tuple[int, ...] = ()) -> None:
         self.pid = pid
+        self.also = also
         self.cpu0 = self.cpu1 = 0.0
         self.t0 = self.t1 = 0.0
         self.cores0: dict[str, float] = {}
@@ -56,17 +58,21 @@ class ProcWatch:
         self.mem0: dict[str, int] = {}
         self.mem1: dict[str, int] = {}
 
+    def _cpu(self) -> float:
+        assert self.pid is not None
+        return cpu_seconds(self.pid) + sum(cpu_seconds(pid) for pid in self.also)
+
     def start(self) -> None:
         if self.pid:
             self.t0 = now()
-            self.cpu0 = cpu_seconds(self.pid)
+            self.cpu0 = self._cpu()
             self.mem0 = mem_kib(self.pid)
             self.cores0 = core_busy_seconds()
 
     def stop(self) -> None:
         if self.pid:
             self.t1 = now()
-            self.cpu1 = cpu_seconds(self.pid)
+            self.cpu1 = self._cpu()
             self.mem1 = mem_kib(self.pid)
             self.cores1 = core_busy_seconds()
 

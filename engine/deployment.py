@@ -342,11 +342,12 @@ class DeploymentActor:
     async def _sync(self, cluster: ClusterLink) -> None:
         """Send what waits (admissions, corrections, health events) in one call, whenever
         there is something and the previous call is back; read the shared state every
-        ``refresh_seconds`` anyway (every ``retry_seconds`` while Redis is not answering)."""
+        ``refresh_seconds`` anyway (every ``retry_seconds`` while Redis is not answering).
+        Corrections alone do not make a call: they wait for the next one."""
         config = cluster.config
         first = True
         while True:
-            if not (first or self._pending or self._events or self._fixes or self._closing):
+            if not (first or self._pending or self._events or self._closing):
                 with trio.move_on_after(config.retry_seconds if self._alone else config.refresh_seconds):
                     await self._wake.wait()
             first = False
@@ -470,12 +471,13 @@ class DeploymentActor:
                     if name != "rpm":
                         window.adjust(slot.admitted_at, delta)
             elif delta and not self._alone:
-                # (admitted through Redis but finished while it is away: the estimate stays)
+                # Sent with the next admissions, or within refresh_seconds (a call of its own
+                # per request would double Redis's work at low concurrency). Admitted through
+                # Redis but finished while it is away: the estimate stays.
                 for name in self._limits(self.config):
                     if name != "rpm":
                         self._fixes.append((name, slot.shared_at, delta))
                         self._mine.correct(name, slot.shared_at, delta)
-                self._wake.set()
         if message.outcome != "cancelled":
             counters["requests"] += 1
         self._judge(message, now)

@@ -96,11 +96,30 @@ class Intake:
             parse: checks the decoded body. It must be safe to run in a thread: it may read
                 only immutable state (pass it what it needs from actors, read beforehand).
 
+        The key's requests per minute count first (a refusal wins over whatever the body
+        would have earned); with shared limits the body is read and parsed while Redis
+        decides.
+
         Errors: RateLimited, InsufficientBalance, ServiceUnavailable (the wallet store),
         RequestTooLarge and InvalidRequest (the body), and whatever ``parse`` raises.
         Cancellation: a thread already running finishes on its own; its result is dropped.
         """
-        await self._limits.admit_request(key, trio.current_time())
+        verdict = self._limits.start_request(key, trio.current_time())
+        try:
+            taken = await self._take(key, declared_bytes, read_body, parse)
+        except Exception:
+            await verdict.check()  # a refusal by the key's limit comes first
+            raise
+        await verdict.check()
+        return taken
+
+    async def _take(
+        self,
+        key: ApiKeyRecord,
+        declared_bytes: int | None,
+        read_body: Callable[[], Awaitable[bytes]],
+        parse: Callable[[Any], T],
+    ) -> T:
         looked = declared_bytes is not None and declared_bytes > LARGE_BODY_BYTES
         if looked:
             await self._require_money(key)

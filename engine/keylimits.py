@@ -74,9 +74,31 @@ class _Ask:
     window: str  # "<key id>/requests" or "<key id>/tokens"
     limit: int
     amount: int
+    at: float  # trio time when asked
     done: trio.Event = attrs.field(factory=trio.Event)
     retry_after: float | None = None  # set when refused
     shared_at: int | None = None  # set when the shared window admitted it
+
+
+class Verdict:
+    """An admission decided now (``Admitted``) or by the next call to Redis (``_Ask``)."""
+
+    __slots__ = ("_name", "_outcome")
+
+    def __init__(self, name: str, outcome: Admitted | _Ask) -> None:
+        self._name = name
+        self._outcome = outcome
+
+    async def check(self) -> Admitted:
+        """Errors: RateLimited with ``retry_after`` (seconds until it fits)."""
+        ask = self._outcome
+        if isinstance(ask, Admitted):
+            return ask
+        await ask.done.wait()
+        if ask.retry_after is not None:
+            message = f"Developer key exceeded rate limits ({_MESSAGES[self._name]})."
+            raise RateLimited(message, retry_after=ask.retry_after)
+        return Admitted(at=ask.at, shared_at=ask.shared_at)
 
 
 def _window_id(key_id: str, name: str) -> str:
@@ -94,6 +116,7 @@ class KeyLimiter:
         # Shared mode: what waits for the next call, and what the last calls said.
         self._queue: list[_Ask] = []
         self._fixes: list[tuple[str, int, int]] = []  # window id, admitted at (Redis ms), delta
+        self._fixes_due = math.inf  # when the oldest waiting correction must be sent
         self._views: dict[str, tuple[int, int]] = {}  # window id -> (used, clear_at ms)
         self._limits_seen: dict[str, int] = {}  # window id -> its limit when last asked
         self._mine = AdmissionBook(lambda _window: (_SPAN, 1.0))
@@ -114,15 +137,22 @@ class KeyLimiter:
     def _shared(self) -> bool:
         return self._cluster is not None and not self._alone
 
-    async def admit_request(self, key: ApiKeyRecord, now: float) -> None:
-        """Count one model call against the key's requests per minute, or refuse it. Called
-        before the request's body is read, so every call counts, whatever becomes of it.
+    def start_request(self, key: ApiKeyRecord, now: float) -> Verdict:
+        """Count one model call against the key's requests per minute. Called before the
+        request's body is read, so every call counts, whatever becomes of it; the body may be
+        read while Redis decides (shared mode): ``await verdict.check()`` before acting on it.
 
-        Errors: RateLimited with ``retry_after`` (seconds until one more fits).
+        Errors: RateLimited at once when this process decides alone (one process, or Redis
+        away); else from :meth:`Verdict.check`.
         """
         rpm, _ = self._limits(key)
-        if rpm:
-            await self._admit(key.id, "requests", rpm, 1, now)
+        if not rpm:
+            return Verdict("requests", Admitted(at=now))
+        return self._start(key.id, "requests", rpm, 1, now)
+
+    async def admit_request(self, key: ApiKeyRecord, now: float) -> None:
+        """:meth:`start_request` and its verdict. Errors: RateLimited."""
+        await self.start_request(key, now).check()
 
     async def admit_tokens(self, key: ApiKeyRecord, estimated_tokens: int, now: float) -> Admitted:
         """Count a call's ``estimated_tokens`` (prompt + output cap) against the key's tokens
@@ -139,21 +169,19 @@ class KeyLimiter:
                 f"This request's {estimated_tokens} estimated tokens (prompt and output cap) exceed "
                 f"the key's limit of {tpm} tokens per minute; lower max_tokens or the prompt."
             )
-        return await self._admit(key.id, "tokens", tpm, estimated_tokens, now)
+        return await self._start(key.id, "tokens", tpm, estimated_tokens, now).check()
 
-    async def _admit(self, key_id: str, name: str, limit: int, amount: int, now: float) -> Admitted:
+    def _start(self, key_id: str, name: str, limit: int, amount: int, now: float) -> Verdict:
         window = _window_id(key_id, name)
         if self._shared:
-            ask = _Ask(window=window, limit=limit, amount=amount)
+            ask = _Ask(window=window, limit=limit, amount=amount, at=now)
             self._queue.append(ask)
             self._wake.set()
-            await ask.done.wait()
-            retry_after, admitted = ask.retry_after, Admitted(at=now, shared_at=ask.shared_at)
-        else:
-            retry_after, admitted = self._admit_locally(window, limit, amount, now), Admitted(at=now)
+            return Verdict(name, ask)
+        retry_after = self._admit_locally(window, limit, amount, now)
         if retry_after is not None:
             raise RateLimited(f"Developer key exceeded rate limits ({_MESSAGES[name]}).", retry_after=retry_after)
-        return admitted
+        return Verdict(name, Admitted(at=now))
 
     def _admit_locally(self, window_id: str, limit: int, amount: int, now: float) -> float | None:
         """None when admitted, else the seconds until it fits."""
@@ -187,10 +215,14 @@ class KeyLimiter:
             return
         window_id = _window_id(key_id, "tokens")
         if admitted.shared_at is not None:
-            if self._shared:  # (admitted through Redis but finished while it is away: the estimate stays)
+            # Sent with the next admissions, or within refresh_seconds. Admitted through
+            # Redis but finished while it is away: the estimate stays.
+            if self._shared:
+                if not self._fixes and self._cluster is not None:
+                    self._fixes_due = trio.current_time() + self._cluster.config.refresh_seconds
+                    self._wake.set()  # (to set its timer)
                 self._fixes.append((window_id, admitted.shared_at, delta))
                 self._mine.correct(window_id, admitted.shared_at, delta)
-                self._wake.set()
         elif (window := self._local.get(window_id)) is not None:
             window.adjust(admitted.at, delta)
 
@@ -233,16 +265,25 @@ class KeyLimiter:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send what waits in one call whenever there is something and the previous call is
-        back (shared mode only; returns at once without a cluster)."""
+        """Send what waits in one call whenever admissions wait and the previous call is back;
+        corrections go with them, or after ``refresh_seconds`` (shared mode only; returns at
+        once without a cluster)."""
         task_status.started()
         cluster = self._cluster
         if cluster is None:
             return
         while True:
-            if not (self._queue or self._fixes or self._restore_due or self._closing):
-                with trio.move_on_after(cluster.config.retry_seconds if self._alone else math.inf):
+            if not (self._queue or self._restore_due or self._closing):
+                if self._alone:
+                    deadline = trio.current_time() + cluster.config.retry_seconds
+                else:
+                    deadline = self._fixes_due if self._fixes else math.inf
+                with trio.move_on_at(deadline):
                     await self._wake.wait()
+                self._wake = trio.Event()
+                idle = not (self._queue or self._restore_due or self._closing or self._alone)
+                if idle and (not self._fixes or trio.current_time() < self._fixes_due):
+                    continue  # woken to set the corrections' timer, or by nothing to send
             self._wake = trio.Event()
             if self._closing and not (self._queue or self._fixes):
                 return

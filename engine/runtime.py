@@ -164,6 +164,13 @@ async def open_engine(
             await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
             await nursery.start(supervised, "instances", monitor.run, name="instance-monitor")
             await nursery.start(supervised, "key-limits", limits.run, name="key-limits")
+            if coordinator is None and share == WHOLE and monitor.live > 1:
+                log.warning(
+                    "%d processes share this database without [cluster] redis_url: each admits every "
+                    "deployment's and key's limit in full. Set redis_url, or run one omixa serve "
+                    "--workers N per database",
+                    monitor.live,
+                )
             upkeep = trio.CancelScope()
 
             async def maintain_storage(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

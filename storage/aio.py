@@ -1,4 +1,4 @@
-"""The one bridge from trio to asyncio (for asyncpg and redis-py), through trio-asyncio.
+"""The one bridge from trio to asyncio (for asyncpg), through trio-asyncio.
 
 Rule: each unit of asyncio work is one plain asyncio coroutine function, called once through
 :meth:`AioBridge.run`. Nothing asyncio-owned (a pooled connection, a transaction) is ever held
@@ -27,14 +27,14 @@ logger = logging.getLogger("omixa.storage.aio")
 def resolve_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
     """``loop``, else the trio-asyncio loop of the current task.
 
-    Errors: StorageError if there is none (open the storage or Redis inside
+    Errors: StorageError if there is none (open the storage inside
     ``trio_asyncio.open_loop()`` or pass ``loop=``).
     """
     if loop is None:
         loop = trio_asyncio.current_loop.get()
     if loop is None:
         raise StorageError(
-            "PostgreSQL and Redis need a trio-asyncio loop: open them inside "
+            "PostgreSQL storage needs a trio-asyncio loop: open it inside "
             "`async with trio_asyncio.open_loop() as loop:` or pass loop="
         )
     return loop

@@ -33,7 +33,6 @@ from omixa.storage.coordination import open_coordinator
 @asynccontextmanager
 async def actors_on_redis(
     redis_url: str,
-    loop,
     count: int,
     breaker: BreakerConfig | None = None,
     live: Callable[[], int] | None = None,
@@ -46,7 +45,7 @@ async def actors_on_redis(
         actors = []
         for _ in range(count):
             coordinator = await stack.enter_async_context(
-                open_coordinator(redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds, loop=loop)
+                open_coordinator(redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds)
             )
             link = ClusterLink(coordinator, cluster, live or (lambda: count))
             actors.append(DeploymentActor(config, SimulatorProvider(config), breaker, cluster=link))
@@ -66,8 +65,8 @@ def evalsha_calls(redis_server) -> int:
     return 0
 
 
-async def test_three_processes_admit_exactly_the_rpm_limit_in_batches(redis_server, aio_loop):
-    async with actors_on_redis(redis_server.url, aio_loop, 3, rpm=30) as actors:
+async def test_three_processes_admit_exactly_the_rpm_limit_in_batches(redis_server):
+    async with actors_on_redis(redis_server.url, 3, rpm=30) as actors:
         before = evalsha_calls(redis_server)
         answers: list[Slot | Refused] = []
 
@@ -91,8 +90,8 @@ async def test_three_processes_admit_exactly_the_rpm_limit_in_batches(redis_serv
         assert actors[0].snapshot.windows["rpm"].used == 30
 
 
-async def test_real_usage_corrects_the_shared_estimate(redis_server, aio_loop):
-    async with actors_on_redis(redis_server.url, aio_loop, 2, tpm=3_000) as (a, b):
+async def test_real_usage_corrects_the_shared_estimate(redis_server):
+    async with actors_on_redis(redis_server.url, 2, tpm=3_000) as (a, b):
         slots = [await a.acquire(f"r{i}", 1_000) for i in range(3)]
         assert all(isinstance(s, Slot) for s in slots)
         refused = await b.acquire("r4", 1_000)
@@ -108,8 +107,8 @@ async def test_real_usage_corrects_the_shared_estimate(redis_server, aio_loop):
         assert isinstance(too_big, Refused) and too_big.reason == "too_large" and too_big.retry_after is None
 
 
-async def test_a_429_in_one_process_cools_the_deployment_down_in_every_process(redis_server, aio_loop):
-    async with actors_on_redis(redis_server.url, aio_loop, 3) as actors:
+async def test_a_429_in_one_process_cools_the_deployment_down_in_every_process(redis_server):
+    async with actors_on_redis(redis_server.url, 3) as actors:
         slot = await actors[0].acquire("r1", 10)
         assert isinstance(slot, Slot)
         limited = UpstreamError("rate limited", upstream_status=429, retry_after=3.0)
@@ -124,9 +123,9 @@ async def test_a_429_in_one_process_cools_the_deployment_down_in_every_process(r
         assert isinstance(await actors[1].acquire("r3", 10), Slot)
 
 
-async def test_a_breaker_opened_in_one_process_keeps_the_others_off_then_one_probe_closes_it(redis_server, aio_loop):
+async def test_a_breaker_opened_in_one_process_keeps_the_others_off_then_one_probe_closes_it(redis_server):
     breaker = BreakerConfig(failures=2, cooldown_seconds=1.0)
-    async with actors_on_redis(redis_server.url, aio_loop, 3, breaker) as actors:
+    async with actors_on_redis(redis_server.url, 3, breaker) as actors:
         failing = UpstreamError("upstream 500", upstream_status=500)
         for i in range(2):
             slot = await actors[0].acquire(f"f{i}", 10)
@@ -150,9 +149,9 @@ async def test_a_breaker_opened_in_one_process_keeps_the_others_off_then_one_pro
         assert not answer.probe
 
 
-async def test_without_redis_each_process_admits_its_share_then_rejoins(redis_server, aio_loop, caplog):
+async def test_without_redis_each_process_admits_its_share_then_rejoins(redis_server, caplog):
     caplog.set_level(logging.INFO, logger="omixa.cluster")
-    async with actors_on_redis(redis_server.url, aio_loop, 3, rpm=30) as actors:
+    async with actors_on_redis(redis_server.url, 3, rpm=30) as actors:
         first = [await actors[0].acquire(f"a{i}", 10) for i in range(6)]
         assert all(isinstance(s, Slot) for s in first)
         redis_server.stop()
@@ -178,10 +177,10 @@ async def test_without_redis_each_process_admits_its_share_then_rejoins(redis_se
         assert granted + more <= 30, (granted, more)
 
 
-async def test_a_process_without_redis_at_start_serves_on_its_share(aio_loop, caplog):
+async def test_a_process_without_redis_at_start_serves_on_its_share(caplog):
     caplog.set_level(logging.WARNING, logger="omixa.cluster")
     url = "redis://127.0.0.1:1/0"  # nothing listens there
-    async with actors_on_redis(url, aio_loop, 2, rpm=10) as (a, _b):
+    async with actors_on_redis(url, 2, rpm=10) as (a, _b):
         answers = [await a.acquire(f"r{i}", 10) for i in range(8)]
         assert sum(isinstance(x, Slot) for x in answers) == 5
         refused = answers[-1]
@@ -190,8 +189,8 @@ async def test_a_process_without_redis_at_start_serves_on_its_share(aio_loop, ca
 
 
 @pytest.mark.parametrize("count", [1])
-async def test_one_process_with_redis_behaves_as_without(redis_server, aio_loop, count):
-    async with actors_on_redis(redis_server.url, aio_loop, count, rpm=3, tpm=10_000) as (actor,):
+async def test_one_process_with_redis_behaves_as_without(redis_server, count):
+    async with actors_on_redis(redis_server.url, count, rpm=3, tpm=10_000) as (actor,):
         slots = [await actor.acquire(f"r{i}", 2_000) for i in range(3)]
         assert all(isinstance(s, Slot) for s in slots)
         refused = await actor.acquire("r4", 2_000)
@@ -200,8 +199,8 @@ async def test_one_process_with_redis_behaves_as_without(redis_server, aio_loop,
         assert actor.snapshot.room == 0.0
 
 
-async def test_a_redis_that_lost_its_state_gets_back_what_each_process_admitted(redis_server, aio_loop):
-    async with actors_on_redis(redis_server.url, aio_loop, 2, rpm=10) as (a, b):
+async def test_a_redis_that_lost_its_state_gets_back_what_each_process_admitted(redis_server):
+    async with actors_on_redis(redis_server.url, 2, rpm=10) as (a, b):
         for actor in (a, b):
             for i in range(3):
                 assert isinstance(await actor.acquire(f"r{i}", 10), Slot)
@@ -216,14 +215,14 @@ async def test_a_redis_that_lost_its_state_gets_back_what_each_process_admitted(
 
 
 @asynccontextmanager
-async def limiters_on_redis(redis_url: str, loop, count: int) -> AsyncIterator[list[KeyLimiter]]:
+async def limiters_on_redis(redis_url: str, count: int) -> AsyncIterator[list[KeyLimiter]]:
     """``count`` key limiters (one per process), each with a Redis client of its own."""
     cluster = ClusterConfig(redis_url=redis_url, key_prefix="t" + secrets.token_hex(4), retry_seconds=0.2)
     async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
         limiters = []
         for _ in range(count):
             coordinator = await stack.enter_async_context(
-                open_coordinator(redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds, loop=loop)
+                open_coordinator(redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds)
             )
             limiter = KeyLimiter(LimitsConfig(key_rpm=0), ClusterLink(coordinator, cluster, lambda: count))
             await nursery.start(limiter.run)
@@ -245,9 +244,9 @@ def api_key(rpm: int | None = None, tpm: int | None = None) -> ApiKeyRecord:
     )
 
 
-async def test_a_keys_rpm_holds_across_processes_with_shared_headers(redis_server, aio_loop):
+async def test_a_keys_rpm_holds_across_processes_with_shared_headers(redis_server):
     key = api_key(rpm=10)
-    async with limiters_on_redis(redis_server.url, aio_loop, 3) as limiters:
+    async with limiters_on_redis(redis_server.url, 3) as limiters:
         outcomes: list[float | None] = []
 
         async def ask(i: int) -> None:
@@ -267,9 +266,9 @@ async def test_a_keys_rpm_holds_across_processes_with_shared_headers(redis_serve
         assert all(v.limit == 10 and v.remaining == 0 and 58 < v.reset_seconds <= 61 for v in views), views
 
 
-async def test_a_keys_tokens_are_estimated_then_corrected_across_processes(redis_server, aio_loop):
+async def test_a_keys_tokens_are_estimated_then_corrected_across_processes(redis_server):
     key = api_key(tpm=1_000)
-    async with limiters_on_redis(redis_server.url, aio_loop, 2) as (a, b):
+    async with limiters_on_redis(redis_server.url, 2) as (a, b):
         admitted = [await a.admit_tokens(key, 400, trio.current_time()) for _ in range(2)]
         with pytest.raises(RateLimited):
             await b.admit_tokens(key, 400, trio.current_time())
@@ -286,9 +285,9 @@ async def test_a_keys_tokens_are_estimated_then_corrected_across_processes(redis
             await b.admit_tokens(key, 1_001, trio.current_time())
 
 
-async def test_without_redis_a_keys_limit_is_split_then_shared_again(redis_server, aio_loop):
+async def test_without_redis_a_keys_limit_is_split_then_shared_again(redis_server):
     key = api_key(rpm=30)
-    async with limiters_on_redis(redis_server.url, aio_loop, 3) as limiters:
+    async with limiters_on_redis(redis_server.url, 3) as limiters:
         for _ in range(6):
             await limiters[0].admit_request(key, trio.current_time())
         redis_server.stop()
@@ -314,13 +313,13 @@ async def test_without_redis_a_keys_limit_is_split_then_shared_again(redis_serve
         assert 6 + granted + more <= 30, (granted, more)
 
 
-async def test_a_signature_claimed_by_one_process_is_refused_by_another(redis_server, aio_loop):
+async def test_a_signature_claimed_by_one_process_is_refused_by_another(redis_server):
     cluster = ClusterConfig(redis_url=redis_server.url, key_prefix="t" + secrets.token_hex(4))
     async with AsyncExitStack() as stack:
         verifiers = []
         for _ in range(2):
             coordinator = await stack.enter_async_context(
-                open_coordinator(redis_server.url, prefix=cluster.key_prefix, timeout=0.25, loop=aio_loop)
+                open_coordinator(redis_server.url, prefix=cluster.key_prefix, timeout=0.25)
             )
             link = ClusterLink(coordinator, cluster, lambda: 2)
             verifiers.append(SignatureVerifier(SecurityConfig(), None, started_at=0, cluster=link))

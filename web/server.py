@@ -1,6 +1,6 @@
 """The root of a running gateway: one tree, started in order, stopped in reverse.
 
-    trio_asyncio loop            (the asyncpg and redis-py bridge lives under it)
+    trio_asyncio loop            (the asyncpg bridge lives under it)
      └─ storage                  (migrated before anything else starts)
          └─ Redis client         (only with [cluster] redis_url; connects on first use)
              └─ engine actors    (deployments, wallets, usage aggregator)
@@ -14,7 +14,6 @@ writes its last batch) and storage closes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import gc
@@ -141,14 +140,14 @@ def hypercorn_config(config: Config, host: str, port: int, fd: int | None = None
 
 
 @contextlib.asynccontextmanager
-async def open_cluster(config: Config, loop: asyncio.AbstractEventLoop) -> AsyncIterator[Coordinator | None]:
+async def open_cluster(config: Config) -> AsyncIterator[Coordinator | None]:
     """The Redis client of ``[cluster] redis_url``, or None when there is none."""
     cluster = config.cluster
     if not cluster.redis_url:
         yield None
         return
     async with open_coordinator(
-        cluster.redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds, loop=loop
+        cluster.redis_url, prefix=cluster.key_prefix, timeout=cluster.timeout_seconds
     ) as coordinator:
         log.info("deployment limits and health shared through Redis at %s", coordinator.where)
         yield coordinator
@@ -178,7 +177,7 @@ async def run_gateway(
     host = host or config.server.host
     port = config.server.port if port is None else port
     async with trio_asyncio.open_loop() as loop:
-        async with open_storage(storage_url(config), loop=loop) as storage, open_cluster(config, loop) as coordinator:
+        async with open_storage(storage_url(config), loop=loop) as storage, open_cluster(config) as coordinator:
             async with open_engine(config, storage, coordinator=coordinator, share=share) as engine:
                 app = ConnectionGuard(
                     RequestScope(create_app(engine)),

@@ -13,6 +13,8 @@ the ``instances`` table.
 - SIGINT or SIGTERM: every worker gets SIGTERM and drains as one ``omixa serve`` does; the
   supervisor returns once all have exited. SIGHUP is passed on (each worker reloads its
   ``[[deployments]]``).
+- Without ``OMIXA_SESSION_SECRET``, the supervisor draws one for all its workers, so a
+  dashboard session works whichever worker a request reaches.
 - Workers run in their own session, so a terminal's Ctrl-C reaches the supervisor only (and
   each worker once, from it); a worker whose supervisor died (SIGKILL) shuts down as on
   SIGTERM within :data:`ORPHAN_CHECK_SECONDS`.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -96,6 +99,14 @@ class Supervisor:
         self._processes: dict[int, trio.Process] = {}
         self._stopping = False
         self.restarts = 0
+        self._env = dict(os.environ)
+        if not self._env.get("OMIXA_SESSION_SECRET"):
+            # A dashboard session signed by one worker must be valid in every other.
+            self._env["OMIXA_SESSION_SECRET"] = secrets.token_urlsafe(32)
+            log.warning(
+                "OMIXA_SESSION_SECRET is not set: the workers share a random one, so dashboard "
+                "sessions end when omixa serve restarts"
+            )
 
     def _say_how_limits_work(self) -> None:
         if self._config.cluster.redis_url:
@@ -149,6 +160,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 pass_fds=(fd,),
                 start_new_session=True,
+                env=self._env,
             )
             self._processes[index] = process
             try:

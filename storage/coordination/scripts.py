@@ -9,8 +9,9 @@ hosts share one clock. Windows (:data:`WINDOWS`) have the semantics of
 ``engine.windows.SlidingWindow``: amounts are kept per bucket (``resolution_ms``); a bucket
 remembers when its latest amount was added and leaves the window ``span_ms`` after that; a
 correction changes the bucket its admission went to, never below zero, and does nothing once
-that bucket has left. Each window is two hashes keyed by bucket start: amounts and latest-add
-times; they expire a minute after the window's span.
+that bucket has left. Each window is two keys (a list of its buckets and a hash of their
+amounts, latest-add times and the total, see :data:`WINDOWS`); they expire a minute after
+the window's span.
 
 Epochs: a namespace's state (one deployment's; all keys' limits) has an epoch, a random name
 given when it is first written. A Redis that restarted empty, or was flushed, gives it a new
@@ -20,6 +21,10 @@ Redis was away (``add``).
 """
 
 # The window library: load, add, correct, room, save. Every entry script starts with it.
+# A window is a list of its bucket starts, oldest first, and a hash of "total" and, per
+# bucket, "a:<start>" (amount) and "t:<start>" (latest add, ms). A call reads the total and
+# drops the buckets that left; it reads other buckets only to correct one, or to tell a
+# refusal when there will be room.
 WINDOWS = r"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -35,42 +40,49 @@ local function epoch_of(ekey)
 end
 
 -- spec: {limit, span_ms, resolution_ms, counts_requests (0|1)}
-local function load_window(spec, akey, tkey)
+local function load_window(spec, lkey, hkey)
   local span = spec[2]
-  local a = redis.call('HGETALL', akey)
-  local l = redis.call('HGETALL', tkey)
-  local am, tm, sum, gone = {}, {}, 0, {}
-  for i = 1, #l, 2 do
-    tm[l[i]] = tonumber(l[i + 1])
-  end
-  for i = 1, #a, 2 do
-    local b, v = a[i], tonumber(a[i + 1])
-    if (tm[b] or 0) <= now - span then
-      gone[#gone + 1] = b
-      tm[b] = nil
-    else
-      am[b] = v
-      sum = sum + v
+  local w = {limit = spec[1], span = span, res = spec[3], requests = spec[4] == 1,
+             lkey = lkey, hkey = hkey, stored = {}, pending = {}, changed = false}
+  local total = tonumber(redis.call('HGET', hkey, 'total')) or 0
+  while true do
+    local first = redis.call('LINDEX', lkey, 0)
+    if not first then
+      break
     end
-  end
-  for b, _ in pairs(tm) do
-    if am[b] == nil then
-      gone[#gone + 1] = b
+    local v = redis.call('HMGET', hkey, 'a:' .. first, 't:' .. first)
+    if (tonumber(v[2]) or 0) > now - span then
+      break
     end
+    total = total - (tonumber(v[1]) or 0)
+    redis.call('LPOP', lkey)
+    redis.call('HDEL', hkey, 'a:' .. first, 't:' .. first)
+    w.changed = true
   end
-  for _, b in ipairs(gone) do
-    tm[b] = nil
+  if redis.call('LLEN', lkey) == 0 then
+    total = 0
   end
-  if #gone > 0 then
-    redis.call('HDEL', akey, unpack(gone))
-    redis.call('HDEL', tkey, unpack(gone))
-  end
-  return {limit = spec[1], span = span, res = spec[3], requests = spec[4] == 1,
-          akey = akey, tkey = tkey, amounts = am, times = tm, total = sum, dirty = {}}
+  w.total = math.max(total, 0)
+  return w
 end
 
 local function bucket(w, at)
   return string.format('%d', at - at % w.res)
+end
+
+-- {amount, latest} of bucket b as stored and changed in this call, or nil if there is none
+local function bucket_of(w, b)
+  local s = w.stored[b]
+  if s == nil then
+    local v = redis.call('HMGET', w.hkey, 'a:' .. b, 't:' .. b)
+    s = {tonumber(v[1]), tonumber(v[2]) or 0}
+    w.stored[b] = s
+  end
+  local p = w.pending[b]
+  if s[1] == nil and p == nil then
+    return nil
+  end
+  return {(s[1] or 0) + (p and p[1] or 0), math.max(s[2], p and p[2] or 0)}
 end
 
 local function w_add(w, at, amount)
@@ -78,20 +90,21 @@ local function w_add(w, at, amount)
     return
   end
   local b = bucket(w, at)
-  w.amounts[b] = (w.amounts[b] or 0) + amount
-  w.times[b] = math.max(w.times[b] or 0, at)
+  local p = w.pending[b] or {0, 0}
+  p[1], p[2] = p[1] + amount, math.max(p[2], at)
+  w.pending[b] = p
   w.total = w.total + amount
-  w.dirty[b] = true
 end
 
 local function w_fix(w, at, delta)
   local b = bucket(w, at)
-  local v = w.amounts[b]
-  if v ~= nil then
-    local change = math.max(delta, -v)
-    w.amounts[b] = v + change
+  local cur = bucket_of(w, b)
+  if cur ~= nil then
+    local change = math.max(delta, -cur[1])
+    local p = w.pending[b] or {0, 0}
+    p[1] = p[1] + change
+    w.pending[b] = p
     w.total = w.total + change
-    w.dirty[b] = true
   end
 end
 
@@ -104,16 +117,23 @@ local function w_room_in(w, amount)
   if excess <= 0 then
     return 0
   end
-  local starts = {}
-  for b, _ in pairs(w.amounts) do
-    starts[#starts + 1] = tonumber(b)
+  local starts, seen = {}, {}
+  for _, b in ipairs(redis.call('LRANGE', w.lkey, 0, -1)) do
+    starts[#starts + 1], seen[b] = tonumber(b), true
+  end
+  for b, _ in pairs(w.pending) do
+    if not seen[b] then
+      starts[#starts + 1] = tonumber(b)
+    end
   end
   table.sort(starts)
   for _, s in ipairs(starts) do
-    local b = string.format('%d', s)
-    excess = excess - w.amounts[b]
-    if excess <= 0 then
-      return math.max(w.times[b] + w.span - now, 1)
+    local cur = bucket_of(w, string.format('%d', s))
+    if cur ~= nil then
+      excess = excess - cur[1]
+      if excess <= 0 then
+        return math.max(cur[2] + w.span - now, 1)
+      end
     end
   end
   return w.span
@@ -121,25 +141,42 @@ end
 
 -- writes what changed; returns {used, clear_at_ms}
 local function w_save(w)
-  local aset, tset, latest = {}, {}, 0
-  for b, _ in pairs(w.dirty) do
-    aset[#aset + 1] = b
-    aset[#aset + 1] = w.amounts[b]
-    tset[#tset + 1] = b
-    tset[#tset + 1] = w.times[b]
+  local last = redis.call('LINDEX', w.lkey, -1)
+  local fresh = {}
+  for b, p in pairs(w.pending) do
+    local cur = bucket_of(w, b)
+    redis.call('HSET', w.hkey, 'a:' .. b, cur[1], 't:' .. b, cur[2])
+    if w.stored[b][1] == nil then
+      fresh[#fresh + 1] = tonumber(b)
+    end
+    w.changed = true
   end
-  if #aset > 0 then
-    redis.call('HSET', w.akey, unpack(aset))
-    redis.call('HSET', w.tkey, unpack(tset))
-    redis.call('PEXPIRE', w.akey, w.span + 60000)
-    redis.call('PEXPIRE', w.tkey, w.span + 60000)
+  table.sort(fresh)
+  for _, s in ipairs(fresh) do
+    local b = string.format('%d', s)
+    if not last or s > tonumber(last) then
+      redis.call('RPUSH', w.lkey, b)
+      last = b
+    else
+      -- older than the newest bucket (put back after Redis lost its state): keep the order
+      local after = nil
+      for _, other in ipairs(redis.call('LRANGE', w.lkey, 0, -1)) do
+        if tonumber(other) > s then
+          after = other
+          break
+        end
+      end
+      redis.call('LINSERT', w.lkey, 'BEFORE', after, b)
+    end
   end
-  for _, at in pairs(w.times) do
-    latest = math.max(latest, at)
+  if w.changed then
+    redis.call('HSET', w.hkey, 'total', w.total)
+    redis.call('PEXPIRE', w.lkey, w.span + 60000)
+    redis.call('PEXPIRE', w.hkey, w.span + 60000)
   end
   local clear = now
-  if latest > 0 then
-    clear = latest + w.span
+  if last then
+    clear = (tonumber(redis.call('HGET', w.hkey, 't:' .. last)) or now) + w.span
   end
   return {math.max(w.total, 0), clear}
 end
@@ -163,7 +200,7 @@ DEPLOYMENT_BATCH = (
     + r"""
 -- One deployment: its windows and its health, for one process's batch.
 -- KEYS[1]: the health hash (state, until, probe); KEYS[2]: the epoch;
--- KEYS[2k+1], KEYS[2k+2]: window k's amounts and latest-add times.
+-- KEYS[2k+1], KEYS[2k+2]: window k's bucket list and hash.
 -- ARGV[1], JSON:
 --   w     [[limit, span_ms, resolution_ms, counts_requests], ...]   one per window
 --   h     [[op, ms], ...]  "cool" (a 429: cool down for ms), "open" (open the breaker for
@@ -274,7 +311,7 @@ KEYS_BATCH = (
     WINDOWS
     + r"""
 -- Developer keys' windows (requests and tokens per minute), many keys per batch.
--- KEYS[1]: the epoch of all keys' limits; KEYS[2k], KEYS[2k+1]: window k's hashes.
+-- KEYS[1]: the epoch of all keys' limits; KEYS[2k], KEYS[2k+1]: window k's bucket list and hash.
 -- ARGV[1], JSON:
 --   w     [[limit, span_ms, resolution_ms, 0], ...]   one per window
 --   fix   [[window, at_ms, delta], ...]

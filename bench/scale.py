@@ -1,0 +1,314 @@
+"""The scale-out bench (``bench/run scale``; see bench/README.md): what Redis costs one
+process, and what a second worker adds.
+
+One run, on PostgreSQL (a database created for it), the fast fake upstream and a Redis of
+its own (pinned with the load generator and the upstream to core 1):
+
+- ``redis``: one ``omixa serve`` pinned to core 0, without and with ``[cluster] redis_url``,
+  in interleaved rounds (without, with, without, ...): c64 req/s, CPU per request, p50 at
+  one connection, and Redis's and PostgreSQL's work per 1,000 requests.
+- ``workers``: ``omixa serve --workers 1`` on core 0 and ``--workers 2`` with one worker
+  pinned on each core, with Redis, in interleaved rounds: c64 req/s and CPU per request. On
+  a two-core machine the second worker shares core 1 with the upstream and the load
+  generator, so the ratio says what this machine allows, not what two free cores give.
+
+The deployment and the key have limits far above the load (rpm 10^8, tpm 10^12 and 2 x 10^9), so every
+request is counted in the shared windows and nothing is refused. No figure is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness_procs import (
+    API_VERSION,
+    BENCH,
+    MODEL_FAST,
+    OMIXA,
+    PG_ADMIN,
+    PG_URL,
+    UPSTREAM_KEY,
+    BenchError,
+    Load,
+    Upstream,
+    brief,
+    log,
+    pinned,
+    read_line_with,
+    run_cli,
+    stop,
+    values,
+)
+
+CONFIG = """\
+[server]
+host = "127.0.0.1"
+[upstream]
+max_connections = 1100
+[storage]
+url = "{db}"
+{cluster}
+[[deployments]]
+name = "bench-fast"
+model = "{model}"
+endpoint = "{endpoint}"
+deployment = "{model}"
+api_key = "{key}"
+api_version = "{api_version}"
+rpm = 100000000
+tpm = 1000000000000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Redis:
+    def __init__(self, core: int | None) -> None:
+        self.port = free_port()
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(pinned(core, argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        for _ in range(100):
+            if self.info().get("redis_version"):
+                return
+            time.sleep(0.05)
+        raise BenchError("redis-server did not start")
+
+    def info(self) -> dict[str, str]:
+        try:
+            out = subprocess.run(
+                ["redis-cli", "-p", str(self.port), "INFO", "all"], capture_output=True, text=True, timeout=5
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return {}
+        pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line and not line.startswith("#"))
+        return {k: v.strip() for k, v in pairs}
+
+    def counters(self) -> dict[str, float]:
+        """Round trips (the scripts and SET calls Omixa makes), every command run (those
+        inside the scripts included) and Redis's CPU seconds, so far."""
+        info = self.info()
+
+        def calls(name: str, field: str = "calls") -> int:
+            stat = info.get(f"cmdstat_{name}", f"{field}=0,")
+            return int(float(stat.split(f"{field}=")[1].split(",")[0]))
+
+        return {
+            "trips": calls("evalsha") + calls("eval") + calls("set"),
+            "script_usec": calls("evalsha", "usec") + calls("eval", "usec"),
+            "scripts": calls("evalsha") + calls("eval"),
+            "commands": sum(calls(k.removeprefix("cmdstat_")) for k in info if k.startswith("cmdstat_")),
+            "cpu": float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0)),
+        }
+
+    def close(self) -> None:
+        stop(self.proc, signal.SIGTERM, 10)
+
+
+# PostgreSQL publishes a backend's transaction counts at most once a second.
+PG_STATS_DELAY = 1.5
+
+
+def pg_commits(db: str) -> int:
+    out = subprocess.run(
+        [*PG_ADMIN, "-tA", "-c", f"SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '{db}'"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout  # fmt: skip
+    return int(out.strip() or 0)
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (started by any of its threads)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return sorted(found)
+
+
+class Gateway:
+    """``omixa serve`` (``workers`` > 0: with ``--workers``, each worker pinned to ``cores``)."""
+
+    def __init__(self, config: Path, cores: list[int] | None, workers: int, log_path: Path, env: dict) -> None:
+        argv = [OMIXA, "serve", "--config", str(config), "--port", "0"]
+        if workers:
+            argv += ["--workers", str(workers)]
+        core_list = ",".join(map(str, cores)) if cores else None
+        self.proc = subprocess.Popen(
+            ["taskset", "-c", core_list, *argv] if core_list else argv,
+            stdout=subprocess.PIPE, stderr=open(log_path, "ab"), env=env, cwd=config.parent,
+        )  # fmt: skip
+        self.base = read_line_with(self.proc, "OMIXA_BASE_URL=", 120)
+        self.workers = children(self.proc.pid) if workers > 1 else []
+        if len(self.workers) != (workers if workers > 1 else 0):
+            raise BenchError(f"expected {workers} workers, found {self.workers}")
+        if self.workers and cores:
+            for worker, core in zip(self.workers, cores, strict=False):
+                subprocess.run(["taskset", "-pc", str(core), str(worker)], capture_output=True, check=True)
+        # The process that serves (one) or the supervisor, and the workers' pids for CPU.
+        self.pid = self.proc.pid
+
+    def close(self) -> dict:
+        return stop(self.proc, signal.SIGINT, 40)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="bench/run scale", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--out", help="results folder (default bench/results/scale-<timestamp>)")
+    args = ap.parse_args(argv)
+    started = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
+    outdir = Path(args.out) if args.out else BENCH / "results" / f"scale-{started}"
+    outdir.mkdir(parents=True, exist_ok=True)
+    gw_core, side = (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
+    results: dict[str, Any] = {"started": started, "rounds": args.rounds, "duration": args.duration}
+    tmp = Path(tempfile.mkdtemp(prefix="omixa-bench-scale-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMIXA_", "AZURE_STREAM_"))}
+    db = f"omixa_bench_scale_{os.getpid()}"
+    subprocess.run([*PG_ADMIN, "-q", "-c", f"CREATE DATABASE {db}"], check=True, capture_output=True, timeout=60)
+    fast = redis = None
+    try:
+        fast = Upstream("fast", side, outdir, workers=3, events=2000)
+        redis = Redis(side)
+        load = Load(side, outdir)
+        configs = {}
+        for name, cluster in (("local", ""), ("redis", f'[cluster]\nredis_url = "{redis.url}"\n')):
+            configs[name] = tmp / f"{name}.toml"
+            configs[name].write_text(CONFIG.format(
+                db=PG_URL.format(db=db), cluster=cluster, model=MODEL_FAST, endpoint=fast.endpoint,
+                key=UPSTREAM_KEY, api_version=API_VERSION,
+            ))  # fmt: skip
+        code, out, err = run_cli(["account", "create", "bench@example.com"], configs["local"], env)
+        account = values(out)["OMIXA_ACCOUNT_ID"]
+        run_cli(["wallet", "top-up", account, "1000000"], configs["local"], env)
+        code, out, err = run_cli(["key", "create", account, "--rpm", "100000000", "--tpm", "2000000000"],
+                                 configs["local"], env)  # fmt: skip
+        if code:
+            raise BenchError(f"key create failed: {err}")
+        auth = f"Authorization: Bearer {values(out)['OMIXA_API_KEY']}"
+
+        def measure(gateway: Gateway, label: str, latency: bool) -> dict:
+            url = f"{gateway.base}/chat/completions"
+            also = ",".join(map(str, gateway.workers))
+            load(
+                "rps", url, auth, limit=60, concurrency=16, duration=1.0, warmup=0.3, pid=gateway.pid, also_pids=also
+            )  # fmt: skip  (warm-up)
+            time.sleep(PG_STATS_DELAY)
+            r0, c0 = redis.counters(), pg_commits(db)
+            rps = load("rps", url, auth, limit=args.duration + 90, concurrency=64, duration=args.duration,
+                       warmup=1.0, pid=gateway.pid, also_pids=also)  # fmt: skip
+            time.sleep(PG_STATS_DELAY)
+            r1, c1 = redis.counters(), pg_commits(db)
+            out: dict[str, Any] = {"rps_c64": rps}
+            done = rps.get("ok", 0) or rps.get("requests", 0) or 1
+            # Counted over warm-up and window alike: per 1,000 requests of the whole run.
+            total = rps.get("requests_total") or done
+            out["redis_round_trips_per_1000"] = round((r1["trips"] - r0["trips"]) * 1000 / total, 1)
+            out["redis_commands_per_1000"] = round((r1["commands"] - r0["commands"]) * 1000 / total, 1)
+            scripts = r1["scripts"] - r0["scripts"]
+            if scripts:
+                out["redis_usec_per_script"] = round((r1["script_usec"] - r0["script_usec"]) / scripts, 1)
+            out["redis_cpu_ms_per_1000"] = round((r1["cpu"] - r0["cpu"]) * 1e6 / total, 1)
+            out["pg_transactions_per_1000"] = round((c1 - c0) * 1000 / total, 1)
+            if latency:
+                out["latency_c1"] = load("latency", url, auth, limit=180, count=500, warmup_count=50, time_limit=120,
+                                         pid=gateway.pid, also_pids=also)  # fmt: skip
+            log(f"{label}: {brief(rps)}" + (f" | c1 {brief(out['latency_c1'])}" if latency else ""))
+            return out
+
+        plans = {
+            "redis": [("without", configs["local"], [gw_core] if gw_core is not None else None, 0),
+                      ("with", configs["redis"], [gw_core] if gw_core is not None else None, 0)],
+            "workers": [("1 worker", configs["redis"], [0] if gw_core is not None else None, 1),
+                        ("2 workers", configs["redis"], [0, 1] if gw_core is not None else None, 2)],
+        }  # fmt: skip
+        for study, variants in plans.items():
+            rounds: list[dict] = []
+            for r in range(args.rounds):
+                row = {}
+                for label, config, cores, workers in variants:
+                    gateway = Gateway(config, cores, workers, outdir / f"omixa-{study}.log", env)
+                    try:
+                        row[label] = measure(gateway, f"{study} round {r + 1} {label}", study == "redis")
+                    finally:
+                        row[label]["shutdown"] = gateway.close()
+                rounds.append(row)
+            results[study] = rounds
+        results["summary"] = summarize(results)
+    finally:
+        for proc in (redis, fast):
+            if proc is not None:
+                proc.close()
+        subprocess.run([*PG_ADMIN, "-q", "-c", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], capture_output=True)
+    (outdir / "results.json").write_text(json.dumps(results, indent=1))
+    print(render(results["summary"]))
+    log(f"results in {outdir}")
+    return 0
+
+
+def _median(rounds: list[dict], label: str, *path: str) -> float | None:
+    values_ = []
+    for row in rounds:
+        value: Any = row.get(label, {})
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)):
+            values_.append(float(value))
+    return round(statistics.median(values_), 3) if values_ else None
+
+
+def summarize(results: dict) -> dict:
+    out: dict[str, Any] = {}
+    rounds = results.get("redis", [])
+    for label in ("without", "with"):
+        out[f"redis_{label}"] = {
+            "rps_c64": _median(rounds, label, "rps_c64", "rps"),
+            "cpu_ms_per_request": _median(rounds, label, "rps_c64", "cpu_ms_per_request"),
+            "p50_ms_c1": _median(rounds, label, "latency_c1", "latency", "p50_ms"),
+            "redis_round_trips_per_1000": _median(rounds, label, "redis_round_trips_per_1000"),
+            "redis_commands_per_1000": _median(rounds, label, "redis_commands_per_1000"),
+            "redis_usec_per_script": _median(rounds, label, "redis_usec_per_script"),
+            "redis_cpu_ms_per_1000": _median(rounds, label, "redis_cpu_ms_per_1000"),
+            "pg_transactions_per_1000": _median(rounds, label, "pg_transactions_per_1000"),
+        }
+    rounds = results.get("workers", [])
+    for label in ("1 worker", "2 workers"):
+        out[label] = {
+            "rps_c64": _median(rounds, label, "rps_c64", "rps"),
+            "cpu_ms_per_request": _median(rounds, label, "rps_c64", "cpu_ms_per_request"),
+        }
+    with_, without = out["redis_with"], out["redis_without"]
+    if with_["rps_c64"] and without["rps_c64"]:
+        out["redis_rps_ratio"] = round(with_["rps_c64"] / without["rps_c64"], 3)
+    if with_["p50_ms_c1"] and without["p50_ms_c1"]:
+        out["redis_added_p50_ms"] = round(with_["p50_ms_c1"] - without["p50_ms_c1"], 3)
+    one, two = out["1 worker"], out["2 workers"]
+    if one["rps_c64"] and two["rps_c64"]:
+        out["workers_rps_ratio"] = round(two["rps_c64"] / one["rps_c64"], 3)
+    return out
+
+
+def render(summary: dict) -> str:
+    return "\n".join(f"{key}: {json.dumps(value)}" for key, value in summary.items())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
