@@ -82,12 +82,30 @@ async def test_three_processes_admit_exactly_the_rpm_limit_in_batches(redis_serv
         assert len(granted) == 30 and len(refused) == 170
         assert {r.reason for r in refused} == {"rpm"}
         assert all(r.retry_after is not None and 0 < r.retry_after <= 61 for r in refused)
-        # Admissions that arrived while a call was in flight went in one call.
-        assert calls < 60, calls
+        assert calls < 200, calls  # some went together (see the batching test below)
         # Every process sees the whole fleet's count.
         await trio.sleep(0.1)
         await actors[0].acquire("refresh", 1)
         assert actors[0].snapshot.windows["rpm"].used == 30
+
+
+async def test_admissions_that_arrive_during_a_call_go_in_the_next_one(redis_server):
+    async with actors_on_redis(redis_server.url, 1, rpm=1000) as (actor,):
+        await actor.acquire("warm", 1)  # the script is loaded, a connection open
+        before = evalsha_calls(redis_server)
+        redis_server.command("CLIENT", "PAUSE", "150", "WRITE")  # the next call waits 150 ms
+        answers: list[Slot | Refused] = []
+
+        async def ask(i: int) -> None:
+            answers.append(await actor.acquire(f"r{i}", 1))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(ask, i)
+        assert len(answers) == 100 and all(isinstance(a, Slot) for a in answers)
+        # One call (or two: the first admissions may start one before the rest arrive)
+        # held by the pause, then everything that arrived meanwhile in one more.
+        assert evalsha_calls(redis_server) - before <= 3
 
 
 async def test_real_usage_corrects_the_shared_estimate(redis_server):

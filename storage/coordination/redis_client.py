@@ -1,31 +1,26 @@
 """The Redis side of shared limits: one bounded call per batch, errors as CoordinatorError.
 
-Calls go through redis-py's synchronous client, each in a trio worker thread. Its asyncio
-client over the trio-asyncio bridge (as asyncpg runs) costs about ten event-loop turns per
-call: on the bench machine a batch call took 0.74 ms of CPU through the bridge and 0.24 ms in
-a worker thread (0.32 ms wall), the script itself 0.13 ms in Redis. A call that outlives its
-bound is left to finish in its thread (its socket timeout ends it); its batch counts as not
-applied, which errs on the safe side.
+Calls go over trio's own sockets (:mod:`.connection`: redis-py's command serializer and
+hiredis's reply parser). A call that outlives its bound is cancelled and its connection
+closed; its batch may or may not have been applied, which the callers treat as not applied
+(the safe side: at worst an admission is counted and not used).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import hashlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
-import redis
-import redis.backoff
-import redis.exceptions
-import redis.retry
 import trio
 
+from omixa.storage.coordination.connection import RedisPool, RedisReplyError
 from omixa.storage.coordination.scripts import DEPLOYMENT_BATCH, KEYS_BATCH
 
 log = logging.getLogger("omixa.coordination")
@@ -100,6 +95,9 @@ class KeysState:
     fresh: bool
 
 
+_DEPLOYMENT_SHA = hashlib.sha1(DEPLOYMENT_BATCH.encode()).hexdigest()
+_KEYS_SHA = hashlib.sha1(KEYS_BATCH.encode()).hexdigest()
+
 # Developer keys' windows: requests or tokens per minute, in 1 s buckets.
 KEY_SPAN_MS, KEY_RESOLUTION_MS = 60_000, 1_000
 
@@ -109,35 +107,37 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-# Redis calls in flight at once per process (each deployment actor has at most one; the key
-# limiter one; signature claims the rest).
-MAX_THREADS = 32
-
-
 class Coordinator:
-    """One Redis client per process. Every call is bounded by ``timeout`` seconds."""
+    """One pool of Redis connections per process. Every call is bounded by ``timeout`` seconds."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str, timeout: float, where: str) -> None:
-        self._client = client
+    def __init__(self, pool: RedisPool, *, prefix: str, timeout: float, where: str) -> None:
+        self._pool = pool
         self._prefix = prefix
         self._timeout = timeout
-        self._threads = trio.CapacityLimiter(MAX_THREADS)
-        self._script = client.register_script(DEPLOYMENT_BATCH)
-        self._keys_script = client.register_script(KEYS_BATCH)
         self.where = where  # host:port/db, for logs (never the password)
 
-    async def _call(self, fn: Callable[[], Any]) -> Any:
+    async def _call(self, *args: Any) -> Any:
         with trio.move_on_after(self._timeout) as scope:
             try:
-                return await trio.to_thread.run_sync(fn, limiter=self._threads, abandon_on_cancel=True)
-            except (redis.exceptions.RedisError, OSError) as exc:
-                raise CoordinatorError(f"redis: {exc}") from exc
+                async with self._pool.connection() as conn:
+                    return await conn.call(*args)
+            except (RedisReplyError, OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise CoordinatorError(f"redis: {exc or type(exc).__name__}") from exc
         assert scope.cancelled_caught
         raise CoordinatorError(f"redis: no answer within {self._timeout:g} s")
 
+    async def _script(self, script: str, sha: str, keys: list[str], payload: str) -> Any:
+        """EVALSHA, loading the script first if this Redis does not know it (a restart)."""
+        try:
+            return await self._call("EVALSHA", sha, len(keys), *keys, payload)
+        except CoordinatorError as exc:
+            if not (isinstance(exc.__cause__, RedisReplyError) and str(exc.__cause__).startswith("NOSCRIPT")):
+                raise
+        return await self._call("EVAL", script, len(keys), *keys, payload)
+
     async def ping(self) -> None:
         """Errors: CoordinatorError."""
-        await self._call(self._client.ping)
+        await self._call("PING")
 
     async def deployment(self, name: str, batch: DeploymentBatch) -> DeploymentState:
         """Apply ``batch`` to deployment ``name``'s shared state, atomically.
@@ -163,7 +163,7 @@ class Coordinator:
             },
             separators=(",", ":"),
         )
-        raw = await self._call(functools.partial(self._script, keys, [payload]))
+        raw = await self._script(DEPLOYMENT_BATCH, _DEPLOYMENT_SHA, keys, payload)
         try:
             data = json.loads(raw)
             names = [window[0] for window in batch.windows]
@@ -192,9 +192,7 @@ class Coordinator:
         """Record ``name`` for ``seconds`` unless it is recorded already; True if this call
         recorded it. Errors: CoordinatorError."""
         ms = max(1, int(seconds * 1000))
-        return bool(
-            await self._call(functools.partial(self._client.set, f"{self._prefix}:{name}", b"1", px=ms, nx=True))
-        )
+        return await self._call("SET", f"{self._prefix}:{name}", "1", "PX", ms, "NX") is not None
 
     async def keys(self, batch: KeysBatch) -> KeysState:
         """Apply ``batch`` to the developer keys' shared windows, atomically.
@@ -217,7 +215,7 @@ class Coordinator:
             },
             separators=(",", ":"),
         )
-        raw = await self._call(functools.partial(self._keys_script, keys, [payload]))
+        raw = await self._script(KEYS_BATCH, _KEYS_SHA, keys, payload)
         try:
             data = json.loads(raw)
             return KeysState(
@@ -231,8 +229,8 @@ class Coordinator:
             raise CoordinatorError(f"redis: unexpected answer {raw!r}") from exc
 
     async def aclose(self) -> None:
-        with trio.move_on_after(2, shield=True), contextlib.suppress(redis.exceptions.RedisError, OSError):
-            await trio.to_thread.run_sync(self._client.close, abandon_on_cancel=True)
+        with trio.move_on_after(2, shield=True), contextlib.suppress(OSError):
+            await self._pool.aclose()
 
 
 def describe(url: str) -> str:
@@ -246,18 +244,9 @@ async def open_coordinator(url: str, *, prefix: str, timeout: float) -> AsyncIte
     """A Redis client for ``url``; it connects on first use, so a Redis that is down at start
     only makes the first calls fail (and the gateway run on its shares until it answers).
 
-    Errors: ValueError for a URL redis-py cannot use.
+    Errors: ValueError for a URL that is not ``redis://`` or ``rediss://``.
     """
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=30,
-        # One attempt per call: a retried script could count its batch twice, and the
-        # caller falls back on its own.
-        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
-    )
-    coordinator = Coordinator(client, prefix=prefix, timeout=timeout, where=describe(url))
+    coordinator = Coordinator(RedisPool(url), prefix=prefix, timeout=timeout, where=describe(url))
     try:
         yield coordinator
     finally:
