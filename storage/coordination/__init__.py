@@ -2,9 +2,8 @@
 
 The database keeps what must last (money, logs); Redis keeps what many processes must agree
 on for seconds to an hour: each deployment's usage windows and health, and each developer
-key's requests and tokens per minute. Open it with
-:func:`open_coordinator` inside ``trio_asyncio.open_loop()`` (redis-py's asyncio client runs
-on the same bridge as asyncpg).
+key's requests and tokens per minute, and the signatures already accepted. Open it with
+:func:`open_coordinator` (plain trio: :mod:`.connection` says how it talks to Redis).
 """
 
 from omixa.storage.coordination.redis_client import (
