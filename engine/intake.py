@@ -106,31 +106,23 @@ class Intake:
         """
         verdict = self._limits.start_request(key, trio.current_time())
         try:
-            taken = await self._take(key, declared_bytes, read_body, parse)
+            looked = declared_bytes is not None and declared_bytes > LARGE_BODY_BYTES
+            if looked:
+                await self._require_money(key)
+            raw = await read_body()
+            if len(raw) <= LARGE_BODY_BYTES:
+                taken = parse(decode_json(raw))
+            else:
+                if not looked:
+                    await self._require_money(key)
+                taken = await trio.to_thread.run_sync(
+                    lambda: parse(decode_json(raw)), limiter=self._threads, abandon_on_cancel=True
+                )
         except Exception:
             await verdict.check()  # a refusal by the key's limit comes first
             raise
         await verdict.check()
         return taken
-
-    async def _take(
-        self,
-        key: ApiKeyRecord,
-        declared_bytes: int | None,
-        read_body: Callable[[], Awaitable[bytes]],
-        parse: Callable[[Any], T],
-    ) -> T:
-        looked = declared_bytes is not None and declared_bytes > LARGE_BODY_BYTES
-        if looked:
-            await self._require_money(key)
-        raw = await read_body()
-        if len(raw) <= LARGE_BODY_BYTES:
-            return parse(decode_json(raw))
-        if not looked:
-            await self._require_money(key)
-        return await trio.to_thread.run_sync(
-            lambda: parse(decode_json(raw)), limiter=self._threads, abandon_on_cancel=True
-        )
 
     async def _require_money(self, key: ApiKeyRecord) -> None:
         """Errors: InsufficientBalance when nothing is available; ServiceUnavailable."""

@@ -181,7 +181,20 @@ local function w_save(w)
   return {math.max(w.total, 0), clear}
 end
 
-local function replay(windows, fresh)
+-- The batch's windows (req.w; window k's keys are KEYS[first + 2k - 2] and the next), with
+-- the batch's corrections applied, then what the process admitted alone (add) or, when the
+-- state was lost (fresh), everything it admitted within the spans (restore).
+local function windows_of(first, fresh)
+  local windows = {}
+  for k, spec in ipairs(req.w or {}) do
+    windows[k] = load_window(spec, KEYS[first + 2 * k - 2], KEYS[first + 2 * k - 1])
+  end
+  for _, f in ipairs(req.fix or {}) do
+    local w = windows[f[1]]
+    if w ~= nil then
+      w_fix(w, f[2], f[3])
+    end
+  end
   local entries = req.add or {}
   if fresh then
     entries = req.restore or {}
@@ -192,6 +205,7 @@ local function replay(windows, fresh)
       w_add(w, e[2], e[3])
     end
   end
+  return windows
 end
 """
 
@@ -247,17 +261,7 @@ for _, ev in ipairs(req.h or {}) do
   end
 end
 
-local windows = {}
-for k, spec in ipairs(req.w or {}) do
-  windows[k] = load_window(spec, KEYS[2 * k + 1], KEYS[2 * k + 2])
-end
-for _, f in ipairs(req.fix or {}) do
-  local w = windows[f[1]]
-  if w ~= nil then
-    w_fix(w, f[2], f[3])
-  end
-end
-replay(windows, fresh)
+local windows = windows_of(3, fresh)
 
 local answers = {}
 local lease = tonumber(req.lease) or 30000
@@ -320,17 +324,7 @@ KEYS_BATCH = (
 -- Returns JSON {now, r, v, epoch, fresh}: r one answer per admission: 0 (admitted), or the
 -- ms until it fits (-1: it never can); v [[used, clear_at_ms], ...] per window.
 local epoch, fresh = epoch_of(KEYS[1])
-local windows = {}
-for k, spec in ipairs(req.w or {}) do
-  windows[k] = load_window(spec, KEYS[2 * k], KEYS[2 * k + 1])
-end
-for _, f in ipairs(req.fix or {}) do
-  local w = windows[f[1]]
-  if w ~= nil then
-    w_fix(w, f[2], f[3])
-  end
-end
-replay(windows, fresh)
+local windows = windows_of(2, fresh)
 local answers = {}
 for i, a in ipairs(req.acq or {}) do
   local w, amount = windows[a[1]], a[2]
