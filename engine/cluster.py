@@ -5,11 +5,13 @@ in Redis (:mod:`storage.coordination`), so every process that uses the same Redi
 against the same counts: the sum admitted never exceeds a limit. The actor stays the only
 one in its process that talks to Redis about its deployment, and sends whatever arrived
 while its previous call was in flight as one batch (one script call): about one round trip
-per batch, not per request.
+per batch, not per request. The key limiter does the same for every key's windows
+(:mod:`engine.keylimits`), and the signature verifier claims each signature with a nonce
+(:mod:`engine.signatures`).
 
 When Redis fails or does not answer within ``[cluster] timeout_seconds``, each actor decides
 alone on its process's *share*: every limit divided by the live processes (the ``instances``
-table), less what the shared window held when the actor last read it. Requests keep being
+table), rounded down, less what the shared window held when the actor last read it. Requests keep being
 served; no limit is exceeded as long as the live count is right. Redis is tried again every
 ``retry_seconds``; once it answers, what was admitted meanwhile is added to the shared
 windows and the actors decide there again. One WARNING when the process goes alone, one
@@ -38,6 +40,12 @@ class Share:
 
     index: int = 0
     count: int = 1
+
+    @classmethod
+    def unranked(cls, count: int) -> Share:
+        """One of ``count`` processes that cannot tell which one it is (each admits
+        ``limit // count``, so together never more than the limit)."""
+        return cls(index=max(1, count), count=max(1, count))
 
     def of(self, limit: int) -> int:
         return limit // self.count + (1 if self.index < limit % self.count else 0)

@@ -454,7 +454,7 @@ class DeploymentActor:
                 self._health.state, self._health.until = state.health, until
 
     def _reshare(self, live: int) -> None:
-        self._share = Share(0, max(1, live))
+        self._share = Share.unranked(live)
         self._tune_windows(self.config)
 
     def _on_finish(self, message: Finish, now: float) -> None:

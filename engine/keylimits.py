@@ -288,7 +288,7 @@ class KeyLimiter:
             if self._closing and not (self._queue or self._fixes):
                 return
             if self._alone and cluster.live_processes() != self._share.count:
-                self._share = Share(0, cluster.live_processes())
+                self._share = Share.unranked(cluster.live_processes())
             await self._call(cluster)
 
     async def _call(self, cluster: ClusterLink) -> None:
@@ -359,7 +359,7 @@ class KeyLimiter:
             return
         self._alone = True
         cluster.went_alone("developer keys", reason)
-        self._share = Share(0, cluster.live_processes())
+        self._share = Share.unranked(cluster.live_processes())
         self._local = {}
         for window_id, (used, clear_ms) in self._views.items():
             limit = self._limits_seen.get(window_id)

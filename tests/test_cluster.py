@@ -18,7 +18,7 @@ import pytest
 import trio
 from harness import MODEL
 
-from omixa.engine.cluster import ClusterLink
+from omixa.engine.cluster import ClusterLink, Share
 from omixa.engine.config import BreakerConfig, ClusterConfig, DeploymentConfig, LimitsConfig, SecurityConfig
 from omixa.engine.deployment import DeploymentActor, Refused, Slot
 from omixa.engine.errors import InvalidRequest, RateLimited, ReplayedRequest, UpstreamError
@@ -348,3 +348,10 @@ async def test_a_signature_claimed_by_one_process_is_refused_by_another(redis_se
         await verifiers[1].claim(Claim(key_id="key_b", signature="ab" * 32, seconds=5))  # another key's
         redis_server.stop()
         await verifiers[1].claim(Claim(key_id="key_a", signature="cd" * 32, seconds=5))  # Redis away: accepted
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_shares_add_up_to_the_limit_and_never_more(count):
+    for limit in (0, 1, 2, 5, 10, 29, 30, 31, 1000):
+        assert sum(Share(i, count).of(limit) for i in range(count)) == limit
+        assert count * Share.unranked(count).of(limit) <= limit
