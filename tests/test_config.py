@@ -105,3 +105,21 @@ def test_only_the_deployed_models_encodings_are_loaded_at_start():
         ).deployments
     )
     assert deployed_encodings(catalog, with_embeddings) == {"o200k_base", "cl100k_base"}
+
+
+def test_cluster_settings_and_the_redis_url_from_the_environment(monkeypatch):
+    monkeypatch.delenv("OMIXA_REDIS_URL", raising=False)
+    config = structure_config(
+        {"cluster": {"redis_url": "redis://cache:6379/1", "timeout_seconds": 0.5}, "server": {"workers": 4}},
+        base_dir=Path("."),
+    )
+    assert config.cluster.redis_url == "redis://cache:6379/1" and config.cluster.timeout_seconds == 0.5
+    assert config.server.workers == 4 and config.cluster.key_prefix == "omixa"
+    monkeypatch.setenv("OMIXA_REDIS_URL", " redis://other:6380/0 ")
+    assert structure_config({}, base_dir=Path(".")).cluster.redis_url == "redis://other:6380/0"
+    for bad, where in (
+        ({"server": {"workers": 0}}, "server.workers"),
+        ({"cluster": {"retry_seconds": 0}}, "cluster.retry_seconds"),
+    ):
+        with pytest.raises(ConfigError, match=where):
+            structure_config(bad, base_dir=Path("."))
