@@ -21,6 +21,7 @@ INFO when it is back.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Collection
 
 import attrs
@@ -57,9 +58,19 @@ WHOLE = Share()
 class ClusterLink:
     """The process's coordinator, its settings, and who among its actors runs alone."""
 
-    def __init__(self, coordinator: Coordinator, config: ClusterConfig, live_processes: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        config: ClusterConfig,
+        live_processes: Callable[[], int],
+        *,
+        instance_id: str = "",
+    ) -> None:
+        """``instance_id``: this process's name in the ``instances`` table (its requests in
+        flight are reported under it)."""
         self.coordinator = coordinator
         self.config = config
+        self.instance_id = instance_id or f"inst_{secrets.token_hex(8)}"
         self._live_processes = live_processes
         self._alone: set[str] = set()
 

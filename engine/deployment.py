@@ -121,7 +121,8 @@ class DeploymentSnapshot:
     region: str | None
     weight: float
     enabled: bool
-    in_flight: int = 0
+    in_flight: int = 0  # in this process
+    fleet_in_flight: int = 0  # in every process (with [cluster] redis_url; else in_flight)
     requests: int = 0
     failures: int = 0
     tokens_used: int = 0
@@ -167,6 +168,7 @@ class DeploymentActor:
         self._restore_due = False  # Redis lost that state; put _mine back in the next call
         self._alone = False
         self._state: DeploymentState | None = None
+        self._others_in_flight = 0  # the other processes' requests in flight, as last read
         self._offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
         self._wake = trio.Event()
         self._closing = False
@@ -358,7 +360,7 @@ class DeploymentActor:
                 self._reshare(cluster.live_processes())
             admissions, self._pending = self._pending, []
             gap = self._gap.take()
-            batch = self._batch(admissions, gap)
+            batch = self._batch(cluster, admissions, gap)
             sent = trio.current_time()
             try:
                 state = await cluster.coordinator.deployment(self.config.name, batch)
@@ -374,6 +376,8 @@ class DeploymentActor:
                 continue
             now = trio.current_time()
             self._offset = state.now_ms / 1000 - (sent + now) / 2
+            granted = sum(1 for answer in state.answers if not isinstance(answer, tuple))
+            self._others_in_flight = max(0, state.fleet_in_flight - batch.in_flight - granted)
             if state.fresh and not batch.restore:
                 # Redis lost this deployment's state (restarted empty, or was flushed):
                 # put back what this process admitted, in the next call.
@@ -403,7 +407,7 @@ class DeploymentActor:
     def _redis_ms(self, now: float) -> int:
         return int((now + self._offset) * 1000)
 
-    def _batch(self, admissions: list[Acquire], gap: AdmissionBook) -> DeploymentBatch:
+    def _batch(self, cluster: ClusterLink, admissions: list[Acquire], gap: AdmissionBook) -> DeploymentBatch:
         limits = self._limits(self.config)
         names = list(limits)
         windows = tuple(
@@ -426,6 +430,10 @@ class DeploymentActor:
             admissions=tuple(m.estimated_tokens for m in admissions),
             probe_lease_ms=int(self._breaker.cooldown_seconds * 1000),
             epoch=self._epoch,
+            instance=cluster.instance_id,
+            in_flight=len(self._open),
+            # Every actor calls at least every refresh_seconds: three missed, it is gone.
+            stale_ms=int(max(3 * cluster.config.refresh_seconds, 3.0) * 1000),
         )
         self._events, self._fixes = [], []
         return batch
@@ -557,6 +565,7 @@ class DeploymentActor:
             weight=self.config.weight,
             enabled=self.config.enabled,
             in_flight=len(self._open),
+            fleet_in_flight=len(self._open) + (self._others_in_flight if shared is not None else 0),
             requests=self._counters["requests"],
             failures=self._counters["failures"],
             tokens_used=self._counters["tokens_used"],

@@ -4,9 +4,9 @@ Candidates are the model's enabled deployments whose published snapshot says the
 a request now (healthy or due a half-open probe, and with room in every window). They are
 ordered by a weighted random draw (Efraimidis-Spirakis: key = u ** (1 / w)), where a
 deployment's w grows with its configured ``weight`` and its remaining window room and
-shrinks with its requests in flight: heavier, emptier deployments are preferred without
-every request herding onto the same one. The chosen actor is asked for a slot (it has the
-final word); on refusal the next is tried.
+shrinks with its requests in flight (in every process, with shared limits): heavier,
+emptier deployments are preferred without every request herding onto the same one. The
+chosen actor is asked for a slot (it has the final word); on refusal the next is tried.
 
 Routing is by the catalog model id, never by the Azure deployment name. When no deployment
 can take the request, :class:`NoHealthyDeployment` carries ``retry_after``: the soonest
@@ -95,7 +95,7 @@ class Router:
             if snap.available_at > now:
                 soonest = snap.available_at if soonest is None else min(soonest, snap.available_at)
                 continue
-            weight = snap.weight * max(snap.room, _MIN_ROOM) / (1 + snap.in_flight)
+            weight = snap.weight * max(snap.room, _MIN_ROOM) / (1 + snap.fleet_in_flight)
             preferred = prefer is not None and prefer(actor.config)
             ranked.append((preferred, self._rng.random() ** (1.0 / weight), actor))
         ranked.sort(key=lambda item: item[:2], reverse=True)

@@ -114,7 +114,11 @@ async def open_engine(
     monitor = InstanceMonitor(
         storage, config.wallet, instance_id, wallets_drained=wallets.drained, usage_drained=usage.drained
     )
-    cluster = None if coordinator is None else ClusterLink(coordinator, config.cluster, lambda: monitor.live)
+    cluster = (
+        None
+        if coordinator is None
+        else ClusterLink(coordinator, config.cluster, lambda: monitor.live, instance_id=instance_id)
+    )
     fleet = Fleet(
         catalog=catalog,
         upstream=config.upstream,

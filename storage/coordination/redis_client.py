@@ -46,6 +46,9 @@ class DeploymentBatch:
     admissions: tuple[int, ...] = ()
     probe_lease_ms: int = 30_000
     epoch: str = ""
+    instance: str = ""  # this process's name, for its requests in flight
+    in_flight: int = 0  # this process's requests in flight on the deployment, before the batch
+    stale_ms: int = 3_000  # a process that has not reported for this long no longer counts
 
 
 @attrs.frozen(kw_only=True)
@@ -65,6 +68,7 @@ class DeploymentState:
     health_until_ms: int
     epoch: str
     fresh: bool  # the epoch was not the batch's: the state the process knew was lost
+    fleet_in_flight: int = 0  # requests in flight in every process, the batch's admissions included
 
 
 @attrs.frozen(kw_only=True)
@@ -146,7 +150,7 @@ class Coordinator:
         been applied then.
         """
         base = f"{self._prefix}:deployment:{{{name}}}"
-        keys = [f"{base}:health", f"{base}:epoch"]
+        keys = [f"{base}:health", f"{base}:epoch", f"{base}:inflight"]
         for window in batch.windows:
             keys += [f"{base}:{window[0]}:buckets", f"{base}:{window[0]}:counts"]
         payload = json.dumps(
@@ -160,6 +164,9 @@ class Coordinator:
                 "new_epoch": secrets.token_hex(8),
                 "acq": list(batch.admissions),
                 "lease": batch.probe_lease_ms,
+                "inst": batch.instance,
+                "infl": batch.in_flight,
+                "stale": batch.stale_ms,
             },
             separators=(",", ":"),
         )
@@ -184,6 +191,7 @@ class Coordinator:
                 health_until_ms=int(data["hu"]),
                 epoch=str(data["epoch"]),
                 fresh=bool(data["fresh"]),
+                fleet_in_flight=int(data["fin"]),
             )
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise CoordinatorError(f"redis: unexpected answer {raw!r}") from exc

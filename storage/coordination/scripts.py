@@ -212,9 +212,10 @@ end
 DEPLOYMENT_BATCH = (
     WINDOWS
     + r"""
--- One deployment: its windows and its health, for one process's batch.
--- KEYS[1]: the health hash (state, until, probe); KEYS[2]: the epoch;
--- KEYS[2k+1], KEYS[2k+2]: window k's bucket list and hash.
+-- One deployment: its windows, its health and its requests in flight, for one process's batch.
+-- KEYS[1]: the health hash (state, until, probe); KEYS[2]: the epoch; KEYS[3]: requests in
+-- flight per process ("count:reported_at_ms"); KEYS[2k+2], KEYS[2k+3]: window k's bucket
+-- list and hash.
 -- ARGV[1], JSON:
 --   w     [[limit, span_ms, resolution_ms, counts_requests], ...]   one per window
 --   h     [[op, ms], ...]  "cool" (a 429: cool down for ms), "open" (open the breaker for
@@ -224,7 +225,10 @@ DEPLOYMENT_BATCH = (
 --   epoch, new_epoch, add, restore: see the module's docstring ([[window, at_ms, amount], ...])
 --   acq   [estimated_tokens, ...]
 --   lease ms a half-open probe holds the deployment before another process may probe
--- Returns JSON {now, r, v, hs, hu, epoch, fresh}: r one answer per admission, in order:
+--   inst, infl, stale: this process's name and its requests in flight before this batch;
+--         a process that has not reported for stale ms no longer counts
+-- Returns JSON {now, r, v, hs, hu, epoch, fresh, fin}: fin the requests in flight in every
+-- process (this batch's admissions included); r one answer per admission, in order:
 -- 0 (admitted), 1 (admitted as the half-open probe) or [reason, retry_ms] (reason "cooling",
 -- "open", "probing", or the 1-based index of the full window; retry_ms -1: it can never
 -- fit); v [[used, clear_at_ms], ...] per window; hs/hu the health state and when it ends.
@@ -261,7 +265,7 @@ for _, ev in ipairs(req.h or {}) do
   end
 end
 
-local windows = windows_of(3, fresh)
+local windows = windows_of(4, fresh)
 
 local answers = {}
 local lease = tonumber(req.lease) or 30000
@@ -299,6 +303,31 @@ local views = {}
 for k, w in ipairs(windows) do
   views[k] = w_save(w)
 end
+
+local ikey, mine = KEYS[3], tonumber(req.infl) or 0
+for _, answer in ipairs(answers) do
+  if type(answer) == 'number' then
+    mine = mine + 1
+  end
+end
+local fin, gone = mine, {}
+local seen = redis.call('HGETALL', ikey)
+for i = 1, #seen, 2 do
+  if seen[i] ~= req.inst then
+    local count, at = string.match(seen[i + 1], '^(%d+):(%d+)$')
+    if count and tonumber(at) > now - (tonumber(req.stale) or 3000) then
+      fin = fin + tonumber(count)
+    else
+      gone[#gone + 1] = seen[i]
+    end
+  end
+end
+if #gone > 0 then
+  redis.call('HDEL', ikey, unpack(gone))
+end
+redis.call('HSET', ikey, req.inst, string.format('%d:%d', mine, now))
+redis.call('PEXPIRE', ikey, 3600000)
+
 if state ~= state0 or hu ~= hu0 or probe ~= probe0 then
   if state == 'closed' then
     redis.call('DEL', hkey)
@@ -307,7 +336,8 @@ if state ~= state0 or hu ~= hu0 or probe ~= probe0 then
     redis.call('PEXPIRE', hkey, math.max(hu, probe, now) - now + 3600000)
   end
 end
-return cjson.encode({now = now, r = answers, v = views, hs = state, hu = hu, epoch = epoch, fresh = fresh})
+return cjson.encode({now = now, r = answers, v = views, hs = state, hu = hu, epoch = epoch, fresh = fresh,
+                     fin = fin})
 """
 )
 

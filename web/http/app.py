@@ -157,6 +157,7 @@ def _deployment_view(actor: DeploymentActor, now: float) -> dict[str, Any]:
         "health": snap.health,
         "cooldown_seconds": round(cooldown, 3) if cooldown > 0 else 0,
         "in_flight": snap.in_flight,
+        "fleet_in_flight": snap.fleet_in_flight,
         "requests": snap.requests,
         "failures": snap.failures,
         "tokens_used": snap.tokens_used,
