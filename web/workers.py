@@ -165,7 +165,7 @@ class Supervisor:
             self._processes[index] = process
             try:
                 async with trio.open_nursery() as watch:
-                    watch.start_soon(self._read_until_ready, process, ready, watch.cancel_scope)
+                    watch.start_soon(self._read_until_ready, process, ready)
                     await process.wait()
                     watch.cancel_scope.cancel()
             finally:
@@ -194,7 +194,7 @@ class Supervisor:
             if self._stopping:
                 return
 
-    async def _read_until_ready(self, process: trio.Process, ready: trio.Event, scope: trio.CancelScope) -> None:
+    async def _read_until_ready(self, process: trio.Process, ready: trio.Event) -> None:
         """Wait for the worker's ``OMIXA_BASE_URL=`` line, then keep its stdout drained."""
         assert process.stdout is not None
         buffer = b""
