@@ -103,6 +103,10 @@ class ClusterLink:
                 log.info("Redis at %s answers again: limits and replay checks are shared again", self.coordinator.where)
 
 
+# How often an AdmissionBook drops what left its windows.
+SWEEP_MS = 10_000
+
+
 class AdmissionBook:
     """What one process admitted into a deployment's windows, per window bucket, for as long
     as it counts (the window's span), in Redis's clock (ms).
@@ -111,12 +115,24 @@ class AdmissionBook:
     state, e.g. restarted empty) and what it admitted alone (added when Redis answers again).
     """
 
-    __slots__ = ("_entries", "_shape")
+    __slots__ = ("_entries", "_shape", "_swept_at")
 
     def __init__(self, shape: Callable[[str], tuple[float, float]] = lambda window: DEPLOYMENT_WINDOWS[window]) -> None:
         """``shape(window)``: the window's (span, bucket resolution), seconds."""
         self._shape = shape
         self._entries: dict[tuple[str, int], list[int]] = {}  # (window, bucket) -> [amount, latest ms]
+        self._swept_at = 0
+
+    def sweep(self, now_ms: int) -> None:
+        """Drop what no longer counts; at most every :data:`SWEEP_MS` (call it freely)."""
+        if now_ms - self._swept_at >= SWEEP_MS:
+            self._swept_at = now_ms
+            self._drop_expired(now_ms)
+
+    def _drop_expired(self, now_ms: int) -> None:
+        self._entries = {
+            key: entry for key, entry in self._entries.items() if entry[1] > now_ms - self._shape(key[0])[0] * 1000
+        }
 
     def __bool__(self) -> bool:
         return bool(self._entries)
@@ -149,9 +165,7 @@ class AdmissionBook:
         """(index in ``windows``, latest ms, amount) of what still counts, for a batch; drops
         what no longer does."""
         index = {window: i for i, window in enumerate(windows)}
-        self._entries = {
-            key: entry for key, entry in self._entries.items() if entry[1] > now_ms - self._shape(key[0])[0] * 1000
-        }
+        self._drop_expired(now_ms)
         return tuple(
             (index[window], latest, amount)
             for (window, _), (amount, latest) in self._entries.items()

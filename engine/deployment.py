@@ -421,6 +421,7 @@ class DeploymentActor:
             for name, limit in limits.items()
         )
         now_ms = self._redis_ms(trio.current_time())
+        self._mine.sweep(now_ms)
         batch = DeploymentBatch(
             windows=windows,
             health=tuple(self._events),

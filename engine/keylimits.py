@@ -119,6 +119,7 @@ class KeyLimiter:
         self._fixes_due = math.inf  # when the oldest waiting correction must be sent
         self._views: dict[str, tuple[int, int]] = {}  # window id -> (used, clear_at ms)
         self._limits_seen: dict[str, int] = {}  # window id -> its limit when last asked
+        self._views_prune_at = _PRUNE_AT
         self._mine = AdmissionBook(lambda _window: (_SPAN, 1.0))
         self._gap = AdmissionBook(lambda _window: (_SPAN, 1.0))
         self._epoch = ""
@@ -185,7 +186,8 @@ class KeyLimiter:
 
     def _admit_locally(self, window_id: str, limit: int, amount: int, now: float) -> float | None:
         """None when admitted, else the seconds until it fits."""
-        self._limits_seen[window_id] = limit
+        if self._cluster is not None:
+            self._limits_seen[window_id] = limit  # (for a restore once Redis answers)
         window = self._local_window(window_id, limit, now)
         if not window.fits(now, amount):
             at = window.room_at(now, amount)
@@ -254,9 +256,11 @@ class KeyLimiter:
     def _prune(self, now: float) -> None:
         for window_id in [w for w, window in self._local.items() if window.used(now) == 0]:
             del self._local[window_id]
-        if len(self._views) >= _PRUNE_AT:
-            now_ms = (now + self._offset) * 1000
-            self._views = {w: view for w, view in self._views.items() if view[1] > now_ms}
+
+    def _prune_views(self, now_ms: int) -> None:
+        """Forget the shared views (and limits) of windows that are empty by now."""
+        self._views = {w: view for w, view in self._views.items() if view[1] > now_ms}
+        self._limits_seen = {w: limit for w, limit in self._limits_seen.items() if w in self._views or w in self._local}
 
     # -- shared mode: the task that talks to Redis ----------------------------------------
     def close(self) -> None:
@@ -307,6 +311,7 @@ class KeyLimiter:
         ids = list(order)
         sent = trio.current_time()
         now_ms = int((sent + self._offset) * 1000)
+        self._mine.sweep(now_ms)
         windows = []
         for window_id in ids:
             key_id, name = window_id.rsplit("/", 1)
@@ -343,6 +348,9 @@ class KeyLimiter:
                 self._wake.set()  # admitted alone while this call was in flight
         for window_id, view in zip(ids, state.windows, strict=True):
             self._views[window_id] = view
+        if len(self._views) >= self._views_prune_at:
+            self._prune_views(state.now_ms)
+            self._views_prune_at = max(_PRUNE_AT, 2 * len(self._views))
         for ask, answer in zip(asks, state.answers, strict=True):
             if answer is None:
                 ask.shared_at = state.now_ms

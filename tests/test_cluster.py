@@ -18,7 +18,7 @@ import pytest
 import trio
 from harness import MODEL
 
-from omixa.engine.cluster import ClusterLink, Share
+from omixa.engine.cluster import AdmissionBook, ClusterLink, Share
 from omixa.engine.config import BreakerConfig, ClusterConfig, DeploymentConfig, LimitsConfig, SecurityConfig
 from omixa.engine.deployment import DeploymentActor, Refused, Slot
 from omixa.engine.errors import InvalidRequest, RateLimited, ReplayedRequest, UpstreamError
@@ -355,3 +355,15 @@ def test_shares_add_up_to_the_limit_and_never_more(count):
     for limit in (0, 1, 2, 5, 10, 29, 30, 31, 1000):
         assert sum(Share(i, count).of(limit) for i in range(count)) == limit
         assert count * Share.unranked(count).of(limit) <= limit
+
+
+def test_an_admission_book_forgets_what_left_its_windows():
+    book = AdmissionBook()
+    for second in range(0, 600):  # ten minutes of admissions, one a second
+        book.add("rpm", second * 1000, 1)
+        book.add("hourly_tokens", second * 1000, 10)
+        book.sweep(second * 1000)
+    kept = book.entries(["rpm", "hourly_tokens"], 600_000)
+    rpm = [entry for entry in kept if entry[0] == 0]
+    assert len(rpm) <= 61  # only the last minute's buckets
+    assert sum(amount for index, _, amount in kept if index == 1) == 6_000  # all within the hour
