@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Callable, Collection
 
 import attrs
+import trio
 
 from omixa.engine.config import ClusterConfig
 from omixa.engine.windows import DEPLOYMENT_WINDOWS
@@ -174,3 +176,70 @@ class AdmissionBook:
 
     def _resolution_ms(self, window: str) -> int:
         return int(self._shape(window)[1] * 1000)
+
+
+class SharedSide:
+    """One process's side of a namespace shared through Redis (one deployment's state, or
+    every key's limits): Redis's clock, the state's epoch, whether this process is deciding
+    alone, and what it admitted, to put back (:class:`AdmissionBook`)."""
+
+    def __init__(self, cluster: ClusterLink | None, part: str, shape: Callable[[str], tuple[float, float]]) -> None:
+        """``part``: its name in the logs ("developer keys", a deployment's name)."""
+        self._cluster = cluster
+        self._part = part
+        self.mine = AdmissionBook(shape)  # everything admitted within the spans
+        self.gap = AdmissionBook(shape)  # what was admitted alone, not yet sent
+        self.epoch = ""  # the name of the shared state this process knows
+        self.restore_due = False  # Redis lost that state: put ``mine`` back in the next call
+        self.alone = False
+        self.offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
+
+    @property
+    def restoring(self) -> bool:
+        """The next call puts back ``mine`` if Redis lost the state (alone, or it did)."""
+        return self.alone or self.restore_due
+
+    def redis_ms(self, now: float) -> int:
+        return int((now + self.offset) * 1000)
+
+    def local_time(self, redis_ms: int) -> float:
+        return redis_ms / 1000 - self.offset
+
+    def admitted_alone(self, window: str, now: float, amount: int) -> None:
+        at_ms = self.redis_ms(now)
+        self.gap.add(window, at_ms, amount)
+        self.mine.add(window, at_ms, amount)
+
+    def replays(
+        self, gap: AdmissionBook, windows: Collection[str], now_ms: int
+    ) -> tuple[tuple[tuple[int, int, int], ...], tuple[tuple[int, int, int], ...]]:
+        """A call's ``add`` (``gap``, taken from :attr:`gap`) and ``restore`` entries."""
+        self.mine.sweep(now_ms)
+        restore = self.mine.entries(windows, now_ms) if self.restoring else ()
+        return gap.entries(windows, now_ms), restore
+
+    def go_alone(self, reason: str) -> bool:
+        """Redis failed this call; True if the process was not alone already."""
+        if self.alone:
+            return False
+        self.alone = True
+        if self._cluster is not None:
+            self._cluster.went_alone(self._part, reason)
+        return True
+
+    def answered(self, *, redis_now_ms: int, epoch: str, fresh: bool, restored: bool, sent: float) -> bool:
+        """Redis answered a call sent at trio time ``sent``; True when another call is due at
+        once (the state was lost and nothing was put back yet, or something was admitted
+        alone while the call was in flight)."""
+        self.offset = redis_now_ms / 1000 - (sent + trio.current_time()) / 2
+        again = False
+        if fresh and not restored:
+            self.restore_due = again = True
+        else:
+            self.epoch, self.restore_due = epoch, False
+        if self.alone:
+            self.alone = False
+            if self._cluster is not None:
+                self._cluster.rejoined(self._part)
+            again = again or bool(self.gap)
+        return again

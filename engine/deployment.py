@@ -34,12 +34,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import time
 
 import attrs
 import trio
 
-from omixa.engine.cluster import WHOLE, AdmissionBook, ClusterLink, Share
+from omixa.engine.cluster import WHOLE, AdmissionBook, ClusterLink, Share, SharedSide
 from omixa.engine.config import BreakerConfig, DeploymentConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.engine.mailbox import Reply, ask
@@ -162,14 +161,9 @@ class DeploymentActor:
         self._pending: list[Acquire] = []
         self._events: list[tuple[str, int]] = []
         self._fixes: list[tuple[str, int, int]] = []  # window, admitted at (Redis ms), delta
-        self._mine = AdmissionBook()  # what this process admitted (put back if Redis lost it)
-        self._gap = AdmissionBook()  # what it admitted alone (added when Redis answers again)
-        self._epoch = ""  # the name of the shared state this process knows
-        self._restore_due = False  # Redis lost that state; put _mine back in the next call
-        self._alone = False
+        self._side = SharedSide(cluster, config.name, lambda window: DEPLOYMENT_WINDOWS[window])
         self._state: DeploymentState | None = None
         self._others_in_flight = 0  # the other processes' requests in flight, as last read
-        self._offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
         self._wake = trio.Event()
         self._closing = False
         self._send, self._receive = trio.open_memory_channel[Acquire | Finish | Retune](MAILBOX_SIZE)
@@ -309,7 +303,7 @@ class DeploymentActor:
         return 1.0
 
     def _on_acquire(self, message: Acquire, now: float) -> None:
-        if self._cluster is not None and not self._alone and self.config.enabled:
+        if self._cluster is not None and not self._side.alone and self.config.enabled:
             self._pending.append(message)  # decided by the next call to Redis
             self._wake.set()
             return
@@ -317,13 +311,11 @@ class DeploymentActor:
         if refusal is not None:
             message.reply.send(refusal)
             return
-        at_ms = self._redis_ms(now)
         for name, window in self._windows.items():
             amount = 1 if name == "rpm" else message.estimated_tokens
             window.add(now, amount)
-            if self._alone:
-                self._gap.add(name, at_ms, amount)
-                self._mine.add(name, at_ms, amount)
+            if self._side.alone:
+                self._side.admitted_alone(name, now, amount)
         self._health.on_admit()
         self._grant(message, now)
 
@@ -350,16 +342,16 @@ class DeploymentActor:
         first = True
         while True:
             if not (first or self._pending or self._events or self._closing):
-                with trio.move_on_after(config.retry_seconds if self._alone else config.refresh_seconds):
+                with trio.move_on_after(config.retry_seconds if self._side.alone else config.refresh_seconds):
                     await self._wake.wait()
             first = False
             self._wake = trio.Event()
             if self._closing and not (self._pending or self._events or self._fixes):
                 return
-            if self._alone and cluster.live_processes() != self._share.count:
+            if self._side.alone and cluster.live_processes() != self._share.count:
                 self._reshare(cluster.live_processes())
             admissions, self._pending = self._pending, []
-            gap = self._gap.take()
+            gap = self._side.gap.take()
             batch = self._batch(cluster, admissions, gap)
             sent = trio.current_time()
             try:
@@ -367,29 +359,21 @@ class DeploymentActor:
             except CoordinatorError as exc:
                 now = trio.current_time()
                 self._go_alone(cluster, str(exc), now)
-                self._gap.merge(gap)  # not delivered: keep for later
+                self._side.gap.merge(gap)  # not delivered: keep for later
                 for message in admissions:
                     self._on_acquire(message, now)
                 self._publish(now)
                 if self._closing:
                     return
                 continue
+            restored = bool(batch.restore)
+            if self._side.answered(
+                redis_now_ms=state.now_ms, epoch=state.epoch, fresh=state.fresh, restored=restored, sent=sent
+            ):
+                self._wake.set()
             now = trio.current_time()
-            self._offset = state.now_ms / 1000 - (sent + now) / 2
             granted = sum(1 for answer in state.answers if not isinstance(answer, tuple))
             self._others_in_flight = max(0, state.fleet_in_flight - batch.in_flight - granted)
-            if state.fresh and not batch.restore:
-                # Redis lost this deployment's state (restarted empty, or was flushed):
-                # put back what this process admitted, in the next call.
-                self._restore_due = True
-                self._wake.set()
-            else:
-                self._epoch, self._restore_due = state.epoch, False
-            if self._alone:
-                self._alone = False
-                cluster.rejoined(self.config.name)
-                if self._gap:
-                    self._wake.set()  # admitted alone while this call was in flight
             self._state = state
             for message, answer in zip(admissions, state.answers, strict=True):
                 if isinstance(answer, tuple):
@@ -400,12 +384,9 @@ class DeploymentActor:
                         message.reply.send(Refused(reason=reason, retry_after=retry_ms / 1000))
                 else:
                     for name in self._limits(self.config):
-                        self._mine.add(name, state.now_ms, 1 if name == "rpm" else message.estimated_tokens)
+                        self._side.mine.add(name, state.now_ms, 1 if name == "rpm" else message.estimated_tokens)
                     self._grant(message, now, shared_at=state.now_ms, probe=answer == 1)
             self._publish(now)
-
-    def _redis_ms(self, now: float) -> int:
-        return int((now + self._offset) * 1000)
 
     def _batch(self, cluster: ClusterLink, admissions: list[Acquire], gap: AdmissionBook) -> DeploymentBatch:
         limits = self._limits(self.config)
@@ -420,17 +401,16 @@ class DeploymentActor:
             )
             for name, limit in limits.items()
         )
-        now_ms = self._redis_ms(trio.current_time())
-        self._mine.sweep(now_ms)
+        adds, restore = self._side.replays(gap, names, self._side.redis_ms(trio.current_time()))
         batch = DeploymentBatch(
             windows=windows,
             health=tuple(self._events),
             fixes=tuple((names.index(name), at, delta) for name, at, delta in self._fixes if name in limits),
-            adds=gap.entries(names, now_ms),
-            restore=self._mine.entries(names, now_ms) if self._alone or self._restore_due else (),
+            adds=adds,
+            restore=restore,
             admissions=tuple(m.estimated_tokens for m in admissions),
             probe_lease_ms=int(self._breaker.cooldown_seconds * 1000),
-            epoch=self._epoch,
+            epoch=self._side.epoch,
             instance=cluster.instance_id,
             in_flight=len(self._open),
             # Every actor calls at least every refresh_seconds: three missed, it is gone.
@@ -444,10 +424,8 @@ class DeploymentActor:
         (counted as if added at the latest moment they were, so it leaves no earlier than
         it really does) and from the shared health."""
         self._events, self._fixes = [], []
-        if self._alone:
+        if not self._side.go_alone(reason):
             return
-        self._alone = True
-        cluster.went_alone(self.config.name, reason)
         self._windows = {}
         self._reshare(cluster.live_processes())
         state = self._state
@@ -456,9 +434,9 @@ class DeploymentActor:
         for name, (used, clear_ms) in state.windows.items():
             window = self._windows.get(name)
             if window is not None and used > 0:
-                window.add(min(clear_ms / 1000 - self._offset - window.span, now), used)
+                window.add(min(self._side.local_time(clear_ms) - window.span, now), used)
         if state.health in ("cooling", "open"):
-            until = state.health_until_ms / 1000 - self._offset
+            until = self._side.local_time(state.health_until_ms)
             if until > now:
                 self._health.state, self._health.until = state.health, until
 
@@ -479,14 +457,14 @@ class DeploymentActor:
                 for name, window in self._windows.items():
                     if name != "rpm":
                         window.adjust(slot.admitted_at, delta)
-            elif delta and not self._alone:
+            elif delta and not self._side.alone:
                 # Sent with the next admissions, or within refresh_seconds (a call of its own
                 # per request would double Redis's work at low concurrency). Admitted through
                 # Redis but finished while it is away: the estimate stays.
                 for name in self._limits(self.config):
                     if name != "rpm":
                         self._fixes.append((name, slot.shared_at, delta))
-                        self._mine.correct(name, slot.shared_at, delta)
+                        self._side.mine.correct(name, slot.shared_at, delta)
         if message.outcome != "cancelled":
             counters["requests"] += 1
         self._judge(message, now)
@@ -533,7 +511,7 @@ class DeploymentActor:
 
     def _tell(self, event: str, seconds: float = 0.0) -> None:
         """Queue a health event for the shared state (shared mode, while Redis answers)."""
-        if self._cluster is not None and not self._alone:
+        if self._cluster is not None and not self._side.alone:
             self._events.append((event, math.ceil(seconds * 1000)))
             self._wake.set()
 
@@ -541,7 +519,7 @@ class DeploymentActor:
         health = self._health
         health.refresh(now)
         state, available_at = health.state, health.retry_at(now)
-        shared = self._state if self._cluster is not None and not self._alone else None
+        shared = self._state if self._cluster is not None and not self._side.alone else None
         if shared is None:
             views = {
                 name: WindowView(used=w.used(now), limit=w.limit, clear_at=w.clear_at(now))
@@ -550,11 +528,11 @@ class DeploymentActor:
         else:
             limits = self._limits(self.config)
             views = {
-                name: WindowView(used=used, limit=limits[name], clear_at=clear_ms / 1000 - self._offset)
+                name: WindowView(used=used, limit=limits[name], clear_at=self._side.local_time(clear_ms))
                 for name, (used, clear_ms) in shared.windows.items()
                 if name in limits
             }
-            state, until = shared.health, shared.health_until_ms / 1000 - self._offset
+            state, until = shared.health, self._side.local_time(shared.health_until_ms)
             if state in ("cooling", "open") and until <= now:
                 state = "closed" if state == "cooling" else "half_open"
             available_at = until if state in ("cooling", "open") else now

@@ -29,13 +29,12 @@ answers again (everything it admitted in the last minute, if Redis lost its stat
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 
 import attrs
 import trio
 
-from omixa.engine.cluster import WHOLE, AdmissionBook, ClusterLink, Share
+from omixa.engine.cluster import WHOLE, ClusterLink, Share, SharedSide
 from omixa.engine.config import LimitsConfig
 from omixa.engine.deployment import DeploymentSnapshot
 from omixa.engine.errors import InvalidRequest, RateLimited
@@ -120,12 +119,7 @@ class KeyLimiter:
         self._views: dict[str, tuple[int, int]] = {}  # window id -> (used, clear_at ms)
         self._limits_seen: dict[str, int] = {}  # window id -> its limit when last asked
         self._views_prune_at = _PRUNE_AT
-        self._mine = AdmissionBook(lambda _window: (_SPAN, 1.0))
-        self._gap = AdmissionBook(lambda _window: (_SPAN, 1.0))
-        self._epoch = ""
-        self._restore_due = False
-        self._alone = False
-        self._offset = time.time() - trio.current_time()  # Redis's clock minus trio's, seconds
+        self._side = SharedSide(cluster, "developer keys", lambda _window: (_SPAN, 1.0))
         self._wake = trio.Event()
         self._closing = False
 
@@ -136,7 +130,7 @@ class KeyLimiter:
 
     @property
     def _shared(self) -> bool:
-        return self._cluster is not None and not self._alone
+        return self._cluster is not None and not self._side.alone
 
     def start_request(self, key: ApiKeyRecord, now: float) -> Verdict:
         """Count one model call against the key's requests per minute. Called before the
@@ -193,10 +187,8 @@ class KeyLimiter:
             at = window.room_at(now, amount)
             return _SPAN if at is None else max(at - now, 0.001)  # None: larger than a share
         window.add(now, amount)
-        if self._alone:
-            at_ms = int((now + self._offset) * 1000)
-            self._gap.add(window_id, at_ms, amount)
-            self._mine.add(window_id, at_ms, amount)
+        if self._side.alone:
+            self._side.admitted_alone(window_id, now, amount)
         return None
 
     def _local_window(self, window_id: str, limit: int, now: float) -> SlidingWindow:
@@ -224,7 +216,7 @@ class KeyLimiter:
                     self._fixes_due = trio.current_time() + self._cluster.config.refresh_seconds
                     self._wake.set()  # (to set its timer)
                 self._fixes.append((window_id, admitted.shared_at, delta))
-                self._mine.correct(window_id, admitted.shared_at, delta)
+                self._side.mine.correct(window_id, admitted.shared_at, delta)
         elif (window := self._local.get(window_id)) is not None:
             window.adjust(admitted.at, delta)
 
@@ -241,7 +233,7 @@ class KeyLimiter:
                 views[name] = LimitView(
                     limit=limit,
                     remaining=max(limit - used, 0),
-                    reset_seconds=max(clear_ms / 1000 - self._offset - now, 0.0),
+                    reset_seconds=max(self._side.local_time(clear_ms) - now, 0.0),
                 )
             elif (window := self._local.get(window_id)) is not None:
                 views[name] = LimitView(
@@ -277,41 +269,39 @@ class KeyLimiter:
         if cluster is None:
             return
         while True:
-            if not (self._queue or self._restore_due or self._closing):
-                if self._alone:
+            if not (self._queue or self._side.restore_due or self._closing):
+                if self._side.alone:
                     deadline = trio.current_time() + cluster.config.retry_seconds
                 else:
                     deadline = self._fixes_due if self._fixes else math.inf
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                idle = not (self._queue or self._restore_due or self._closing or self._alone)
+                idle = not (self._queue or self._side.restoring or self._closing)
                 if idle and (not self._fixes or trio.current_time() < self._fixes_due):
                     continue  # woken to set the corrections' timer, or by nothing to send
             self._wake = trio.Event()
             if self._closing and not (self._queue or self._fixes):
                 return
-            if self._alone and cluster.live_processes() != self._share.count:
+            if self._side.alone and cluster.live_processes() != self._share.count:
                 self._share = Share.unranked(cluster.live_processes())
             await self._call(cluster)
 
     async def _call(self, cluster: ClusterLink) -> None:
         asks, self._queue = self._queue, []
         fixes, self._fixes = self._fixes, []
-        gap = self._gap.take()
-        restore = self._alone or self._restore_due
+        gap = self._side.gap.take()
         order: dict[str, int] = {}
         for window_id in [a.window for a in asks] + [f[0] for f in fixes] + sorted(gap.windows()):
             order.setdefault(window_id, len(order))
-        if restore:
-            for window_id in sorted(self._mine.windows()):
+        if self._side.restoring:
+            for window_id in sorted(self._side.mine.windows()):
                 order.setdefault(window_id, len(order))
         for ask in asks:
             self._limits_seen[ask.window] = ask.limit
         ids = list(order)
         sent = trio.current_time()
-        now_ms = int((sent + self._offset) * 1000)
-        self._mine.sweep(now_ms)
+        adds, restore = self._side.replays(gap, ids, self._side.redis_ms(sent))
         windows = []
         for window_id in ids:
             key_id, name = window_id.rsplit("/", 1)
@@ -319,33 +309,26 @@ class KeyLimiter:
         batch = KeysBatch(
             windows=tuple(windows),
             fixes=tuple((order[w], at, delta) for w, at, delta in fixes),
-            adds=gap.entries(ids, now_ms),
-            restore=self._mine.entries(ids, now_ms) if restore else (),
+            adds=adds,
+            restore=restore,
             admissions=tuple((order[a.window], a.amount) for a in asks),
-            epoch=self._epoch,
+            epoch=self._side.epoch,
         )
         try:
             state = await cluster.coordinator.keys(batch)
         except CoordinatorError as exc:
             now = trio.current_time()
             self._go_alone(cluster, str(exc), now)
-            self._gap.merge(gap)  # not delivered: keep for later
+            self._side.gap.merge(gap)  # not delivered: keep for later
             for ask in asks:
                 ask.retry_after = self._admit_locally(ask.window, ask.limit, ask.amount, now)
                 ask.done.set()
             return
-        now = trio.current_time()
-        self._offset = state.now_ms / 1000 - (sent + now) / 2
-        if state.fresh and not batch.restore:
-            self._restore_due = True  # Redis lost the keys' state: put back what we admitted
+        restored = bool(batch.restore)
+        if self._side.answered(
+            redis_now_ms=state.now_ms, epoch=state.epoch, fresh=state.fresh, restored=restored, sent=sent
+        ):
             self._wake.set()
-        else:
-            self._epoch, self._restore_due = state.epoch, False
-        if self._alone:
-            self._alone = False
-            cluster.rejoined("developer keys")
-            if self._gap:
-                self._wake.set()  # admitted alone while this call was in flight
         for window_id, view in zip(ids, state.windows, strict=True):
             self._views[window_id] = view
         if len(self._views) >= self._views_prune_at:
@@ -354,7 +337,7 @@ class KeyLimiter:
         for ask, answer in zip(asks, state.answers, strict=True):
             if answer is None:
                 ask.shared_at = state.now_ms
-                self._mine.add(ask.window, state.now_ms, ask.amount)
+                self._side.mine.add(ask.window, state.now_ms, ask.amount)
             else:
                 ask.retry_after = _SPAN if answer < 0 else answer / 1000
             ask.done.set()
@@ -363,17 +346,15 @@ class KeyLimiter:
         """Decide locally on this process's share, starting from what each shared window held
         when last read (as if added at the latest moment it was: it leaves no earlier than it
         really does)."""
-        if self._alone:
+        if not self._side.go_alone(reason):
             return
-        self._alone = True
-        cluster.went_alone("developer keys", reason)
         self._share = Share.unranked(cluster.live_processes())
         self._local = {}
         for window_id, (used, clear_ms) in self._views.items():
             limit = self._limits_seen.get(window_id)
             if limit and used > 0:
                 window = self._local_window(window_id, limit, now)
-                window.add(min(clear_ms / 1000 - self._offset - _SPAN, now), used)
+                window.add(min(self._side.local_time(clear_ms) - _SPAN, now), used)
 
 
 # The deployment window behind each key dimension, for fleet_views.

@@ -185,7 +185,7 @@ async def test_without_redis_each_process_admits_its_share_then_rejoins(redis_se
         assert len(warnings) == 3 and "1/3" in warnings[0].message  # one per process
         redis_server.start()  # empty: it kept nothing
         with trio.fail_after(5):
-            while any(actor._alone for actor in actors):
+            while any(actor._side.alone for actor in actors):
                 await trio.sleep(0.05)
         assert any("answers again" in r.message for r in caplog.records)
         # What was admitted alone is in the shared window again: no more than 30 in all.
@@ -319,7 +319,7 @@ async def test_without_redis_a_keys_limit_is_split_then_shared_again(redis_serve
         assert 6 + granted <= 30 and granted >= 10, granted
         redis_server.start()  # empty
         with trio.fail_after(5):
-            while any(limiter._alone for limiter in limiters):
+            while any(limiter._side.alone for limiter in limiters):
                 await trio.sleep(0.05)
         more = 0
         for i in range(40):
