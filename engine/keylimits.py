@@ -36,7 +36,7 @@ import trio
 
 from omixa.engine.cluster import WHOLE, ClusterLink, Share, SharedSide
 from omixa.engine.config import LimitsConfig
-from omixa.engine.deployment import DeploymentSnapshot
+from omixa.engine.deployment_types import DeploymentSnapshot
 from omixa.engine.errors import InvalidRequest, RateLimited
 from omixa.engine.windows import SlidingWindow, minute_window
 from omixa.storage import ApiKeyRecord

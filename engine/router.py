@@ -25,7 +25,8 @@ import attrs
 import trio
 
 from omixa.engine.config import DeploymentConfig
-from omixa.engine.deployment import DeploymentActor, DeploymentSnapshot, Refused, Slot
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.deployment_types import DeploymentSnapshot, Refused, Slot
 from omixa.engine.errors import NoHealthyDeployment, OmixaError
 from omixa.engine.upstream import Usage
 

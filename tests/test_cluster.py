@@ -20,7 +20,8 @@ from harness import MODEL
 
 from omixa.engine.cluster import AdmissionBook, ClusterLink, Share
 from omixa.engine.config import BreakerConfig, ClusterConfig, DeploymentConfig, LimitsConfig, SecurityConfig
-from omixa.engine.deployment import DeploymentActor, Refused, Slot
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.deployment_types import Refused, Slot
 from omixa.engine.errors import InvalidRequest, RateLimited, ReplayedRequest, UpstreamError
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.providers import SimulatorProvider

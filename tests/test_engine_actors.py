@@ -14,7 +14,8 @@ import trio.testing
 from omixa.engine.catalog import load_catalog, max_cost
 from omixa.engine.chat_request import parse_chat_request
 from omixa.engine.config import DeploymentConfig, UsageConfig, WalletConfig
-from omixa.engine.deployment import DeploymentActor, Slot
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.deployment_types import Slot
 from omixa.engine.errors import InsufficientBalance, InvalidApiKey, NoHealthyDeployment, OmixaError, UpstreamError
 from omixa.engine.mailbox import Reply
 from omixa.engine.providers import SimulatorProvider

@@ -9,7 +9,8 @@ import trio.testing
 from harness import MODEL
 
 from omixa.engine.config import BreakerConfig, DeploymentConfig
-from omixa.engine.deployment import DeploymentActor, Refused, Slot
+from omixa.engine.deployment import DeploymentActor
+from omixa.engine.deployment_types import Refused, Slot
 from omixa.engine.errors import UpstreamError, UpstreamTimeout
 from omixa.engine.providers import SimulatorProvider
 from omixa.engine.upstream import Usage
