@@ -6,7 +6,10 @@ yields. The PostgreSQL backend must be opened inside ``trio_asyncio.open_loop()`
 """
 
 from omixa.storage._common import bucket_start, latency_bin_upper
-from omixa.storage.base import (
+from omixa.storage.base import Storage
+from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
+from omixa.storage.open import open_storage
+from omixa.storage.records import (
     Account,
     ApiKeyRecord,
     FinalizeHold,
@@ -21,13 +24,10 @@ from omixa.storage.base import (
     RollupRow,
     Settlement,
     SigningSummary,
-    Storage,
     TopUpResult,
     WalletOp,
     WalletState,
 )
-from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError, NotFound, StorageError
-from omixa.storage.open import open_storage
 
 __all__ = [
     "Account",

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from omixa.storage.base import (
+from omixa.storage.records import (
     FinalizeHold,
     NewHold,
     RequestLog,

@@ -30,23 +30,7 @@ from omixa.storage._common import (
     wallet_steps,
 )
 from omixa.storage.aio import AioBridge, resolve_loop
-from omixa.storage.base import (
-    Account,
-    ApiKeyRecord,
-    Hold,
-    Instance,
-    LedgerEntry,
-    LedgerProblem,
-    RequestLog,
-    RequestLogFilter,
-    RollupRow,
-    Settlement,
-    SigningSummary,
-    Storage,
-    TopUpResult,
-    WalletOp,
-    WalletState,
-)
+from omixa.storage.base import Storage
 from omixa.storage.errors import MigrationError, NotFound, StorageError
 from omixa.storage.migrations import verify_ledger_sql
 from omixa.storage.postgres import usage, wallet
@@ -64,6 +48,22 @@ from omixa.storage.postgres.connection import (
 )
 from omixa.storage.postgres.pool import ConnectionPool
 from omixa.storage.postgres.sql import SQL
+from omixa.storage.records import (
+    Account,
+    ApiKeyRecord,
+    Hold,
+    Instance,
+    LedgerEntry,
+    LedgerProblem,
+    RequestLog,
+    RequestLogFilter,
+    RollupRow,
+    Settlement,
+    SigningSummary,
+    TopUpResult,
+    WalletOp,
+    WalletState,
+)
 
 T = TypeVar("T")
 

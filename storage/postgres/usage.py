@@ -11,10 +11,10 @@ from typing import Any
 import asyncpg
 
 from omixa.storage._common import REQUEST_LOG_COLUMNS, interrupted_log, latency_bin, log_from_hold
-from omixa.storage.base import FinalizeHold, RequestLog
 from omixa.storage.postgres.pool import ConnectionPool
 from omixa.storage.postgres.sql import SQL
 from omixa.storage.postgres.wallet import wallet_ops
+from omixa.storage.records import FinalizeHold, RequestLog
 
 
 async def insert_request_logs(

@@ -21,10 +21,10 @@ from typing import Any
 import asyncpg
 
 from omixa.storage._common import WalletStep, already_final, finalize_args
-from omixa.storage.base import FinalizeHold, Hold, LedgerEntry, NewHold, Settlement, TopUpResult, WalletState
 from omixa.storage.errors import IdempotencyConflict, KeyRevoked, NotFound
 from omixa.storage.postgres.pool import ConnectionPool
 from omixa.storage.postgres.sql import SQL
+from omixa.storage.records import FinalizeHold, Hold, LedgerEntry, NewHold, Settlement, TopUpResult, WalletState
 
 # What omixa_wallet_ops raises for a step it cannot serve (its SQLSTATE).
 _WALLET_REFUSALS: dict[str, type[Exception]] = {"OX001": KeyRevoked, "OX002": NotFound, "OX003": NotFound}

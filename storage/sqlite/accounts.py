@@ -7,8 +7,8 @@ from __future__ import annotations
 import sqlite3
 
 from omixa.storage._common import KEY_COLUMNS, SESSION_KEY_SELECT
-from omixa.storage.base import Account, ApiKeyRecord, SigningSummary
 from omixa.storage.errors import NotFound
+from omixa.storage.records import Account, ApiKeyRecord, SigningSummary
 from omixa.storage.sqlite.rows import now_us, records, to_us
 
 FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"

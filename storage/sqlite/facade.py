@@ -32,7 +32,10 @@ from omixa.storage._common import (
     require_aware,
     wallet_steps,
 )
-from omixa.storage.base import (
+from omixa.storage.base import Storage
+from omixa.storage.errors import MigrationError, NotFound, StorageError
+from omixa.storage.migrations import verify_ledger_sql
+from omixa.storage.records import (
     Account,
     ApiKeyRecord,
     Hold,
@@ -44,13 +47,10 @@ from omixa.storage.base import (
     RollupRow,
     Settlement,
     SigningSummary,
-    Storage,
     TopUpResult,
     WalletOp,
     WalletState,
 )
-from omixa.storage.errors import MigrationError, NotFound, StorageError
-from omixa.storage.migrations import verify_ledger_sql
 from omixa.storage.sqlite import accounts, connection, usage, wallet
 from omixa.storage.sqlite.connection import CHECKPOINT_SECONDS, DEFAULT_AUTOCHECKPOINT_PAGES
 from omixa.storage.sqlite.rows import from_us, now_us, records, to_us

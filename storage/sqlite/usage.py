@@ -25,7 +25,7 @@ from omixa.storage._common import (
     merge_rollup_rows,
     rollup_deltas,
 )
-from omixa.storage.base import Instance, RequestLog, RollupRow
+from omixa.storage.records import Instance, RequestLog, RollupRow
 from omixa.storage.sqlite.rows import dicts, from_us, now_us, to_us
 from omixa.storage.sqlite.wallet import finalize
 

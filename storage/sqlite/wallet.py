@@ -14,7 +14,8 @@ from __future__ import annotations
 import sqlite3
 
 from omixa.storage._common import LEDGER_SELECT, WalletStep, already_final, finalize_args
-from omixa.storage.base import (
+from omixa.storage.errors import IdempotencyConflict, KeyRevoked, NotFound
+from omixa.storage.records import (
     FinalizeHold,
     Hold,
     HoldContext,
@@ -24,7 +25,6 @@ from omixa.storage.base import (
     TopUpResult,
     WalletState,
 )
-from omixa.storage.errors import IdempotencyConflict, KeyRevoked, NotFound
 from omixa.storage.sqlite.rows import from_us, now_us, records, to_us
 
 MAX_ROW_ID = 2**63 - 1  # list_ledger's cursor when none is given: above every row id
