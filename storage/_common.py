@@ -306,6 +306,9 @@ SESSION_KEY_SELECT = (
     + ", ".join(f"k.{c.strip()}" for c in KEY_COLUMNS.split(","))
     + " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
 )
+STORED_RESPONSE_SELECT = (
+    "SELECT id, account_id, key_id, model, deployment, endpoint, context_tokens, created_at FROM stored_responses"
+)
 LEDGER_SELECT = (
     "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id, created_at FROM ledger"
 )

@@ -46,6 +46,7 @@ from omixa.storage.records import (
     RollupRow,
     Settlement,
     SigningSummary,
+    StoredResponse,
     TopUpResult,
     WalletOp,
     WalletState,
@@ -240,6 +241,20 @@ class Storage(abc.ABC):
     ) -> Sequence[RollupRow]:
         """The account's rollup rows with ``since <= bucket_start < until``, oldest first
         (then by model). ``granularity`` is ``hour`` or ``day``."""
+
+    # -- stored responses -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def save_stored_response(self, response: StoredResponse) -> None:
+        """Remember where ``response`` lives; a second save of the same id changes nothing."""
+
+    @abc.abstractmethod
+    async def find_stored_response(self, account_id: str, response_id: str) -> StoredResponse | None:
+        """The account's stored response ``response_id``; None if there is none (or it is
+        another account's)."""
+
+    @abc.abstractmethod
+    async def delete_stored_response(self, account_id: str, response_id: str) -> bool:
+        """Forget the account's stored response; False if there was none."""
 
     # -- process instances ----------------------------------------------------------------
     @abc.abstractmethod

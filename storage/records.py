@@ -229,3 +229,18 @@ class RollupRow:
 class LedgerProblem:
     account_id: str
     message: str
+
+
+@attrs.frozen(kw_only=True)
+class StoredResponse:
+    """A response the upstream stores (the Responses API's ``store``): whose it is and which
+    resource holds it, so a follow-up or a lookup goes there and nowhere else."""
+
+    id: str  # the upstream's id, e.g. "resp_..."
+    account_id: str
+    key_id: str
+    model: str  # the catalog id it was made with
+    deployment: str  # the deployment that made it
+    endpoint: str  # the resource that holds it: any deployment there can reach it
+    context_tokens: int  # its input plus its output tokens: what it adds to a follow-up's context
+    created_at: dt.datetime

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import sqlite3
 
+import attrs
 import pytest
 import trio
 from storage_helpers import UTC, funded_account, hold_then_settle, raw, request_log, wallet_of
@@ -20,6 +21,7 @@ from omixa.storage import (
     MigrationError,
     NotFound,
     StorageError,
+    StoredResponse,
     open_storage,
 )
 from omixa.storage.aio import AioBridge
@@ -191,6 +193,31 @@ async def test_dashboard_sessions_live_until_ended_or_expired(storage):
     assert (await storage.dashboard_session_key("sess-b")).revoked_at is not None  # the caller checks
     with pytest.raises(NotFound):
         await storage.create_dashboard_session("sess-c", "key_missing", now + dt.timedelta(hours=1))
+
+
+async def test_stored_responses_belong_to_their_account(storage):
+    mine = await storage.create_account("r1@example.com")
+    other = await storage.create_account("r2@example.com")
+    created = dt.datetime(2026, 12, 6, 10, 0, 0, 123456, tzinfo=dt.UTC)
+    stored = StoredResponse(
+        id="resp_abc",
+        account_id=mine.id,
+        key_id="key_1",
+        model="gpt-4o-mini",
+        deployment="eastus-1",
+        endpoint="https://eastus.example.openai.azure.com",
+        context_tokens=1234,
+        created_at=created,
+    )
+    await storage.save_stored_response(stored)
+    await storage.save_stored_response(attrs.evolve(stored, deployment="other", context_tokens=1))  # no-op
+    assert await storage.find_stored_response(mine.id, "resp_abc") == stored
+    assert await storage.find_stored_response(other.id, "resp_abc") is None
+    assert await storage.find_stored_response(mine.id, "resp_missing") is None
+    assert await storage.delete_stored_response(other.id, "resp_abc") is False
+    assert await storage.delete_stored_response(mine.id, "resp_abc") is True
+    assert await storage.find_stored_response(mine.id, "resp_abc") is None
+    assert await storage.delete_stored_response(mine.id, "resp_abc") is False
 
 
 # -- usage ------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from omixa.storage.records import (
     RollupRow,
     Settlement,
     SigningSummary,
+    StoredResponse,
     TopUpResult,
     WalletOp,
     WalletState,
@@ -197,6 +198,20 @@ class PostgresStorage(Storage):
 
     async def end_dashboard_session(self, session_id: str) -> None:
         await self._run(execute, SQL.END_DASHBOARD_SESSION, session_id)
+
+    # -- stored responses -------------------------------------------------------------------
+    async def save_stored_response(self, response: StoredResponse) -> None:
+        r = response
+        created = require_aware(r.created_at, "created_at")
+        args = (r.id, r.account_id, r.key_id, r.model, r.deployment, r.endpoint, r.context_tokens, created)
+        await self._run(execute, SQL.SAVE_STORED_RESPONSE, *args)
+
+    async def find_stored_response(self, account_id: str, response_id: str) -> StoredResponse | None:
+        row = await self._run(fetchrow, SQL.FIND_STORED_RESPONSE, response_id, account_id)
+        return None if row is None else StoredResponse(**row)
+
+    async def delete_stored_response(self, account_id: str, response_id: str) -> bool:
+        return await self._run(fetchval, SQL.DELETE_STORED_RESPONSE, response_id, account_id) is not None
 
     # -- wallet -----------------------------------------------------------------------------
     async def get_wallet(self, account_id: str) -> WalletState | None:

@@ -17,6 +17,7 @@ from omixa.storage._common import (
     ROLLUP_SELECT,
     ROLLUP_SUMS,
     SESSION_KEY_SELECT,
+    STORED_RESPONSE_SELECT,
     UNLOGGED_HOLD_COLUMNS,
 )
 
@@ -69,6 +70,12 @@ class SQL:
         RETURNING id"""
     DASHBOARD_SESSION_KEY = f"{SESSION_KEY_SELECT} WHERE s.id = $1 AND s.expires_at > now()"
     END_DASHBOARD_SESSION = "DELETE FROM dashboard_sessions WHERE id = $1"
+    SAVE_STORED_RESPONSE = """
+        INSERT INTO stored_responses
+            (id, account_id, key_id, model, deployment, endpoint, context_tokens, created_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"""
+    FIND_STORED_RESPONSE = f"{STORED_RESPONSE_SELECT} WHERE id = $1 AND account_id = $2"
+    DELETE_STORED_RESPONSE = "DELETE FROM stored_responses WHERE id = $1 AND account_id = $2 RETURNING id"
     GET_WALLET = "SELECT balance, locked FROM accounts WHERE id = $1"
     TOP_UP = """
         WITH a AS (

@@ -8,7 +8,7 @@ import sqlite3
 
 from omixa.storage._common import KEY_COLUMNS, SESSION_KEY_SELECT
 from omixa.storage.errors import NotFound
-from omixa.storage.records import Account, ApiKeyRecord, SigningSummary
+from omixa.storage.records import Account, ApiKeyRecord, SigningSummary, StoredResponse
 from omixa.storage.sqlite.rows import now_us, records, to_us
 
 FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
@@ -89,3 +89,25 @@ def create_dashboard_session(conn: sqlite3.Connection, session_id: str, key_id: 
 
 def end_dashboard_session(conn: sqlite3.Connection, session_id: str) -> None:
     conn.execute("DELETE FROM dashboard_sessions WHERE id = ?", (session_id,))
+
+
+def save_stored_response(conn: sqlite3.Connection, response: StoredResponse) -> None:
+    conn.execute(
+        "INSERT INTO stored_responses (id, account_id, key_id, model, deployment, endpoint, context_tokens,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        (
+            response.id,
+            response.account_id,
+            response.key_id,
+            response.model,
+            response.deployment,
+            response.endpoint,
+            response.context_tokens,
+            to_us(response.created_at, "created_at"),
+        ),
+    )
+
+
+def delete_stored_response(conn: sqlite3.Connection, account_id: str, response_id: str) -> bool:
+    cursor = conn.execute("DELETE FROM stored_responses WHERE id = ? AND account_id = ?", (response_id, account_id))
+    return cursor.rowcount > 0

@@ -26,6 +26,7 @@ import trio
 from omixa.storage._common import (
     LEDGER_SELECT,
     REQUEST_LOG_SELECT,
+    STORED_RESPONSE_SELECT,
     check_amount,
     new_id,
     request_log_where,
@@ -47,6 +48,7 @@ from omixa.storage.records import (
     RollupRow,
     Settlement,
     SigningSummary,
+    StoredResponse,
     TopUpResult,
     WalletOp,
     WalletState,
@@ -191,6 +193,17 @@ class SQLiteStorage(Storage):
 
     async def end_dashboard_session(self, session_id: str) -> None:
         await self._call(accounts.end_dashboard_session, session_id, write=True)
+
+    # -- stored responses -------------------------------------------------------------------
+    async def save_stored_response(self, response: StoredResponse) -> None:
+        await self._call(accounts.save_stored_response, response, write=True)
+
+    async def find_stored_response(self, account_id: str, response_id: str) -> StoredResponse | None:
+        sql = f"{STORED_RESPONSE_SELECT} WHERE id = ? AND account_id = ?"
+        return await self._one(StoredResponse, sql, response_id, account_id)
+
+    async def delete_stored_response(self, account_id: str, response_id: str) -> bool:
+        return await self._call(accounts.delete_stored_response, account_id, response_id, write=True)
 
     # -- wallet -----------------------------------------------------------------------------
     async def get_wallet(self, account_id: str) -> WalletState | None:
