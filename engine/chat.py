@@ -21,6 +21,7 @@ from omixa.engine.model_call import ModelCall
 from omixa.engine.providers import check_request
 from omixa.engine.relay import StreamRelay
 from omixa.engine.router import Router
+from omixa.engine.stored_responses import StoredResponses
 from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
 
@@ -39,6 +40,7 @@ class ChatService:
         streaming: StreamingConfig,
         upstream: UpstreamConfig,
         limits: KeyLimiter,
+        stored: StoredResponses,
     ) -> None:
         self._catalog = catalog
         self._router = router
@@ -48,6 +50,7 @@ class ChatService:
             wallets=wallets,
             usage=usage,
             limits=limits,
+            stored=stored,
             wallet=wallet_config,
             streaming=streaming,
             upstream=upstream,
@@ -76,4 +79,5 @@ class ChatService:
 
     async def open_stream(self, caller: Caller, request: ChatRequest) -> StreamRelay:
         """A streaming chat completion's relay: see :meth:`engine.exchange.Exchange.open_stream`."""
-        return await Exchange(self._services, caller, request).open_stream()
+        frames = request.frames(self._services.streaming)
+        return await Exchange(self._services, caller, request).open_stream(frames, request.open)

@@ -20,8 +20,10 @@ from typing import Any
 import attrs
 
 from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
-from omixa.engine.config import DeploymentConfig
+from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
+from omixa.engine.relay import OpenedStream, open_events
+from omixa.engine.stream_frames import ChatFrames
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, Provider, Usage
 
@@ -76,6 +78,9 @@ class ChatRequest:
         """Whether the router should try ``deployment`` before the others."""
         return self.priority and deployment.priority
 
+    def allows(self, deployment: DeploymentConfig) -> bool:
+        return True
+
     def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
         """``body`` as sent to ``deployment``: only a deployment with priority processing
         gets a ``service_tier``, and then always an explicit one ("priority" when this
@@ -95,6 +100,18 @@ class ChatRequest:
             return completion.usage
         text = _answer_text(completion.body)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
+
+    def stored_id(self, answer: dict[str, Any]) -> str | None:
+        return None  # chat completions are not stored upstream
+
+    def frames(self, streaming: StreamingConfig) -> ChatFrames:
+        """The reader of this request's stream."""
+        return ChatFrames(include_usage=self.include_usage, keep_filter_frames=streaming.keep_filter_frames)
+
+    @staticmethod
+    async def open(provider: Provider, body: dict[str, Any]) -> OpenedStream:
+        """Open the stream on ``provider``."""
+        return await open_events(provider.open_stream(body))
 
     def cost(self, usage: Usage, service_tier: str | None) -> int:
         """Nano-dollars for ``usage`` at the prices of the tier the answer reported, when the

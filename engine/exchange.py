@@ -16,9 +16,10 @@ costs. An :class:`Exchange` is one such request, and it runs the same sequence f
    client and reports to the exchange: content started, the tier billed, a failure before
    any content (the exchange may open another deployment's stream: step 2 again), the end;
 4. :meth:`Exchange._finish`: settle the hold from the upstream's usage, give the slot back
-   with the outcome, and hand the request log to the usage aggregator, exactly once, in a
-   shielded, time-bounded step, whatever ended the request (success, upstream error, client
-   gone, shutdown).
+   with the outcome, remember where an answer the upstream stores lives (the Responses
+   API: :mod:`engine.stored_responses`), and hand the request log to the usage aggregator,
+   exactly once, in a shielded, time-bounded step, whatever ended the request (success,
+   upstream error, client gone, shutdown).
 
 Only the exchange writes its own state; the relay below it reports through
 :class:`engine.relay.StreamOwner` and never reaches the services.
@@ -38,8 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
@@ -58,11 +58,13 @@ from omixa.engine.keylimits import Admitted, KeyLimiter
 from omixa.engine.model_call import ModelCall
 from omixa.engine.relay import OpenedStream, StreamRelay
 from omixa.engine.router import Lease, Router
+from omixa.engine.stored_responses import StoredResponses
+from omixa.engine.stream_frames import FrameReader
 from omixa.engine.tokens import count_text
 from omixa.engine.upstream import Provider, Usage
 from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
-from omixa.storage import ApiKeyRecord, Hold, HoldContext, RequestLog
+from omixa.storage import ApiKeyRecord, Hold, HoldContext, RequestLog, StoredResponse
 
 log = logging.getLogger("omixa.chat")
 
@@ -70,6 +72,8 @@ log = logging.getLogger("omixa.chat")
 FINISH_TIMEOUT = 10.0
 
 T = TypeVar("T")
+# Opens a call's stream on a deployment's adapter, with the body as sent there.
+Opener = Callable[[Provider, dict[str, Any]], Awaitable[OpenedStream]]
 
 
 @attrs.frozen(kw_only=True)
@@ -98,6 +102,7 @@ class Services:
     wallets: WalletPool
     usage: UsageAggregator
     limits: KeyLimiter
+    stored: StoredResponses
     wallet: WalletConfig
     streaming: StreamingConfig
     upstream: UpstreamConfig
@@ -142,6 +147,8 @@ class Exchange:
         self._reached_upstream = False
         # What the answer reported.
         self._service_tier: str | None = None
+        self._answer_id: str | None = None  # the id the upstream stores the answer under
+        self._opener: Opener | None = None  # how a stream is opened (again on failover)
         self._first_token_at: float | None = None
         self._finished = False
 
@@ -163,27 +170,24 @@ class Exchange:
         self._first_token_at = time.monotonic()
         tier = completion.body.get("service_tier")
         self._service_tier = tier if isinstance(tier, str) else None
+        self._answer_id = request.stored_id(completion.body)
         await self._finish("ok", request.usage_of(completion))
         return completion.body
 
-    async def open_stream(self) -> StreamRelay:
-        """Start a streaming completion; errors before the upstream's 200 raise here (so
-        the client gets a plain HTTP status), later ones become an error event.
+    async def open_stream(self, frames: FrameReader, opener: Opener) -> StreamRelay:
+        """Start a streaming call: ``opener`` opens it on a deployment's adapter (again on
+        each failover), ``frames`` reads its events. Errors before the upstream's 200 raise
+        here (so the client gets a plain HTTP status), later ones become an error event.
 
         The returned relay owns the upstream response: ``start()`` it in the request's
         nursery, iterate it, and always ``aclose()`` it.
         """
         async with self._failing():
             await self._reserve()
-            opened = await self._attempt(_open_stream)
+            self._opener = opener
+            opened = await self._attempt(opener)
         services = self._services
-        return StreamRelay(
-            self,
-            opened,
-            services.streaming,
-            services.upstream.idle_timeout_seconds,
-            include_usage=self._request.include_usage,
-        )
+        return StreamRelay(self, opened, services.streaming, services.upstream.idle_timeout_seconds, frames=frames)
 
     # -- step 1: limits and the hold ------------------------------------------------------
 
@@ -245,6 +249,7 @@ class Exchange:
                     self._estimated_tokens,
                     exclude=self._tried,
                     prefer=request.prefers,
+                    allow=request.allows,
                 )
             except NoHealthyDeployment:
                 if self._last_failure is not None:
@@ -302,7 +307,8 @@ class Exchange:
         then ends the stream as usual."""
         await self._retire_attempt(failure)
         try:
-            opened = await self._attempt(_open_stream)
+            assert self._opener is not None
+            opened = await self._attempt(self._opener)
         except OmixaError as exc:
             log.warning("request %s: stream failover found no deployment: %s", self.request_id, exc.message)
             return None
@@ -312,6 +318,10 @@ class Exchange:
     def tier_reported(self, tier: str) -> None:
         """The answer says which service tier it was billed at (Azure may downgrade priority)."""
         self._service_tier = tier
+
+    def answer_identified(self, answer_id: str) -> None:
+        """The upstream stores the answer under ``answer_id`` (the Responses API)."""
+        self._answer_id = answer_id
 
     def content_started(self) -> None:
         """The first content is going out: the time to first token is now, and no other
@@ -387,6 +397,8 @@ class Exchange:
                 charged = await self._settle(self._hold, cost, entry)
             if self._lease is not None:
                 await self._lease.finish(usage, status, latency, failure)
+                if self._answer_id is not None:
+                    await self._remember(self._answer_id, self._lease, usage)
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.request_id)
         services.usage.record(attrs.evolve(entry, cost=charged), self._hold.id if self._hold is not None else None)
@@ -427,6 +439,26 @@ class Exchange:
                 return 0
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
+
+    async def _remember(self, answer_id: str, lease: Lease, usage: Usage | None) -> None:
+        """Record where the upstream stores this answer, so a follow-up goes there."""
+        config = lease.actor.config
+        tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else self._request.prompt_tokens
+        try:
+            await self._services.stored.remember(
+                StoredResponse(
+                    id=answer_id,
+                    account_id=self._caller.account_id,
+                    key_id=self._caller.key_id,
+                    model=self._request.model.id,
+                    deployment=config.name,
+                    endpoint=config.endpoint,
+                    context_tokens=tokens,
+                    created_at=self._created_at,
+                )
+            )
+        except ServiceUnavailable:
+            log.error("request %s: could not record where response %s lives", self.request_id, answer_id)
 
     def _log(self, status: str, usage: Usage, latency: float) -> RequestLog:
         lease, request, ttft = self._lease, self._request, self._first_token_at
@@ -479,8 +511,3 @@ def _is_cancellation(exc: BaseException) -> bool:
         rest = exc.split(trio.Cancelled)[1]
         return rest is None
     return isinstance(exc, trio.Cancelled)
-
-
-async def _open_stream(provider: Provider, body: dict[str, Any]) -> OpenedStream:
-    stream: AbstractAsyncContextManager[AsyncIterator[Any]] = provider.open_stream(body)
-    return OpenedStream(stream, await stream.__aenter__())

@@ -30,9 +30,6 @@ class ModelCall(Protocol):
     def stream(self) -> bool: ...
 
     @property
-    def include_usage(self) -> bool: ...
-
-    @property
     def prompt_tokens(self) -> int: ...
 
     @property
@@ -70,6 +67,10 @@ class ModelCall(Protocol):
         """Whether the router should try ``deployment`` first."""
         ...
 
+    def allows(self, deployment: DeploymentConfig) -> bool:
+        """Whether ``deployment`` may serve the call at all."""
+        ...
+
     def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
         """The body as sent to that deployment."""
         ...
@@ -80,6 +81,11 @@ class ModelCall(Protocol):
 
     def usage_of(self, completion: Completion) -> Usage:
         """What to charge for a finished answer."""
+        ...
+
+    def stored_id(self, answer: dict[str, Any]) -> str | None:
+        """The id under which the upstream stores a non-streaming ``answer`` (the Responses
+        API), or None."""
         ...
 
     def cost(self, usage: Usage, service_tier: str | None) -> int:
@@ -95,7 +101,6 @@ class PlainCall:
     __slots__ = ()
     model: ModelInfo
     stream = False
-    include_usage = False
     cap_is_clients = True
     priority = False
 
@@ -106,5 +111,11 @@ class PlainCall:
     def prefers(self, deployment: DeploymentConfig) -> bool:
         return False
 
+    def allows(self, deployment: DeploymentConfig) -> bool:
+        return True
+
     def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
         return body
+
+    def stored_id(self, answer: dict[str, Any]) -> str | None:
+        return None

@@ -6,19 +6,21 @@ What the client receives, in order:
 2. the upstream's events as they complete, byte for byte, with ``: keep-alive`` comments
    whenever nothing was sent for ``streaming.heartbeat_seconds`` (also before the first
    token, while a reasoning model thinks);
-3. ``data: [DONE]``, or, when the upstream fails, an OpenAI-shaped error event.
+3. the stream's last event (chat: ``data: [DONE]``; the Responses API:
+   ``response.completed``), or, when the upstream fails, an error event.
 
-Pass-through policy: every upstream event is forwarded as received, except
-- the usage frame (empty ``choices`` with ``usage``), which Omixa always requests upstream
-  for billing and forwards only when the client set ``stream_options.include_usage``;
-- Azure's filter-only frames (empty ``choices`` without usage: ``prompt_filter_results``,
-  content-filter offsets), which crash many clients, unless ``streaming.keep_filter_frames``.
+What each event means is the API's frame reader's (:mod:`engine.stream_frames`): whether it
+is forwarded (chat drops the usage frame the client did not ask for and Azure's filter-only
+frames), whether it ends the stream, its usage, its tier, the content it delivers, and what
+the error event looks like.
 
 A failure after the stream started (reset, malformed frame, an upstream error event, or no
-upstream bytes for ``upstream.idle_timeout_seconds``) reaches the client as
-``data: {"error": {...}}``, then the stream ends and is recorded with the error's code. If
-content had been delivered, the prompt and the delivered completion tokens are charged;
-otherwise nothing.
+upstream bytes for ``upstream.idle_timeout_seconds``) reaches the client as an error event
+(chat: ``data: {"error": {...}}``), then the stream ends and is recorded with the error's
+code. If content had been delivered, the prompt and the delivered completion tokens are
+charged; otherwise nothing. Until the stream is committed to its deployment (chat: its first
+content; the Responses API: ``response.created``), a failure may be taken over by another
+deployment instead.
 
 The upstream is read by a pump task in the request's own nursery, so the relay can wait
 for the next event with a deadline (heartbeats, idle timeout) without ever cancelling a
@@ -33,17 +35,17 @@ deployments' health is its owner's (:class:`StreamOwner`, implemented by
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import trio
 
 from omixa.engine.config import StreamingConfig
 from omixa.engine.errors import InternalError, OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
+from omixa.engine.stream_frames import FrameReader
 from omixa.engine.upstream import SseEvent, Usage
 
 log = logging.getLogger("omixa.relay")
@@ -69,6 +71,11 @@ class OpenedStream:
     events: AsyncIterator[SseEvent]
 
 
+async def open_events(stream: AbstractAsyncContextManager[AsyncIterator[SseEvent]]) -> OpenedStream:
+    """Enter an adapter's stream context (the request goes out, its head comes back)."""
+    return OpenedStream(stream, await stream.__aenter__())
+
+
 class StreamOwner(Protocol):
     """What the relay reports to, and asks, the request it serves."""
 
@@ -84,6 +91,10 @@ class StreamOwner(Protocol):
 
     def tier_reported(self, tier: str) -> None: ...
 
+    def answer_identified(self, answer_id: str) -> None:
+        """The upstream stores this answer under ``answer_id`` (the Responses API)."""
+        ...
+
     def content_started(self) -> None:
         """The first content is going out; no other deployment may answer from here on."""
         ...
@@ -95,11 +106,6 @@ class StreamOwner(Protocol):
     ) -> None:
         """Settle and record, once. Shielded and bounded; never raises."""
         ...
-
-
-def error_event(exc: OmixaError, request_id: str) -> bytes:
-    """An OpenAI-shaped error event."""
-    return b"data: " + json.dumps(exc.envelope(request_id), separators=(",", ":")).encode() + b"\n\n"
 
 
 def padding_comment(size: int) -> bytes:
@@ -191,17 +197,18 @@ class StreamRelay:
         config: StreamingConfig,
         idle_timeout: float,
         *,
-        include_usage: bool,
+        frames: FrameReader,
     ) -> None:
         self._owner = owner
         self._upstream = _Upstream(opened)
         self._nursery: trio.Nursery | None = None
         self._config = config
         self._idle_timeout = idle_timeout
-        self._include_usage = include_usage
+        self._frames = frames
         self._usage: Usage | None = None
         self._delivered = _Delivered()
         self._content_started = False
+        self._committed = False  # no other deployment may take over from here on
         self._held: SseEvent | Exception | None = None  # kept back by _coalesce
         self._done = False
         self._closed = False
@@ -236,13 +243,13 @@ class StreamRelay:
             failure = await self._relay_attempt()
             if isinstance(failure, bytes):
                 return failure
-            # Nothing with content reached the client yet (comments and role frames carry
-            # none): another deployment may still answer.
-            if not self._delivered and await self._fail_over(failure):
+            # Nothing that ties the client to this deployment reached it yet (comments and
+            # role frames carry no content): another deployment may still answer.
+            if not self._committed and await self._fail_over(failure):
                 continue
             upstream = failure if isinstance(failure, (UpstreamError, UpstreamTimeout)) else None
             await self._close(failure.code, charge=bool(self._delivered), failure=upstream)
-            return error_event(translate_upstream(failure), self._owner.request_id)
+            return self._frames.error_event(translate_upstream(failure), self._owner.request_id)
 
     async def _relay_attempt(self) -> bytes | OmixaError:
         """The next bytes for the client from the current upstream, or its failure."""
@@ -255,7 +262,7 @@ class StreamRelay:
                     raise item
                 out = self._accept(item)
                 if self._done:
-                    # Settle before the client sees [DONE]: once it has the marker, its
+                    # Settle before the client sees the last event: once it has it, its
                     # wallet is final.
                     await self._finish_upstream()
                     await self._close("ok")
@@ -305,7 +312,7 @@ class StreamRelay:
     def _coalesce(self, out: bytes) -> bytes:
         """``out`` plus the bytes of the events already waiting, up to COALESCE_BYTES.
 
-        Only events that simply pass are taken: the end marker, an upstream failure or an
+        Only events that simply pass are taken: the last event, an upstream failure or an
         error frame is kept back (``_held``) for the next turn, so it is handled exactly as
         if it had come alone, after these bytes reached the client.
         """
@@ -317,7 +324,7 @@ class StreamRelay:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break  # an ended channel says so again on the next receive
             self._last_upstream = trio.current_time()
-            if isinstance(item, Exception) or item.done:
+            if isinstance(item, Exception) or self._frames.ends(item):
                 self._held = item
                 break
             try:
@@ -350,7 +357,7 @@ class StreamRelay:
         return None
 
     async def _finish_upstream(self) -> None:
-        """After [DONE], let the upstream body end on its own (so the connection goes back
+        """After the last event, let the upstream body end on its own (so the connection goes back
         to the pool) for a moment before the relay closes it."""
         with trio.move_on_after(1.0):
             while True:
@@ -360,47 +367,24 @@ class StreamRelay:
                     return
 
     def _accept(self, event: SseEvent) -> bytes | None:
-        """The bytes to forward for ``event``, or None to drop it."""
-        if event.done:
+        """The bytes to forward for ``event``, or None to drop it (see its reader)."""
+        reading = self._frames.read(event)
+        if reading.end:
             self._done = True
-            return event.raw
-        data = event.data
-        if data is None:
-            return event.raw  # comments and data-less events carry no content
-        if "error" in data and not data.get("choices"):
-            error = data["error"] if isinstance(data["error"], dict) else {}
-            raise UpstreamError(str(error.get("message") or "The upstream reported an error."))
-        tier = data.get("service_tier")
-        if isinstance(tier, str):
-            self._owner.tier_reported(tier)  # the tier billed (Azure may downgrade priority)
-        usage = data.get("usage")
-        if usage:
-            self._usage = Usage.from_openai(usage) or self._usage
-        choices = data.get("choices")
-        if not choices:
-            if usage:
-                return event.raw if self._include_usage else None
-            return event.raw if self._config.keep_filter_frames else None
-        self._collect(choices)
-        return event.raw
-
-    def _collect(self, choices: Any) -> None:
-        for choice in choices:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if not isinstance(delta, dict):
-                continue
-            for key in ("content", "reasoning_content", "refusal"):
-                text = delta.get(key)
-                if isinstance(text, str) and text:
-                    self._delivered.append(text)
-            for call in delta.get("tool_calls") or ():
-                function = (call.get("function") if isinstance(call, dict) else None) or {}
-                for key in ("name", "arguments"):
-                    if isinstance(function.get(key), str):
-                        self._delivered.append(function[key])
-        if not self._content_started and self._delivered:
-            self._content_started = True
-            self._owner.content_started()
+        if reading.usage is not None:
+            self._usage = reading.usage
+        if reading.tier is not None:
+            self._owner.tier_reported(reading.tier)  # the tier billed (Azure may downgrade priority)
+        if reading.answer_id is not None:
+            self._owner.answer_identified(reading.answer_id)
+        if reading.commits:
+            self._committed = True
+        if reading.text:
+            self._delivered.append(reading.text)
+            if not self._content_started:
+                self._content_started = True
+                self._owner.content_started()
+        return event.raw if reading.forward else None
 
     async def aclose(self) -> None:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""

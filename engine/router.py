@@ -64,6 +64,13 @@ class Router:
         """Catalog ids that have at least one enabled deployment."""
         return {m for m, actors in self._by_model.items() if any(a.config.enabled for a in actors)}
 
+    def models_served_by(self, providers: Collection[str]) -> set[str]:
+        """Catalog ids that have an enabled deployment whose adapter is one of ``providers``."""
+        return {
+            m for m, actors in self._by_model.items()
+            if any(a.config.enabled and a.config.provider in providers for a in actors)
+        }  # fmt: skip
+
     def priority_models(self) -> set[str]:
         """Catalog ids that have an enabled deployment with priority processing."""
         return {
@@ -84,6 +91,7 @@ class Router:
         exclude: Collection[str],
         now: float,
         prefer: Callable[[DeploymentConfig], bool] | None = None,
+        allow: Callable[[DeploymentConfig], bool] | None = None,
     ) -> tuple[list[DeploymentActor], float | None]:
         """Candidates in the order to ask them (preferred ones first), and the soonest time
         a skipped one is back."""
@@ -92,6 +100,8 @@ class Router:
         for actor in self._by_model.get(model, ()):
             snap = actor.snapshot
             if not actor.config.enabled or actor.config.name in exclude:
+                continue
+            if allow is not None and not allow(actor.config):
                 continue
             if snap.available_at > now:
                 soonest = snap.available_at if soonest is None else min(soonest, snap.available_at)
@@ -110,14 +120,16 @@ class Router:
         *,
         exclude: Collection[str] = (),
         prefer: Callable[[DeploymentConfig], bool] | None = None,
+        allow: Callable[[DeploymentConfig], bool] | None = None,
     ) -> Lease:
         """A slot on the best deployment of ``model`` that grants one; deployments for which
-        ``prefer`` is true are asked before the others.
+        ``prefer`` is true are asked before the others, and only those ``allow`` accepts
+        (all when None) are asked at all.
 
         Errors: NoHealthyDeployment (with ``retry_after``) when none does.
         """
         now = trio.current_time()
-        candidates, soonest = self._ranked(model, exclude, now, prefer)
+        candidates, soonest = self._ranked(model, exclude, now, prefer, allow)
         waits = [soonest - now] if soonest is not None else []
         for actor in candidates:
             answer = await actor.acquire(request_id, estimated_tokens)

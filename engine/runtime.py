@@ -38,6 +38,7 @@ from omixa.engine.reports import Reports
 from omixa.engine.router import Router
 from omixa.engine.secretbox import secret_box_from_env
 from omixa.engine.signatures import SignatureVerifier, check_signing_setup
+from omixa.engine.stored_responses import StoredResponses
 from omixa.engine.supervise import supervised
 from omixa.engine.tokens import warm_up
 from omixa.engine.usage import UsageAggregator
@@ -158,6 +159,7 @@ async def open_engine(
             streaming=config.streaming,
             upstream=config.upstream,
             limits=limits,
+            stored=StoredResponses(storage),
         ),
         signatures=verifier,
     )

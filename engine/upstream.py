@@ -43,6 +43,11 @@ def refuse_json_constant(name: str) -> Any:
 decode_upstream_json = json.JSONDecoder(parse_constant=refuse_json_constant).decode
 
 
+# The names of the input and output counts and their details in each API's usage object.
+_CHAT_USAGE = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+_RESPONSES_USAGE = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
+
+
 @attrs.frozen(kw_only=True)
 class Usage:
     """Token usage in OpenAI's terms. ``completion_tokens`` includes ``reasoning_tokens``;
@@ -55,14 +60,17 @@ class Usage:
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
-        """Read an OpenAI ``usage`` object; None if it is missing or malformed."""
+        """Read an OpenAI ``usage`` object, of chat completions (``prompt_tokens``,
+        ``completion_tokens`` and their details) or of the Responses API (``input_tokens``,
+        ``output_tokens`` and theirs); None if it is missing or malformed."""
         if not isinstance(usage, dict):
             return None
+        names = _RESPONSES_USAGE if "input_tokens" in usage else _CHAT_USAGE
         try:
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            pdet = usage.get("prompt_tokens_details") or {}
-            cdet = usage.get("completion_tokens_details") or {}
+            prompt = int(usage.get(names[0]) or 0)
+            completion = int(usage.get(names[1]) or 0)
+            pdet = usage.get(names[2]) or {}
+            cdet = usage.get(names[3]) or {}
             cached = int(pdet.get("cached_tokens") or 0) if isinstance(pdet, dict) else 0
             reasoning = int(cdet.get("reasoning_tokens") or 0) if isinstance(cdet, dict) else 0
         except (TypeError, ValueError, OverflowError):
@@ -122,6 +130,19 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Close pooled connections."""
+        ...
+
+
+@runtime_checkable
+class ResponsesProvider(Provider, Protocol):
+    """An adapter that serves the Responses API (Azure)."""
+
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        """Send a non-streaming Responses API body; the response object and its usage."""
+        ...
+
+    def open_response_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+        """Start a streaming Responses API request (see :meth:`Provider.open_stream`)."""
         ...
 
 

@@ -3,7 +3,9 @@ generations on one deployment.
 
 Wire format: ``POST {endpoint}/openai/deployments/{deployment}/{operation}
 ?api-version={api_version}`` with the key in the ``api-key`` header, over pooled HTTP/1.1;
-``operation`` is ``chat/completions``, ``embeddings`` or ``images/generations``.
+``operation`` is ``chat/completions``, ``embeddings`` or ``images/generations``. The Responses
+API has no deployment in its path: ``POST {endpoint}/openai/v1/responses`` (Azure's v1 API, no
+api-version), with the deployment's name as the body's ``model``.
 
 The body is sent as the engine built it, except ``model``, which is removed: Azure routes by the
 deployment in the URL and ignores it, and our catalog id means nothing to Azure. ``stream`` is
@@ -68,6 +70,8 @@ class AzureProvider:
         self._url = f"{prefix}/chat/completions{query}"
         self._embeddings_url = f"{prefix}/embeddings{query}"
         self._images_url = f"{prefix}/images/generations{query}"
+        self._responses_url = f"{base}/openai/v1/responses"
+        self._deployment = deployment.deployment
         self._headers = {
             "api-key": deployment.api_key,
             "content-type": "application/json",
@@ -103,8 +107,29 @@ class AzureProvider:
         """
         return await self._post(self._images_url, body, MAX_IMAGES_BYTES)
 
-    async def _post(self, url: str, body: dict[str, Any], limit: int) -> Completion:
-        content = _content(body, stream=False)
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        """POST a non-streaming Responses API request; Azure's response object and its usage.
+
+        Errors and cancellation: as :meth:`complete`.
+        """
+        return await self._post(self._responses_url, body, MAX_COMPLETION_BYTES, model=self._deployment)
+
+    @asynccontextmanager
+    async def open_response_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+        """Start a streaming Responses API request; yield an iterator of its typed SSE events
+        (``response.created`` ... ``response.completed``). As :meth:`open_stream` otherwise."""
+        unsent = [_content(body, stream=True, model=self._deployment)]
+        del body
+
+        async def prepare() -> tuple[dict[str, str], bytes]:
+            return self._headers, unsent.pop()
+
+        url = self._responses_url
+        async with open_streamed(self._client, url, prepare, self._head_timeout, error_from_response) as chunks:
+            yield _Events(chunks)
+
+    async def _post(self, url: str, body: dict[str, Any], limit: int, *, model: str | None = None) -> Completion:
+        content = _content(body, stream=False, model=model)
         with trio.move_on_after(self._timeout) as deadline:
             status, raw = await post_answer(self._client, url, self._headers, content, limit, error_from_response)
         if deadline.cancelled_caught:
@@ -151,9 +176,12 @@ class AzureProvider:
             await self._client.aclose()
 
 
-def _content(body: dict[str, Any], *, stream: bool) -> bytes:
-    """The JSON body Azure gets: ``model`` removed, ``stream`` set by the call made."""
+def _content(body: dict[str, Any], *, stream: bool, model: str | None = None) -> bytes:
+    """The JSON body Azure gets: ``model`` removed (or, for the Responses API, the deployment's
+    name), ``stream`` set by the call made."""
     payload = {k: v for k, v in body.items() if k not in ("model", "stream")}
+    if model is not None:
+        payload["model"] = model
     if stream:
         payload["stream"] = True
     else:
