@@ -1,6 +1,7 @@
-"""The engine's front for paid model calls: checking a chat body, and running any checked call.
+"""The engine's front for paid model calls: checking a chat or Responses body, and running any
+checked call.
 
-Chat completions, embeddings and image generations are all run by
+Chat completions, the Responses API, embeddings and image generations are all run by
 :class:`engine.exchange.Exchange` (hold, route, call, relay, settle, record); this service
 holds what every exchange uses (:class:`engine.exchange.Services`) and says whether shutdown
 has begun.
@@ -15,11 +16,13 @@ from typing import Any
 from omixa.engine.catalog import Catalog
 from omixa.engine.chat_request import ChatRequest, parse_chat_request
 from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
+from omixa.engine.errors import InvalidRequest, NotFoundError
 from omixa.engine.exchange import Caller, Exchange, Services
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
 from omixa.engine.providers import check_request
 from omixa.engine.relay import StreamRelay
+from omixa.engine.responses_request import RESPONSES_PROVIDERS, ResponsesRequest, parse_responses_request
 from omixa.engine.router import Router
 from omixa.engine.stored_responses import StoredResponses
 from omixa.engine.usage import UsageAggregator
@@ -76,6 +79,50 @@ class ChatService:
     async def complete(self, caller: Caller, request: ModelCall) -> dict[str, Any]:
         """A non-streaming call, paid for: see :meth:`engine.exchange.Exchange.complete`."""
         return await Exchange(self._services, caller, request).complete()
+
+    def responses_parser(self) -> Callable[[Any], ResponsesRequest]:
+        """A checker of Responses API bodies (as :meth:`parser`). Errors: InvalidRequest,
+        ModelNotFound."""
+        return partial(
+            parse_responses_request,
+            catalog=self._catalog,
+            enabled=self._router.models(),
+            served=self._router.models_served_by(RESPONSES_PROVIDERS),
+            priority_models=self._router.priority_models(),
+        )
+
+    async def respond(self, caller: Caller, request: ResponsesRequest) -> dict[str, Any]:
+        """A non-streaming Responses API call, paid for (see :meth:`complete`).
+
+        Errors: as :meth:`complete`, and NotFoundError / InvalidRequest for a
+        ``previous_response_id`` that is unknown or cannot be continued here."""
+        request = await self._continuing(caller, request)
+        return await Exchange(self._services, caller, request).complete()
+
+    async def open_response_stream(self, caller: Caller, request: ResponsesRequest) -> StreamRelay:
+        """A streaming Responses API call's relay (see :meth:`open_stream`)."""
+        request = await self._continuing(caller, request)
+        frames = request.frames(self._services.streaming)
+        return await Exchange(self._services, caller, request).open_stream(frames, request.open)
+
+    async def _continuing(self, caller: Caller, request: ResponsesRequest) -> ResponsesRequest:
+        """A follow-up goes to the resource that stores the previous response, with its
+        context held; another account's response, or one never made here, is not found."""
+        previous_id = request.previous_response_id
+        if previous_id is None:
+            return request
+        previous = await self._services.stored.find(caller.account_id, previous_id)
+        if previous is None:
+            raise NotFoundError(f"No response found with id '{previous_id}'.", param="previous_response_id")
+        continued = request.continuing(previous)
+        model = request.model.id
+        if not any(a.config.model == model and continued.allows(a.config) for a in self._router.deployments()):
+            raise InvalidRequest(
+                f"The response '{previous_id}' can only be continued with a model served where it is stored, "
+                f"such as '{previous.model}'.",
+                param="previous_response_id",
+            )
+        return continued
 
     async def open_stream(self, caller: Caller, request: ChatRequest) -> StreamRelay:
         """A streaming chat completion's relay: see :meth:`engine.exchange.Exchange.open_stream`."""

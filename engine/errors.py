@@ -57,15 +57,26 @@ class OmixaError(Exception):
     type = "server_error"
     default_message = "Internal processing failure."
 
-    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str | None = None, *, retry_after: float | None = None, param: str | None = None
+    ) -> None:
         self.message = redact_secrets(message) if message else self.default_message
         self.retry_after = retry_after
+        self.param = param  # the request field at fault, when one is
         super().__init__(self.message)
 
     def envelope(self, request_id: str) -> dict[str, Any]:
         """The OpenAI-shaped error body: ``{"error": {"code", "message", "type", "request_id"}}``
         (an HTTP error response's body, and a stream's error event's data)."""
-        return {"error": {"code": self.code, "message": self.message, "type": self.type, "request_id": request_id}}
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "request_id": request_id,
+            }
+        }
 
 
 class InvalidRequest(OmixaError):

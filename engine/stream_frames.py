@@ -142,9 +142,10 @@ _ENDS = frozenset({"response.completed", "response.incomplete"})
 class ResponseFrames:
     """Responses API events (see the module docstring)."""
 
-    __slots__ = ("_sequence",)
+    __slots__ = ("_sequence", "_store")
 
-    def __init__(self) -> None:
+    def __init__(self, *, store: bool) -> None:
+        self._store = store  # the upstream keeps the response: report its id
         self._sequence = -1  # the last sequence_number seen
 
     def read(self, event: SseEvent) -> Reading:
@@ -163,7 +164,8 @@ class ResponseFrames:
         response = response if isinstance(response, dict) else {}
         if kind == "response.created":
             answer_id = response.get("id")
-            return Reading(commits=True, answer_id=answer_id if isinstance(answer_id, str) else None)
+            stored = self._store and isinstance(answer_id, str)
+            return Reading(commits=True, answer_id=answer_id if stored else None)
         if kind in _ENDS:
             tier = response.get("service_tier")
             usage = Usage.from_openai(response.get("usage"))

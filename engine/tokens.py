@@ -160,7 +160,7 @@ def _count_content(content: Any, enc: str, image_tokens: int) -> int:
             total += count_text(json.dumps(part), enc)
             continue
         kind = part.get("type")
-        if kind == "text":
+        if kind in ("text", "input_text", "output_text"):  # chat's, and the Responses API's
             total += count_text(str(part.get("text") or ""), enc)
         elif kind in ("image_url", "input_image", "image"):
             total += image_tokens

@@ -1,5 +1,5 @@
-"""A fake Azure OpenAI server (chat completions, embeddings, image generations): a plain ASGI
-app on a real Hypercorn (loopback).
+"""A fake Azure OpenAI server (chat completions, embeddings, image generations, and the
+Responses API: tests/fake_azure_responses.py): a plain ASGI app on a real Hypercorn (loopback).
 
 Use it from any test (``tests/`` is on ``sys.path`` under pytest)::
 
@@ -57,6 +57,7 @@ import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
+from fake_azure_responses import ResponsesApi
 
 from omixa.engine.providers.simulator import TINY_PNG
 from omixa.engine.tokens import count_chat_prompt, count_text, encoding
@@ -65,6 +66,7 @@ DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog."
 DEFAULT_MODEL = "gpt-4o-2024-11-20"
 API_KEY = "fake-azure-key"
 _PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings|images/generations)")
+RESPONSES_PATH = "/openai/v1/responses"
 # gpt-image-1's published output tokens per image, by quality and size.
 IMAGE_TOKENS = {
     "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
@@ -108,7 +110,7 @@ class FakeRequest:
     headers: dict[str, str]
     json: Any
     deployment: str | None
-    operation: str | None = None  # "chat/completions", "embeddings" or "images/generations"
+    operation: str | None = None  # "chat/completions", "embeddings", "images/generations" or "responses"
     at: float = attrs.field(factory=time.monotonic)  # when it arrived (time.monotonic())
 
 
@@ -144,6 +146,7 @@ class FakeAzure:
     streams_finished: int = 0  # [DONE] sent
     streams_disconnected: int = 0  # client went away before [DONE]
     disconnects: int = 0  # any request (stream or hung) abandoned by its client
+    stored: dict[str, int] = attrs.field(factory=dict)  # stored response id -> its context tokens
     _failures: list[tuple[int, bytes, list[tuple[bytes, bytes]]]] = attrs.field(factory=list, init=False)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False)
 
@@ -219,10 +222,13 @@ class FakeAzure:
         match = _PATH.fullmatch(scope["path"])
         query = dict(parse_qsl(scope["query_string"].decode(), keep_blank_values=True))
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        responses = scope["path"] == RESPONSES_PATH
         self.requests.append(FakeRequest(scope["method"], scope["path"], query, headers, body,
-                                         match.group(1) if match else None,
-                                         match.group(2) if match else None))  # fmt: skip
+                                         match.group(1) if match else (body.get("model") if responses and isinstance(body, dict) else None),
+                                         match.group(2) if match else ("responses" if responses else None)))  # fmt: skip
         self._notify()
+        if responses and scope["method"] == "POST":
+            return await self._responses(receive, send, headers, body)
         if not match or scope["method"] != "POST":
             return await _reply(send, 404, azure_error("404", "Resource not found"))
         if not query.get("api-version"):
@@ -259,6 +265,30 @@ class FakeAzure:
             return
         await self._first_wait()
         await _reply(send, 200, self._completion(body))
+
+    async def _responses(self, receive: Any, send: Any, headers: dict[str, str], body: Any) -> None:
+        if headers.get("api-key") != self.api_key:
+            return await _reply(send, 401, azure_error("401", MSG_401))
+        api = ResponsesApi(self)
+        refused = api.check(body)
+        if refused is not None:
+            return await _reply(send, *refused)
+        if self._failures:
+            status, raw, head = self._failures.pop(0)
+            return await _send_response(send, status, raw, head)
+        if self.hang:
+            await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
+            return
+        if body.get("stream") is True:
+            self.streams_started += 1
+            self._notify()
+            if await self._watch(receive, api.stream(send, body), stream=True):
+                self.streams_finished += 1
+                self._notify()
+                await send({"type": "http.response.body", "body": b""})
+            return
+        await self._first_wait()
+        await _reply(send, 200, api.answer(body))
 
     async def _watch(self, receive: Any, work: Any, *, stream: bool) -> bool:
         """Run ``work`` until it ends (True) or the client disconnects (False)."""

@@ -1,11 +1,12 @@
-"""The paid model calls: ``POST /api/v1/chat/completions`` (JSON or an SSE stream),
-``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
+"""The paid model calls: ``POST /api/v1/chat/completions`` and ``POST /api/v1/responses`` (JSON
+or an SSE stream), ``POST /api/v1/embeddings`` and ``POST /api/v1/images/generations``.
 
 All take one path (:mod:`engine.intake`, :mod:`engine.exchange`): the key's limits, the body
 checked (large ones off the loop), a hold, routing with failover, settle, a request log, the
 error envelope. Only the checks and the pricing differ (:mod:`engine.chat_request`,
-:mod:`engine.embeddings`, :mod:`engine.images`). A non-streaming answer is the upstream's
-JSON; a stream is the engine's relay, tied to the request (:func:`web.http.lifecycle.bind_to_request`).
+:mod:`engine.responses_request`, :mod:`engine.embeddings`, :mod:`engine.images`). A
+non-streaming answer is the upstream's JSON; a stream is the engine's relay, tied to the
+request (:func:`web.http.lifecycle.bind_to_request`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from omixa.engine.embeddings import parse_embedding_request
 from omixa.engine.exchange import Caller
 from omixa.engine.images import parse_image_request
 from omixa.engine.model_call import ModelCall
+from omixa.engine.relay import StreamRelay
+from omixa.engine.responses_request import ResponsesRequest
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
 from omixa.web.http.envelope import current_request_id, json_response
@@ -58,10 +61,7 @@ def register(
         caller = Caller(request_id=current_request_id(), key=key)
         if not parsed.stream:
             return json_response(await chat.complete(caller, parsed))
-        relay = bind_to_request(await chat.open_stream(caller, parsed))
-        response = Response(relay, status=200, headers=SSE_HEADERS, content_type="text/event-stream")
-        response.timeout = None  # never cut a long stream
-        return response
+        return stream_response(await chat.open_stream(caller, parsed))
 
     async def call(parse: Callable[..., ModelCall]) -> Response:
         key = await authenticate()
@@ -73,6 +73,17 @@ def register(
     async def chat_completions() -> Response:
         return await serve_chat(await authenticate())
 
+    @app.post("/api/v1/responses")
+    async def responses() -> Response:
+        key = await authenticate()
+        chat = engine.chat
+        parsed = await take(key, chat.responses_parser())
+        assert isinstance(parsed, ResponsesRequest)
+        caller = Caller(request_id=current_request_id(), key=key)
+        if not parsed.stream:
+            return json_response(await chat.respond(caller, parsed))
+        return stream_response(await chat.open_response_stream(caller, parsed))
+
     @app.post("/api/v1/embeddings")
     async def embeddings() -> Response:
         return await call(parse_embedding_request)
@@ -82,3 +93,10 @@ def register(
         return await call(parse_image_request)
 
     return serve_chat
+
+
+def stream_response(relay: StreamRelay) -> Response:
+    """The SSE response of a stream's relay, bound to the request (closed whatever happens)."""
+    response = Response(bind_to_request(relay), status=200, headers=SSE_HEADERS, content_type="text/event-stream")
+    response.timeout = None  # never cut a long stream
+    return response

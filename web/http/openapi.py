@@ -66,6 +66,25 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    "/api/v1/responses": {
+        "post": {
+            "summary": "A model response (the Responses API), JSON or SSE stream; Azure models",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ResponseRequest")}}},
+            "responses": {
+                "200": {
+                    "description": (
+                        "A response object, or with stream=true an SSE stream of its typed events ending with"
+                        " response.completed or response.incomplete"
+                    ),
+                    "content": {
+                        "application/json": {"schema": _ref("Response")},
+                        "text/event-stream": {"schema": _ref("ResponseEvent")},
+                    },
+                },
+                **_error_responses(400, *AUTHED, 402, 404, 413, 429, 502, 504),
+            },
+        }
+    },
     "/api/v1/embeddings": {
         "post": {
             "summary": "Embeddings, billed from the upstream's prompt tokens",

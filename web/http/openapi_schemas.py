@@ -13,6 +13,7 @@ from omixa.engine.chat_request import MAX_CHOICES, ROLES, SERVICE_TIERS, VERBOSI
 from omixa.engine.embeddings import ENCODING_FORMATS, MAX_INPUTS, MAX_TOKEN_ID
 from omixa.engine.errors import OmixaError
 from omixa.engine.images import MAX_IMAGES, MAX_PROMPT_CHARS
+from omixa.engine.responses_request import TOOL_TYPES
 from omixa.web.http.wallet_api import EARLIEST, LATEST, MAX_FILTER_CHARS
 
 MONEY = {"type": "string", "pattern": r"^-?\d+\.\d{2,9}$", "description": "Exact USD amount as a decimal string"}
@@ -299,6 +300,87 @@ SCHEMAS: dict[str, Any] = {
         "description": (
             "data: a chat.completion.chunk, or the error envelope that ends a failed stream, or "
             "[DONE]; comment lines (padding, heartbeats) carry no event"
+        ),
+    },
+    "ResponseRequest": {
+        **_obj(
+            ["model", "input"],
+            model=MODEL_ID,
+            input={
+                "anyOf": [
+                    {"type": "string", "minLength": 1},
+                    {"type": "array", "items": _ref("ResponseInputItem"), "minItems": 1},
+                ]
+            },
+            instructions=_nullable({"type": "string"}),
+            previous_response_id=_nullable({"type": "string", "minLength": 1}),
+            stream=_nullable({"type": "boolean"}),
+            stream_options=_nullable({"type": "object"}),
+            store=_nullable({"type": "boolean"}),
+            max_output_tokens=_nullable({"type": "integer", "minimum": 1}),
+            reasoning=_nullable(_obj([], effort=_nullable({"enum": list(EFFORTS)}))),
+            text=_nullable(_obj([], verbosity=_nullable({"enum": list(VERBOSITIES)}))),
+            service_tier=_nullable({"enum": list(SERVICE_TIERS)}),
+            tools=_nullable({"type": "array", "items": _obj(["type"], type={"enum": list(TOOL_TYPES)})}),
+            background={"enum": [False, None]},
+            conversation={"enum": [False, None]},
+            prompt={"enum": [False, None]},
+        ),
+        # stream_options only goes with "stream": true.
+        "anyOf": [
+            {"not": {"required": ["stream_options"]}},
+            {"properties": {"stream_options": {"type": "null"}}},
+            {"required": ["stream"], "properties": {"stream": {"const": True}}},
+        ],
+        "additionalProperties": True,
+        "description": (
+            "OpenAI's Responses API request; other fields are forwarded. Built-in tools, background "
+            "responses, conversations, stored prompts, item references and file ids are refused "
+            "(docs/api.md)"
+        ),
+    },
+    # A message (no type, or "message") has a role and content; other items are passed on.
+    "ResponseInputItem": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "not": {"const": "item_reference"}},
+            "content": {"anyOf": [{"not": {"type": "array"}}, {"type": "array", "items": _ref("ResponseContentPart")}]},
+        },
+        "anyOf": [
+            {"required": ["type"], "properties": {"type": {"not": {"const": "message"}}}},
+            {
+                "required": ["role", "content"],
+                "properties": {"role": {"type": "string"}, "content": {"type": ["string", "array"]}},
+            },
+        ],
+        "additionalProperties": True,
+    },
+    "ResponseContentPart": {
+        **_obj(["type"], type={"type": "string"}, file_id={"type": "null"}),
+        "additionalProperties": True,
+    },
+    "Response": {
+        **_obj(
+            [],
+            id={"type": "string"},
+            object={"const": "response"},
+            status={"type": "string"},
+            model={"type": "string"},
+            output={"type": "array", "items": {"type": "object"}},
+            usage=_nullable({"type": "object"}),
+        ),
+        "description": "OpenAI's response object, as the upstream sent it",
+    },
+    "ResponseEvent": {
+        **_obj(
+            ["data"],
+            event={"type": "string"},
+            data={"type": "string", "contentMediaType": "application/json", "contentSchema": {"type": "object"}},
+        ),
+        "description": (
+            "event: the event's type (response.created, response.output_text.delta, ..., "
+            "response.completed; error for a failed stream), data: the event as JSON; comment lines "
+            "(padding, heartbeats) carry no event"
         ),
     },
     "EmbeddingRequest": {

@@ -1,0 +1,341 @@
+"""Checking a Responses API request (``POST /api/v1/responses``) and preparing what is sent
+upstream.
+
+Like chat (:mod:`engine.chat_request`), everything a client can get wrong is found before
+anything is held or sent, and the body is fitted to the model's family from the catalog:
+``reasoning.effort`` mapped to the nearest effort the model supports (``reasoning`` removed
+for models without reasoning), ``text.verbosity`` kept only where the model takes it, Azure
+reasoning models lose the sampling parameters Azure rejects, and ``service_tier`` is decided
+per deployment.
+
+Refused with a 400, because they would reach what belongs to the operator's Azure resource
+rather than the client, or cost what Omixa does not price: built-in tools (web and file
+search, code interpreter, image generation, MCP, computer use: only ``function`` and
+``custom`` tools are taken), ``background`` responses, ``conversation``, stored ``prompt``
+templates, ``item_reference`` input items and files or images given by ``file_id``.
+
+The hold covers the input as counted offline (instructions, input items, tools) plus, for a
+follow-up (``previous_response_id``), the context the stored response carries (its input
+plus its output tokens, recorded when it was made), and the output cap
+(``max_output_tokens``, which for reasoning models bounds the reasoning tokens too).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection
+from typing import Any
+
+import attrs
+
+from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
+from omixa.engine.chat_request import REASONING_DROPS, SERVICE_TIERS, VERBOSITIES, resolve_model
+from omixa.engine.config import DeploymentConfig, StreamingConfig
+from omixa.engine.errors import InvalidRequest, UpstreamError
+from omixa.engine.relay import OpenedStream, open_events
+from omixa.engine.stream_frames import ResponseFrames
+from omixa.engine.tokens import count_chat_prompt, count_text
+from omixa.engine.upstream import Completion, Provider, ResponsesProvider, Usage
+from omixa.storage import StoredResponse
+
+# Adapters that serve the Responses API.
+RESPONSES_PROVIDERS = ("azure",)
+TOOL_TYPES = ("function", "custom")
+# Fields that reach the operator's resource or run work Omixa cannot bill.
+REFUSED = {
+    "background": "Background responses are not supported; stream the response instead.",
+    "conversation": "Conversations are not supported; chain responses with 'previous_response_id'.",
+    "prompt": "Stored prompt templates are not supported; send the instructions and input.",
+}
+
+
+@attrs.frozen(kw_only=True)
+class ResponsesRequest:
+    """A checked Responses API request (see :class:`engine.model_call.ModelCall`)."""
+
+    model: ModelInfo
+    body: dict[str, Any]
+    stream: bool
+    store: bool
+    prompt_tokens: int
+    output_tokens: int
+    cap_is_clients: bool
+    priority: bool = False
+    previous_response_id: str | None = None
+    # The resource that stores the previous response: only its deployments may continue it.
+    endpoint: str | None = None
+
+    choices = 1
+    hold_amount = None  # the hold follows the cap
+
+    @property
+    def estimated_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def hold_prices(self) -> Prices:
+        if self.priority and self.model.priority_prices is not None:
+            return self.model.priority_prices
+        return self.model.prices
+
+    def continuing(self, previous: StoredResponse) -> ResponsesRequest:
+        """This request as a follow-up of ``previous``: routed to the resource that stores
+        it, and held for the context it carries.
+
+        Errors: InvalidRequest (the context no longer fits the model)."""
+        prompt = self.prompt_tokens + previous.context_tokens
+        room = self.model.context_window - prompt
+        if room < 1 or (self.cap_is_clients and self.output_tokens > room):
+            raise InvalidRequest(
+                f"With the previous response's context the input is about {prompt} tokens; "
+                f"'{self.model.id}' accepts at most {self.model.context_window} tokens of context.",
+                param="previous_response_id",
+            )
+        cap = self.output_tokens if self.cap_is_clients else min(self.output_tokens, room)
+        return attrs.evolve(self, prompt_tokens=prompt, output_tokens=cap, endpoint=previous.endpoint)
+
+    def build_body(self, output_tokens: int) -> dict[str, Any]:
+        """The body sent upstream: fitted to the model's family, with the output cap the
+        hold covers made explicit."""
+        body = copy.copy(self.body)
+        model = self.model
+        reasoning = body.get("reasoning")
+        if isinstance(reasoning, dict):
+            if not model.reasoning:
+                body.pop("reasoning")
+            elif "effort" in reasoning:
+                effort = model.effort_for(reasoning["effort"]) if reasoning["effort"] is not None else None
+                body["reasoning"] = {k: v for k, v in reasoning.items() if k != "effort"}
+                if effort is not None:
+                    body["reasoning"]["effort"] = effort
+        text = body.get("text")
+        if isinstance(text, dict) and "verbosity" in text and not model.verbosity:
+            body["text"] = {k: v for k, v in text.items() if k != "verbosity"}
+        if model.reasoning and model.provider == "azure":
+            for key in REASONING_DROPS:
+                body.pop(key, None)
+        body.pop("service_tier", None)
+        body["max_output_tokens"] = output_tokens
+        return body
+
+    def prefers(self, deployment: DeploymentConfig) -> bool:
+        return self.priority and deployment.priority
+
+    def allows(self, deployment: DeploymentConfig) -> bool:
+        """Deployments whose adapter serves the Responses API; for a follow-up, only those on
+        the resource that stores the previous response."""
+        if deployment.provider not in RESPONSES_PROVIDERS:
+            return False
+        return self.endpoint is None or same_resource(deployment.endpoint, self.endpoint)
+
+    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
+        """As chat: only a deployment with priority processing gets a ``service_tier``."""
+        if not deployment.priority:
+            return body
+        return {**body, "service_tier": "priority" if self.priority else "default"}
+
+    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+        return await _responses(provider).respond(body)
+
+    async def open(self, provider: Provider, body: dict[str, Any]) -> OpenedStream:
+        return await open_events(_responses(provider).open_response_stream(body))
+
+    def frames(self, streaming: StreamingConfig) -> ResponseFrames:
+        return ResponseFrames(store=self.store)
+
+    def usage_of(self, completion: Completion) -> Usage:
+        """The response's usage; without one, the input as counted here plus the tokens of
+        its output text and tool calls."""
+        if completion.usage is not None:
+            return completion.usage
+        text = output_text(completion.body)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
+
+    def stored_id(self, answer: dict[str, Any]) -> str | None:
+        answer_id = answer.get("id")
+        return answer_id if self.store and isinstance(answer_id, str) else None
+
+    def cost(self, usage: Usage, service_tier: str | None) -> int:
+        return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))
+
+
+def same_resource(endpoint: str, other: str) -> bool:
+    return endpoint.rstrip("/").lower() == other.rstrip("/").lower()
+
+
+def _responses(provider: Provider) -> ResponsesProvider:
+    if not isinstance(provider, ResponsesProvider):
+        # The router only grants deployments the request allows; this is a wiring error.
+        raise UpstreamError(f"The {provider.name} adapter does not serve the Responses API.")
+    return provider
+
+
+def output_text(response: dict[str, Any]) -> str:
+    """The text a response object carries: its messages' text and refusals, and its tool
+    calls' names and arguments."""
+    parts: list[str] = []
+    for item in response.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        for part in item.get("content") or ():
+            if isinstance(part, dict):
+                for key in ("text", "refusal"):
+                    if isinstance(part.get(key), str):
+                        parts.append(part[key])
+        for key in ("name", "arguments", "input"):
+            if isinstance(item.get(key), str):
+                parts.append(item[key])
+    return "".join(parts)
+
+
+def _check_input(items: Any) -> None:
+    if isinstance(items, str):
+        if not items:
+            raise InvalidRequest("'input' must not be empty.", param="input")
+        return
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("'input' must be a string or a non-empty array of input items.", param="input")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"input[{i}] must be an object.", param=f"input[{i}]")
+        kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise InvalidRequest(f"input[{i}].type must be a string.", param=f"input[{i}].type")
+        if kind == "item_reference":
+            raise InvalidRequest(
+                "Input items by reference are not supported; send the items, or chain with 'previous_response_id'.",
+                param=f"input[{i}].type",
+            )
+        if kind == "message" and not isinstance(item.get("role"), str):
+            raise InvalidRequest(f"input[{i}].role is required.", param=f"input[{i}].role")
+        content = item.get("content")
+        if kind == "message" and not isinstance(content, (str, list)):
+            raise InvalidRequest(
+                f"input[{i}].content must be a string or an array of content parts.", param=f"input[{i}].content"
+            )
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(
+                    f"input[{i}].content[{j}] must be a content part with a 'type'.", param=f"input[{i}].content[{j}]"
+                )
+            if part.get("file_id") is not None:
+                raise InvalidRequest(
+                    "Files and images by 'file_id' are not supported; send them inline (image_url or file_data).",
+                    param=f"input[{i}].content[{j}].file_id",
+                )
+
+
+def _check_tools(tools: Any) -> None:
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    for i, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind not in TOOL_TYPES:
+            raise InvalidRequest(
+                f"tools[{i}]: only function and custom tools are supported; got {kind!r}.", param=f"tools[{i}].type"
+            )
+
+
+def _object(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{key}' must be an object.", param=key)
+    return value
+
+
+def _one_of(value: Any, allowed: tuple[str, ...], param: str) -> str | None:
+    if value is not None and value not in allowed:
+        raise InvalidRequest(f"'{param}' must be one of {', '.join(allowed)}; got {value!r}.", param=param)
+    return value
+
+
+def count_input(body: dict[str, Any], model: ModelInfo) -> int:
+    """The input tokens of a Responses body, counted offline as chat counts its prompt: the
+    instructions as a system message, each input item as a message, the tools and the
+    output format."""
+    items = body["input"]
+    messages: list[Any] = [{"role": "user", "content": items}] if isinstance(items, str) else list(items)
+    if isinstance(body.get("instructions"), str):
+        messages.insert(0, {"role": "system", "content": body["instructions"]})
+    chat_like = {
+        "messages": messages,
+        "tools": body.get("tools"),
+        "tool_choice": body.get("tool_choice"),
+        "response_format": (body.get("text") or {}).get("format"),
+    }
+    return count_chat_prompt(chat_like, model.encoding, image_tokens=model.image_tokens)
+
+
+def parse_responses_request(
+    body: Any,
+    catalog: Catalog,
+    enabled: Collection[str],
+    served: Collection[str],
+    priority_models: Collection[str] = (),
+) -> ResponsesRequest:
+    """Check ``body`` and work out the hold's token counts (without the context of a
+    previous response: see :meth:`ResponsesRequest.continuing`).
+
+    ``enabled``: catalog ids with an enabled deployment; ``served``: those with one whose
+    adapter serves the Responses API. Errors: InvalidRequest, ModelNotFound.
+    """
+    model = resolve_model(body, catalog, enabled, "chat")
+    if model.id not in served:
+        raise InvalidRequest(
+            f"The Responses API is not available for '{model.id}' here; use /chat/completions.", param="model"
+        )
+    for key, message in REFUSED.items():
+        if body.get(key) is not None and body[key] is not False:
+            raise InvalidRequest(message, param=key)
+    _check_input(body.get("input"))
+    _check_tools(body.get("tools"))
+    if body.get("instructions") is not None and not isinstance(body["instructions"], str):
+        raise InvalidRequest("'instructions' must be a string.", param="instructions")
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise InvalidRequest("'previous_response_id' must be a response id.", param="previous_response_id")
+    reasoning = _object(body, "reasoning")
+    _one_of(reasoning.get("effort"), EFFORTS, "reasoning.effort")
+    _one_of(_object(body, "text").get("verbosity"), VERBOSITIES, "text.verbosity")
+    tier = _one_of(body.get("service_tier"), SERVICE_TIERS, "service_tier")
+    for key in ("stream", "store"):
+        if body.get(key) is not None and not isinstance(body[key], bool):
+            raise InvalidRequest(f"'{key}' must be true or false.", param=key)
+    stream = body.get("stream") is True
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    if options is not None and not stream:
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    cap = body.get("max_output_tokens")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise InvalidRequest("'max_output_tokens' must be a positive integer.", param="max_output_tokens")
+    if cap is not None and cap > model.max_output_tokens:
+        raise InvalidRequest(
+            f"'max_output_tokens' is too large: {cap}. '{model.id}' supports at most "
+            f"{model.max_output_tokens} output tokens.",
+            param="max_output_tokens",
+        )
+    prompt_tokens = count_input(body, model)
+    room = model.context_window - prompt_tokens
+    if room < 1:
+        raise InvalidRequest(
+            f"The input is about {prompt_tokens} tokens; '{model.id}' accepts at most "
+            f"{model.context_window} tokens of context.",
+            param="input",
+        )
+    return ResponsesRequest(
+        model=model,
+        body=body,
+        stream=stream,
+        store=body.get("store") is not False,
+        prompt_tokens=prompt_tokens,
+        output_tokens=cap if cap is not None else min(model.max_output_tokens, room),
+        cap_is_clients=cap is not None,
+        priority=tier == "priority" and model.priority_prices is not None and model.id in priority_models,
+        previous_response_id=previous,
+    )

@@ -1,0 +1,220 @@
+"""The Responses API end to end: the official openai SDK and raw SSE → real Hypercorn → actors →
+fake Azure (tests/fake_azure_responses.py), on both backends.
+
+Money is checked exactly (the upstream's usage at the catalog price, holds released, a ledger
+that verifies), and stored responses are followed up only where they live.
+"""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+import trio
+from fake_azure import DEFAULT_REPLY, open_fake_azure
+from fake_azure_responses import input_text
+from harness import MODEL, azure_deployment, ledger_verify_cli, open_gateway
+
+from omixa.engine.catalog import cost_of, load_catalog
+from omixa.engine.responses_request import count_input
+from omixa.engine.tokens import count_text
+from omixa.engine.upstream import Usage
+
+MODEL_INFO = load_catalog().get(MODEL)
+assert MODEL_INFO is not None  # the shipped catalog lists it
+BODY = {"model": MODEL, "instructions": "Answer briefly.", "input": "Say something about foxes."}
+
+
+def cost(prompt: int, completion: int) -> int:
+    assert MODEL_INFO is not None
+    return cost_of(Usage(prompt_tokens=prompt, completion_tokens=completion), MODEL_INFO.prices)
+
+
+def sdk(gw, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+
+
+async def in_thread(fn, *args, **kwargs):
+    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+
+async def books_clean(gw, account: str, start: int, spent: int) -> None:
+    wallet = await gw.storage.get_wallet(account)
+    assert (wallet.locked, wallet.balance) == (0, start - spent)
+    assert await gw.storage.verify_ledger() == []
+
+
+async def sse_events(gw, key: str, body: dict, *, stop_after_deltas: int | None = None) -> list[bytes]:
+    """The raw events of one streamed response (stopping early after that many deltas)."""
+    events: list[bytes] = []
+    buffer, deltas = b"", 0
+    async with httpx.AsyncClient(timeout=30) as client:
+        async with client.stream(
+            "POST", f"{gw.base_url}/responses", headers={"Authorization": f"Bearer {key}"}, json=body
+        ) as response:
+            assert response.status_code == 200, await response.aread()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            async for chunk in response.aiter_raw():
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n\n")
+                events.extend(e + b"\n\n" for e in complete)
+                deltas += sum(1 for e in complete if b"event: response.output_text.delta" in e)
+                if stop_after_deltas is not None and deltas >= stop_after_deltas:
+                    break
+    return events
+
+
+async def test_a_response_is_answered_charged_logged_and_remembered(database_url, tmp_path):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("10.00")
+        start = (await gw.storage.get_wallet(account)).balance
+        response = await in_thread(sdk(gw, key).responses.create, **BODY)
+
+        assert response.output_text == DEFAULT_REPLY
+        prompt, completion = count_text(input_text(BODY)), count_text(DEFAULT_REPLY)
+        assert (response.usage.input_tokens, response.usage.output_tokens) == (prompt, completion)
+        sent = fake.requests[-1]
+        assert sent.path == "/openai/v1/responses" and "api-version" not in sent.query
+        assert sent.json["model"] == f"{MODEL}-dz"  # the deployment's name, not the catalog id
+        assert sent.json["max_output_tokens"] == MODEL_INFO.max_output_tokens
+        assert "stream" not in sent.json
+
+        await books_clean(gw, account, start, cost(prompt, completion))
+        await gw.flushed()
+        entries = await gw.storage.ledger_entries(account)
+        assert [e.type for e in entries] == ["top_up", "hold", "charge", "release"]
+        row = await gw.storage.get_request_log(entries[1].request_id)
+        assert (row.status, row.stream, row.deployment) == ("ok", False, "eastus-1")
+        assert (row.prompt_tokens, row.completion_tokens, row.cost) == (prompt, completion, cost(prompt, completion))
+        stored = await gw.storage.find_stored_response(account, response.id)
+        assert (stored.deployment, stored.endpoint, stored.context_tokens) == (
+            "eastus-1",
+            fake.endpoint,
+            prompt + completion,
+        )
+        await ledger_verify_cli(database_url, tmp_path)
+
+
+async def test_a_streamed_response_relays_the_typed_events_and_settles_before_the_last(database_url):
+    async with open_fake_azure(chunk_delay=0.001) as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("10.00")
+        start = (await gw.storage.get_wallet(account)).balance
+        events = await sse_events(gw, key, {**BODY, "stream": True})
+
+        assert events[0].startswith(b":")  # the padding comment goes first
+        kinds = [e.split(b"\n", 1)[0] for e in events if e.startswith(b"event:")]
+        assert kinds[0] == b"event: response.created" and kinds[-1] == b"event: response.completed"
+        assert kinds.count(b"event: response.output_text.delta") == len(fake._pieces(DEFAULT_REPLY))
+        assert fake.requests[-1].json["stream"] is True
+        prompt, completion = count_text(input_text(BODY)), count_text(DEFAULT_REPLY)
+        # The hold was settled before the client got response.completed.
+        wallet = await gw.storage.get_wallet(account)
+        assert (wallet.locked, wallet.balance) == (0, start - cost(prompt, completion))
+
+        # The SDK's own stream helper reads the same events into the final response.
+        def final():
+            with sdk(gw, key).responses.stream(**BODY) as stream:
+                return stream.get_final_response()
+
+        response = await in_thread(final)
+        assert response.output_text == DEFAULT_REPLY and response.status == "completed"
+        await books_clean(gw, account, start, 2 * cost(prompt, completion))
+        await gw.flushed()
+        assert await gw.storage.find_stored_response(account, response.id) is not None
+
+
+async def test_an_abandoned_response_stream_charges_only_what_was_delivered(database_url):
+    reply = " ".join(f"w{i}" for i in range(200))
+    async with open_fake_azure(reply=reply, chunk_delay=0.005) as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("10.00")
+        start = (await gw.storage.get_wallet(account)).balance
+        events = await sse_events(gw, key, {**BODY, "stream": True}, stop_after_deltas=5)
+        assert not any(b"response.completed" in e for e in events)
+        with trio.fail_after(10):
+            await fake.wait_disconnected()
+        entries = await gw.settled_entries(account)
+        await gw.flushed()
+        row = await gw.storage.get_request_log(entries[1].request_id)
+        prompt = count_input(BODY, MODEL_INFO)
+        assert row.status == "client_closed"
+        assert row.prompt_tokens == prompt and 5 <= row.completion_tokens < count_text(reply)
+        assert row.cost == cost(prompt, row.completion_tokens)
+        assert [e.type for e in entries] == ["top_up", "hold", "charge", "release"]
+        await books_clean(gw, account, start, row.cost)
+        # The response was created upstream before the client left: a follow-up can find it.
+        created = next(e for e in events if e.startswith(b"event: response.created"))
+        assert b'"id":"resp_' in created
+
+
+async def test_a_follow_up_goes_to_the_resource_that_stores_the_response(database_url):
+    async with (
+        open_fake_azure(reply="First answer.") as east,
+        open_fake_azure(reply="Second answer.") as west,
+        open_gateway(
+            database_url,
+            deployments=[azure_deployment(east, name="east"), azure_deployment(west, name="west")],
+        ) as gw,
+    ):
+        account, key = await gw.funded_account("10.00")
+        client = sdk(gw, key)
+        first = await in_thread(client.responses.create, **BODY)
+        home = east if first.id in east.stored else west
+        assert first.id in home.stored
+        previous = first
+        for _ in range(8):  # with two equal deployments, unpinned follow-ups would miss often
+            previous = await in_thread(
+                client.responses.create, model=MODEL, input="And then?", previous_response_id=previous.id
+            )
+            assert previous.id in home.stored
+        follow_ups = [r for r in home.requests if r.json and r.json.get("previous_response_id")]
+        assert len(follow_ups) == 8
+        other = west if home is east else east
+        assert not [r for r in other.requests if r.json and r.json.get("previous_response_id")]
+        # The follow-up was held for the context the stored response carries.
+        stored = await gw.storage.find_stored_response(account, previous.id)
+        assert stored.context_tokens == previous.usage.input_tokens + previous.usage.output_tokens
+        assert previous.usage.input_tokens > count_text("And then?") + home.stored[first.id] - 1
+
+        # Another account cannot continue, or even see, this account's response.
+        other_account, other_key = await gw.funded_account("10.00")
+        rows = len(await gw.storage.ledger_entries(other_account))
+        status, error = await gw.refused(
+            other_key, "/responses", {"model": MODEL, "input": "Hi", "previous_response_id": first.id}
+        )
+        assert (status, error["code"], error["param"]) == (404, "not_found", "previous_response_id")
+        assert len(await gw.storage.ledger_entries(other_account)) == rows
+        assert (await gw.storage.get_wallet(other_account)).locked == 0
+        status, error = await gw.refused(
+            key, "/responses", {"model": MODEL, "input": "Hi", "previous_response_id": "resp_never_made"}
+        )
+        assert (status, error["code"]) == (404, "not_found")
+        await gw.flushed()
+        assert await gw.storage.verify_ledger() == []
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
+        ({"background": True}, "background"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        ({"input": []}, "input"),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+        ({"stream_options": {"include_obfuscation": False}}, "stream_options"),
+    ],
+)
+async def test_what_cannot_be_served_is_refused_before_anything_is_held(database_url, change, param):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("10.00")
+        status, error = await gw.refused(key, "/responses", {**BODY, **change})
+        assert (status, error["code"], error["param"]) == (400, "invalid_request", param)
+        assert [e.type for e in await gw.storage.ledger_entries(account)] == ["top_up"]
+        assert not fake.requests
