@@ -1,6 +1,6 @@
 """Signatures around the verifier: malformed headers, secret rotation, keys and servers
-without what they need, the server key and start-up checks, the httpx signer, and the
-[security] config."""
+without what they need, the server key and start-up checks, the signer (httpx and httpx2),
+and the [security] config."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import datetime as dt
 from pathlib import Path
 
 import httpx
+import httpx2
 import pytest
 from cryptography.fernet import Fernet
 from hypothesis import given
+from hypothesis.strategies import booleans
 from signature_helpers import (
     BODIES,
     BOX,
@@ -159,14 +161,20 @@ def test_start_up_refuses_enforcement_it_cannot_honour():
     )
 
 
+@pytest.mark.parametrize("library", [httpx, httpx2], ids=["httpx", "httpx2"])
 @PROPERTY
-@given(path=PATHS, query=QUERIES, body=BODIES)
-def test_the_httpx_signer_signs_what_goes_on_the_wire(path, query, body):
-    request = httpx.Request(
-        "POST", "http://127.0.0.1:9/" + path.lstrip("/") + ("?" + query if query else "?"), content=body
+@given(path=PATHS, query=QUERIES, body=BODIES, streamed=booleans())
+def test_the_signer_signs_what_goes_on_the_wire(library, path, query, body, streamed):
+    """For either library's requests, with the body as bytes or as a stream not yet read
+    (the client's sync flow reads it, as a client does)."""
+    request = library.Request(
+        "POST",
+        "http://127.0.0.1:9/" + path.lstrip("/") + ("?" + query if query else "?"),
+        content=iter([body[:3], body[3:]]) if streamed else body,
     )
-    flow = OmixaSigner(SECRET, clock=lambda: NOW).auth_flow(request)
+    flow = OmixaSigner(SECRET, clock=lambda: NOW).sync_auth_flow(request)
     signed = next(flow)
+    assert signed.content == body
     assert len(signed.headers["X-Omixa-Nonce"]) == 24  # always a nonce
     tgt = signed.url.raw_path.removesuffix(b"?")
     sent = {name: signed.headers[name] for name in ("X-Omixa-Timestamp", "X-Omixa-Nonce", "X-Omixa-Signature")}

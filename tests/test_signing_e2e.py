@@ -43,8 +43,8 @@ def sdk(gw, key: str, signing_secret: str) -> openai.OpenAI:
         base_url=gw.base_url,
         api_key=key,
         max_retries=0,
-        # openai takes an httpx.Client at run time (it checks for one); its annotation names httpx2's only.
-        http_client=httpx.Client(auth=OmixaSigner(signing_secret)),  # type: ignore[arg-type]
+        # The SDK's own client (httpx2, with its timeouts); test_signing_clients.py has the others.
+        http_client=openai.DefaultHttpxClient(auth=OmixaSigner(signing_secret)),
     )
 
 
