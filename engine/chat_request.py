@@ -30,7 +30,9 @@ from omixa.engine.upstream import Completion, Provider, Usage
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_CHOICES = 16
 VERBOSITIES = ("low", "medium", "high")
-SERVICE_TIERS = ("auto", "default", "priority")
+# "flex" and "scale" are OpenAI's tiers, which Azure does not have: taken, and served (and
+# billed) as "default", so that clients written for OpenAI work unchanged.
+SERVICE_TIERS = ("auto", "default", "priority", "flex", "scale")
 # Parameters Azure refuses for reasoning models; Omixa drops them (many SDKs and frameworks
 # send a temperature by default, and the request still makes sense without it).
 REASONING_DROPS = (

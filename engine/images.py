@@ -23,7 +23,7 @@ import attrs
 
 from omixa.engine.catalog import MILLION, Catalog, ModelInfo, Prices
 from omixa.engine.chat_request import resolve_model
-from omixa.engine.errors import InternalError, InvalidRequest
+from omixa.engine.errors import InternalError, InvalidRequest, ModelNotFound
 from omixa.engine.model_call import PlainCall
 from omixa.engine.tokens import count_text
 from omixa.engine.upstream import MAX_REPORTED_TOKENS, Completion, EmbeddingsProvider, Provider, Usage
@@ -141,8 +141,16 @@ def _allowed(body: dict[str, Any], key: str, table: Collection[str]) -> tuple[st
 def parse_image_request(body: Any, catalog: Catalog, enabled: Collection[str]) -> ImageRequest:
     """Check an image-generation body and work out its hold.
 
+    Without ``model``, the first image model of the catalog with an enabled deployment is
+    used (OpenAI's SDKs let ``images.generate`` leave it out).
+
     Errors: InvalidRequest, ModelNotFound.
     """
+    if isinstance(body, dict) and body.get("model") is None:
+        default = next((m.id for m in catalog.models.values() if m.modality == "image" and m.id in enabled), None)
+        if default is None:
+            raise ModelNotFound("No image model is enabled on this server.")
+        body = {**body, "model": default}
     model = resolve_model(body, catalog, enabled, "image")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():

@@ -138,3 +138,19 @@ async def test_the_simulator_serves_images_billed_per_image(database_url):
         # No usage from the simulator: the prompt at the input price plus the catalog's image price.
         assert [e.amount for e in entries if e.type == "charge"] == [TEXT_TOKENS * INPUT + 11_000_000]
         assert await gw.storage.verify_ledger() == []
+
+
+async def test_an_sdk_call_without_a_model_gets_the_catalogs_image_model(database_url):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, deployments=image_deployments(fake)) as gw:
+        account, key = await gw.funded_account("5.00")
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+        result = await trio.to_thread.run_sync(lambda: client.images.generate(prompt=PROMPT, quality="low"))
+        assert [base64.b64decode(d.b64_json) for d in result.data] == [PNG]
+        assert fake.requests[-1].deployment == f"{MODEL}-dz"
+        entries = await gw.settled_entries(account)
+        row = await gw.request_log(entries[1].request_id)
+        assert (row.model, row.deployment) == (MODEL, "img-1")
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:  # no image model here
+        account, key = await gw.funded_account("5.00")
+        status, error = await gw.refused(key, "/images/generations", {"prompt": PROMPT})
+        assert (status, error["code"]) == (404, "model_not_found")

@@ -439,8 +439,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "ImageRequest": {
         **_obj(
-            ["model", "prompt"],
-            model=MODEL_ID,
+            ["prompt"],
+            model=_nullable({**MODEL_ID, "description": "Left out: the first image model of the catalog served here"}),
             prompt={"type": "string", "minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": NOT_BLANK},
             n={"type": "integer", "minimum": 1, "maximum": MAX_IMAGES},
             size={"enum": ["1024x1024", "1024x1536", "1536x1024", "auto"]},
