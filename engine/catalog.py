@@ -14,6 +14,7 @@ image by quality and size.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -70,6 +71,8 @@ class ModelInfo:
     reasoning_efforts: tuple[str, ...] = ()
     # Takes OpenAI's ``verbosity`` (the gpt-5 family); otherwise it is removed.
     verbosity: bool = False
+    # The date of the model version served (the API's "created").
+    released: dt.date | None = None
     # Prices of Azure Priority processing; None: the model has no priority tier.
     priority_prices: Prices | None = None
     # Embedding models: the vector size, and whether ``dimensions`` may shorten it.
@@ -150,6 +153,16 @@ def _per_image(raw: Any, where: str) -> dict[str, dict[str, int]]:
     return {q: {s: _price(v, f"{where}.{q}.{s}") for s, v in sizes.items()} for q, sizes in raw.items()}
 
 
+def _date(value: Any, _: type) -> dt.date:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    raise ValueError(f"expected a TOML date (released = 2025-08-07), got {value!r}")
+
+
+_CONVERTER = cattrs.Converter(forbid_extra_keys=True)
+_CONVERTER.register_structure_hook(dt.date, _date)
+
+
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelInfo:
     raw = dict(raw)
     where = f"models.{model_id}"
@@ -159,7 +172,7 @@ def _model(model_id: str, raw: Mapping[str, Any]) -> ModelInfo:
     if "image_prices" in raw:
         fields["image_prices"] = _per_image(raw.pop("image_prices"), f"{where}.image_prices")
     try:
-        model = cattrs.Converter(forbid_extra_keys=True).structure({**raw, **fields}, ModelInfo)
+        model = _CONVERTER.structure({**raw, **fields}, ModelInfo)
     except Exception as exc:
         details = "; ".join(cattrs.transform_error(exc, path=where))
         raise CatalogError(details) from None

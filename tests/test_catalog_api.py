@@ -38,12 +38,13 @@ async def test_the_catalog_lists_enabled_models_with_their_prices(tmp_path):
     by_id = {m["id"]: m for m in listing["data"]}
     assert one.status_code == 200 and one.json() == by_id["gpt-5.1"]
     assert by_id["gpt-5.1"] == {
-        "id": "gpt-5.1", "object": "model", "created": 0, "owned_by": "azure", "provider": "azure",
+        "id": "gpt-5.1", "object": "model", "created": 1762992000, "owned_by": "azure", "provider": "azure",
         "modality": "chat", "context_window": 400000, "max_output_tokens": 128000,
         "reasoning": True, "reasoning_efforts": ["none", "low", "medium", "high"], "verbosity": True,
         "pricing": {"unit": "USD per 1M tokens", "input": "1.25", "cached_input": "0.125", "output": "10.00",
                     "priority": {"input": "2.50", "cached_input": "0.25", "output": "20.00"}},
     }  # fmt: skip
+    assert all(m["created"] > 0 for m in listing["data"])  # every shipped model has its date
     mini = by_id["gpt-4o-mini"]
     assert (mini["reasoning_efforts"], mini["verbosity"], "priority" in mini["pricing"]) == ([], False, False)
     embedding = by_id["text-embedding-3-small"]

@@ -9,6 +9,7 @@ model has one).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -41,12 +42,20 @@ def register(app: QuartTrio, engine: Engine, authenticate: Callable[[], Awaitabl
         return json_response(model_object(model))
 
 
+def _created(model: ModelInfo) -> int:
+    """The model version's release date as Unix seconds (midnight UTC); 0 when the catalog
+    does not say."""
+    if model.released is None:
+        return 0
+    return int(dt.datetime.combine(model.released, dt.time(), dt.UTC).timestamp())
+
+
 def model_object(model: ModelInfo) -> dict[str, Any]:
     """One model as the API shows it."""
     obj: dict[str, Any] = {
         "id": model.id,
         "object": "model",
-        "created": 0,
+        "created": _created(model),
         "owned_by": model.provider,
         "provider": model.provider,
         "modality": model.modality,
