@@ -127,32 +127,38 @@ def _positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidRequest(f"'{key}' must be a positive integer.")
+        raise InvalidRequest(f"'{key}' must be a positive integer.", param=key)
     if maximum is not None and value > maximum:
-        raise InvalidRequest(f"'{key}' must be at most {maximum}.")
+        raise InvalidRequest(f"'{key}' must be at most {maximum}.", param=key)
     return value
 
 
 def _check_messages(messages: Any) -> None:
     if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array of message objects.")
+        raise InvalidRequest("'messages' must be a non-empty array of message objects.", param="messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise InvalidRequest(f"messages[{i}] must be an object.")
+            raise InvalidRequest(f"messages[{i}] must be an object.", param=f"messages[{i}]")
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}.")
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+                param=f"messages[{i}].role",
+            )
         content = message.get("content")
         if content is None:
             if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
                 continue
-            raise InvalidRequest(f"messages[{i}].content is required.")
+            raise InvalidRequest(f"messages[{i}].content is required.", param=f"messages[{i}].content")
         if isinstance(content, str):
             continue
         if not isinstance(content, list) or not all(
             isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
         ):
-            raise InvalidRequest(f"messages[{i}].content must be a string or an array of content parts with a 'type'.")
+            raise InvalidRequest(
+                f"messages[{i}].content must be a string or an array of content parts with a 'type'.",
+                param=f"messages[{i}].content",
+            )
 
 
 _ENDPOINTS = {"chat": "/chat/completions", "embedding": "/embeddings", "image": "/images/generations"}
@@ -167,14 +173,15 @@ def resolve_model(body: Any, catalog: Catalog, enabled: Collection[str], modalit
         raise InvalidRequest("The request body must be a JSON object.")
     model_id = body.get("model")
     if not isinstance(model_id, str) or not model_id:
-        raise InvalidRequest("'model' is required and must be a string.")
+        raise InvalidRequest("'model' is required and must be a string.", param="model")
     model = catalog.get(model_id)
     if model is None or model_id not in enabled:
         raise ModelNotFound(f"The model '{model_id}' does not exist or is not enabled.")
     if model.modality != modality:
         article = "an" if model.modality[0] in "aeiou" else "a"
         raise InvalidRequest(
-            f"The model '{model_id}' is {article} {model.modality} model; use {_ENDPOINTS[model.modality]}."
+            f"The model '{model_id}' is {article} {model.modality} model; use {_ENDPOINTS[model.modality]}.",
+            param="model",
         )
     return model
 
@@ -182,7 +189,7 @@ def resolve_model(body: Any, catalog: Catalog, enabled: Collection[str], modalit
 def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
     value = body.get(key)
     if value is not None and value not in allowed:
-        raise InvalidRequest(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}.")
+        raise InvalidRequest(f"'{key}' must be one of {', '.join(allowed)}; got {value!r}.", param=key)
     return value
 
 
@@ -210,12 +217,12 @@ def parse_chat_request(
         provider_check(model.provider, body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be true or false.")
+        raise InvalidRequest("'stream' must be true or false.", param="stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.")
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
     if options is not None and not stream:
-        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.")
+        raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
     choices = _positive_int(body, "n", maximum=MAX_CHOICES) or 1
     completion_cap = _positive_int(body, "max_completion_tokens")
     legacy_cap = _positive_int(body, "max_tokens")
@@ -223,7 +230,8 @@ def parse_chat_request(
     if cap is not None and cap > model.max_output_tokens:
         key = "max_completion_tokens" if completion_cap is not None else "max_tokens"
         raise InvalidRequest(
-            f"'{key}' is too large: {cap}. '{model_id}' supports at most {model.max_output_tokens} output tokens."
+            f"'{key}' is too large: {cap}. '{model_id}' supports at most {model.max_output_tokens} output tokens.",
+            param=key,
         )
 
     prompt_tokens = count_chat_prompt(body, model.encoding, image_tokens=model.image_tokens)
@@ -231,7 +239,8 @@ def parse_chat_request(
     if room < 1:
         raise InvalidRequest(
             f"The prompt is about {prompt_tokens} tokens; '{model_id}' accepts at most "
-            f"{model.context_window} tokens of context."
+            f"{model.context_window} tokens of context.",
+            param="messages",
         )
     cap_is_clients = cap is not None
     if cap is None:

@@ -73,14 +73,14 @@ def _input_tokens(value: Any, model: ModelInfo) -> list[int]:
              "token ids, or an array of non-empty arrays of token ids.")  # fmt: skip
     if isinstance(value, str):
         if not value:
-            raise InvalidRequest(shape)
+            raise InvalidRequest(shape, param="input")
         return [count_text(value, model.encoding)]
     if not isinstance(value, list) or not value:
-        raise InvalidRequest(shape)
+        raise InvalidRequest(shape, param="input")
     if all(_is_token(t) for t in value):
         return [len(value)]  # one input, as token ids
     if len(value) > MAX_INPUTS:
-        raise InvalidRequest(f"'input' may hold at most {MAX_INPUTS} inputs; got {len(value)}.")
+        raise InvalidRequest(f"'input' may hold at most {MAX_INPUTS} inputs; got {len(value)}.", param="input")
     counts = []
     for i, item in enumerate(value):
         if isinstance(item, str) and item:
@@ -88,10 +88,10 @@ def _input_tokens(value: Any, model: ModelInfo) -> list[int]:
         elif isinstance(item, list) and item and all(_is_token(t) for t in item):
             counts.append(len(item))
         else:
-            raise InvalidRequest(f"input[{i}] is not valid. {shape}")
+            raise InvalidRequest(f"input[{i}] is not valid. {shape}", param=f"input[{i}]")
     kinds = {isinstance(item, str) for item in value}
     if len(kinds) > 1:
-        raise InvalidRequest("'input' must not mix strings and token arrays.")
+        raise InvalidRequest("'input' must not mix strings and token arrays.", param="input")
     return counts
 
 
@@ -106,24 +106,28 @@ def parse_embedding_request(body: Any, catalog: Catalog, enabled: Collection[str
     """
     model = resolve_model(body, catalog, enabled, "embedding")
     if "input" not in body:
-        raise InvalidRequest("'input' is required.")
+        raise InvalidRequest("'input' is required.", param="input")
     counts = _input_tokens(body["input"], model)
     for i, tokens in enumerate(counts):
         if tokens > model.context_window:
-            where = "'input'" if len(counts) == 1 else f"input[{i}]"
-            raise InvalidRequest(f"{where} is {tokens} tokens; '{model.id}' accepts at most {model.context_window}.")
+            param = "input" if len(counts) == 1 else f"input[{i}]"
+            where = "'input'" if len(counts) == 1 else param
+            message = f"{where} is {tokens} tokens; '{model.id}' accepts at most {model.context_window}."
+            raise InvalidRequest(message, param=param)
     total = sum(counts)
     if total > MAX_TOTAL_TOKENS:
-        raise InvalidRequest(f"The inputs are {total} tokens; at most {MAX_TOTAL_TOKENS} per request.")
+        raise InvalidRequest(f"The inputs are {total} tokens; at most {MAX_TOTAL_TOKENS} per request.", param="input")
     dimensions = body.get("dimensions")
     if dimensions is not None:
         if not model.custom_dimensions:
-            raise InvalidRequest(f"'{model.id}' does not take 'dimensions'.")
+            raise InvalidRequest(f"'{model.id}' does not take 'dimensions'.", param="dimensions")
         if isinstance(dimensions, bool) or not isinstance(dimensions, int) or not 1 <= dimensions <= model.dimensions:
-            raise InvalidRequest(f"'dimensions' must be an integer from 1 to {model.dimensions}.")
+            raise InvalidRequest(f"'dimensions' must be an integer from 1 to {model.dimensions}.", param="dimensions")
     encoding_format = body.get("encoding_format")
     if encoding_format is not None and encoding_format not in ENCODING_FORMATS:
-        raise InvalidRequest(f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}.")
+        raise InvalidRequest(
+            f"'encoding_format' must be one of {', '.join(ENCODING_FORMATS)}.", param="encoding_format"
+        )
     if body.get("user") is not None and not isinstance(body["user"], str):
-        raise InvalidRequest("'user' must be a string.")
+        raise InvalidRequest("'user' must be a string.", param="user")
     return EmbeddingRequest(model=model, body=body, prompt_tokens=total)

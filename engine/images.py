@@ -134,7 +134,7 @@ def _allowed(body: dict[str, Any], key: str, table: Collection[str]) -> tuple[st
     if value == AUTO:
         return tuple(table)
     if not isinstance(value, str) or value not in table:
-        raise InvalidRequest(f"'{key}' must be one of {', '.join([*table, AUTO])}; got {value!r}.")
+        raise InvalidRequest(f"'{key}' must be one of {', '.join([*table, AUTO])}; got {value!r}.", param=key)
     return (value,)
 
 
@@ -154,18 +154,21 @@ def parse_image_request(body: Any, catalog: Catalog, enabled: Collection[str]) -
     model = resolve_model(body, catalog, enabled, "image")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
-        raise InvalidRequest("'prompt' is required and must be a non-empty string.")
+        raise InvalidRequest("'prompt' is required and must be a non-empty string.", param="prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"'prompt' may be at most {MAX_PROMPT_CHARS} characters.")
+        raise InvalidRequest(f"'prompt' may be at most {MAX_PROMPT_CHARS} characters.", param="prompt")
     n = body.get("n", 1)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
-        raise InvalidRequest(f"'n' must be an integer from 1 to {MAX_IMAGES}.")
+        raise InvalidRequest(f"'n' must be an integer from 1 to {MAX_IMAGES}.", param="n")
     qualities = _allowed(body, "quality", model.image_output_tokens)
     sizes = _allowed(body, "size", next(iter(model.image_output_tokens.values())))
     if body.get("response_format") not in (None, "b64_json"):
-        raise InvalidRequest(f"'{model.id}' returns images as b64_json only; 'response_format' must be b64_json.")
+        raise InvalidRequest(
+            f"'{model.id}' returns images as b64_json only; 'response_format' must be b64_json.",
+            param="response_format",
+        )
     if body.get("stream") is not None and body["stream"] is not False:  # 0 == False, but is not false
-        raise InvalidRequest("Streaming image generation is not supported; leave 'stream' out.")
+        raise InvalidRequest("Streaming image generation is not supported; leave 'stream' out.", param="stream")
 
     prompt_tokens = count_text(prompt, model.encoding)
     options = [(q, s) for q in qualities for s in sizes]

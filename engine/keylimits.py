@@ -7,9 +7,10 @@ call counts, also one refused later for a bad body or an empty wallet. Once its 
 is known (prompt + output cap, as the deployments count it), that estimate counts against
 the tokens window (:meth:`KeyLimiter.admit_tokens`); when the call ends, the estimate is
 replaced by the real usage. Over either limit the call gets ``429 rate_limited`` with
-``Retry-After`` before anything is held or sent; a call whose estimate alone exceeds the
-tokens limit could never fit, so it gets 400 ``invalid_request`` instead (a client retrying a
-429 would retry it for nothing).
+``Retry-After`` before anything is held or sent, its type ``requests`` or ``tokens`` after
+the limit that refused (as OpenAI's); a call whose estimate alone exceeds the tokens limit
+could never fit, so it gets 400 ``invalid_request`` instead (a client retrying a 429 would
+retry it for nothing).
 
 Limits come from the key (``omixa key create --rpm/--tpm``) or else ``[limits] key_rpm`` /
 ``key_tpm``; 0 means unlimited. Only model calls count (chat completions, embeddings,
@@ -96,7 +97,7 @@ class Verdict:
         await ask.done.wait()
         if ask.retry_after is not None:
             message = f"Developer key exceeded rate limits ({_MESSAGES[self._name]})."
-            raise RateLimited(message, retry_after=ask.retry_after)
+            raise RateLimited(message, limit=self._name, retry_after=ask.retry_after)
         return Admitted(at=ask.at, shared_at=ask.shared_at)
 
 
@@ -175,7 +176,8 @@ class KeyLimiter:
             return Verdict(name, ask)
         retry_after = self._admit_locally(window, limit, amount, now)
         if retry_after is not None:
-            raise RateLimited(f"Developer key exceeded rate limits ({_MESSAGES[name]}).", retry_after=retry_after)
+            message = f"Developer key exceeded rate limits ({_MESSAGES[name]})."
+            raise RateLimited(message, limit=name, retry_after=retry_after)
         return Verdict(name, Admitted(at=now))
 
     def _admit_locally(self, window_id: str, limit: int, amount: int, now: float) -> float | None:

@@ -81,7 +81,7 @@ def page_limit(value: int | None) -> int:
     if value is None:
         return DEFAULT_PAGE
     if not 1 <= value <= MAX_PAGE:
-        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.")
+        raise InvalidRequest(f"limit must be between 1 and {MAX_PAGE}.", param="limit")
     return value
 
 
@@ -145,15 +145,17 @@ class Reports:
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
             raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.")
         if not isinstance(amount, (str, int, float)) or isinstance(amount, bool):
-            raise InvalidRequest('amount is required: a decimal string of USD such as "10.00".')
+            raise InvalidRequest('amount is required: a decimal string of USD such as "10.00".', param="amount")
         try:
             nano = parse_usd(amount, field="amount")
         except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+            raise InvalidRequest(str(exc), param="amount") from None
         low = parse_usd(self._wallet.top_up_min_usd)
         high = parse_usd(self._wallet.top_up_max_usd)
         if not low <= nano <= high:
-            raise InvalidRequest(f"amount must be between {format_usd(low)} and {format_usd(high)} USD.")
+            raise InvalidRequest(
+                f"amount must be between {format_usd(low)} and {format_usd(high)} USD.", param="amount"
+            )
         with storage_failures("usage"):
             try:
                 return await self._storage.credit_top_up(
@@ -210,13 +212,13 @@ class Reports:
         (day) before it. Errors: InvalidRequest for a bad granularity or range.
         """
         if granularity not in STEP:
-            raise InvalidRequest("granularity must be 'hour' or 'day'.")
+            raise InvalidRequest("granularity must be 'hour' or 'day'.", param="granularity")
         if until is None:
             until = bucket_start(dt.datetime.now(dt.UTC), granularity) + STEP[granularity]
         until = bucket_start(until, granularity)
         since = until - DEFAULT_SPAN[granularity] if since is None else bucket_start(since, granularity)
         if since >= until:
-            raise InvalidRequest("'since' must be before 'until'.")
+            raise InvalidRequest("'since' must be before 'until'.", param="since")
         if until - since > MAX_SPAN[granularity]:
             raise InvalidRequest(f"At most {MAX_SPAN[granularity].days} days per query at granularity={granularity}.")
         with storage_failures("usage"):

@@ -17,6 +17,9 @@ Use it from any test (``tests/`` is on ``sys.path`` under pytest)::
 Wire format, as Azure (api-version 2024-10-21): ``POST /openai/deployments/{name}/chat/completions
 ?api-version=...`` with an ``api-key`` header. Missing api-version: 400; wrong key: 401; unknown
 deployment (when ``deployments`` is set): 404; each with Azure's ``{"error": {"code", "message"}}``.
+``fail_next`` sends any status and body, e.g. Azure's own 400 bodies for a content filter
+(:func:`content_filter_error`, with its ``innererror``) or a context overflow
+(:func:`context_length_error`).
 Answers carry ``prompt_filter_results``, ``content_filter_results`` and a full ``usage``. Streams
 send the empty-``choices`` prompt-filter frame, a role frame, content frames, a finish frame, a
 usage frame (only when ``stream_options.include_usage`` is true) and ``data: [DONE]``.
@@ -97,6 +100,34 @@ def rate_limit_message(seconds: int, api_version: str = "2024-10-21") -> str:
 
 def azure_error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
+
+
+# What Azure answers (HTTP 400) when its content filter refuses the prompt: OpenAI's error
+# object plus ``innererror``, the filter's verdict on each category.
+CONTENT_FILTER_MESSAGE = (
+    "The response was filtered due to the prompt triggering Azure OpenAI's content management "
+    "policy. Please modify your prompt and retry. To learn more about our content filtering "
+    "policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766"
+)
+CONTENT_FILTER_INNERERROR = {
+    "code": "ResponsibleAIPolicyViolation",
+    "content_filter_result": {**_FILTERS, "jailbreak": {"filtered": False, "detected": False},
+                              "violence": {"filtered": True, "severity": "medium"}},
+}  # fmt: skip
+
+
+def content_filter_error() -> dict[str, Any]:
+    """Azure's 400 body for a prompt its content filter refused (pass it to ``fail_next``)."""
+    return {"error": {"message": CONTENT_FILTER_MESSAGE, "type": None, "param": "prompt", "code": "content_filter",
+                      "status": 400, "innererror": CONTENT_FILTER_INNERERROR}}  # fmt: skip
+
+
+def context_length_error(limit: int = 128000, tokens: int = 130000) -> dict[str, Any]:
+    """Azure's (OpenAI's) 400 body for a prompt longer than the model's context window."""
+    message = (f"This model's maximum context length is {limit} tokens. However, your messages "
+               f"resulted in {tokens} tokens. Please reduce the length of the messages.")  # fmt: skip
+    return {"error": {"message": message, "type": "invalid_request_error", "param": "messages",
+                      "code": "context_length_exceeded"}}  # fmt: skip
 
 
 @attrs.frozen

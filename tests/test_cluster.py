@@ -273,6 +273,7 @@ async def test_a_keys_rpm_holds_across_processes_with_shared_headers(redis_serve
                 await limiters[i % 3].admit_request(key, trio.current_time())
                 outcomes.append(None)
             except RateLimited as exc:
+                assert exc.type == "requests"  # the limit that refused, as OpenAI's type
                 outcomes.append(exc.retry_after)
 
         async with trio.open_nursery() as nursery:
@@ -289,8 +290,9 @@ async def test_a_keys_tokens_are_estimated_then_corrected_across_processes(redis
     key = api_key(tpm=1_000)
     async with limiters_on_redis(redis_server.url, 2) as (a, b):
         admitted = [await a.admit_tokens(key, 400, trio.current_time()) for _ in range(2)]
-        with pytest.raises(RateLimited):
+        with pytest.raises(RateLimited) as refused:
             await b.admit_tokens(key, 400, trio.current_time())
+        assert refused.value.type == "tokens"
         for one in admitted:
             a.settle(key.id, one, 400, 50)
         with trio.fail_after(5):

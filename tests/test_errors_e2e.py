@@ -13,13 +13,29 @@ from harness import MODEL, open_gateway
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def check_envelope(response: httpx.Response, status: int, code: str) -> dict:
+# OpenAI's error types, by status: every refusal of the request itself (401 included) is an
+# invalid_request_error, an exhausted balance insufficient_quota, a 429 the limit that
+# refused, a 5xx a server_error.
+TYPES = {402: {"insufficient_quota"}, 429: {"requests", "tokens"}}
+ENVELOPE_KEYS = {"message", "type", "param", "code", "request_id"}
+
+
+def expected_types(status: int) -> set[str]:
+    return TYPES.get(status, {"server_error"} if status >= 500 else {"invalid_request_error"})
+
+
+def check_envelope(response: httpx.Response, status: int, code: str, param: str | None | type = object) -> dict:
+    """The error envelope of ``response``: its status, code, type and request id (and its
+    ``param`` when given)."""
     assert response.status_code == status, response.text
     error = response.json()["error"]
+    assert set(error) - {"innererror"} == ENVELOPE_KEYS, error
     assert error["code"] == code
     assert error["message"]
-    assert error["type"]
+    assert error["type"] in expected_types(status), error
     assert error["request_id"] == response.headers["x-request-id"]
+    if param is not object:
+        assert error["param"] == param, error
     return error
 
 
@@ -41,58 +57,102 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(gateway):
     rows = len(await gw.storage.ledger_entries(account))
     auth = {"Authorization": f"Bearer {key}"}
     url = f"{gw.base_url}/chat/completions"
+    model = {"model": MODEL}
     cases = [
-        (dict(content=b"{not json", headers={**auth, "content-type": "application/json"}), 400, "invalid_request"),
-        (dict(content=b"", headers=auth), 400, "invalid_request"),
-        (dict(json=["a list"], headers=auth), 400, "invalid_request"),
-        (dict(json={"messages": MESSAGES}, headers=auth), 400, "invalid_request"),
-        (dict(json={"model": "no-such-model", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
+        (
+            dict(content=b"{not json", headers={**auth, "content-type": "application/json"}),
+            400,
+            "invalid_request",
+            None,
+        ),
+        (dict(content=b"", headers=auth), 400, "invalid_request", None),
+        (dict(json=["a list"], headers=auth), 400, "invalid_request", None),
+        (dict(json={"messages": MESSAGES}, headers=auth), 400, "invalid_request", "model"),
+        (dict(json={"model": "no-such-model", "messages": MESSAGES}, headers=auth), 404, "model_not_found", "model"),
         # In the catalog, but no deployment serves it here.
-        (dict(json={"model": "gpt-4.1", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
-        (dict(json={"model": "text-embedding-3-small", "messages": MESSAGES}, headers=auth), 404, "model_not_found"),
-        (dict(json={"model": MODEL, "messages": []}, headers=auth), 400, "invalid_request"),
+        (dict(json={"model": "gpt-4.1", "messages": MESSAGES}, headers=auth), 404, "model_not_found", "model"),
         (
-            dict(json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, headers=auth),
+            dict(json={"model": "text-embedding-3-small", "messages": MESSAGES}, headers=auth),
+            404,
+            "model_not_found",
+            "model",
+        ),
+        (dict(json={**model, "messages": []}, headers=auth), 400, "invalid_request", "messages"),
+        (
+            dict(json={**model, "messages": [{"role": "wizard", "content": "x"}]}, headers=auth),
             400,
             "invalid_request",
+            "messages[0].role",
         ),
-        (dict(json={"model": MODEL, "messages": [{"role": "user"}]}, headers=auth), 400, "invalid_request"),
         (
-            dict(json={"model": MODEL, "messages": [{"role": "user", "content": 5}]}, headers=auth),
+            dict(json={**model, "messages": [*MESSAGES, {"role": "user"}]}, headers=auth),
             400,
             "invalid_request",
+            "messages[1].content",
         ),
-        (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 0}, headers=auth), 400, "invalid_request"),
-        (dict(json={"model": MODEL, "messages": MESSAGES, "max_tokens": 10**18}, headers=auth), 400, "invalid_request"),
         (
-            dict(json={"model": MODEL, "messages": MESSAGES, "max_completion_tokens": 16385}, headers=auth),
+            dict(json={**model, "messages": [{"role": "user", "content": 5}]}, headers=auth),
             400,
             "invalid_request",
+            "messages[0].content",
         ),
-        (dict(json={"model": MODEL, "messages": MESSAGES, "stream": "yes"}, headers=auth), 400, "invalid_request"),
         (
-            dict(json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=auth),
+            dict(json={**model, "messages": MESSAGES, "max_tokens": 0}, headers=auth),
+            400,
+            "invalid_request",
+            "max_tokens",
+        ),
+        (
+            dict(json={**model, "messages": MESSAGES, "max_tokens": 10**18}, headers=auth),
+            400,
+            "invalid_request",
+            "max_tokens",
+        ),
+        (
+            dict(json={**model, "messages": MESSAGES, "max_completion_tokens": 16385}, headers=auth),
+            400,
+            "invalid_request",
+            "max_completion_tokens",
+        ),
+        (dict(json={**model, "messages": MESSAGES, "stream": "yes"}, headers=auth), 400, "invalid_request", "stream"),
+        (
+            dict(json={**model, "messages": MESSAGES, "stream_options": {}}, headers=auth),
+            400,
+            "invalid_request",
+            "stream_options",
+        ),
+        (
+            dict(json={**model, "messages": MESSAGES, "service_tier": "gold"}, headers=auth),
+            400,
+            "invalid_request",
+            "service_tier",
+        ),
+        (
+            dict(json={**model, "messages": [{"role": "user", "content": "x" * 5000}]}, headers=auth),
             413,
             "request_too_large",
+            None,
         ),
-        (dict(json={"model": MODEL, "messages": MESSAGES}), 401, "invalid_api_key"),
+        (dict(json={**model, "messages": MESSAGES}), 401, "invalid_api_key", None),
         (
-            dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Bearer omx_live_wrong"}),
+            dict(json={**model, "messages": MESSAGES}, headers={"Authorization": "Bearer omx_live_wrong"}),
             401,
             "invalid_api_key",
+            None,
         ),
         (
-            dict(json={"model": MODEL, "messages": MESSAGES}, headers={"Authorization": "Basic abc"}),
+            dict(json={**model, "messages": MESSAGES}, headers={"Authorization": "Basic abc"}),
             401,
             "invalid_api_key",
+            None,
         ),
     ]
     async with httpx.AsyncClient() as client:
-        for kwargs, status, code in cases:
-            check_envelope(await client.post(url, **kwargs), status, code)
-        check_envelope(await client.get(f"{gw.base_url}/nothing-here", headers=auth), 404, "not_found")
+        for kwargs, status, code, param in cases:
+            check_envelope(await client.post(url, **kwargs), status, code, param)
+        check_envelope(await client.get(f"{gw.base_url}/nothing-here", headers=auth), 404, "not_found", None)
         not_allowed = await client.get(url, headers=auth)
-        check_envelope(not_allowed, 405, "method_not_allowed")
+        check_envelope(not_allowed, 405, "method_not_allowed", None)
         assert not_allowed.headers["allow"] == "POST"
     await ledger_unchanged(gw, account, rows)
     assert gw.fake.requests == []

@@ -121,6 +121,7 @@ async def test_an_image_request_the_wallet_cannot_cover_is_402_and_an_upstream_r
             refused = await client.post(url, json={"model": MODEL, "prompt": PROMPT, "quality": "low"})
         assert refused.status_code == 400
         assert "Blocked by the safety system." in refused.json()["error"]["message"]
+        assert refused.json()["error"]["code"] == "content_policy_violation"  # Azure's own
         entries = await gw.settled_entries(account)
         assert [e.type for e in entries] == ["top_up", "hold", "release"]
         assert await gw.storage.verify_ledger() == []

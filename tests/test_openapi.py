@@ -47,4 +47,16 @@ async def test_every_api_route_is_in_the_spec_and_nothing_else(tmp_path):
     refs = set(re.findall(r'"#/components/schemas/([^"]+)"', fetched.text))
     assert refs <= schemas.keys()
     # Every error code the server can send is in the envelope's enum.
-    assert "top_up_disabled" in schemas["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    error = schemas["Error"]["properties"]["error"]["properties"]
+    own_codes, upstream_codes = error["code"]["anyOf"]
+    assert "top_up_disabled" in own_codes["enum"]
+    assert re.fullmatch(upstream_codes["pattern"], "context_length_exceeded")
+    assert not re.fullmatch(upstream_codes["pattern"], "400")
+    # And every type: OpenAI's.
+    assert error["type"]["enum"] == [
+        "insufficient_quota",
+        "invalid_request_error",
+        "requests",
+        "server_error",
+        "tokens",
+    ]

@@ -13,7 +13,8 @@ set by the method called (``complete`` sends none, ``open_stream`` sends ``true`
 
 Errors: :class:`UpstreamError` (``upstream_status`` = Azure's status, None when unreachable or
 the connection broke; ``retry_after`` from ``retry-after-ms``, else ``Retry-After``, else the
-"retry after N seconds" in Azure's message) and :class:`UpstreamTimeout`.
+"retry after N seconds" in Azure's message; ``upstream_code``, ``param`` and ``innererror``
+from Azure's error body) and :class:`UpstreamTimeout`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import httpx
 import trio
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
-from omixa.engine.errors import UpstreamError, UpstreamTimeout
+from omixa.engine.errors import UPSTREAM_CODE, UpstreamError, UpstreamTimeout
 from omixa.engine.providers._answers import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers._http import (
     STREAM_ERRORS,
@@ -219,17 +220,48 @@ class _Events:
 
 
 def error_from_response(response: httpx.Response, raw: bytes) -> UpstreamError:
-    """The UpstreamError for a non-2xx Azure answer: status, Azure's message, retry-after."""
+    """The UpstreamError for a non-2xx Azure answer: status, Azure's message, retry-after,
+    and what else Azure's ``{"error": {...}}`` says of the request (:func:`_detail`)."""
     status = response.status_code
     message = None
     try:
         envelope = json.loads(raw)
     except ValueError:
         envelope = None
-    if isinstance(envelope, dict) and isinstance(envelope.get("error"), dict):
-        message = envelope["error"].get("message") or envelope["error"].get("code")
+    error = envelope.get("error") if isinstance(envelope, dict) else None
+    if not isinstance(error, dict):
+        error = {}
+    message = error.get("message") or error.get("code")
     if not isinstance(message, str) or not message:
         message = f"Upstream answered HTTP {status}."
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
-    return UpstreamError(message, upstream_status=status, retry_after=parse_retry_after(response.headers, raw))
+    code, param, inner = _detail(error)
+    return UpstreamError(
+        message,
+        upstream_status=status,
+        retry_after=parse_retry_after(response.headers, raw),
+        upstream_code=code,
+        param=param,
+        innererror=inner,
+    )
+
+
+MAX_PARAM_CHARS = 256
+MAX_INNERERROR_BYTES = 8192
+
+
+def _detail(error: dict[str, Any]) -> tuple[str | None, str | None, dict[str, Any] | None]:
+    """(code, param, innererror) of Azure's error object, each None unless it has the shape
+    OpenAI's has: a short word, a short string, and an object (Azure's chat content filter
+    sends ``innererror``, its image one ``inner_error``) of at most 8 KiB."""
+    code = error.get("code")
+    param = error.get("param")
+    inner = error.get("innererror", error.get("inner_error"))
+    if not isinstance(inner, dict) or len(json.dumps(inner)) > MAX_INNERERROR_BYTES:
+        inner = None
+    return (
+        code if isinstance(code, str) and UPSTREAM_CODE.fullmatch(code) else None,
+        param if isinstance(param, str) and 0 < len(param) <= MAX_PARAM_CHARS else None,
+        inner,
+    )

@@ -94,19 +94,19 @@ def check_request(body: dict[str, Any]) -> None:
             continue
         if key in ("logit_bias", "logprobs", "tools", "functions") and not value:
             continue  # empty or false: asks for nothing
-        raise InvalidRequest(f"'{key}' is not supported for Vertex Gemini models.")
+        raise InvalidRequest(f"'{key}' is not supported for Vertex Gemini models.", param=key)
     effort = body.get("reasoning_effort")
     if effort is not None and effort not in EFFORTS:
-        raise InvalidRequest(f"'reasoning_effort' must be one of {', '.join(EFFORTS)}.")
+        raise InvalidRequest(f"'reasoning_effort' must be one of {', '.join(EFFORTS)}.", param="reasoning_effort")
     _stop_sequences(body.get("stop"))
     _response_format(body.get("response_format"))
     for key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         value = body.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InvalidRequest(f"'{key}' must be a number.")
+            raise InvalidRequest(f"'{key}' must be a number.", param=key)
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise InvalidRequest("'seed' must be an integer.")
+        raise InvalidRequest("'seed' must be an integer.", param="seed")
     _contents(body["messages"])
 
 
@@ -142,9 +142,11 @@ def _stop_sequences(stop: Any) -> list[str]:
         return []
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise InvalidRequest("'stop' must be a string or an array of strings.")
+        raise InvalidRequest("'stop' must be a string or an array of strings.", param="stop")
     if len(stops) > MAX_STOP_SEQUENCES:
-        raise InvalidRequest(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences on Vertex Gemini models.")
+        raise InvalidRequest(
+            f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences on Vertex Gemini models.", param="stop"
+        )
     return stops
 
 
@@ -159,9 +161,13 @@ def _response_format(value: Any) -> dict[str, Any]:
     if kind == "json_schema":
         schema = (value.get("json_schema") or {}).get("schema")
         if not isinstance(schema, dict):
-            raise InvalidRequest("'response_format.json_schema.schema' must be an object.")
+            raise InvalidRequest(
+                "'response_format.json_schema.schema' must be an object.", param="response_format.json_schema.schema"
+            )
         return {"responseMimeType": "application/json", "responseJsonSchema": schema}
-    raise InvalidRequest("'response_format.type' must be text, json_object or json_schema.")
+    raise InvalidRequest(
+        "'response_format.type' must be text, json_object or json_schema.", param="response_format.type"
+    )
 
 
 def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -171,7 +177,9 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     for i, message in enumerate(messages):
         role = message.get("role")
         if role in ("tool", "function") or message.get("tool_calls") or message.get("function_call"):
-            raise InvalidRequest(f"messages[{i}]: tool calls are not supported for Vertex Gemini models.")
+            raise InvalidRequest(
+                f"messages[{i}]: tool calls are not supported for Vertex Gemini models.", param=f"messages[{i}]"
+            )
         parts = list(_parts(message.get("content"), f"messages[{i}]"))
         if role in ("system", "developer"):
             system.extend(parts)
@@ -184,7 +192,9 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
         else:
             contents.append({"role": gemini_role, "parts": parts})
     if not contents:
-        raise InvalidRequest("Vertex Gemini models need at least one user or assistant message with content.")
+        raise InvalidRequest(
+            "Vertex Gemini models need at least one user or assistant message with content.", param="messages"
+        )
     return system, contents
 
 
@@ -198,7 +208,7 @@ def _parts(content: Any, where: str) -> Iterable[dict[str, Any]]:
         if kind == "text":
             text = part.get("text")
             if not isinstance(text, str):
-                raise InvalidRequest(f"{where}.content[{j}].text must be a string.")
+                raise InvalidRequest(f"{where}.content[{j}].text must be a string.", param=f"{where}.content[{j}].text")
             if text:
                 yield {"text": text}
         elif kind == "image_url":
@@ -208,12 +218,14 @@ def _parts(content: Any, where: str) -> Iterable[dict[str, Any]]:
             if match is None:
                 raise InvalidRequest(
                     f"{where}.content[{j}]: Vertex Gemini models take images only as "
-                    "data: URLs (data:image/png;base64,...)."
+                    "data: URLs (data:image/png;base64,...).",
+                    param=f"{where}.content[{j}].image_url",
                 )
             yield {"inlineData": {"mimeType": match.group(1), "data": match.group(2)}}
         else:
             raise InvalidRequest(
-                f"{where}.content[{j}]: content parts of type {kind!r} are not supported for Vertex Gemini models."
+                f"{where}.content[{j}]: content parts of type {kind!r} are not supported for Vertex Gemini models.",
+                param=f"{where}.content[{j}].type",
             )
 
 

@@ -181,7 +181,7 @@ class VertexProvider:
         try:
             payload = gemini.to_gemini(body, self._model)
         except InvalidRequest as exc:  # the engine checks first; a 400 all the same if not
-            raise UpstreamError(exc.message, upstream_status=400) from None
+            raise UpstreamError(exc.message, upstream_status=400, param=exc.param) from None
         headers = self._headers
         if self._tokens is not None:
             headers = {**headers, "authorization": f"Bearer {await self._tokens.token()}"}

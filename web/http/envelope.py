@@ -1,4 +1,6 @@
-"""The one rendering of errors: ``{"error": {"code", "message", "type", "request_id"}}``.
+"""The one rendering of errors: ``{"error": {"message", "type", "param", "code", "request_id"}}``
+(:meth:`engine.errors.OmixaError.envelope`; the framework's own 404, 405 and 413 are mapped
+to Omixa's errors first, in :mod:`web.http.app`).
 
 Every response carries ``x-request-id`` equal to the envelope's ``request_id``.
 Retryable errors (429, 503) carry ``Retry-After`` in whole seconds, rounded up.

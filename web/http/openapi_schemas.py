@@ -11,7 +11,7 @@ from typing import Any
 from omixa.engine.catalog import EFFORTS
 from omixa.engine.chat_request import MAX_CHOICES, ROLES, SERVICE_TIERS, VERBOSITIES
 from omixa.engine.embeddings import ENCODING_FORMATS, MAX_INPUTS, MAX_TOKEN_ID
-from omixa.engine.errors import OmixaError
+from omixa.engine.errors import UPSTREAM_CODE, OmixaError, RateLimited
 from omixa.engine.images import MAX_IMAGES, MAX_PROMPT_CHARS
 from omixa.engine.responses_request import TOOL_TYPES
 from omixa.web.http.wallet_api import EARLIEST, LATEST, MAX_FILTER_CHARS
@@ -70,25 +70,54 @@ def _list(item: str) -> dict[str, Any]:
     )
 
 
-def _error_codes() -> list[str]:
-    codes = set()
-    pending = [OmixaError]
+def _error_classes() -> list[type[OmixaError]]:
+    classes, pending = [], [OmixaError]
     while pending:
         cls = pending.pop()
-        codes.add(cls.code)
+        classes.append(cls)
         pending += cls.__subclasses__()
-    return sorted(codes)
+    return classes
+
+
+def _error_codes() -> list[str]:
+    return sorted({cls.code for cls in _error_classes()})
+
+
+def _error_types() -> list[str]:
+    return sorted({cls.type for cls in _error_classes()} | set(RateLimited.LIMITS))
 
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj(
         ["error"],
         error=_obj(
-            ["code", "message", "type", "request_id"],
-            code={"type": "string", "enum": _error_codes()},
+            ["message", "type", "param", "code", "request_id"],
             message={"type": "string"},
-            type={"type": "string"},
+            type={"type": "string", "enum": _error_types()},
+            param=_nullable(
+                {"type": "string", "description": "The request field at fault, e.g. messages[0].role; else null"}
+            ),
+            code={
+                "anyOf": [
+                    {"type": "string", "enum": _error_codes()},
+                    {
+                        "type": "string",
+                        "pattern": f"^{UPSTREAM_CODE.pattern}$",
+                        "description": (
+                            "A 400 for a request the upstream refused as the request's own fault carries the "
+                            "upstream's code, e.g. content_filter or context_length_exceeded"
+                        ),
+                    },
+                ]
+            },
             request_id={"type": "string", "pattern": "^req_[0-9a-f]{24}$"},
+            innererror={
+                "type": "object",
+                "description": (
+                    "Only with an upstream's refusal that gave one: Azure's verdict on the request, e.g. "
+                    '{"code": "ResponsibleAIPolicyViolation", "content_filter_result": {...}}'
+                ),
+            },
         ),
     ),
     "Wallet": _obj(

@@ -50,10 +50,11 @@ def parse_time(name: str, value: str) -> dt.datetime:
         moment = None
     if moment is None or moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidRequest(
-            f"{name} must be Unix seconds or an RFC 3339 time with a timezone, e.g. 2026-11-25T10:00:00Z."
+            f"{name} must be Unix seconds or an RFC 3339 time with a timezone, e.g. 2026-11-25T10:00:00Z.",
+            param=name,
         )
     if not EARLIEST <= moment < LATEST:
-        raise InvalidRequest(f"{name} must be between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z.")
+        raise InvalidRequest(f"{name} must be between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z.", param=name)
     return moment
 
 
@@ -128,11 +129,11 @@ def query_params(allowed: Sequence[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for name, values in request.args.lists():
         if name not in allowed:
-            raise InvalidRequest(f"Unknown query parameter {name!r}; allowed: {', '.join(allowed)}.")
+            raise InvalidRequest(f"Unknown query parameter {name!r}; allowed: {', '.join(allowed)}.", param=name)
         if len(values) > 1:
-            raise InvalidRequest(f"Query parameter {name!r} is given more than once.")
+            raise InvalidRequest(f"Query parameter {name!r} is given more than once.", param=name)
         if len(values[0]) > MAX_FILTER_CHARS:
-            raise InvalidRequest(f"Query parameter {name!r} is too long.")
+            raise InvalidRequest(f"Query parameter {name!r} is too long.", param=name)
         params[name] = values[0]
     return params
 
@@ -142,7 +143,7 @@ def _limit(params: dict[str, str]) -> int:
     if raw is None:
         return page_limit(None)
     if not (raw.isascii() and raw.isdigit()):
-        raise InvalidRequest("limit must be an integer.")
+        raise InvalidRequest("limit must be an integer.", param="limit")
     return page_limit(int(raw))
 
 
@@ -220,7 +221,7 @@ def register(
         granularity = params.get("granularity", "hour")
         group_by = params.get("group_by")
         if group_by not in (None, "model"):
-            raise InvalidRequest("group_by must be 'model' (or absent: every model together).")
+            raise InvalidRequest("group_by must be 'model' (or absent: every model together).", param="group_by")
         since, until, buckets = await reports.rollups(
             key.account_id,
             granularity=granularity,
