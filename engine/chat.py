@@ -16,7 +16,7 @@ from typing import Any
 from omixa.engine.catalog import Catalog
 from omixa.engine.chat_request import ChatRequest, parse_chat_request
 from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
-from omixa.engine.errors import InvalidRequest, NotFoundError
+from omixa.engine.errors import InvalidRequest
 from omixa.engine.exchange import Caller, Exchange, Services
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
@@ -24,7 +24,7 @@ from omixa.engine.providers import check_request
 from omixa.engine.relay import StreamRelay
 from omixa.engine.responses_request import RESPONSES_PROVIDERS, ResponsesRequest, parse_responses_request
 from omixa.engine.router import Router
-from omixa.engine.stored_responses import StoredResponses
+from omixa.engine.stored_responses import StoredResponses, not_found
 from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
 
@@ -113,7 +113,7 @@ class ChatService:
             return request
         previous = await self._services.stored.find(caller.account_id, previous_id)
         if previous is None:
-            raise NotFoundError(f"No response found with id '{previous_id}'.", param="previous_response_id")
+            raise not_found(previous_id, param="previous_response_id")
         continued = request.continuing(previous)
         model = request.model.id
         if not any(a.config.model == model and continued.allows(a.config) for a in self._router.deployments()):
@@ -123,6 +123,11 @@ class ChatService:
                 param="previous_response_id",
             )
         return continued
+
+    async def manage_response(self, caller: Caller, response_id: str, method: str, rest: str = "") -> dict[str, Any]:
+        """Read, list the input items of, delete or cancel one of the caller's stored
+        responses (see :meth:`engine.stored_responses.StoredResponses.manage`)."""
+        return await self._services.stored.manage(caller.account_id, response_id, method, rest)
 
     async def open_stream(self, caller: Caller, request: ChatRequest) -> StreamRelay:
         """A streaming chat completion's relay: see :meth:`engine.exchange.Exchange.open_stream`."""

@@ -81,6 +81,13 @@ class Intake:
         self._accounts = accounts
         self._threads = trio.CapacityLimiter(LARGE_BODY_THREADS)
 
+    async def count(self, key: ApiKeyRecord) -> None:
+        """Admit one call of ``key`` that has no body to check (a stored response's lookup):
+        it counts against the key's requests per minute like a model call.
+
+        Errors: RateLimited, ServiceUnavailable."""
+        await self._limits.start_request(key, trio.current_time()).check()
+
     async def take(
         self,
         key: ApiKeyRecord,

@@ -33,6 +33,7 @@ from omixa.engine.chat_request import REASONING_DROPS, SERVICE_TIERS, VERBOSITIE
 from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, UpstreamError
 from omixa.engine.relay import OpenedStream, open_events
+from omixa.engine.stored_responses import same_resource
 from omixa.engine.stream_frames import ResponseFrames
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, Provider, ResponsesProvider, Usage
@@ -157,10 +158,6 @@ class ResponsesRequest:
 
     def cost(self, usage: Usage, service_tier: str | None) -> int:
         return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))
-
-
-def same_resource(endpoint: str, other: str) -> bool:
-    return endpoint.rstrip("/").lower() == other.rstrip("/").lower()
 
 
 def _responses(provider: Provider) -> ResponsesProvider:

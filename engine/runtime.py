@@ -159,7 +159,7 @@ async def open_engine(
             streaming=config.streaming,
             upstream=config.upstream,
             limits=limits,
-            stored=StoredResponses(storage),
+            stored=StoredResponses(storage, router),
         ),
         signatures=verifier,
     )

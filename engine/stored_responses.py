@@ -5,17 +5,36 @@ Azure keeps a response on the resource that made it; only that resource can cont
 (so it survives restarts and serves every process), which account made each response, with
 which deployment on which resource, and how many tokens it adds to a follow-up's context.
 An id another account made is unknown here: the caller answers "not found".
+
+Reading, listing the input items of, deleting and cancelling a stored response
+(:meth:`StoredResponses.manage`) go straight to a deployment's adapter on that resource, the
+one that made it while it is configured: they are not model calls (nothing is generated,
+held or charged), so they take no slot of the deployment's windows.
 """
 
 from __future__ import annotations
 
-from omixa.engine.errors import storage_failures
+from urllib.parse import quote
+
+from omixa.engine.errors import NotFoundError, UpstreamError, storage_failures, translate_upstream
+from omixa.engine.router import Router
+from omixa.engine.upstream import ResponsesProvider
 from omixa.storage import Storage, StoredResponse
 
 
+def same_resource(endpoint: str, other: str) -> bool:
+    """Whether two configured endpoints name the same Azure resource."""
+    return endpoint.rstrip("/").lower() == other.rstrip("/").lower()
+
+
+def not_found(response_id: str, param: str | None = None) -> NotFoundError:
+    return NotFoundError(f"No response found with id '{response_id}'.", param=param)
+
+
 class StoredResponses:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, router: Router) -> None:
         self._storage = storage
+        self._router = router
 
     async def remember(self, response: StoredResponse) -> None:
         """Errors: ServiceUnavailable (the store cannot be reached)."""
@@ -29,7 +48,46 @@ class StoredResponses:
         with storage_failures("response"):
             return await self._storage.find_stored_response(account_id, response_id)
 
-    async def forget(self, account_id: str, response_id: str) -> bool:
-        """Errors: ServiceUnavailable."""
+    async def manage(self, account_id: str, response_id: str, method: str, rest: str = "") -> dict:
+        """``method`` on the account's stored response (``rest``: what follows its id in the
+        path, e.g. ``/input_items?limit=20`` or ``/cancel``), at the resource that holds it.
+        A DELETE that succeeds, or an upstream that no longer holds the response, forgets it.
+
+        Errors: NotFoundError (not the account's, or gone upstream), the upstream's refusal
+        (:func:`engine.errors.translate_upstream`: a 400 keeps its reason), UpstreamError,
+        UpstreamTimeout, ServiceUnavailable.
+        """
+        stored = await self.find(account_id, response_id)
+        if stored is None:
+            raise not_found(response_id)
+        provider = self._provider(stored)
+        if provider is None:
+            raise NotFoundError(f"The response '{response_id}' is stored on a resource this server no longer serves.")
+        try:
+            answer = await provider.manage_response(method, f"/{quote(response_id, safe='')}{rest}")
+        except UpstreamError as exc:
+            if exc.upstream_status != 404:
+                raise translate_upstream(exc) from None  # as any call's: the client's fault kept, the rest plain
+            await self._forget(account_id, response_id)
+            raise not_found(response_id) from None
+        if method == "DELETE":
+            await self._forget(account_id, response_id)
+        return answer
+
+    def _provider(self, stored: StoredResponse) -> ResponsesProvider | None:
+        """The adapter of the deployment that made the response, else of any enabled one on
+        its resource."""
+        on_resource = [
+            actor
+            for actor in self._router.deployments()
+            if actor.config.enabled
+            and isinstance(actor.provider, ResponsesProvider)
+            and same_resource(actor.config.endpoint, stored.endpoint)
+        ]
+        on_resource.sort(key=lambda actor: actor.config.name != stored.deployment)
+        provider = on_resource[0].provider if on_resource else None
+        return provider if isinstance(provider, ResponsesProvider) else None
+
+    async def _forget(self, account_id: str, response_id: str) -> None:
         with storage_failures("response"):
-            return await self._storage.delete_stored_response(account_id, response_id)
+            await self._storage.delete_stored_response(account_id, response_id)

@@ -145,6 +145,10 @@ class ResponsesProvider(Provider, Protocol):
         """Start a streaming Responses API request (see :meth:`Provider.open_stream`)."""
         ...
 
+    async def manage_response(self, method: str, path: str) -> dict[str, Any]:
+        """Read, delete or cancel a stored response (``path`` after ``/responses``)."""
+        ...
+
 
 @runtime_checkable
 class EmbeddingsProvider(Provider, Protocol):

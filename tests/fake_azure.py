@@ -60,7 +60,8 @@ import attrs
 import hypercorn.config
 import hypercorn.trio
 import trio
-from fake_azure_responses import ResponsesApi
+from fake_azure_responses import RESPONSES_PATH, ResponsesApi
+from fake_wire import MSG_401, azure_error, event, reply, send_response, start
 
 from omixa.engine.providers.simulator import TINY_PNG
 from omixa.engine.tokens import count_chat_prompt, count_text, encoding
@@ -69,7 +70,6 @@ DEFAULT_REPLY = "The quick brown fox jumps over the lazy dog."
 DEFAULT_MODEL = "gpt-4o-2024-11-20"
 API_KEY = "fake-azure-key"
 _PATH = re.compile(r"/openai/deployments/([^/]+)/(chat/completions|embeddings|images/generations)")
-RESPONSES_PATH = "/openai/v1/responses"
 # gpt-image-1's published output tokens per image, by quality and size.
 IMAGE_TOKENS = {
     "low": {"1024x1024": 272, "1024x1536": 408, "1536x1024": 400},
@@ -82,9 +82,6 @@ _OK = {"filtered": False, "severity": "safe"}
 _FILTERS = {"hate": _OK, "self_harm": _OK, "sexual": _OK, "violence": _OK}
 _PROMPT_FILTERS = [{"prompt_index": 0, "content_filter_results": {
     **_FILTERS, "jailbreak": {"filtered": False, "detected": False}}}]  # fmt: skip
-MSG_401 = ("Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
-           "provide a valid key for an active subscription and use a correct regional API "
-           "endpoint for your resource.")  # fmt: skip
 MSG_404 = ("The API deployment for this resource does not exist. If you created the deployment "
            "within the last 5 minutes, please wait a moment and try again.")  # fmt: skip
 
@@ -96,10 +93,6 @@ def rate_limit_message(seconds: int, api_version: str = "2024-10-21") -> str:
             f"tier. Please retry after {seconds} seconds. Please go here: "
             f"https://aka.ms/oai/quotaincrease if you would like to further increase the "
             f"default rate limit.")  # fmt: skip
-
-
-def azure_error(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 # What Azure answers (HTTP 400) when its content filter refuses the prompt: OpenAI's error
@@ -178,6 +171,7 @@ class FakeAzure:
     streams_disconnected: int = 0  # client went away before [DONE]
     disconnects: int = 0  # any request (stream or hung) abandoned by its client
     stored: dict[str, int] = attrs.field(factory=dict)  # stored response id -> its context tokens
+    stored_objects: dict[str, tuple[dict[str, Any], list[Any]]] = attrs.field(factory=dict)  # -> response, input
     _failures: list[tuple[int, bytes, list[tuple[bytes, bytes]]]] = attrs.field(factory=list, init=False)
     _changed: trio.Event = attrs.field(factory=trio.Event, init=False)
 
@@ -258,29 +252,29 @@ class FakeAzure:
                                          match.group(1) if match else (body.get("model") if responses and isinstance(body, dict) else None),
                                          match.group(2) if match else ("responses" if responses else None)))  # fmt: skip
         self._notify()
-        if responses and scope["method"] == "POST":
-            return await self._responses(receive, send, headers, body)
+        if responses or scope["path"].startswith(RESPONSES_PATH + "/"):
+            return await ResponsesApi(self).serve(scope, receive, send, headers, query, body)
         if not match or scope["method"] != "POST":
-            return await _reply(send, 404, azure_error("404", "Resource not found"))
+            return await reply(send, 404, azure_error("404", "Resource not found"))
         if not query.get("api-version"):
             msg = "The api-version query parameter (?api-version=) is required for all requests."
-            return await _reply(send, 400, azure_error("MissingApiVersionParameter", msg))
+            return await reply(send, 400, azure_error("MissingApiVersionParameter", msg))
         if headers.get("api-key") != self.api_key:
-            return await _reply(send, 401, azure_error("401", MSG_401))
+            return await reply(send, 401, azure_error("401", MSG_401))
         if self.deployments is not None and match.group(1) not in self.deployments:
-            return await _reply(send, 404, azure_error("DeploymentNotFound", MSG_404))
+            return await reply(send, 404, azure_error("DeploymentNotFound", MSG_404))
         if self._failures:
             status, raw, head = self._failures.pop(0)
-            return await _send_response(send, status, raw, head)
+            return await send_response(send, status, raw, head)
         if match.group(2) != "chat/completions":
             await self._first_wait()
             answer = self._embeddings if match.group(2) == "embeddings" else self._images
             status, data = answer(body)
-            return await _reply(send, status, data)
+            return await reply(send, status, data)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             error = {"message": "'messages' is a required property", "type":
                      "invalid_request_error", "param": None, "code": None}  # fmt: skip
-            return await _reply(send, 400, {"error": error})
+            return await reply(send, 400, {"error": error})
         if self.hang:
             await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
             return
@@ -295,31 +289,7 @@ class FakeAzure:
                 await send({"type": "http.response.body", "body": b""})
             return
         await self._first_wait()
-        await _reply(send, 200, self._completion(body))
-
-    async def _responses(self, receive: Any, send: Any, headers: dict[str, str], body: Any) -> None:
-        if headers.get("api-key") != self.api_key:
-            return await _reply(send, 401, azure_error("401", MSG_401))
-        api = ResponsesApi(self)
-        refused = api.check(body)
-        if refused is not None:
-            return await _reply(send, *refused)
-        if self._failures:
-            status, raw, head = self._failures.pop(0)
-            return await _send_response(send, status, raw, head)
-        if self.hang:
-            await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
-            return
-        if body.get("stream") is True:
-            self.streams_started += 1
-            self._notify()
-            if await self._watch(receive, api.stream(send, body), stream=True):
-                self.streams_finished += 1
-                self._notify()
-                await send({"type": "http.response.body", "body": b""})
-            return
-        await self._first_wait()
-        await _reply(send, 200, api.answer(body))
+        await reply(send, 200, self._completion(body))
 
     async def _watch(self, receive: Any, work: Any, *, stream: bool) -> bool:
         """Run ``work`` until it ends (True) or the client disconnects (False)."""
@@ -439,11 +409,11 @@ class FakeAzure:
             return {"choices": [{"content_filter_results": filters, "delta": delta,
                     "finish_reason": reason, "index": 0, "logprobs": None}], **head}  # fmt: skip
 
-        await _start(send, 200, [(b"content-type", b"text/event-stream; charset=utf-8")])
-        await _event(send, {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+        await start(send, 200, [(b"content-type", b"text/event-stream; charset=utf-8")])
+        await event(send, {"choices": [], "created": 0, "id": "", "model": "", "object": "",
                             "prompt_filter_results": _PROMPT_FILTERS})  # fmt: skip
         await self._first_wait()
-        await _event(send, frame({"content": "", "refusal": None, "role": "assistant"}, {}, None))
+        await event(send, frame({"content": "", "refusal": None, "role": "assistant"}, {}, None))
         for i, piece in enumerate(self._pieces(text)):
             if i == self.stall_after:
                 await trio.sleep_forever()
@@ -451,32 +421,12 @@ class FakeAzure:
                 raise RuntimeError("fake_azure: dropping the connection (break_after)")
             if i:
                 await trio.sleep(self.chunk_delay)
-            await _event(send, frame({"content": piece}, _FILTERS, None))
-        await _event(send, frame({}, {}, finish))
+            await event(send, frame({"content": piece}, _FILTERS, None))
+        await event(send, frame({}, {}, finish))
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
-            await _event(send, {"choices": [], **head, "usage": usage})
+            await event(send, {"choices": [], **head, "usage": usage})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
-
-
-async def _start(send: Any, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"apim-request-id", b"fake")]})  # fmt: skip
-
-
-async def _event(send: Any, data: dict[str, Any]) -> None:
-    raw = b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-    await send({"type": "http.response.body", "body": raw, "more_body": True})
-
-
-async def _send_response(send: Any, status: int, raw: bytes, head: list) -> None:
-    await _start(send, status, [*head, (b"content-length", str(len(raw)).encode())])
-    await send({"type": "http.response.body", "body": raw})
-
-
-async def _reply(send: Any, status: int, data: dict[str, Any]) -> None:
-    await _send_response(send, status, json.dumps(data).encode(),
-                         [(b"content-type", b"application/json")])  # fmt: skip
 
 
 @asynccontextmanager

@@ -9,8 +9,12 @@ the instructions and the input's text plus the stored context of ``previous_resp
 (unless ``completion_tokens`` is set), ``cached_tokens`` as set.
 
 Stored responses: unless ``store`` is false, the response's id is kept in ``fake.stored`` with
-its context (input + output tokens); a ``previous_response_id`` this server does not store is
-answered 400 ``previous_response_not_found``, as a resource that never made it does.
+its context (input + output tokens), and the response and its input items in
+``fake.stored_objects``; a ``previous_response_id`` this server does not store is answered 400
+``previous_response_not_found``, as a resource that never made it does. ``GET
+/openai/v1/responses/{id}`` returns it, ``.../input_items`` lists its input items (``limit``,
+``order``), ``DELETE`` forgets it, ``POST .../cancel`` is refused (only background responses
+can be cancelled); an id it does not hold is 404.
 
 Streams send Azure's typed events, each as ``event: TYPE`` + ``data: {...}`` with a
 ``sequence_number``: ``response.created``, ``response.in_progress``, the output item and
@@ -26,8 +30,11 @@ import time
 from typing import Any
 
 import trio
+from fake_wire import MSG_401, azure_error, reply, send_response
 
 from omixa.engine.tokens import count_text, encoding
+
+RESPONSES_PATH = "/openai/v1/responses"
 
 
 def input_text(body: dict[str, Any]) -> str:
@@ -49,7 +56,7 @@ def input_text(body: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def error(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+def error(code: str | None, message: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
 
 
@@ -58,6 +65,33 @@ class ResponsesApi:
 
     def __init__(self, fake: Any) -> None:
         self.fake = fake
+
+    async def serve(self, scope: Any, receive: Any, send: Any, headers: dict, query: dict, body: Any) -> None:
+        """Answer a request under ``/openai/v1/responses``."""
+        fake = self.fake
+        if headers.get("api-key") != fake.api_key:
+            return await reply(send, 401, azure_error("401", MSG_401))
+        if scope["path"] != RESPONSES_PATH:
+            return await reply(send, *self.manage(scope["method"], scope["path"][len(RESPONSES_PATH) + 1 :], query))
+        refused = self.check(body)
+        if refused is not None:
+            return await reply(send, *refused)
+        if fake._failures:
+            status, raw, head = fake._failures.pop(0)
+            return await send_response(send, status, raw, head)
+        if fake.hang:
+            await fake._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
+            return
+        if body.get("stream") is True:
+            fake.streams_started += 1
+            fake._notify()
+            if await fake._watch(receive, self.stream(send, body), stream=True):
+                fake.streams_finished += 1
+                fake._notify()
+                await send({"type": "http.response.body", "body": b""})
+            return
+        await fake._first_wait()
+        await reply(send, 200, self.answer(body))
 
     def check(self, body: Any) -> tuple[int, dict[str, Any]] | None:
         """An error answer for a body Azure would refuse, else None."""
@@ -122,7 +156,31 @@ class ResponsesApi:
         }  # fmt: skip
         if body.get("store", True) is not False:
             fake.stored[response_id] = prompt + output
+            items = body["input"] if isinstance(body["input"], list) else [{"role": "user", "content": body["input"]}]
+            fake.stored_objects[response_id] = (response, items)
         return response
+
+    def manage(self, method: str, rest: str, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """A stored response's GET, input_items, DELETE or cancel."""
+        fake = self.fake
+        response_id, _, what = rest.partition("/")
+        if response_id not in fake.stored_objects:
+            return 404, error("not_found", f"Response with id '{response_id}' not found.")
+        response, items = fake.stored_objects[response_id]
+        if method == "GET" and what == "":
+            return 200, response
+        if method == "GET" and what == "input_items":
+            listed = items[::-1] if query.get("order", "desc") == "desc" else items
+            listed = listed[: int(query.get("limit", 20))]
+            data = [{"id": f"msg_in{i}", "type": "message", **item} for i, item in enumerate(listed)]
+            return 200, {"object": "list", "data": data, "first_id": None, "last_id": None, "has_more": False}
+        if method == "DELETE" and what == "":
+            del fake.stored_objects[response_id]
+            fake.stored.pop(response_id, None)
+            return 200, {"id": response_id, "object": "response", "deleted": True}
+        if method == "POST" and what == "cancel":
+            return 400, error(None, "Only responses created with background=true can be cancelled.")
+        return 404, error("not_found", "Not found.")
 
     async def stream(self, send: Any, body: dict[str, Any]) -> None:
         fake = self.fake

@@ -43,7 +43,8 @@ import jwt
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fake_azure import FakeRequest, _send_response, _start
+from fake_azure import FakeRequest
+from fake_wire import send_response, start
 
 from omixa.engine.tokens import count_text, encoding
 
@@ -184,7 +185,7 @@ class FakeVertex:
             return await _json(send, 401, google_error(401, "Request had invalid authentication credentials."))
         if self._failures:
             status, raw = self._failures.pop(0)
-            return await _send_response(send, status, raw, [(b"content-type", b"application/json")])
+            return await send_response(send, status, raw, [(b"content-type", b"application/json")])
         if not isinstance(body, dict) or not body.get("contents"):
             return await _json(
                 send, 400, google_error(400, "Unable to submit request because it has an empty contents field.")
@@ -208,7 +209,7 @@ class FakeVertex:
         await trio.sleep(self.token_delay)
         if self._token_failures:
             status, body = self._token_failures.pop(0)
-            return await _send_response(send, status, body, [(b"content-type", b"application/json")])
+            return await send_response(send, status, body, [(b"content-type", b"application/json")])
         form = dict(parse_qsl(raw.decode()))
         try:
             assert form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -285,7 +286,7 @@ class FakeVertex:
         return {"candidates": candidates, "usageMetadata": usage, **self._head()}
 
     async def _stream(self, send: Any, body: dict[str, Any]) -> None:
-        await _start(send, 200, [(b"content-type", b"text/event-stream")])
+        await start(send, 200, [(b"content-type", b"text/event-stream")])
         await trio.sleep(self.first_delay)
         head = self._head()
         if self.block_reason:
@@ -329,7 +330,7 @@ async def _event(send: Any, data: dict[str, Any]) -> None:
 
 
 async def _json(send: Any, status: int, data: Any) -> None:
-    await _send_response(send, status, json.dumps(data).encode(), [(b"content-type", b"application/json")])
+    await send_response(send, status, json.dumps(data).encode(), [(b"content-type", b"application/json")])
 
 
 @asynccontextmanager

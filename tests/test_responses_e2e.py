@@ -218,3 +218,73 @@ async def test_what_cannot_be_served_is_refused_before_anything_is_held(database
         assert (status, error["code"], error["param"]) == (400, "invalid_request", param)
         assert [e.type for e in await gw.storage.ledger_entries(account)] == ["top_up"]
         assert not fake.requests
+
+
+async def test_a_stored_response_is_read_listed_deleted_only_by_its_account_where_it_lives(database_url):
+    async with (
+        open_fake_azure(reply="First answer.") as east,
+        open_fake_azure(reply="Second answer.") as west,
+        open_gateway(
+            database_url,
+            deployments=[azure_deployment(east, name="east"), azure_deployment(west, name="west")],
+        ) as gw,
+    ):
+        account, key = await gw.funded_account("10.00")
+        client = sdk(gw, key)
+        input_items = [{"role": "user", "content": "One."}, {"role": "user", "content": "Two."}]
+        made = await in_thread(client.responses.create, model=MODEL, input=input_items)
+        home = east if made.id in east.stored else west
+        await gw.flushed()
+        rows = len(await gw.storage.ledger_entries(account))
+
+        fetched = await in_thread(client.responses.retrieve, made.id)
+        assert (fetched.id, fetched.output_text) == (made.id, made.output_text)
+        listed = await in_thread(client.responses.input_items.list, made.id, limit=1, order="asc")
+        assert [item.content for item in listed.data] == ["One."]
+        assert home.requests[-1].query == {"limit": "1", "order": "asc"}
+        with pytest.raises(openai.BadRequestError, match="background"):  # Azure's own refusal
+            await in_thread(client.responses.cancel, made.id)
+        # Lookups are not model calls: nothing is held or charged.
+        assert len(await gw.storage.ledger_entries(account)) == rows
+
+        other_account, other_key = await gw.funded_account("1.00")
+        other = sdk(gw, other_key)
+        for call in (other.responses.retrieve, other.responses.delete, other.responses.input_items.list):
+            with pytest.raises(openai.NotFoundError):
+                await in_thread(call, made.id)
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other_key}"}) as raw:
+            for method, path in (("GET", "/input_items"), ("POST", "/cancel"), ("DELETE", "")):
+                answer = await raw.request(method, f"{gw.base_url}/responses/{made.id}{path}")
+                assert (answer.status_code, answer.json()["error"]["code"]) == (404, "not_found")
+        assert made.id in home.stored  # nothing of another account's reached the upstream
+
+        deleted = await in_thread(client.responses.delete, made.id)
+        assert deleted is None or getattr(deleted, "deleted", True)
+        assert made.id not in home.stored
+        assert await gw.storage.find_stored_response(account, made.id) is None
+        with pytest.raises(openai.NotFoundError):
+            await in_thread(client.responses.retrieve, made.id)
+
+        # A response the upstream no longer holds (expired there) is not found, and forgotten.
+        gone = await in_thread(client.responses.create, model=MODEL, input="Hi")
+        (east if gone.id in east.stored else west).stored_objects.pop(gone.id)
+        with pytest.raises(openai.NotFoundError):
+            await in_thread(client.responses.retrieve, gone.id)
+        assert await gw.storage.find_stored_response(account, gone.id) is None
+
+
+async def test_stored_response_lookups_check_their_query(database_url):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        account, key = await gw.funded_account("10.00")
+        async with httpx.AsyncClient(base_url=gw.base_url) as client:
+            assert (await client.get("/responses/resp_1")).status_code == 401  # the key comes first
+            client.headers["Authorization"] = f"Bearer {key}"
+            for path, param in (
+                ("/responses/resp_1?stream=true", "stream"),
+                ("/responses/resp_1/input_items?limit=0", "limit"),
+                ("/responses/resp_1/input_items?limit=101", "limit"),
+                ("/responses/resp_1/input_items?order=up", "order"),
+            ):
+                answer = await client.get(path)
+                assert (answer.status_code, answer.json()["error"]["param"]) == (400, param), path
+        assert not fake.requests

@@ -220,16 +220,22 @@ STREAM_ERRORS = (httpx.HTTPError, *_HTTPCORE_ERRORS)
 
 
 def _core_request(
-    client: UpstreamClient, url: str, headers: dict[str, str], content: bytes, *, send_once: bool = False
+    client: UpstreamClient,
+    url: str,
+    headers: dict[str, str],
+    content: bytes,
+    *,
+    send_once: bool = False,
+    method: bytes = b"POST",
 ) -> httpcore.Request:
-    """The POST httpx would send (``Host``, ``Accept``, ``User-Agent``, ``headers``,
+    """The request httpx would send (``Host``, ``Accept``, ``User-Agent``, ``headers``,
     ``Content-Length``), as an httpcore request with the client's timeouts. With
     ``send_once`` the request lets go of ``content`` once it has been sent."""
     head = [(b"Host", _host_header(url)), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
     head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
     head.append((b"Content-Length", b"%d" % len(content)))
     return httpcore.Request(
-        b"POST", httpcore.URL(url), headers=head, content=_SentOnce(content) if send_once else content,
+        method, httpcore.URL(url), headers=head, content=_SentOnce(content) if send_once else content,
         extensions={"timeout": client.pool_timeouts},
     )  # fmt: skip
 
@@ -274,8 +280,11 @@ async def post_answer(
     content: bytes,
     limit: int,
     error_from: ErrorFromResponse,
+    *,
+    method: bytes = b"POST",
 ) -> tuple[int, bytes]:
-    """POST ``content``; the status and body (at most ``limit`` bytes) of a successful answer,
+    """POST ``content`` (or send it with another ``method``); the status and body (at most
+    ``limit`` bytes) of a successful answer,
     else the provider's error for the failed one (``error_from``, its body read up to
     ``MAX_ERROR_BODY_BYTES``). The response is closed either way.
 
@@ -286,7 +295,7 @@ async def post_answer(
     Cancellation: closes the connection; the pool opens a new one next time.
     """
     with map_errors():
-        answer = await client.pool.handle_async_request(_core_request(client, url, headers, content))
+        answer = await client.pool.handle_async_request(_core_request(client, url, headers, content, method=method))
     try:
         if not 200 <= answer.status < 300:
             raise await _failure(answer, error_from)

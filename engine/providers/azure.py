@@ -129,6 +129,34 @@ class AzureProvider:
         async with open_streamed(self._client, url, prepare, self._head_timeout, error_from_response) as chunks:
             yield _Events(chunks)
 
+    async def manage_response(self, method: str, path: str) -> dict[str, Any]:
+        """A call on the resource's stored responses: ``method`` ("GET", "DELETE", "POST")
+        on ``{endpoint}/openai/v1/responses{path}`` (e.g. ``/resp_1/input_items?limit=20``);
+        Azure's JSON answer.
+
+        Errors: as :meth:`complete` (the upstream's 404 for a response it does not hold).
+        """
+        content = b"{}" if method == "POST" else b""
+        with trio.move_on_after(self._timeout) as deadline:
+            status, raw = await post_answer(
+                self._client,
+                self._responses_url + path,
+                self._headers,
+                content,
+                MAX_COMPLETION_BYTES,
+                error_from_response,
+                method=method.encode("ascii"),
+            )
+        if deadline.cancelled_caught:
+            raise UpstreamTimeout("The upstream did not answer in time.")
+        try:
+            data = decode_upstream_json(raw.decode())
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise UpstreamError("Upstream answered with a body that is not a JSON object.", upstream_status=status)
+        return data
+
     async def _post(self, url: str, body: dict[str, Any], limit: int, *, model: str | None = None) -> Completion:
         content = _content(body, stream=False, model=model)
         with trio.move_on_after(self._timeout) as deadline:

@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
+from urllib.parse import urlencode
 
 from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from omixa.engine.chat_request import ChatRequest
 from omixa.engine.embeddings import parse_embedding_request
+from omixa.engine.errors import InvalidRequest
 from omixa.engine.exchange import Caller
 from omixa.engine.images import parse_image_request
 from omixa.engine.model_call import ModelCall
@@ -84,6 +86,33 @@ def register(
             return json_response(await chat.respond(caller, parsed))
         return stream_response(await chat.open_response_stream(caller, parsed))
 
+    async def manage(response_id: str, method: str, rest: str = "", check: Callable[[], str] | None = None) -> Response:
+        """A stored response's lookup for the authenticated key; ``check`` validates the
+        query (after authentication) and returns what to pass upstream."""
+        key = await authenticate()
+        g.key = key
+        if check is not None:
+            rest += check()
+        await engine.intake.count(key)
+        caller = Caller(request_id=current_request_id(), key=key)
+        return json_response(await engine.chat.manage_response(caller, response_id, method, rest))
+
+    @app.get("/api/v1/responses/<response_id>")
+    async def get_response(response_id: str) -> Response:
+        return await manage(response_id, "GET", check=_retrieve_query)
+
+    @app.delete("/api/v1/responses/<response_id>")
+    async def delete_response(response_id: str) -> Response:
+        return await manage(response_id, "DELETE")
+
+    @app.post("/api/v1/responses/<response_id>/cancel")
+    async def cancel_response(response_id: str) -> Response:
+        return await manage(response_id, "POST", "/cancel")
+
+    @app.get("/api/v1/responses/<response_id>/input_items")
+    async def response_input_items(response_id: str) -> Response:
+        return await manage(response_id, "GET", "/input_items", check=_input_items_query)
+
     @app.post("/api/v1/embeddings")
     async def embeddings() -> Response:
         return await call(parse_embedding_request)
@@ -93,6 +122,31 @@ def register(
         return await call(parse_image_request)
 
     return serve_chat
+
+
+# The query parameters a stored response's lookups pass on to Azure.
+INCLUDE = ("include", "include[]")
+
+
+def _query(names: tuple[str, ...]) -> str:
+    """The request's own values of ``names``, as a query string for the upstream ("" if none)."""
+    pairs = [(name, value) for name in names for value in request.args.getlist(name)]
+    return "?" + urlencode(pairs) if pairs else ""
+
+
+def _retrieve_query() -> str:
+    if request.args.get("stream") not in (None, "false"):
+        raise InvalidRequest("Only background responses can be streamed again; they are not supported.", param="stream")
+    return _query(INCLUDE)
+
+
+def _input_items_query() -> str:
+    limit = request.args.get("limit")
+    if limit is not None and not (limit.isdigit() and 1 <= int(limit) <= 100):
+        raise InvalidRequest("'limit' must be an integer from 1 to 100.", param="limit")
+    if request.args.get("order") not in (None, "asc", "desc"):
+        raise InvalidRequest("'order' must be asc or desc.", param="order")
+    return _query((*INCLUDE, "limit", "order", "after", "before"))
 
 
 def stream_response(relay: StreamRelay) -> Response:

@@ -38,6 +38,9 @@ def _path(name: str, description: str) -> dict[str, Any]:
 
 
 AUTHED = (401, 503)
+# A stored response's lookups: not found (not yours, or gone upstream), a query or Azure's
+# refusal, the key's rate limit, the upstream failing.
+STORED_ERRORS = _error_responses(400, *AUTHED, 404, 429, 502, 504)
 LIST_PARAMS = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20}, "Page size"),
     _query("after", QUERY_TEXT, "The last_id of the previous page"),
@@ -83,6 +86,43 @@ PATHS: dict[str, dict[str, Any]] = {
                 },
                 **_error_responses(400, *AUTHED, 402, 404, 413, 429, 502, 504),
             },
+        }
+    },
+    "/api/v1/responses/{response_id}": {
+        "get": {
+            "summary": "One of your stored responses, from the resource that holds it",
+            "parameters": [
+                _path("response_id", "The response's id"),
+                _query("include", QUERY_TEXT, "Passed on (OpenAI's include values)"),
+                _query("stream", {"enum": ["false"]}, "Only background responses stream again: not supported"),
+            ],
+            "responses": {**_ok("Response"), **STORED_ERRORS},
+        },
+        "delete": {
+            "summary": "Delete one of your stored responses",
+            "parameters": [_path("response_id", "The response's id")],
+            "responses": {**_ok("DeletedResponse"), **STORED_ERRORS},
+        },
+    },
+    "/api/v1/responses/{response_id}/cancel": {
+        "post": {
+            "summary": "Cancel a background response (Azure refuses any other: 400)",
+            "parameters": [_path("response_id", "The response's id")],
+            "responses": {**_ok("Response"), **STORED_ERRORS},
+        }
+    },
+    "/api/v1/responses/{response_id}/input_items": {
+        "get": {
+            "summary": "The input items of one of your stored responses",
+            "parameters": [
+                _path("response_id", "The response's id"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size"),
+                _query("order", {"enum": ["asc", "desc"], "default": "desc"}, "Oldest or newest first"),
+                _query("after", QUERY_TEXT, "An item id: the page after it"),
+                _query("before", QUERY_TEXT, "An item id: the page before it"),
+                _query("include", QUERY_TEXT, "Passed on (OpenAI's include values)"),
+            ],
+            "responses": {**_ok("ResponseInputItems"), **STORED_ERRORS},
         }
     },
     "/api/v1/embeddings": {

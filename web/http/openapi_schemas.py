@@ -400,6 +400,13 @@ SCHEMAS: dict[str, Any] = {
         ),
         "description": "OpenAI's response object, as the upstream sent it",
     },
+    "DeletedResponse": _obj(
+        ["id", "deleted"], id={"type": "string"}, object={"type": "string"}, deleted={"type": "boolean"}
+    ),
+    "ResponseInputItems": {
+        **_obj(["object", "data"], object={"const": "list"}, data={"type": "array", "items": {"type": "object"}}),
+        "description": "Azure's list of the response's input items, as it sent it",
+    },
     "ResponseEvent": {
         **_obj(
             ["data"],
