@@ -20,7 +20,7 @@ from omixa.engine.errors import InvalidRequest
 from omixa.engine.exchange import Caller, Exchange, Services
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
-from omixa.engine.providers import check_request
+from omixa.engine.providers import check_request, check_responses_request
 from omixa.engine.relay import StreamRelay
 from omixa.engine.responses_request import RESPONSES_PROVIDERS, ResponsesRequest, parse_responses_request
 from omixa.engine.router import Router
@@ -89,6 +89,7 @@ class ChatService:
             enabled=self._router.models(),
             served=self._router.models_served_by(RESPONSES_PROVIDERS),
             priority_models=self._router.priority_models(),
+            provider_check=check_responses_request,
         )
 
     async def respond(self, caller: Caller, request: ResponsesRequest) -> dict[str, Any]:

@@ -23,7 +23,7 @@ plus its output tokens, recorded when it was made), and the output cap
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import attrs
@@ -39,8 +39,8 @@ from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, Provider, ResponsesProvider, Usage
 from omixa.storage import StoredResponse
 
-# Adapters that serve the Responses API.
-RESPONSES_PROVIDERS = ("azure",)
+# Adapters that serve the Responses API (Vertex through its chat translation).
+RESPONSES_PROVIDERS = ("azure", "vertex")
 TOOL_TYPES = ("function", "custom")
 # Fields that reach the operator's resource or run work Omixa cannot bill.
 REFUSED = {
@@ -153,8 +153,10 @@ class ResponsesRequest:
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
 
     def stored_id(self, answer: dict[str, Any]) -> str | None:
+        """The response's id when the upstream says it stored it (Vertex keeps nothing)."""
         answer_id = answer.get("id")
-        return answer_id if self.store and isinstance(answer_id, str) else None
+        stored = self.store and answer.get("store") is not False
+        return answer_id if stored and isinstance(answer_id, str) else None
 
     def cost(self, usage: Usage, service_tier: str | None) -> int:
         return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))
@@ -273,12 +275,15 @@ def parse_responses_request(
     enabled: Collection[str],
     served: Collection[str],
     priority_models: Collection[str] = (),
+    provider_check: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> ResponsesRequest:
     """Check ``body`` and work out the hold's token counts (without the context of a
     previous response: see :meth:`ResponsesRequest.continuing`).
 
     ``enabled``: catalog ids with an enabled deployment; ``served``: those with one whose
-    adapter serves the Responses API. Errors: InvalidRequest, ModelNotFound.
+    adapter serves the Responses API. ``provider_check(provider, body)``: the adapters' own
+    refusals for the model's provider (:func:`engine.providers.check_responses_request`).
+    Errors: InvalidRequest, ModelNotFound.
     """
     model = resolve_model(body, catalog, enabled, "chat")
     if model.id not in served:
@@ -308,6 +313,8 @@ def parse_responses_request(
         raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
     if options is not None and not stream:
         raise InvalidRequest("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    if provider_check is not None:
+        provider_check(model.provider, body)
     cap = body.get("max_output_tokens")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise InvalidRequest("'max_output_tokens' must be a positive integer.", param="max_output_tokens")

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from omixa.engine.errors import NotFoundError, UpstreamError, storage_failures, translate_upstream
 from omixa.engine.router import Router
-from omixa.engine.upstream import ResponsesProvider
+from omixa.engine.upstream import StoringProvider
 from omixa.storage import Storage, StoredResponse
 
 
@@ -74,19 +74,19 @@ class StoredResponses:
             await self._forget(account_id, response_id)
         return answer
 
-    def _provider(self, stored: StoredResponse) -> ResponsesProvider | None:
+    def _provider(self, stored: StoredResponse) -> StoringProvider | None:
         """The adapter of the deployment that made the response, else of any enabled one on
         its resource."""
         on_resource = [
             actor
             for actor in self._router.deployments()
             if actor.config.enabled
-            and isinstance(actor.provider, ResponsesProvider)
+            and isinstance(actor.provider, StoringProvider)
             and same_resource(actor.config.endpoint, stored.endpoint)
         ]
         on_resource.sort(key=lambda actor: actor.config.name != stored.deployment)
         provider = on_resource[0].provider if on_resource else None
-        return provider if isinstance(provider, ResponsesProvider) else None
+        return provider if isinstance(provider, StoringProvider) else None
 
     async def _forget(self, account_id: str, response_id: str) -> None:
         with storage_failures("response"):

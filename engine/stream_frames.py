@@ -164,7 +164,7 @@ class ResponseFrames:
         response = response if isinstance(response, dict) else {}
         if kind == "response.created":
             answer_id = response.get("id")
-            stored = self._store and isinstance(answer_id, str)
+            stored = self._store and response.get("store") is not False and isinstance(answer_id, str)
             return Reading(commits=True, answer_id=answer_id if stored else None)
         if kind in _ENDS:
             tier = response.get("service_tier")

@@ -135,7 +135,8 @@ class Provider(Protocol):
 
 @runtime_checkable
 class ResponsesProvider(Provider, Protocol):
-    """An adapter that serves the Responses API (Azure)."""
+    """An adapter that serves the Responses API (Azure natively; Vertex and the simulator
+    through their chat translation, :mod:`engine.providers._responses`)."""
 
     async def respond(self, body: dict[str, Any]) -> Completion:
         """Send a non-streaming Responses API body; the response object and its usage."""
@@ -144,6 +145,11 @@ class ResponsesProvider(Provider, Protocol):
     def open_response_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
         """Start a streaming Responses API request (see :meth:`Provider.open_stream`)."""
         ...
+
+
+@runtime_checkable
+class StoringProvider(ResponsesProvider, Protocol):
+    """An adapter whose upstream stores responses (Azure, the simulator)."""
 
     async def manage_response(self, method: str, path: str) -> dict[str, Any]:
         """Read, delete or cancel a stored response (``path`` after ``/responses``)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
-from omixa.engine.providers import gemini
+from omixa.engine.providers import _responses, gemini
 from omixa.engine.providers._http import DEFAULT_READ_SIZE, HttpClients
 from omixa.engine.providers.azure import AzureProvider
 from omixa.engine.providers.simulator import SimulatorProvider
@@ -27,6 +27,7 @@ __all__ = [
     "build_provider",
     "check_deployment",
     "check_request",
+    "check_responses_request",
     "iter_sse",
 ]
 
@@ -36,6 +37,15 @@ def check_request(provider: str, body: dict[str, Any]) -> None:
     the fields it has no translation for. Errors: InvalidRequest naming the field."""
     if provider == "vertex":
         gemini.check_request(body)
+
+
+def check_responses_request(provider: str, body: dict[str, Any]) -> None:
+    """As :func:`check_request`, for a Responses API body: for Vertex Gemini, what has no chat
+    translation (:mod:`engine.providers._responses`) and what Gemini cannot take of the
+    translation. Errors: InvalidRequest naming the field."""
+    if provider == "vertex":
+        _responses.check(body)
+        gemini.check_request(_responses.chat_body(body))
 
 
 def check_deployment(deployment: DeploymentConfig) -> DeploymentConfig:

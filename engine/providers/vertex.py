@@ -34,7 +34,7 @@ import trio
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.errors import InvalidRequest, UpstreamError, UpstreamTimeout
-from omixa.engine.providers import gemini
+from omixa.engine.providers import _responses, gemini
 from omixa.engine.providers._answers import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
 from omixa.engine.providers.sse import SseParser
@@ -169,6 +169,22 @@ class VertexProvider:
         ) as chunks:
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
             yield _Chunks(chunks, encoder)
+
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        """A Responses API body, answered through ``generateContent`` as a response object
+        (see :mod:`engine.providers._responses`; nothing is stored)."""
+        shell = _responses.response_shell(body, _responses.new_response_id(), self._model, store=False)
+        return _responses.completion_as_response(await self.complete(_responses.chat_body(body)), shell)
+
+    @asynccontextmanager
+    async def open_response_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+        """A streaming Responses API body, through ``streamGenerateContent``: Azure's typed
+        Responses events. As :meth:`open_stream` otherwise."""
+        shell = _responses.response_shell(body, _responses.new_response_id(), self._model, store=False)
+        chat = {**_responses.chat_body(body), "stream_options": {"include_usage": True}}
+        del body
+        async with self.open_stream(chat) as chunks:
+            yield _responses.ResponseEvents(chunks, shell)
 
     async def aclose(self) -> None:
         """Close the clients, if they are this provider's own."""
