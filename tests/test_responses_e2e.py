@@ -320,3 +320,18 @@ async def test_the_body_is_fitted_to_the_model_family_and_the_deployment_as_for_
                     assert sent["reasoning"] == {"summary": "auto", "effort": "none"}
                     assert sent["text"] == {"verbosity": "low"} and "temperature" not in sent
                     assert sent["service_tier"] == ("priority" if tier == "priority" else "default")
+
+
+async def test_where_a_response_lives_survives_a_restart(database_url):
+    async with open_fake_azure() as fake:
+        async with open_gateway(database_url, fake) as gw:
+            account, key = await gw.funded_account("10.00")
+            first = await in_thread(sdk(gw, key).responses.create, **BODY)
+        async with open_gateway(database_url, fake) as gw:  # a new process's engine, same database
+            follow_up = await in_thread(
+                sdk(gw, key).responses.create, model=MODEL, input="More.", previous_response_id=first.id
+            )
+            assert follow_up.previous_response_id == first.id
+            assert fake.requests[-1].json["previous_response_id"] == first.id
+            fetched = await in_thread(sdk(gw, key).responses.retrieve, first.id)
+            assert fetched.id == first.id
