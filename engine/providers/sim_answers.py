@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from typing import Any
 
 import attrs
@@ -191,7 +192,8 @@ def _tool_to_call(ask: Ask, rng: random.Random) -> Tool | None:
 
 
 def _spoken(name: str) -> str:
-    return name.lower().replace("_", " ").replace("-", " ")
+    """``get_weather``, ``get-weather``, ``GetWeather``: "get weather"."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", name).lower().replace("_", " ").replace("-", " ")
 
 
 def _json(value: Any) -> str:

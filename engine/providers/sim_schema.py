@@ -160,7 +160,8 @@ class SchemaValues:
             if name not in out:
                 out[name] = self._value(extra if isinstance(extra, dict) else {}, depth + 1)
         wanted = _int(schema.get("minProperties"), 0)
-        if not properties and extra is not False and depth < MAX_DEPTH:
+        free = "properties" not in schema and "additionalProperties" not in schema
+        if (free or (not properties and isinstance(extra, dict))) and depth < MAX_DEPTH:
             wanted = max(wanted, self._rng.randint(1, 2))  # a map (``dict[str, X]``): a key or two
         wanted = min(wanted, _int(schema.get("maxProperties"), wanted))
         while len(out) < wanted and extra is not False:
