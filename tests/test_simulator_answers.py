@@ -184,3 +184,22 @@ async def test_n_choice_and_tool_call_streams_are_paced_like_text(autojump_clock
             assert times[0][0] == 0.05 and [t for t, _ in times] == [
                 round(0.05 + 0.02 * i, 3) for i in range(len(times))
             ]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}]}}, "$ref": "#/$defs/A"},  # a branch back to itself
+        {"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"},  # a reference to itself
+        {"type": "array", "minItems": 10**9, "items": {"type": "array", "minItems": 10**9}},
+        {"type": "string", "minLength": 10**9},
+        {"type": "object", "minProperties": 10**6},
+        {"type": "number", "minimum": 1e300, "maximum": 1e308, "multipleOf": 1e-300},
+        {"type": "object", "required": 5, "properties": [1], "allOf": [1, {"$ref": 5}]},
+    ],
+)
+def test_a_hostile_schema_gets_a_bounded_value_not_a_crash(schema):
+    """A client's schema is never trusted: whatever it asks, the value is made quickly and stays
+    small (it may not validate when the schema asks for millions of items)."""
+    value = SchemaValues(schema, random.Random(1), WORDS).value()
+    assert len(json.dumps(value)) < 200_000

@@ -108,13 +108,12 @@ def _tools(body: dict[str, Any]) -> tuple[tuple[Tool, ...], str, str | None]:
     """The callable functions, the tool choice's mode and the function it forces."""
     offered: list[Any]
     if is_legacy(body):
-        offered = [f for f in body["functions"] if isinstance(f, dict)]
+        offered = _list(body["functions"])
         choice: Any = body.get("function_call")
         if isinstance(choice, dict):
             choice = {"type": "function", "function": choice}
     else:
-        entries = [t for t in body.get("tools") or () if isinstance(t, dict)]
-        offered = [t.get("function") for t in entries if t.get("type") == "function"]
+        offered = [_dict(t).get("function") for t in _list(body.get("tools")) if _dict(t).get("type") == "function"]
         choice = body.get("tool_choice")
     tools = tuple(Tool(name=f["name"], parameters=f.get("parameters"))
                   for f in offered if isinstance(f, dict) and isinstance(f.get("name"), str))  # fmt: skip
@@ -125,16 +124,24 @@ def _tools(body: dict[str, Any]) -> tuple[tuple[Tool, ...], str, str | None]:
             raise _refuse(f"'tool_choice' is {choice!r} but no tools are given.")
         return tools, choice, None
     if isinstance(choice, dict) and choice.get("type") == "function":
-        name = (choice.get("function") or {}).get("name")
-        if name not in {t.name for t in tools}:
+        name = _dict(choice.get("function")).get("name")
+        if not isinstance(name, str) or name not in {t.name for t in tools}:
             raise _refuse(f"'tool_choice' names the function {name!r}, which 'tools' does not offer.")
         return tools, "required", name
     if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
-        allowed = choice.get("allowed_tools") or {}
-        names = {(t.get("function") or {}).get("name") for t in allowed.get("tools") or () if isinstance(t, dict)}
+        allowed = _dict(choice.get("allowed_tools"))
+        names = [_dict(_dict(t).get("function")).get("name") for t in _list(allowed.get("tools"))]
         mode = "required" if allowed.get("mode") == "required" else "auto"
         return tuple(t for t in tools if t.name in names), mode, None
     return (), "none", None  # a custom tool: nothing the simulator can call
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _last_user_text(messages: list[Any]) -> str:

@@ -33,6 +33,11 @@ MAX_DEPTH = 5
 # gets no deeper value: an empty object, whatever it asks.
 _GIVE_UP_DEPTH = 32
 _MAX_ITEMS = 3  # the most array items drawn when the schema allows more
+# Bounds on what a schema can make one value hold (its own minItems, minLength...): past
+# them a value is cut short, and may not validate, rather than fill the memory.
+MAX_VALUES = 5_000
+_MAX_MIN_ITEMS = 256
+_MAX_MIN_LENGTH = 4_096
 _EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 _TYPES = ("object", "array", "string", "integer", "number", "boolean", "null")
 
@@ -50,15 +55,20 @@ class SchemaValues:
         self._root = root
         self._rng = rng
         self._words = words
+        self._left = MAX_VALUES
 
     def value(self) -> Any:
         """A value of the root schema."""
         return self._value(self._root, 0)
 
     def _value(self, schema: Any, depth: int) -> Any:
+        self._left -= 1
         if not isinstance(schema, dict):
             return None if schema is False else self._string({}, depth)
         schema = self._flatten(schema, depth)
+        if depth >= _GIVE_UP_DEPTH or self._left <= 0:
+            kind = self._type(schema, depth)
+            return {} if kind == "object" else [] if kind == "array" else self._scalar(kind, schema, depth)
         if "const" in schema:
             return copy.deepcopy(schema["const"])
         if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -67,10 +77,9 @@ class SchemaValues:
             options = schema.get(key)
             if isinstance(options, list) and options:
                 rest = {k: v for k, v in schema.items() if k != key}
-                return self._value({**rest, **self._pick(options, depth)}, depth)
+                # A level deeper, so that a branch referring back to its own schema ends.
+                return self._value({**rest, **self._pick(options, depth)}, depth + 1)
         kind = self._type(schema, depth)
-        if depth >= _GIVE_UP_DEPTH:
-            return {} if kind == "object" else [] if kind == "array" else self._scalar(kind, schema, depth)
         if kind == "object":
             return self._object(schema, depth)
         if kind == "array":
@@ -150,7 +159,8 @@ class SchemaValues:
     def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
         properties = schema.get("properties")
         properties = properties if isinstance(properties, dict) else {}
-        required = [r for r in schema.get("required") or () if isinstance(r, str)]
+        required = schema.get("required")
+        required = [r for r in required if isinstance(r, str)] if isinstance(required, list) else []
         extra = schema.get("additionalProperties", True)
         out: dict[str, Any] = {}
         for name, sub in properties.items():
@@ -159,12 +169,14 @@ class SchemaValues:
         for name in required:
             if name not in out:
                 out[name] = self._value(extra if isinstance(extra, dict) else {}, depth + 1)
-        wanted = _int(schema.get("minProperties"), 0)
+        wanted = min(_int(schema.get("minProperties"), 0), len(self._words))
         free = "properties" not in schema and "additionalProperties" not in schema
         if (free or (not properties and isinstance(extra, dict))) and depth < MAX_DEPTH:
             wanted = max(wanted, self._rng.randint(1, 2))  # a map (``dict[str, X]``): a key or two
         wanted = min(wanted, _int(schema.get("maxProperties"), wanted))
-        while len(out) < wanted and extra is not False:
+        tries = 0
+        while len(out) < wanted and extra is not False and tries < 4 * len(self._words):
+            tries += 1
             key = self._rng.choice(self._words)
             if key not in out:
                 out[key] = self._value(extra if isinstance(extra, dict) else {}, depth + 1)
@@ -175,7 +187,7 @@ class SchemaValues:
         items = schema.get("items")
         if isinstance(items, list):  # draft 4's tuple form
             prefix, items = items, schema.get("additionalItems", {})
-        low = _int(schema.get("minItems"), 0)
+        low = min(_int(schema.get("minItems"), 0), _MAX_MIN_ITEMS)
         high = _int(schema.get("maxItems"), low + _MAX_ITEMS)
         if depth >= MAX_DEPTH:
             count = low
@@ -203,7 +215,7 @@ class SchemaValues:
         if text is None:
             count = self._rng.randint(1, 4)
             text = " ".join(self._rng.choice(self._words) for _ in range(count)).capitalize()
-        low = _int(schema.get("minLength"), 0)
+        low = min(_int(schema.get("minLength"), 0), _MAX_MIN_LENGTH)
         while len(text) < low:
             text += " " + self._rng.choice(self._words)
         high = schema.get("maxLength")
@@ -250,7 +262,7 @@ class SchemaValues:
         low, high = _bounds(schema)
         lo, hi = _span(low, high, 100)
         step: Any = schema.get("multipleOf")
-        if _is_number(step) and step > 0:
+        if _is_number(step) and step > 0 and math.isfinite(lo / step) and math.isfinite(hi / step):
             first, last = math.ceil(lo / step), math.floor(hi / step)
             if first <= last:
                 return self._rng.randint(first, last) * step
