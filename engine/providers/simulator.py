@@ -13,7 +13,8 @@ completion = every choice's tokens, a tool call's name included), so it always a
 what a client would count, and no choice outgrows the body's output cap.
 
 Timing follows the deployment's ``sim_*`` knobs: the first event after ``sim_first_token_ms``,
-then a chunk of ``sim_tokens_per_chunk`` tokens every ``sim_chunk_interval_ms`` (0: no pause).
+then a chunk of ``sim_tokens_per_chunk`` tokens (one per choice when ``n`` > 1) every
+``sim_chunk_interval_ms`` (0: no pause).
 Frames and objects are shaped like Azure's (``prompt_filter_results``, per-choice
 ``content_filter_results``, the empty-``choices`` first and usage frames).
 
