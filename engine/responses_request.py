@@ -39,8 +39,8 @@ from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, Provider, ResponsesProvider, Usage
 from omixa.storage import StoredResponse
 
-# Adapters that serve the Responses API (Vertex through its chat translation).
-RESPONSES_PROVIDERS = ("azure", "vertex")
+# Adapters that serve the Responses API (Vertex and the simulator through their chat translation).
+RESPONSES_PROVIDERS = ("azure", "vertex", "simulator")
 TOOL_TYPES = ("function", "custom")
 # Fields that reach the operator's resource or run work Omixa cannot bill.
 REFUSED = {

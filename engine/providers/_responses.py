@@ -23,6 +23,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import attrs
+
 from omixa.engine.errors import InvalidRequest, UpstreamError
 from omixa.engine.upstream import Completion, SseEvent, Usage
 
@@ -250,6 +252,20 @@ def _event(kind: str, sequence: int, **fields: Any) -> SseEvent:
     return SseEvent(raw=raw, data=data)
 
 
+@attrs.define
+class _Call:
+    """A function call item being streamed."""
+
+    item_id: str
+    index: int  # its place in the output
+    call_id: str
+    name: str
+    arguments: str = ""
+
+    def item(self, status: str) -> dict[str, Any]:
+        return _call_item(self.item_id, self.call_id, self.name, self.arguments, status)
+
+
 class ResponseEvents:
     """Azure's Responses events, made from a chat stream's chunks (which must include the
     usage frame). ``on_done`` gets the finished response object."""
@@ -262,7 +278,7 @@ class ResponseEvents:
         self._pending: list[SseEvent] = []
         self._text: list[str] = []
         self._message: tuple[str, int] | None = None  # item id, output index
-        self._calls: dict[int, list[Any]] = {}  # chat index -> [item id, output index, call id, name, args]
+        self._calls: dict[int, _Call] = {}  # by the chat stream's tool-call index
         self._items = 0
         self._finish: str | None = None
         self._usage: Usage | None = None
@@ -331,27 +347,25 @@ class ResponseEvents:
     def _call_delta(self, call: dict[str, Any]) -> None:
         at = call.get("index", 0)
         function = call.get("function") or {}
-        if at not in self._calls:
-            state = [
-                "fc_" + secrets.token_hex(16),
-                self._items,
-                str(call.get("id")),
-                str(function.get("name") or ""),
-                "",
-            ]
+        state = self._calls.get(at)
+        if state is None:
+            state = _Call(
+                item_id="fc_" + secrets.token_hex(16),
+                index=self._items,
+                call_id=str(call.get("id")),
+                name=str(function.get("name") or ""),
+            )
             self._calls[at] = state
             self._items += 1
-            self._emit(
-                "response.output_item.added",
-                output_index=state[1],
-                item=_call_item(state[0], state[2], state[3], "", "in_progress"),
-            )
-        state = self._calls[at]
+            self._emit("response.output_item.added", output_index=state.index, item=state.item("in_progress"))
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
-            state[4] += arguments
+            state.arguments += arguments
             self._emit(
-                "response.function_call_arguments.delta", item_id=state[0], output_index=state[1], delta=arguments
+                "response.function_call_arguments.delta",
+                item_id=state.item_id,
+                output_index=state.index,
+                delta=arguments,
             )
 
     def _end(self) -> None:
@@ -377,13 +391,16 @@ class ResponseEvents:
             )
             self._emit("response.output_item.done", output_index=index, item=item)
             output.append((index, item))
-        for item_id, index, call_id, name, arguments in self._calls.values():
-            item = _call_item(item_id, call_id, name, arguments, "completed")
+        for call in self._calls.values():
+            item = call.item("completed")
             self._emit(
-                "response.function_call_arguments.done", item_id=item_id, output_index=index, arguments=arguments
+                "response.function_call_arguments.done",
+                item_id=call.item_id,
+                output_index=call.index,
+                arguments=call.arguments,
             )
-            self._emit("response.output_item.done", output_index=index, item=item)
-            output.append((index, item))
+            self._emit("response.output_item.done", output_index=call.index, item=item)
+            output.append((call.index, item))
         response = finished(
             self._shell, [item for _, item in sorted(output, key=lambda pair: pair[0])], self._finish, self._usage
         )

@@ -23,6 +23,9 @@ Embeddings: one deterministic unit-length vector per input (``dimensions`` float
 counted with ``cl100k_base`` (token arrays count as their length). Images: ``n`` copies of a
 1x1 PNG as ``b64_json``, with the quality and size used ("auto": medium, 1024x1024) and, like
 Azure's older image API, no ``usage``, so Omixa charges the catalog's price per image.
+
+The Responses API: the chat answer of the translated body, as a response object or Azure's
+typed events, stored on one simulated resource (:mod:`engine.providers.sim_responses`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import struct
 import time
 import zlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -53,6 +56,7 @@ from omixa.engine.providers.sim_chat import (
     stream_frames,
     top_logprobs,
 )
+from omixa.engine.providers.sim_responses import RESOURCE
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, SseEvent, Usage
 
@@ -178,6 +182,19 @@ class SimulatorProvider:
             "data": [{"b64_json": _PNG_B64} for _ in range(body.get("n", 1))],
         }  # fmt: skip
         return Completion(body=answer, usage=None)
+
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        """A Responses API body, answered through :meth:`complete` as a response object and
+        stored on the simulated resource (:mod:`engine.providers.sim_responses`)."""
+        return await RESOURCE.respond(body, self.complete, self._dep.model)
+
+    def open_response_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+        """A streaming Responses API body, through :meth:`open_stream`: Azure's typed events."""
+        return RESOURCE.open_stream(body, self.open_stream, self._dep.model)
+
+    async def manage_response(self, method: str, path: str) -> dict[str, Any]:
+        """A stored response's GET, input_items, DELETE or cancel, as Azure answers them."""
+        return RESOURCE.manage(method, path)
 
     async def aclose(self) -> None:
         """Nothing to close."""

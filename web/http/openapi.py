@@ -88,6 +88,29 @@ PATHS: dict[str, dict[str, Any]] = {
             },
         }
     },
+    # Described after the others: the fuzzer runs operations in this order, and DELETE
+    # takes away the response the others look up.
+    "/api/v1/responses/{response_id}/input_items": {
+        "get": {
+            "summary": "The input items of one of your stored responses",
+            "parameters": [
+                _path("response_id", "The response's id"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size"),
+                _query("order", {"enum": ["asc", "desc"], "default": "desc"}, "Oldest or newest first"),
+                _query("after", QUERY_TEXT, "An item id: the page after it"),
+                _query("before", QUERY_TEXT, "An item id: the page before it"),
+                _query("include", QUERY_TEXT, "Passed on (OpenAI's include values)"),
+            ],
+            "responses": {**_ok("ResponseInputItems"), **STORED_ERRORS},
+        }
+    },
+    "/api/v1/responses/{response_id}/cancel": {
+        "post": {
+            "summary": "Cancel a background response (Azure refuses any other: 400)",
+            "parameters": [_path("response_id", "The response's id")],
+            "responses": {**_ok("Response"), **STORED_ERRORS},
+        }
+    },
     "/api/v1/responses/{response_id}": {
         "get": {
             "summary": "One of your stored responses, from the resource that holds it",
@@ -103,27 +126,6 @@ PATHS: dict[str, dict[str, Any]] = {
             "parameters": [_path("response_id", "The response's id")],
             "responses": {**_ok("DeletedResponse"), **STORED_ERRORS},
         },
-    },
-    "/api/v1/responses/{response_id}/cancel": {
-        "post": {
-            "summary": "Cancel a background response (Azure refuses any other: 400)",
-            "parameters": [_path("response_id", "The response's id")],
-            "responses": {**_ok("Response"), **STORED_ERRORS},
-        }
-    },
-    "/api/v1/responses/{response_id}/input_items": {
-        "get": {
-            "summary": "The input items of one of your stored responses",
-            "parameters": [
-                _path("response_id", "The response's id"),
-                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size"),
-                _query("order", {"enum": ["asc", "desc"], "default": "desc"}, "Oldest or newest first"),
-                _query("after", QUERY_TEXT, "An item id: the page after it"),
-                _query("before", QUERY_TEXT, "An item id: the page before it"),
-                _query("include", QUERY_TEXT, "Passed on (OpenAI's include values)"),
-            ],
-            "responses": {**_ok("ResponseInputItems"), **STORED_ERRORS},
-        }
     },
     "/api/v1/embeddings": {
         "post": {
