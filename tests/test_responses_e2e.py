@@ -288,3 +288,50 @@ async def test_stored_response_lookups_check_their_query(database_url):
                 answer = await client.get(path)
                 assert (answer.status_code, answer.json()["error"]["param"]) == (400, param), path
         assert not fake.requests
+
+
+async def test_the_body_is_fitted_to_the_model_family_and_the_deployment_as_for_chat(database_url):
+    async with (
+        open_fake_azure() as fake,
+        open_gateway(
+            database_url,
+            deployments=[
+                azure_deployment(fake, name="mini", model=MODEL),
+                azure_deployment(fake, name="five", model="gpt-5.1", priority=True),
+            ],
+        ) as gw,
+    ):
+        _, key = await gw.funded_account("10.00")
+        fitted = {
+            "reasoning": {"effort": "minimal", "summary": "auto"},
+            "text": {"verbosity": "low"},
+            "temperature": 0.3,
+        }
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
+            for model, tier in ((MODEL, "flex"), ("gpt-5.1", None), ("gpt-5.1", "priority")):
+                body = {**BODY, "model": model, **fitted} | ({"service_tier": tier} if tier else {})
+                answer = await client.post(f"{gw.base_url}/responses", json=body)
+                assert answer.status_code == 200, answer.text
+                sent = fake.requests[-1].json
+                if model == MODEL:  # no reasoning, no verbosity: both removed; sampling kept
+                    assert "reasoning" not in sent and sent["text"] == {} and sent["temperature"] == 0.3
+                    assert "service_tier" not in sent  # a deployment without priority gets none
+                else:  # gpt-5.1 takes none/low/medium/high: minimal maps to none; temperature dropped
+                    assert sent["reasoning"] == {"summary": "auto", "effort": "none"}
+                    assert sent["text"] == {"verbosity": "low"} and "temperature" not in sent
+                    assert sent["service_tier"] == ("priority" if tier == "priority" else "default")
+
+
+async def test_where_a_response_lives_survives_a_restart(database_url):
+    async with open_fake_azure() as fake:
+        async with open_gateway(database_url, fake) as gw:
+            account, key = await gw.funded_account("10.00")
+            first = await in_thread(sdk(gw, key).responses.create, **BODY)
+        async with open_gateway(database_url, fake) as gw:  # a new process's engine, same database
+            follow_up = await in_thread(
+                sdk(gw, key).responses.create, model=MODEL, input="More.", previous_response_id=first.id
+            )
+            assert follow_up.previous_response_id == first.id
+            assert fake.requests[-1].json["previous_response_id"] == first.id
+            fetched = await in_thread(sdk(gw, key).responses.retrieve, first.id)
+            assert fetched.id == first.id
