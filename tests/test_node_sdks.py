@@ -73,7 +73,8 @@ async def run_node(script: str, base_url: str, key: str, *steps: str, **env: str
             check=False,
         )
     out, err = done.stdout.decode(), done.stderr.decode()
-    assert done.returncode == 0, f"{script} {' '.join(steps)} exited {done.returncode}:\n{out}\n{err}"
+    # stdout names the failed step and its error; stderr's tail has the SDK's own report.
+    assert done.returncode == 0, f"{script} {' '.join(steps)} exited {done.returncode}:\n{out}\n{err[-2000:]}"
     results = json.loads(out)
     assert list(results) == list(steps)
     return results
