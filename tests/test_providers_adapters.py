@@ -15,7 +15,7 @@ from provider_helpers import BODY, SERVER, STREAM_BODY, azure_deployment, collec
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
 from omixa.engine.errors import UpstreamError, UpstreamTimeout
 from omixa.engine.providers import AzureProvider, SimulatorProvider
-from omixa.engine.providers.simulator import WORDS
+from omixa.engine.providers.sim_answers import WORDS
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Usage
 

@@ -1,13 +1,20 @@
 """A simulated upstream: Azure-shaped answers with no network (``omixa demo``, load tests).
 
-The answer is pseudo-text picked from a fixed word list with a ``random.Random`` seeded by a
-hash of the messages: the same prompt always gets the same answer. Every piece of the word
-list is one o200k token, so an answer of N pieces is N tokens; usage is still computed with
-:mod:`engine.tokens` from the text itself (prompt = ``count_chat_prompt(body)``, completion =
-``count_text(answer)``), so it always agrees with what a client would count.
+Chat answers depend only on the request, never on chance: the same request always gets the
+same answer (:mod:`engine.providers.sim_answers` makes them, :mod:`engine.providers.sim_chat`
+frames them). Plain text is pseudo-text from a fixed word list seeded by a hash of the
+messages; ``tools`` get a tool call whose arguments validate against the function's
+``parameters`` (when ``tool_choice`` allows; "auto" calls one after a user message and
+answers in text after a tool's result); ``response_format`` ``json_object`` and
+``json_schema`` get JSON (for a schema, a value that validates against it); ``n`` gets that
+many different choices; ``logprobs`` gets per-token log probabilities with ``top_logprobs``
+alternatives. Usage is counted with :mod:`engine.tokens` (prompt = ``count_chat_prompt(body)``;
+completion = every choice's tokens, a tool call's name included), so it always agrees with
+what a client would count, and no choice outgrows the body's output cap.
 
 Timing follows the deployment's ``sim_*`` knobs: the first event after ``sim_first_token_ms``,
-then a chunk of ``sim_tokens_per_chunk`` tokens every ``sim_chunk_interval_ms`` (0: no pause).
+then a chunk of ``sim_tokens_per_chunk`` tokens (one per choice when ``n`` > 1) every
+``sim_chunk_interval_ms`` (0: no pause).
 Frames and objects are shaped like Azure's (``prompt_filter_results``, per-choice
 ``content_filter_results``, the empty-``choices`` first and usage frames).
 
@@ -36,32 +43,19 @@ from typing import Any
 import trio
 
 from omixa.engine.config import DeploymentConfig
+from omixa.engine.providers.sim_answers import Answer, answer
+from omixa.engine.providers.sim_chat import (
+    FIRST_FRAME,
+    chat_ask,
+    choice_count,
+    completion_body,
+    is_legacy,
+    stream_frames,
+    top_logprobs,
+)
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, SseEvent, Usage
 
-# Each word is a single o200k token with a leading space, lower or capitalised, and alone
-# capitalised (checked by the tests), so N pieces are N tokens.
-WORDS = (
-    "the of and to in is that for it as was with be by on not he this are or his from at which"
-    " but have an they you were her she there one all we their can has more will would about"
-    " time people when out other new some these what only could into two may first then do any"
-    " like now my over such our man me even most made after also did many before must through"
-    " back years where much your way well down should because each just those how too good very"
-    " make world still own see men work long get here between both life being under never day"
-).split()
-_OK = {"filtered": False, "severity": "safe"}
-_CONTENT_FILTER = {"hate": _OK, "self_harm": _OK, "sexual": _OK, "violence": _OK}
-_PROMPT_FILTER = [
-    {
-        "prompt_index": 0,
-        "content_filter_results": {
-            **_CONTENT_FILTER,
-            "jailbreak": {"filtered": False, "detected": False},
-        },
-    }
-]
-_FIRST_FRAME = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                "prompt_filter_results": _PROMPT_FILTER}  # fmt: skip
 _DONE = SseEvent(raw=b"data: [DONE]\n\n", done=True)
 # Vector size when an embeddings request names no ``dimensions``.
 EMBEDDING_DIMENSIONS = 1536
@@ -82,34 +76,6 @@ TINY_PNG = _png_1x1()
 _PNG_B64 = base64.b64encode(TINY_PNG).decode()
 
 
-def answer_pieces(body: dict[str, Any], count: int) -> list[str]:
-    """``count`` one-token pieces of sentence-like text, derived only from the body's messages."""
-    seed_text = json.dumps(body.get("messages"), sort_keys=True, separators=(",", ":"))
-    rng = random.Random(hashlib.sha256(seed_text.encode()).digest())
-    pieces: list[str] = []
-    left = 0  # pieces left in the current sentence, its closing "." included
-    for _ in range(count):
-        if left == 0:
-            word = rng.choice(WORDS).capitalize()
-            pieces.append(" " + word if pieces else word)
-            left = rng.randint(6, 14)
-        elif left == 1:
-            pieces.append(".")
-        else:
-            pieces.append(" " + rng.choice(WORDS))
-        left -= 1
-    return pieces
-
-
-def output_cap(body: dict[str, Any]) -> int | None:
-    """The body's ``max_completion_tokens`` (else ``max_tokens``), when it is an integer."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return max(0, value)
-    return None
-
-
 class SimulatorProvider:
     """An upstream that answers from memory, shaped and timed like an Azure deployment.
 
@@ -124,13 +90,12 @@ class SimulatorProvider:
         digest = hashlib.sha256(deployment.model.encode()).hexdigest()
         self._fingerprint = "fp_" + digest[:10]
 
-    def _answer(self, body: dict[str, Any]) -> tuple[list[str], str, dict[str, Any]]:
-        wanted = self._dep.sim_completion_tokens
-        cap = output_cap(body)
-        count = wanted if cap is None else min(wanted, cap)
-        pieces = answer_pieces(body, count)
+    def _answer(self, body: dict[str, Any]) -> tuple[list[Answer], dict[str, Any]]:
+        """The body's answers, one per choice, and their usage. Errors: UpstreamError 400."""
+        ask = chat_ask(body, self._dep.sim_completion_tokens)
+        answers = [answer(ask, index) for index in range(choice_count(body))]
         prompt = count_chat_prompt(body)
-        completion = count_text("".join(pieces))
+        completion = sum(a.tokens for a in answers)
         usage = {
             "completion_tokens": completion,
             "completion_tokens_details": {"accepted_prediction_tokens": 0, "audio_tokens": 0,
@@ -139,31 +104,25 @@ class SimulatorProvider:
             "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": 0},
             "total_tokens": prompt + completion,
         }  # fmt: skip
-        return pieces, "stop" if count == wanted else "length", usage
+        return answers, usage
 
     def _head(self, obj: str) -> dict[str, Any]:
         return {"created": int(time.time()), "id": "chatcmpl-" + secrets.token_hex(14),
                 "model": self._dep.model, "object": obj,
                 "system_fingerprint": self._fingerprint}  # fmt: skip
 
-    def _chunks(self, pieces: list[str]) -> list[str]:
-        size = self._dep.sim_tokens_per_chunk
-        return ["".join(pieces[i : i + size]) for i in range(0, len(pieces), size)]
-
     async def complete(self, body: dict[str, Any]) -> Completion:
         """A full ``chat.completion`` after the time the stream would have taken.
 
         Cancellation: nothing is held; the sleep simply stops.
+        Errors: UpstreamError 400 for what Azure refuses (see :mod:`engine.providers.sim_chat`).
         """
-        pieces, finish, usage = self._answer(body)
-        chunks = len(self._chunks(pieces))
+        answers, usage = self._answer(body)
+        size = self._dep.sim_tokens_per_chunk
+        chunks = max(-(-len(a.pieces) // size) for a in answers)
         await _sleep_ms(self._dep.sim_first_token_ms + chunks * self._dep.sim_chunk_interval_ms)
-        message: dict[str, Any] = {"annotations": [], "content": "".join(pieces), "refusal": None,
-                   "role": "assistant"}  # fmt: skip
-        choice = {"content_filter_results": _CONTENT_FILTER, "finish_reason": finish, "index": 0,
-                  "logprobs": None, "message": message}  # fmt: skip
-        data = {"choices": [choice], **self._head("chat.completion"),
-                "prompt_filter_results": _PROMPT_FILTER, "usage": usage}  # fmt: skip
+        data = completion_body(answers, self._head("chat.completion"), usage,
+                               legacy=is_legacy(body), top=top_logprobs(body))  # fmt: skip
         return Completion(body=json.loads(json.dumps(data)), usage=Usage.from_openai(usage))
 
     @asynccontextmanager
@@ -172,22 +131,16 @@ class SimulatorProvider:
 
         A usage frame (empty ``choices``) comes before ``[DONE]`` only when
         ``stream_options.include_usage`` is true, as on Azure.
+        Errors: UpstreamError 400 on entering, for what Azure refuses.
         """
-        pieces, finish, usage = self._answer(body)
+        answers, usage = self._answer(body)
         head = self._head("chat.completion.chunk")
-
-        def chunk(delta: dict[str, Any], filters: dict[str, Any], reason: str | None) -> dict:
-            return {"choices": [{"content_filter_results": filters, "delta": delta,
-                                 "finish_reason": reason, "index": 0, "logprobs": None}],
-                    **head}  # fmt: skip
-
-        role = {"content": "", "refusal": None, "role": "assistant"}
-        frames = [_FIRST_FRAME, chunk(role, {}, None)]
-        frames += [chunk({"content": text}, _CONTENT_FILTER, None) for text in self._chunks(pieces)]
-        frames.append(chunk({}, {}, finish))
+        frames = [(FIRST_FRAME, True)]
+        frames += stream_frames(answers, head, self._dep.sim_tokens_per_chunk,
+                                legacy=is_legacy(body), top=top_logprobs(body))  # fmt: skip
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
-            frames.append({"choices": [], **head, "usage": usage})
+            frames.append(({"choices": [], **head, "usage": usage}, False))
         del body  # as a real upstream's stream, this one keeps nothing of its prompt
         yield _SimStream(frames, self._dep.sim_first_token_ms, self._dep.sim_chunk_interval_ms)
 
@@ -231,12 +184,13 @@ class SimulatorProvider:
 
 
 class _SimStream:
-    """Emits prepared frames: the first after ``first_ms``, each content chunk ``every_ms``
-    after the previous one; the frames around them (role, finish, usage, [DONE]) at once."""
+    """Emits prepared frames: the first after ``first_ms``, each paced one (a round of
+    content chunks) ``every_ms`` after the previous round; the others (role, finish, usage,
+    [DONE]) at once."""
 
     __slots__ = ("_frames", "_first_ms", "_every_ms", "_index")
 
-    def __init__(self, frames: list[dict[str, Any]], first_ms: float, every_ms: float) -> None:
+    def __init__(self, frames: list[tuple[dict[str, Any], bool]], first_ms: float, every_ms: float) -> None:
         self._frames = frames
         self._first_ms = first_ms
         self._every_ms = every_ms
@@ -252,11 +206,9 @@ class _SimStream:
         self._index += 1
         if i == len(self._frames):
             return _DONE
-        frame = self._frames[i]
-        if i == 0:
-            await _sleep_ms(self._first_ms)
-        elif i > 2 and frame["choices"] and frame["choices"][0]["delta"].get("content"):
-            await _sleep_ms(self._every_ms)
+        frame, paced = self._frames[i]
+        if paced:
+            await _sleep_ms(self._first_ms if i == 0 else self._every_ms)
         raw = b"data: " + json.dumps(frame, separators=(",", ":")).encode() + b"\n\n"
         return SseEvent(raw=raw, data=json.loads(raw[6:]))
 
