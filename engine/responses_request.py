@@ -112,6 +112,8 @@ class ResponsesRequest:
         text = body.get("text")
         if isinstance(text, dict) and "verbosity" in text and not model.verbosity:
             body["text"] = {k: v for k, v in text.items() if k != "verbosity"}
+            if not body["text"]:
+                del body["text"]
         if model.reasoning and model.provider == "azure":
             for key in REASONING_DROPS:
                 body.pop(key, None)

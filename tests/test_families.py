@@ -88,7 +88,7 @@ async def test_bad_effort_verbosity_or_tier_is_refused_before_anything_happens(t
                 ({"reasoning_effort": "maximal"}, "reasoning_effort"),
                 ({"reasoning_effort": 3}, "reasoning_effort"),
                 ({"verbosity": "verbose"}, "verbosity"),
-                ({"service_tier": "flex"}, "service_tier"),
+                ({"service_tier": "turbo"}, "service_tier"),  # flex and scale are taken (as default)
             ):
                 response = await client.post(
                     f"{gw.base_url}/chat/completions", json={"model": "gpt-5", "messages": MESSAGES, **extra}

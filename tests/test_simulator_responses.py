@@ -43,8 +43,22 @@ class Trip(BaseModel):
     stops: list[str]
 
 
+# Every SDK client a test made, closed when it ends (one left to the garbage collector may
+# report its socket unclosed in whatever test runs then).
+CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients():
+    yield
+    while CLIENTS:
+        CLIENTS.pop().close()
+
+
 def sdk(gw, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
+    CLIENTS.append(client)
+    return client
 
 
 async def in_thread(fn, *args, **kwargs):
