@@ -3,20 +3,26 @@ openai SDK, raises the SDK's exception for that status with ``code``, ``type`` a
 read from the body; and an upstream's refusal of the client's own request (a content filter, a
 context overflow) keeps the upstream's code, param and explanation, streamed or not.
 
-(500 ``internal_error`` is not provoked here: only a bug in the gateway sends it.)
+500 ``internal_error`` is provoked on a route added for the test (only a bug sends it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import types
+from functools import partial
 
 import httpx
+import hypercorn.config
+import hypercorn.trio
 import openai
 import pytest
 import trio
 from fake_azure import CONTENT_FILTER_INNERERROR, content_filter_error, context_length_error, open_fake_azure
 from harness import MODEL, open_gateway
 from test_errors_e2e import check_envelope
+
+from omixa.web.http.app import create_app
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MAX_BODY = 8192
@@ -182,3 +188,28 @@ async def test_an_upstream_error_about_the_operators_setup_passes_nothing_on(gat
         check(exc, openai.InternalServerError, 502, "server_error", "upstream_error", None)
         assert isinstance(exc.body, dict) and "innererror" not in exc.body
         assert "content management" not in exc.message
+
+
+async def test_an_unexpected_failure_is_500_internal_error_in_the_same_envelope(tmp_path, sdk):
+    """Only a bug sends a 500, so the test adds one: a route that fails with a plain exception,
+    on a second app built by the gateway's own ``create_app`` over the running gateway's real
+    engine and served by Hypercorn; the gate, the error handler and the envelope are the
+    gateway's."""
+    async with open_fake_azure() as fake, open_gateway(f"sqlite:///{tmp_path / 'e.db'}", fake) as gw:
+        _, key = await gw.funded_account("1.00")
+        app = create_app(gw.engine)
+
+        @app.get("/api/v1/boom")
+        async def boom() -> None:
+            raise RuntimeError("a bug; its text must not reach the client")
+
+        config = hypercorn.config.Config()
+        config.bind = ["127.0.0.1:0"]
+        config.accesslog = config.errorlog = None
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(partial(hypercorn.trio.serve, app, config))
+            client = sdk(types.SimpleNamespace(base_url=f"{binds[0]}/api/v1"), key)
+            exc = await refusal(client.get, "/boom", cast_to=object)
+            check(exc, openai.InternalServerError, 500, "server_error", "internal_error", None)
+            assert exc.body["message"] == "Internal processing failure."
+            nursery.cancel_scope.cancel()

@@ -19,6 +19,7 @@ from omixa.engine.upstream import Usage
 
 MODEL_INFO = load_catalog().get(MODEL)
 assert MODEL_INFO is not None  # the shipped catalog lists it
+PRICES = MODEL_INFO.prices
 SIMULATED = [
     {"name": f"sim-{i}", "model": MODEL, "provider": "simulator", "sim_first_token_ms": 0, "sim_chunk_interval_ms": 0}
     for i in (1, 2)
@@ -70,7 +71,7 @@ async def charged_as_reported(gw, account: str, responses: list) -> None:
     entries = await gw.settled_entries(account)
     charges = [e.amount for e in entries if e.type == "charge"]
     expected = [
-        cost_of(Usage(prompt_tokens=r.usage.input_tokens, completion_tokens=r.usage.output_tokens), MODEL_INFO.prices)
+        cost_of(Usage(prompt_tokens=r.usage.input_tokens, completion_tokens=r.usage.output_tokens), PRICES)
         for r in responses
     ]
     assert sorted(charges) == sorted(expected)
