@@ -19,9 +19,10 @@ from typing import Any
 
 import attrs
 
-from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
+from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo
 from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
+from omixa.engine.model_call import TieredCall
 from omixa.engine.relay import OpenedStream, open_events
 from omixa.engine.stream_frames import ChatFrames
 from omixa.engine.tokens import count_chat_prompt, count_text
@@ -42,7 +43,7 @@ REASONING_DROPS = (
 
 
 @attrs.frozen(kw_only=True)
-class ChatRequest:
+class ChatRequest(TieredCall):
     """A checked request. ``output_tokens`` is the cap per choice the hold must cover;
     ``cap_is_clients`` says whether the client chose it (then it is never lowered)."""
 
@@ -66,31 +67,11 @@ class ChatRequest:
         rate limits count it before the call."""
         return self.prompt_tokens + self.output_tokens * self.choices
 
-    @property
-    def hold_prices(self) -> Prices:
-        """Priority prices when the answer may come from the priority tier."""
-        if self.priority and self.model.priority_prices is not None:
-            return self.model.priority_prices
-        return self.model.prices
-
     def build_body(self, output_tokens: int) -> dict[str, Any]:
         return upstream_body(self, output_tokens)
 
-    def prefers(self, deployment: DeploymentConfig) -> bool:
-        """Whether the router should try ``deployment`` before the others."""
-        return self.priority and deployment.priority
-
     def allows(self, deployment: DeploymentConfig) -> bool:
         return True
-
-    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
-        """``body`` as sent to ``deployment``: only a deployment with priority processing
-        gets a ``service_tier``, and then always an explicit one ("priority" when this
-        request may be billed at priority prices, else "default"), so the tier Azure bills
-        is never one the hold did not cover."""
-        if not deployment.priority:
-            return body
-        return {**body, "service_tier": "priority" if self.priority else "default"}
 
     async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
         return await provider.complete(body)
@@ -114,12 +95,6 @@ class ChatRequest:
     async def open(provider: Provider, body: dict[str, Any]) -> OpenedStream:
         """Open the stream on ``provider``."""
         return await open_events(provider.open_stream(body))
-
-    def cost(self, usage: Usage, service_tier: str | None) -> int:
-        """Nano-dollars for ``usage`` at the prices of the tier the answer reported, when the
-        request asked for priority; at standard prices otherwise, whatever the answer's label
-        (such a request was held at standard prices and sent as "default")."""
-        return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))
 
 
 def _positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None) -> int | None:

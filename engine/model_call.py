@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from omixa.engine.catalog import ModelInfo, Prices
+from omixa.engine.catalog import ModelInfo, Prices, cost_of
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.upstream import Completion, Provider, Usage
 
@@ -119,3 +119,39 @@ class PlainCall:
 
     def stored_id(self, answer: dict[str, Any]) -> str | None:
         return None
+
+
+class TieredCall:
+    """The :class:`ModelCall` parts of a call Azure may serve at its priority tier (chat
+    completions, the Responses API): ``priority`` says the client asked for priority and a
+    priority deployment may serve it."""
+
+    __slots__ = ()
+    model: ModelInfo
+    priority: bool
+
+    @property
+    def hold_prices(self) -> Prices:
+        """Priority prices when the answer may come from the priority tier."""
+        if self.priority and self.model.priority_prices is not None:
+            return self.model.priority_prices
+        return self.model.prices
+
+    def prefers(self, deployment: DeploymentConfig) -> bool:
+        """Priority requests try the deployments with priority processing first."""
+        return self.priority and deployment.priority
+
+    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
+        """``body`` as sent to ``deployment``: only a deployment with priority processing
+        gets a ``service_tier``, and then always an explicit one ("priority" when this
+        request may be billed at priority prices, else "default"), so the tier Azure bills
+        is never one the hold did not cover."""
+        if not deployment.priority:
+            return body
+        return {**body, "service_tier": "priority" if self.priority else "default"}
+
+    def cost(self, usage: Usage, service_tier: str | None) -> int:
+        """Nano-dollars for ``usage`` at the prices of the tier the answer reported, when the
+        request asked for priority; at standard prices otherwise, whatever the answer's label
+        (such a request was held at standard prices and sent as "default")."""
+        return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))

@@ -28,10 +28,11 @@ from typing import Any
 
 import attrs
 
-from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo, Prices, cost_of
+from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo
 from omixa.engine.chat_request import REASONING_DROPS, SERVICE_TIERS, VERBOSITIES, resolve_model
 from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, UpstreamError
+from omixa.engine.model_call import TieredCall
 from omixa.engine.relay import OpenedStream, open_events
 from omixa.engine.stored_responses import same_resource
 from omixa.engine.stream_frames import ResponseFrames
@@ -51,7 +52,7 @@ REFUSED = {
 
 
 @attrs.frozen(kw_only=True)
-class ResponsesRequest:
+class ResponsesRequest(TieredCall):
     """A checked Responses API request (see :class:`engine.model_call.ModelCall`)."""
 
     model: ModelInfo
@@ -72,12 +73,6 @@ class ResponsesRequest:
     @property
     def estimated_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens
-
-    @property
-    def hold_prices(self) -> Prices:
-        if self.priority and self.model.priority_prices is not None:
-            return self.model.priority_prices
-        return self.model.prices
 
     def continuing(self, previous: StoredResponse) -> ResponsesRequest:
         """This request as a follow-up of ``previous``: routed to the resource that stores
@@ -121,21 +116,12 @@ class ResponsesRequest:
         body["max_output_tokens"] = output_tokens
         return body
 
-    def prefers(self, deployment: DeploymentConfig) -> bool:
-        return self.priority and deployment.priority
-
     def allows(self, deployment: DeploymentConfig) -> bool:
         """Deployments whose adapter serves the Responses API; for a follow-up, only those on
         the resource that stores the previous response."""
         if deployment.provider not in RESPONSES_PROVIDERS:
             return False
         return self.endpoint is None or same_resource(deployment.endpoint, self.endpoint)
-
-    def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
-        """As chat: only a deployment with priority processing gets a ``service_tier``."""
-        if not deployment.priority:
-            return body
-        return {**body, "service_tier": "priority" if self.priority else "default"}
 
     async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
         return await _responses(provider).respond(body)
@@ -159,9 +145,6 @@ class ResponsesRequest:
         answer_id = answer.get("id")
         stored = self.store and answer.get("store") is not False
         return answer_id if stored and isinstance(answer_id, str) else None
-
-    def cost(self, usage: Usage, service_tier: str | None) -> int:
-        return cost_of(usage, self.model.prices_for(service_tier if self.priority else None))
 
 
 def _responses(provider: Provider) -> ResponsesProvider:

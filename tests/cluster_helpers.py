@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import trio
-from test_cli import OMIXA, read_values
+from demo_helpers import OMIXA, read_values
 
 from omixa.engine.accounts import Accounts
 from omixa.storage import open_storage

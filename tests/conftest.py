@@ -9,12 +9,14 @@ the PostgreSQL cases are skipped with a reason; ``.ci/run`` fails the build if a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import openai
 import pytest
 import trio_asyncio
 from cryptography.fernet import Fernet
@@ -97,3 +99,17 @@ def redis_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sdk():
+    """``sdk(gw, key)``: an official openai SDK client of ``gw`` for ``key`` (no retries),
+    closed when the test ends (one left to the garbage collector may report its socket
+    unclosed in whatever test runs then)."""
+    with contextlib.ExitStack() as clients:
+
+        def open_client(gw, key: str) -> openai.OpenAI:
+            client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=30)
+            return clients.enter_context(client)
+
+        yield open_client

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
+from demo_helpers import OMIXA, read_values, values
 from fake_azure import open_fake_azure
-
-OMIXA = str(Path(sys.executable).parent / "omixa")
 
 
 def run(*args: str, config: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     argv = [OMIXA, *args] + (["--config", str(config)] if config else [])
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
-
-
-def values(stdout: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
 
 
 def write_config(path: Path, database_url: str, extra: str = "") -> Path:
@@ -156,21 +149,6 @@ def test_add_azure_deployment_creates_and_keeps_comments(tmp_path):
     assert bad.returncode == 2 and "endpoint" in bad.stderr
 
 
-async def read_values(process: trio.Process, names: set[str]) -> dict[str, str]:
-    assert process.stdout is not None, "started with stdout=subprocess.PIPE"
-    buffer = b""
-    found: dict[str, str] = {}
-    with trio.fail_after(30):
-        while not names <= found.keys():
-            chunk = await process.stdout.receive_some()
-            assert chunk, "the process ended early"
-            buffer += chunk
-            *lines, rest = buffer.split(b"\n")
-            buffer = rest
-            found.update(values("\n".join(line.decode() for line in lines)))
-    return found
-
-
 async def test_serve_prints_its_url_and_stops_gracefully_on_sigint(database_url, tmp_path):
     async with open_fake_azure() as fake:
         config = write_config(
@@ -197,60 +175,6 @@ async def test_serve_prints_its_url_and_stops_gracefully_on_sigint(database_url,
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-
-
-async def test_demo_serves_the_readme_curl_example(tmp_path):
-    process = await trio.lowlevel.open_process(
-        [OMIXA, "demo", "--port", "0", "--data-dir", str(tmp_path)], stdout=subprocess.PIPE
-    )
-    try:
-        found = await read_values(process, {"OMIXA_BASE_URL", "OMIXA_API_KEY"})
-        base, key = found["OMIXA_BASE_URL"], found["OMIXA_API_KEY"]
-        # The README's example, as a developer pastes it.
-        curl = await trio.run_process(
-            [
-                "curl",
-                "-sS",
-                "-X",
-                "POST",
-                f"{base}/chat/completions",
-                "-H",
-                f"Authorization: Bearer {key}",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}',
-            ],
-            capture_stdout=True,
-        )
-        completion = json.loads(curl.stdout)
-        assert completion["object"] == "chat.completion"
-        assert completion["choices"][0]["message"]["content"]
-        assert completion["usage"]["completion_tokens"] > 0
-        # The product docs' embeddings and image examples work in the demo too.
-        for path, body in (
-            ("embeddings", '{"model":"text-embedding-3-small","input":"Knowledge base text"}'),
-            ("images/generations",
-             '{"model":"gpt-image-1","prompt":"A black and white futuristic API dashboard","n":1}'),
-        ):  # fmt: skip
-            curl = await trio.run_process(
-                ["curl", "-sS", "-X", "POST", f"{base}/{path}", "-H", f"Authorization: Bearer {key}",
-                 "-H", "Content-Type: application/json", "-d", body],
-                capture_stdout=True,
-            )  # fmt: skip
-            answer = json.loads(curl.stdout)
-            assert answer["data"] and ("embedding" in answer["data"][0] or "b64_json" in answer["data"][0])
-        async with httpx.AsyncClient() as client:
-            wallet = (await client.get(f"{base}/wallet", headers={"Authorization": f"Bearer {key}"})).json()
-        assert wallet["currency"] == "USD" and wallet["locked_balance"] == "0.00"
-        assert 0 < float(wallet["balance"]) < 10
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 def test_env_secrets_are_needed_only_where_the_server_runs(tmp_path):

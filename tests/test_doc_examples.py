@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
-from test_cli import OMIXA, read_values
+from demo_helpers import open_demo
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "docs" / "api.md"]
@@ -81,22 +80,12 @@ def test_the_docs_have_examples_to_run():
 
 @pytest.fixture
 async def demo(tmp_path):
-    """``omixa demo`` on a free port: its printed values."""
+    """``omixa demo`` on a free port: its printed values (a signing secret among them)."""
     from cryptography.fernet import Fernet
 
-    env = {**os.environ, "OMIXA_SECRET_KEY": Fernet.generate_key().decode()}
-    process = await trio.lowlevel.open_process(
-        [OMIXA, "demo", "--port", "0", "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, env=env
-    )
-    try:
-        yield await read_values(process, {"OMIXA_BASE_URL", "OMIXA_API_KEY", "OMIXA_SIGNING_SECRET"})
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    names = {"OMIXA_BASE_URL", "OMIXA_API_KEY", "OMIXA_SIGNING_SECRET"}
+    async with open_demo(tmp_path, names, env={"OMIXA_SECRET_KEY": Fernet.generate_key().decode()}) as found:
+        yield found
 
 
 async def test_every_example_works_against_omixa_demo(demo):
@@ -127,3 +116,9 @@ async def test_every_example_works_against_omixa_demo(demo):
             if errors:
                 failures.append(f"{where}: {errors}")
     assert not failures, "\n\n".join(failures)
+    # They were paid calls, each settled: logged as served, nothing left held.
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {demo['OMIXA_API_KEY']}"}) as client:
+        logs = (await client.get(f"{base}/usage/requests", params={"limit": 100})).json()["data"]
+        wallet = (await client.get(f"{base}/wallet")).json()
+    assert len(logs) >= 8 and {log["status"] for log in logs} == {"ok"}
+    assert wallet["locked_balance"] == "0.00"

@@ -18,9 +18,10 @@ import httpx
 import pytest
 import trio
 from conftest import PG_URL
+from demo_helpers import OMIXA, read_values
 from fake_azure import open_fake_azure
 from harness import open_gateway
-from test_cli import OMIXA, read_values, write_config
+from test_cli import write_config
 
 from omixa.engine.accounts import Accounts
 from omixa.engine.config import UsageConfig

@@ -8,7 +8,6 @@ context overflow) keeps the upstream's code, param and explanation, streamed or 
 
 from __future__ import annotations
 
-import contextlib
 import types
 from functools import partial
 
@@ -26,18 +25,6 @@ from omixa.web.http.app import create_app
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 MAX_BODY = 8192
-
-
-@pytest.fixture
-def sdk():
-    """``sdk(gw, key)``: an SDK client of ``gw`` for ``key``, closed when the test ends."""
-    with contextlib.ExitStack() as clients:
-
-        def open_client(gw, key: str) -> openai.OpenAI:
-            client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=30)
-            return clients.enter_context(client)
-
-        yield open_client
 
 
 async def refusal(call, *args, **kwargs) -> openai.APIStatusError:

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,12 +26,12 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from demo_helpers import open_demo
 from fake_azure import DEFAULT_REPLY, open_fake_azure
 from fake_azure_responses import input_text
 from fake_vertex import DEFAULT_REPLY as GEMINI_REPLY
 from fake_vertex import open_fake_vertex
 from harness import MODEL, azure_deployment, open_gateway
-from test_cli import read_values
 from test_vertex_e2e import MODEL as GEMINI
 from test_vertex_e2e import vertex_deployment
 
@@ -300,11 +298,7 @@ async def test_the_openai_node_sdk_calls_every_route_and_reads_every_error(datab
 
 
 async def test_the_ai_sdk_default_provider_against_omixa_demo(tmp_path):
-    process = await trio.lowlevel.open_process(
-        [OMIXA, "demo", "--port", "0", "--data-dir", str(tmp_path)], stdout=subprocess.PIPE
-    )
-    try:
-        found = await read_values(process, {"OMIXA_BASE_URL", "OMIXA_API_KEY"})
+    async with open_demo(tmp_path, {"OMIXA_BASE_URL", "OMIXA_API_KEY"}) as found:
         base, key = found["OMIXA_BASE_URL"], found["OMIXA_API_KEY"]
         got = await run_node("ai_sdk.mjs", base, key, "generate", "stream", "chat-generate", "chat-stream")
         for step, result in got.items():
@@ -315,10 +309,3 @@ async def test_the_ai_sdk_default_provider_against_omixa_demo(tmp_path):
             wallet = (await client.get(f"{base}/wallet", headers={"Authorization": f"Bearer {key}"})).json()
         assert wallet["locked_balance"] == "0.00"
         assert 0 < parse_usd(wallet["balance"]) < parse_usd("10.00")
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(20):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()

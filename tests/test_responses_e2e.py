@@ -7,6 +7,8 @@ that verifies), and stored responses are followed up only where they live.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import httpx
 import openai
 import pytest
@@ -14,6 +16,7 @@ import trio
 from fake_azure import DEFAULT_REPLY, open_fake_azure
 from fake_azure_responses import input_text
 from harness import MODEL, azure_deployment, ledger_verify_cli, open_gateway
+from sdk_helpers import in_thread
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.responses_request import count_input
@@ -30,26 +33,19 @@ def cost(prompt: int, completion: int) -> int:
     return cost_of(Usage(prompt_tokens=prompt, completion_tokens=completion), MODEL_INFO.prices)
 
 
-# Every SDK client a test made, closed when it ends (one left to the garbage collector may
-# report its socket unclosed in whatever test runs then).
-CLIENTS: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients():
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
-
-
-def sdk(gw, key: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
-    CLIENTS.append(client)
-    return client
-
-
-async def in_thread(fn, *args, **kwargs):
-    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+@asynccontextmanager
+async def two_resources(database_url):
+    """Two Azure resources (fakes ``east`` and ``west``), one deployment of the model on each,
+    and a gateway in front of both: ``(east, west, gw)``."""
+    async with (
+        open_fake_azure(reply="First answer.") as east,
+        open_fake_azure(reply="Second answer.") as west,
+        open_gateway(
+            database_url,
+            deployments=[azure_deployment(east, name="east"), azure_deployment(west, name="west")],
+        ) as gw,
+    ):
+        yield east, west, gw
 
 
 async def books_clean(gw, account: str, start: int, spent: int) -> None:
@@ -78,7 +74,7 @@ async def sse_events(gw, key: str, body: dict, *, stop_after_deltas: int | None 
     return events
 
 
-async def test_a_response_is_answered_charged_logged_and_remembered(database_url, tmp_path):
+async def test_a_response_is_answered_charged_logged_and_remembered(database_url, tmp_path, sdk):
     async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
@@ -109,7 +105,7 @@ async def test_a_response_is_answered_charged_logged_and_remembered(database_url
         await ledger_verify_cli(database_url, tmp_path)
 
 
-async def test_a_streamed_response_relays_the_typed_events_and_settles_before_the_last(database_url):
+async def test_a_streamed_response_relays_the_typed_events_and_settles_before_the_last(database_url, sdk):
     async with open_fake_azure(chunk_delay=0.001) as fake, open_gateway(database_url, fake) as gw:
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
@@ -160,15 +156,8 @@ async def test_an_abandoned_response_stream_charges_only_what_was_delivered(data
         assert b'"id":"resp_' in created
 
 
-async def test_a_follow_up_goes_to_the_resource_that_stores_the_response(database_url):
-    async with (
-        open_fake_azure(reply="First answer.") as east,
-        open_fake_azure(reply="Second answer.") as west,
-        open_gateway(
-            database_url,
-            deployments=[azure_deployment(east, name="east"), azure_deployment(west, name="west")],
-        ) as gw,
-    ):
+async def test_a_follow_up_goes_to_the_resource_that_stores_the_response(database_url, sdk):
+    async with two_resources(database_url) as (east, west, gw):
         account, key = await gw.funded_account("10.00")
         client = sdk(gw, key)
         first = await in_thread(client.responses.create, **BODY)
@@ -234,15 +223,8 @@ async def test_what_cannot_be_served_is_refused_before_anything_is_held(database
         assert not fake.requests
 
 
-async def test_a_stored_response_is_read_listed_deleted_only_by_its_account_where_it_lives(database_url):
-    async with (
-        open_fake_azure(reply="First answer.") as east,
-        open_fake_azure(reply="Second answer.") as west,
-        open_gateway(
-            database_url,
-            deployments=[azure_deployment(east, name="east"), azure_deployment(west, name="west")],
-        ) as gw,
-    ):
+async def test_a_stored_response_is_read_listed_deleted_only_by_its_account_where_it_lives(database_url, sdk):
+    async with two_resources(database_url) as (east, west, gw):
         account, key = await gw.funded_account("10.00")
         client = sdk(gw, key)
         input_items = [{"role": "user", "content": "One."}, {"role": "user", "content": "Two."}]
@@ -336,7 +318,7 @@ async def test_the_body_is_fitted_to_the_model_family_and_the_deployment_as_for_
                     assert sent["service_tier"] == ("priority" if tier == "priority" else "default")
 
 
-async def test_where_a_response_lives_survives_a_restart(database_url):
+async def test_where_a_response_lives_survives_a_restart(database_url, sdk):
     async with open_fake_azure() as fake:
         async with open_gateway(database_url, fake) as gw:
             account, key = await gw.funded_account("10.00")

@@ -7,12 +7,13 @@ translated is refused before anything is held.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import httpx
-import openai
 import pytest
-import trio
 from fake_vertex import DEFAULT_REPLY, open_fake_vertex, prompt_tokens_of
 from harness import open_gateway
+from sdk_helpers import in_thread
 from test_vertex_e2e import MODEL, cost, vertex_deployment
 
 from omixa.engine.providers import _responses, gemini
@@ -26,31 +27,19 @@ INPUT = [
 BODY = {"model": MODEL, "instructions": "You are terse.", "input": INPUT}
 
 
-# Every SDK client a test made, closed when it ends (one left to the garbage collector may
-# report its socket unclosed in whatever test runs then).
-CLIENTS: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients():
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
-
-
-def sdk(gw, key: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
-    CLIENTS.append(client)
-    return client
-
-
-async def in_thread(fn, *args, **kwargs):
-    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
 def gemini_prompt(body: dict) -> int:
     """What the fake Vertex reports as the prompt of ``body``'s translation."""
     return prompt_tokens_of(gemini.to_gemini(_responses.chat_body(body), MODEL))
+
+
+@asynccontextmanager
+async def vertex_gateway(database_url):
+    """A fake Vertex and a gateway with one deployment of the model on it: ``(fake, gw)``."""
+    async with (
+        open_fake_vertex() as fake,
+        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
+    ):
+        yield fake, gw
 
 
 async def books(gw, account: str, start: int, spent: int) -> None:
@@ -59,11 +48,8 @@ async def books(gw, account: str, start: int, spent: int) -> None:
     assert await gw.storage.verify_ledger() == []
 
 
-async def test_a_response_on_vertex_is_translated_and_billed(database_url):
-    async with (
-        open_fake_vertex() as fake,
-        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
-    ):
+async def test_a_response_on_vertex_is_translated_and_billed(database_url, sdk):
+    async with vertex_gateway(database_url) as (fake, gw):
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
         response = await in_thread(sdk(gw, key).responses.create, **BODY, max_output_tokens=500)
@@ -80,11 +66,8 @@ async def test_a_response_on_vertex_is_translated_and_billed(database_url):
         assert await gw.storage.find_stored_response(account, response.id) is None  # Vertex keeps nothing
 
 
-async def test_a_streamed_response_on_vertex_gets_the_typed_events(database_url):
-    async with (
-        open_fake_vertex() as fake,
-        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
-    ):
+async def test_a_streamed_response_on_vertex_gets_the_typed_events(database_url, sdk):
+    async with vertex_gateway(database_url) as (fake, gw):
         account, key = await gw.funded_account("10.00")
         start = (await gw.storage.get_wallet(account)).balance
 
@@ -116,10 +99,7 @@ async def test_a_streamed_response_on_vertex_gets_the_typed_events(database_url)
     ],
 )
 async def test_what_vertex_cannot_take_is_refused_before_any_hold(database_url, change, param):
-    async with (
-        open_fake_vertex() as fake,
-        open_gateway(database_url, deployments=[vertex_deployment(fake)]) as gw,
-    ):
+    async with vertex_gateway(database_url) as (fake, gw):
         account, key = await gw.funded_account("10.00")
         async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
             answer = await client.post(f"{gw.base_url}/responses", json={**BODY, **change})

@@ -10,9 +10,9 @@ import json
 
 import openai
 import pytest
-import trio
 from harness import MODEL, open_gateway
 from pydantic import BaseModel, Field
+from sdk_helpers import in_thread
 
 from omixa.engine.catalog import cost_of, load_catalog
 from omixa.engine.upstream import Usage
@@ -44,28 +44,6 @@ class Trip(BaseModel):
     stops: list[str]
 
 
-# Every SDK client a test made, closed when it ends (one left to the garbage collector may
-# report its socket unclosed in whatever test runs then).
-CLIENTS: list[openai.OpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-def close_clients():
-    yield
-    while CLIENTS:
-        CLIENTS.pop().close()
-
-
-def sdk(gw, key: str) -> openai.OpenAI:
-    client = openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
-    CLIENTS.append(client)
-    return client
-
-
-async def in_thread(fn, *args, **kwargs):
-    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
-
-
 async def charged_as_reported(gw, account: str, responses: list) -> None:
     """Each charge is the catalog price of its response's usage; the books verify."""
     entries = await gw.settled_entries(account)
@@ -78,7 +56,7 @@ async def charged_as_reported(gw, account: str, responses: list) -> None:
     assert await gw.storage.verify_ledger() == []
 
 
-async def test_text_streaming_and_structured_output(database_url):
+async def test_text_streaming_and_structured_output(database_url, sdk):
     async with open_gateway(database_url, deployments=SIMULATED) as gw:
         account, key = await gw.funded_account("10.00")
         client = sdk(gw, key)
@@ -100,7 +78,7 @@ async def test_text_streaming_and_structured_output(database_url):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_function_call_round_trip(database_url, stream):
+async def test_a_function_call_round_trip(database_url, stream, sdk):
     async with open_gateway(database_url, deployments=SIMULATED) as gw:
         account, key = await gw.funded_account("10.00")
         client = sdk(gw, key)
@@ -127,7 +105,7 @@ async def test_a_function_call_round_trip(database_url, stream):
         await charged_as_reported(gw, account, [asked, answered])
 
 
-async def test_a_chain_of_stored_responses_on_the_simulated_resource(database_url):
+async def test_a_chain_of_stored_responses_on_the_simulated_resource(database_url, sdk):
     async with open_gateway(database_url, deployments=SIMULATED) as gw:
         account, key = await gw.funded_account("10.00")
         client = sdk(gw, key)

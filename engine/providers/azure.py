@@ -137,15 +137,18 @@ class AzureProvider:
         Errors: as :meth:`complete` (the upstream's 404 for a response it does not hold).
         """
         content = b"{}" if method == "POST" else b""
+        url = self._responses_url + path
+        return await self._answer(url, content, MAX_COMPLETION_BYTES, method=method.encode("ascii"))
+
+    async def _post(self, url: str, body: dict[str, Any], limit: int, *, model: str | None = None) -> Completion:
+        data = await self._answer(url, _content(body, stream=False, model=model), limit)
+        return Completion(body=data, usage=Usage.from_openai(data.get("usage")))
+
+    async def _answer(self, url: str, content: bytes, limit: int, *, method: bytes = b"POST") -> dict[str, Any]:
+        """Send ``content``; Azure's JSON object, within ``request_timeout_seconds``."""
         with trio.move_on_after(self._timeout) as deadline:
             status, raw = await post_answer(
-                self._client,
-                self._responses_url + path,
-                self._headers,
-                content,
-                MAX_COMPLETION_BYTES,
-                error_from_response,
-                method=method.encode("ascii"),
+                self._client, url, self._headers, content, limit, error_from_response, method=method
             )
         if deadline.cancelled_caught:
             raise UpstreamTimeout("The upstream did not answer in time.")
@@ -156,23 +159,6 @@ class AzureProvider:
         if not isinstance(data, dict):
             raise UpstreamError("Upstream answered with a body that is not a JSON object.", upstream_status=status)
         return data
-
-    async def _post(self, url: str, body: dict[str, Any], limit: int, *, model: str | None = None) -> Completion:
-        content = _content(body, stream=False, model=model)
-        with trio.move_on_after(self._timeout) as deadline:
-            status, raw = await post_answer(self._client, url, self._headers, content, limit, error_from_response)
-        if deadline.cancelled_caught:
-            raise UpstreamTimeout("The upstream did not answer in time.")
-        try:
-            data = decode_upstream_json(raw.decode())
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise UpstreamError(
-                "Upstream answered with a body that is not a JSON object.",
-                upstream_status=status,
-            )
-        return Completion(body=data, usage=Usage.from_openai(data.get("usage")))
 
     @asynccontextmanager
     async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:

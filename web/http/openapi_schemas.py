@@ -47,6 +47,14 @@ MODEL_ID = {"type": "string", "minLength": 1, "description": "A catalog model id
 TRUTHY: dict[str, Any] = {"not": {"enum": [None, False, 0, "", [], {}]}}
 
 
+# A body whose stream_options is set and not null has "stream": true.
+STREAM_OPTIONS_ONLY_WITH_STREAM = [
+    {"not": {"required": ["stream_options"]}},
+    {"properties": {"stream_options": {"type": "null"}}},
+    {"required": ["stream"], "properties": {"stream": {"const": True}}},
+]
+
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -269,12 +277,7 @@ SCHEMAS: dict[str, Any] = {
             verbosity=_nullable({"enum": list(VERBOSITIES)}),
             service_tier=_nullable({"enum": list(SERVICE_TIERS)}),
         ),
-        # stream_options only goes with "stream": true.
-        "anyOf": [
-            {"not": {"required": ["stream_options"]}},
-            {"properties": {"stream_options": {"type": "null"}}},
-            {"required": ["stream"], "properties": {"stream": {"const": True}}},
-        ],
+        "anyOf": STREAM_OPTIONS_ONLY_WITH_STREAM,
         "additionalProperties": True,
         "description": (
             "OpenAI's chat completion request; other fields are forwarded. The model's "
@@ -355,12 +358,7 @@ SCHEMAS: dict[str, Any] = {
             conversation={"enum": [False, None]},
             prompt={"enum": [False, None]},
         ),
-        # stream_options only goes with "stream": true.
-        "anyOf": [
-            {"not": {"required": ["stream_options"]}},
-            {"properties": {"stream_options": {"type": "null"}}},
-            {"required": ["stream"], "properties": {"stream": {"const": True}}},
-        ],
+        "anyOf": STREAM_OPTIONS_ONLY_WITH_STREAM,
         "additionalProperties": True,
         "description": (
             "OpenAI's Responses API request; other fields are forwarded. Built-in tools, background "
