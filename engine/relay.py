@@ -316,6 +316,7 @@ class StreamRelay:
         error frame is kept back (``_held``) for the next turn, so it is handled exactly as
         if it had come alone, after these bytes reached the client.
         """
+        ends = self._frames.end_types
         parts = [out]
         size = len(out)
         while size < COALESCE_BYTES:
@@ -324,7 +325,8 @@ class StreamRelay:
             except (trio.WouldBlock, trio.EndOfChannel):
                 break  # an ended channel says so again on the next receive
             self._last_upstream = trio.current_time()
-            if isinstance(item, Exception) or self._frames.ends(item):
+            # The last event ([DONE], or a type the reader names: the Responses API's).
+            if isinstance(item, Exception) or item.done or (ends and item.data and item.data.get("type") in ends):
                 self._held = item
                 break
             try:

@@ -26,7 +26,9 @@ from omixa.engine.errors import OmixaError, UpstreamError
 from omixa.engine.upstream import SseEvent, Usage
 
 
-@attrs.frozen
+# Not frozen: a frozen attrs class's __init__ makes one call per field, on the relay's hot
+# path (one Reading per upstream event); nothing changes a Reading once it is made.
+@attrs.define
 class Reading:
     """What one upstream event carries.
 
@@ -51,12 +53,11 @@ _END = Reading(end=True)
 
 
 class FrameReader(Protocol):
+    # The ``type`` of the events that end the stream, besides ``data: [DONE]``.
+    end_types: frozenset[str]
+
     def read(self, event: SseEvent) -> Reading:
         """What ``event`` carries. Errors: UpstreamError for an upstream error event."""
-        ...
-
-    def ends(self, event: SseEvent) -> bool:
-        """Whether ``event`` is the stream's last (without reading it)."""
         ...
 
     def error_event(self, exc: OmixaError, request_id: str) -> bytes:
@@ -72,6 +73,7 @@ class ChatFrames:
     """Chat-completion chunks (see the module docstring)."""
 
     __slots__ = ("_include_usage", "_keep_filter_frames")
+    end_types: frozenset[str] = frozenset()  # [DONE] ends a chat stream
 
     def __init__(self, *, include_usage: bool, keep_filter_frames: bool) -> None:
         self._include_usage = include_usage
@@ -98,30 +100,28 @@ class ChatFrames:
             return _FORWARD
         return Reading(usage=usage, tier=tier, text=text, commits=bool(text))
 
-    def ends(self, event: SseEvent) -> bool:
-        return event.done
-
     def error_event(self, exc: OmixaError, request_id: str) -> bytes:
         """An OpenAI-shaped error frame: ``data: {"error": {...}}``."""
         return b"data: " + _dumps(exc.envelope(request_id)) + b"\n\n"
 
 
 def _choices_text(choices: Any) -> str:
-    pieces: list[str] = []
+    # Concatenated, not joined: a frame carries one piece or a few (this runs per event).
+    text = ""
     for choice in choices:
         delta = choice.get("delta") if isinstance(choice, dict) else None
         if not isinstance(delta, dict):
             continue
         for key in ("content", "reasoning_content", "refusal"):
-            text = delta.get(key)
-            if isinstance(text, str) and text:
-                pieces.append(text)
+            piece = delta.get(key)
+            if isinstance(piece, str):
+                text += piece
         for call in delta.get("tool_calls") or ():
             function = (call.get("function") if isinstance(call, dict) else None) or {}
             for key in ("name", "arguments"):
                 if isinstance(function.get(key), str):
-                    pieces.append(function[key])
-    return "".join(pieces)
+                    text += function[key]
+    return text
 
 
 # Responses events whose ``delta`` is content the client receives (text, tool-call
@@ -143,6 +143,7 @@ class ResponseFrames:
     """Responses API events (see the module docstring)."""
 
     __slots__ = ("_sequence", "_store")
+    end_types = _ENDS
 
     def __init__(self, *, store: bool) -> None:
         self._store = store  # the upstream keeps the response: report its id
@@ -177,9 +178,6 @@ class ResponseFrames:
             error = error if isinstance(error, dict) else {}
             raise UpstreamError(str(error.get("message") or error.get("code") or "The upstream response failed."))
         return _FORWARD
-
-    def ends(self, event: SseEvent) -> bool:
-        return event.data is not None and event.data.get("type") in _ENDS
 
     def error_event(self, exc: OmixaError, request_id: str) -> bytes:
         """A Responses ``error`` event (OpenAI's fields, plus the request id), numbered after
