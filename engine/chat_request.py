@@ -24,7 +24,7 @@ from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
 from omixa.engine.model_call import TieredCall
 from omixa.engine.relay import OpenedStream, open_events
-from omixa.engine.stream_frames import ChatFrames
+from omixa.engine.stream_frames import ChatFrames, function_text
 from omixa.engine.tokens import count_chat_prompt, count_text
 from omixa.engine.upstream import Completion, Provider, Usage
 
@@ -275,6 +275,6 @@ def _answer_text(body: dict[str, Any]) -> str:
         if isinstance(message.get("content"), str):
             parts.append(message["content"])
         for call in message.get("tool_calls") or ():
-            function = (call.get("function") if isinstance(call, dict) else None) or {}
-            parts.append(str(function.get("name") or "") + str(function.get("arguments") or ""))
+            parts.append(function_text(call.get("function") if isinstance(call, dict) else None))
+        parts.append(function_text(message.get("function_call")))  # the legacy functions
     return "".join(parts)

@@ -105,6 +105,14 @@ class ChatFrames:
         return b"data: " + _dumps(exc.envelope(request_id)) + b"\n\n"
 
 
+def function_text(function: Any) -> str:
+    """A tool call's (or a legacy function call's) name and arguments, as counted when the
+    upstream reports no usage."""
+    if not isinstance(function, dict):
+        return ""
+    return "".join(function[key] for key in ("name", "arguments") if isinstance(function.get(key), str))
+
+
 def _choices_text(choices: Any) -> str:
     # Concatenated, not joined: a frame carries one piece or a few (this runs per event).
     text = ""
@@ -117,10 +125,9 @@ def _choices_text(choices: Any) -> str:
             if isinstance(piece, str):
                 text += piece
         for call in delta.get("tool_calls") or ():
-            function = (call.get("function") if isinstance(call, dict) else None) or {}
-            for key in ("name", "arguments"):
-                if isinstance(function.get(key), str):
-                    text += function[key]
+            text += function_text(call.get("function") if isinstance(call, dict) else None)
+        if "function_call" in delta:  # the legacy functions
+            text += function_text(delta["function_call"])
     return text
 
 
