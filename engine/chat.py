@@ -16,7 +16,7 @@ from typing import Any
 from omixa.engine.catalog import Catalog
 from omixa.engine.chat_request import ChatRequest, parse_chat_request
 from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
-from omixa.engine.errors import InvalidRequest
+from omixa.engine.errors import InvalidRequest, NotFoundError
 from omixa.engine.exchange import Caller, Exchange, Services
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
@@ -107,21 +107,30 @@ class ChatService:
         return await Exchange(self._services, caller, request).open_stream(frames, request.open)
 
     async def _continuing(self, caller: Caller, request: ResponsesRequest) -> ResponsesRequest:
-        """A follow-up goes to the resource that stores the previous response, with its
-        context held; another account's response, or one never made here, is not found."""
-        previous_id = request.previous_response_id
-        if previous_id is None:
+        """A request that names stored state (a ``previous_response_id``, items by reference)
+        goes to the resource that stores it, with its context held; another account's
+        response or item, or one never made here, is not found."""
+        previous_id, references = request.previous_response_id, request.references
+        if previous_id is None and not references:
             return request
-        previous = await self._services.stored.find(caller.account_id, previous_id)
-        if previous is None:
-            raise not_found(previous_id, param="previous_response_id")
-        continued = request.continuing(previous)
+        stored = self._services.stored
+        previous = None
+        if previous_id is not None:
+            previous = await stored.find(caller.account_id, previous_id)
+            if previous is None:
+                raise not_found(previous_id, param="previous_response_id")
+        found = await stored.find_items(caller.account_id, references)
+        for item_id in references:
+            if item_id not in found:
+                raise NotFoundError(f"No item found with id '{item_id}'.", param="input")
+        continued = request.continuing(previous, list({r.id: r for r in found.values()}.values()))
         model = request.model.id
         if not any(a.config.model == model and continued.allows(a.config) for a in self._router.deployments()):
+            named = previous or next(iter(found.values()))
             raise InvalidRequest(
-                f"The response '{previous_id}' can only be continued with a model served where it is stored, "
-                f"such as '{previous.model}'.",
-                param="previous_response_id",
+                f"The stored response '{named.id}' can only be continued with a model served where it is stored, "
+                f"such as '{named.model}'.",
+                param="previous_response_id" if previous is not None else "input",
             )
         return continued
 

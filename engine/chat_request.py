@@ -22,7 +22,7 @@ import attrs
 from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo
 from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, ModelNotFound
-from omixa.engine.model_call import TieredCall
+from omixa.engine.model_call import StoredAnswer, TieredCall
 from omixa.engine.relay import OpenedStream, open_events
 from omixa.engine.stream_frames import ChatFrames, function_text
 from omixa.engine.tokens import count_chat_prompt, count_text
@@ -84,7 +84,7 @@ class ChatRequest(TieredCall):
         text = _answer_text(completion.body)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
 
-    def stored_id(self, answer: dict[str, Any]) -> str | None:
+    def stored_answer(self, answer: dict[str, Any]) -> StoredAnswer | None:
         return None  # chat completions are not stored upstream
 
     def frames(self, streaming: StreamingConfig) -> ChatFrames:

@@ -148,6 +148,7 @@ class Exchange:
         # What the answer reported.
         self._service_tier: str | None = None
         self._answer_id: str | None = None  # the id the upstream stores the answer under
+        self._answer_items: list[str] = []  # and the ids of its output items
         self._opener: Opener | None = None  # how a stream is opened (again on failover)
         self._first_token_at: float | None = None
         self._finished = False
@@ -170,7 +171,9 @@ class Exchange:
         self._first_token_at = time.monotonic()
         tier = completion.body.get("service_tier")
         self._service_tier = tier if isinstance(tier, str) else None
-        self._answer_id = request.stored_id(completion.body)
+        stored = request.stored_answer(completion.body)
+        if stored is not None:
+            self._answer_id, self._answer_items = stored.id, list(stored.item_ids)
         await self._finish("ok", request.usage_of(completion))
         return completion.body
 
@@ -323,6 +326,10 @@ class Exchange:
         """The upstream stores the answer under ``answer_id`` (the Responses API)."""
         self._answer_id = answer_id
 
+    def item_identified(self, item_id: str) -> None:
+        """The stored answer has an output item ``item_id``."""
+        self._answer_items.append(item_id)
+
     def content_started(self) -> None:
         """The first content is going out: the time to first token is now, and no other
         deployment may answer from here on, so the prompt is not needed again (a long stream
@@ -398,7 +405,7 @@ class Exchange:
             if self._lease is not None:
                 await self._lease.finish(usage, status, latency, failure)
                 if self._answer_id is not None:
-                    await self._remember(self._answer_id, self._lease, usage)
+                    await self._remember(self._answer_id, self._lease, usage if status == "ok" else None)
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.request_id)
         services.usage.record(attrs.evolve(entry, cost=charged), self._hold.id if self._hold is not None else None)
@@ -441,21 +448,28 @@ class Exchange:
             backoff = min(backoff * 2, 1.0)
 
     async def _remember(self, answer_id: str, lease: Lease, usage: Usage | None) -> None:
-        """Record where the upstream stores this answer, so a follow-up goes there."""
+        """Record where the upstream stores this answer, so a follow-up goes there. ``usage``:
+        the finished answer's; None for one that did not finish here (the client left, the
+        stream failed), which the upstream may still complete: it then counts as its whole
+        output cap, so that a follow-up is held for at least what it carries."""
+        request = self._request
+        output = usage.completion_tokens if usage is not None else request.output_tokens
+        prompt = usage.prompt_tokens if usage is not None else request.prompt_tokens
         config = lease.actor.config
-        tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else self._request.prompt_tokens
         try:
             await self._services.stored.remember(
                 StoredResponse(
                     id=answer_id,
                     account_id=self._caller.account_id,
                     key_id=self._caller.key_id,
-                    model=self._request.model.id,
+                    model=request.model.id,
                     deployment=config.name,
                     endpoint=config.endpoint,
-                    context_tokens=tokens,
+                    context_tokens=prompt + output,
+                    output_tokens=output,
                     created_at=self._created_at,
-                )
+                ),
+                self._answer_items,
             )
         except ServiceUnavailable:
             log.error("request %s: could not record where response %s lives", self.request_id, answer_id)

@@ -11,9 +11,19 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+import attrs
+
 from omixa.engine.catalog import ModelInfo, Prices, cost_of
 from omixa.engine.config import DeploymentConfig
 from omixa.engine.upstream import Completion, Provider, Usage
+
+
+@attrs.frozen
+class StoredAnswer:
+    """An answer the upstream stores: its id, and the ids of its output items."""
+
+    id: str
+    item_ids: tuple[str, ...] = ()
 
 
 class ModelCall(Protocol):
@@ -83,9 +93,8 @@ class ModelCall(Protocol):
         """What to charge for a finished answer."""
         ...
 
-    def stored_id(self, answer: dict[str, Any]) -> str | None:
-        """The id under which the upstream stores a non-streaming ``answer`` (the Responses
-        API), or None."""
+    def stored_answer(self, answer: dict[str, Any]) -> StoredAnswer | None:
+        """Where the upstream stores a non-streaming ``answer`` (the Responses API), or None."""
         ...
 
     def cost(self, usage: Usage, service_tier: str | None) -> int:
@@ -117,7 +126,7 @@ class PlainCall:
     def for_deployment(self, body: dict[str, Any], deployment: DeploymentConfig) -> dict[str, Any]:
         return body
 
-    def stored_id(self, answer: dict[str, Any]) -> str | None:
+    def stored_answer(self, answer: dict[str, Any]) -> StoredAnswer | None:
         return None
 
 

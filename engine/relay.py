@@ -95,6 +95,10 @@ class StreamOwner(Protocol):
         """The upstream stores this answer under ``answer_id`` (the Responses API)."""
         ...
 
+    def item_identified(self, item_id: str) -> None:
+        """The stored answer has an output item ``item_id``."""
+        ...
+
     def content_started(self) -> None:
         """The first content is going out; no other deployment may answer from here on."""
         ...
@@ -379,6 +383,8 @@ class StreamRelay:
             self._owner.tier_reported(reading.tier)  # the tier billed (Azure may downgrade priority)
         if reading.answer_id is not None:
             self._owner.answer_identified(reading.answer_id)
+        if reading.item_id is not None:
+            self._owner.item_identified(reading.item_id)
         if reading.commits:
             self._committed = True
         if reading.text:

@@ -23,7 +23,7 @@ plus its output tokens, recorded when it was made), and the output cap
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import attrs
@@ -32,7 +32,7 @@ from omixa.engine.catalog import EFFORTS, Catalog, ModelInfo
 from omixa.engine.chat_request import REASONING_DROPS, SERVICE_TIERS, VERBOSITIES, resolve_model
 from omixa.engine.config import DeploymentConfig, StreamingConfig
 from omixa.engine.errors import InvalidRequest, UpstreamError
-from omixa.engine.model_call import TieredCall
+from omixa.engine.model_call import StoredAnswer, TieredCall
 from omixa.engine.relay import OpenedStream, open_events
 from omixa.engine.stored_responses import same_resource
 from omixa.engine.stream_frames import ResponseFrames
@@ -64,7 +64,10 @@ class ResponsesRequest(TieredCall):
     cap_is_clients: bool
     priority: bool = False
     previous_response_id: str | None = None
-    # The resource that stores the previous response: only its deployments may continue it.
+    # Ids of stored items the input names (item_reference, reasoning by id).
+    references: tuple[str, ...] = ()
+    # The resource that stores the previous response and the items: only its deployments
+    # may take the request.
     endpoint: str | None = None
 
     choices = 1
@@ -74,21 +77,35 @@ class ResponsesRequest(TieredCall):
     def estimated_tokens(self) -> int:
         return self.prompt_tokens + self.output_tokens
 
-    def continuing(self, previous: StoredResponse) -> ResponsesRequest:
-        """This request as a follow-up of ``previous``: routed to the resource that stores
-        it, and held for the context it carries.
+    def continuing(self, previous: StoredResponse | None, referenced: Sequence[StoredResponse]) -> ResponsesRequest:
+        """This request with the stored state it names: ``previous`` (its
+        ``previous_response_id``) and the stored responses of the items it names by
+        reference. It is routed to the resource that stores them, and held for the context
+        they carry: the previous response's whole context, and for each other response an
+        item is taken from, at most that response's output.
 
-        Errors: InvalidRequest (the context no longer fits the model)."""
-        prompt = self.prompt_tokens + previous.context_tokens
+        Errors: InvalidRequest (they live on different resources; the context no longer
+        fits the model)."""
+        stored = [*([previous] if previous is not None else []), *referenced]
+        endpoints = {response.endpoint.rstrip("/").lower() for response in stored}
+        if len(endpoints) > 1:
+            raise InvalidRequest(
+                "The previous response and the items given by reference are stored in different places; "
+                "send the items' content instead.",
+                param="input" if previous is None else "previous_response_id",
+            )
+        extra = previous.context_tokens if previous is not None else 0
+        others = {r.id: r.output_tokens for r in referenced if previous is None or r.id != previous.id}
+        prompt = self.prompt_tokens + extra + sum(others.values())
         room = self.model.context_window - prompt
         if room < 1 or (self.cap_is_clients and self.output_tokens > room):
             raise InvalidRequest(
-                f"With the previous response's context the input is about {prompt} tokens; "
-                f"'{self.model.id}' accepts at most {self.model.context_window} tokens of context.",
-                param="previous_response_id",
+                f"With the stored context the input is about {prompt} tokens; '{self.model.id}' accepts at most "
+                f"{self.model.context_window} tokens of context.",
+                param="previous_response_id" if previous is not None else "input",
             )
         cap = self.output_tokens if self.cap_is_clients else min(self.output_tokens, room)
-        return attrs.evolve(self, prompt_tokens=prompt, output_tokens=cap, endpoint=previous.endpoint)
+        return attrs.evolve(self, prompt_tokens=prompt, output_tokens=cap, endpoint=stored[0].endpoint)
 
     def build_body(self, output_tokens: int) -> dict[str, Any]:
         """The body sent upstream: fitted to the model's family, with the output cap the
@@ -140,11 +157,14 @@ class ResponsesRequest(TieredCall):
         text = output_text(completion.body)
         return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=count_text(text, self.model.encoding))
 
-    def stored_id(self, answer: dict[str, Any]) -> str | None:
-        """The response's id when the upstream says it stored it (Vertex keeps nothing)."""
+    def stored_answer(self, answer: dict[str, Any]) -> StoredAnswer | None:
+        """The response's id and its output items' ids, when the upstream says it stored it
+        (Vertex keeps nothing)."""
         answer_id = answer.get("id")
-        stored = self.store and answer.get("store") is not False
-        return answer_id if stored and isinstance(answer_id, str) else None
+        if not (self.store and answer.get("store") is not False and isinstance(answer_id, str)):
+            return None
+        items = [item.get("id") for item in answer.get("output") or () if isinstance(item, dict)]
+        return StoredAnswer(answer_id, tuple(i for i in items if isinstance(i, str)))
 
 
 def _responses(provider: Provider) -> ResponsesProvider:
@@ -172,24 +192,57 @@ def output_text(response: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def _check_input(items: Any) -> None:
+# Input item types that carry their content (or, for a reasoning item without its
+# encrypted_content and an item_reference, name an item of a stored response).
+ITEM_TYPES = frozenset(
+    {"message", "function_call", "function_call_output", "custom_tool_call", "custom_tool_call_output",
+     "reasoning", "item_reference"}
+)  # fmt: skip
+
+
+def _check_parts(parts: Any, where: str) -> None:
+    """Content parts: each an object with a ``type``; no file or image by ``file_id`` (the
+    operator's resource's files), no file by ``file_url`` (its size cannot be held for)."""
+    for j, part in enumerate(parts if isinstance(parts, list) else ()):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(f"{where}[{j}] must be a content part with a 'type'.", param=f"{where}[{j}]")
+        if part.get("file_id") is not None:
+            raise InvalidRequest(
+                "Files and images by 'file_id' are not supported; send them inline (image_url or file_data).",
+                param=f"{where}[{j}].file_id",
+            )
+        if part.get("file_url") is not None:
+            raise InvalidRequest(
+                "Files by 'file_url' are not supported; send the file's content as 'file_data'.",
+                param=f"{where}[{j}].file_url",
+            )
+
+
+def _check_input(items: Any) -> tuple[str, ...]:
+    """Check the input; return the ids of the stored items it names (``item_reference``
+    items, and reasoning items sent without their ``encrypted_content``)."""
     if isinstance(items, str):
         if not items:
             raise InvalidRequest("'input' must not be empty.", param="input")
-        return
+        return ()
     if not isinstance(items, list) or not items:
         raise InvalidRequest("'input' must be a string or a non-empty array of input items.", param="input")
+    references: list[str] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise InvalidRequest(f"input[{i}] must be an object.", param=f"input[{i}]")
         kind = item.get("type", "message")
         if not isinstance(kind, str):
             raise InvalidRequest(f"input[{i}].type must be a string.", param=f"input[{i}].type")
-        if kind == "item_reference":
+        if kind not in ITEM_TYPES:
             raise InvalidRequest(
-                "Input items by reference are not supported; send the items, or chain with 'previous_response_id'.",
+                f"input[{i}]: '{kind}' items are not supported (built-in tools are not offered).",
                 param=f"input[{i}].type",
             )
+        if kind == "item_reference" or (kind == "reasoning" and not item.get("encrypted_content")):
+            if not isinstance(item.get("id"), str) or not item["id"]:
+                raise InvalidRequest(f"input[{i}].id is required.", param=f"input[{i}].id")
+            references.append(item["id"])
         if kind == "message" and not isinstance(item.get("role"), str):
             raise InvalidRequest(f"input[{i}].role is required.", param=f"input[{i}].role")
         content = item.get("content")
@@ -197,16 +250,9 @@ def _check_input(items: Any) -> None:
             raise InvalidRequest(
                 f"input[{i}].content must be a string or an array of content parts.", param=f"input[{i}].content"
             )
-        for j, part in enumerate(content if isinstance(content, list) else ()):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise InvalidRequest(
-                    f"input[{i}].content[{j}] must be a content part with a 'type'.", param=f"input[{i}].content[{j}]"
-                )
-            if part.get("file_id") is not None:
-                raise InvalidRequest(
-                    "Files and images by 'file_id' are not supported; send them inline (image_url or file_data).",
-                    param=f"input[{i}].content[{j}].file_id",
-                )
+        _check_parts(content, f"input[{i}].content")
+        _check_parts(item.get("output"), f"input[{i}].output")  # a tool's output, as parts
+    return tuple(references)
 
 
 def _check_tools(tools: Any) -> None:
@@ -243,6 +289,11 @@ def count_input(body: dict[str, Any], model: ModelInfo) -> int:
     output format."""
     items = body["input"]
     messages: list[Any] = [{"role": "user", "content": items}] if isinstance(items, str) else list(items)
+    # A tool's output given as content parts is counted as content (an image at its price).
+    messages = [
+        {"role": "tool", "content": m["output"]} if isinstance(m, dict) and isinstance(m.get("output"), list) else m
+        for m in messages
+    ]
     if isinstance(body.get("instructions"), str):
         messages.insert(0, {"role": "system", "content": body["instructions"]})
     chat_like = {
@@ -278,7 +329,7 @@ def parse_responses_request(
     for key, message in REFUSED.items():
         if body.get(key) is not None and body[key] is not False:
             raise InvalidRequest(message, param=key)
-    _check_input(body.get("input"))
+    references = _check_input(body.get("input"))
     _check_tools(body.get("tools"))
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         raise InvalidRequest("'instructions' must be a string.", param="instructions")
@@ -327,4 +378,5 @@ def parse_responses_request(
         cap_is_clients=cap is not None,
         priority=tier == "priority" and model.priority_prices is not None and model.id in priority_models,
         previous_response_id=previous,
+        references=references,
     )

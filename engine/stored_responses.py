@@ -14,6 +14,7 @@ held or charged), so they take no slot of the deployment's windows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from urllib.parse import quote
 
 from omixa.engine.errors import NotFoundError, UpstreamError, storage_failures, translate_upstream
@@ -36,10 +37,19 @@ class StoredResponses:
         self._storage = storage
         self._router = router
 
-    async def remember(self, response: StoredResponse) -> None:
-        """Errors: ServiceUnavailable (the store cannot be reached)."""
+    async def remember(self, response: StoredResponse, item_ids: Sequence[str] = ()) -> None:
+        """Record ``response`` and the ids of its output items.
+
+        Errors: ServiceUnavailable (the store cannot be reached)."""
         with storage_failures("response"):
-            await self._storage.save_stored_response(response)
+            await self._storage.save_stored_response(response, item_ids)
+
+    async def find_items(self, account_id: str, item_ids: Sequence[str]) -> dict[str, StoredResponse]:
+        """The account's stored response of each of ``item_ids`` (unknown ones left out).
+
+        Errors: ServiceUnavailable."""
+        with storage_failures("response"):
+            return await self._storage.find_stored_items(account_id, item_ids)
 
     async def find(self, account_id: str, response_id: str) -> StoredResponse | None:
         """The account's response ``response_id``, or None.

@@ -35,7 +35,8 @@ class Reading:
     ``forward``: send its bytes to the client; ``end``: the stream's last event (the relay
     settles before forwarding it); ``text``: content delivered with it (counted when the
     upstream reports no usage); ``commits``: from now on no other deployment may answer;
-    ``answer_id``: the id of an answer the upstream stores.
+    ``answer_id``: the id of an answer the upstream stores; ``item_id``: the id of one of
+    its output items.
     """
 
     forward: bool = True
@@ -45,6 +46,7 @@ class Reading:
     text: str = ""
     commits: bool = False
     answer_id: str | None = None
+    item_id: str | None = None
 
 
 _FORWARD = Reading()
@@ -149,11 +151,12 @@ _ENDS = frozenset({"response.completed", "response.incomplete"})
 class ResponseFrames:
     """Responses API events (see the module docstring)."""
 
-    __slots__ = ("_sequence", "_store")
+    __slots__ = ("_sequence", "_store", "_stored")
     end_types = _ENDS
 
     def __init__(self, *, store: bool) -> None:
         self._store = store  # the upstream keeps the response: report its id
+        self._stored = False  # it said so (response.created): report its items' ids too
         self._sequence = -1  # the last sequence_number seen
 
     def read(self, event: SseEvent) -> Reading:
@@ -172,8 +175,12 @@ class ResponseFrames:
         response = response if isinstance(response, dict) else {}
         if kind == "response.created":
             answer_id = response.get("id")
-            stored = self._store and response.get("store") is not False and isinstance(answer_id, str)
-            return Reading(commits=True, answer_id=answer_id if stored else None)
+            self._stored = self._store and response.get("store") is not False and isinstance(answer_id, str)
+            return Reading(commits=True, answer_id=answer_id if self._stored else None)
+        if kind == "response.output_item.added" and self._stored:
+            item = data.get("item")
+            item_id = item.get("id") if isinstance(item, dict) else None
+            return Reading(item_id=item_id) if isinstance(item_id, str) else _FORWARD
         if kind in _ENDS:
             tier = response.get("service_tier")
             usage = Usage.from_openai(response.get("usage"))

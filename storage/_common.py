@@ -11,6 +11,8 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from omixa.storage.records import (
     FinalizeHold,
     NewHold,
@@ -18,6 +20,7 @@ from omixa.storage.records import (
     RequestLogFilter,
     RollupRow,
     Settlement,
+    StoredResponse,
     WalletOp,
     WalletState,
 )
@@ -306,8 +309,37 @@ SESSION_KEY_SELECT = (
     + ", ".join(f"k.{c.strip()}" for c in KEY_COLUMNS.split(","))
     + " FROM dashboard_sessions AS s JOIN api_keys AS k ON k.id = s.key_id"
 )
-STORED_RESPONSE_SELECT = (
-    "SELECT id, account_id, key_id, model, deployment, endpoint, context_tokens, created_at FROM stored_responses"
+
+
+@attrs.frozen(kw_only=True)
+class StoredItemRow:
+    """A row of :data:`STORED_ITEM_SELECT`: an item's id and the stored response it is part of."""
+
+    item_id: str
+    id: str
+    account_id: str
+    key_id: str
+    model: str
+    deployment: str
+    endpoint: str
+    context_tokens: int
+    output_tokens: int
+    created_at: dt.datetime
+
+    def response(self) -> StoredResponse:
+        fields = attrs.asdict(self, recurse=False)
+        del fields["item_id"]
+        return StoredResponse(**fields)
+
+
+STORED_RESPONSE_COLUMNS = (
+    "r.id, r.account_id, r.key_id, r.model, r.deployment, r.endpoint, r.context_tokens, r.output_tokens, r.created_at"
+)
+STORED_RESPONSE_SELECT = f"SELECT {STORED_RESPONSE_COLUMNS} FROM stored_responses AS r"
+# The stored responses that own the given items, with each item's id first.
+STORED_ITEM_SELECT = (
+    f"SELECT i.id AS item_id, {STORED_RESPONSE_COLUMNS} FROM stored_response_items AS i"
+    " JOIN stored_responses AS r ON r.id = i.response_id"
 )
 LEDGER_SELECT = (
     "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id, created_at FROM ledger"

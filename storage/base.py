@@ -244,8 +244,9 @@ class Storage(abc.ABC):
 
     # -- stored responses -----------------------------------------------------------------
     @abc.abstractmethod
-    async def save_stored_response(self, response: StoredResponse) -> None:
-        """Remember where ``response`` lives; a second save of the same id changes nothing."""
+    async def save_stored_response(self, response: StoredResponse, item_ids: Sequence[str] = ()) -> None:
+        """Remember where ``response`` lives, and the ids of its output items; a second save of
+        the same id (or item id) changes nothing."""
 
     @abc.abstractmethod
     async def find_stored_response(self, account_id: str, response_id: str) -> StoredResponse | None:
@@ -253,8 +254,13 @@ class Storage(abc.ABC):
         another account's)."""
 
     @abc.abstractmethod
+    async def find_stored_items(self, account_id: str, item_ids: Sequence[str]) -> dict[str, StoredResponse]:
+        """For each of ``item_ids`` that is an output item of one of the account's stored
+        responses, that response (items of other accounts, or unknown, are left out)."""
+
+    @abc.abstractmethod
     async def delete_stored_response(self, account_id: str, response_id: str) -> bool:
-        """Forget the account's stored response; False if there was none."""
+        """Forget the account's stored response and its items; False if there was none."""
 
     # -- process instances ----------------------------------------------------------------
     @abc.abstractmethod

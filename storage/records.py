@@ -243,4 +243,5 @@ class StoredResponse:
     deployment: str  # the deployment that made it
     endpoint: str  # the resource that holds it: any deployment there can reach it
     context_tokens: int  # its input plus its output tokens: what it adds to a follow-up's context
+    output_tokens: int  # the most any of its output items adds to a request that sends it back
     created_at: dt.datetime

@@ -8,6 +8,9 @@ the instructions and the input's text plus the stored context of ``previous_resp
 (unless ``prompt_tokens`` is set), ``output_tokens`` = the reply's tokens + ``reasoning_tokens``
 (unless ``completion_tokens`` is set), ``cached_tokens`` as set.
 
+An ``item_reference`` input item names an output item of a stored response (unknown: 400);
+its text counts in ``input_tokens``.
+
 Stored responses: unless ``store`` is false, the response's id is kept in ``fake.stored`` with
 its context (input + output tokens), and the response and its input items in
 ``fake.stored_objects``; a ``previous_response_id`` this server does not store is answered 400
@@ -37,13 +40,16 @@ from omixa.engine.tokens import count_text, encoding
 RESPONSES_PATH = "/openai/v1/responses"
 
 
-def input_text(body: dict[str, Any]) -> str:
-    """The text of the instructions and every input item's content."""
+def input_text(body: dict[str, Any], stored_items: dict[str, dict[str, Any]] | None = None) -> str:
+    """The text of the instructions and every input item's content (an item given by
+    reference: the stored item's)."""
     parts = [body["instructions"]] if isinstance(body.get("instructions"), str) else []
     items = body.get("input")
     if isinstance(items, str):
         return "".join([*parts, items])
     for item in items if isinstance(items, list) else ():
+        if isinstance(item, dict) and item.get("type") == "item_reference":
+            item = (stored_items or {}).get(str(item.get("id")), {})
         content = item.get("content") if isinstance(item, dict) else None
         if isinstance(content, str):
             parts.append(content)
@@ -107,6 +113,9 @@ class ResponsesApi:
             }
         if not isinstance(body.get("input"), (str, list)):
             return 400, error("missing_required_parameter", "Missing required parameter: 'input'.", "input")
+        for item in body["input"] if isinstance(body["input"], list) else ():
+            if isinstance(item, dict) and item.get("type") == "item_reference" and item.get("id") not in self.items():
+                return 400, error("invalid_value", f"Item with id '{item.get('id')}' not found.", "input")
         previous = body.get("previous_response_id")
         if previous is not None and previous not in fake.stored:
             return 400, error(
@@ -127,7 +136,9 @@ class ResponsesApi:
                 text, status = encoding("o200k_base").decode(ids[:cap]), "incomplete"
         previous = body.get("previous_response_id")
         context = fake.stored.get(previous, 0) if previous else 0
-        prompt = count_text(input_text(body)) + context if fake.prompt_tokens is None else fake.prompt_tokens
+        prompt = (
+            count_text(input_text(body, self.items())) + context if fake.prompt_tokens is None else fake.prompt_tokens
+        )
         output = count_text(text) + fake.reasoning_tokens if fake.completion_tokens is None else fake.completion_tokens
         response_id = f"resp_fake{len(fake.requests):020d}{fake.endpoint[-5:].replace(':', '')}"
         tier = fake.service_tier
@@ -159,6 +170,10 @@ class ResponsesApi:
             items = body["input"] if isinstance(body["input"], list) else [{"role": "user", "content": body["input"]}]
             fake.stored_objects[response_id] = (response, items)
         return response
+
+    def items(self) -> dict[str, dict[str, Any]]:
+        """The output items of every stored response, by id."""
+        return {item["id"]: item for response, _ in self.fake.stored_objects.values() for item in response["output"]}
 
     def manage(self, method: str, rest: str, query: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """A stored response's GET, input_items, DELETE or cancel."""

@@ -174,6 +174,24 @@ async def test_the_ai_sdk_default_provider_speaks_the_responses_api(database_url
         assert tokens(rows[4]) == (embedded["usage"]["tokens"], 0)
 
 
+async def test_the_ai_sdk_sends_an_earlier_turn_back_by_reference_to_where_it_lives(database_url):
+    async with (
+        open_fake_azure(reply="East says hello.") as east,
+        open_fake_azure(reply="West says hello.") as west,
+        open_gateway(
+            database_url, deployments=[azure_deployment(east, name="east"), azure_deployment(west, name="west")]
+        ) as gw,
+    ):
+        _, key = await gw.funded_account("10.00")
+        for _ in range(3):  # with two equal deployments, an unpinned second turn would miss often
+            got = (await run_node("ai_sdk.mjs", gw.base_url, key, "multi-turn"))["multi-turn"]
+            home = east if got["first"]["responseId"] in east.stored else west
+            second = home.requests[-1].json
+            references = [item for item in second["input"] if item.get("type") == "item_reference"]
+            assert references, second["input"]  # the SDK's default (store: true) sends the answer by id
+            assert got["second"]["responseId"] in home.stored and got["second"]["text"] == home.reply
+
+
 async def test_the_ai_sdk_default_provider_on_vertex_gemini(database_url):
     async with (
         open_fake_vertex() as fake,
@@ -300,7 +318,10 @@ async def test_the_openai_node_sdk_calls_every_route_and_reads_every_error(datab
 async def test_the_ai_sdk_default_provider_against_omixa_demo(tmp_path):
     async with open_demo(tmp_path, {"OMIXA_BASE_URL", "OMIXA_API_KEY"}) as found:
         base, key = found["OMIXA_BASE_URL"], found["OMIXA_API_KEY"]
-        got = await run_node("ai_sdk.mjs", base, key, "generate", "stream", "chat-generate", "chat-stream")
+        got = await run_node(
+            "ai_sdk.mjs", base, key, "generate", "stream", "chat-generate", "chat-stream", "multi-turn"
+        )
+        assert got.pop("multi-turn")["second"]["text"].strip()
         for step, result in got.items():
             assert result["text"].strip() and result["finishReason"] == "stop", step
             assert result["usage"]["inputTokens"] > 0 and result["usage"]["outputTokens"] > 0, step

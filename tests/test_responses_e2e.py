@@ -7,6 +7,7 @@ that verifies), and stored responses are followed up only where they live.
 
 from __future__ import annotations
 
+import json
 from contextlib import asynccontextmanager
 
 import httpx
@@ -153,7 +154,10 @@ async def test_an_abandoned_response_stream_charges_only_what_was_delivered(data
         await books_clean(gw, account, start, row.cost)
         # The response was created upstream before the client left: a follow-up can find it.
         created = next(e for e in events if e.startswith(b"event: response.created"))
-        assert b'"id":"resp_' in created
+        response_id = json.loads(created.split(b"data: ", 1)[1])["response"]["id"]
+        # The upstream may still finish it: a follow-up is held for its whole output cap.
+        stored = await gw.storage.find_stored_response(account, response_id)
+        assert stored.output_tokens == MODEL_INFO.max_output_tokens
 
 
 async def test_a_follow_up_goes_to_the_resource_that_stores_the_response(database_url, sdk):
@@ -203,7 +207,19 @@ async def test_a_follow_up_goes_to_the_resource_that_stores_the_response(databas
         ({"background": True}, "background"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
-        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_url": "https://x.example/a.pdf"}]}]},
+            "input[0].content[0].file_url",
+        ),
+        (
+            {
+                "input": [
+                    {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_file", "file_id": "f"}]}
+                ]
+            },
+            "input[0].output[0].file_id",
+        ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
             "input[0].content[0].file_id",
@@ -331,3 +347,37 @@ async def test_where_a_response_lives_survives_a_restart(database_url, sdk):
             assert fake.requests[-1].json["previous_response_id"] == first.id
             fetched = await in_thread(sdk(gw, key).responses.retrieve, first.id)
             assert fetched.id == first.id
+
+
+async def test_items_sent_back_by_reference_go_where_they_live_and_only_for_their_account(database_url, sdk):
+    async with two_resources(database_url) as (east, west, gw):
+        account, key = await gw.funded_account("10.00")
+        client = sdk(gw, key)
+        first = await in_thread(client.responses.create, **BODY)
+        home = east if first.id in east.stored else west
+        item = first.output[0].id
+        conversation = [
+            {"role": "user", "content": BODY["input"]},
+            {"type": "item_reference", "id": item},
+            {"type": "reasoning", "id": "rs_never_made", "summary": []},
+        ]
+        # A reasoning item without its encrypted_content names a stored item too: unknown here.
+        status, error = await gw.refused(key, "/responses", {"model": MODEL, "input": conversation})
+        assert (status, error["code"], error["param"]) == (404, "not_found", "input")
+        conversation = [*conversation[:2], {"role": "user", "content": "And then?"}]
+        for _ in range(8):  # with two equal deployments, unpinned requests would miss often
+            follow_up = await in_thread(client.responses.create, model=MODEL, input=conversation)
+            assert follow_up.id in home.stored
+        sent = home.requests[-1].json["input"]
+        assert {"type": "item_reference", "id": item} in sent
+        # The hold covered the referenced item: at most its response's output.
+        stored = await gw.storage.find_stored_response(account, first.id)
+        assert stored.output_tokens == first.usage.output_tokens
+
+        other_account, other_key = await gw.funded_account("10.00")
+        rows = len(await gw.storage.ledger_entries(other_account))
+        status, error = await gw.refused(other_key, "/responses", {"model": MODEL, "input": conversation})
+        assert (status, error["code"], error["param"]) == (404, "not_found", "input")
+        assert len(await gw.storage.ledger_entries(other_account)) == rows
+        await gw.flushed()
+        assert await gw.storage.verify_ledger() == []

@@ -207,16 +207,26 @@ async def test_stored_responses_belong_to_their_account(storage):
         deployment="eastus-1",
         endpoint="https://eastus.example.openai.azure.com",
         context_tokens=1234,
+        output_tokens=34,
         created_at=created,
     )
-    await storage.save_stored_response(stored)
-    await storage.save_stored_response(attrs.evolve(stored, deployment="other", context_tokens=1))  # no-op
+    await storage.save_stored_response(stored, ["msg_1", "rs_1"])
+    again = attrs.evolve(stored, deployment="other", context_tokens=1)
+    await storage.save_stored_response(again, ["msg_2"])  # no-op, its items too
     assert await storage.find_stored_response(mine.id, "resp_abc") == stored
     assert await storage.find_stored_response(other.id, "resp_abc") is None
     assert await storage.find_stored_response(mine.id, "resp_missing") is None
+    # Items sent back by reference: only the account's own are found.
+    assert await storage.find_stored_items(mine.id, ["msg_1", "rs_1", "msg_2", "msg_x"]) == {
+        "msg_1": stored,
+        "rs_1": stored,
+    }
+    assert await storage.find_stored_items(other.id, ["msg_1"]) == {}
+    assert await storage.find_stored_items(mine.id, []) == {}
     assert await storage.delete_stored_response(other.id, "resp_abc") is False
     assert await storage.delete_stored_response(mine.id, "resp_abc") is True
     assert await storage.find_stored_response(mine.id, "resp_abc") is None
+    assert await storage.find_stored_items(mine.id, ["msg_1"]) == {}  # gone with their response
     assert await storage.delete_stored_response(mine.id, "resp_abc") is False
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from omixa.engine.config import DeploymentConfig, UpstreamConfig
+from omixa.engine.errors import InvalidRequest
 from omixa.engine.providers import _responses, gemini
 from omixa.engine.providers._http import DEFAULT_READ_SIZE, HttpClients
 from omixa.engine.providers.azure import AzureProvider
@@ -44,8 +45,11 @@ def check_responses_request(provider: str, body: dict[str, Any]) -> None:
     translation (:mod:`engine.providers._responses`) and what Gemini cannot take of the
     translation. Errors: InvalidRequest naming the field."""
     if provider == "vertex":
-        _responses.check(body)
-        gemini.check_request(_responses.chat_body(body))
+        _responses.check(body, tools=False)
+        try:
+            gemini.check_request(_responses.chat_body(body))
+        except InvalidRequest as exc:  # its param names the chat translation's fields
+            raise InvalidRequest(f"In its chat translation: {exc.message}") from None
 
 
 def check_deployment(deployment: DeploymentConfig) -> DeploymentConfig:

@@ -9,10 +9,12 @@ items (``reasoning`` items are dropped: they belong to the model that made them)
 ``function`` tools and ``tool_choice``; ``text.format`` (``json_object``, ``json_schema``);
 ``max_output_tokens``; ``reasoning.effort``; ``temperature``, ``top_p``, ``parallel_tool_calls``,
 ``user``. What does not (refused by :func:`check` with a 400 naming the field):
-``previous_response_id`` (such an upstream stores nothing), other item and part types,
-``custom`` tools, files.
+``previous_response_id`` and items by reference (such an upstream stores nothing), other
+item and part types, ``custom`` tools, files; on Vertex, whose chat translation takes no
+tools, function tools and function-call items too.
 
-The response object says ``"store": false``: nothing is kept upstream to continue or fetch.
+On Vertex the response object says ``"store": false``: nothing is kept upstream to continue
+or fetch (the simulator keeps its own: :mod:`engine.providers.sim_responses`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 SAME_FIELDS = ("temperature", "top_p", "parallel_tool_calls", "user", "metadata", "service_tier")
 
 
-def check(body: dict[str, Any], *, stored_history: bool = False) -> None:
+def check(body: dict[str, Any], *, stored_history: bool = False, tools: bool = True) -> None:
     """Refuse what has no chat translation (see the module docstring). ``stored_history``:
-    the adapter keeps its own responses, so ``previous_response_id`` is taken.
+    the adapter keeps its own responses, so ``previous_response_id`` is taken; ``tools``
+    False: the upstream's chat translation takes no tools (Vertex's), so function tools and
+    function-call items are refused too.
 
     Errors: InvalidRequest naming the field."""
     if body.get("previous_response_id") is not None and not stored_history:
@@ -62,9 +66,11 @@ def check(body: dict[str, Any], *, stored_history: bool = False) -> None:
                     f"input[{i}].content[{j}]: only text and image_url parts can be sent to this model.",
                     param=f"input[{i}].content[{j}].type",
                 )
-        elif kind not in ("function_call", "function_call_output", "reasoning"):
+        elif kind not in (("function_call", "function_call_output", "reasoning") if tools else ("reasoning",)):
             raise InvalidRequest(f"input[{i}]: '{kind}' items cannot be sent to this model.", param=f"input[{i}].type")
     for i, tool in enumerate(body.get("tools") or ()):
+        if not tools:
+            raise InvalidRequest("This model takes no tools here.", param="tools")
         if tool.get("type") != "function" or not isinstance(tool.get("name"), str):
             raise InvalidRequest(
                 f"tools[{i}]: only function tools with a name can be sent to this model.", param=f"tools[{i}]"

@@ -3,8 +3,9 @@
 :mod:`engine.providers._responses`, and stored like Azure's.
 
 Every simulated deployment belongs to one simulated resource: a response stored by one can
-be continued (``previous_response_id``: its conversation goes before the new input), read,
-listed and deleted through any other. The store lives in the process's memory and keeps the
+be continued (``previous_response_id``: its conversation goes before the new input), its
+output items sent back by reference (``item_reference``), and it can be read, listed and
+deleted through any other. The store lives in the process's memory and keeps the
 latest :data:`MAX_STORED` responses.
 """
 
@@ -45,10 +46,31 @@ class SimulatedResponses:
 
     def __init__(self) -> None:
         self._stored: OrderedDict[str, _Stored] = OrderedDict()
+        self._items: dict[str, str] = {}  # an output item's id -> its response's id
+
+    def _resolved(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with each ``item_reference`` replaced by the stored item (a reasoning item
+        by id is dropped: the simulator does not reason). Errors: UpstreamError 400."""
+        if not isinstance(body.get("input"), list):
+            return body
+        items = []
+        for item in body["input"]:
+            kind = item.get("type")
+            if kind == "reasoning":
+                continue
+            if kind == "item_reference":
+                owner = self._stored.get(self._items.get(item.get("id"), ""))
+                found = [o for o in owner.response["output"] if o.get("id") == item.get("id")] if owner else []
+                if not found:
+                    raise UpstreamError(f"Item with id '{item.get('id')}' not found.", upstream_status=400)
+                item = found[0]
+            items.append(item)
+        return {**body, "input": items}
 
     def _chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The chat body of ``body`` (after its stored history) and the response's shell.
-        Errors: InvalidRequest (no translation), UpstreamError 400 (an unknown previous id)."""
+        Errors: InvalidRequest (no translation), UpstreamError 400 (an unknown previous id or item)."""
+        body = self._resolved(body)
         _responses.check(body, stored_history=True)
         history: list[dict[str, Any]] = []
         previous = body.get("previous_response_id")
@@ -67,8 +89,11 @@ class SimulatedResponses:
             return
         answer = _responses.messages_of({"input": response["output"]})
         self._stored[response["id"]] = _Stored(response, [*chat["messages"], *answer], _input_items(body))
+        self._items.update((item["id"], response["id"]) for item in response["output"])
         while len(self._stored) > MAX_STORED:
-            self._stored.popitem(last=False)
+            _, dropped = self._stored.popitem(last=False)
+            for item in dropped.response["output"]:
+                self._items.pop(item["id"], None)
 
     async def respond(
         self, body: dict[str, Any], complete: Callable[[dict[str, Any]], Awaitable[Completion]], model: str
@@ -110,6 +135,8 @@ class SimulatedResponses:
                     "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}  # fmt: skip
         if method == "DELETE" and what == "":
             del self._stored[unquote(response_id)]
+            for item in stored.response["output"]:
+                self._items.pop(item["id"], None)
             return {"id": stored.response["id"], "object": "response", "deleted": True}
         if method == "POST" and what == "cancel":
             raise UpstreamError("Only responses created with background=true can be cancelled.", upstream_status=400)

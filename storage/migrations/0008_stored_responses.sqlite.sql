@@ -2,7 +2,8 @@
 -- each one and which account made it, so that a follow-up (`previous_response_id`) goes to
 -- that resource and another account's id is "not found". `context_tokens` is what the
 -- response adds to a follow-up's context (its input plus its output tokens), for the
--- follow-up's hold. Times in microseconds since the Unix epoch, as elsewhere in this dialect.
+-- follow-up's hold; `output_tokens` bounds what any of its output items adds to a request
+-- that sends it back by reference. Times in microseconds since the Unix epoch, as elsewhere in this dialect.
 CREATE TABLE stored_responses (
     id              TEXT PRIMARY KEY,
     account_id      TEXT NOT NULL REFERENCES accounts (id),
@@ -11,6 +12,16 @@ CREATE TABLE stored_responses (
     deployment      TEXT NOT NULL,
     endpoint        TEXT NOT NULL,
     context_tokens  INTEGER NOT NULL,
+    output_tokens   INTEGER NOT NULL,
     created_at      INTEGER NOT NULL
 );
 CREATE INDEX stored_responses_account ON stored_responses (account_id, created_at);
+-- The output items of each stored response (messages, reasoning, function calls), so that an
+-- input item sent by reference (`item_reference`, or a reasoning item by its id) is known to
+-- be the caller's and is sent to the resource that holds it.
+CREATE TABLE stored_response_items (
+    id           TEXT PRIMARY KEY,
+    response_id  TEXT NOT NULL REFERENCES stored_responses (id) ON DELETE CASCADE,
+    account_id   TEXT NOT NULL
+);
+CREATE INDEX stored_response_items_response ON stored_response_items (response_id);

@@ -21,6 +21,7 @@ import trio
 
 from omixa.storage._common import (
     REQUEST_LOG_SELECT,
+    StoredItemRow,
     bucket_start,
     check_amount,
     merge_rollup_rows,
@@ -200,15 +201,21 @@ class PostgresStorage(Storage):
         await self._run(execute, SQL.END_DASHBOARD_SESSION, session_id)
 
     # -- stored responses -------------------------------------------------------------------
-    async def save_stored_response(self, response: StoredResponse) -> None:
+    async def save_stored_response(self, response: StoredResponse, item_ids: Sequence[str] = ()) -> None:
         r = response
         created = require_aware(r.created_at, "created_at")
-        args = (r.id, r.account_id, r.key_id, r.model, r.deployment, r.endpoint, r.context_tokens, created)
-        await self._run(execute, SQL.SAVE_STORED_RESPONSE, *args)
+        args = (r.id, r.account_id, r.key_id, r.model, r.deployment, r.endpoint, r.context_tokens, r.output_tokens)
+        await self._run(execute, SQL.SAVE_STORED_RESPONSE, *args, created, list(item_ids))
 
     async def find_stored_response(self, account_id: str, response_id: str) -> StoredResponse | None:
         row = await self._run(fetchrow, SQL.FIND_STORED_RESPONSE, response_id, account_id)
         return None if row is None else StoredResponse(**row)
+
+    async def find_stored_items(self, account_id: str, item_ids: Sequence[str]) -> dict[str, StoredResponse]:
+        if not item_ids:
+            return {}
+        rows = await self._run(fetch, SQL.FIND_STORED_ITEMS, list(item_ids), account_id)
+        return {row["item_id"]: StoredItemRow(**row).response() for row in rows}
 
     async def delete_stored_response(self, account_id: str, response_id: str) -> bool:
         return await self._run(fetchval, SQL.DELETE_STORED_RESPONSE, response_id, account_id) is not None

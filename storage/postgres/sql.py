@@ -17,6 +17,7 @@ from omixa.storage._common import (
     ROLLUP_SELECT,
     ROLLUP_SUMS,
     SESSION_KEY_SELECT,
+    STORED_ITEM_SELECT,
     STORED_RESPONSE_SELECT,
     UNLOGGED_HOLD_COLUMNS,
 )
@@ -70,11 +71,19 @@ class SQL:
         RETURNING id"""
     DASHBOARD_SESSION_KEY = f"{SESSION_KEY_SELECT} WHERE s.id = $1 AND s.expires_at > now()"
     END_DASHBOARD_SESSION = "DELETE FROM dashboard_sessions WHERE id = $1"
+    # One statement: the response, then its items (none when it was there already).
     SAVE_STORED_RESPONSE = """
-        INSERT INTO stored_responses
-            (id, account_id, key_id, model, deployment, endpoint, context_tokens, created_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"""
-    FIND_STORED_RESPONSE = f"{STORED_RESPONSE_SELECT} WHERE id = $1 AND account_id = $2"
+        WITH r AS (
+            INSERT INTO stored_responses
+                (id, account_id, key_id, model, deployment, endpoint, context_tokens, output_tokens, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING
+            RETURNING id, account_id
+        )
+        INSERT INTO stored_response_items (id, response_id, account_id)
+        SELECT item, r.id, r.account_id FROM r, unnest($10::text[]) AS item
+        ON CONFLICT (id) DO NOTHING"""
+    FIND_STORED_RESPONSE = f"{STORED_RESPONSE_SELECT} WHERE r.id = $1 AND r.account_id = $2"
+    FIND_STORED_ITEMS = f"{STORED_ITEM_SELECT} WHERE i.id = ANY($1::text[]) AND i.account_id = $2"
     DELETE_STORED_RESPONSE = "DELETE FROM stored_responses WHERE id = $1 AND account_id = $2 RETURNING id"
     GET_WALLET = "SELECT balance, locked FROM accounts WHERE id = $1"
     TOP_UP = """

@@ -5,6 +5,7 @@ is called inside the write transaction (BEGIN IMMEDIATE).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from omixa.storage._common import KEY_COLUMNS, SESSION_KEY_SELECT
 from omixa.storage.errors import NotFound
@@ -91,10 +92,10 @@ def end_dashboard_session(conn: sqlite3.Connection, session_id: str) -> None:
     conn.execute("DELETE FROM dashboard_sessions WHERE id = ?", (session_id,))
 
 
-def save_stored_response(conn: sqlite3.Connection, response: StoredResponse) -> None:
-    conn.execute(
+def save_stored_response(conn: sqlite3.Connection, response: StoredResponse, item_ids: Sequence[str]) -> None:
+    cursor = conn.execute(
         "INSERT INTO stored_responses (id, account_id, key_id, model, deployment, endpoint, context_tokens,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        " output_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         (
             response.id,
             response.account_id,
@@ -103,11 +104,19 @@ def save_stored_response(conn: sqlite3.Connection, response: StoredResponse) -> 
             response.deployment,
             response.endpoint,
             response.context_tokens,
+            response.output_tokens,
             to_us(response.created_at, "created_at"),
         ),
+    )
+    if cursor.rowcount != 1:
+        return  # saved already, with its items
+    conn.executemany(
+        "INSERT INTO stored_response_items (id, response_id, account_id) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        [(item_id, response.id, response.account_id) for item_id in item_ids],
     )
 
 
 def delete_stored_response(conn: sqlite3.Connection, account_id: str, response_id: str) -> bool:
+    # The items go with it (ON DELETE CASCADE).
     cursor = conn.execute("DELETE FROM stored_responses WHERE id = ? AND account_id = ?", (response_id, account_id))
     return cursor.rowcount > 0

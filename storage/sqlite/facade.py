@@ -26,7 +26,9 @@ import trio
 from omixa.storage._common import (
     LEDGER_SELECT,
     REQUEST_LOG_SELECT,
+    STORED_ITEM_SELECT,
     STORED_RESPONSE_SELECT,
+    StoredItemRow,
     check_amount,
     new_id,
     request_log_where,
@@ -195,12 +197,20 @@ class SQLiteStorage(Storage):
         await self._call(accounts.end_dashboard_session, session_id, write=True)
 
     # -- stored responses -------------------------------------------------------------------
-    async def save_stored_response(self, response: StoredResponse) -> None:
-        await self._call(accounts.save_stored_response, response, write=True)
+    async def save_stored_response(self, response: StoredResponse, item_ids: Sequence[str] = ()) -> None:
+        await self._call(accounts.save_stored_response, response, list(item_ids), write=True)
 
     async def find_stored_response(self, account_id: str, response_id: str) -> StoredResponse | None:
         sql = f"{STORED_RESPONSE_SELECT} WHERE id = ? AND account_id = ?"
         return await self._one(StoredResponse, sql, response_id, account_id)
+
+    async def find_stored_items(self, account_id: str, item_ids: Sequence[str]) -> dict[str, StoredResponse]:
+        if not item_ids:
+            return {}
+        marks = ", ".join("?" * len(item_ids))
+        sql = f"{STORED_ITEM_SELECT} WHERE i.id IN ({marks}) AND i.account_id = ?"
+        rows = await self._records(StoredItemRow, sql, *item_ids, account_id)
+        return {row.item_id: row.response() for row in rows}
 
     async def delete_stored_response(self, account_id: str, response_id: str) -> bool:
         return await self._call(accounts.delete_stored_response, account_id, response_id, write=True)

@@ -4,6 +4,8 @@
 //
 // Steps (all when none is named):
 //   generate, stream            the default provider, createOpenAI(...)(model): the Responses API
+//   multi-turn                  a second turn after the first's response messages (the SDK sends
+//                               the stored answer back as an item_reference)
 //   chat-generate, chat-stream  createOpenAI(...).chat(model): chat completions
 //   embed                       createOpenAI(...).embedding(OMIXA_EMBEDDING_MODEL)
 //   bad-key                     generateText with a wrong key: the APICallError the SDK throws
@@ -92,8 +94,19 @@ function describe(error) {
   return { name: error?.name ?? typeof error, message: String(error?.message ?? error), details: error?.details };
 }
 
+async function multiTurn(languageModel) {
+  const first = await generateText({ model: languageModel, ...common });
+  const messages = [{ role: 'user', content: prompt }, ...first.response.messages, { role: 'user', content: 'And then?' }];
+  const second = await generateText({ model: languageModel, messages, maxRetries: 0 });
+  return {
+    first: { text: first.text, responseId: first.finalStep.response.id },
+    second: { text: second.text, responseId: second.finalStep.response.id, usage: usageOf(second.usage) },
+  };
+}
+
 const steps = {
   generate: () => generate(provider(model)),
+  'multi-turn': () => multiTurn(provider(model)),
   stream: () => stream(provider(model)),
   'chat-generate': () => generate(provider.chat(model)),
   'chat-stream': () => stream(provider.chat(model)),

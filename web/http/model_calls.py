@@ -142,7 +142,7 @@ def _retrieve_query() -> str:
 
 def _input_items_query() -> str:
     limit = request.args.get("limit")
-    if limit is not None and not (limit.isdigit() and 1 <= int(limit) <= 100):
+    if limit is not None and not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= 100):
         raise InvalidRequest("'limit' must be an integer from 1 to 100.", param="limit")
     if request.args.get("order") not in (None, "asc", "desc"):
         raise InvalidRequest("'order' must be asc or desc.", param="order")
