@@ -79,6 +79,7 @@ REFUSALS: dict[str, list[tuple[int, str, str]]] = {
         (400, "invalid_request", r"supports at most \d+ output tokens"),  # its max_output_tokens
         (400, "invalid_request", r"accepts at most \d+ tokens of context"),  # its context_window
         (404, "not_found", r"^No response found with id"),  # a previous_response_id never made
+        (404, "not_found", r"^No item found with id"),  # an item by reference never made
         # What the deployment's adapter has no translation for (the simulator's, as Vertex's).
         (400, "invalid_request", r"can(not)? be sent to this model"),
         (400, "invalid_request", r"^input\[\d+\]\.role must be one of"),

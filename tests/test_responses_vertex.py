@@ -95,7 +95,9 @@ async def test_a_streamed_response_on_vertex_gets_the_typed_events(database_url,
             {"input": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
             "input[0].content[0].type",
         ),
-        ({"tools": [{"type": "custom", "name": "x"}]}, "tools[0]"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]}, "tools"),
+        ({"input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]}, "input[0].type"),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ],
 )
 async def test_what_vertex_cannot_take_is_refused_before_any_hold(database_url, change, param):

@@ -13,7 +13,7 @@ from omixa.engine.chat_request import MAX_CHOICES, ROLES, SERVICE_TIERS, VERBOSI
 from omixa.engine.embeddings import ENCODING_FORMATS, MAX_INPUTS, MAX_TOKEN_ID
 from omixa.engine.errors import UPSTREAM_CODE, OmixaError, RateLimited
 from omixa.engine.images import MAX_IMAGES, MAX_PROMPT_CHARS
-from omixa.engine.responses_request import TOOL_TYPES
+from omixa.engine.responses_request import ITEM_TYPES, TOOL_TYPES
 from omixa.web.http.wallet_api import EARLIEST, LATEST, MAX_FILTER_CHARS
 
 MONEY = {"type": "string", "pattern": r"^-?\d+\.\d{2,9}$", "description": "Exact USD amount as a decimal string"}
@@ -47,6 +47,15 @@ MODEL_ID = {"type": "string", "minLength": 1, "description": "A catalog model id
 TRUTHY: dict[str, Any] = {"not": {"enum": [None, False, 0, "", [], {}]}}
 
 
+# Content parts, or something else (a tool's output may be a string).
+PARTS_OR_OTHER = {
+    "anyOf": [
+        {"not": {"type": "array"}},
+        {"type": "array", "items": {"$ref": "#/components/schemas/ResponseContentPart"}},
+    ]
+}
+# The id of a stored item sent back.
+STORED_ID = {"type": "string", "minLength": 1}
 # A body whose stream_options is set and not null has "stream": true.
 STREAM_OPTIONS_ONLY_WITH_STREAM = [
     {"not": {"required": ["stream_options"]}},
@@ -367,23 +376,45 @@ SCHEMAS: dict[str, Any] = {
         ),
     },
     # A message (no type, or "message") has a role and content; other items are passed on.
+    # A message (no type, or "message") has a role and content; an item_reference, and a
+    # reasoning item without its encrypted_content, name a stored item by id; content parts,
+    # in a message or a tool's output, name no file by id or URL.
     "ResponseInputItem": {
         "type": "object",
         "properties": {
-            "type": {"type": "string", "not": {"const": "item_reference"}},
-            "content": {"anyOf": [{"not": {"type": "array"}}, {"type": "array", "items": _ref("ResponseContentPart")}]},
+            "type": {"enum": sorted(ITEM_TYPES)},
+            "content": PARTS_OR_OTHER,
+            "output": PARTS_OR_OTHER,
         },
         "anyOf": [
-            {"required": ["type"], "properties": {"type": {"not": {"const": "message"}}}},
             {
+                "not": {"required": ["type"]},
                 "required": ["role", "content"],
                 "properties": {"role": {"type": "string"}, "content": {"type": ["string", "array"]}},
+            },
+            {
+                "required": ["type", "role", "content"],
+                "properties": {
+                    "type": {"const": "message"},
+                    "role": {"type": "string"},
+                    "content": {"type": ["string", "array"]},
+                },
+            },
+            {"required": ["type", "id"], "properties": {"type": {"const": "item_reference"}, "id": STORED_ID}},
+            {"required": ["type", "id"], "properties": {"type": {"const": "reasoning"}, "id": STORED_ID}},
+            {
+                "required": ["type", "encrypted_content"],
+                "properties": {"type": {"const": "reasoning"}, "encrypted_content": TRUTHY},
+            },
+            {
+                "required": ["type"],
+                "properties": {"type": {"not": {"enum": ["message", "item_reference", "reasoning"]}}},
             },
         ],
         "additionalProperties": True,
     },
     "ResponseContentPart": {
-        **_obj(["type"], type={"type": "string"}, file_id={"type": "null"}),
+        **_obj(["type"], type={"type": "string"}, file_id={"type": "null"}, file_url={"type": "null"}),
         "additionalProperties": True,
     },
     "Response": {
