@@ -60,6 +60,11 @@ class ChatService:
             draining=lambda: self._draining,
         )
 
+    @property
+    def draining(self) -> bool:
+        """Whether shutdown has begun."""
+        return self._draining
+
     def start_draining(self) -> None:
         """Shutdown has begun: requests cancelled from now on are ``interrupted``."""
         self._draining = True

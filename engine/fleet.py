@@ -29,7 +29,7 @@ from omixa.engine.config import BreakerConfig, DeploymentConfig, UpstreamConfig
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.providers import DEFAULT_READ_SIZE, HttpClients, build_provider, check_deployment
 from omixa.engine.router import Router
-from omixa.engine.supervise import supervised
+from omixa.engine.supervise import Supervision, supervised
 
 log = logging.getLogger("omixa.fleet")
 
@@ -58,11 +58,13 @@ class Fleet:
         read_size: int = DEFAULT_READ_SIZE,
         cluster: ClusterLink | None = None,
         share: Share = WHOLE,
+        supervision: Supervision | None = None,
     ) -> None:
         """``read_size``: ``streaming.chunk_bytes``, the bound on each socket read of a
         streamed answer's body, for every upstream client the fleet makes. ``cluster``: the
         deployments' windows and health are shared through it (:mod:`engine.cluster`);
         ``share``: else, the part of each limit this process admits (one of several workers)."""
+        self._supervision = supervision
         self._catalog = catalog
         self._upstream = upstream
         self._breaker = breaker
@@ -150,7 +152,8 @@ class Fleet:
                     share=self._share,
                 )
                 await self._nursery.start(
-                    partial(supervised, f"deployment-{name}", actor.run), name=f"deployment-{name}"
+                    partial(supervised, f"deployment-{name}", actor.run, supervision=self._supervision),
+                    name=f"deployment-{name}",
                 )
                 self._actors[name] = actor
                 added.append(name)

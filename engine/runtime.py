@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import attrs
 import trio
@@ -39,17 +40,19 @@ from omixa.engine.router import Router
 from omixa.engine.secretbox import secret_box_from_env
 from omixa.engine.signatures import SignatureVerifier, check_signing_setup
 from omixa.engine.stored_responses import StoredResponses
-from omixa.engine.supervise import supervised
+from omixa.engine.supervise import Supervision, supervised
 from omixa.engine.tokens import warm_up
 from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
-from omixa.storage import Storage
-from omixa.storage.coordination import Coordinator
+from omixa.storage import Storage, StorageError
+from omixa.storage.coordination import Coordinator, CoordinatorError
 
 log = logging.getLogger("omixa.runtime")
 
 # Bound on draining the actors at shutdown (the aggregator may be retrying a write).
 DRAIN_TIMEOUT = 15.0
+# Bound on each dependency's answer to a readiness check.
+READY_TIMEOUT = 2.0
 
 
 @attrs.frozen(kw_only=True)
@@ -69,11 +72,37 @@ class Engine:
     intake: Intake
     chat: ChatService
     signatures: SignatureVerifier
+    supervision: Supervision
+    coordinator: Coordinator | None = None
 
     @property
     def deployments(self) -> list[DeploymentActor]:
         """The running deployment actors (the set changes on reload)."""
         return self.fleet.actors
+
+    async def readiness(self) -> list[str]:
+        """What keeps this process from serving now, in words; empty when it is ready: every
+        supervised task running (none starting or waiting to restart after a crash), the
+        database and Redis (when configured) answering within :data:`READY_TIMEOUT`, and
+        shutdown not begun."""
+        problems = [f"task {name} is not running" for name in self.supervision.not_running()]
+        if self.chat.draining:
+            problems.append("shutting down")
+        checks: list[tuple[str, Callable[[], Awaitable[object]], type[Exception]]] = [
+            ("the database", lambda: self.storage.get_account("acct_readiness_check"), StorageError)
+        ]
+        if self.coordinator is not None:
+            checks.append(("Redis", self.coordinator.ping, CoordinatorError))
+        for what, check, failure in checks:
+            with trio.move_on_after(READY_TIMEOUT) as scope:
+                try:
+                    await check()
+                except failure as exc:  # the details go to the log, not to whoever asks
+                    log.warning("readiness: %s is not answering: %s", what, exc)
+                    problems.append(f"{what} is not answering")
+            if scope.cancelled_caught:
+                problems.append(f"{what} did not answer within {READY_TIMEOUT:g} s")
+        return problems
 
 
 def deployed_encodings(catalog: Catalog, deployments: Iterable[DeploymentConfig]) -> set[str]:
@@ -120,7 +149,9 @@ async def open_engine(
         if coordinator is None
         else ClusterLink(coordinator, config.cluster, lambda: monitor.live, instance_id=instance_id)
     )
+    supervision = Supervision()
     fleet = Fleet(
+        supervision=supervision,
         catalog=catalog,
         upstream=config.upstream,
         breaker=config.breaker,
@@ -162,14 +193,17 @@ async def open_engine(
             stored=StoredResponses(storage, router),
         ),
         signatures=verifier,
+        supervision=supervision,
+        coordinator=coordinator,
     )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run, config.deployments, name="deployments")
-            await nursery.start(supervised, "wallets", wallets.run, name="wallets")
-            await nursery.start(supervised, "usage", usage.run, name="usage-aggregator")
-            await nursery.start(supervised, "instances", monitor.run, name="instance-monitor")
-            await nursery.start(supervised, "key-limits", limits.run, name="key-limits")
+            watch = partial(supervised, supervision=supervision)
+            await nursery.start(watch, "wallets", wallets.run, name="wallets")
+            await nursery.start(watch, "usage", usage.run, name="usage-aggregator")
+            await nursery.start(watch, "instances", monitor.run, name="instance-monitor")
+            await nursery.start(watch, "key-limits", limits.run, name="key-limits")
             if coordinator is None and share == WHOLE and monitor.live > 1:
                 log.warning(
                     "%d processes share this database without [cluster] redis_url: each admits every "
@@ -185,7 +219,7 @@ async def open_engine(
 
             async def run_upkeep(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 with upkeep:  # around the restarts too: one cancel ends them all
-                    await supervised("storage", maintain_storage, task_status=task_status)
+                    await supervised("storage", maintain_storage, supervision=supervision, task_status=task_status)
 
             await nursery.start(run_upkeep, name="storage-maintenance")
             try:

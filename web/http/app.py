@@ -96,6 +96,12 @@ def create_app(engine: Engine) -> QuartTrio:
             }
         )
 
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        problems = await engine.readiness()
+        body = {"status": "not_ready", "problems": problems} if problems else {"status": "ready"}
+        return json_response(body, status=503 if problems else 200)
+
     admin_token = os.environ.get("OMIXA_ADMIN_TOKEN", "")
 
     @app.get("/admin/deployments")
