@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from omixa.engine.reports import MAX_IDEMPOTENCY_KEY, MAX_PAGE
+from omixa.web.http.openapi_responses import RESPONSE_SCHEMAS
 from omixa.web.http.openapi_schemas import QUERY_TEXT, SCHEMAS, TIME_FILTER, _ref
 
 
@@ -258,7 +259,7 @@ def openapi_document(version: str) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "omx_live_... API key"}},
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **RESPONSE_SCHEMAS},
         },
         "paths": PATHS,
     }
