@@ -1,7 +1,8 @@
 """One paid call's exchange with the upstream, top to bottom: hold, route, call, settle, record.
 
-Chat completions, embeddings and image generations all take this path; each checked request
-(:class:`~engine.model_call.ModelCall`: :class:`~engine.chat_request.ChatRequest`,
+Chat completions, the Responses API, embeddings and image generations all take this path;
+each checked request (:class:`~engine.model_call.ModelCall`:
+:class:`~engine.chat_request.ChatRequest`, :class:`~engine.responses_request.ResponsesRequest`,
 :class:`~engine.embeddings.EmbeddingRequest`, :class:`~engine.images.ImageRequest`) says
 what to hold, what to send to a deployment, which adapter call makes it, and what its usage
 costs. An :class:`Exchange` is one such request, and it runs the same sequence for all:
@@ -15,7 +16,8 @@ costs. An :class:`Exchange` is one such request, and it runs the same sequence f
 3. a stream is handed to :class:`engine.relay.StreamRelay`, which moves its bytes to the
    client and reports to the exchange: content started, the tier billed, a failure before
    any content (the exchange may open another deployment's stream: step 2 again), the end;
-4. :meth:`Exchange._finish`: settle the hold from the upstream's usage, give the slot back
+4. :meth:`Exchange._finish`: settle the hold from the upstream's usage
+   (:meth:`engine.wallet.WalletPool.finalize`), give the slot back
    with the outcome, remember where an answer the upstream stores lives (the Responses
    API: :mod:`engine.stored_responses`), and hand the request log to the usage aggregator,
    exactly once, in a shielded, time-bounded step, whatever ended the request (success,
@@ -49,7 +51,6 @@ from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from omixa.engine.errors import (
     NoHealthyDeployment,
     OmixaError,
-    ServiceUnavailable,
     UpstreamError,
     UpstreamTimeout,
     translate_upstream,
@@ -401,7 +402,9 @@ class Exchange:
         entry = self._log(status, usage or Usage(), latency)
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self._hold is not None:
-                charged = await self._settle(self._hold, cost, entry)
+                charged = await services.wallets.finalize(
+                    self._caller.account_id, self._hold, cost, entry=entry, request_id=self.request_id
+                )
             if self._lease is not None:
                 await self._lease.finish(usage, status, latency, failure)
                 if self._answer_id is not None:
@@ -409,43 +412,6 @@ class Exchange:
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.request_id)
         services.usage.record(attrs.evolve(entry, cost=charged), self._hold.id if self._hold is not None else None)
-
-    async def _settle(self, hold: Hold, cost: int, entry: RequestLog) -> int:
-        """Charge ``cost`` (at most the hold), keeping the request's log ``entry`` with the
-        hold in the same transaction (so a crash cannot lose the record of a charge),
-        retrying a store that is briefly away until the enclosing deadline; returns what was
-        charged."""
-        if cost > hold.amount:
-            log.warning(
-                "request %s: usage cost %d exceeds hold %d; charging the hold", self.request_id, cost, hold.amount
-            )
-            cost = hold.amount
-        wallets, account_id = self._services.wallets, self._caller.account_id
-        backoff = 0.05
-        while True:
-            try:
-                if cost > 0:
-                    settled = await wallets.settle(account_id, hold.id, cost, log=entry)
-                else:
-                    settled = await wallets.release(account_id, hold.id, log=entry)
-                if settled.already_final and cost > 0:
-                    # Someone else finalized the hold first: the hold sweeper (a request
-                    # longer than wallet.hold_timeout_seconds) or a recovery that took this
-                    # process for dead. The usage goes unbilled; say so loudly.
-                    log.error(
-                        "request %s: hold %s was already final; %d nano-dollars of usage not charged",
-                        self.request_id,
-                        hold.id,
-                        cost,
-                    )
-                return settled.charged
-            except ServiceUnavailable:
-                log.warning("request %s: wallet unavailable; retrying settle", self.request_id)
-            except Exception:
-                log.exception("request %s: settling hold %s failed", self.request_id, hold.id)
-                return 0
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
 
     async def _remember(self, answer_id: str, lease: Lease, usage: Usage | None) -> None:
         """Record where the upstream stores this answer, so a follow-up goes there. ``usage``:
@@ -455,24 +421,21 @@ class Exchange:
         request = self._request
         output = usage.completion_tokens if usage is not None else request.output_tokens
         prompt = usage.prompt_tokens if usage is not None else request.prompt_tokens
-        config = lease.actor.config
-        try:
-            await self._services.stored.remember(
-                StoredResponse(
-                    id=answer_id,
-                    account_id=self._caller.account_id,
-                    key_id=self._caller.key_id,
-                    model=request.model.id,
-                    deployment=config.name,
-                    endpoint=config.endpoint,
-                    context_tokens=prompt + output,
-                    output_tokens=output,
-                    created_at=self._created_at,
-                ),
-                self._answer_items,
-            )
-        except ServiceUnavailable:
-            log.error("request %s: could not record where response %s lives", self.request_id, answer_id)
+        await self._services.stored.record(
+            StoredResponse(
+                id=answer_id,
+                account_id=self._caller.account_id,
+                key_id=self._caller.key_id,
+                model=request.model.id,
+                deployment=lease.actor.config.name,
+                endpoint=lease.actor.config.endpoint,
+                context_tokens=prompt + output,
+                output_tokens=output,
+                created_at=self._created_at,
+            ),
+            self._answer_items,
+            request_id=self.request_id,
+        )
 
     def _log(self, status: str, usage: Usage, latency: float) -> RequestLog:
         lease, request, ttft = self._lease, self._request, self._first_token_at

@@ -87,8 +87,7 @@ class ResponsesRequest(TieredCall):
         Errors: InvalidRequest (they live on different resources; the context no longer
         fits the model)."""
         stored = [*([previous] if previous is not None else []), *referenced]
-        endpoints = {response.endpoint.rstrip("/").lower() for response in stored}
-        if len(endpoints) > 1:
+        if any(not same_resource(response.endpoint, stored[0].endpoint) for response in stored[1:]):
             raise InvalidRequest(
                 "The previous response and the items given by reference are stored in different places; "
                 "send the items' content instead.",

@@ -14,13 +14,22 @@ held or charged), so they take no slot of the deployment's windows.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from omixa.engine.errors import NotFoundError, UpstreamError, storage_failures, translate_upstream
+from omixa.engine.errors import (
+    NotFoundError,
+    ServiceUnavailable,
+    UpstreamError,
+    storage_failures,
+    translate_upstream,
+)
 from omixa.engine.router import Router
 from omixa.engine.upstream import StoringProvider
 from omixa.storage import Storage, StoredResponse
+
+log = logging.getLogger("omixa.responses")
 
 
 def same_resource(endpoint: str, other: str) -> bool:
@@ -43,6 +52,14 @@ class StoredResponses:
         Errors: ServiceUnavailable (the store cannot be reached)."""
         with storage_failures("response"):
             await self._storage.save_stored_response(response, item_ids)
+
+    async def record(self, response: StoredResponse, item_ids: Sequence[str], *, request_id: str) -> None:
+        """:meth:`remember`, at the end of the request ``request_id``: a store that cannot be
+        reached is logged (the response's id is then unknown here), never raised."""
+        try:
+            await self.remember(response, item_ids)
+        except ServiceUnavailable:
+            log.error("request %s: could not record where response %s lives", request_id, response.id)
 
     async def find_items(self, account_id: str, item_ids: Sequence[str]) -> dict[str, StoredResponse]:
         """The account's stored response of each of ``item_ids`` (unknown ones left out).

@@ -373,6 +373,40 @@ class WalletPool:
         """Void the hold entirely (idempotent), keeping ``log`` with it like :meth:`settle`."""
         return await self._ask(account_id, Release, hold_id=hold_id, log=log)  # type: ignore[return-value]
 
+    async def finalize(self, account_id: str, hold: Hold, cost: int, *, entry: RequestLog, request_id: str) -> int:
+        """End a request's ``hold``: charge ``cost`` (at most the hold; release it all when
+        0), keeping the request's log ``entry`` with the hold in the same transaction (so a
+        crash cannot lose the record of a charge), retrying a store that is briefly away
+        until the caller's deadline; returns what was charged. Never raises."""
+        if cost > hold.amount:
+            log.warning("request %s: usage cost %d exceeds hold %d; charging the hold", request_id, cost, hold.amount)
+            cost = hold.amount
+        backoff = 0.05
+        while True:
+            try:
+                if cost > 0:
+                    settled = await self.settle(account_id, hold.id, cost, log=entry)
+                else:
+                    settled = await self.release(account_id, hold.id, log=entry)
+                if settled.already_final and cost > 0:
+                    # Someone else finalized the hold first: the hold sweeper (a request
+                    # longer than wallet.hold_timeout_seconds) or a recovery that took this
+                    # process for dead. The usage goes unbilled; say so loudly.
+                    log.error(
+                        "request %s: hold %s was already final; %d nano-dollars of usage not charged",
+                        request_id,
+                        hold.id,
+                        cost,
+                    )
+                return settled.charged
+            except ServiceUnavailable:
+                log.warning("request %s: wallet unavailable; retrying settle", request_id)
+            except Exception:
+                log.exception("request %s: settling hold %s failed", request_id, hold.id)
+                return 0
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
     async def _sweep_expired_holds(self, scope: trio.CancelScope) -> None:
         interval = min(60.0, self.config.hold_timeout_seconds / 4)
         with scope:
