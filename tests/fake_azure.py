@@ -50,7 +50,7 @@ import json
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -275,13 +275,26 @@ class FakeAzure:
             error = {"message": "'messages' is a required property", "type":
                      "invalid_request_error", "param": None, "code": None}  # fmt: skip
             return await reply(send, 400, {"error": error})
+        await self.model_answer(receive, send, body, lambda: self._stream(send, body), lambda: self._completion(body))
+
+    async def model_answer(
+        self,
+        receive: Any,
+        send: Any,
+        body: dict[str, Any],
+        stream: Callable[[], Awaitable[None]],
+        answer: Callable[[], dict[str, Any]],
+    ) -> None:
+        """A checked model call's answer: none (``hang``), a stream (``stream()``, counted and
+        watched for the client leaving) when the body asks for one, else ``answer()`` after
+        ``first_delay``."""
         if self.hang:
             await self._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
             return
         if body.get("stream") is True:
             self.streams_started += 1
             self._notify()
-            if await self._watch(receive, self._stream(send, body), stream=True):
+            if await self._watch(receive, stream(), stream=True):
                 # Closing the response makes Hypercorn report http.disconnect, so the last
                 # (empty) body message is sent after the watch has ended.
                 self.streams_finished += 1
@@ -289,7 +302,7 @@ class FakeAzure:
                 await send({"type": "http.response.body", "body": b""})
             return
         await self._first_wait()
-        await reply(send, 200, self._completion(body))
+        await reply(send, 200, answer())
 
     async def _watch(self, receive: Any, work: Any, *, stream: bool) -> bool:
         """Run ``work`` until it ends (True) or the client disconnects (False)."""

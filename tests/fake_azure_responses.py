@@ -85,19 +85,7 @@ class ResponsesApi:
         if fake._failures:
             status, raw, head = fake._failures.pop(0)
             return await send_response(send, status, raw, head)
-        if fake.hang:
-            await fake._watch(receive, trio.sleep_forever(), stream=False)  # noqa: ASYNC105 (awaited by _watch)
-            return
-        if body.get("stream") is True:
-            fake.streams_started += 1
-            fake._notify()
-            if await fake._watch(receive, self.stream(send, body), stream=True):
-                fake.streams_finished += 1
-                fake._notify()
-                await send({"type": "http.response.body", "body": b""})
-            return
-        await fake._first_wait()
-        await reply(send, 200, self.answer(body))
+        await fake.model_answer(receive, send, body, lambda: self.stream(send, body), lambda: self.answer(body))
 
     def check(self, body: Any) -> tuple[int, dict[str, Any]] | None:
         """An error answer for a body Azure would refuse, else None."""
