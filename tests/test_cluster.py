@@ -94,7 +94,7 @@ async def test_admissions_that_arrive_during_a_call_go_in_the_next_one(redis_ser
     async with actors_on_redis(redis_server.url, 1, rpm=1000) as (actor,):
         await actor.acquire("warm", 1)  # the script is loaded, a connection open
         before = evalsha_calls(redis_server)
-        redis_server.command("CLIENT", "PAUSE", "150", "WRITE")  # the next call waits 150 ms
+        redis_server.command("CLIENT", "PAUSE", "500", "WRITE")  # the next call waits 500 ms
         answers: list[Slot | Refused] = []
 
         async def ask(i: int) -> None:
