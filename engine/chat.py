@@ -3,7 +3,7 @@ checked call.
 
 Chat completions, the Responses API, embeddings and image generations are all run by
 :class:`engine.exchange.Exchange` (hold, route, call, relay, settle, record); this service
-holds what every exchange uses (:class:`engine.exchange.Services`) and says whether shutdown
+holds what every exchange uses (:class:`engine.exchange_context.Services`) and says whether shutdown
 has begun.
 """
 
@@ -17,7 +17,8 @@ from omixa.engine.catalog import Catalog
 from omixa.engine.chat_request import ChatRequest, parse_chat_request
 from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from omixa.engine.errors import InvalidRequest, NotFoundError
-from omixa.engine.exchange import Caller, Exchange, Services
+from omixa.engine.exchange import Exchange
+from omixa.engine.exchange_context import Caller, Services
 from omixa.engine.keylimits import KeyLimiter
 from omixa.engine.model_call import ModelCall
 from omixa.engine.providers import check_request, check_responses_request

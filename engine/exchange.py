@@ -47,25 +47,16 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
-from omixa.engine.errors import (
-    NoHealthyDeployment,
-    OmixaError,
-    UpstreamError,
-    UpstreamTimeout,
-    translate_upstream,
-)
-from omixa.engine.keylimits import Admitted, KeyLimiter
+from omixa.engine.errors import NoHealthyDeployment, OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
+from omixa.engine.exchange_context import Caller, Failing, Services, is_cancellation, retryable
+from omixa.engine.keylimits import Admitted
 from omixa.engine.model_call import ModelCall
 from omixa.engine.relay import OpenedStream, StreamRelay
-from omixa.engine.router import Lease, Router
-from omixa.engine.stored_responses import StoredResponses
+from omixa.engine.router import Lease
 from omixa.engine.stream_frames import FrameReader
 from omixa.engine.tokens import count_text
 from omixa.engine.upstream import Provider, Usage
-from omixa.engine.usage import UsageAggregator
-from omixa.engine.wallet import WalletPool
-from omixa.storage import ApiKeyRecord, Hold, HoldContext, RequestLog, StoredResponse
+from omixa.storage import Hold, HoldContext, RequestLog, StoredResponse
 
 log = logging.getLogger("omixa.chat")
 
@@ -75,48 +66,6 @@ FINISH_TIMEOUT = 10.0
 T = TypeVar("T")
 # Opens a call's stream on a deployment's adapter, with the body as sent there.
 Opener = Callable[[Provider, dict[str, Any]], Awaitable[OpenedStream]]
-
-
-@attrs.frozen(kw_only=True)
-class Caller:
-    """Who makes the request: its id and the key it came with."""
-
-    request_id: str
-    key: ApiKeyRecord
-
-    @property
-    def account_id(self) -> str:
-        return self.key.account_id
-
-    @property
-    def key_id(self) -> str:
-        return self.key.id
-
-
-@attrs.frozen(kw_only=True)
-class Services:
-    """What an exchange uses: the actors' front ends and the settings of the path.
-    ``draining`` says whether shutdown has begun (a request cancelled from then on is
-    ``interrupted``, not ``client_closed``)."""
-
-    router: Router
-    wallets: WalletPool
-    usage: UsageAggregator
-    limits: KeyLimiter
-    stored: StoredResponses
-    wallet: WalletConfig
-    streaming: StreamingConfig
-    upstream: UpstreamConfig
-    draining: Callable[[], bool]
-
-
-def _retryable(exc: OmixaError) -> bool:
-    """Failures another deployment may not have: 429, 5xx, unreachable, timeout."""
-    if isinstance(exc, UpstreamTimeout):
-        return True
-    return isinstance(exc, UpstreamError) and (
-        exc.upstream_status is None or exc.upstream_status == 429 or exc.upstream_status >= 500
-    )
 
 
 class Exchange:
@@ -281,7 +230,7 @@ class Exchange:
     def may_fail_over(self, failure: OmixaError) -> bool:
         """Whether ``failure`` of the current attempt may be retried on another deployment."""
         return (
-            _retryable(failure)
+            retryable(failure)
             and len(self._tried) + 1 < self._services.upstream.max_attempts
             and self._deadline is not None
             and trio.current_time() < self._deadline
@@ -368,10 +317,10 @@ class Exchange:
             completion_tokens=count_text(delivered_text, self._request.model.encoding),
         )
 
-    def _failing(self) -> _Failing:
-        return _Failing(self)
+    def _failing(self) -> Failing:
+        return Failing(self)
 
-    async def _fail(self, exc: BaseException) -> None:
+    async def fail(self, exc: BaseException) -> None:
         """Finish a request that ended in ``exc`` before its answer or stream was handed out."""
         failure: OmixaError | None = None
         usage: Usage | None = None
@@ -379,7 +328,7 @@ class Exchange:
             status = translate_upstream(exc).code
             if isinstance(exc, (UpstreamError, UpstreamTimeout)):
                 failure = exc
-        elif _is_cancellation(exc):
+        elif is_cancellation(exc):
             status, usage = self.cancelled_status(), self._delivered_usage("")
         else:
             log.exception("request %s failed", self.request_id, exc_info=exc)
@@ -458,33 +407,3 @@ class Exchange:
             ttft_ms=round((ttft - self._started) * 1000) if ttft is not None else None,
             created_at=self._created_at,
         )
-
-
-class _Failing:
-    """``async with exchange._failing():`` around the steps before an answer or a stream is
-    handed out: a failure there finishes the exchange (shielded) and goes on, an upstream's
-    error translated for the client (:func:`engine.errors.translate_upstream`)."""
-
-    __slots__ = ("_exchange",)
-
-    def __init__(self, exchange: Exchange) -> None:
-        self._exchange = exchange
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
-        if exc is None:
-            return False
-        await self._exchange._fail(exc)
-        if isinstance(exc, OmixaError):
-            raise translate_upstream(exc) from None
-        return False
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    """Cancelled, or a group of nothing but Cancelled (as a library's nursery raises it)."""
-    if isinstance(exc, BaseExceptionGroup):
-        rest = exc.split(trio.Cancelled)[1]
-        return rest is None
-    return isinstance(exc, trio.Cancelled)

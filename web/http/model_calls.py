@@ -22,7 +22,7 @@ from quart_trio import QuartTrio
 from omixa.engine.chat_request import ChatRequest
 from omixa.engine.embeddings import parse_embedding_request
 from omixa.engine.errors import InvalidRequest
-from omixa.engine.exchange import Caller
+from omixa.engine.exchange_context import Caller
 from omixa.engine.images import parse_image_request
 from omixa.engine.model_call import ModelCall
 from omixa.engine.relay import StreamRelay
