@@ -20,6 +20,7 @@ from omixa.engine.errors import InvalidRequest, NotFoundError
 from omixa.engine.exchange import Exchange
 from omixa.engine.exchange_context import Caller, Services
 from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.metrics import Metrics
 from omixa.engine.model_call import ModelCall
 from omixa.engine.providers import check_request, check_responses_request
 from omixa.engine.relay import StreamRelay
@@ -45,6 +46,7 @@ class ChatService:
         upstream: UpstreamConfig,
         limits: KeyLimiter,
         stored: StoredResponses,
+        metrics: Metrics | None = None,
     ) -> None:
         self._catalog = catalog
         self._router = router
@@ -59,6 +61,7 @@ class ChatService:
             streaming=streaming,
             upstream=upstream,
             draining=lambda: self._draining,
+            metrics=metrics,
         )
 
     @property

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -46,6 +46,8 @@ REASONING_DROPS = (
 class ChatRequest(TieredCall):
     """A checked request. ``output_tokens`` is the cap per choice the hold must cover;
     ``cap_is_clients`` says whether the client chose it (then it is never lowered)."""
+
+    api: ClassVar[str] = "chat"
 
     model: ModelInfo
     body: dict[str, Any]

@@ -75,6 +75,7 @@ class ClusterLink:
         self.instance_id = instance_id or f"inst_{secrets.token_hex(8)}"
         self._live_processes = live_processes
         self._alone: set[str] = set()
+        self.fallbacks: dict[str, int] = {}  # times each part went on alone
 
     def live_processes(self) -> int:
         """Processes of this gateway alive at the last check (this one included, at least 1)."""
@@ -96,6 +97,8 @@ class ClusterLink:
                 reason,
                 self.live_processes(),
             )
+        if part not in self._alone:
+            self.fallbacks[part] = self.fallbacks.get(part, 0) + 1
         self._alone.add(part)
 
     def rejoined(self, part: str) -> None:

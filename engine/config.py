@@ -237,6 +237,26 @@ class UsageConfig:
     buffer_limit: int = attrs.field(default=100_000, validator=_positive)
 
 
+def _host_port(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value == "":
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise FieldError(attribute.name, f"must be host:port (e.g. 127.0.0.1:9464), got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """GET /metrics, Prometheus's text format (engine/metrics.py)."""
+
+    enabled: bool = True
+    # A listener of its own (host:port; port 0 picks a free one) that serves only /metrics,
+    # without the admin token; empty: none (/metrics is then served on the API's address to OMIXA_ADMIN_TOKEN only).
+    bind: str = attrs.field(default="", validator=_host_port)
+    # How often the actors' state (windows, health, queues, pending holds) is sampled.
+    sample_seconds: float = attrs.field(default=5.0, validator=_positive)
+
+
 @attrs.frozen(kw_only=True)
 class DashboardConfig:
     """The developer dashboard (/usage, /catalog, /playground)."""
@@ -301,6 +321,7 @@ class Config:
     storage: StorageConfig = StorageConfig()
     wallet: WalletConfig = WalletConfig()
     usage: UsageConfig = UsageConfig()
+    metrics: MetricsConfig = MetricsConfig()
     streaming: StreamingConfig = StreamingConfig()
     dashboard: DashboardConfig = DashboardConfig()
     security: SecurityConfig = SecurityConfig()

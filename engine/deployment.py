@@ -90,7 +90,7 @@ class DeploymentActor:
         self._send, self._receive = trio.open_memory_channel[Acquire | Finish | Retune](MAILBOX_SIZE)
         self._ids = itertools.count(1)
         self._open: dict[int, Slot] = {}
-        self._counters = {"requests": 0, "failures": 0, "tokens_used": 0}
+        self._counters = {"requests": 0, "failures": 0, "tokens_used": 0, "cooldowns": 0, "breaker_opens": 0}
         self._last: tuple[str | None, str | None] = (None, None)
         self._latency: float | None = None
         self.snapshot = DeploymentSnapshot(
@@ -152,6 +152,11 @@ class DeploymentActor:
         """Take new settings, keeping window counts and health (see :mod:`engine.fleet`)."""
         reply: Reply[None] = Reply()
         await ask(self._send, Retune(config=config, provider=provider, reply=reply), reply)
+
+    @property
+    def mailbox_depth(self) -> int:
+        """Messages waiting in the mailbox now."""
+        return self._send.statistics().current_buffer_used
 
     def close(self) -> None:
         """Close the mailbox: the actor finishes what is queued and returns."""
@@ -394,13 +399,14 @@ class DeploymentActor:
     def _judge(self, message: Finish, now: float) -> None:
         """Update health from what the upstream did (and tell the other processes)."""
         failure, health = message.failure, self._health
-        probe = message.slot.probe
+        probe, before = message.slot.probe, health.state
         if isinstance(failure, UpstreamBusy):
             health.on_released()  # our own pool was full: the upstream was never asked
             if probe:
                 self._tell("release")
         elif isinstance(failure, UpstreamError) and failure.upstream_status == 429:
             self._counters["failures"] += 1
+            self._counters["cooldowns"] += 1
             health.on_rate_limited(now, failure.retry_after)
             wait = failure.retry_after if failure.retry_after is not None else health.cooldown_seconds
             self._tell("cool", wait)
@@ -426,6 +432,8 @@ class DeploymentActor:
             health.on_released()
             if probe:
                 self._tell("release")
+        if health.state == "open" and before != "open":
+            self._counters["breaker_opens"] += 1
         if failure is not None:
             self._last = (self._last[0], f"{failure.code}: {failure.message}"[:300])
             log.warning("deployment %s: %s (%s)", self.config.name, failure.message, health.state)
@@ -469,6 +477,8 @@ class DeploymentActor:
             requests=self._counters["requests"],
             failures=self._counters["failures"],
             tokens_used=self._counters["tokens_used"],
+            cooldowns=self._counters["cooldowns"],
+            breaker_opens=self._counters["breaker_opens"],
             health=state,
             available_at=available_at,
             room=room,

@@ -81,6 +81,8 @@ class DeploymentSnapshot:
     requests: int = 0
     failures: int = 0
     tokens_used: int = 0
+    cooldowns: int = 0  # 429s that cooled it down (this process's)
+    breaker_opens: int = 0  # times this process saw its breaker open
     health: str = "closed"  # closed, cooling, open, half_open
     available_at: float = 0.0  # trio time from which health lets requests through
     room: float = 1.0  # smallest remaining fraction over the windows (1.0: no limits)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -35,6 +35,8 @@ MAX_TOKEN_ID = 2**31 - 1
 @attrs.frozen(kw_only=True)
 class EmbeddingRequest(PlainCall):
     """A checked embeddings request; ``prompt_tokens`` is the exact input count."""
+
+    api: ClassVar[str] = "embeddings"
 
     model: ModelInfo
     body: dict[str, Any]

@@ -101,6 +101,7 @@ class Exchange:
         self._answer_items: list[str] = []  # and the ids of its output items
         self._opener: Opener | None = None  # how a stream is opened (again on failover)
         self._first_token_at: float | None = None
+        self._relaying = False  # a relay is open (counted in the metrics' open streams)
         self._finished = False
 
     # -- the two ways through -------------------------------------------------------------
@@ -140,7 +141,11 @@ class Exchange:
             self._opener = opener
             opened = await self._attempt(opener)
         services = self._services
-        return StreamRelay(self, opened, services.streaming, services.upstream.idle_timeout_seconds, frames=frames)
+        relay = StreamRelay(self, opened, services.streaming, services.upstream.idle_timeout_seconds, frames=frames)
+        if services.metrics is not None:
+            services.metrics.open_streams.inc()
+            self._relaying = True
+        return relay
 
     # -- step 1: limits and the hold ------------------------------------------------------
 
@@ -153,6 +158,7 @@ class Exchange:
         """
         request, caller, services = self._request, self._caller, self._services
         now = trio.current_time()
+        started = time.monotonic()
         self._admitted = await services.limits.admit_tokens(caller.key, request.estimated_tokens, now)
         reserved = await services.wallets.reserve(
             caller.account_id,
@@ -171,6 +177,8 @@ class Exchange:
             ),
         )
         self._hold = reserved.hold
+        if services.metrics is not None:
+            services.metrics.hold_wait.labels(request.model.id).observe(time.monotonic() - started)
         self._estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
         self._upstream_body = request.build_body(reserved.output_tokens)
 
@@ -226,6 +234,11 @@ class Exchange:
                 if not self.may_fail_over(exc):
                     raise
                 await self._retire_attempt(exc)
+            finally:
+                if self._services.metrics is not None:
+                    self._services.metrics.upstream_duration.labels(request.model.id, actor.config.name).observe(
+                        time.monotonic() - self._attempt_started
+                    )
 
     def may_fail_over(self, failure: OmixaError) -> bool:
         """Whether ``failure`` of the current attempt may be retried on another deployment."""
@@ -241,7 +254,11 @@ class Exchange:
         lease, self._lease = self._lease, None
         assert lease is not None
         latency = time.monotonic() - self._attempt_started
-        await lease.finish(None, translate_upstream(failure).code, latency, failure)
+        status = translate_upstream(failure).code
+        await lease.finish(None, status, latency, failure)
+        if (metrics := self._services.metrics) is not None:
+            metrics.attempt_ended(self._request.model.id, lease.actor.config.name, status, failure)
+            metrics.failovers.labels(self._request.model.id, lease.actor.config.name).inc()
         self._tried.add(lease.actor.config.name)
         self._last_failure = failure
         log.warning(
@@ -349,18 +366,29 @@ class Exchange:
             used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
             services.limits.settle(self._caller.key_id, self._admitted, request.estimated_tokens, used)
         entry = self._log(status, usage or Usage(), latency)
+        settle_wait: float | None = None
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self._hold is not None:
+                settle_started = time.monotonic()
                 charged = await services.wallets.finalize(
                     self._caller.account_id, self._hold, cost, entry=entry, request_id=self.request_id
                 )
+                settle_wait = time.monotonic() - settle_started
             if self._lease is not None:
                 await self._lease.finish(usage, status, latency, failure)
+                if services.metrics is not None:
+                    services.metrics.attempt_ended(request.model.id, self._lease.actor.config.name, status, failure)
                 if self._answer_id is not None:
                     await self._remember(self._answer_id, self._lease, usage if status == "ok" else None)
         if scope.cancelled_caught:
             log.error("request %s: settling timed out; the hold expires later", self.request_id)
-        services.usage.record(attrs.evolve(entry, cost=charged), self._hold.id if self._hold is not None else None)
+        entry = attrs.evolve(entry, cost=charged)
+        services.usage.record(entry, self._hold.id if self._hold is not None else None)
+        if services.metrics is not None:
+            if self._relaying:
+                services.metrics.open_streams.dec()
+            attempts = len(self._tried) + (self._lease is not None)
+            services.metrics.finished(request.api, entry, attempts, settle_wait)
 
     async def _remember(self, answer_id: str, lease: Lease, usage: Usage | None) -> None:
         """Record where the upstream stores this answer, so a follow-up goes there. ``usage``:

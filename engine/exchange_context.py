@@ -14,6 +14,7 @@ import trio
 from omixa.engine.config import StreamingConfig, UpstreamConfig, WalletConfig
 from omixa.engine.errors import OmixaError, UpstreamError, UpstreamTimeout, translate_upstream
 from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.metrics import Metrics
 from omixa.engine.router import Router
 from omixa.engine.stored_responses import StoredResponses
 from omixa.engine.usage import UsageAggregator
@@ -47,7 +48,7 @@ class Caller:
 class Services:
     """What an exchange uses: the actors' front ends and the settings of the path.
     ``draining`` says whether shutdown has begun (a request cancelled from then on is
-    ``interrupted``, not ``client_closed``)."""
+    ``interrupted``, not ``client_closed``); ``metrics``, None when they are off."""
 
     router: Router
     wallets: WalletPool
@@ -58,6 +59,7 @@ class Services:
     streaming: StreamingConfig
     upstream: UpstreamConfig
     draining: Callable[[], bool]
+    metrics: Metrics | None = None
 
 
 def retryable(exc: OmixaError) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Collection
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -47,6 +47,8 @@ class ImageUsage(Usage):
 class ImageRequest(PlainCall):
     """A checked request. ``output_tokens`` is the worst case per image; ``hold_amount``
     the most the request can cost (see the module docstring)."""
+
+    api: ClassVar[str] = "images"
 
     model: ModelInfo
     body: dict[str, Any]

@@ -9,7 +9,7 @@ holds, routes, calls, settles and records is written once.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import attrs
 
@@ -29,6 +29,9 @@ class StoredAnswer:
 class ModelCall(Protocol):
     """A checked request of any endpoint, as the shared path needs it (read-only: the
     requests are frozen)."""
+
+    # The API it came through, for metrics: chat, responses, embeddings, images.
+    api: ClassVar[str]
 
     @property
     def model(self) -> ModelInfo: ...

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -54,6 +54,8 @@ REFUSED = {
 @attrs.frozen(kw_only=True)
 class ResponsesRequest(TieredCall):
     """A checked Responses API request (see :class:`engine.model_call.ModelCall`)."""
+
+    api: ClassVar[str] = "responses"
 
     model: ModelInfo
     body: dict[str, Any]

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
+from importlib.metadata import version
 
 import attrs
 import trio
@@ -35,6 +36,8 @@ from omixa.engine.fleet import Fleet
 from omixa.engine.instances import InstanceMonitor, new_instance_id
 from omixa.engine.intake import Intake
 from omixa.engine.keylimits import KeyLimiter
+from omixa.engine.metrics import Metrics
+from omixa.engine.metrics_sampler import MetricsSampler
 from omixa.engine.reports import Reports
 from omixa.engine.router import Router
 from omixa.engine.secretbox import secret_box_from_env
@@ -74,6 +77,8 @@ class Engine:
     signatures: SignatureVerifier
     supervision: Supervision
     coordinator: Coordinator | None = None
+    metrics: Metrics | None = None  # None: [metrics] enabled = false
+    sampler: MetricsSampler | None = None
 
     @property
     def deployments(self) -> list[DeploymentActor]:
@@ -150,6 +155,7 @@ async def open_engine(
         else ClusterLink(coordinator, config.cluster, lambda: monitor.live, instance_id=instance_id)
     )
     supervision = Supervision()
+    metrics = Metrics(shared_limits=cluster is not None) if config.metrics.enabled else None
     fleet = Fleet(
         supervision=supervision,
         catalog=catalog,
@@ -191,11 +197,30 @@ async def open_engine(
             upstream=config.upstream,
             limits=limits,
             stored=StoredResponses(storage, router),
+            metrics=metrics,
         ),
         signatures=verifier,
         supervision=supervision,
         coordinator=coordinator,
+        metrics=metrics,
+        sampler=None
+        if metrics is None
+        else MetricsSampler(
+            metrics,
+            deployments=lambda: fleet.actors,
+            wallets=wallets,
+            usage=usage,
+            storage=storage,
+            readiness=lambda: engine.readiness(),
+            cluster=cluster,
+            interval=config.metrics.sample_seconds,
+        ),
     )
+    if metrics is not None:
+        metrics.build_info.labels(version("omixa")).set(1)
+        storage.observe_call = metrics.storage_call
+        if coordinator is not None:
+            coordinator.observe_call = metrics.redis_call
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fleet.run, config.deployments, name="deployments")
@@ -222,10 +247,20 @@ async def open_engine(
                     await supervised("storage", maintain_storage, supervision=supervision, task_status=task_status)
 
             await nursery.start(run_upkeep, name="storage-maintenance")
+            sampling = trio.CancelScope()
+            if engine.sampler is not None:
+                sample = engine.sampler.run
+
+                async def run_sampler(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    with sampling:
+                        await supervised("metrics", sample, supervision=supervision, task_status=task_status)
+
+                await nursery.start(run_sampler, name="metrics-sampler")
             try:
                 yield engine
             finally:
                 upkeep.cancel()
+                sampling.cancel()
                 # Every actor returns once its mailbox is closed and drained.
                 wallets.close()
                 usage.close()
@@ -234,5 +269,8 @@ async def open_engine(
                 monitor.close()
                 nursery.cancel_scope.deadline = trio.current_time() + DRAIN_TIMEOUT
     finally:
+        storage.observe_call = None
+        if coordinator is not None:
+            coordinator.observe_call = None
         with trio.move_on_after(5, shield=True):
             await fleet.clients.aclose()

@@ -81,6 +81,11 @@ class UsageAggregator:
             log.error("usage aggregator closed: request log %s dropped", entry.id)
 
     @property
+    def depths(self) -> tuple[int, int]:
+        """Records waiting in the mailbox, and in the overflow buffer."""
+        return self._send.statistics().current_buffer_used, len(self._overflow)
+
+    @property
     def backlog(self) -> int:
         """Records received and not yet written (or dropped)."""
         return self.recorded - self.written - self.dropped

@@ -302,6 +302,7 @@ class WalletPool:
         # Group commits applied (batches of two messages or more) and the messages in them.
         self.group_commits = 0
         self.grouped_messages = 0
+        self.expired_holds = 0  # pending holds past their expiry that the sweeper voided
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._closed = trio.Event()
@@ -327,6 +328,11 @@ class WalletPool:
         for actor in list(self._actors.values()):
             actor.send.close()
         self._closed.set()
+
+    def mailbox_depths(self) -> tuple[int, int]:
+        """The wallet actors alive now, and the deepest of their mailboxes."""
+        actors = list(self._actors.values())
+        return len(actors), max((a.send.statistics().current_buffer_used for a in actors), default=0)
 
     def _forget(self, actor: WalletActor) -> None:
         if self._actors.get(actor.account_id) is actor:
@@ -418,4 +424,5 @@ class WalletPool:
                     log.warning("hold sweeper: storage failed: %s", exc)
                     continue
                 if voided:
+                    self.expired_holds += voided
                     log.warning("hold sweeper: voided %d expired holds", voided)

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 import secrets
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -347,3 +348,15 @@ LEDGER_SELECT = (
 REQUEST_LOG_SELECT = f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs"
 ROLLUP_SELECT = f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
 ROLLUP_LATENCY_SELECT = "SELECT bucket_start, model, bin, count FROM usage_rollup_latency"
+
+
+def public_caller(depth: int = 2) -> str:
+    """The name of the nearest public method above a backend's seam (``depth`` frames up
+    is the seam's caller; private helpers between are skipped), for the call's metrics."""
+    frame = sys._getframe(depth)
+    for _ in range(4):
+        name = frame.f_code.co_name
+        if not name.startswith("_") or frame.f_back is None:
+            return name
+        frame = frame.f_back
+    return frame.f_code.co_name

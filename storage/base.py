@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -37,10 +37,12 @@ from omixa.storage.records import (
     FinalizeHold,
     Hold,
     HoldContext,
+    HoldSummary,
     Instance,
     LedgerEntry,
     LedgerProblem,
     NewHold,
+    PoolStats,
     RequestLog,
     RequestLogFilter,
     RollupRow,
@@ -57,7 +59,12 @@ class Storage(abc.ABC):
     """One database. All methods are async (trio) and safe to call concurrently.
 
     Cancellation: a cancelled call either committed fully or not at all.
+
+    ``observe_call``, when set (the engine's metrics), is told each database call's name (the
+    public method that made it) and its duration in seconds, cancelled or failed calls too.
     """
+
+    observe_call: Callable[[str, float], None] | None = None
 
     # -- accounts and keys -------------------------------------------------------------
     @abc.abstractmethod
@@ -289,6 +296,16 @@ class Storage(abc.ABC):
         ``stale_after``: recover only if, inside the transaction, the instance's heartbeat is
         still older than this many seconds by the database's clock (a heartbeat that arrived
         since the caller looked wins); otherwise change nothing and return no logs."""
+
+    # -- monitoring -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def hold_summary(self) -> HoldSummary:
+        """Every account's pending holds: count, money locked, the oldest's creation (one
+        read of the pending holds through their state index)."""
+
+    @abc.abstractmethod
+    def pool_stats(self) -> PoolStats:
+        """This process's database connections, read without a call (for metrics)."""
 
     # -- lifecycle ------------------------------------------------------------------------
     async def maintain(self) -> None:

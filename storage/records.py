@@ -245,3 +245,26 @@ class StoredResponse:
     context_tokens: int  # its input plus its output tokens: what it adds to a follow-up's context
     output_tokens: int  # the most any of its output items adds to a request that sends it back
     created_at: dt.datetime
+
+
+@attrs.frozen(kw_only=True)
+class HoldSummary:
+    """The pending holds of every account: how many, the money they lock (by the ledger's
+    invariants, the sum of the accounts' ``locked``), and when the oldest was created."""
+
+    pending: int
+    locked: int
+    oldest_created_at: dt.datetime | None
+
+
+@attrs.frozen(kw_only=True)
+class PoolStats:
+    """The database connections of this process, for monitoring: the most it opens, those
+    serving a call and idle ones, calls waiting for one now, and calls that had to wait
+    since the storage opened (SQLite: one connection, used by one call at a time)."""
+
+    max_size: int
+    in_use: int
+    idle: int
+    waiting: int
+    waits: int

@@ -129,6 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 )
             )
             freeze_start_up_objects()
+            if gateway.metrics_url is not None:
+                _print(OMIXA_METRICS_URL=gateway.metrics_url)
             _print(OMIXA_BASE_URL=gateway.base_url)
 
     async def serve() -> int:
@@ -151,6 +153,8 @@ def _supervise(args: argparse.Namespace, config: Config, workers: int) -> int:
         async def main() -> int:
             async with trio.open_nursery() as nursery:
                 root = await nursery.start(supervisor.run)
+                if supervisor.metrics_url is not None:
+                    _print(OMIXA_METRICS_URL=supervisor.metrics_url)
                 _print(OMIXA_BASE_URL=f"{root}/api/v1")
             return 0
 

@@ -31,6 +31,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from omixa.engine.cluster import WHOLE, Share
 from omixa.engine.config import Config, storage_url
+from omixa.engine.metrics import serving
 from omixa.engine.runtime import Engine, open_engine
 from omixa.storage import open_storage
 from omixa.storage.coordination import Coordinator, open_coordinator
@@ -102,6 +103,7 @@ class Gateway:
     base_url: str  # http://HOST:PORT/api/v1
     root_url: str  # http://HOST:PORT
     engine: Engine
+    metrics_url: str | None = None  # the [metrics] bind listener, when this process serves one
 
 
 async def wait_for_signal() -> None:
@@ -198,9 +200,17 @@ async def run_gateway(
                     )
                     nursery.cancel_scope.cancel()  # the server is done: stop the watcher
 
-                async with trio.open_nursery() as nursery:
-                    binds = await nursery.start(serve)
-                    if config_path is not None:
-                        nursery.start_soon(watch_config, engine, config_path, config.server.reload_poll_seconds)
-                    root = binds[0]
-                    task_status.started(Gateway(base_url=f"{root}/api/v1", root_url=root, engine=engine))
+                with contextlib.ExitStack() as listeners:
+                    metrics_url = None
+                    if engine.metrics is not None and engine.metrics.registry is not None and config.metrics.bind:
+                        # (A worker's metrics are served by its supervisor, for all workers.)
+                        metrics_url = listeners.enter_context(serving(config.metrics.bind, engine.metrics.registry))
+                        log.info("metrics at %s", metrics_url)
+                    async with trio.open_nursery() as nursery:
+                        binds = await nursery.start(serve)
+                        if config_path is not None:
+                            nursery.start_soon(watch_config, engine, config_path, config.server.reload_poll_seconds)
+                        root = binds[0]
+                        task_status.started(
+                            Gateway(base_url=f"{root}/api/v1", root_url=root, engine=engine, metrics_url=metrics_url)
+                        )

@@ -15,6 +15,11 @@ the ``instances`` table.
   ``[[deployments]]``).
 - Without ``OMIXA_SESSION_SECRET``, the supervisor draws one for all its workers, so a
   dashboard session works whichever worker a request reaches.
+- Metrics (``[metrics] enabled``): the supervisor makes an empty folder for prometheus-client's
+  multiprocess mode and names it to the workers (``PROMETHEUS_MULTIPROC_DIR``), so whichever
+  worker answers ``GET /metrics`` reports the sum of all; a dead worker's live gauges are
+  dropped before it is started again; the supervisor serves ``[metrics] bind`` itself, from
+  the same folder, and removes the folder when it stops.
 - Workers run in their own session, so a terminal's Ctrl-C reaches the supervisor only (and
   each worker once, from it); a worker whose supervisor died (SIGKILL) shuts down as on
   SIGTERM within :data:`ORPHAN_CHECK_SECONDS`.
@@ -27,18 +32,22 @@ nonce is remembered by the worker that saw it only. This is logged at start.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import trio
 
 from omixa.engine.config import Config
+from omixa.engine.metrics import exposition_registry, mark_process_dead, serving
 from omixa.web.server import wait_for_signal
 
 log = logging.getLogger("omixa.workers")
@@ -100,6 +109,11 @@ class Supervisor:
         self._stopping = False
         self.restarts = 0
         self._env = dict(os.environ)
+        self._metrics_dir: str | None = None
+        self.metrics_url: str | None = None  # the [metrics] bind listener, once serving
+        if config.metrics.enabled:
+            self._metrics_dir = tempfile.mkdtemp(prefix="omixa-metrics-")
+            self._env["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
         if not self._env.get("OMIXA_SESSION_SECRET"):
             # A dashboard session signed by one worker must be valid in every other.
             self._env["OMIXA_SESSION_SECRET"] = secrets.token_urlsafe(32)
@@ -127,6 +141,16 @@ class Supervisor:
         Errors: RuntimeError when a worker fails before it ever served.
         """
         self._say_how_limits_work()
+        with contextlib.ExitStack() as cleanup:
+            if self._metrics_dir is not None:
+                cleanup.callback(shutil.rmtree, self._metrics_dir, ignore_errors=True)
+                if self._config.metrics.bind:
+                    registry = exposition_registry(self._metrics_dir)
+                    self.metrics_url = cleanup.enter_context(serving(self._config.metrics.bind, registry))
+                    log.info("metrics of every worker at %s", self.metrics_url)
+            await self._supervise(task_status)
+
+    async def _supervise(self, task_status: trio.TaskStatus[str]) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 ready = [trio.Event() for _ in range(self._count)]
@@ -173,6 +197,8 @@ class Supervisor:
                     process.kill()
                     with trio.CancelScope(shield=True):
                         await process.wait()
+            if self._metrics_dir is not None:
+                mark_process_dead(process.pid, self._metrics_dir)
             if self._stopping:
                 return
             if not ready.is_set():

@@ -13,13 +13,15 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import trio
 
+from omixa.storage._common import public_caller
 from omixa.storage.coordination.connection import RedisPool, RedisReplyError
 from omixa.storage.coordination.scripts import DEPLOYMENT_BATCH, KEYS_BATCH
 
@@ -112,7 +114,12 @@ def _list(value: Any) -> list[Any]:
 
 
 class Coordinator:
-    """One pool of Redis connections per process. Every call is bounded by ``timeout`` seconds."""
+    """One pool of Redis connections per process. Every call is bounded by ``timeout`` seconds.
+
+    ``observe_call``, when set (the engine's metrics), is told each call's name (the public
+    method: deployment, keys, claim, ping), whether Redis answered, and its duration."""
+
+    observe_call: Callable[[str, bool, float], None] | None = None
 
     def __init__(self, pool: RedisPool, *, prefix: str, timeout: float, where: str) -> None:
         self._pool = pool
@@ -121,6 +128,18 @@ class Coordinator:
         self.where = where  # host:port/db, for logs (never the password)
 
     async def _call(self, *args: Any) -> Any:
+        observe = self.observe_call
+        if observe is None:
+            return await self._send(*args)
+        started, ok = time.perf_counter(), False
+        try:
+            answer = await self._send(*args)
+            ok = True
+            return answer
+        finally:
+            observe(public_caller(), ok, time.perf_counter() - started)
+
+    async def _send(self, *args: Any) -> Any:
         with trio.move_on_after(self._timeout) as scope:
             try:
                 async with self._pool.connection() as conn:

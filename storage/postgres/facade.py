@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from omixa.storage._common import (
     check_amount,
     merge_rollup_rows,
     new_id,
+    public_caller,
     request_log_where,
     require_aware,
     wallet_steps,
@@ -53,9 +55,11 @@ from omixa.storage.records import (
     Account,
     ApiKeyRecord,
     Hold,
+    HoldSummary,
     Instance,
     LedgerEntry,
     LedgerProblem,
+    PoolStats,
     RequestLog,
     RequestLogFilter,
     RollupRow,
@@ -110,10 +114,14 @@ class PostgresStorage(Storage):
         """
         if self._closed:
             raise StorageError("storage is closed")
+        observe, started = self.observe_call, time.perf_counter()
         try:
             return await self._bridge.run(fn, self._pool, *args)
         except DRIVER_ERRORS as exc:
             raise StorageError(f"postgresql: {exc}") from exc
+        finally:
+            if observe is not None:
+                observe(public_caller(), time.perf_counter() - started)
 
     # -- accounts and keys ----------------------------------------------------------------------
     async def create_account(self, email: str) -> Account:
@@ -264,6 +272,15 @@ class PostgresStorage(Storage):
     async def verify_ledger(self) -> list[LedgerProblem]:
         rows = await self._run(fetch, verify_ledger_sql())
         return [LedgerProblem(**r) for r in rows]
+
+    # -- monitoring -----------------------------------------------------------------------
+    async def hold_summary(self) -> HoldSummary:
+        row = await self._run(fetchrow, SQL.PENDING_HOLDS)
+        assert row is not None
+        return HoldSummary(pending=row["pending"], locked=row["locked"] or 0, oldest_created_at=row["oldest"])
+
+    def pool_stats(self) -> PoolStats:
+        return self._pool.stats()
 
     # -- usage ----------------------------------------------------------------------------
     async def insert_request_logs(self, logs: Sequence[RequestLog], *, hold_ids: Sequence[str] = ()) -> None:

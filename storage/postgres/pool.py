@@ -29,6 +29,8 @@ from typing import Any
 
 import asyncpg
 
+from omixa.storage.records import PoolStats
+
 # Bound on resetting a connection whose call was interrupted; past it, it is terminated.
 RESET_TIMEOUT = 5.0
 
@@ -42,7 +44,9 @@ class ConnectionPool:
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
         self._min_size = min_size
+        self._max_size = max_size
         self._slots = asyncio.Semaphore(max_size)
+        self._waits = 0  # calls that found every connection in use
         self._idle: list[asyncpg.Connection] = []
         self._in_use: set[asyncpg.Connection] = set()
         self._resetting: dict[asyncio.Future[None], asyncpg.Connection] = {}
@@ -64,6 +68,8 @@ class ConnectionPool:
         reset first)."""
         if self._closed:
             raise asyncpg.InterfaceError("the pool is closed")
+        if self._slots.locked():
+            self._waits += 1
         await self._slots.acquire()
         try:
             conn = await self._take()
@@ -82,6 +88,17 @@ class ConnectionPool:
             raise
         else:
             self._give_back(conn)
+
+    def stats(self) -> PoolStats:
+        """Connections now (a connection being reset counts as in use: it holds its slot)."""
+        waiters = getattr(self._slots, "_waiters", None) or ()
+        return PoolStats(
+            max_size=self._max_size,
+            in_use=len(self._in_use) + len(self._resetting),
+            idle=len(self._idle),
+            waiting=len(waiters),
+            waits=self._waits,
+        )
 
     def _give_back(self, conn: asyncpg.Connection) -> None:
         self._in_use.discard(conn)

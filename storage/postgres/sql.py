@@ -172,6 +172,10 @@ class SQL:
     VOID_HOLDS = """
         UPDATE holds SET state = 'voided', finalized_at = now() WHERE id = ANY($1::text[])"""
     LEDGER_ENTRIES = f"{LEDGER_SELECT} WHERE account_id = $1 ORDER BY id"
+    PENDING_HOLDS = (
+        "SELECT count(*) AS pending, sum(amount)::bigint AS locked, min(created_at) AS oldest"
+        " FROM holds WHERE state = 'pending'"
+    )
     LIST_LEDGER = f"""{LEDGER_SELECT}
         WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"""
     GET_LEDGER_ENTRY = f"{LEDGER_SELECT} WHERE id = $1 AND account_id = $2"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from omixa.storage._common import (
     StoredItemRow,
     check_amount,
     new_id,
+    public_caller,
     request_log_where,
     require_aware,
     wallet_steps,
@@ -42,9 +44,11 @@ from omixa.storage.records import (
     Account,
     ApiKeyRecord,
     Hold,
+    HoldSummary,
     Instance,
     LedgerEntry,
     LedgerProblem,
+    PoolStats,
     RequestLog,
     RequestLogFilter,
     RollupRow,
@@ -106,7 +110,14 @@ class SQLiteStorage(Storage):
         """
         if self._closed:
             raise StorageError("storage is closed")
-        return await trio.to_thread.run_sync(self._run, fn, args, write, limiter=self._limiter)
+        observe = self.observe_call
+        if observe is None:
+            return await trio.to_thread.run_sync(self._run, fn, args, write, limiter=self._limiter)
+        started = time.perf_counter()
+        try:
+            return await trio.to_thread.run_sync(self._run, fn, args, write, limiter=self._limiter)
+        finally:
+            observe(public_caller(), time.perf_counter() - started)
 
     def _run(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
         conn = self._conn
@@ -259,6 +270,21 @@ class SQLiteStorage(Storage):
     async def verify_ledger(self) -> list[LedgerProblem]:
         return await self._records(LedgerProblem, verify_ledger_sql())
 
+    # -- monitoring -----------------------------------------------------------------------
+    async def hold_summary(self) -> HoldSummary:
+        count, locked, oldest = await self._call(_pending_holds)
+        return HoldSummary(pending=count, locked=locked or 0, oldest_created_at=from_us(oldest))
+
+    def pool_stats(self) -> PoolStats:
+        stats = self._limiter.statistics()
+        return PoolStats(
+            max_size=1,
+            in_use=stats.borrowed_tokens,
+            idle=1 - stats.borrowed_tokens,
+            waiting=stats.tasks_waiting,
+            waits=0,
+        )
+
     # -- usage ----------------------------------------------------------------------------
     async def insert_request_logs(self, logs: Sequence[RequestLog], *, hold_ids: Sequence[str] = ()) -> None:
         if not logs and not hold_ids:
@@ -352,3 +378,8 @@ class SQLiteStorage(Storage):
         with trio.move_on_after(10, shield=True):
             await self._call(connection.close)
         self._closed = True
+
+
+def _pending_holds(conn: sqlite3.Connection) -> tuple[int, int | None, int | None]:
+    row = conn.execute("SELECT count(*), sum(amount), min(created_at) FROM holds WHERE state = 'pending'").fetchone()
+    return row[0], row[1], row[2]

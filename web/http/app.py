@@ -31,6 +31,7 @@ from omixa.engine.errors import (
     RequestTooLarge,
 )
 from omixa.engine.intake import decode_json
+from omixa.engine.metrics import CONTENT_TYPE
 from omixa.engine.money import format_usd
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
@@ -104,14 +105,30 @@ def create_app(engine: Engine) -> QuartTrio:
 
     admin_token = os.environ.get("OMIXA_ADMIN_TOKEN", "")
 
-    @app.get("/admin/deployments")
-    async def admin_deployments() -> Response:
-        """Each deployment's published state, for operators (bearer OMIXA_ADMIN_TOKEN)."""
+    def require_admin() -> None:
+        """Operators only (bearer OMIXA_ADMIN_TOKEN); without that token set, no such route."""
         if not admin_token:
             raise NotFoundError(f"No route for {request.method} {request.path}.")
         scheme, _, token = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), admin_token.encode()):
             raise InvalidApiKey("Send the admin token as 'Authorization: Bearer ...'.")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus's text format, for operators (engine/metrics.py; also on ``[metrics]
+        bind``, without the token). This process's sampled state is read first."""
+        if engine.metrics is None:
+            raise NotFoundError(f"No route for {request.method} {request.path}.")
+        require_admin()
+        if engine.sampler is not None:
+            await engine.sampler.sample()
+        body = await trio.to_thread.run_sync(engine.metrics.exposition)
+        return Response(body, status=200, content_type=CONTENT_TYPE)
+
+    @app.get("/admin/deployments")
+    async def admin_deployments() -> Response:
+        """Each deployment's published state, for operators (bearer OMIXA_ADMIN_TOKEN)."""
+        require_admin()
         now = trio.current_time()
         return json_response({"object": "list", "data": [_deployment_view(actor, now) for actor in engine.deployments]})
 

@@ -40,6 +40,7 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 def error_response(exc: OmixaError, request_id: str, headers: dict[str, str] | None = None) -> Response:
     payload = exc.envelope(request_id)
+    g.error_code = exc.code  # for the request's metrics (web.http.gate)
     headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
     if exc.retry_after is not None and exc.status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))

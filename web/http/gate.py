@@ -15,7 +15,8 @@ On the way in (``before_request``, in this order, before any view):
    that matches no route, or a method the route does not allow, is left to the router
    (404/405) without authentication. Nothing is held or sent upstream before this passed.
 
-On the way out (``after_request``): ``x-request-id``; on the chat routes, the headers that
+On the way out (``after_request``): ``x-request-id``; the request counted in the metrics (by
+route template, method, status and error code); on the chat routes, the headers that
 keep proxies from buffering a stream (sent on every response of those routes, streamed or
 not, error or not); for a known key, OpenAI's ``x-ratelimit-*`` headers.
 """
@@ -44,6 +45,8 @@ PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
 PAID_PATHS = frozenset({"/api/v1/chat/completions", "/api/v1/embeddings", "/api/v1/images/generations"})
 # The routes that stream chat completions (the API's and the dashboard playground's).
 CHAT_PATHS = frozenset({"/api/v1/chat/completions", "/playground/chat/completions"})
+# Methods counted by name in the metrics (any other is "other": labels stay bounded).
+METHODS = frozenset({"GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"})
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
@@ -80,9 +83,19 @@ def register(app: QuartTrio, engine: Engine) -> None:
         )
         g.key = await engine.access.authenticate(head, partial(raw_body, max_body))
 
+    metrics = engine.metrics
+
     @app.after_request
     async def end_request(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = current_request_id()
+        if metrics is not None:
+            rule = request.url_rule
+            metrics.http_requests.labels(
+                rule.rule if rule is not None else "unmatched",
+                request.method if request.method in METHODS else "other",
+                str(response.status_code),
+                g.get("error_code", ""),
+            ).inc()
         if request.path in CHAT_PATHS:
             # Proxies and CDNs must not buffer, transform or move these to HTTP/3 (the API
             # docs promise the headers on the response).
