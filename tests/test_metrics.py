@@ -5,14 +5,20 @@ without; ``[metrics] enabled = false`` removes it."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 
 import httpx
 import pytest
 import trio
 from fake_azure import open_fake_azure
+from cluster_helpers import funded_key
+from demo_helpers import read_values
 from harness import MODEL, azure_deployment, open_gateway
+from test_cli import OMIXA
+from test_workers_e2e import worker_pids
 from prometheus_client.parser import text_string_to_metric_families
 
 ADMIN = "metrics-admin-token"
@@ -229,3 +235,68 @@ async def test_metrics_off_means_no_route_and_nothing_counted(tmp_path, monkeypa
             assert (await chat(client, gw, key)).status_code == 200
         assert gw.engine.metrics is None
         assert (await scrape(f"{gw.root_url}/metrics")).status_code == 404
+
+
+@pytest.mark.slow
+async def test_workers_share_one_exposition_and_a_killed_workers_counts_stay(postgres_url, aio_loop, tmp_path):
+    """``omixa serve --workers 2``: whichever worker answers ``/metrics``, and the
+    supervisor's ``[metrics] bind``, report the sum over both; a worker killed with SIGKILL
+    keeps its counts, and its restarted successor adds to them."""
+    async with open_fake_azure() as fake:
+        config = tmp_path / "omixa.toml"
+        config.write_text(
+            f'[storage]\nurl = "{postgres_url}"\n[limits]\nkey_rpm = 0\n'
+            '[metrics]\nbind = "127.0.0.1:0"\n'
+            "[wallet]\ninstance_heartbeat_seconds = 1\ninstance_stale_seconds = 3\n"
+            f'[[deployments]]\nname = "e1"\nmodel = "{MODEL}"\nendpoint = "{fake.endpoint}"\n'
+            'deployment = "d"\napi_key = "env:FAKE_AZURE_KEY"\n'
+        )
+        _, key = await funded_key(postgres_url, aio_loop)
+        env = {**os.environ, "FAKE_AZURE_KEY": fake.api_key, "OMIXA_ADMIN_TOKEN": ADMIN}
+        process = await trio.lowlevel.open_process(
+            [OMIXA, "serve", "--config", str(config), "--port", "0", "--workers", "2"], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            found = await read_values(process, {"OMIXA_BASE_URL", "OMIXA_METRICS_URL"})
+            base_url, metrics_url = found["OMIXA_BASE_URL"], found["OMIXA_METRICS_URL"]
+            root = base_url.removesuffix("/api/v1")
+
+            async def send(count: int) -> None:
+                # A connection each, so the kernel spreads them over the workers.
+                for _ in range(count):
+                    async with httpx.AsyncClient(timeout=20) as client:
+                        response = await client.post(
+                            f"{base_url}/chat/completions",
+                            headers={"Authorization": f"Bearer {key}"},
+                            json={"model": MODEL, "messages": MESSAGES, "max_tokens": 5},
+                        )
+                        assert response.status_code == 200, response.text
+
+            async def totals() -> list[dict]:
+                """The supervisor's exposition, and several through the API's port."""
+                scrapes = [parse((await scrape(metrics_url, token=None)).text)]
+                for _ in range(6):
+                    scrapes.append(parse((await scrape(f"{root}/metrics")).text))
+                return scrapes
+
+            await send(10)
+            for samples in await totals():
+                assert value(samples, "omixa_requests_total", status="ok") == 10
+                assert value(samples, "omixa_upstream_attempts_total", outcome="ok") == 10
+                assert value(samples, "omixa_request_duration_seconds_count") == 10
+                assert value(samples, "omixa_build_info") == 1  # livemax: one, not one per worker
+                assert value(samples, "omixa_db_connections", state="max") >= 2  # livesum: both pools
+            pids = await worker_pids(postgres_url, aio_loop)
+            assert len(pids) == 2
+            os.kill(pids.pop(), signal.SIGKILL)
+            with trio.fail_after(60):  # restarted (a new pid) and serving
+                while len(await worker_pids(postgres_url, aio_loop) - pids) < 1:
+                    await trio.sleep(0.2)
+            await send(4)
+            for samples in await totals():
+                assert value(samples, "omixa_requests_total", status="ok") == 14
+                assert value(samples, "omixa_build_info") == 1
+        finally:
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                assert await process.wait() == 0
