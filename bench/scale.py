@@ -12,6 +12,13 @@ its own (pinned with the load generator and the upstream to core 1):
   a two-core machine the second worker shares core 1 with the upstream and the load
   generator, so the ratio says what this machine allows, not what two free cores give.
 
+- ``metrics``: one ``omixa serve`` pinned to core 0, without Redis, with ``[metrics] enabled =
+  false`` and with metrics on (``[metrics] bind``, scraped every ``--scrape-seconds`` during
+  the window, as Prometheus would), in interleaved rounds: c64 req/s, CPU per request, p50
+  at one connection.
+
+``--only redis,workers,metrics`` picks the studies (default: all three).
+
 The deployment and the key have limits far above the load (rpm 10^8, tpm 10^12 and 2 x 10^9), so every
 request is counted in the shared windows and nothing is refused. No figure is asserted.
 """
@@ -27,7 +34,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--out", help="results folder (default bench/results/scale-<timestamp>)")
+    ap.add_argument("--only", default="redis,workers,metrics", help="comma-separated studies to run")
+    ap.add_argument("--scrape-seconds", type=float, default=5.0, help="metrics study: scrape interval")
     args = ap.parse_args(argv)
+    studies = set(args.only.split(","))
     started = time.strftime("%Y-%m-%dT%H-%M-%SZ", time.gmtime())
     outdir = Path(args.out) if args.out else BENCH / "results" / f"scale-{started}"
     outdir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         redis = Redis(side)
         load = Load(side, outdir)
         configs = {}
-        for name, cluster in (("local", ""), ("redis", f'[cluster]\nredis_url = "{redis.url}"\n')):
+        metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
+        sections = (
+            ("local", ""),
+            ("redis", f'[cluster]\nredis_url = "{redis.url}"\n'),
+            ("metrics-off", "[metrics]\nenabled = false\n"),
+            ("metrics-on", f'[metrics]\nbind = "{metrics_url.removeprefix("http://").removesuffix("/metrics")}"\n'),
+        )
+        for name, cluster in sections:
             configs[name] = tmp / f"{name}.toml"
             configs[name].write_text(CONFIG.format(
                 db=PG_URL.format(db=db), cluster=cluster, model=MODEL_FAST, endpoint=fast.endpoint,
@@ -205,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"key create failed: {err}")
         auth = f"Authorization: Bearer {values(out)['OMIXA_API_KEY']}"
 
-        def measure(gateway: Gateway, label: str, latency: bool) -> dict:
+        def measure(gateway: Gateway, label: str, latency: bool, scrape: bool = False) -> dict:
             url = f"{gateway.base}/chat/completions"
+            scraper = Scraper(metrics_url, args.scrape_seconds) if scrape else None
             also = ",".join(map(str, gateway.workers))
             load(
                 "rps", url, auth, limit=60, concurrency=16, duration=1.0, warmup=0.3, pid=gateway.pid, also_pids=also
@@ -231,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             if latency:
                 out["latency_c1"] = load("latency", url, auth, limit=180, count=500, warmup_count=50, time_limit=120,
                                          pid=gateway.pid, also_pids=also)  # fmt: skip
+            if scraper is not None:
+                out["scrapes"] = scraper.stop()
             log(f"{label}: {brief(rps)}" + (f" | c1 {brief(out['latency_c1'])}" if latency else ""))
             return out
 
@@ -239,15 +261,24 @@ def main(argv: list[str] | None = None) -> int:
                       ("with", configs["redis"], [gw_core] if gw_core is not None else None, 0)],
             "workers": [("1 worker", configs["redis"], [0] if gw_core is not None else None, 1),
                         ("2 workers", configs["redis"], [0, 1] if gw_core is not None else None, 2)],
+            "metrics": [("off", configs["metrics-off"], [gw_core] if gw_core is not None else None, 0),
+                        ("on", configs["metrics-on"], [gw_core] if gw_core is not None else None, 0)],
         }  # fmt: skip
         for study, variants in plans.items():
+            if study not in studies:
+                continue
             rounds: list[dict] = []
             for r in range(args.rounds):
                 row = {}
                 for label, config, cores, workers in variants:
                     gateway = Gateway(config, cores, workers, outdir / f"omixa-{study}.log", env)
                     try:
-                        row[label] = measure(gateway, f"{study} round {r + 1} {label}", study == "redis")
+                        row[label] = measure(
+                            gateway,
+                            f"{study} round {r + 1} {label}",
+                            study in ("redis", "metrics"),
+                            scrape=study == "metrics" and label == "on",
+                        )
                     finally:
                         row[label]["shutdown"] = gateway.close()
                 rounds.append(row)
@@ -295,6 +326,24 @@ def summarize(results: dict) -> dict:
             "rps_c64": _median(rounds, label, "rps_c64", "rps"),
             "cpu_ms_per_request": _median(rounds, label, "rps_c64", "cpu_ms_per_request"),
         }
+    rounds = results.get("metrics", [])
+    for label in ("off", "on"):
+        out[f"metrics_{label}"] = {
+            "rps_c64": _median(rounds, label, "rps_c64", "rps"),
+            "cpu_ms_per_request": _median(rounds, label, "rps_c64", "cpu_ms_per_request"),
+            "p50_ms_c1": _median(rounds, label, "latency_c1", "latency", "p50_ms"),
+        }
+    on, off = out["metrics_on"], out["metrics_off"]
+    if on["rps_c64"] and off["rps_c64"]:
+        ratios = [
+            row["on"]["rps_c64"]["rps"] / row["off"]["rps_c64"]["rps"]
+            for row in rounds
+            if row.get("on", {}).get("rps_c64", {}).get("rps") and row.get("off", {}).get("rps_c64", {}).get("rps")
+        ]
+        out["metrics_rps_ratio"] = round(statistics.median(ratios), 3) if ratios else None
+        out["metrics_rps_ratio_rounds"] = [round(r, 3) for r in ratios]
+    if on["p50_ms_c1"] and off["p50_ms_c1"]:
+        out["metrics_added_p50_ms"] = round(on["p50_ms_c1"] - off["p50_ms_c1"], 3)
     with_, without = out["redis_with"], out["redis_without"]
     if with_["rps_c64"] and without["rps_c64"]:
         out["redis_rps_ratio"] = round(with_["rps_c64"] / without["rps_c64"], 3)
@@ -304,6 +353,31 @@ def summarize(results: dict) -> dict:
     if one["rps_c64"] and two["rps_c64"]:
         out["workers_rps_ratio"] = round(two["rps_c64"] / one["rps_c64"], 3)
     return out
+
+
+class Scraper:
+    """Scrapes ``url`` every ``interval`` seconds from a thread of its own until stopped."""
+
+    def __init__(self, url: str, interval: float) -> None:
+        self._url, self._interval = url, interval
+        self._stopped = threading.Event()
+        self.count, self.failures, self.bytes = 0, 0, 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                with urllib.request.urlopen(self._url, timeout=10) as answer:
+                    self.bytes = len(answer.read())
+                self.count += 1
+            except OSError:
+                self.failures += 1
+
+    def stop(self) -> dict:
+        self._stopped.set()
+        self._thread.join(timeout=15)
+        return {"scrapes": self.count, "failures": self.failures, "last_bytes": self.bytes}
 
 
 def render(summary: dict) -> str:

@@ -13,13 +13,13 @@ import subprocess
 import httpx
 import pytest
 import trio
-from fake_azure import open_fake_azure
 from cluster_helpers import funded_key
 from demo_helpers import read_values
+from fake_azure import open_fake_azure
 from harness import MODEL, azure_deployment, open_gateway
+from prometheus_client.parser import text_string_to_metric_families
 from test_cli import OMIXA
 from test_workers_e2e import worker_pids
-from prometheus_client.parser import text_string_to_metric_families
 
 ADMIN = "metrics-admin-token"
 MESSAGES = [{"role": "user", "content": "Say something about metrics."}]
