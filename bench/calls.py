@@ -3,7 +3,7 @@
 does not move with the machine's speed, for telling whether a change to the request path
 made it do more work when timings are too noisy to say.
 
-    .venv/bin/python bench/calls.py [--requests 400] [--events 200]
+    .venv/bin/python bench/calls.py [--requests 400] [--events 200] [--metrics off]
 
 The gateway (``run_gateway``, as ``omixa serve`` runs it, SQLite) runs in this process in
 front of bench/upstream.py (its own process), profiled on the event loop's thread; the
@@ -61,10 +61,11 @@ def total_calls(profile: cProfile.Profile) -> int:
         profile.enable()
 
 
-async def measure(endpoint: str, requests: int, tmp: Path) -> dict[str, float]:
+async def measure(endpoint: str, requests: int, tmp: Path, metrics: bool = True) -> dict[str, float]:
     config = structure_config(
         {
             "storage": {"url": f"sqlite:///{tmp / 'calls.db'}"},
+            **({} if metrics else {"metrics": {"enabled": False}}),
             "limits": {"key_rpm": 0},
             "deployments": [
                 {
@@ -115,11 +116,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--metrics", choices=("on", "off"), default="on", help="[metrics] enabled (default on)")
     args = parser.parse_args()
     upstream, endpoint = start_upstream(args.events)
     try:
         with tempfile.TemporaryDirectory(prefix="omixa-calls-") as tmp:
-            results = trio.run(measure, endpoint, args.requests, Path(tmp))
+            results = trio.run(measure, endpoint, args.requests, Path(tmp), args.metrics == "on")
     finally:
         upstream.terminate()
         upstream.wait()

@@ -178,7 +178,8 @@ class Exchange:
         )
         self._hold = reserved.hold
         if services.metrics is not None:
-            services.metrics.hold_wait.labels(request.model.id).observe(time.monotonic() - started)
+            call = services.metrics.call(request.api, request.model.id, request.stream)
+            call.hold_wait.observe(time.monotonic() - started)
         self._estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
         self._upstream_body = request.build_body(reserved.output_tokens)
 
@@ -236,8 +237,8 @@ class Exchange:
                 await self._retire_attempt(exc)
             finally:
                 if self._services.metrics is not None:
-                    self._services.metrics.upstream_duration.labels(request.model.id, actor.config.name).observe(
-                        time.monotonic() - self._attempt_started
+                    self._services.metrics.upstream_answered(
+                        request.model.id, actor.config.name, time.monotonic() - self._attempt_started
                     )
 
     def may_fail_over(self, failure: OmixaError) -> bool:

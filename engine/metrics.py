@@ -123,7 +123,12 @@ class Metrics:
         # With shared limits (Redis), every worker reads the same windows: the max is the
         # fleet's. Without, each worker admits its own share: the sum is the fleet's.
         window_mode: GaugeMode = "livemax" if shared_limits else "livesum"
+        # Children resolved once per label set (labels() costs a dozen calls each time).
         self._calls: dict[tuple[str, str, bool], CallMetrics] = {}
+        self._attempts: dict[tuple[str, str, str], Counter] = {}
+        self._upstream: dict[tuple[str, str], Histogram] = {}
+        self._http: dict[tuple[str, str, str, str], Counter] = {}
+        self._db: dict[str, Histogram] = {}
 
         # -- requests -----------------------------------------------------------------------
         self.http_requests = self._counter(
@@ -364,11 +369,33 @@ class Metrics:
 
     def attempt_ended(self, model: str, deployment: str, status: str, failure: OmixaError | None) -> None:
         """An upstream attempt gave its slot back (``status``: the request's, when it ended it)."""
-        self.upstream_attempts.labels(model, deployment, attempt_outcome(status, failure)).inc()
+        key = (model, deployment, attempt_outcome(status, failure))
+        counter = self._attempts.get(key)
+        if counter is None:
+            counter = self._attempts[key] = self.upstream_attempts.labels(*key)
+        counter.inc()
+
+    def upstream_answered(self, model: str, deployment: str, seconds: float) -> None:
+        """An upstream attempt answered (or a stream's head came), or failed, after ``seconds``."""
+        key = (model, deployment)
+        histogram = self._upstream.get(key)
+        if histogram is None:
+            histogram = self._upstream[key] = self.upstream_duration.labels(*key)
+        histogram.observe(seconds)
+
+    def http_answered(self, route: str, method: str, status: int, code: str) -> None:
+        key = (route, method, str(status), code)
+        counter = self._http.get(key)
+        if counter is None:
+            counter = self._http[key] = self.http_requests.labels(*key)
+        counter.inc()
 
     def storage_call(self, name: str, seconds: float) -> None:
         """The storage's ``observe_call`` hook."""
-        self.db_calls.labels(name).observe(seconds)
+        histogram = self._db.get(name)
+        if histogram is None:
+            histogram = self._db[name] = self.db_calls.labels(name)
+        histogram.observe(seconds)
 
     def redis_call(self, script: str, ok: bool, seconds: float) -> None:
         self.redis_calls.labels(script, "ok" if ok else "error").observe(seconds)

@@ -5,6 +5,7 @@ without; ``[metrics] enabled = false`` removes it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -300,3 +301,27 @@ async def test_workers_share_one_exposition_and_a_killed_workers_counts_stay(pos
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(30):
                 assert await process.wait() == 0
+
+
+async def test_pending_holds_are_read_from_the_database(database_url, monkeypatch):
+    """Holds pending anywhere (here: written straight to the database, as another process
+    would) show in the money gauges at the next scrape, and leave them when voided."""
+    monkeypatch.setenv("OMIXA_ADMIN_TOKEN", ADMIN)
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        account, _ = await gw.funded_account("1.00")
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10)
+        holds = [
+            await gw.storage.create_hold(account_id=account, request_id=f"req_{i}", amount=amount, expires_at=expires)
+            for i, amount in enumerate((1_000, 2_500))
+        ]
+        await trio.sleep(0.3)
+        samples = parse((await scrape(f"{gw.root_url}/metrics")).text)
+        assert value(samples, "omixa_holds_pending") == 2
+        assert value(samples, "omixa_money_locked_nano_usd") == 3_500
+        assert 0.2 <= value(samples, "omixa_holds_oldest_age_seconds") < 60
+        for hold in holds:
+            await gw.storage.void_hold(hold.id)
+        samples = parse((await scrape(f"{gw.root_url}/metrics")).text)
+        assert value(samples, "omixa_holds_pending") == 0
+        assert value(samples, "omixa_money_locked_nano_usd") == 0
+        assert value(samples, "omixa_holds_oldest_age_seconds") == 0

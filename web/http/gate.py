@@ -90,12 +90,12 @@ def register(app: QuartTrio, engine: Engine) -> None:
         response.headers[REQUEST_ID_HEADER] = current_request_id()
         if metrics is not None:
             rule = request.url_rule
-            metrics.http_requests.labels(
+            metrics.http_answered(
                 rule.rule if rule is not None else "unmatched",
                 request.method if request.method in METHODS else "other",
-                str(response.status_code),
+                response.status_code,
                 g.get("error_code", ""),
-            ).inc()
+            )
         if request.path in CHAT_PATHS:
             # Proxies and CDNs must not buffer, transform or move these to HTTP/3 (the API
             # docs promise the headers on the response).
