@@ -22,8 +22,9 @@ one unready worker shows).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import attrs
@@ -32,14 +33,18 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
     start_http_server,
     values,
 )
+from prometheus_client.registry import Collector
 
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.storage import RequestLog
+
+log = logging.getLogger("omixa.metrics")
 
 # Exposition format of generate_latest (text, version 0.0.4).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -81,14 +86,30 @@ def mark_process_dead(pid: int, path: str) -> None:
     multiprocess.mark_process_dead(pid, path)
 
 
+class _Refreshed(Collector):
+    """A registry that runs ``before`` (bounded, errors logged) ahead of each collection."""
+
+    def __init__(self, registry: CollectorRegistry, before: Callable[[], None]) -> None:
+        self._registry, self._before = registry, before
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            self._before()
+        except Exception as exc:  # the loop is stopping, or the sample failed: serve what is there
+            log.debug("metrics: not sampled before the scrape: %s", exc)
+        return self._registry.collect()
+
+
 @contextlib.contextmanager
-def serving(bind: str, registry: CollectorRegistry) -> Iterator[str]:
+def serving(bind: str, registry: CollectorRegistry, before: Callable[[], None] | None = None) -> Iterator[str]:
     """Serve ``registry`` on ``bind`` (host:port; port 0 picks a free one) from a thread of
     prometheus-client's own (any path answers with the exposition), for the block; yields
-    its URL. Errors: OSError (the address is taken)."""
+    its URL. ``before``: called in that thread ahead of each scrape (to sample the engine).
+    Errors: OSError (the address is taken)."""
     host, _, port = bind.rpartition(":")
     host = host.strip("[]")
-    server, thread = start_http_server(int(port), host, registry=registry)
+    source: Collector = registry if before is None else _Refreshed(registry, before)
+    server, thread = start_http_server(int(port), host, registry=source)
     try:
         shown = f"[{host}]" if ":" in host else host
         yield f"http://{shown}:{server.server_port}/metrics"
@@ -231,6 +252,12 @@ class Metrics:
             ("model",),
             "livemax",
         )
+        self.enabled = self._gauge(
+            "omixa_model_enabled_deployments",
+            "Enabled deployments of a model (0: the operator switched every one off).",
+            ("model",),
+            "livemax",
+        )
         self.breaker_opens = self._counter(
             "omixa_deployment_breaker_opens", "Times a deployment's breaker opened (in this fleet's processes).", dep
         )
@@ -240,7 +267,7 @@ class Metrics:
         self.deployment_mailbox = self._gauge(
             "omixa_deployment_mailbox_depth",
             "Messages waiting in a deployment actor's mailbox.",
-            ("deployment",),
+            dep,
             "livesum",
         )
 
@@ -343,7 +370,8 @@ class Metrics:
     def status(self, call: CallMetrics, api: str, model: str, stream: bool, status: str) -> Counter:
         counter = call.statuses.get(status)
         if counter is None:
-            counter = call.statuses[status] = self.requests.labels(api, model, "true" if stream else "false", status)
+            label = bounded_code(status)
+            counter = call.statuses[status] = self.requests.labels(api, model, "true" if stream else "false", label)
         return counter
 
     def finished(self, api: str, entry: RequestLog, attempts: int, settle_seconds: float | None) -> None:
@@ -387,7 +415,7 @@ class Metrics:
         key = (route, method, str(status), code)
         counter = self._http.get(key)
         if counter is None:
-            counter = self._http[key] = self.http_requests.labels(*key)
+            counter = self._http[key] = self.http_requests.labels(route, method, str(status), bounded_code(code))
         counter.inc()
 
     def storage_call(self, name: str, seconds: float) -> None:
@@ -440,3 +468,41 @@ def attempt_outcome(status: str, failure: OmixaError | None) -> str:
         if failure.upstream_status >= 500:
             return "server_error"
     return "client_error"
+
+
+def _codes(kind: type[OmixaError]) -> set[str]:
+    return {kind.code}.union(*(_codes(sub) for sub in kind.__subclasses__()))
+
+
+# Every code Omixa itself answers with, and how a model call may otherwise end.
+OMIXA_CODES = frozenset(_codes(OmixaError) | {"", "ok", "client_closed", "interrupted"})
+# Codes an upstream gives for a request's own fault that Omixa passes on (engine.errors:
+# UpstreamRejected), as Azure OpenAI and OpenAI name them.
+UPSTREAM_CODES = frozenset(
+    {
+        "content_filter",
+        "context_length_exceeded",
+        "invalid_prompt",
+        "invalid_value",
+        "invalid_type",
+        "unsupported_value",
+        "unsupported_parameter",
+        "unknown_parameter",
+        "missing_required_parameter",
+        "string_above_max_length",
+        "array_above_max_length",
+        "integer_above_max_value",
+        "integer_below_min_value",
+        "invalid_image",
+        "invalid_image_format",
+        "image_generation_user_error",
+        "moderation_blocked",
+        "rate_limit_exceeded",
+    }
+)
+
+
+def bounded_code(code: str) -> str:
+    """``code`` as a label: Omixa's own codes and the known upstream ones as they are, any
+    other an upstream made up as ``upstream_other`` (labels stay a bounded set)."""
+    return code if code in OMIXA_CODES or code in UPSTREAM_CODES else "upstream_other"

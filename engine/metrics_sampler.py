@@ -85,12 +85,13 @@ class MetricsSampler:
         deployment_labels: set[tuple[str, ...]] = set()
         window_labels: set[tuple[str, ...]] = set()
         healthy: dict[str, int] = {}
+        enabled: dict[str, int] = {}
         for actor in self._deployments():
             snap = actor.snapshot
             labels = (snap.name, snap.model)
             deployment_labels.add(labels)
             m.in_flight.labels(*labels).set(snap.in_flight)
-            m.deployment_mailbox.labels(snap.name).set(actor.mailbox_depth)
+            m.deployment_mailbox.labels(*labels).set(actor.mailbox_depth)
             for state in HEALTH_STATES:
                 m.health.labels(*labels, state).set(1 if snap.health == state else 0)
             for window, view in snap.windows.items():
@@ -99,10 +100,12 @@ class MetricsSampler:
                 m.window_limit.labels(*labels, window).set(view.limit)
             up = snap.enabled and snap.health != "open" and snap.available_at <= now
             healthy[snap.model] = healthy.get(snap.model, 0) + up
+            enabled[snap.model] = enabled.get(snap.model, 0) + snap.enabled
             self._advance(("cooldowns", *labels), snap.cooldowns, m.cooldowns.labels(*labels).inc)
             self._advance(("breaker_opens", *labels), snap.breaker_opens, m.breaker_opens.labels(*labels).inc)
         for model, count in healthy.items():
             m.healthy.labels(model).set(count)
+            m.enabled.labels(model).set(enabled[model])
         self._forget(deployment_labels, window_labels, {(model,) for model in healthy})
 
         actors, deepest = self._wallets.mailbox_depths()
@@ -131,7 +134,7 @@ class MetricsSampler:
         m = self._metrics
         for labels in self._deployment_labels - deployments:
             forget(m.in_flight, *labels)
-            forget(m.deployment_mailbox, labels[0])
+            forget(m.deployment_mailbox, *labels)
             for state in HEALTH_STATES:
                 forget(m.health, *labels, state)
         for labels in self._window_labels - windows:
@@ -139,6 +142,7 @@ class MetricsSampler:
             forget(m.window_limit, *labels)
         for labels in self._models - models:
             forget(m.healthy, *labels)
+            forget(m.enabled, *labels)
         self._deployment_labels, self._window_labels, self._models = deployments, windows, models
 
     async def _sample_database(self) -> None:

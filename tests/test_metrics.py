@@ -16,7 +16,7 @@ import pytest
 import trio
 from cluster_helpers import funded_key
 from demo_helpers import read_values
-from fake_azure import open_fake_azure
+from fake_azure import content_filter_error, open_fake_azure
 from harness import MODEL, azure_deployment, open_gateway
 from prometheus_client.parser import text_string_to_metric_families
 from test_cli import OMIXA
@@ -126,6 +126,10 @@ async def test_metrics_count_what_was_sent(database_url, monkeypatch):
             assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
             text = response.text
             samples = parse(text)
+            # The listener of its own samples first too (sample_seconds is 60 here).
+            on_bind = parse((await scrape(gw.gateway.metrics_url, token=None)).text)
+            assert value(on_bind, "omixa_deployment_window_used", deployment="good", window="rpm") == 8
+            assert value(on_bind, "omixa_requests_total") == len(ids)
 
         chat_ok = dict(api="chat", model=MODEL, status="ok")
         assert value(samples, "omixa_requests_total", stream="false", **chat_ok) == 4
@@ -167,6 +171,7 @@ async def test_metrics_count_what_was_sent(database_url, monkeypatch):
         assert value(samples, "omixa_deployment_health", deployment="bad", state="closed") == 1
         assert value(samples, "omixa_deployment_in_flight") == 0
         assert value(samples, "omixa_model_healthy_deployments", model=MODEL) == 2
+        assert value(samples, "omixa_model_enabled_deployments", model=MODEL) == 2
         # Money and the engine: nothing pending or open any more; the logs written.
         assert value(samples, "omixa_holds_pending") == 0
         assert value(samples, "omixa_money_locked_nano_usd") == 0
@@ -325,3 +330,21 @@ async def test_pending_holds_are_read_from_the_database(database_url, monkeypatc
         assert value(samples, "omixa_holds_pending") == 0
         assert value(samples, "omixa_money_locked_nano_usd") == 0
         assert value(samples, "omixa_holds_oldest_age_seconds") == 0
+
+
+async def test_an_upstreams_own_codes_are_kept_when_known_and_bounded_when_not(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMIXA_ADMIN_TOKEN", ADMIN)
+    async with open_fake_azure() as fake, open_gateway(f"sqlite:///{tmp_path / 'c.db'}", fake) as gw:
+        _, key = await gw.funded_account("1.00")
+        fake.fail_next(400, content_filter_error())
+        fake.fail_next(400, {"error": {"code": "brand_new_code_42", "message": "Something new."}})
+        async with httpx.AsyncClient(timeout=20) as client:
+            filtered, odd = await chat(client, gw, key), await chat(client, gw, key)
+        assert (filtered.status_code, filtered.json()["error"]["code"]) == (400, "content_filter")
+        assert (odd.status_code, odd.json()["error"]["code"]) == (400, "brand_new_code_42")  # the client sees it
+        samples = parse((await scrape(f"{gw.root_url}/metrics")).text)
+    assert value(samples, "omixa_requests_total", status="content_filter") == 1
+    assert value(samples, "omixa_http_requests_total", code="content_filter") == 1
+    assert value(samples, "omixa_requests_total", status="upstream_other") == 1  # labels stay bounded
+    assert value(samples, "omixa_http_requests_total", code="upstream_other") == 1
+    assert not any("brand_new_code_42" in str(labels) for _, labels in samples)

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import attrs
@@ -126,6 +127,19 @@ def drain_bytes(config: Config) -> int:
     return max(2 * config.server.max_body_bytes, 8 * 1024 * 1024)
 
 
+def sample_from_thread(engine: Engine, token: trio.lowlevel.TrioToken) -> None:
+    """Sample the engine's state for a scrape of ``[metrics] bind`` (served from a thread),
+    on the engine's loop, within 5 s."""
+    if engine.sampler is not None:
+        sampler = engine.sampler
+
+        async def bounded() -> None:
+            with trio.move_on_after(5):
+                await sampler.sample()
+
+        trio.from_thread.run(bounded, trio_token=token)
+
+
 def hypercorn_config(config: Config, host: str, port: int, fd: int | None = None) -> HypercornConfig:
     """Hypercorn's settings; ``fd``: serve on this inherited listening socket (a worker)."""
     hc = HypercornConfig()
@@ -204,7 +218,10 @@ async def run_gateway(
                     metrics_url = None
                     if engine.metrics is not None and engine.metrics.registry is not None and config.metrics.bind:
                         # (A worker's metrics are served by its supervisor, for all workers.)
-                        metrics_url = listeners.enter_context(serving(config.metrics.bind, engine.metrics.registry))
+                        sample = partial(sample_from_thread, engine, trio.lowlevel.current_trio_token())
+                        metrics_url = listeners.enter_context(
+                            serving(config.metrics.bind, engine.metrics.registry, before=sample)
+                        )
                         log.info("metrics at %s", metrics_url)
                     async with trio.open_nursery() as nursery:
                         binds = await nursery.start(serve)
