@@ -313,6 +313,31 @@ class DeploymentConfig:
 
 
 @attrs.frozen(kw_only=True)
+class TracingConfig:
+    """OpenTelemetry traces of the requests (:mod:`engine.tracing`), sent to a collector over
+    OTLP/HTTP. Off while ``otlp_endpoint`` is empty; on, it needs the ``otel`` extra
+    (``pip install 'omixa[otel]'``). The loader checks the endpoint's scheme, resolves
+    ``env:NAME`` header values and, when serving, that the extra is installed."""
+
+    # The collector's OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces.
+    otlp_endpoint: str = ""
+    # The resource's service.name.
+    service_name: str = "omixa"
+    # Share of the traces that start here (a request without a sampled traceparent) kept,
+    # 0..1; a request whose traceparent says sampled (or not) follows its parent.
+    sample_ratio: float = attrs.field(default=1.0)
+    # Headers of every export request (a collector's token: "env:NAME" reads the variable
+    # when serving). Empty: the exporter reads OTEL_EXPORTER_OTLP_TRACES_HEADERS (or
+    # OTEL_EXPORTER_OTLP_HEADERS) itself. Never in a repr; not part of the hash.
+    headers: dict[str, str] = attrs.field(factory=dict, repr=False, hash=False)
+
+    @sample_ratio.validator
+    def _a_share(self, attribute: attrs.Attribute, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise FieldError(attribute.name, f"must be between 0 and 1, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
@@ -326,6 +351,7 @@ class Config:
     dashboard: DashboardConfig = DashboardConfig()
     security: SecurityConfig = SecurityConfig()
     cluster: ClusterConfig = ClusterConfig()
+    tracing: TracingConfig = TracingConfig()
     # Path of the model catalog; empty means the shipped config/models.toml.
     catalog: str = ""
     deployments: tuple[DeploymentConfig, ...] = ()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,36 @@ def _check(config: Config, *, resolve_secrets: bool) -> Config:
         elif dep.provider == "vertex":
             dep = _check_vertex(dep, where, config, resolve_secrets=resolve_secrets)
         deployments.append(dep)
-    return attrs.evolve(config, deployments=tuple(deployments))
+    return _check_tracing(attrs.evolve(config, deployments=tuple(deployments)), resolve_secrets=resolve_secrets)
+
+
+# The distributions of the ``otel`` extra (pyproject.toml) that tracing imports.
+OTEL_DISTRIBUTIONS = ("opentelemetry-sdk", "opentelemetry-exporter-otlp-proto-http")
+
+
+def _check_tracing(config: Config, *, resolve_secrets: bool) -> Config:
+    """``[tracing]``: the endpoint's scheme; when serving (``resolve_secrets``), the header
+    values written ``env:NAME`` read and the ``otel`` extra installed (looked up in the
+    installed distributions' metadata: nothing of OpenTelemetry is imported here)."""
+    tracing = config.tracing
+    if not tracing.otlp_endpoint:
+        return config
+    if not tracing.otlp_endpoint.startswith(("https://", "http://")):
+        raise ConfigError("tracing.otlp_endpoint: must start with https:// or http://")
+    if not tracing.service_name.strip():
+        raise ConfigError("tracing.service_name: must not be empty")
+    if not resolve_secrets:
+        return config
+    for name in OTEL_DISTRIBUTIONS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise ConfigError(
+                f"tracing.otlp_endpoint: tracing needs OpenTelemetry ({name} is not installed): "
+                "pip install 'omixa[otel]'"
+            ) from None
+    headers = {key: _resolve_secret(value, f"tracing.headers.{key}") for key, value in tracing.headers.items()}
+    return attrs.evolve(config, tracing=attrs.evolve(tracing, headers=headers))
 
 
 _LOCATION = re.compile(r"[a-z0-9-]+")
