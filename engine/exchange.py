@@ -103,6 +103,7 @@ class Exchange:
         self._first_token_at: float | None = None
         self._relaying = False  # a relay is open (counted in the metrics' open streams)
         self._finished = False
+        self._trace = caller.trace  # the request's spans (engine.tracing); None: not traced
 
     # -- the two ways through -------------------------------------------------------------
 
@@ -157,6 +158,8 @@ class Exchange:
         InsufficientBalance, ServiceUnavailable.
         """
         request, caller, services = self._request, self._caller, self._services
+        if self._trace is not None:
+            self._trace.holding(request)
         now = trio.current_time()
         started = time.monotonic()
         self._admitted = await services.limits.admit_tokens(caller.key, request.estimated_tokens, now)
@@ -182,6 +185,8 @@ class Exchange:
             call.hold_wait.observe(time.monotonic() - started)
         self._estimated_tokens = request.prompt_tokens + reserved.output_tokens * request.choices
         self._upstream_body = request.build_body(reserved.output_tokens)
+        if self._trace is not None:
+            self._trace.held(reserved.hold, reserved.output_tokens)
 
     # -- step 2: attempts and failover ----------------------------------------------------
 
@@ -219,6 +224,8 @@ class Exchange:
                 raise
             self._reached_upstream = True
             self._attempt_started = time.monotonic()
+            if self._trace is not None:
+                self._trace.attempting(self._lease)
             try:
                 actor = self._lease.actor
                 body = request.for_deployment(self._upstream_body, actor.config)
@@ -254,6 +261,8 @@ class Exchange:
         """Give the failed attempt's slot back with its failure; exclude its deployment."""
         lease, self._lease = self._lease, None
         assert lease is not None
+        if self._trace is not None:
+            self._trace.attempt_failed(failure)
         latency = time.monotonic() - self._attempt_started
         status = translate_upstream(failure).code
         await lease.finish(None, status, latency, failure)
@@ -359,6 +368,8 @@ class Exchange:
         if self._finished:
             return
         self._finished = True
+        if self._trace is not None:
+            self._trace.settling(status, usage, failure)
         services, request = self._services, self._request
         latency = time.monotonic() - self._started
         cost = request.cost(usage, self._service_tier) if usage is not None else 0
@@ -390,6 +401,8 @@ class Exchange:
                 services.metrics.open_streams.dec()
             attempts = len(self._tried) + (self._lease is not None)
             services.metrics.finished(request.api, entry, attempts, settle_wait)
+        if self._trace is not None:
+            self._trace.settled(entry, charged)
 
     async def _remember(self, answer_id: str, lease: Lease, usage: Usage | None) -> None:
         """Record where the upstream stores this answer, so a follow-up goes there. ``usage``:

@@ -6,7 +6,7 @@ have, and the step that finishes an exchange whose call failed before its answer
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 import trio
@@ -21,6 +21,9 @@ from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
 from omixa.storage import ApiKeyRecord
 
+if TYPE_CHECKING:
+    from omixa.engine.tracing import RequestTrace
+
 
 class Fails(Protocol):
     """What :class:`Failing` finishes: an exchange (:class:`engine.exchange.Exchange`)."""
@@ -30,10 +33,12 @@ class Fails(Protocol):
 
 @attrs.frozen(kw_only=True)
 class Caller:
-    """Who makes the request: its id and the key it came with."""
+    """Who makes the request: its id, the key it came with, and its trace's spans
+    (:class:`engine.tracing.RequestTrace`; None when tracing is off or not sampled)."""
 
     request_id: str
     key: ApiKeyRecord
+    trace: RequestTrace | None = None
 
     @property
     def account_id(self) -> str:

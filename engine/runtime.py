@@ -9,8 +9,11 @@ only after ``task_status.started()``):
   engine is ready, heartbeats, and deregisters once the wallets drained),
 - with ``[cluster] redis_url``, the key limiter's task that batches the keys' admissions to
   Redis (the deployment actors talk to Redis themselves, :mod:`engine.cluster`).
+With ``[tracing] otlp_endpoint`` (or a span processor handed in), it also sets up tracing
+(:mod:`engine.tracing`, imported only then).
 On exit the mailboxes are closed, so every actor serves what is queued (the aggregator
-flushes its last batch) and returns; then the upstream connection pools are closed.
+flushes its last batch) and returns; then the upstream connection pools are closed and the
+spans still queued for the collector are sent.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
@@ -30,7 +34,7 @@ from omixa.engine.accounts import Accounts
 from omixa.engine.catalog import Catalog, load_catalog
 from omixa.engine.chat import ChatService
 from omixa.engine.cluster import WHOLE, ClusterLink, Share
-from omixa.engine.config import Config, DeploymentConfig, resolve_path
+from omixa.engine.config import Config, ConfigError, DeploymentConfig, resolve_path
 from omixa.engine.deployment import DeploymentActor
 from omixa.engine.fleet import Fleet
 from omixa.engine.instances import InstanceMonitor, new_instance_id
@@ -49,6 +53,11 @@ from omixa.engine.usage import UsageAggregator
 from omixa.engine.wallet import WalletPool
 from omixa.storage import Storage, StorageError
 from omixa.storage.coordination import Coordinator, CoordinatorError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    from omixa.engine.tracing import Tracing
 
 log = logging.getLogger("omixa.runtime")
 
@@ -79,6 +88,7 @@ class Engine:
     coordinator: Coordinator | None = None
     metrics: Metrics | None = None  # None: [metrics] enabled = false
     sampler: MetricsSampler | None = None
+    tracing: Tracing | None = None  # None: tracing is off
 
     @property
     def deployments(self) -> list[DeploymentActor]:
@@ -129,15 +139,18 @@ async def open_engine(
     *,
     coordinator: Coordinator | None = None,
     share: Share = WHOLE,
+    span_processor: SpanProcessor | None = None,
 ) -> AsyncIterator[Engine]:
     """Start every actor; yield the engine; stop them in order. With ``coordinator`` (Redis,
     ``[cluster] redis_url``), the deployments' and keys' windows, the deployments' health
     and the replay cache are shared through it; without, this process admits ``share`` of
-    every limit (one of several workers).
+    every limit (one of several workers). Requests are traced with ``[tracing]
+    otlp_endpoint``, or into ``span_processor`` when given (instead of the OTLP exporter).
 
     Errors: catalog.CatalogError if the catalog is invalid; ValueError if a deployment
     names a model the catalog lacks; secretbox.SecretKeyError (a ValueError) if signatures
-    are enforced without a usable ``OMIXA_SECRET_KEY``.
+    are enforced without a usable ``OMIXA_SECRET_KEY``; ConfigError if tracing is on and
+    OpenTelemetry is not installed.
     """
     catalog = catalog or catalog_for(config)
     box = secret_box_from_env()
@@ -173,6 +186,7 @@ async def open_engine(
     limits = KeyLimiter(config.limits, cluster, share=share)
     accounts = Accounts(storage, box)
     verifier = SignatureVerifier(config.security, box, started_at=time.time(), cluster=cluster)
+    tracing = start_tracing(config, instance_id, span_processor)  # last: nothing to stop if a check fails
     engine = Engine(
         config=config,
         catalog=catalog,
@@ -215,6 +229,7 @@ async def open_engine(
             cluster=cluster,
             interval=config.metrics.sample_seconds,
         ),
+        tracing=tracing,
     )
     if metrics is not None:
         metrics.build_info.labels(version("omixa")).set(1)
@@ -274,3 +289,22 @@ async def open_engine(
             coordinator.observe_call = None
         with trio.move_on_after(5, shield=True):
             await fleet.clients.aclose()
+        if tracing is not None:  # the last spans to the collector, bounded like the clients
+            with trio.move_on_after(5, shield=True):
+                await trio.to_thread.run_sync(tracing.shutdown, abandon_on_cancel=True)
+
+
+def start_tracing(config: Config, instance_id: str, processor: SpanProcessor | None) -> Tracing | None:
+    """This process's tracing, or None when it is off (no ``otlp_endpoint``, no
+    ``processor``): OpenTelemetry is imported only when it is on.
+
+    Errors: ConfigError when it is on and OpenTelemetry cannot be imported."""
+    if not config.tracing.otlp_endpoint and processor is None:
+        return None
+    try:
+        from omixa.engine.tracing import open_tracing
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing.otlp_endpoint: tracing needs OpenTelemetry ({exc}): pip install 'omixa[otel]'"
+        ) from None
+    return open_tracing(config.tracing, instance_id=instance_id, processor=processor)
