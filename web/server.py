@@ -23,6 +23,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import hypercorn.trio
@@ -40,6 +41,9 @@ from omixa.web.http.app import create_app
 from omixa.web.http.connection import ConnectionGuard
 from omixa.web.http.lifecycle import RequestScope
 from omixa.web.reload import watch_config
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import SpanProcessor
 
 log = logging.getLogger("omixa.server")
 
@@ -178,6 +182,7 @@ async def run_gateway(
     config_path: Path | None = None,
     fd: int | None = None,
     share: Share = WHOLE,
+    span_processor: SpanProcessor | None = None,
     task_status: trio.TaskStatus[Gateway] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until ``shutdown_trigger`` returns; report the bound address when ready.
@@ -185,18 +190,22 @@ async def run_gateway(
     With ``config_path``, its ``[[deployments]]`` are reloaded on SIGHUP and when the file
     changes (:mod:`web.reload`). A worker of ``omixa serve --workers`` (:mod:`web.workers`)
     serves on the inherited socket ``fd`` and, without Redis, admits ``share`` of every limit.
+    ``span_processor`` (tests: an in-memory exporter's) receives the requests' spans
+    (:func:`engine.runtime.open_engine`).
 
     Errors: storage.StorageError (database unreachable or migrations failing),
     catalog.CatalogError, ValueError (a deployment's model missing from the catalog),
-    OSError (the port is taken).
+    OSError (the port is taken), ConfigError (tracing on without OpenTelemetry).
     """
     host = host or config.server.host
     port = config.server.port if port is None else port
     async with trio_asyncio.open_loop() as loop:
         async with open_storage(storage_url(config), loop=loop) as storage, open_cluster(config) as coordinator:
-            async with open_engine(config, storage, coordinator=coordinator, share=share) as engine:
+            async with open_engine(
+                config, storage, coordinator=coordinator, share=share, span_processor=span_processor
+            ) as engine:
                 app = ConnectionGuard(
-                    RequestScope(create_app(engine)),
+                    RequestScope(create_app(engine), engine.tracing),
                     drain_bytes=drain_bytes(config),
                     drain_seconds=DRAIN_SECONDS,
                 )

@@ -15,6 +15,9 @@ On the way in (``before_request``, in this order, before any view):
    that matches no route, or a method the route does not allow, is left to the router
    (404/405) without authentication. Nothing is held or sent upstream before this passed.
 
+With tracing on, the request's span (:mod:`web.http.lifecycle`) gets its route and request
+id, and, once authenticated, its account and key ids.
+
 On the way out (``after_request``): ``x-request-id``; the request counted in the metrics (by
 route template, method, status and error code); on the chat routes, the headers that
 keep proxies from buffering a stream (sent on every response of those routes, streamed or
@@ -36,6 +39,7 @@ from omixa.engine.errors import InvalidRequest, RequestTooLarge
 from omixa.engine.keylimits import fleet_views, format_reset
 from omixa.engine.runtime import Engine
 from omixa.web.http.envelope import REQUEST_ID_HEADER, current_request_id, new_request_id
+from omixa.web.http.lifecycle import request_trace
 from omixa_client import NONCE_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 API_PREFIX = "/api/v1"
@@ -56,10 +60,14 @@ SSE_HEADERS = {
 
 def register(app: QuartTrio, engine: Engine) -> None:
     max_body = engine.config.server.max_body_bytes
+    tracing = engine.tracing
 
     @app.before_request
     async def begin_request() -> None:
         g.request_id = new_request_id()
+        if tracing is not None and (trace := request_trace()) is not None:
+            rule = request.url_rule
+            trace.routed(rule.rule if rule is not None else None, g.request_id)
         # (A raw NUL cannot reach here: the HTTP parser refuses it. Encoded, it is %00.)
         if "\x00" in request.path or b"%00" in request.query_string:
             raise InvalidRequest("The request URL must not contain NUL characters.")
@@ -81,7 +89,9 @@ def register(app: QuartTrio, engine: Engine) -> None:
             target=request_target(request.scope),
             paid=path in PAID_PATHS,
         )
-        g.key = await engine.access.authenticate(head, partial(raw_body, max_body))
+        g.key = key = await engine.access.authenticate(head, partial(raw_body, max_body))
+        if tracing is not None and (trace := request_trace()) is not None:
+            trace.authenticated(key.account_id, key.id)
 
     metrics = engine.metrics
 

@@ -31,7 +31,7 @@ from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
 from omixa.web.http.envelope import current_request_id, json_response
 from omixa.web.http.gate import SSE_HEADERS
-from omixa.web.http.lifecycle import bind_to_request
+from omixa.web.http.lifecycle import bind_to_request, request_trace
 
 
 def register(
@@ -48,7 +48,11 @@ def register(
     Args:
         authenticate: the app's key check (returns the key record).
         read_body: reads the raw body within the size limit.
+
+    With tracing on, each paid call's exchange reports its steps to the request's trace
+    (``Caller.trace``).
     """
+    traced = engine.tracing is not None
 
     async def take(key: ApiKeyRecord, parse: Callable[[Any], ModelCall]) -> ModelCall:
         g.key = key
@@ -60,7 +64,7 @@ def register(
         chat = engine.chat
         parsed = await take(key, chat.parser())
         assert isinstance(parsed, ChatRequest)
-        caller = Caller(request_id=current_request_id(), key=key)
+        caller = Caller(request_id=current_request_id(), key=key, trace=request_trace() if traced else None)
         if not parsed.stream:
             return json_response(await chat.complete(caller, parsed))
         return stream_response(await chat.open_stream(caller, parsed))
@@ -68,7 +72,7 @@ def register(
     async def call(parse: Callable[..., ModelCall]) -> Response:
         key = await authenticate()
         parsed = await take(key, partial(parse, catalog=engine.catalog, enabled=engine.router.models()))
-        caller = Caller(request_id=current_request_id(), key=key)
+        caller = Caller(request_id=current_request_id(), key=key, trace=request_trace() if traced else None)
         return json_response(await engine.chat.complete(caller, parsed))
 
     @app.post("/api/v1/chat/completions")
@@ -81,7 +85,7 @@ def register(
         chat = engine.chat
         parsed = await take(key, chat.responses_parser())
         assert isinstance(parsed, ResponsesRequest)
-        caller = Caller(request_id=current_request_id(), key=key)
+        caller = Caller(request_id=current_request_id(), key=key, trace=request_trace() if traced else None)
         if not parsed.stream:
             return json_response(await chat.respond(caller, parsed))
         return stream_response(await chat.open_response_stream(caller, parsed))
