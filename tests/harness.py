@@ -122,8 +122,12 @@ async def open_gateway(
     *,
     deployments: list[dict[str, Any]] | None = None,
     config_path: Path | None = None,
+    span_processor: Any = None,
     **sections: Any,
 ) -> AsyncIterator[RunningGateway]:
+    """A gateway in front of ``fake`` (or ``deployments``), configured by ``sections``
+    (``upstream={...}``...) or read from ``config_path``; ``span_processor`` (an
+    OpenTelemetry span processor) gets the requests' spans."""
     if config_path is not None:
         config = load_config(config_path)
     else:
@@ -133,7 +137,14 @@ async def open_gateway(
     stopped = trio.Event()
     async with trio.open_nursery() as nursery:
         gateway = await nursery.start(
-            partial(run_gateway, config, port=0, shutdown_trigger=stopped.wait, config_path=config_path)
+            partial(
+                run_gateway,
+                config,
+                port=0,
+                shutdown_trigger=stopped.wait,
+                config_path=config_path,
+                span_processor=span_processor,
+            )
         )
         try:
             yield RunningGateway(gateway, fake, stopped)
