@@ -124,13 +124,17 @@ class RequestTrace:
     """One request's spans: its own (``span``) and its children, each started with it as the
     explicit parent. The web layer names and ends it; the exchange reports its steps."""
 
-    __slots__ = ("_attempts", "_context", "_hold", "_method", "_operation", "_settle", "_tracer", "_upstream", "span")
+    __slots__ = (
+        "_attempts", "_context", "_head_sent", "_hold", "_method", "_operation", "_settle", "_tracer", "_upstream",
+        "span",
+    )  # fmt: skip
 
     def __init__(self, tracer: trace.Tracer, span: Span, method: str) -> None:
         self._tracer = tracer
         self.span = span
         self._method = method
         self._operation = "chat"  # gen_ai.operation.name, once the exchange says
+        self._head_sent = False
         self._context = trace.set_span_in_context(span, Context())
         self._hold: Span | None = None
         self._upstream: Span | None = None
@@ -154,6 +158,7 @@ class RequestTrace:
     def responded(self, status: int) -> None:
         """The response's head went out with ``status``; a 5xx marks the span an error (a
         server's span is not one for a 4xx: the client's mistake)."""
+        self._head_sent = True
         self.span.set_attribute("http.response.status_code", status)
         if status >= 500:
             self.span.set_attributes({"error.type": str(status)})
@@ -265,7 +270,9 @@ class RequestTrace:
                     "gen_ai.usage.output_tokens": entry.completion_tokens,
                 }
             )
-        if entry.status not in _LEFT:
+        if entry.status not in _LEFT and self._head_sent:
+            # A stream that failed after its 200 went out; otherwise the response's status,
+            # still to come, says whether the failure was the server's (responded).
             self.span.set_status(StatusCode.ERROR, entry.status)
 
     def _child(self, name: str, kind: SpanKind, attributes: Mapping[str, Any] | None = None) -> Span:

@@ -237,6 +237,26 @@ async def test_an_abandoned_stream_ends_its_spans(exporter, tmp_path):
     assert request.end_time is not None and settle.end_time is not None and request.end_time >= settle.end_time
 
 
+async def test_a_stream_that_fails_after_content_is_an_error_under_its_200(exporter, tmp_path):
+    """The upstream drops the stream after two content frames: no other deployment may take
+    over, the client gets an error event after its 200, and the trace says so."""
+    async with open_fake_azure(break_after=2) as fake:
+        async with open_gateway(f"sqlite:///{tmp_path / 'o.db'}", fake, **traced(exporter)) as gw:
+            _, key = await gw.funded_account("1.00")
+            trace_id, parent_id, header = traceparent()
+            response = await post(gw, key, header, stream=True)
+            assert response.status_code == 200 and '"code":"upstream_error"' in response.text
+            request, children = request_tree(await finished_trace(exporter, trace_id), parent_id)
+
+    assert [s.name for s in children] == ["omixa.hold", "omixa.upstream", "omixa.settle"]
+    upstream = children[1]
+    assert upstream.status.status_code is StatusCode.ERROR and attrs_of(upstream)["omixa.outcome"] == "upstream_error"
+    assert "omixa.failover" not in attrs_of(upstream)
+    assert request.status.status_code is StatusCode.ERROR
+    assert attrs_of(request)["http.response.status_code"] == 200
+    assert attrs_of(request)["omixa.outcome"] == "upstream_error"
+
+
 async def test_sampling_follows_the_caller_and_the_ratio(exporter, tmp_path):
     """``sample_ratio = 0``: a request without a traceparent is not traced, one whose caller
     sampled its trace is, one whose caller did not is not; each is served the same."""
@@ -268,6 +288,7 @@ async def test_a_refused_hold_and_an_unpaid_request(exporter, tmp_path):
         assert children[0].status.status_code is StatusCode.ERROR
         assert attrs_of(children[0])["omixa.outcome"] == "insufficient_balance"
         assert attrs_of(request)["http.response.status_code"] == 402
+        assert request.status.status_code is StatusCode.UNSET  # the wallet's, not the server's
         assert attrs_of(request)["omixa.account_id"] == account
         assert fake.requests == []
 
