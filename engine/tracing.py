@@ -108,7 +108,7 @@ class Tracing:
         route), the child of the ``traceparent`` among ``headers`` (ASGI's: lower-case bytes)
         if it has a valid one, else a root. None when the sampler does not keep it."""
         carrier = {_TRACE_HEADERS[name]: value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
-        parent = self._propagator.extract(carrier) if carrier else Context()
+        parent = self._propagator.extract(carrier, Context()) if carrier else Context()  # never the current one
         span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
         if not span.is_recording():
             return None
