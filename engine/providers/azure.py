@@ -7,6 +7,10 @@ Wire format: ``POST {endpoint}/openai/deployments/{deployment}/{operation}
 API has no deployment in its path: ``POST {endpoint}/openai/v1/responses`` (Azure's v1 API, no
 api-version), with the deployment's name as the body's ``model``.
 
+Every call sends Omixa's request id as ``x-ms-client-request-id`` and keeps Azure's id of
+the call (``apim-request-id``, else ``x-request-id`` or ``x-ms-request-id``, of any answer,
+error answers included) in the call's :class:`~engine.upstream.CallIds`.
+
 The body is sent as the engine built it, except ``model``, which is removed: Azure routes by the
 deployment in the URL and ignores it, and our catalog id means nothing to Azure. ``stream`` is
 set by the method called (``complete`` sends none, ``open_stream`` sends ``true``).

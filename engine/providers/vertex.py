@@ -8,6 +8,10 @@ API key and no project) uses ``{base}/v1/publishers/google/models/{model}:...``.
 API key in ``x-goog-api-key`` (kept out of URLs and logs), or a service account's OAuth token
 (:mod:`engine.providers.google_auth`) as ``Authorization: Bearer``.
 
+Ids: no id of ours is sent (Google has no client request id header); Vertex's id of a call
+is the answer's ``responseId`` (a stream repeats it in every event), kept in the call's
+:class:`~engine.upstream.CallIds`. An error answer names none.
+
 Bodies are translated by :mod:`engine.providers.gemini`: the engine hands an OpenAI body and
 gets back a ``chat.completion`` (``complete``) or already OpenAI-shaped ``chat.completion.chunk``
 events ending with ``data: [DONE]`` (``open_stream``), so the relay treats Vertex streams
