@@ -283,18 +283,16 @@ class _SentOnce:
 def _note_upstream_id(answer: httpcore.Response, ids: CallIds | None, id_headers: IdHeaders) -> None:
     """Keep the upstream's id of the call (the first of ``id_headers.read`` in the answer's
     head that is plain) in ``ids``; a head without one leaves ``ids`` as it was."""
-    if ids is None or not id_headers.read:
+    read = id_headers.read
+    if ids is None or not read:
         return
-    found: dict[bytes, bytes] = {}
-    for name, value in answer.headers:
+    found, rank = None, len(read)
+    for name, value in answer.headers:  # as received: any case
         name = name.lower()
-        if name in id_headers.read:
-            found.setdefault(name, value)
-    for name in id_headers.read:
-        upstream_id = plain_upstream_id(found.get(name))
-        if upstream_id is not None:
-            ids.upstream_id = upstream_id
-            return
+        if name in read and read.index(name) < rank and (upstream_id := plain_upstream_id(value)) is not None:
+            found, rank = upstream_id, read.index(name)
+    if found is not None:
+        ids.upstream_id = found
 
 
 async def _failure(answer: httpcore.Response, error_from: ErrorFromResponse) -> UpstreamError:
