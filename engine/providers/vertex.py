@@ -219,7 +219,7 @@ class VertexProvider:
 class _Chunks:
     """Async iterator of OpenAI chunk events made from a Vertex SSE body (owned by the caller)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], encoder: gemini.ChunkEncoder, ids: CallIds | None) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], encoder: gemini.ChunkEncoder, ids: CallIds | None = None) -> None:
         self._chunks = chunks
         self._encoder = encoder
         self._ids = ids  # its upstream_id is taken from the first event that names one
