@@ -146,7 +146,8 @@ class ChatService:
     async def manage_response(self, caller: Caller, response_id: str, method: str, rest: str = "") -> dict[str, Any]:
         """Read, list the input items of, delete or cancel one of the caller's stored
         responses (see :meth:`engine.stored_responses.StoredResponses.manage`)."""
-        return await self._services.stored.manage(caller.account_id, response_id, method, rest)
+        stored = self._services.stored
+        return await stored.manage(caller.account_id, response_id, method, rest, request_id=caller.request_id)
 
     async def open_stream(self, caller: Caller, request: ChatRequest) -> StreamRelay:
         """A streaming chat completion's relay: see :meth:`engine.exchange.Exchange.open_stream`."""

@@ -26,7 +26,7 @@ from omixa.engine.model_call import StoredAnswer, TieredCall
 from omixa.engine.relay import OpenedStream, open_events
 from omixa.engine.stream_frames import ChatFrames, function_text
 from omixa.engine.tokens import count_chat_prompt, count_text
-from omixa.engine.upstream import Completion, Provider, Usage
+from omixa.engine.upstream import CallIds, Completion, Provider, Usage
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MAX_CHOICES = 16
@@ -75,8 +75,8 @@ class ChatRequest(TieredCall):
     def allows(self, deployment: DeploymentConfig) -> bool:
         return True
 
-    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
-        return await provider.complete(body)
+    async def send(self, provider: Provider, body: dict[str, Any], ids: CallIds) -> Completion:
+        return await provider.complete(body, ids)
 
     def usage_of(self, completion: Completion) -> Usage:
         """The answer's usage; without one, the prompt as counted here plus the tokens of the
@@ -94,9 +94,9 @@ class ChatRequest(TieredCall):
         return ChatFrames(include_usage=self.include_usage, keep_filter_frames=streaming.keep_filter_frames)
 
     @staticmethod
-    async def open(provider: Provider, body: dict[str, Any]) -> OpenedStream:
+    async def open(provider: Provider, body: dict[str, Any], ids: CallIds) -> OpenedStream:
         """Open the stream on ``provider``."""
-        return await open_events(provider.open_stream(body))
+        return await open_events(provider.open_stream(body, ids))
 
 
 def _positive_int(body: dict[str, Any], key: str, *, maximum: int | None = None) -> int | None:

@@ -257,6 +257,33 @@ class MetricsConfig:
     sample_seconds: float = attrs.field(default=5.0, validator=_positive)
 
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _one_of(*allowed: str) -> Any:
+    def check(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in allowed:
+            raise FieldError(attribute.name, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+    return check
+
+
+def _upper(value: str) -> str:
+    return value.upper()
+
+
+@attrs.frozen(kw_only=True)
+class LoggingConfig:
+    """The log on stderr (``web/logs.py``); ``OMIXA_LOG_FORMAT`` and ``OMIXA_LOG_LEVEL`` win."""
+
+    # "text": one human line per record; "json": one JSON object per line, with each
+    # record's structured fields (the request line's) as keys.
+    format: str = attrs.field(default="text", validator=_one_of(*LOG_FORMATS))
+    # The least severe level written, any case ("info" is "INFO").
+    level: str = attrs.field(default="INFO", converter=_upper, validator=_one_of(*LOG_LEVELS))
+
+
 @attrs.frozen(kw_only=True)
 class DashboardConfig:
     """The developer dashboard (/usage, /catalog, /playground)."""
@@ -347,6 +374,7 @@ class Config:
     wallet: WalletConfig = WalletConfig()
     usage: UsageConfig = UsageConfig()
     metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
     streaming: StreamingConfig = StreamingConfig()
     dashboard: DashboardConfig = DashboardConfig()
     security: SecurityConfig = SecurityConfig()

@@ -4,7 +4,7 @@ Unknown keys and bad values stop start-up with the path of the offending key
 (``ConfigError("deployments[1].rpm: must be > 0, got -5")``). Relative paths resolve
 against the config file's folder; ``OMIXA_DATABASE_URL`` overrides ``[storage] url``,
 ``OMIXA_REDIS_URL`` overrides ``[cluster] redis_url``, and
-the streaming and security environment variables override their keys. Upstream API keys
+the streaming, security and logging environment variables override their keys. Upstream API keys
 may be written ``env:NAME`` and are resolved when the config is loaded.
 """
 
@@ -197,7 +197,8 @@ def structure_config(raw: dict[str, Any], *, base_dir: Path, resolve_secrets: bo
     redis_url = os.environ.get("OMIXA_REDIS_URL")
     if redis_url is not None:
         config = attrs.evolve(config, cluster=attrs.evolve(config.cluster, redis_url=redis_url.strip()))
-    return _check(_security_from_env(_streaming_from_env(config)), resolve_secrets=resolve_secrets)
+    config = _logging_from_env(_security_from_env(_streaming_from_env(config)))
+    return _check(config, resolve_secrets=resolve_secrets)
 
 
 def _streaming_from_env(config: Config) -> Config:
@@ -243,6 +244,20 @@ def _security_from_env(config: Config) -> Config:
         return attrs.evolve(config, security=attrs.evolve(config.security, **changes))
     except FieldError as exc:
         env = next(n for n, f in SECURITY_ENV.items() if f == exc.field)
+        raise ConfigError(f"{env}: {exc.problem}") from None
+
+
+LOGGING_ENV = {"OMIXA_LOG_FORMAT": "format", "OMIXA_LOG_LEVEL": "level"}
+
+
+def _logging_from_env(config: Config) -> Config:
+    changes = {field: text.strip() for name, field in LOGGING_ENV.items() if (text := os.environ.get(name, "")).strip()}
+    if not changes:
+        return config
+    try:
+        return attrs.evolve(config, logging=attrs.evolve(config.logging, **changes))
+    except FieldError as exc:
+        env = next(n for n, f in LOGGING_ENV.items() if f == exc.field)
         raise ConfigError(f"{env}: {exc.problem}") from None
 
 

@@ -22,7 +22,7 @@ from omixa.engine.chat_request import resolve_model
 from omixa.engine.errors import InternalError, InvalidRequest
 from omixa.engine.model_call import PlainCall
 from omixa.engine.tokens import count_text
-from omixa.engine.upstream import Completion, EmbeddingsProvider, Provider, Usage
+from omixa.engine.upstream import CallIds, Completion, EmbeddingsProvider, Provider, Usage
 
 # OpenAI's limits: inputs per request, and tokens over all inputs of one request.
 MAX_INPUTS = 2048
@@ -54,12 +54,12 @@ class EmbeddingRequest(PlainCall):
     def build_body(self, output_tokens: int) -> dict[str, Any]:
         return copy.copy(self.body)
 
-    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+    async def send(self, provider: Provider, body: dict[str, Any], ids: CallIds) -> Completion:
         # The fleet gives a model only deployments of its provider (or the simulator), and
         # the catalog's embed models are Azure's: such an adapter has it.
         if not isinstance(provider, EmbeddingsProvider):
             raise InternalError()
-        return await provider.embed(body)
+        return await provider.embed(body, ids)
 
     def usage_of(self, completion: Completion) -> Usage:
         """The upstream's usage; without one, the input as counted here."""

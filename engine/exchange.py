@@ -55,7 +55,7 @@ from omixa.engine.relay import OpenedStream, StreamRelay
 from omixa.engine.router import Lease
 from omixa.engine.stream_frames import FrameReader
 from omixa.engine.tokens import count_text
-from omixa.engine.upstream import Provider, Usage
+from omixa.engine.upstream import CallIds, Provider, Usage
 from omixa.storage import Hold, HoldContext, RequestLog, StoredResponse
 
 log = logging.getLogger("omixa.chat")
@@ -64,8 +64,8 @@ log = logging.getLogger("omixa.chat")
 FINISH_TIMEOUT = 10.0
 
 T = TypeVar("T")
-# Opens a call's stream on a deployment's adapter, with the body as sent there.
-Opener = Callable[[Provider, dict[str, Any]], Awaitable[OpenedStream]]
+# Opens a call's stream on a deployment's adapter, with the body as sent there, as an attempt.
+Opener = Callable[[Provider, dict[str, Any], CallIds], Awaitable[OpenedStream]]
 
 
 class Exchange:
@@ -91,6 +91,7 @@ class Exchange:
         # Step 2: the attempts. Deployments that failed this request, the last failure.
         self._deadline: float | None = None
         self._lease: Lease | None = None
+        self._ids: CallIds | None = None  # the current attempt's (after the last, the last's)
         self._attempt_started = 0.0
         self._tried: set[str] = set()
         self._last_failure: OmixaError | None = None
@@ -190,7 +191,7 @@ class Exchange:
 
     # -- step 2: attempts and failover ----------------------------------------------------
 
-    async def _attempt(self, call: Callable[[Provider, dict[str, Any]], Awaitable[T]]) -> T:
+    async def _attempt(self, call: Callable[[Provider, dict[str, Any], CallIds], Awaitable[T]]) -> T:
         """Run ``call`` on a deployment the router grants, failing over to another one on a
         429, 5xx, connection error or timeout, up to ``upstream.max_attempts`` attempts within
         ``upstream.request_timeout_seconds`` (counted per request, across a stream's
@@ -200,7 +201,8 @@ class Exchange:
         budget still leaves time to try another. The hold is the same for every attempt;
         each failed attempt gives its slot back with the failure (which cools the
         deployment down or counts towards its breaker). ``call`` gets the deployment's
-        adapter and the body as sent to that deployment (``for_deployment``).
+        adapter, the body as sent to that deployment (``for_deployment``) and the attempt's
+        :class:`~engine.upstream.CallIds`, in which the adapter notes the upstream's id.
 
         Errors: the last upstream failure when attempts run out or no other deployment can
         take the request; NoHealthyDeployment when none could take it at all.
@@ -226,17 +228,18 @@ class Exchange:
             self._attempt_started = time.monotonic()
             if self._trace is not None:
                 self._trace.attempting(self._lease)
+            self._ids = ids = CallIds(self.request_id)
             try:
                 actor = self._lease.actor
                 body = request.for_deployment(self._upstream_body, actor.config)
                 if request.stream:
-                    return await call(actor.provider, body)  # the head's own bound: timeout_seconds
+                    return await call(actor.provider, body, ids)  # the head's own bound: timeout_seconds
                 bound = min(
                     actor.config.attempt_timeout_seconds or upstream.attempt_timeout_seconds,
                     self._deadline - trio.current_time(),
                 )
                 with trio.move_on_after(bound):
-                    return await call(actor.provider, body)
+                    return await call(actor.provider, body, ids)
                 raise UpstreamTimeout()
             except (UpstreamError, UpstreamTimeout) as exc:
                 if not self.may_fail_over(exc):
@@ -272,10 +275,11 @@ class Exchange:
         self._tried.add(lease.actor.config.name)
         self._last_failure = failure
         log.warning(
-            "request %s: deployment %s failed (%s); failing over",
+            "request %s: deployment %s failed (%s; upstream id %s); failing over",
             self.request_id,
             lease.actor.config.name,
             failure.message,
+            self._ids.upstream_id if self._ids is not None else None,
         )
 
     # -- step 3: what the relay reports ---------------------------------------------------
@@ -448,4 +452,5 @@ class Exchange:
             latency_ms=round(latency * 1000),
             ttft_ms=round((ttft - self._started) * 1000) if ttft is not None else None,
             created_at=self._created_at,
+            upstream_request_id=self._ids.upstream_id if self._ids is not None else None,
         )

@@ -26,7 +26,7 @@ from omixa.engine.chat_request import resolve_model
 from omixa.engine.errors import InternalError, InvalidRequest, ModelNotFound
 from omixa.engine.model_call import PlainCall
 from omixa.engine.tokens import count_text
-from omixa.engine.upstream import MAX_REPORTED_TOKENS, Completion, EmbeddingsProvider, Provider, Usage
+from omixa.engine.upstream import MAX_REPORTED_TOKENS, CallIds, Completion, EmbeddingsProvider, Provider, Usage
 
 MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 32_000
@@ -68,12 +68,12 @@ class ImageRequest(PlainCall):
         body.pop("response_format", None)  # gpt-image-1 always answers b64_json, and takes no such key
         return body
 
-    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
+    async def send(self, provider: Provider, body: dict[str, Any], ids: CallIds) -> Completion:
         # The fleet gives a model only deployments of its provider (or the simulator), and
         # the catalog's generate images models are Azure's: such an adapter has it.
         if not isinstance(provider, EmbeddingsProvider):
             raise InternalError()
-        return await provider.generate_images(body)
+        return await provider.generate_images(body, ids)
 
     def usage_of(self, completion: Completion) -> Usage:
         """The answer's token usage, else the catalog price of the images it returned."""

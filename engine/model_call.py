@@ -15,7 +15,7 @@ import attrs
 
 from omixa.engine.catalog import ModelInfo, Prices, cost_of
 from omixa.engine.config import DeploymentConfig
-from omixa.engine.upstream import Completion, Provider, Usage
+from omixa.engine.upstream import CallIds, Completion, Provider, Usage
 
 
 @attrs.frozen
@@ -88,8 +88,8 @@ class ModelCall(Protocol):
         """The body as sent to that deployment."""
         ...
 
-    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
-        """The adapter call (non-streaming)."""
+    async def send(self, provider: Provider, body: dict[str, Any], ids: CallIds) -> Completion:
+        """The adapter call (non-streaming), as the attempt ``ids``."""
         ...
 
     def usage_of(self, completion: Completion) -> Usage:

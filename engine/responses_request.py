@@ -37,7 +37,7 @@ from omixa.engine.relay import OpenedStream, open_events
 from omixa.engine.stored_responses import same_resource
 from omixa.engine.stream_frames import ResponseFrames
 from omixa.engine.tokens import count_chat_prompt, count_text
-from omixa.engine.upstream import Completion, Provider, ResponsesProvider, Usage
+from omixa.engine.upstream import CallIds, Completion, Provider, ResponsesProvider, Usage
 from omixa.storage import StoredResponse
 
 # Adapters that serve the Responses API (Vertex and the simulator through their chat translation).
@@ -141,11 +141,11 @@ class ResponsesRequest(TieredCall):
             return False
         return self.endpoint is None or same_resource(deployment.endpoint, self.endpoint)
 
-    async def send(self, provider: Provider, body: dict[str, Any]) -> Completion:
-        return await _responses(provider).respond(body)
+    async def send(self, provider: Provider, body: dict[str, Any], ids: CallIds) -> Completion:
+        return await _responses(provider).respond(body, ids)
 
-    async def open(self, provider: Provider, body: dict[str, Any]) -> OpenedStream:
-        return await open_events(_responses(provider).open_response_stream(body))
+    async def open(self, provider: Provider, body: dict[str, Any], ids: CallIds) -> OpenedStream:
+        return await open_events(_responses(provider).open_response_stream(body, ids))
 
     def frames(self, streaming: StreamingConfig) -> ResponseFrames:
         return ResponseFrames(store=self.store)

@@ -26,7 +26,7 @@ from omixa.engine.errors import (
     translate_upstream,
 )
 from omixa.engine.router import Router
-from omixa.engine.upstream import StoringProvider
+from omixa.engine.upstream import CallIds, StoringProvider
 from omixa.storage import Storage, StoredResponse
 
 log = logging.getLogger("omixa.responses")
@@ -75,9 +75,12 @@ class StoredResponses:
         with storage_failures("response"):
             return await self._storage.find_stored_response(account_id, response_id)
 
-    async def manage(self, account_id: str, response_id: str, method: str, rest: str = "") -> dict:
+    async def manage(
+        self, account_id: str, response_id: str, method: str, rest: str = "", *, request_id: str | None = None
+    ) -> dict:
         """``method`` on the account's stored response (``rest``: what follows its id in the
-        path, e.g. ``/input_items?limit=20`` or ``/cancel``), at the resource that holds it.
+        path, e.g. ``/input_items?limit=20`` or ``/cancel``), at the resource that holds it,
+        sent upstream as ``request_id`` (:class:`~engine.upstream.CallIds`).
         A DELETE that succeeds, or an upstream that no longer holds the response, forgets it.
 
         Errors: NotFoundError (not the account's, or gone upstream), the upstream's refusal
@@ -91,7 +94,8 @@ class StoredResponses:
         if provider is None:
             raise NotFoundError(f"The response '{response_id}' is stored on a resource this server no longer serves.")
         try:
-            answer = await provider.manage_response(method, f"/{quote(response_id, safe='')}{rest}")
+            ids = CallIds(request_id) if request_id is not None else None
+            answer = await provider.manage_response(method, f"/{quote(response_id, safe='')}{rest}", ids)
         except UpstreamError as exc:
             if exc.upstream_status != 404:
                 raise translate_upstream(exc) from None  # as any call's: the client's fault kept, the rest plain

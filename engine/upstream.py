@@ -95,6 +95,39 @@ class Completion:
     usage: Usage | None
 
 
+# An upstream's id of a call is kept only if it is this short and plain (visible ASCII): it
+# goes into log lines and the request log as is.
+MAX_UPSTREAM_ID_CHARS = 128
+
+
+def plain_upstream_id(value: object) -> str | None:
+    """``value`` as an upstream request id (a str of 1 to ``MAX_UPSTREAM_ID_CHARS`` visible
+    ASCII characters), else None."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_UPSTREAM_ID_CHARS:
+        return None
+    return value if value.isascii() and value.isprintable() and " " not in value else None
+
+
+@attrs.define
+class CallIds:
+    """What one attempt of a call is known by, on both sides. The exchange makes one per
+    attempt and hands it to the adapter with the body.
+
+    ``request_id`` is Omixa's (``req_...``, the client's ``x-request-id``): the adapter sends it
+    where its upstream takes one (Azure: ``x-ms-client-request-id``; Vertex has no such
+    header). ``upstream_id`` is the upstream's own id of the attempt, which the adapter sets
+    as soon as the upstream names one (Azure: the response head's ``apim-request-id``, else
+    ``x-request-id``, else ``x-ms-request-id``, failed answers included; Vertex: the body's
+    ``responseId``, of a JSON answer or a stream's first event); None until then, and when the
+    upstream named none (no answer came, or the id was not plain: :func:`plain_upstream_id`).
+    """
+
+    request_id: str
+    upstream_id: str | None = None
+
+
 @attrs.frozen(kw_only=True)
 class SseEvent:
     """One server-sent event exactly as received (``raw`` ends with the blank line).
@@ -115,11 +148,14 @@ class Provider(Protocol):
 
     name: str  # "azure", "vertex", "simulator"
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
-        """Send a non-streaming chat completion and return the parsed answer."""
+    async def complete(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
+        """Send a non-streaming chat completion and return the parsed answer. ``ids``: the
+        attempt's (see :class:`CallIds`), in every method that calls the upstream."""
         ...
 
-    def open_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+    def open_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
         """Start a streaming chat completion.
 
         Entering the context sends the request and waits for the response head (raising
@@ -138,11 +174,13 @@ class ResponsesProvider(Provider, Protocol):
     """An adapter that serves the Responses API (Azure natively; Vertex and the simulator
     through their chat translation, :mod:`engine.providers._responses`)."""
 
-    async def respond(self, body: dict[str, Any]) -> Completion:
+    async def respond(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """Send a non-streaming Responses API body; the response object and its usage."""
         ...
 
-    def open_response_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+    def open_response_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
         """Start a streaming Responses API request (see :meth:`Provider.open_stream`)."""
         ...
 
@@ -151,7 +189,7 @@ class ResponsesProvider(Provider, Protocol):
 class StoringProvider(ResponsesProvider, Protocol):
     """An adapter whose upstream stores responses (Azure, the simulator)."""
 
-    async def manage_response(self, method: str, path: str) -> dict[str, Any]:
+    async def manage_response(self, method: str, path: str, ids: CallIds | None = None) -> dict[str, Any]:
         """Read, delete or cancel a stored response (``path`` after ``/responses``)."""
         ...
 
@@ -160,10 +198,10 @@ class StoringProvider(ResponsesProvider, Protocol):
 class EmbeddingsProvider(Provider, Protocol):
     """An adapter that also serves embedding and image models (Azure, the simulator)."""
 
-    async def embed(self, body: dict[str, Any]) -> Completion:
+    async def embed(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """Send an OpenAI embeddings body; the answer and its usage."""
         ...
 
-    async def generate_images(self, body: dict[str, Any]) -> Completion:
+    async def generate_images(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """Send an OpenAI image-generation body; the answer (its usage is read by the caller)."""
         ...

@@ -8,6 +8,10 @@ dropped: counted in :attr:`UsageAggregator.dropped` (shown on ``/healthz``) and 
 ERROR with its request id. Money is not affected: holds, charges and releases are written on
 the request's own path, and their ledger rows carry the request id.
 
+``record`` also writes the request's line on the ``omixa.request`` logger, with its fields as
+the record's structured data (:func:`request_fields`; ``[logging] format = "json"`` writes
+each as a key of the line's JSON object).
+
 A request that held money also wrote its log into its hold, in the transaction of its settle
 or release (:class:`storage.FinalizeHold`); ``record`` then names that hold, and the batch
 that writes the log makes the hold forget its copy. So the log of a charged request is never
@@ -33,6 +37,31 @@ log = logging.getLogger("omixa.usage")
 request_log = logging.getLogger("omixa.request")
 
 
+def request_fields(entry: RequestLog) -> dict[str, object]:
+    """The request line's structured fields (``extra=``: a JSON log line carries each as its
+    own key; the text line's message says the main ones). Never a key, a secret or any text
+    of the prompt or the answer."""
+    return {
+        "request_id": entry.id,
+        "account_id": entry.account_id,
+        "key_id": entry.key_id,
+        "model": entry.model,
+        "provider": entry.provider,
+        "deployment": entry.deployment,
+        "region": entry.region,
+        "status": entry.status,
+        "stream": entry.stream,
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
+        "cached_tokens": entry.cached_tokens,
+        "reasoning_tokens": entry.reasoning_tokens,
+        "cost_nano": entry.cost,
+        "latency_ms": entry.latency_ms,
+        "ttft_ms": entry.ttft_ms,
+        "upstream_request_id": entry.upstream_request_id,
+    }
+
+
 class UsageAggregator:
     def __init__(self, storage: Storage, config: UsageConfig) -> None:
         self._storage = storage
@@ -53,20 +82,23 @@ class UsageAggregator:
         ``hold_id``: the hold that keeps a copy of this log (finalized with it), whose copy
         the write then clears.
         """
-        request_log.info(
-            "request id=%s account=%s model=%s deployment=%s status=%s stream=%s "
-            "prompt_tokens=%d completion_tokens=%d cost_nano=%d latency_ms=%d",
-            entry.id,
-            entry.account_id,
-            entry.model,
-            entry.deployment,
-            entry.status,
-            entry.stream,
-            entry.prompt_tokens,
-            entry.completion_tokens,
-            entry.cost,
-            entry.latency_ms,
-        )
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info(
+                "request id=%s account=%s model=%s deployment=%s status=%s stream=%s "
+                "prompt_tokens=%d completion_tokens=%d cost_nano=%d latency_ms=%d upstream_request_id=%s",
+                entry.id,
+                entry.account_id,
+                entry.model,
+                entry.deployment,
+                entry.status,
+                entry.stream,
+                entry.prompt_tokens,
+                entry.completion_tokens,
+                entry.cost,
+                entry.latency_ms,
+                entry.upstream_request_id,
+                extra=request_fields(entry),
+            )
         self.recorded += 1
         try:
             self._send.send_nowait((entry, hold_id))

@@ -103,7 +103,8 @@ REQUEST_LOG_COLUMNS = (
     "cost",
     "latency_ms",
     "ttft_ms",
-    "created_at",
+    "upstream_request_id",
+    "created_at",  # last: the backends convert it on its own
 )
 # Summed columns of usage_rollups, in table order.
 ROLLUP_SUMS = (
@@ -264,6 +265,7 @@ _HELD_LOG_FIELDS = (
     "cached_tokens",
     "latency_ms",
     "ttft_ms",
+    "upstream_request_id",
 )
 
 
@@ -286,6 +288,7 @@ def log_from_hold(hold: Mapping[str, Any]) -> RequestLog:
     cost is what the hold charged."""
     log = hold["log"]
     fields = json.loads(log) if isinstance(log, str) else dict(log)
+    fields.setdefault("upstream_request_id", None)  # a copy kept before migration 0009 has none
     return RequestLog(
         id=hold["request_id"],
         account_id=hold["account_id"],

@@ -119,6 +119,9 @@ class RequestLog:
     latency_ms: int
     ttft_ms: int | None
     created_at: dt.datetime
+    # The upstream's id of the attempt that answered (the last one tried): Azure's
+    # apim-request-id, Vertex's responseId; None when it named none (or none was reached).
+    upstream_request_id: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -50,6 +50,7 @@ import json
 import re
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
@@ -61,7 +62,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 from fake_azure_responses import RESPONSES_PATH, ResponsesApi
-from fake_wire import MSG_401, azure_error, event, reply, send_response, start
+from fake_wire import APIM_REQUEST_ID, MSG_401, azure_error, event, reply, send_response, start
 
 from omixa.engine.providers.simulator import TINY_PNG
 from omixa.engine.tokens import count_chat_prompt, count_text, encoding
@@ -126,7 +127,11 @@ def context_length_error(limit: int = 128000, tokens: int = 130000) -> dict[str,
 @attrs.frozen
 class FakeRequest:
     """One request as received: ``query`` and ``headers`` (lower-case names) as dicts, ``json``
-    the parsed body (None if it was not JSON), ``deployment`` from the path (or None)."""
+    the parsed body (None if it was not JSON), ``deployment`` from the path (or None);
+    ``headers["x-ms-client-request-id"]`` is the id the gateway sent with it.
+    ``upstream_id``: the upstream's id of this call, a new UUID each, as the answer names it
+    (the fake Azure: ``apim-request-id`` on every answer, errors too; the fake Vertex: the
+    body's ``responseId``)."""
 
     method: str
     path: str
@@ -136,6 +141,7 @@ class FakeRequest:
     deployment: str | None
     operation: str | None = None  # "chat/completions", "embeddings", "images/generations" or "responses"
     at: float = attrs.field(factory=time.monotonic)  # when it arrived (time.monotonic())
+    upstream_id: str = attrs.field(factory=lambda: str(uuid.uuid4()))
 
 
 @attrs.define(kw_only=True)
@@ -251,6 +257,7 @@ class FakeAzure:
         self.requests.append(FakeRequest(scope["method"], scope["path"], query, headers, body,
                                          match.group(1) if match else (body.get("model") if responses and isinstance(body, dict) else None),
                                          match.group(2) if match else ("responses" if responses else None)))  # fmt: skip
+        APIM_REQUEST_ID.set(self.requests[-1].upstream_id)  # every answer to it names it
         self._notify()
         if responses or scope["path"].startswith(RESPONSES_PATH + "/"):
             return await ResponsesApi(self).serve(scope, receive, send, headers, query, body)

@@ -33,7 +33,7 @@ import time
 from typing import Any
 
 import trio
-from fake_wire import MSG_401, azure_error, reply, send_response
+from fake_wire import MSG_401, azure_error, id_headers, reply, send_response
 
 from omixa.engine.tokens import count_text, encoding
 
@@ -199,7 +199,7 @@ class ResponsesApi:
 
         started = {**done, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), (b"apim-request-id", b"fake")]})  # fmt: skip
+                    "headers": [(b"content-type", b"text/event-stream; charset=utf-8"), *id_headers()]})  # fmt: skip
         await event("response.created", response=started)
         await event("response.in_progress", response=started)
         await fake._first_wait()

@@ -16,7 +16,8 @@ with a token this fake issued. Errors are Google's ``{"error": {"code", "message
 Answers carry ``candidates`` (a ``thought`` part first when ``thoughts`` is set, then the
 reply), ``finishReason``, ``usageMetadata`` (prompt = :func:`prompt_tokens_of`, candidates =
 tokens of the text sent, thoughts = ``thoughts_tokens``, cached = ``cached_tokens``),
-``modelVersion`` and ``responseId``. Streams send ``data: {...}\\r\\n\\r\\n`` events, one thought
+``modelVersion`` and ``responseId`` (the request's ``FakeRequest.upstream_id``, in every
+event of a stream too; no ``apim-request-id``: Google sends none). Streams send ``data: {...}\\r\\n\\r\\n`` events, one thought
 event, one per reply piece, with ``finishReason`` and ``usageMetadata`` only in the last, and
 no ``[DONE]``. ``block_reason`` answers a blocked prompt (``promptFeedback``, no candidates).
 ``maxOutputTokens`` bounds thoughts + reply (``MAX_TOKENS``).
@@ -31,6 +32,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,8 @@ DEFAULT_REPLY = "Gemini says the quick brown fox jumps over the lazy dog."
 DEFAULT_THOUGHT = "**Thinking about foxes** The user wants a sentence about a fox."
 API_KEY = "fake-vertex-key"
 CLIENT_EMAIL = "omixa-test@fake-project.iam.gserviceaccount.com"
+# The responseId of the answer to the request being served (set in its own task).
+_RESPONSE_ID: ContextVar[str] = ContextVar("_RESPONSE_ID", default="fakeresp")
 _PATH = re.compile(
     r"/v1/(?:projects/([^/]+)/locations/([^/]+)/)?publishers/google/models/([^/:]+)"
     r":(generateContent|streamGenerateContent)"
@@ -176,6 +180,7 @@ class FakeVertex:
         match = _PATH.fullmatch(scope["path"])
         self.requests.append(FakeRequest(scope["method"], scope["path"], query, headers, body,
                                          match.group(3) if match else None))  # fmt: skip
+        _RESPONSE_ID.set(self.requests[-1].upstream_id)
         self._notify()
         if not match or scope["method"] != "POST":
             return await _json(send, 404, google_error(404, "The requested URL was not found."))
@@ -266,7 +271,7 @@ class FakeVertex:
 
     def _head(self) -> dict[str, Any]:
         return {"modelVersion": self.model_version, "createTime": "2026-11-25T22:00:00.000000Z",
-                "responseId": f"fakeresp{len(self.requests):08d}"}  # fmt: skip
+                "responseId": _RESPONSE_ID.get()}  # fmt: skip
 
     def _blocked(self, body: dict[str, Any]) -> dict[str, Any]:
         prompt = prompt_tokens_of(body)

@@ -80,6 +80,7 @@ def request_log(request_id: str, **overrides: Any) -> RequestLog:
         latency_ms=420,
         ttft_ms=95,
         created_at=dt.datetime(2025, 1, 2, 3, 4, 5, 678_901, tzinfo=UTC),
+        upstream_request_id="5f0c6a1e-8d2b-4c3a-9e7f-0a1b2c3d4e5f",
     )
     values.update(overrides)
     return RequestLog(**values)

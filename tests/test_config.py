@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from omixa.engine.catalog import load_catalog
-from omixa.engine.config import ConfigError
+from omixa.engine.config import ConfigError, LoggingConfig
 from omixa.engine.config_loader import load_config, structure_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +65,33 @@ def test_secrets_resolve_from_the_environment(monkeypatch):
         structure_config(raw, base_dir=Path("."))
     monkeypatch.setenv("AZ_TEST_KEY", "secret")
     assert structure_config(raw, base_dir=Path(".")).deployments[0].api_key == "secret"
+
+
+def test_logging_is_text_or_json_at_a_level_and_anything_else_is_refused(monkeypatch):
+    def logging_of(raw: dict) -> LoggingConfig:
+        return structure_config(raw, base_dir=Path(".")).logging
+
+    assert logging_of({}) == LoggingConfig(format="text", level="INFO")
+    assert logging_of({"logging": {"format": "json", "level": "debug"}}) == LoggingConfig(format="json", level="DEBUG")
+    for raw, message in [
+        ({"format": "xml"}, "logging.format: must be one of 'text', 'json', got 'xml'"),
+        ({"format": "JSON"}, "logging.format: must be one of 'text', 'json', got 'JSON'"),
+        ({"format": 1}, "logging.format: expected a string, got 1"),
+        (
+            {"level": "loud"},
+            "logging.level: must be one of 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL', got 'LOUD'",
+        ),
+        ({"colour": True}, "logging.colour: unknown key"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            logging_of({"logging": raw})
+        assert str(refused.value) == message
+    monkeypatch.setenv("OMIXA_LOG_FORMAT", " json ")
+    monkeypatch.setenv("OMIXA_LOG_LEVEL", "warning")
+    assert logging_of({"logging": {"format": "text"}}) == LoggingConfig(format="json", level="WARNING")
+    monkeypatch.setenv("OMIXA_LOG_FORMAT", "yaml")
+    with pytest.raises(ConfigError, match="^OMIXA_LOG_FORMAT: must be one of 'text', 'json', got 'yaml'$"):
+        logging_of({})
 
 
 def test_instance_staleness_must_span_several_heartbeats():

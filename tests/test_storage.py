@@ -239,7 +239,15 @@ async def test_request_logs(storage):
     assert await storage.get_request_log("req_1") == log
     assert await storage.get_request_log("req_missing") is None
 
-    other = request_log("req_2", deployment=None, region=None, ttft_ms=None, stream=False, status="client_closed")
+    other = request_log(
+        "req_2",
+        deployment=None,
+        region=None,
+        ttft_ms=None,
+        stream=False,
+        status="client_closed",
+        upstream_request_id=None,
+    )
     changed = request_log("req_1", cost=1)
     await storage.insert_request_logs([changed, other, other])  # existing and repeated ids
     assert await storage.get_request_log("req_1") == log  # the first write wins

@@ -5,7 +5,9 @@ maintained with the logs, and recovering the holds of a process that is gone."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
+import attrs
 import pytest
 import trio
 from storage_helpers import USD, _later, funded_account, request_log
@@ -21,7 +23,7 @@ from omixa.storage import (
     latency_bin_upper,
     open_storage,
 )
-from omixa.storage._common import latency_bin
+from omixa.storage._common import latency_bin, log_from_hold, log_to_json
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
@@ -213,7 +215,7 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
             account_id=account.id, request_id=request_id, amount=USD, expires_at=_later(), context=context
         )
     await storage.settle_hold(holds["req_written"].id, 500, log=log("req_written"))
-    await storage.settle_hold(holds["req_lost"].id, 700, log=log("req_lost"))
+    await storage.settle_hold(holds["req_lost"].id, 700, log=log("req_lost", upstream_request_id="apim-of-lost"))
     await storage.void_hold(holds["req_released"].id, log=log("req_released", status="upstream_error"))
     # A wallet actor's group commit keeps the log too.
     await storage.apply_wallet_ops([FinalizeHold(hold_id=holds["req_batched"].id, charge=900, log=log("req_batched"))])
@@ -227,7 +229,8 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
         ("req_released", 0, "upstream_error"),
     ]
     lost = await storage.get_request_log("req_lost")
-    assert lost == log("req_lost", cost=700)  # every field as the process would have written it
+    # Every field as the process would have written it, the upstream's id of the call too.
+    assert lost == log("req_lost", cost=700, upstream_request_id="apim-of-lost")
     rollups = await storage.usage_rollups(
         account.id, granularity="day", since=now - dt.timedelta(days=1), until=now + dt.timedelta(days=1)
     )
@@ -236,3 +239,14 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
     await storage.register_instance(Instance(id="inst_gone", host="h", pid=1, started_at=now, heartbeat_at=now))
     assert await storage.recover_instance("inst_gone", now) == []
     assert await storage.verify_ledger() == []
+
+
+def test_a_log_kept_by_a_hold_before_the_upstream_id_was_recorded_still_recovers():
+    """A hold whose copy of the log was written by a release before migration 0009 (no
+    upstream_request_id in it) is read back with None for it, not refused."""
+    entry = request_log("req_old", account_id="acct_1", key_id="key_1", model="gpt-4o", stream=True)
+    kept = json.loads(log_to_json(entry))
+    assert kept.pop("upstream_request_id") == entry.upstream_request_id  # what a hold keeps now
+    hold = {"request_id": "req_old", "account_id": "acct_1", "key_id": "key_1", "model": "gpt-4o",
+            "stream": True, "charged": 7, "log": json.dumps(kept)}  # fmt: skip
+    assert log_from_hold(hold) == attrs.evolve(entry, cost=7, upstream_request_id=None)

@@ -27,6 +27,7 @@ from omixa.engine.money import format_usd, parse_usd
 from omixa.engine.secretbox import SECRET_KEY_ENV, secret_box_from_env
 from omixa.storage import NotFound, Storage, StorageError, open_storage
 from omixa.web import deployments_file
+from omixa.web.logs import configure_logging
 
 log = logging.getLogger("omixa.cli")
 
@@ -35,22 +36,20 @@ class UsageError(Exception):
     """Bad arguments; exit 2."""
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # One line per request comes from omixa.request; httpx would add its own for each call.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
 def _load(path: str | None, *, serving: bool = False) -> Config:
     """The config named by --config / $OMIXA_CONFIG, else ``config/omixa.toml``; when none
-    was named and that file does not exist, the defaults (SQLite ``omixa.db`` here).
+    was named and that file does not exist, the defaults (SQLite ``omixa.db`` here). The log
+    takes its ``[logging]`` from here on.
 
     Only a serving command resolves ``env:`` upstream keys: the others never call upstream.
     """
     file = resolve_config_path(path)
     if not (path or os.environ.get("OMIXA_CONFIG")) and not file.exists():
-        return structure_config({}, base_dir=Path.cwd())
-    return load_config(file, resolve_secrets=serving)
+        config = structure_config({}, base_dir=Path.cwd())
+    else:
+        config = load_config(file, resolve_secrets=serving)
+    configure_logging(config.logging)
+    return config
 
 
 def _run(main: Callable[..., Awaitable[int]], *args: Any) -> int:
@@ -110,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from omixa.web.workers import signal_or_orphaned
 
         index, count, fd = _worker_spec(args.worker)
-        _become_worker(index)
+        configure_logging(config.logging, worker=index)  # names the worker in every line
         share = WHOLE if config.cluster.redis_url else Share(index, count)
         shutdown_trigger = signal_or_orphaned
 
@@ -173,12 +172,6 @@ def _worker_spec(text: str) -> tuple[int, int, int]:
     if not 0 <= index < count:
         raise UsageError(f"--worker: index {index} is not below the count {count}")
     return index, count, fd
-
-
-def _become_worker(index: int) -> None:
-    """Name the worker in every log line."""
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(name)s %(message)s"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -415,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    configure_logging()  # text at INFO until the command has read its config
     try:
         return args.func(args)
     except (UsageError, ConfigError, CatalogError, ValueError) as exc:

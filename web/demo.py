@@ -21,6 +21,7 @@ from omixa.engine.catalog import load_catalog
 from omixa.engine.config import StorageConfig
 from omixa.engine.config_loader import structure_config
 from omixa.engine.money import parse_usd
+from omixa.web.logs import configure_logging
 from omixa.web.server import Gateway, run_gateway
 
 DEMO_EMAIL = "demo@omixa.local"
@@ -49,6 +50,7 @@ async def run_demo(port: int, data_dir: str | None) -> int:
     folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="omixa-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     config = demo_config(port, folder)
+    configure_logging(config.logging)  # the defaults, or OMIXA_LOG_FORMAT / OMIXA_LOG_LEVEL
     async with trio.open_nursery() as nursery:
         gateway: Gateway = await nursery.start(partial(run_gateway, config))
         accounts = gateway.engine.accounts

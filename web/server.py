@@ -153,6 +153,9 @@ def hypercorn_config(config: Config, host: str, port: int, fd: int | None = None
         hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = config.server.shutdown_grace_seconds
     hc.accesslog = None  # chat requests get one structured line each from the engine instead
+    # Its logger, not "-": Hypercorn would give it a stderr handler of its own (each of its
+    # lines twice, once not in [logging]'s format); this one writes through ours.
+    hc.errorlog = logging.getLogger("hypercorn.error")
     hc.keep_alive_timeout = 75
     hc.backlog = 1024
     hc.include_server_header = False

@@ -36,6 +36,7 @@ import trio
 from omixa.engine.config import UpstreamConfig
 from omixa.engine.errors import OmixaError, UpstreamBusy, UpstreamError, UpstreamTimeout
 from omixa.engine.providers._reads import DEFAULT_READ_SIZE, StreamReadBackend, stream_reads
+from omixa.engine.upstream import CallIds, plain_upstream_id
 
 # An upstream's error body is read up to this many bytes (the message is what matters).
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -43,6 +44,21 @@ KEEPALIVE_EXPIRY = httpx.Limits().keepalive_expiry
 _CLOSE_SECONDS = 5.0
 
 ErrorFromResponse = Callable[[httpx.Response, bytes], UpstreamError]
+
+
+@attrs.frozen
+class IdHeaders:
+    """How an upstream's HTTP heads carry the ids of a call (:class:`~engine.upstream.CallIds`):
+    ``send``, the header our request id goes out in (None: not sent); ``read``, the response
+    headers the upstream's id is read from (lower case), the first one present winning."""
+
+    send: bytes | None
+    read: tuple[bytes, ...]
+
+
+# What the calls of :func:`post_answer` and :func:`open_streamed` do with ids when the
+# adapter says nothing: neither send nor read any.
+NO_ID_HEADERS = IdHeaders(None, ())
 
 
 def make_client(
@@ -227,12 +243,17 @@ def _core_request(
     *,
     send_once: bool = False,
     method: bytes = b"POST",
+    ids: CallIds | None = None,
+    id_headers: IdHeaders = NO_ID_HEADERS,
 ) -> httpcore.Request:
     """The request httpx would send (``Host``, ``Accept``, ``User-Agent``, ``headers``,
-    ``Content-Length``), as an httpcore request with the client's timeouts. With
-    ``send_once`` the request lets go of ``content`` once it has been sent."""
+    ``Content-Length``), as an httpcore request with the client's timeouts, plus our request
+    id in ``id_headers.send``. With ``send_once`` the request lets go of ``content`` once it
+    has been sent."""
     head = [(b"Host", _host_header(url)), (b"Accept", b"*/*"), (b"User-Agent", _USER_AGENT)]
     head += [(k.encode("ascii"), v.encode("ascii")) for k, v in headers.items()]
+    if ids is not None and id_headers.send is not None:
+        head.append((id_headers.send, ids.request_id.encode("ascii")))
     head.append((b"Content-Length", b"%d" % len(content)))
     return httpcore.Request(
         method, httpcore.URL(url), headers=head, content=_SentOnce(content) if send_once else content,
@@ -259,6 +280,21 @@ class _SentOnce:
         yield content
 
 
+def _note_upstream_id(answer: httpcore.Response, ids: CallIds | None, id_headers: IdHeaders) -> None:
+    """Keep the upstream's id of the call (the first of ``id_headers.read`` in the answer's
+    head that is plain) in ``ids``; a head without one leaves ``ids`` as it was."""
+    read = id_headers.read
+    if ids is None or not read:
+        return
+    found, rank = None, len(read)
+    for name, value in answer.headers:  # as received: any case
+        name = name.lower()
+        if name in read and read.index(name) < rank and (upstream_id := plain_upstream_id(value)) is not None:
+            found, rank = upstream_id, read.index(name)
+    if found is not None:
+        ids.upstream_id = found
+
+
 async def _failure(answer: httpcore.Response, error_from: ErrorFromResponse) -> UpstreamError:
     """The provider's error for a non-2xx answer, its body read up to ``MAX_ERROR_BODY_BYTES``."""
     with map_errors():
@@ -282,11 +318,15 @@ async def post_answer(
     error_from: ErrorFromResponse,
     *,
     method: bytes = b"POST",
+    ids: CallIds | None = None,
+    id_headers: IdHeaders = NO_ID_HEADERS,
 ) -> tuple[int, bytes]:
     """POST ``content`` (or send it with another ``method``); the status and body (at most
     ``limit`` bytes) of a successful answer,
     else the provider's error for the failed one (``error_from``, its body read up to
-    ``MAX_ERROR_BODY_BYTES``). The response is closed either way.
+    ``MAX_ERROR_BODY_BYTES``). The response is closed either way. ``ids``: our request id
+    goes out in ``id_headers.send``, and the upstream's id of the call, read from the answer's
+    head (a failed one's too), is kept in ``ids.upstream_id``.
 
     This calls the client's httpcore pool directly (:func:`_core_request`).
 
@@ -294,8 +334,10 @@ async def post_answer(
     the caller bounds the whole call).
     Cancellation: closes the connection; the pool opens a new one next time.
     """
+    request = _core_request(client, url, headers, content, method=method, ids=ids, id_headers=id_headers)
     with map_errors():
-        answer = await client.pool.handle_async_request(_core_request(client, url, headers, content, method=method))
+        answer = await client.pool.handle_async_request(request)
+    _note_upstream_id(answer, ids, id_headers)
     try:
         if not 200 <= answer.status < 300:
             raise await _failure(answer, error_from)
@@ -330,9 +372,13 @@ async def open_streamed(
     prepare: Callable[[], Awaitable[tuple[dict[str, str], bytes]]],
     head_timeout: float,
     error_from: ErrorFromResponse,
+    *,
+    ids: CallIds | None = None,
+    id_headers: IdHeaders = NO_ID_HEADERS,
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """POST a streaming request (``prepare()`` gives its headers and body) and yield the
-    successful answer's body, as an iterator of byte chunks.
+    successful answer's body, as an iterator of byte chunks. ``ids`` as in
+    :func:`post_answer`: the upstream's id comes from the response head.
 
     Like :func:`post_answer`, this calls the client's httpcore pool directly. Entering
     (``prepare`` included, e.g. fetching a token) waits at most ``head_timeout`` for the head
@@ -348,12 +394,13 @@ async def open_streamed(
         headers, content = await prepare()
         # httpcore keeps the request until the answer ends; its body goes once sent, so a
         # long stream holds nothing of its prompt.
-        request = _core_request(client, url, headers, content, send_once=True)
+        request = _core_request(client, url, headers, content, send_once=True, ids=ids, id_headers=id_headers)
         del prepare, content
         with map_errors():
             answer = await client.pool.handle_async_request(request)
     if answer is None:
         raise UpstreamTimeout("The upstream did not start its answer in time.")
+    _note_upstream_id(answer, ids, id_headers)
     try:
         if not 200 <= answer.status < 300:
             raise await _failure(answer, error_from)

@@ -7,6 +7,10 @@ Wire format: ``POST {endpoint}/openai/deployments/{deployment}/{operation}
 API has no deployment in its path: ``POST {endpoint}/openai/v1/responses`` (Azure's v1 API, no
 api-version), with the deployment's name as the body's ``model``.
 
+Every call sends Omixa's request id as ``x-ms-client-request-id`` and keeps Azure's id of
+the call (``apim-request-id``, else ``x-request-id`` or ``x-ms-request-id``, of any answer,
+error answers included) in the call's :class:`~engine.upstream.CallIds`.
+
 The body is sent as the engine built it, except ``model``, which is removed: Azure routes by the
 deployment in the URL and ignores it, and our catalog id means nothing to Azure. ``stream`` is
 set by the method called (``complete`` sends none, ``open_stream`` sends ``true``).
@@ -34,6 +38,7 @@ from omixa.engine.errors import UPSTREAM_CODE, UpstreamError, UpstreamTimeout
 from omixa.engine.providers._answers import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers._http import (
     STREAM_ERRORS,
+    IdHeaders,
     UpstreamClient,
     make_client,
     open_streamed,
@@ -41,10 +46,14 @@ from omixa.engine.providers._http import (
     translate,
 )
 from omixa.engine.providers.sse import SseParser
-from omixa.engine.upstream import Completion, SseEvent, Usage, decode_upstream_json
+from omixa.engine.upstream import CallIds, Completion, SseEvent, Usage, decode_upstream_json
 
 # Ten base64 images of 1536x1024 are about 40 MB.
 MAX_IMAGES_BYTES = 128 * 1024 * 1024
+# Our request id goes to Azure as the client request id Azure's services log; Azure's own id
+# of the call is its API gateway's ``apim-request-id`` (what Azure support asks for), else
+# ``x-request-id`` or ``x-ms-request-id``.
+AZURE_IDS = IdHeaders(b"x-ms-client-request-id", (b"apim-request-id", b"x-request-id", b"x-ms-request-id"))
 
 
 class AzureProvider:
@@ -84,39 +93,43 @@ class AzureProvider:
         self._owns_client = client is None
         self._client = client if client is not None else make_client(upstream)
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
+    async def complete(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """POST a non-streaming chat completion and return Azure's JSON answer and usage.
+        ``ids``: our request id is sent as ``x-ms-client-request-id``, and Azure's id of the
+        call (:data:`AZURE_IDS`) kept in it, in this method and every other that calls Azure.
 
         Errors: UpstreamError (error status, body not a JSON object, unreachable upstream),
         UpstreamTimeout (no complete answer within ``request_timeout_seconds``).
         Cancellation: closes the connection; the pool opens a new one next time.
         """
-        return await self._post(self._url, body, MAX_COMPLETION_BYTES)
+        return await self._post(self._url, body, MAX_COMPLETION_BYTES, ids)
 
-    async def embed(self, body: dict[str, Any]) -> Completion:
+    async def embed(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """POST an embeddings request; Azure's JSON answer and its usage (prompt tokens).
 
         Errors and cancellation: as :meth:`complete`.
         """
-        return await self._post(self._embeddings_url, body, MAX_COMPLETION_BYTES)
+        return await self._post(self._embeddings_url, body, MAX_COMPLETION_BYTES, ids)
 
-    async def generate_images(self, body: dict[str, Any]) -> Completion:
+    async def generate_images(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """POST an image generation; Azure's JSON answer (``data[].b64_json``, and a
         gpt-image-1 ``usage`` the caller reads itself).
 
         Errors and cancellation: as :meth:`complete`.
         """
-        return await self._post(self._images_url, body, MAX_IMAGES_BYTES)
+        return await self._post(self._images_url, body, MAX_IMAGES_BYTES, ids)
 
-    async def respond(self, body: dict[str, Any]) -> Completion:
+    async def respond(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """POST a non-streaming Responses API request; Azure's response object and its usage.
 
         Errors and cancellation: as :meth:`complete`.
         """
-        return await self._post(self._responses_url, body, MAX_COMPLETION_BYTES, model=self._deployment)
+        return await self._post(self._responses_url, body, MAX_COMPLETION_BYTES, ids, model=self._deployment)
 
     @asynccontextmanager
-    async def open_response_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+    async def open_response_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
         """Start a streaming Responses API request; yield an iterator of its typed SSE events
         (``response.created`` ... ``response.completed``). As :meth:`open_stream` otherwise."""
         unsent = [_content(body, stream=True, model=self._deployment)]
@@ -126,10 +139,12 @@ class AzureProvider:
             return self._headers, unsent.pop()
 
         url = self._responses_url
-        async with open_streamed(self._client, url, prepare, self._head_timeout, error_from_response) as chunks:
+        async with open_streamed(
+            self._client, url, prepare, self._head_timeout, error_from_response, ids=ids, id_headers=AZURE_IDS
+        ) as chunks:
             yield _Events(chunks)
 
-    async def manage_response(self, method: str, path: str) -> dict[str, Any]:
+    async def manage_response(self, method: str, path: str, ids: CallIds | None = None) -> dict[str, Any]:
         """A call on the resource's stored responses: ``method`` ("GET", "DELETE", "POST")
         on ``{endpoint}/openai/v1/responses{path}`` (e.g. ``/resp_1/input_items?limit=20``);
         Azure's JSON answer.
@@ -138,18 +153,23 @@ class AzureProvider:
         """
         content = b"{}" if method == "POST" else b""
         url = self._responses_url + path
-        return await self._answer(url, content, MAX_COMPLETION_BYTES, method=method.encode("ascii"))
+        return await self._answer(url, content, MAX_COMPLETION_BYTES, ids, method=method.encode("ascii"))
 
-    async def _post(self, url: str, body: dict[str, Any], limit: int, *, model: str | None = None) -> Completion:
-        data = await self._answer(url, _content(body, stream=False, model=model), limit)
+    async def _post(
+        self, url: str, body: dict[str, Any], limit: int, ids: CallIds | None, *, model: str | None = None
+    ) -> Completion:
+        data = await self._answer(url, _content(body, stream=False, model=model), limit, ids)
         return Completion(body=data, usage=Usage.from_openai(data.get("usage")))
 
-    async def _answer(self, url: str, content: bytes, limit: int, *, method: bytes = b"POST") -> dict[str, Any]:
+    async def _answer(
+        self, url: str, content: bytes, limit: int, ids: CallIds | None, *, method: bytes = b"POST"
+    ) -> dict[str, Any]:
         """Send ``content``; Azure's JSON object, within ``request_timeout_seconds``."""
         with trio.move_on_after(self._timeout) as deadline:
             status, raw = await post_answer(
-                self._client, url, self._headers, content, limit, error_from_response, method=method
-            )
+                self._client, url, self._headers, content, limit, error_from_response,
+                method=method, ids=ids, id_headers=AZURE_IDS,
+            )  # fmt: skip
         if deadline.cancelled_caught:
             raise UpstreamTimeout("The upstream did not answer in time.")
         try:
@@ -161,7 +181,9 @@ class AzureProvider:
         return data
 
     @asynccontextmanager
-    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+    async def open_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
         """Start a streaming chat completion; yield an iterator of its SSE events.
 
         Entering sends the request and waits for the response head. The response is owned
@@ -182,7 +204,9 @@ class AzureProvider:
         async def prepare() -> tuple[dict[str, str], bytes]:
             return self._headers, unsent.pop()
 
-        async with open_streamed(self._client, self._url, prepare, self._head_timeout, error_from_response) as chunks:
+        async with open_streamed(
+            self._client, self._url, prepare, self._head_timeout, error_from_response, ids=ids, id_headers=AZURE_IDS
+        ) as chunks:
             yield _Events(chunks)
 
     async def aclose(self) -> None:

@@ -58,7 +58,7 @@ from omixa.engine.providers.sim_chat import (
 )
 from omixa.engine.providers.sim_responses import RESOURCE
 from omixa.engine.tokens import count_chat_prompt, count_text
-from omixa.engine.upstream import Completion, SseEvent, Usage
+from omixa.engine.upstream import CallIds, Completion, SseEvent, Usage
 
 _DONE = SseEvent(raw=b"data: [DONE]\n\n", done=True)
 # Vector size when an embeddings request names no ``dimensions``.
@@ -115,8 +115,9 @@ class SimulatorProvider:
                 "model": self._dep.model, "object": obj,
                 "system_fingerprint": self._fingerprint}  # fmt: skip
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
-        """A full ``chat.completion`` after the time the stream would have taken.
+    async def complete(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
+        """A full ``chat.completion`` after the time the stream would have taken. ``ids``, in
+        every method: unused (no upstream, so no upstream id; the request log says None).
 
         Cancellation: nothing is held; the sleep simply stops.
         Errors: UpstreamError 400 for what Azure refuses (see :mod:`engine.providers.sim_chat`).
@@ -130,7 +131,9 @@ class SimulatorProvider:
         return Completion(body=json.loads(json.dumps(data)), usage=Usage.from_openai(usage))
 
     @asynccontextmanager
-    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+    async def open_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
         """Yield the answer as Azure-shaped SSE events, paced by the ``sim_*`` knobs.
 
         A usage frame (empty ``choices``) comes before ``[DONE]`` only when
@@ -148,7 +151,7 @@ class SimulatorProvider:
         del body  # as a real upstream's stream, this one keeps nothing of its prompt
         yield _SimStream(frames, self._dep.sim_first_token_ms, self._dep.sim_chunk_interval_ms)
 
-    async def embed(self, body: dict[str, Any]) -> Completion:
+    async def embed(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """An OpenAI ``list`` of embeddings for a checked body, after ``sim_first_token_ms``."""
         inputs = body["input"]
         if isinstance(inputs, str) or (inputs and isinstance(inputs[0], int)):
@@ -170,7 +173,7 @@ class SimulatorProvider:
         answer = {"object": "list", "data": data, "model": self._dep.model, "usage": usage}
         return Completion(body=answer, usage=Usage.from_openai(usage))
 
-    async def generate_images(self, body: dict[str, Any]) -> Completion:
+    async def generate_images(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """``n`` tiny PNGs, after ``sim_first_token_ms``; no usage (see the module docstring)."""
         quality = body.get("quality", "auto")
         size = body.get("size", "auto")
@@ -183,16 +186,18 @@ class SimulatorProvider:
         }  # fmt: skip
         return Completion(body=answer, usage=None)
 
-    async def respond(self, body: dict[str, Any]) -> Completion:
+    async def respond(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """A Responses API body, answered through :meth:`complete` as a response object and
         stored on the simulated resource (:mod:`engine.providers.sim_responses`)."""
         return await RESOURCE.respond(body, self.complete, self._dep.model)
 
-    def open_response_stream(self, body: dict[str, Any]) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
+    def open_response_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[SseEvent]]:
         """A streaming Responses API body, through :meth:`open_stream`: Azure's typed events."""
         return RESOURCE.open_stream(body, self.open_stream, self._dep.model)
 
-    async def manage_response(self, method: str, path: str) -> dict[str, Any]:
+    async def manage_response(self, method: str, path: str, ids: CallIds | None = None) -> dict[str, Any]:
         """A stored response's GET, input_items, DELETE or cancel, as Azure answers them."""
         return RESOURCE.manage(method, path)
 

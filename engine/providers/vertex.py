@@ -8,6 +8,10 @@ API key and no project) uses ``{base}/v1/publishers/google/models/{model}:...``.
 API key in ``x-goog-api-key`` (kept out of URLs and logs), or a service account's OAuth token
 (:mod:`engine.providers.google_auth`) as ``Authorization: Bearer``.
 
+Ids: no id of ours is sent (Google has no client request id header); Vertex's id of a call
+is the answer's ``responseId`` (a stream repeats it in every event), kept in the call's
+:class:`~engine.upstream.CallIds`. An error answer names none.
+
 Bodies are translated by :mod:`engine.providers.gemini`: the engine hands an OpenAI body and
 gets back a ``chat.completion`` (``complete``) or already OpenAI-shaped ``chat.completion.chunk``
 events ending with ``data: [DONE]`` (``open_stream``), so the relay treats Vertex streams
@@ -38,7 +42,7 @@ from omixa.engine.providers import _responses, gemini
 from omixa.engine.providers._answers import MAX_COMPLETION_BYTES, MAX_MESSAGE_CHARS, parse_retry_after
 from omixa.engine.providers._http import STREAM_ERRORS, HttpClients, open_streamed, post_answer, translate
 from omixa.engine.providers.sse import SseParser
-from omixa.engine.upstream import Completion, SseEvent, decode_upstream_json
+from omixa.engine.upstream import CallIds, Completion, SseEvent, decode_upstream_json, plain_upstream_id
 
 if TYPE_CHECKING:
     from omixa.engine.providers.google_auth import ServiceAccount, ServiceAccountTokens
@@ -124,8 +128,10 @@ class VertexProvider:
         else:
             self._headers["x-goog-api-key"] = deployment.api_key
 
-    async def complete(self, body: dict[str, Any]) -> Completion:
-        """``generateContent``, answered as a ``chat.completion``.
+    async def complete(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
+        """``generateContent``, answered as a ``chat.completion``. ``ids``: Vertex takes no id
+        of ours (Google has no client request id header); its ``responseId`` is kept in
+        ``ids.upstream_id`` (here, and from a stream's first event that has one).
 
         Errors: UpstreamError, UpstreamTimeout (no answer within ``request_timeout_seconds``).
         Cancellation: closes the connection.
@@ -141,12 +147,16 @@ class VertexProvider:
                 data = None
             if not isinstance(data, dict):
                 raise UpstreamError("Vertex answered with a body that is not a JSON object.", upstream_status=status)
+            if ids is not None:
+                ids.upstream_id = plain_upstream_id(data.get("responseId"))
             answer, usage = gemini.to_completion(data, self._model)
             return Completion(body=answer, usage=usage)
         raise UpstreamTimeout("The upstream did not answer in time.")
 
     @asynccontextmanager
-    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+    async def open_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
         """``streamGenerateContent?alt=sse``; yields OpenAI ``chat.completion.chunk`` events.
 
         The response is owned here and closed on every exit path. Errors on entering
@@ -168,22 +178,24 @@ class VertexProvider:
             self._client, self._stream_url, prepare, self._head_timeout, error_from_response
         ) as chunks:
             encoder = gemini.ChunkEncoder(self._model, include_usage=include_usage)
-            yield _Chunks(chunks, encoder)
+            yield _Chunks(chunks, encoder, ids)
 
-    async def respond(self, body: dict[str, Any]) -> Completion:
+    async def respond(self, body: dict[str, Any], ids: CallIds | None = None) -> Completion:
         """A Responses API body, answered through ``generateContent`` as a response object
         (see :mod:`engine.providers._responses`; nothing is stored)."""
         shell = _responses.response_shell(body, _responses.new_response_id(), self._model, store=False)
-        return _responses.completion_as_response(await self.complete(_responses.chat_body(body)), shell)
+        return _responses.completion_as_response(await self.complete(_responses.chat_body(body), ids), shell)
 
     @asynccontextmanager
-    async def open_response_stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[SseEvent]]:
+    async def open_response_stream(
+        self, body: dict[str, Any], ids: CallIds | None = None
+    ) -> AsyncIterator[AsyncIterator[SseEvent]]:
         """A streaming Responses API body, through ``streamGenerateContent``: Azure's typed
         Responses events. As :meth:`open_stream` otherwise."""
         shell = _responses.response_shell(body, _responses.new_response_id(), self._model, store=False)
         chat = {**_responses.chat_body(body), "stream_options": {"include_usage": True}}
         del body
-        async with self.open_stream(chat) as chunks:
+        async with self.open_stream(chat, ids) as chunks:
             yield _responses.ResponseEvents(chunks, shell)
 
     async def aclose(self) -> None:
@@ -207,9 +219,10 @@ class VertexProvider:
 class _Chunks:
     """Async iterator of OpenAI chunk events made from a Vertex SSE body (owned by the caller)."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], encoder: gemini.ChunkEncoder) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], encoder: gemini.ChunkEncoder, ids: CallIds | None = None) -> None:
         self._chunks = chunks
         self._encoder = encoder
+        self._ids = ids  # its upstream_id is taken from the first event that names one
         self._parser = SseParser()
         self._pending: deque[SseEvent] = deque()
         self._ended = False
@@ -238,6 +251,8 @@ class _Chunks:
             for event in self._parser.feed(chunk):
                 if event.data is None:
                     continue  # comments; Vertex sends no [DONE]
+                if self._ids is not None and self._ids.upstream_id is None:
+                    self._ids.upstream_id = plain_upstream_id(event.data.get("responseId"))
                 for raw, data in self._encoder.feed(event.data):
                     self._pending.append(SseEvent(raw=raw, data=data))
         return self._pending.popleft()

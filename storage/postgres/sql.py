@@ -215,6 +215,7 @@ class SQL:
         "bigint",
         "bigint",
         "bigint",
+        "text",  # upstream_request_id
         "timestamptz",
     )
     _LOG_INPUT = ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_LOG_TYPES, "integer"), 1))

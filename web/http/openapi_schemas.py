@@ -186,6 +186,7 @@ SCHEMAS: dict[str, Any] = {
             "cost",
             "latency_ms",
             "ttft_ms",
+            "upstream_request_id",
             "created_at",
         ],
         id={"type": "string"},
@@ -204,6 +205,11 @@ SCHEMAS: dict[str, Any] = {
         cost=MONEY,
         latency_ms={"type": "integer"},
         ttft_ms=_nullable({"type": "integer"}),
+        upstream_request_id={
+            **_nullable({"type": "string"}),
+            "description": "The upstream's id of the call that answered (Azure's apim-request-id, "
+            "Vertex's responseId); null when it named none",
+        },
         created_at=TIME,
     ),
     "UsageRequestList": _list("UsageRequest"),

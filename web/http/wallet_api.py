@@ -89,6 +89,7 @@ def request_view(log: RequestLog) -> dict[str, Any]:
         "cost": format_usd(log.cost),
         "latency_ms": log.latency_ms,
         "ttft_ms": log.ttft_ms,
+        "upstream_request_id": log.upstream_request_id,
         "created_at": iso(log.created_at),
     }
 
