@@ -7,14 +7,21 @@ ids only grow, so a page never repeats or skips a row when new ones arrive; requ
 ordered by (created_at, id) and a log is written once, so the same holds for them.
 
 Rollups are read, never recomputed here: the usage aggregator adds each request to its
-hourly and daily rows in the transaction that writes the request's log (see
-:meth:`storage.Storage.insert_request_logs`). Buckets are UTC hours and days.
+hourly and daily rows (one per model and key) in the transaction that writes the request's
+log (see :meth:`storage.Storage.insert_request_logs`). Buckets are UTC hours and days.
+
+Both lists filter by model and by key; a key id of another account matches nothing, as any
+filter does outside the caller's own rows. The exports (``*_export``) read the same rows a
+part at a time for a streamed answer: the first part is read before they return, so a bad
+cursor or an unavailable store is an error before the first byte; each later part is read
+when the previous one has been taken, so no more than one part is held at a time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import re
+from collections.abc import AsyncIterator, Sequence
 from typing import Generic, TypeVar
 
 import attrs
@@ -50,6 +57,13 @@ MAX_IDEMPOTENCY_KEY = 255
 MAX_SPAN = {"hour": dt.timedelta(days=31), "day": dt.timedelta(days=366)}
 DEFAULT_SPAN = {"hour": dt.timedelta(hours=24), "day": dt.timedelta(days=30)}
 STEP = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}
+# An exported part: request logs per storage query, and buckets (of every model and key) per
+# rollup query.
+EXPORT_PAGE = 500
+EXPORT_BUCKETS = 24
+# The shape of every API key id (storage: new_id("key")); a filter of another shape is refused.
+KEY_ID = re.compile(r"key_[0-9a-f]{24}")
+GROUP_BY = ("model", "key")
 
 
 @attrs.frozen(kw_only=True)
@@ -60,10 +74,13 @@ class Page(Generic[T]):
 
 @attrs.frozen(kw_only=True)
 class Bucket:
-    """One hour or day of usage, over every model or one (``model`` None: all of them)."""
+    """One hour or day of usage: of one model (grouped by model), of one key (grouped by key),
+    or of every model and key together (``model`` and ``key_id`` None when not grouped by
+    them)."""
 
     start: dt.datetime
     model: str | None
+    key_id: str | None
     requests: int
     errors: int
     client_closed: int
@@ -85,13 +102,26 @@ def page_limit(value: int | None) -> int:
     return value
 
 
-def summarize(rows: Sequence[RollupRow], *, by_model: bool) -> list[Bucket]:
-    """Rollup rows (one per bucket and model) merged into buckets, per model or overall."""
-    merged: dict[tuple[dt.datetime, str | None], list[RollupRow]] = {}
+def check_filters(*, model: str | None, key_id: str | None) -> None:
+    """Errors: InvalidRequest for an empty model or a key id not shaped like one."""
+    if model is not None and not model:
+        raise InvalidRequest("model must not be empty.", param="model")
+    if key_id is not None and not KEY_ID.fullmatch(key_id):
+        raise InvalidRequest("key_id must be an API key id: key_ followed by 24 hex digits.", param="key_id")
+
+
+def summarize(rows: Sequence[RollupRow], *, group_by: str | None) -> list[Bucket]:
+    """Rollup rows (one per bucket, model and key) merged into buckets: per model, per key,
+    or overall (``group_by`` None); oldest first, then by model or key."""
+    merged: dict[tuple[dt.datetime, str | None, str | None], list[RollupRow]] = {}
     for row in rows:
-        merged.setdefault((row.bucket_start, row.model if by_model else None), []).append(row)
+        model = row.model if group_by == "model" else None
+        key_id = row.key_id if group_by == "key" else None
+        merged.setdefault((row.bucket_start, model, key_id), []).append(row)
     buckets = []
-    for (start, model), group in sorted(merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+    for (start, model, key_id), group in sorted(
+        merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
+    ):
         requests = sum(r.requests for r in group)
         histogram: dict[int, int] = {}
         for r in group:
@@ -101,6 +131,7 @@ def summarize(rows: Sequence[RollupRow], *, by_model: bool) -> list[Bucket]:
             Bucket(
                 start=start,
                 model=model,
+                key_id=key_id,
                 requests=requests,
                 errors=sum(r.errors for r in group),
                 client_closed=sum(r.client_closed for r in group),
@@ -188,12 +219,39 @@ class Reports:
         return log
 
     async def requests(self, query: RequestLogFilter, *, after: str | None) -> Page[RequestLog]:
+        """A page of the account's logs matching ``query``, newest first, after the log
+        ``after``. Errors: InvalidRequest (a filter), NotFoundError (``after`` is not one of
+        the account's logs), ServiceUnavailable."""
+        check_filters(model=query.model, key_id=query.key_id)
         if after is not None:
             cursor = await self.request(query.account_id, after)
             query = attrs.evolve(query, before=(cursor.created_at, cursor.id))
         with storage_failures("usage"):
             rows = await self._storage.list_request_logs(attrs.evolve(query, limit=query.limit + 1))
         return Page(data=rows[: query.limit], has_more=len(rows) > query.limit)
+
+    async def requests_export(
+        self, query: RequestLogFilter, *, after: str | None
+    ) -> AsyncIterator[Sequence[RequestLog]]:
+        """Every log :meth:`requests` would page through (``query.limit`` is ignored), newest
+        first, :data:`EXPORT_PAGE` at a time. The first part is read now (the errors of
+        :meth:`requests` come from here); each next one when the previous has been taken."""
+        first = await self.requests(attrs.evolve(query, limit=EXPORT_PAGE), after=after)
+        return self._request_parts(attrs.evolve(query, limit=EXPORT_PAGE), first)
+
+    async def _request_parts(
+        self, query: RequestLogFilter, page: Page[RequestLog]
+    ) -> AsyncIterator[Sequence[RequestLog]]:
+        while True:
+            yield page.data
+            if not page.has_more:
+                return
+            last = page.data[-1]
+            with storage_failures("usage"):
+                rows = await self._storage.list_request_logs(
+                    attrs.evolve(query, before=(last.created_at, last.id), limit=query.limit + 1)
+                )
+            page = Page(data=rows[: query.limit], has_more=len(rows) > query.limit)
 
     async def rollups(
         self,
@@ -202,27 +260,90 @@ class Reports:
         granularity: str,
         since: dt.datetime | None,
         until: dt.datetime | None,
-        model: str | None,
-        by_model: bool,
+        model: str | None = None,
+        key_id: str | None = None,
+        group_by: str | None = None,
     ) -> tuple[dt.datetime, dt.datetime, list[Bucket]]:
-        """Buckets with data whose start is in [since, until), oldest first; both bounds are
-        rounded down to their bucket.
+        """Buckets with data whose start is in [since, until), oldest first, of ``model`` and
+        of ``key_id`` when given, grouped by ``group_by`` (``model``, ``key``, or None: every
+        model and key together); both bounds are rounded down to their bucket.
 
         Defaults: until = the end of the current bucket; since = 24 hours (hour) or 30 days
-        (day) before it. Errors: InvalidRequest for a bad granularity or range.
+        (day) before it. Errors: InvalidRequest for a bad granularity, range, filter or
+        grouping; ServiceUnavailable.
         """
-        if granularity not in STEP:
-            raise InvalidRequest("granularity must be 'hour' or 'day'.", param="granularity")
-        if until is None:
-            until = bucket_start(dt.datetime.now(dt.UTC), granularity) + STEP[granularity]
-        until = bucket_start(until, granularity)
-        since = until - DEFAULT_SPAN[granularity] if since is None else bucket_start(since, granularity)
-        if since >= until:
-            raise InvalidRequest("'since' must be before 'until'.", param="since")
-        if until - since > MAX_SPAN[granularity]:
-            raise InvalidRequest(f"At most {MAX_SPAN[granularity].days} days per query at granularity={granularity}.")
+        since, until = _checked_range(granularity, since, until, model=model, key_id=key_id, group_by=group_by)
+        rows = await self._rollup_rows(account_id, granularity, since, until, model, key_id)
+        return since, until, summarize(rows, group_by=group_by)
+
+    async def rollups_export(
+        self,
+        account_id: str,
+        *,
+        granularity: str,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        model: str | None = None,
+        key_id: str | None = None,
+        group_by: str | None = None,
+    ) -> tuple[dt.datetime, dt.datetime, AsyncIterator[list[Bucket]]]:
+        """The buckets of :meth:`rollups` (same arguments, errors and range), read
+        :data:`EXPORT_BUCKETS` buckets of time at a time; the first part is read now."""
+        since, until = _checked_range(granularity, since, until, model=model, key_id=key_id, group_by=group_by)
+        width = STEP[granularity] * EXPORT_BUCKETS
+        end = min(since + width, until)
+        first = await self._rollup_rows(account_id, granularity, since, end, model, key_id)
+
+        async def parts() -> AsyncIterator[list[Bucket]]:
+            rows, start = first, since
+            while True:
+                yield summarize(rows, group_by=group_by)
+                start = start + width
+                if start >= until:
+                    return
+                rows = await self._rollup_rows(account_id, granularity, start, min(start + width, until), model, key_id)
+
+        return since, until, parts()
+
+    async def _rollup_rows(
+        self,
+        account_id: str,
+        granularity: str,
+        since: dt.datetime,
+        until: dt.datetime,
+        model: str | None,
+        key_id: str | None,
+    ) -> Sequence[RollupRow]:
         with storage_failures("usage"):
-            rows = await self._storage.usage_rollups(
-                account_id, granularity=granularity, since=since, until=until, model=model
+            return await self._storage.usage_rollups(
+                account_id, granularity=granularity, since=since, until=until, model=model, key_id=key_id
             )
-        return since, until, summarize(rows, by_model=by_model)
+
+
+def _checked_range(
+    granularity: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    *,
+    model: str | None,
+    key_id: str | None,
+    group_by: str | None,
+) -> tuple[dt.datetime, dt.datetime]:
+    """The rollup query's range, its bounds rounded down to their bucket, once its arguments
+    are checked. Errors: InvalidRequest."""
+    if granularity not in STEP:
+        raise InvalidRequest("granularity must be 'hour' or 'day'.", param="granularity")
+    if group_by is not None and group_by not in GROUP_BY:
+        raise InvalidRequest(
+            "group_by must be 'model' or 'key' (or absent: every model and key together).", param="group_by"
+        )
+    check_filters(model=model, key_id=key_id)
+    if until is None:
+        until = bucket_start(dt.datetime.now(dt.UTC), granularity) + STEP[granularity]
+    until = bucket_start(until, granularity)
+    since = until - DEFAULT_SPAN[granularity] if since is None else bucket_start(since, granularity)
+    if since >= until:
+        raise InvalidRequest("'since' must be before 'until'.", param="since")
+    if until - since > MAX_SPAN[granularity]:
+        raise InvalidRequest(f"At most {MAX_SPAN[granularity].days} days per query at granularity={granularity}.")
+    return since, until

@@ -150,11 +150,12 @@ def bucket_start(moment: dt.datetime, granularity: str) -> dt.datetime:
 
 
 def rollup_deltas(logs: Sequence[RequestLog]) -> list[tuple[str, str, RollupRow]]:
-    """What ``logs`` add to the rollups: (account_id, granularity, row) per bucket and model."""
-    rows: dict[tuple[str, str, dt.datetime, str], dict[str, Any]] = {}
+    """What ``logs`` add to the rollups: (account_id, granularity, row) per bucket, model and
+    key."""
+    rows: dict[tuple[str, str, dt.datetime, str, str], dict[str, Any]] = {}
     for log in logs:
         for granularity in GRANULARITIES:
-            key = (log.account_id, granularity, bucket_start(log.created_at, granularity), log.model)
+            key = (log.account_id, granularity, bucket_start(log.created_at, granularity), log.model, log.key_id)
             row = rows.get(key)
             if row is None:
                 row = rows[key] = dict.fromkeys(ROLLUP_SUMS, 0) | {"latency_bins": {}}
@@ -171,22 +172,23 @@ def rollup_deltas(logs: Sequence[RequestLog]) -> list[tuple[str, str, RollupRow]
             bin_ = latency_bin(log.latency_ms)
             bins[bin_] = bins.get(bin_, 0) + 1
     return [
-        (account_id, granularity, RollupRow(bucket_start=start, model=model, **row))
-        for (account_id, granularity, start, model), row in rows.items()
+        (account_id, granularity, RollupRow(bucket_start=start, model=model, key_id=key_id, **row))
+        for (account_id, granularity, start, model, key_id), row in rows.items()
     ]
 
 
 def merge_rollup_rows(rows: Sequence[Mapping[str, Any]], bins: Sequence[Mapping[str, Any]]) -> list[RollupRow]:
-    """Rollup rows (with ``bucket_start``, ``model`` and the sums) and their histogram rows
-    (``bucket_start``, ``model``, ``bin``, ``count``) as records, oldest first, then by model."""
-    histograms: dict[tuple[Any, str], dict[int, int]] = {}
+    """Rollup rows (with ``bucket_start``, ``model``, ``key_id`` and the sums) and their
+    histogram rows (the same three, ``bin``, ``count``) as records, in the order of ``rows``."""
+    histograms: dict[tuple[Any, str, str], dict[int, int]] = {}
     for b in bins:
-        histograms.setdefault((b["bucket_start"], b["model"]), {})[b["bin"]] = b["count"]
+        histograms.setdefault((b["bucket_start"], b["model"], b["key_id"]), {})[b["bin"]] = b["count"]
     return [
         RollupRow(
             bucket_start=r["bucket_start"],
             model=r["model"],
-            latency_bins=histograms.get((r["bucket_start"], r["model"]), {}),
+            key_id=r["key_id"],
+            latency_bins=histograms.get((r["bucket_start"], r["model"], r["key_id"]), {}),
             **{name: r[name] for name in ROLLUP_SUMS},
         )
         for r in rows
@@ -209,6 +211,8 @@ def request_log_where(
 
     if query.model is not None:
         add("model = {0}", query.model)
+    if query.key_id is not None:
+        add("key_id = {0}", query.key_id)
     if query.status is not None:
         add("status = {0}", query.status)
     if query.since is not None:
@@ -349,8 +353,10 @@ LEDGER_SELECT = (
     "SELECT id, account_id, type, amount, balance_after, locked_after, request_id, hold_id, created_at FROM ledger"
 )
 REQUEST_LOG_SELECT = f"SELECT {', '.join(REQUEST_LOG_COLUMNS)} FROM request_logs"
-ROLLUP_SELECT = f"SELECT bucket_start, model, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
-ROLLUP_LATENCY_SELECT = "SELECT bucket_start, model, bin, count FROM usage_rollup_latency"
+ROLLUP_SELECT = f"SELECT bucket_start, model, key_id, {', '.join(ROLLUP_SUMS)} FROM usage_rollups"
+ROLLUP_LATENCY_SELECT = "SELECT bucket_start, model, key_id, bin, count FROM usage_rollup_latency"
+# The columns that name a rollup row (and its histogram's rows, with their bin).
+ROLLUP_KEY = ("account_id", "granularity", "bucket_start", "model", "key_id")
 
 
 def public_caller(depth: int = 2) -> str:

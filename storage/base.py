@@ -245,9 +245,11 @@ class Storage(abc.ABC):
         since: dt.datetime,
         until: dt.datetime,
         model: str | None = None,
+        key_id: str | None = None,
     ) -> Sequence[RollupRow]:
-        """The account's rollup rows with ``since <= bucket_start < until``, oldest first
-        (then by model). ``granularity`` is ``hour`` or ``day``."""
+        """The account's rollup rows with ``since <= bucket_start < until`` (of ``model`` and
+        of ``key_id`` when given), oldest first, then by model and key. ``granularity`` is
+        ``hour`` or ``day``."""
 
     # -- stored responses -----------------------------------------------------------------
     @abc.abstractmethod

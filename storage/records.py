@@ -201,6 +201,7 @@ class RequestLogFilter:
     limit: int
     before: tuple[dt.datetime, str] | None = None
     model: str | None = None
+    key_id: str | None = None
     status: str | None = None
     since: dt.datetime | None = None  # created_at >= since
     until: dt.datetime | None = None  # created_at < until
@@ -208,7 +209,8 @@ class RequestLogFilter:
 
 @attrs.frozen(kw_only=True)
 class RollupRow:
-    """One (bucket, model) of an account's hourly or daily usage.
+    """One (bucket, model, key) of an account's hourly or daily usage (``key_id`` is the
+    logs' own: ``""`` for a request recorded without one).
 
     ``errors`` counts every status but ``ok`` and ``client_closed``; ``latency_bins`` maps a
     histogram bin (see :func:`storage._common.latency_bin`) to its request count.
@@ -216,6 +218,7 @@ class RollupRow:
 
     bucket_start: dt.datetime
     model: str
+    key_id: str
     requests: int
     errors: int
     client_closed: int

@@ -5,6 +5,7 @@ prints a signing secret too).
 - Shell blocks run with bash, the demo's ``OMIXA_BASE_URL``, ``OMIXA_API_KEY`` and
   ``OMIXA_SIGNING_SECRET`` in the environment; every JSON document they print must be an
   answer, not an error envelope.
+- Every block runs in a scratch directory of its own (where a file it saves lands).
 - Python blocks run with this venv's Python; a block that uses names an earlier block of the
   docs defines (``OMIXA_BASE_URL``, ``client``) gets those definitions first. They must exit 0
   (and a block that prints must print something).
@@ -88,12 +89,14 @@ async def demo(tmp_path):
         yield found
 
 
-async def test_every_example_works_against_omixa_demo(demo):
+async def test_every_example_works_against_omixa_demo(demo, tmp_path):
     base = demo["OMIXA_BASE_URL"]
     root = base.removesuffix("/api/v1")
     env = {**os.environ, **demo}
     failures = []
-    for where, language, code in examples():
+    for number, (where, language, code) in enumerate(examples()):
+        folder = tmp_path / f"example-{number}"
+        folder.mkdir()
         code = code.replace("http://127.0.0.1:8080", root).replace("omx_live_...", demo["OMIXA_API_KEY"])
         if language == "python":
             prelude = VALUES + (CLIENT if "client." in code and "client =" not in code else "")
@@ -101,7 +104,9 @@ async def test_every_example_works_against_omixa_demo(demo):
         else:
             argv = ["bash", "-euo", "pipefail", "-c", code]
         with trio.fail_after(60):
-            result = await trio.run_process(argv, env=env, capture_stdout=True, capture_stderr=True, check=False)
+            result = await trio.run_process(
+                argv, env=env, cwd=folder, capture_stdout=True, capture_stderr=True, check=False
+            )
         out, err = result.stdout.decode(), result.stderr.decode()
         if result.returncode != 0 or ("print(" in code and not out.strip()):
             failures.append(f"{where}: exit {result.returncode}\n{out[-800:]}\n{err[-800:]}")

@@ -76,9 +76,10 @@ async def test_request_log_filters_and_cursor(storage):
             created_at=T0 + dt.timedelta(minutes=i),
             model="gpt-4o" if i % 3 == 0 else "gpt-4o-mini",
             status="ok" if i % 2 == 0 else "upstream_error",
+            key_id="key_1" if i < 5 else "key_2",
         )
         for i in range(10)
-    ] + [request_log("req_b", account_id="acct_b", created_at=T0)]
+    ] + [request_log("req_b", account_id="acct_b", created_at=T0, key_id="key_b")]
     # Two logs in the same microsecond: the id breaks the tie.
     logs.append(request_log("req_9z", account_id="acct_a", created_at=T0 + dt.timedelta(minutes=9)))
     await storage.insert_request_logs(logs)
@@ -100,6 +101,16 @@ async def test_request_log_filters_and_cursor(storage):
     assert [r.id for r in await query(status="upstream_error", model="gpt-4o")] == ["req_9", "req_3"]
     window = await query(since=T0 + dt.timedelta(minutes=2), until=T0 + dt.timedelta(minutes=5))
     assert [r.id for r in window] == ["req_4", "req_3", "req_2"]
+    # By key, alone and with the other filters; another account's key matches nothing.
+    assert [r.id for r in await query(key_id="key_1")] == ["req_4", "req_3", "req_2", "req_1", "req_0"]
+    assert [r.id for r in await query(key_id="key_2", model="gpt-4o")] == ["req_9", "req_6"]
+    assert [r.id for r in await query(key_id="key_1", status="upstream_error", limit=1)] == ["req_3"]
+    assert [r.id for r in await query(key_id="key_1", before=(T0 + dt.timedelta(minutes=3), "req_3"))] == [
+        "req_2",
+        "req_1",
+        "req_0",
+    ]
+    assert await query(key_id="key_b") == []
 
 
 async def test_rollups_follow_the_logs_and_never_count_twice(storage):
@@ -117,7 +128,10 @@ async def test_rollups_follow_the_logs_and_never_count_twice(storage):
     day = await storage.usage_rollups(
         "acct_a", granularity="day", since=T0 - dt.timedelta(days=1), until=T0 + dt.timedelta(days=1)
     )
-    assert [(r.model, r.requests, r.cost) for r in day] == [("gpt-4o", 1, 7), ("gpt-4o-mini", 4, 36)]
+    assert [(r.model, r.key_id, r.requests, r.cost) for r in day] == [
+        ("gpt-4o", "key_x", 1, 7),
+        ("gpt-4o-mini", "key_x", 4, 36),
+    ]
     mini = day[1]
     assert (mini.errors, mini.client_closed) == (1, 1)
     assert mini.prompt_tokens == 4 * logs[0].prompt_tokens
@@ -165,6 +179,10 @@ async def test_recovering_an_instance_voids_its_holds_and_logs_them(storage):
     ]
     assert 2900 <= logs[0].latency_ms <= 3000  # from the hold to the recovery
     assert await storage.get_request_log("req_d1") == logs[0]
+    [rollup] = await storage.usage_rollups(
+        account.id, granularity="hour", since=now - dt.timedelta(hours=1), until=now + dt.timedelta(hours=1)
+    )
+    assert (rollup.key_id, rollup.model, rollup.requests, rollup.errors, rollup.cost) == ("key_1", "gpt-4o", 1, 1, 0)
     wallet = await storage.get_wallet(account.id)
     assert (wallet.balance, wallet.locked) == (10 * USD - 100, USD)  # only the live hold remains
     assert [i.id for i in await storage.list_instances()] == ["inst_live"]
@@ -235,6 +253,7 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
         account.id, granularity="day", since=now - dt.timedelta(days=1), until=now + dt.timedelta(days=1)
     )
     assert sum(r.cost for r in rollups) == 500 + 700 + 900 and sum(r.requests for r in rollups) == 4
+    assert {(r.model, r.key_id) for r in rollups} == {("gpt-4o", "key_1")}  # the recovered ones by key too
     # Nothing is left to write: a second recovery of the same id writes nothing.
     await storage.register_instance(Instance(id="inst_gone", host="h", pid=1, started_at=now, heartbeat_at=now))
     assert await storage.recover_instance("inst_gone", now) == []

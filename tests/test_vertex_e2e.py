@@ -61,11 +61,13 @@ async def books(gw, account: str, start: int, spent: int) -> None:
 
 
 async def only_row(gw, account: str):
-    await gw.flushed()
+    """The log of the account's one request. Polled, not read after flushed(): a request
+    hands its log over after its settle and the deployment's finish, so a flush right after
+    the settle (the callers wait for that) can come before it."""
     entries = await gw.storage.ledger_entries(account)
     holds = [e for e in entries if e.type == "hold"]
     assert len(holds) == 1
-    return await gw.storage.get_request_log(holds[0].request_id)
+    return await gw.request_log(holds[0].request_id)
 
 
 async def test_non_streaming_sdk_call_translates_and_bills_usage_metadata(database_url, tmp_path):

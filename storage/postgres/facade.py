@@ -308,9 +308,10 @@ class PostgresStorage(Storage):
         since: dt.datetime,
         until: dt.datetime,
         model: str | None = None,
+        key_id: str | None = None,
     ) -> Sequence[RollupRow]:
         bucket_start(since, granularity)  # validates the granularity
-        args = (account_id, granularity, require_aware(since, "since"), require_aware(until, "until"), model)
+        args = (account_id, granularity, require_aware(since, "since"), require_aware(until, "until"), model, key_id)
         rows, bins = await self._run(usage.usage_rollups, args)
         return merge_rollup_rows(rows, bins)
 

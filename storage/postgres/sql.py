@@ -13,6 +13,7 @@ from omixa.storage._common import (
     PENDING_HOLD_COLUMNS,
     REQUEST_LOG_COLUMNS,
     REQUEST_LOG_SELECT,
+    ROLLUP_KEY,
     ROLLUP_LATENCY_SELECT,
     ROLLUP_SELECT,
     ROLLUP_SUMS,
@@ -221,9 +222,9 @@ class SQL:
     _LOG_INPUT = ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_LOG_TYPES, "integer"), 1))
     _HOLD_IDS = f"${len(_LOG_TYPES) + 2}::text[]"  # the holds whose copies of the logs go
     _LOG_COLUMNS = ", ".join(REQUEST_LOG_COLUMNS)
-    _ROLLUP_KEY = "account_id, granularity, bucket_start, model"
-    # The logs that were new (not there already) add to the hourly and daily rollups and
-    # their latency histograms, in this statement: the same sums SQLite makes in Python
+    _ROLLUP_KEY = ", ".join(ROLLUP_KEY)
+    # The logs that were new (not there already) add to the hourly and daily rollups (per
+    # model and key) and their latency histograms, in this statement: the same sums SQLite makes in Python
     # (storage/_common.py: rollup_deltas), kept here because a flush is then one statement
     # (see usage.insert_request_logs). The holds that kept a copy of a log forget it
     # (migration 0007).
@@ -256,8 +257,8 @@ class SQL:
         ON CONFLICT ({_ROLLUP_KEY}, bin) DO UPDATE SET count = usage_rollup_latency.count + EXCLUDED.count"""
     _ROLLUP_WHERE = """
         WHERE account_id = $1 AND granularity = $2 AND bucket_start >= $3 AND bucket_start < $4
-          AND ($5::text IS NULL OR model = $5)"""
-    ROLLUPS = f"{ROLLUP_SELECT} {_ROLLUP_WHERE} ORDER BY bucket_start, model"
+          AND ($5::text IS NULL OR model = $5) AND ($6::text IS NULL OR key_id = $6)"""
+    ROLLUPS = f"{ROLLUP_SELECT} {_ROLLUP_WHERE} ORDER BY bucket_start, model, key_id"
     ROLLUP_LATENCY = f"{ROLLUP_LATENCY_SELECT} {_ROLLUP_WHERE}"
     # xmax <> 0: the row existed and was updated (an insert has xmax 0).
     UPSERT_INSTANCE = """

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from omixa.storage._common import latency_bin
 from omixa.storage.errors import MigrationError
 from omixa.storage.migrations import load_migrations, pending_migrations
 from omixa.storage.sqlite.rows import now_us
@@ -52,6 +53,9 @@ def _use_wal(conn: sqlite3.Connection) -> None:
 
 def migrate(conn: sqlite3.Connection) -> None:
     # Runs inside BEGIN IMMEDIATE: the write lock makes concurrent openers take turns.
+    # A migration that rebuilds the latency histograms from request_logs (0010) bins each
+    # log as the live path does, with this very function.
+    conn.create_function("omixa_latency_bin", 1, latency_bin, deterministic=True)
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,"

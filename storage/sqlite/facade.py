@@ -313,9 +313,10 @@ class SQLiteStorage(Storage):
         since: dt.datetime,
         until: dt.datetime,
         model: str | None = None,
+        key_id: str | None = None,
     ) -> Sequence[RollupRow]:
         since_us, until_us = to_us(since, "since"), to_us(until, "until")
-        return await self._call(usage.usage_rollups, account_id, granularity, since_us, until_us, model)
+        return await self._call(usage.usage_rollups, account_id, granularity, since_us, until_us, model, key_id)
 
     # -- process instances ----------------------------------------------------------------
     async def register_instance(self, instance: Instance) -> None:

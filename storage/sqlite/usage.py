@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from omixa.storage._common import (
     PENDING_HOLD_COLUMNS,
     REQUEST_LOG_COLUMNS,
+    ROLLUP_KEY,
     ROLLUP_LATENCY_SELECT,
     ROLLUP_SELECT,
     ROLLUP_SUMS,
@@ -34,15 +35,15 @@ _INSERT_REQUEST_LOG = (
     f"INSERT INTO request_logs ({', '.join(REQUEST_LOG_COLUMNS)})"
     f" VALUES ({', '.join('?' * len(REQUEST_LOG_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
 )
+_KEY = ", ".join(ROLLUP_KEY)
 _UPSERT_ROLLUP = (
-    f"INSERT INTO usage_rollups (account_id, granularity, bucket_start, model,"
-    f" {', '.join(ROLLUP_SUMS)}) VALUES ({', '.join('?' * (4 + len(ROLLUP_SUMS)))})"
-    " ON CONFLICT (account_id, granularity, bucket_start, model) DO UPDATE SET "
-    + ", ".join(f"{c} = usage_rollups.{c} + excluded.{c}" for c in ROLLUP_SUMS)
+    f"INSERT INTO usage_rollups ({_KEY}, {', '.join(ROLLUP_SUMS)})"
+    f" VALUES ({', '.join('?' * (len(ROLLUP_KEY) + len(ROLLUP_SUMS)))})"
+    f" ON CONFLICT ({_KEY}) DO UPDATE SET " + ", ".join(f"{c} = usage_rollups.{c} + excluded.{c}" for c in ROLLUP_SUMS)
 )
 _UPSERT_LATENCY = (
-    "INSERT INTO usage_rollup_latency (account_id, granularity, bucket_start, model, bin, count)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, granularity, bucket_start, model, bin)"
+    f"INSERT INTO usage_rollup_latency ({_KEY}, bin, count)"
+    f" VALUES ({', '.join('?' * (len(ROLLUP_KEY) + 2))}) ON CONFLICT ({_KEY}, bin)"
     " DO UPDATE SET count = usage_rollup_latency.count + excluded.count"
 )
 
@@ -70,18 +71,9 @@ def _insert_request_logs(conn: sqlite3.Connection, logs: Sequence[RequestLog]) -
         if conn.execute(_INSERT_REQUEST_LOG, row + (to_us(log.created_at, "created_at"),)).rowcount:
             new.append(log)
     for account_id, granularity, delta in rollup_deltas(new):
-        start_us = to_us(delta.bucket_start, "bucket_start")
-        conn.execute(
-            _UPSERT_ROLLUP,
-            (account_id, granularity, start_us, delta.model, *(getattr(delta, c) for c in ROLLUP_SUMS)),
-        )
-        conn.executemany(
-            _UPSERT_LATENCY,
-            [
-                (account_id, granularity, start_us, delta.model, bin_, count)
-                for bin_, count in delta.latency_bins.items()
-            ],
-        )
+        key = (account_id, granularity, to_us(delta.bucket_start, "bucket_start"), delta.model, delta.key_id)
+        conn.execute(_UPSERT_ROLLUP, (*key, *(getattr(delta, c) for c in ROLLUP_SUMS)))
+        conn.executemany(_UPSERT_LATENCY, [(*key, bin_, count) for bin_, count in delta.latency_bins.items()])
 
 
 def usage_rollups(
@@ -91,6 +83,7 @@ def usage_rollups(
     since_us: int,
     until_us: int,
     model: str | None,
+    key_id: str | None,
 ) -> list[RollupRow]:
     bucket_start(from_us(since_us), granularity)  # validates the granularity
     where = "account_id = ? AND granularity = ? AND bucket_start >= ? AND bucket_start < ?"
@@ -98,7 +91,10 @@ def usage_rollups(
     if model is not None:
         where += " AND model = ?"
         params += (model,)
-    rows = dicts(conn, f"{ROLLUP_SELECT} WHERE {where} ORDER BY bucket_start, model", params)
+    if key_id is not None:
+        where += " AND key_id = ?"
+        params += (key_id,)
+    rows = dicts(conn, f"{ROLLUP_SELECT} WHERE {where} ORDER BY bucket_start, model, key_id", params)
     bins = dicts(conn, f"{ROLLUP_LATENCY_SELECT} WHERE {where}", params)
     return merge_rollup_rows(rows, bins)
 

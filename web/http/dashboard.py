@@ -226,11 +226,9 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         granularity = request.args.get("granularity", "hour")
         reports = engine.reports
         wallet = await engine.accounts.wallet(key.account_id)
-        since, until, buckets = await reports.rollups(
-            key.account_id, granularity=granularity, since=None, until=None, model=None, by_model=False
-        )
+        since, until, buckets = await reports.rollups(key.account_id, granularity=granularity, since=None, until=None)
         _, _, per_model = await reports.rollups(
-            key.account_id, granularity=granularity, since=since, until=until, model=None, by_model=True
+            key.account_id, granularity=granularity, since=since, until=until, group_by="model"
         )
         latest = await reports.requests(RequestLogFilter(account_id=key.account_id, limit=LATEST_REQUESTS), after=None)
         by_model: dict[str, list] = {}

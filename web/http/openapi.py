@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from omixa.engine.reports import MAX_IDEMPOTENCY_KEY, MAX_PAGE
+from omixa.engine.reports import GROUP_BY, KEY_ID, MAX_IDEMPOTENCY_KEY, MAX_PAGE
 from omixa.web.http.openapi_responses import RESPONSE_SCHEMAS
 from omixa.web.http.openapi_schemas import QUERY_TEXT, SCHEMAS, TIME_FILTER, _ref
+from omixa.web.http.wallet_api import FORMATS
 
 
 def _error_responses(*statuses: int) -> dict[str, Any]:
@@ -26,6 +27,19 @@ def _error_responses(*statuses: int) -> dict[str, Any]:
 
 def _ok(schema: str, description: str = "OK") -> dict[str, Any]:
     return {"200": {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}}
+
+
+def _ok_or_csv(schema: str, csv: str) -> dict[str, Any]:
+    """A usage list's 200: JSON, or with format=csv (or Accept: text/csv) a CSV download."""
+    return {
+        "200": {
+            "description": "The list; with format=csv, or Accept: text/csv, the same rows as a CSV file",
+            "content": {
+                "application/json": {"schema": _ref(schema)},
+                "text/csv": {"schema": {"type": "string", "description": csv}},
+            },
+        }
+    }
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -46,6 +60,20 @@ LIST_PARAMS = [
     _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 20}, "Page size"),
     _query("after", QUERY_TEXT, "The last_id of the previous page"),
 ]
+# The usage lists' filters and format.
+USAGE_FILTERS = [
+    _query("model", {**QUERY_TEXT, "minLength": 1}, "Only this model"),
+    _query(
+        "key_id",
+        {"type": "string", "pattern": f"^{KEY_ID.pattern}$"},
+        "Only this key of yours (another account's key id matches nothing)",
+    ),
+]
+FORMAT = _query(
+    "format",
+    {"enum": list(FORMATS), "default": "json"},
+    "csv: the rows as a CSV download (streamed); without it, Accept: text/csv does the same",
+)
 
 PATHS: dict[str, dict[str, Any]] = {
     "/api/v1/chat/completions": {
@@ -206,13 +234,21 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": {
             "summary": "Per-request logs, newest first",
             "parameters": LIST_PARAMS
+            + USAGE_FILTERS
             + [
-                _query("model", QUERY_TEXT, "Only this model"),
                 _query("status", QUERY_TEXT, "Only this status (ok, client_closed, interrupted, an error code)"),
                 _query("since", TIME_FILTER, "Created at or after"),
                 _query("until", TIME_FILTER, "Created before"),
+                FORMAT,
             ],
-            "responses": {**_ok("UsageRequestList"), **_error_responses(400, *AUTHED, 404)},
+            "responses": {
+                **_ok_or_csv(
+                    "UsageRequestList",
+                    "A header row, then every matching request (all pages; limit is ignored), newest first;"
+                    " the columns are UsageRequest's fields but object",
+                ),
+                **_error_responses(400, *AUTHED, 404),
+            },
         }
     },
     "/api/v1/usage/requests/{request_id}": {
@@ -229,10 +265,21 @@ PATHS: dict[str, dict[str, Any]] = {
                 _query("granularity", {"enum": ["hour", "day"], "default": "hour"}, "UTC hours or days"),
                 _query("since", TIME_FILTER, "First bucket (rounded down)"),
                 _query("until", TIME_FILTER, "End, exclusive (rounded down)"),
-                _query("model", QUERY_TEXT, "Only this model"),
-                _query("group_by", {"enum": ["model"]}, "One bucket per model"),
+                *USAGE_FILTERS,
+                _query(
+                    "group_by",
+                    {"enum": list(GROUP_BY)},
+                    "One bucket per model, or per key (with key_id); absent: every model and key together",
+                ),
+                FORMAT,
             ],
-            "responses": {**_ok("RollupList"), **_error_responses(400, *AUTHED)},
+            "responses": {
+                **_ok_or_csv(
+                    "RollupList",
+                    "A header row, then the buckets, oldest first; the columns are UsageBucket's fields but object",
+                ),
+                **_error_responses(400, *AUTHED),
+            },
         }
     },
     "/api/v1/openapi.json": {

@@ -234,7 +234,11 @@ SCHEMAS: dict[str, Any] = {
         object={"const": "usage.bucket"},
         start=TIME,
         end=TIME,
-        model=_nullable({"type": "string"}),
+        model=_nullable({"type": "string", "description": "The model, with group_by=model; else null"}),
+        key_id={
+            "type": "string",
+            "description": "Only with group_by=key: the key (empty for requests recorded without one)",
+        },
         requests={"type": "integer"},
         errors={"type": "integer"},
         client_closed={"type": "integer"},

@@ -5,6 +5,9 @@ times as RFC 3339 UTC strings with milliseconds (``2026-11-25T22:16:13.123Z``). 
 OpenAI's shape: ``{"object": "list", "data", "first_id", "last_id", "has_more"}``, newest
 first, ``limit`` (1..100, default 20) and ``after`` (the last id of the previous page).
 Unknown query parameters are refused, so a typo never silently widens a filter.
+
+Both usage lists also answer CSV (``format=csv``, or ``Accept: text/csv`` without a
+``format``), streamed: :mod:`web.http.usage_export`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket, Page, page_limit
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord, LedgerEntry, RequestLog, RequestLogFilter
+from omixa.web.http import usage_export
 from omixa.web.http.envelope import json_response
 
 TXN_PREFIX = "txn_"
@@ -95,11 +99,14 @@ def request_view(log: RequestLog) -> dict[str, Any]:
 
 
 def bucket_view(bucket: Bucket, step: dt.timedelta) -> dict[str, Any]:
+    # key_id only in buckets grouped by key, so the other answers keep their fields.
+    key = {} if bucket.key_id is None else {"key_id": bucket.key_id}
     return {
         "object": "usage.bucket",
         "start": iso(bucket.start),
         "end": iso(bucket.start + step),
         "model": bucket.model,
+        **key,
         "requests": bucket.requests,
         "errors": bucket.errors,
         "client_closed": bucket.client_closed,
@@ -137,6 +144,28 @@ def query_params(allowed: Sequence[str]) -> dict[str, str]:
             raise InvalidRequest(f"Query parameter {name!r} is too long.", param=name)
         params[name] = values[0]
     return params
+
+
+FORMATS = ("json", "csv")
+# What a usage list's answer depends on, beside its URL.
+VARY = {"Vary": "Accept"}
+
+
+def _wants_csv(params: dict[str, str]) -> bool:
+    """``format`` if given, else the Accept header's choice between JSON (the default) and
+    CSV. Errors: InvalidRequest for another format."""
+    chosen = params.get("format")
+    if chosen is None:
+        return request.accept_mimetypes.best_match(("application/json", "text/csv")) == "text/csv"
+    if chosen not in FORMATS:
+        raise InvalidRequest("format must be 'json' or 'csv'.", param="format")
+    return chosen == "csv"
+
+
+def _times(params: dict[str, str]) -> tuple[dt.datetime | None, dt.datetime | None]:
+    since = parse_time("since", params["since"]) if "since" in params else None
+    until = parse_time("until", params["until"]) if "until" in params else None
+    return since, until
 
 
 def _limit(params: dict[str, str]) -> int:
@@ -194,20 +223,32 @@ def register(
         query_params(())
         return json_response(transaction_view(await reports.transaction(key.account_id, _transaction_id(txn_id))))
 
+    request_columns = usage_export.request_columns(request_view)
+
     @app.get("/api/v1/usage/requests")
     async def usage_requests() -> Response:
         key = await authenticate()
-        params = query_params(("limit", "after", "model", "status", "since", "until"))
+        params = query_params(("limit", "after", "model", "key_id", "status", "since", "until", "format"))
+        as_csv = _wants_csv(params)
+        since, until = _times(params)
         query = RequestLogFilter(
             account_id=key.account_id,
             limit=_limit(params),
             model=params.get("model"),
+            key_id=params.get("key_id"),
             status=params.get("status"),
-            since=parse_time("since", params["since"]) if "since" in params else None,
-            until=parse_time("until", params["until"]) if "until" in params else None,
+            since=since,
+            until=until,
         )
+        if as_csv:
+            begun = dt.datetime.now(dt.UTC)
+            parts = await reports.requests_export(query, after=params.get("after"))
+            # Without since, from the earliest time a filter can name; without until, to the
+            # moment the export began (it lists nothing newer).
+            name = usage_export.file_name("requests", since or EARLIEST, until or begun)
+            return usage_export.csv_response(request_columns, parts, request_view, name)
         page = await reports.requests(query, after=params.get("after"))
-        return json_response(list_view(page, request_view))
+        return json_response(list_view(page, request_view), headers=VARY)
 
     @app.get("/api/v1/usage/requests/<request_id>")
     async def usage_request(request_id: str) -> Response:
@@ -218,18 +259,25 @@ def register(
     @app.get("/api/v1/usage/rollups")
     async def usage_rollups() -> Response:
         key = await authenticate()
-        params = query_params(("granularity", "since", "until", "model", "group_by"))
+        params = query_params(("granularity", "since", "until", "model", "key_id", "group_by", "format"))
+        as_csv = _wants_csv(params)
         granularity = params.get("granularity", "hour")
+        since, until = _times(params)
         group_by = params.get("group_by")
-        if group_by not in (None, "model"):
-            raise InvalidRequest("group_by must be 'model' (or absent: every model together).", param="group_by")
+        filters = {"model": params.get("model"), "key_id": params.get("key_id"), "group_by": group_by}
+
+        def render(bucket: Bucket) -> dict[str, Any]:
+            return bucket_view(bucket, STEP[granularity])
+
+        if as_csv:
+            since, until, parts = await reports.rollups_export(
+                key.account_id, granularity=granularity, since=since, until=until, **filters
+            )
+            columns = usage_export.bucket_columns(render, by_key=group_by == "key")
+            name = usage_export.file_name(f"rollups-{granularity}", since, until)
+            return usage_export.csv_response(columns, parts, render, name)
         since, until, buckets = await reports.rollups(
-            key.account_id,
-            granularity=granularity,
-            since=parse_time("since", params["since"]) if "since" in params else None,
-            until=parse_time("until", params["until"]) if "until" in params else None,
-            model=params.get("model"),
-            by_model=group_by == "model",
+            key.account_id, granularity=granularity, since=since, until=until, **filters
         )
         return json_response(
             {
@@ -237,6 +285,7 @@ def register(
                 "granularity": granularity,
                 "since": iso(since),
                 "until": iso(until),
-                "data": [bucket_view(b, STEP[granularity]) for b in buckets],
-            }
+                "data": [render(b) for b in buckets],
+            },
+            headers=VARY,
         )
