@@ -238,13 +238,7 @@ def _security_from_env(config: Config) -> Config:
                 changes[field] = int(text)
             except ValueError:
                 raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
-    if not changes:
-        return config
-    try:
-        return attrs.evolve(config, security=attrs.evolve(config.security, **changes))
-    except FieldError as exc:
-        env = next(n for n, f in SECURITY_ENV.items() if f == exc.field)
-        raise ConfigError(f"{env}: {exc.problem}") from None
+    return _with_env(config, "security", changes, SECURITY_ENV)
 
 
 LOGGING_ENV = {"OMIXA_LOG_FORMAT": "format", "OMIXA_LOG_LEVEL": "level"}
@@ -252,12 +246,18 @@ LOGGING_ENV = {"OMIXA_LOG_FORMAT": "format", "OMIXA_LOG_LEVEL": "level"}
 
 def _logging_from_env(config: Config) -> Config:
     changes = {field: text.strip() for name, field in LOGGING_ENV.items() if (text := os.environ.get(name, "")).strip()}
+    return _with_env(config, "logging", changes, LOGGING_ENV)
+
+
+def _with_env(config: Config, section: str, changes: dict[str, Any], names: dict[str, str]) -> Config:
+    """``config`` with ``changes`` (read from the variables ``names``: variable -> field) applied
+    to ``section``. Errors: ConfigError naming the variable whose value a field refused."""
     if not changes:
         return config
     try:
-        return attrs.evolve(config, logging=attrs.evolve(config.logging, **changes))
+        return attrs.evolve(config, **{section: attrs.evolve(getattr(config, section), **changes)})
     except FieldError as exc:
-        env = next(n for n, f in LOGGING_ENV.items() if f == exc.field)
+        env = next(n for n, f in names.items() if f == exc.field)
         raise ConfigError(f"{env}: {exc.problem}") from None
 
 
