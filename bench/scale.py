@@ -5,7 +5,7 @@ One run, on PostgreSQL (a database created for it), the fast fake upstream and a
 its own (pinned with the load generator and the upstream to core 1):
 
 - ``redis``: one ``omixa serve`` pinned to core 0, without and with ``[cluster] redis_url``,
-  in interleaved rounds (without, with, without, ...): c64 req/s, CPU per request, p50 at
+  in interleaved rounds (without, with; then with, without; ...): c64 req/s, CPU per request, p50 at
   one connection, and Redis's and PostgreSQL's work per 1,000 requests.
 - ``workers``: ``omixa serve --workers 1`` on core 0 and ``--workers 2`` with one worker
   pinned on each core, with Redis, in interleaved rounds: c64 req/s and CPU per request. On
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -184,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--out", help="results folder (default bench/results/scale-<timestamp>)")
     ap.add_argument("--only", default="redis,workers,metrics", help="comma-separated studies to run")
+    ap.add_argument("--profile", action="store_true", help="py-spy each c64 window (folded stacks in the results)")
+    ap.add_argument("--unscraped", action="store_true", help="metrics study: also metrics on, never scraped")
     ap.add_argument("--scrape-seconds", type=float, default=5.0, help="metrics study: scrape interval")
     args = ap.parse_args(argv)
     studies = set(args.only.split(","))
@@ -233,8 +236,18 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip  (warm-up)
             time.sleep(PG_STATS_DELAY)
             r0, c0 = redis.counters(), pg_commits(db)
+            spy = None
+            if args.profile:  # py-spy samples the serving process over the c64 window
+                folded = outdir / f"profile-{label.replace(' ', '-')}.txt"
+                spy = subprocess.Popen(
+                    [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(gateway.pid), "--format", "raw", "--nonblocking",
+                     "--rate", "250", "--duration", str(int(args.duration + 1)), "--output", str(folded)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             rps = load("rps", url, auth, limit=args.duration + 90, concurrency=64, duration=args.duration,
                        warmup=1.0, pid=gateway.pid, also_pids=also)  # fmt: skip
+            if spy is not None:
+                spy.wait(timeout=60)
             time.sleep(PG_STATS_DELAY)
             r1, c1 = redis.counters(), pg_commits(db)
             out: dict[str, Any] = {"rps_c64": rps}
@@ -262,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             "workers": [("1 worker", configs["redis"], [0] if gw_core is not None else None, 1),
                         ("2 workers", configs["redis"], [0, 1] if gw_core is not None else None, 2)],
             "metrics": [("off", configs["metrics-off"], [gw_core] if gw_core is not None else None, 0),
-                        ("on", configs["metrics-on"], [gw_core] if gw_core is not None else None, 0)],
+                        ("on", configs["metrics-on"], [gw_core] if gw_core is not None else None, 0)]
+                       + ([("on-unscraped", configs["metrics-on"], [gw_core] if gw_core is not None else None, 0)]
+                          if args.unscraped else []),
         }  # fmt: skip
         for study, variants in plans.items():
             if study not in studies:
@@ -270,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds: list[dict] = []
             for r in range(args.rounds):
                 row = {}
-                for label, config, cores, workers in variants:
+                # ABBA order: a drift over the run (the database growing, the host's noise)
+                # weighs on both variants alike.
+                for label, config, cores, workers in variants if r % 2 == 0 else variants[::-1]:
                     gateway = Gateway(config, cores, workers, outdir / f"omixa-{study}.log", env)
                     try:
                         row[label] = measure(
@@ -327,7 +344,9 @@ def summarize(results: dict) -> dict:
             "cpu_ms_per_request": _median(rounds, label, "rps_c64", "cpu_ms_per_request"),
         }
     rounds = results.get("metrics", [])
-    for label in ("off", "on"):
+    for label in ("off", "on", "on-unscraped"):
+        if label == "on-unscraped" and not any(label in row for row in rounds):
+            continue
         out[f"metrics_{label}"] = {
             "rps_c64": _median(rounds, label, "rps_c64", "rps"),
             "cpu_ms_per_request": _median(rounds, label, "rps_c64", "cpu_ms_per_request"),
@@ -342,6 +361,11 @@ def summarize(results: dict) -> dict:
         ]
         out["metrics_rps_ratio"] = round(statistics.median(ratios), 3) if ratios else None
         out["metrics_rps_ratio_rounds"] = [round(r, 3) for r in ratios]
+        unscraped = [row["on-unscraped"]["rps_c64"]["rps"] / row["off"]["rps_c64"]["rps"]
+                     for row in rounds if row.get("on-unscraped", {}).get("rps_c64", {}).get("rps")]  # fmt: skip
+        if unscraped:
+            out["metrics_unscraped_rps_ratio"] = round(statistics.median(unscraped), 3)
+            out["metrics_unscraped_rps_ratio_rounds"] = [round(r, 3) for r in unscraped]
     if on["p50_ms_c1"] and off["p50_ms_c1"]:
         out["metrics_added_p50_ms"] = round(on["p50_ms_c1"] - off["p50_ms_c1"], 3)
     with_, without = out["redis_with"], out["redis_without"]

@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 
 import attrs
 
@@ -76,6 +77,10 @@ class Accounts:
         if "@" not in email or len(email) > 320:
             raise ValueError(f"not an email address: {email!r}")
         return await self.storage.create_account(email)
+
+    async def keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
+        """The account's keys, revoked ones included, newest first."""
+        return await self.storage.list_api_keys(account_id)
 
     async def create_key(
         self,

@@ -110,6 +110,11 @@ class Storage(abc.ABC):
     async def revoke_api_key(self, key_id: str) -> bool:
         """Mark revoked; False if no such key. Revoking twice keeps the first time."""
 
+    @abc.abstractmethod
+    async def list_api_keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
+        """The account's keys, revoked ones included, newest first (none for an unknown
+        account)."""
+
     # -- dashboard sessions ---------------------------------------------------------------
     @abc.abstractmethod
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:

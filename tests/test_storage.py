@@ -176,6 +176,21 @@ async def test_api_key_errors(storage):
         await storage.create_api_key(account_id=account.id, key_hash="dup", prefix="p", rpm=None)
 
 
+async def test_an_accounts_keys_are_listed_newest_first_revoked_ones_too(storage):
+    mine = await storage.create_account("list@example.com")
+    other = await storage.create_account("other@example.com")
+    first = await storage.create_api_key(account_id=mine.id, key_hash="l1", prefix="omx_a", rpm=None)
+    await trio.sleep(0.01)
+    second = await storage.create_api_key(account_id=mine.id, key_hash="l2", prefix="omx_b", rpm=5, tpm=700)
+    await storage.create_api_key(account_id=other.id, key_hash="l3", prefix="omx_c", rpm=None)
+    await storage.revoke_api_key(first.id)
+    listed = await storage.list_api_keys(mine.id)
+    assert [k.id for k in listed] == [second.id, first.id]
+    assert listed[0] == second and (listed[0].rpm, listed[0].tpm) == (5, 700)
+    assert listed[1].revoked_at is not None
+    assert await storage.list_api_keys("acct_missing") == []
+
+
 async def test_dashboard_sessions_live_until_ended_or_expired(storage):
     account = await storage.create_account("s@example.com")
     key = await storage.create_api_key(account_id=account.id, key_hash="s" * 64, prefix="omx-s", rpm=None)

@@ -116,9 +116,7 @@ async def test_a_worker_killed_mid_stream_is_restarted_and_its_hold_released(
                     while not stop.is_set():
                         started = time.monotonic()
                         try:
-                            status: int | str = (
-                                await chat(client, supervisor.base_url, key, max_tokens=3)
-                            ).status_code
+                            status: int | str = (await chat(client, supervisor.base_url, key, max_tokens=3)).status_code
                         except httpx.TransportError:
                             status = "dropped"
                         served.append((started, status))

@@ -193,6 +193,10 @@ class PostgresStorage(Storage):
     async def revoke_api_key(self, key_id: str) -> bool:
         return await self._run(fetchval, SQL.REVOKE_API_KEY, key_id) is not None
 
+    async def list_api_keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
+        rows = await self._run(fetch, SQL.LIST_API_KEYS, account_id)
+        return [ApiKeyRecord(**row) for row in rows]
+
     # -- dashboard sessions -------------------------------------------------------------------
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
         created = await self._run(

@@ -44,6 +44,7 @@ class SQL:
         SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $2)
         RETURNING created_at"""
     FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
+    LIST_API_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = $1 ORDER BY created_at DESC, id DESC"
     # SET expressions read the row's old values: the replaced secret becomes the previous one
     # when there is a grace period ($3), else it is dropped.
     ROTATE_SIGNING_SECRET = f"""

@@ -13,6 +13,7 @@ from omixa.storage.records import Account, ApiKeyRecord, SigningSummary, StoredR
 from omixa.storage.sqlite.rows import now_us, records, to_us
 
 FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+LIST_API_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = ? ORDER BY created_at DESC, id DESC"
 SESSION_KEY = f"{SESSION_KEY_SELECT} WHERE s.id = ? AND s.expires_at > ?"
 
 

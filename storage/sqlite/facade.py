@@ -195,6 +195,9 @@ class SQLiteStorage(Storage):
     async def revoke_api_key(self, key_id: str) -> bool:
         return await self._call(accounts.revoke_api_key, key_id, now_us(), write=True)
 
+    async def list_api_keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
+        return await self._records(ApiKeyRecord, accounts.LIST_API_KEYS, account_id)
+
     # -- dashboard sessions -------------------------------------------------------------------
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
         expires_us = to_us(expires_at, "expires_at")
