@@ -92,6 +92,24 @@ class Bucket:
     latency_ms_mean: float | None
     # Upper bound of the histogram bin holding the 95th percentile: at most 10% above it.
     latency_ms_p95: int | None
+    # The median, read off the same histogram (so at most 10% above the true one).
+    latency_ms_p50: int | None = None
+    # Mean time to first token of the requests that have one (streamed answers), or None.
+    ttft_ms_mean: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RollupSummary:
+    """A range's rollups grouped every way the usage page shows them (see
+    :meth:`Reports.rollup_summary`); ``total`` is None when the range has no requests."""
+
+    since: dt.datetime
+    until: dt.datetime
+    buckets: list[Bucket]
+    buckets_by_model: list[Bucket]
+    total: Bucket | None
+    by_model: list[Bucket]
+    by_key: list[Bucket]
 
 
 def page_limit(value: int | None) -> int:
@@ -123,6 +141,7 @@ def summarize(rows: Sequence[RollupRow], *, group_by: str | None) -> list[Bucket
         merged.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
     ):
         requests = sum(r.requests for r in group)
+        ttft_count = sum(r.ttft_count for r in group)
         histogram: dict[int, int] = {}
         for r in group:
             for bin_, count in r.latency_bins.items():
@@ -142,6 +161,8 @@ def summarize(rows: Sequence[RollupRow], *, group_by: str | None) -> list[Bucket
                 cost=sum(r.cost for r in group),
                 latency_ms_mean=round(sum(r.latency_ms_sum for r in group) / requests, 1) if requests else None,
                 latency_ms_p95=_percentile(histogram, 0.95),
+                latency_ms_p50=_percentile(histogram, 0.5),
+                ttft_ms_mean=round(sum(r.ttft_ms_sum for r in group) / ttft_count, 1) if ttft_count else None,
             )
         )
     return buckets
@@ -275,6 +296,32 @@ class Reports:
         since, until = _checked_range(granularity, since, until, model=model, key_id=key_id, group_by=group_by)
         rows = await self._rollup_rows(account_id, granularity, since, until, model, key_id)
         return since, until, summarize(rows, group_by=group_by)
+
+    async def rollup_summary(
+        self,
+        account_id: str,
+        *,
+        granularity: str,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        model: str | None = None,
+        key_id: str | None = None,
+    ) -> RollupSummary:
+        """What :meth:`rollups` answers for the same arguments (range, errors), grouped every
+        way at once from one read: per bucket, per bucket and model, and over the whole range
+        (overall, per model, per key; their ``start`` is the range's)."""
+        since, until = _checked_range(granularity, since, until, model=model, key_id=key_id, group_by=None)
+        rows = await self._rollup_rows(account_id, granularity, since, until, model, key_id)
+        whole = [attrs.evolve(r, bucket_start=since) for r in rows]
+        return RollupSummary(
+            since=since,
+            until=until,
+            buckets=summarize(rows, group_by=None),
+            buckets_by_model=summarize(rows, group_by="model"),
+            total=(summarize(whole, group_by=None) or [None])[0],
+            by_model=summarize(whole, group_by="model"),
+            by_key=summarize(whole, group_by="key"),
+        )
 
     async def rollups_export(
         self,

@@ -117,6 +117,8 @@ ROLLUP_SUMS = (
     "cached_tokens",
     "cost",
     "latency_ms_sum",
+    "ttft_ms_sum",
+    "ttft_count",
 )
 # Latency histogram bins: bin b holds latencies in (upper(b - 1), upper(b)] milliseconds, where
 # upper(b) = ceil(1.1 ** b); a percentile read off the histogram is within 10% above the truth.
@@ -168,6 +170,9 @@ def rollup_deltas(logs: Sequence[RequestLog]) -> list[tuple[str, str, RollupRow]
             row["cached_tokens"] += log.cached_tokens
             row["cost"] += log.cost
             row["latency_ms_sum"] += log.latency_ms
+            if log.ttft_ms is not None:  # only streamed answers have a first token's time
+                row["ttft_ms_sum"] += log.ttft_ms
+                row["ttft_count"] += 1
             bins = row["latency_bins"]
             bin_ = latency_bin(log.latency_ms)
             bins[bin_] = bins.get(bin_, 0) + 1

@@ -248,7 +248,8 @@ class SQL:
                    count(*) FILTER (WHERE status NOT IN ('ok', 'client_closed')),
                    count(*) FILTER (WHERE status = 'client_closed'),
                    sum(prompt_tokens), sum(completion_tokens), sum(reasoning_tokens),
-                   sum(cached_tokens), sum(cost), sum(latency_ms)
+                   sum(cached_tokens), sum(cost), sum(latency_ms),
+                   coalesce(sum(ttft_ms), 0), count(ttft_ms)
             FROM new GROUP BY {_ROLLUP_KEY}
             ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET
                 {", ".join(f"{c} = usage_rollups.{c} + EXCLUDED.{c}" for c in ROLLUP_SUMS)}

@@ -1,4 +1,5 @@
-"""The developer dashboard: sign-in with an API key, /usage, /catalog and /playground.
+"""The developer dashboard: sign-in with an API key, /catalog and /playground; /usage in
+``console_usage``.
 
 Pages are server-rendered HTML (Jinja templates in ``web/http/templates``) with one stylesheet and
 one script (``web/http/static``), all served by Omixa itself: no CDN, works offline. The script
@@ -7,7 +8,7 @@ renderings as the ``/api/v1`` wallet and usage routes, so the dashboard shows th
 numbers exactly.
 
 Sessions, CSRF and page rendering live in ``console`` (``Console``); this module registers
-sign-in, sign-out and the usage, catalog and playground pages, and hands the ``Console`` to
+sign-in, sign-out and the catalog and playground pages, and hands the ``Console`` to
 the other pages' modules. The session secret comes from ``OMIXA_SESSION_SECRET``; without it
 each process draws a random one (sessions then end at restart and do not cross processes).
 Pages send ``Content-Security-Policy: default-src 'self'`` and refuse framing.
@@ -28,14 +29,11 @@ from quart_trio import QuartTrio
 
 from omixa.engine.access import SigningKeyRefused
 from omixa.engine.errors import InvalidApiKey
-from omixa.engine.money import format_usd
-from omixa.engine.reports import STEP, Bucket
 from omixa.engine.runtime import Engine
-from omixa.storage import ApiKeyRecord, RequestLogFilter
+from omixa.storage import ApiKeyRecord
+from omixa.web.http import console_usage
 from omixa.web.http.catalog_routes import model_object
 from omixa.web.http.console import CSRF_HEADER, SESSION_COOKIE, Console, redirect, safe_next
-from omixa.web.http.envelope import json_response
-from omixa.web.http.wallet_api import bucket_view, iso, request_view
 
 log = logging.getLogger("omixa.dashboard")
 
@@ -43,7 +41,6 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 SIGNIN_COOKIE = "omixa_signin"
-LATEST_REQUESTS = 10
 
 
 def session_secret() -> str:
@@ -114,10 +111,6 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         response.delete_cookie(SESSION_COOKIE, path="/")
         return response
 
-    @app.get("/usage")
-    async def usage_page() -> Response:
-        return await console.signed_in_page("usage.html", "usage")
-
     @app.get("/catalog")
     async def catalog_page() -> Response:
         return await console.signed_in_page("catalog.html", "catalog", models=_catalog_rows(engine))
@@ -133,61 +126,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         console.check_csrf(csrf, request.headers.get(CSRF_HEADER))
         return await serve_chat(key)
 
-    @app.get("/usage/data")
-    async def usage_data() -> Response:
-        """Everything /usage shows, in one poll: the numbers of the /api/v1 routes."""
-        key, _ = await console.require()
-        granularity = request.args.get("granularity", "hour")
-        reports = engine.reports
-        wallet = await engine.accounts.wallet(key.account_id)
-        since, until, buckets = await reports.rollups(key.account_id, granularity=granularity, since=None, until=None)
-        _, _, per_model = await reports.rollups(
-            key.account_id, granularity=granularity, since=since, until=until, group_by="model"
-        )
-        latest = await reports.requests(RequestLogFilter(account_id=key.account_id, limit=LATEST_REQUESTS), after=None)
-        by_model: dict[str, list] = {}
-        for bucket in per_model:
-            by_model.setdefault(bucket.model or "", []).append(bucket)
-        models = [{"model": model, **_totals(rows)} for model, rows in sorted(by_model.items())]
-        return json_response(
-            {
-                "wallet": {
-                    "balance": format_usd(wallet.balance),
-                    "locked_balance": format_usd(wallet.locked),
-                    "available": format_usd(wallet.available),
-                    "currency": "USD",
-                },
-                "granularity": granularity,
-                "since": iso(since),
-                "until": iso(until),
-                "buckets": [bucket_view(b, STEP[granularity]) for b in buckets],
-                "totals": _totals(buckets),
-                "models": sorted(models, key=lambda m: -m["requests"]),
-                "latest": [request_view(r) for r in latest.data],
-            }
-        )
-
-    @app.get("/usage/data/requests/<request_id>")
-    async def usage_data_request(request_id: str) -> Response:
-        key, _ = await console.require()
-        return json_response(request_view(await engine.reports.request(key.account_id, request_id)))
-
-
-def _totals(buckets: list[Bucket]) -> dict[str, Any]:
-    """Sums over a range of buckets; the p95 shown is the worst bucket's."""
-    requests_ = sum(b.requests for b in buckets)
-    errors = sum(b.errors for b in buckets)
-    latency_sum = sum((b.latency_ms_mean or 0) * b.requests for b in buckets)
-    return {
-        "requests": requests_,
-        "errors": errors,
-        "error_rate": round(errors / requests_, 4) if requests_ else 0.0,
-        "prompt_tokens": sum(b.prompt_tokens for b in buckets),
-        "completion_tokens": sum(b.completion_tokens for b in buckets),
-        "cost": format_usd(sum(b.cost for b in buckets)),
-        "latency_ms_mean": round(latency_sum / requests_, 1) if requests_ else None,
-        "latency_ms_p95_max": max((b.latency_ms_p95 for b in buckets if b.latency_ms_p95), default=None),
-    }
+    console_usage.register(app, console)
 
 
 def _catalog_rows(engine: Engine) -> list[dict[str, Any]]:
