@@ -28,8 +28,11 @@ function tooltipPlugin(spec) {
         const i = u.cursor.idx;
         if (i === null || i === undefined || u.cursor.left < 0) { tip.hidden = true; return; }
         const when = spec.timeLabel(spec.x[i]);
-        const rows = spec.series.map((s) => el("div", {}, el("i", { class: "sw", style: `background:${s.color}` }),
-          `${s.label}: `, el("b", {}, spec.exact(s.values[i]))));
+        const rows = spec.series.map((s) => {
+          const swatch = el("i", { class: "sw" });
+          swatch.style.background = s.color;  // CSSOM, not a style attribute: the CSP allows it
+          return el("div", {}, swatch, `${s.label}: `, el("b", {}, s.texts ? s.texts[i] : spec.exact(s.values[i])));
+        });
         tip.replaceChildren(el("div", { class: "chart-tip-time" }, when), ...rows);
         tip.hidden = false;
         const left = Math.min(u.cursor.left + 12, u.over.clientWidth - tip.offsetWidth - 4);
@@ -41,9 +44,13 @@ function tooltipPlugin(spec) {
 }
 
 // Draws (or redraws) a chart into container.
-// spec: { x: [epoch ms], series: [{ label, values, color? }], kind: "bars"|"lines",
+// spec: { x: [epoch ms], series: [{ label, values, color?, texts? }], kind: "bars"|"lines",
 //         stacked: bool, format: (v) => axis label, exact: (v) => tooltip text,
 //         timeLabel: (ms) => tooltip heading, height?: px }
+// A series' texts (optional, one per x) are what its tooltip shows instead of exact(value):
+// e.g. exact decimal strings of amounts that values holds as (inexact) numbers. null values
+// leave a gap in a line. The container gets data-ticks (how many y ticks) and data-y-labels
+// (their labels, JSON), since uPlot draws the axes on a canvas.
 function drawChart(container, spec) {
   if (container._chart) { container._chart.destroy(); container._chart = null; }
   spec.series.forEach((s, i) => { s.color = s.color || CHART_COLORS[i % CHART_COLORS.length]; });
@@ -62,8 +69,11 @@ function drawChart(container, spec) {
     width: spec.kind === "lines" ? 2 : 0,
     paths: bars || undefined,
     points: { show: spec.kind === "lines" && xs.length < 60 },
-    value: (u, v, si, i) => (i === null || i === undefined ? "–" : spec.exact(spec.series[k].values[i])),
+    value: (u, v, si, i) => (i === null || i === undefined ? "–"
+      : spec.series[k].texts ? spec.series[k].texts[i] : spec.exact(spec.series[k].values[i])),
   })));
+  const labels = splits.map(spec.format);
+  const labelWidth = Math.max(40, 12 + 7 * Math.max(...labels.map((l) => String(l).length)));
   const width = Math.max(280, container.clientWidth || 600);
   const options = {
     width,
@@ -73,7 +83,7 @@ function drawChart(container, spec) {
     axes: [
       { grid: { stroke: "rgba(128,128,128,0.18)" }, stroke: "#5d6673" },
       {
-        size: 64, stroke: "#5d6673", grid: { stroke: "rgba(128,128,128,0.18)" },
+        size: labelWidth, stroke: "#5d6673", grid: { stroke: "rgba(128,128,128,0.18)" },
         splits: () => splits, values: (u, vals) => vals.map(spec.format),
       },
     ],
@@ -85,6 +95,7 @@ function drawChart(container, spec) {
   chart.root.setAttribute("aria-hidden", "true");  // the tables and tooltips carry the numbers
   container._chart = chart;
   container.dataset.ticks = String(splits.length);
+  container.dataset.yLabels = JSON.stringify(labels);
   if (!container._resizing && window.ResizeObserver) {
     container._resizing = new ResizeObserver(() => {
       const c = container._chart;
