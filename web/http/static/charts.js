@@ -16,7 +16,8 @@ function niceSplits(max) {
   return Array.from({ length: Y_TICKS + 1 }, (_, i) => +(i * step).toPrecision(12));
 }
 
-function tooltipPlugin(spec) {
+// The tooltip reads the container's current spec, so a redraw with new data keeps it.
+function tooltipPlugin(container) {
   let tip;
   return {
     hooks: {
@@ -25,13 +26,14 @@ function tooltipPlugin(spec) {
         u.over.append(tip);
       },
       setCursor: (u) => {
+        const spec = container._spec;
         const i = u.cursor.idx;
         if (i === null || i === undefined || u.cursor.left < 0) { tip.hidden = true; return; }
         const when = spec.timeLabel(spec.x[i]);
         const rows = spec.series.map((s) => {
           const swatch = el("i", { class: "sw" });
           swatch.style.background = s.color;  // CSSOM, not a style attribute: the CSP allows it
-          return el("div", {}, swatch, `${s.label}: `, el("b", {}, s.texts ? s.texts[i] : spec.exact(s.values[i])));
+          return el("div", {}, swatch, `${s.label}: `, el("b", {}, pointText(spec, s, i)));
         });
         tip.replaceChildren(el("div", { class: "chart-tip-time" }, when), ...rows);
         tip.hidden = false;
@@ -43,6 +45,10 @@ function tooltipPlugin(spec) {
   };
 }
 
+function pointText(spec, s, i) {
+  return s.texts ? s.texts[i] : spec.exact(s.values[i]);
+}
+
 // Draws (or redraws) a chart into container.
 // spec: { x: [epoch ms], series: [{ label, values, color?, texts? }], kind: "bars"|"lines",
 //         stacked: bool, format: (v) => axis label, exact: (v) => tooltip text,
@@ -50,9 +56,9 @@ function tooltipPlugin(spec) {
 // A series' texts (optional, one per x) are what its tooltip shows instead of exact(value):
 // e.g. exact decimal strings of amounts that values holds as (inexact) numbers. null values
 // leave a gap in a line. The container gets data-ticks (how many y ticks) and data-y-labels
-// (their labels, JSON), since uPlot draws the axes on a canvas.
+// (their labels, JSON), since uPlot draws the axes on a canvas. A redraw with the same
+// series, kind and axis width only replaces the data (a tooltip being read stays open).
 function drawChart(container, spec) {
-  if (container._chart) { container._chart.destroy(); container._chart = null; }
   spec.series.forEach((s, i) => { s.color = s.color || CHART_COLORS[i % CHART_COLORS.length]; });
   const xs = spec.x.map((t) => t / 1000);
   // Stacked bars: each series drawn at its cumulative height, the tallest first.
@@ -61,41 +67,52 @@ function drawChart(container, spec) {
   const order = spec.stacked ? drawn.map((_, k) => drawn.length - 1 - k) : drawn.map((_, k) => k);
   const top = Math.max(0, ...drawn.flat());
   const splits = niceSplits(top);
+  const labels = splits.map(spec.format);
+  // Room for the longest label: about 7.5 px a character at 12 px, the tick and its gap.
+  const labelWidth = Math.ceil(Math.max(40, 24 + 7.5 * Math.max(...labels.map((l) => String(l).length))));
+  const shape = JSON.stringify([spec.kind, !!spec.stacked, spec.height, labelWidth, spec.series.map((s) => [s.label, s.color])]);
+  container._spec = spec;
+  container._splits = splits;
+  container.dataset.ticks = String(splits.length);
+  container.dataset.yLabels = JSON.stringify(labels);
+  const data = [xs, ...order.map((k) => drawn[k])];
+  if (container._chart && container._shape === shape) {
+    container._chart.setData(data);
+    return container._chart;
+  }
+  if (container._chart) { container._chart.destroy(); container._chart = null; }
+  container._shape = shape;
+  const current = () => container._spec;
   const bars = spec.kind !== "lines" && uPlot.paths && uPlot.paths.bars ? uPlot.paths.bars({ size: [0.7, 60] }) : null;
-  const series = [{ label: "Time", value: (u, v) => (v === null ? "–" : spec.timeLabel(v * 1000)) }].concat(order.map((k) => ({
+  const series = [{ label: "Time", value: (u, v) => (v === null ? "–" : current().timeLabel(v * 1000)) }].concat(order.map((k) => ({
     label: spec.series[k].label,
     stroke: spec.series[k].color,
     fill: spec.kind === "lines" ? undefined : spec.series[k].color,
     width: spec.kind === "lines" ? 2 : 0,
     paths: bars || undefined,
-    points: { show: spec.kind === "lines" && xs.length < 60 },
-    value: (u, v, si, i) => (i === null || i === undefined ? "–"
-      : spec.series[k].texts ? spec.series[k].texts[i] : spec.exact(spec.series[k].values[i])),
+    points: { show: spec.kind === "lines" && xs.length <= 100 },  // a lone value between gaps shows
+    value: (u, v, si, i) => (i === null || i === undefined ? "–" : pointText(current(), current().series[k], i)),
   })));
-  const labels = splits.map(spec.format);
-  const labelWidth = Math.max(40, 12 + 7 * Math.max(...labels.map((l) => String(l).length)));
   const width = Math.max(280, container.clientWidth || 600);
   const options = {
     width,
     height: spec.height || 220,
     series,
-    scales: { x: { time: true }, y: { range: () => [0, splits[splits.length - 1]] } },
+    scales: { x: { time: true }, y: { range: () => [0, container._splits[container._splits.length - 1]] } },
     axes: [
       { grid: { stroke: "rgba(128,128,128,0.18)" }, stroke: "#5d6673" },
       {
         size: labelWidth, stroke: "#5d6673", grid: { stroke: "rgba(128,128,128,0.18)" },
-        splits: () => splits, values: (u, vals) => vals.map(spec.format),
+        splits: () => container._splits, values: (u, vals) => vals.map(current().format),
       },
     ],
     cursor: { points: { show: false }, drag: { x: false, y: false } },
     legend: { show: true, live: false },
-    plugins: [tooltipPlugin(spec)],
+    plugins: [tooltipPlugin(container)],
   };
-  const chart = new uPlot(options, [xs, ...order.map((k) => drawn[k])], container);
+  const chart = new uPlot(options, data, container);
   chart.root.setAttribute("aria-hidden", "true");  // the tables and tooltips carry the numbers
   container._chart = chart;
-  container.dataset.ticks = String(splits.length);
-  container.dataset.yLabels = JSON.stringify(labels);
   if (!container._resizing && window.ResizeObserver) {
     container._resizing = new ResizeObserver(() => {
       const c = container._chart;

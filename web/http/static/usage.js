@@ -191,13 +191,17 @@ function render(data) {
   fillSelect($("#filter-key"), data.key_options.map((k) => ({ value: k.id, label: `${k.prefix}…${k.revoked ? " (revoked)" : ""}` })), usage.key, "All keys");
 
   drawCharts(data);
-  fillTable("#models-table", data.models, (m) => groupRow(el("code", {}, m.model), m), "No requests in this range.", 7);
+  fillTable("#models-table", data.models, (m) => {
+    const row = groupRow(el("code", {}, m.model), m);
+    row.dataset.model = m.model;
+    return row;
+  }, "No requests in this range.", 7);
   fillTable("#keys-table", data.keys, (k) => {
     const row = groupRow(el("code", {}, k.prefix ? `${k.prefix}…` : k.key_id || "(no key)"), k);
     row.dataset.keyId = k.key_id;
     return row;
   }, "No requests in this range.", 7);
-  $("#latest-time").textContent = `Time (${zoneLabel()})`;
+  $("#latest-time").textContent = `Time, ${zoneLabel()}`;
   const first = usage.seen.size === 0;
   fillTable("#latest-table", data.latest, (r) => el("tr", { "data-request-id": r.id, class: !first && !usage.seen.has(r.id) ? "fresh" : "" },
     el("td", {}, fmtTime(r.created_at)),
