@@ -312,15 +312,16 @@ class Reports:
         (overall, per model, per key; their ``start`` is the range's)."""
         since, until = _checked_range(granularity, since, until, model=model, key_id=key_id, group_by=None)
         rows = await self._rollup_rows(account_id, granularity, since, until, model, key_id)
-        whole = [attrs.evolve(r, bucket_start=since) for r in rows]
+        ranged = [attrs.evolve(r, bucket_start=since) for r in rows]  # one bucket: the range
+        whole = summarize(ranged, group_by=None)
         return RollupSummary(
             since=since,
             until=until,
             buckets=summarize(rows, group_by=None),
             buckets_by_model=summarize(rows, group_by="model"),
-            total=(summarize(whole, group_by=None) or [None])[0],
-            by_model=summarize(whole, group_by="model"),
-            by_key=summarize(whole, group_by="key"),
+            total=whole[0] if whole else None,
+            by_model=summarize(ranged, group_by="model"),
+            by_key=summarize(ranged, group_by="key"),
         )
 
     async def rollups_export(

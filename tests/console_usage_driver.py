@@ -167,12 +167,12 @@ def drive(
             expect(over).to_be_visible()
             box = over.bounding_box()
             assert box is not None
-            tips = set()
+            tips: set[str] = set()
             for step in range(0, 97):
                 page.mouse.move(box["x"] + box["width"] * step / 96, box["y"] + box["height"] * 0.6)
                 tip = page.locator("#chart-cost .chart-tip")
                 if tip.is_visible():
-                    tips.add(tip.text_content())
+                    tips.add(tip.text_content() or "")
             found = [w for w in wanted if any(w in t for t in tips)]
             assert found, (wanted, sorted(tips)[:5])
             seen["tooltip"] = found[0]
@@ -183,7 +183,7 @@ def drive(
             for chart in ("cost", "tokens", "requests", "latency"):
                 plot = page.locator(f"#chart-{chart}")
                 expect(plot.locator("canvas")).to_have_count(1)
-                labels = json.loads(plot.get_attribute("data-y-labels"))
+                labels = json.loads(plot.get_attribute("data-y-labels") or "[]")
                 assert len(labels) >= 5 and len(set(labels)) == len(labels) and all(labels), (chart, labels)
 
             # The CSV download is the API's CSV for the same range and filters.

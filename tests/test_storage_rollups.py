@@ -1,7 +1,8 @@
 """Rollups by model and key, on both backends: every rollup row, filtered by model, key or
 both, equals the sums over the request logs it stands for (counts, tokens, cost, latency and
-the latency histogram), through retried batches; and migration 0010, which added the key to
-the rollups, rebuilds them from the logs of a database written before it."""
+the latency histogram, the time to first token's sum and count), through retried batches;
+and migrations 0010, which added the key to the rollups, and 0011, which added the time to
+first token, rebuild them from the logs of a database written before them."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def expected(logs: Iterable[RequestLog], account_id: str, granularity: str, **on
         row = rows.setdefault(
             (floor_to(log.created_at, granularity), log.model, log.key_id),
             {"requests": 0, "errors": 0, "client_closed": 0, "prompt_tokens": 0, "completion_tokens": 0,
-             "reasoning_tokens": 0, "cached_tokens": 0, "cost": 0, "latency_ms_sum": 0, "latency_bins": {}},
+             "reasoning_tokens": 0, "cached_tokens": 0, "cost": 0, "latency_ms_sum": 0, "latency_bins": {},
+             "ttft_ms_sum": 0, "ttft_count": 0},
         )  # fmt: skip
         row["requests"] += 1
         row["errors"] += log.status not in ("ok", "client_closed")
@@ -55,6 +57,9 @@ def expected(logs: Iterable[RequestLog], account_id: str, granularity: str, **on
         for name in ("prompt_tokens", "completion_tokens", "reasoning_tokens", "cached_tokens", "cost"):
             row[name] += getattr(log, name)
         row["latency_ms_sum"] += log.latency_ms
+        if log.ttft_ms is not None:
+            row["ttft_ms_sum"] += log.ttft_ms
+            row["ttft_count"] += 1
         bins = row["latency_bins"]
         bins[latency_bin(log.latency_ms)] = bins.get(latency_bin(log.latency_ms), 0) + 1
     return rows
@@ -69,7 +74,7 @@ async def actual(storage, account_id: str, granularity: str, since: dt.datetime,
 
 def expected_fields() -> tuple[str, ...]:
     return ("requests", "errors", "client_closed", "prompt_tokens", "completion_tokens", "reasoning_tokens",
-            "cached_tokens", "cost", "latency_ms_sum", "latency_bins")  # fmt: skip
+            "cached_tokens", "cost", "latency_ms_sum", "latency_bins", "ttft_ms_sum", "ttft_count")  # fmt: skip
 
 
 def random_logs(rng: random.Random, count: int) -> list[RequestLog]:
@@ -89,6 +94,7 @@ def random_logs(rng: random.Random, count: int) -> list[RequestLog]:
                 cached_tokens=rng.randrange(0, 50),
                 cost=rng.randrange(0, 10**7),
                 latency_ms=rng.choice(LATENCIES),
+                ttft_ms=rng.choice((None, rng.randrange(0, 5000))),
                 # Over three days around T0, some on the microsecond either side of an hour.
                 created_at=T0 + dt.timedelta(microseconds=rng.choice((0, 1, rng.randrange(-86400, 172800) * 10**6))),
             )
