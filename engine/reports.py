@@ -94,7 +94,7 @@ class Bucket:
     latency_ms_p95: int | None
     # The median, read off the same histogram (so at most 10% above the true one).
     latency_ms_p50: int | None = None
-    # Mean time to first token of the requests that have one (streamed answers), or None.
+    # Mean time to first token of the requests that have one (that got an answer), or None.
     ttft_ms_mean: float | None = None
 
 

@@ -170,7 +170,7 @@ def rollup_deltas(logs: Sequence[RequestLog]) -> list[tuple[str, str, RollupRow]
             row["cached_tokens"] += log.cached_tokens
             row["cost"] += log.cost
             row["latency_ms_sum"] += log.latency_ms
-            if log.ttft_ms is not None:  # only streamed answers have a first token's time
+            if log.ttft_ms is not None:  # None: no answer came (an error, a client that left)
                 row["ttft_ms_sum"] += log.ttft_ms
                 row["ttft_count"] += 1
             bins = row["latency_bins"]

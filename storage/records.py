@@ -229,8 +229,8 @@ class RollupRow:
     cost: int
     latency_ms_sum: int
     latency_bins: dict[int, int]
-    # Time to first token, of the requests that have one (``ttft_ms`` not null): its sum and
-    # how many requests it sums.
+    # Time to first token, of the requests that have one (``ttft_ms`` not null: an answer
+    # came): its sum and how many requests it sums.
     ttft_ms_sum: int = 0
     ttft_count: int = 0
 

@@ -4,7 +4,7 @@ a custom range, key and model filters, chart tooltips and ticks, the CSV downloa
 layout, accessibility).
 
 The account has two keys and usage on two models: requests made now through the gateway
-(some streamed, so they have a time to first token), and request logs written with
+(streamed and not), and request logs written with
 explicit past times through storage's own insert (the same write that adds them to the
 rollups), so a custom range has something to include and something to exclude.
 """
@@ -174,7 +174,7 @@ async def test_usage_feed_refusals_and_numbers_over_http(database_url):
             feed = (await client.get("/usage/data", params=rng)).json()
             assert {k["prefix"] for k in feed["key_options"]} >= {prefix_b}
             assert {MODEL, OTHER_MODEL} <= set(feed["model_options"])
-            # Streamed requests have a time to first token, and the rollups keep it.
+            # Answered requests have a time to first token, and the rollups keep it.
             assert feed["totals"]["ttft_ms_mean"] is not None
             assert feed["totals"]["latency_ms_p50"] <= feed["totals"]["latency_ms_p95"]
             assert feed["totals"]["reasoning_tokens"] == 7

@@ -1,6 +1,7 @@
 -- Time to first token in the rollups: per (bucket, model, key), the sum of the requests'
--- ttft_ms and how many requests have one (only streamed answers do), so the usage page can
--- chart its mean over a month from the rollups rather than from every request log. Keep in
+-- ttft_ms and how many requests have one (a request that got no answer has none), so the
+-- usage page can chart its mean over a month from the rollups rather than from every
+-- request log. Keep in
 -- step with 0011_rollup_ttft.sqlite.sql.
 --
 -- Existing rows: filled from request_logs, which the rollups sum by construction (both are
