@@ -7,12 +7,13 @@
 const CHART_COLORS = ["#3355ff", "#e0861a", "#1f9d55", "#a23fd1", "#d23a3a", "#0d8fa8", "#7a6a00", "#c2457a"];
 const Y_TICKS = 5;  // intervals: six labels, 0 included
 
-// Evenly spaced y splits: Y_TICKS intervals from 0 to a "nice" maximum at or above max.
-function niceSplits(max) {
+// Evenly spaced y splits: Y_TICKS intervals from 0 to a "nice" maximum at or above max;
+// whole steps when integer (counts: no "0.2 requests" tick).
+function niceSplits(max, integer = false) {
   if (!(max > 0)) max = 1;
-  const raw = max / Y_TICKS;
+  const raw = integer ? Math.max(1, max / Y_TICKS) : max / Y_TICKS;
   const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw);
+  const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= raw && (!integer || Number.isInteger(s)));
   return Array.from({ length: Y_TICKS + 1 }, (_, i) => +(i * step).toPrecision(12));
 }
 
@@ -51,7 +52,7 @@ function pointText(spec, s, i) {
 
 // Draws (or redraws) a chart into container.
 // spec: { x: [epoch ms], series: [{ label, values, color?, texts? }], kind: "bars"|"lines",
-//         stacked: bool, format: (v) => axis label, exact: (v) => tooltip text,
+//         stacked: bool, integer?: bool (whole y ticks), format: (v) => axis label, exact: (v) => tooltip text,
 //         timeLabel: (ms) => tooltip heading, height?: px }
 // A series' texts (optional, one per x) are what its tooltip shows instead of exact(value):
 // e.g. exact decimal strings of amounts that values holds as (inexact) numbers. null values
@@ -66,7 +67,7 @@ function drawChart(container, spec) {
   if (spec.stacked) for (let k = 1; k < drawn.length; k++) drawn[k] = drawn[k].map((v, i) => v + drawn[k - 1][i]);
   const order = spec.stacked ? drawn.map((_, k) => drawn.length - 1 - k) : drawn.map((_, k) => k);
   const top = Math.max(0, ...drawn.flat());
-  const splits = niceSplits(top);
+  const splits = niceSplits(top, !!spec.integer);
   const labels = splits.map(spec.format);
   // Room for the longest label: about 7.5 px a character at 12 px, the tick and its gap.
   const labelWidth = Math.ceil(Math.max(40, 24 + 7.5 * Math.max(...labels.map((l) => String(l).length))));

@@ -118,10 +118,10 @@ function drawCharts(data) {
     { label: "cached (of prompt)", values: pick((b) => b.cached_tokens) },
     { label: "reasoning (of completion)", values: pick((b) => b.reasoning_tokens) },
   ].filter((s, i) => i < 2 || s.values.some((v) => v > 0));
-  drawChart($("#chart-tokens"), { x: starts, kind: "lines", stacked: false, timeLabel, format: axisCount, exact: fmtInt, series: tokens });
+  drawChart($("#chart-tokens"), { x: starts, kind: "lines", stacked: false, integer: true, timeLabel, format: axisCount, exact: fmtInt, series: tokens });
 
   drawChart($("#chart-requests"), {
-    x: starts, kind: "bars", stacked: true, timeLabel, format: axisCount, exact: fmtInt,
+    x: starts, kind: "bars", stacked: true, integer: true, timeLabel, format: axisCount, exact: fmtInt,
     series: [
       { label: "succeeded", values: pick((b) => b.requests - b.errors), color: "#1f9d55" },
       { label: "errors", values: pick((b) => b.errors), color: "#d23a3a" },
@@ -238,6 +238,7 @@ async function refreshUsage() {
 function poll() {
   clearTimeout(usage.timer);
   usage.generation += 1;
+  usage.seen = new Set();  // another range or filter: its rows are not news
   const period = Number(document.body.dataset.pollSeconds) * 1000;
   const loop = async () => {
     try { await refreshUsage(); } catch (e) { $("#updated").textContent = "Offline; retrying"; }
