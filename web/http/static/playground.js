@@ -51,6 +51,7 @@ function initPlayground() {
   const send = $("#pg-send"), stop = $("#pg-stop"), status = $("#pg-status");
   const conversation = []; // {role, content} of the turns that are sent again
   let controller = null;
+  let generation = 0; // New conversation starts the next one; a turn of an earlier one is dropped
 
   const option = () => model.selectedOptions[0];
 
@@ -180,6 +181,7 @@ function initPlayground() {
   async function runTurn() {
     const text = prompt.value;
     const body = requestBody();
+    const mine = generation;
     const user = userTurn(text);
     const turn = assistantTurn(body);
     const output = turn.querySelector(".turn-text");
@@ -217,6 +219,7 @@ function initPlayground() {
     } finally {
       send.disabled = false; stop.disabled = true; controller = null;
     }
+    if (mine !== generation) return; // cleared by New conversation while it streamed
     const answer = output.textContent;
     if (failure || !answer) {
       // Not part of the conversation: the next turn does not send it.
@@ -224,6 +227,10 @@ function initPlayground() {
       user.dataset.excluded = turn.dataset.excluded = "true";
       if (failure) showError(turn, failure);
       turn.append(el("p", { class: "hint" }, "Not part of the conversation; your message is back in the box."));
+      if (stopped && !requestId) {
+        turn.append(el("p", { class: "hint" }, "Stopped before the gateway answered: what it charged, if anything, is in ",
+          el("a", { href: "/usage" }, "Usage"), "."));
+      }
       if (!prompt.value) prompt.value = text;
       status.textContent = failure ? `Request failed: ${failure.message}` : "Stopped before any text.";
     } else {
@@ -252,6 +259,7 @@ function initPlayground() {
   });
   stop.addEventListener("click", () => controller && controller.abort());
   $("#pg-new").addEventListener("click", () => {
+    generation += 1;
     if (controller) controller.abort();
     conversation.length = 0;
     transcript.replaceChildren();
