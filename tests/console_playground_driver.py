@@ -196,6 +196,19 @@ def drive(root: str, chromium: str, key: str, key_poor: str, backend: str) -> di
                 "cost": stopped.locator("[data-stat=cost] .money").get_attribute("data-exact"),
                 "status": stopped.locator(".turn-stats").get_attribute("data-status"),
             }
+
+            # New conversation while a turn streams: that turn is cancelled and never sent again.
+            prompt.fill("Another long story.")
+            prompt.press("Control+Enter")
+            wait_for_length(page.locator(TURNS).first.locator(".turn-text"), 5)
+            page.click("#pg-new")
+            expect(page.locator("#pg-transcript li")).to_have_count(0)
+            page.fill("#pg-max-tokens", "5")
+            prompt.fill("Fresh start")
+            page.click("#pg-send")
+            fresh = wait_turn(page, 0)
+            expect(page.locator("#pg-transcript li")).to_have_count(2)
+            seen["fresh"] = api.get(f"/usage/requests/{fresh.get_attribute('data-request-id')}").json()
             axe_check(browser, context, f"{root}/playground", ready="#pg-form")
 
             # A phone-width view: one column, nothing wider than the screen.

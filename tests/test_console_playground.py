@@ -63,6 +63,10 @@ async def test_playground_conversation_controls_and_stop(database_url):
             assert sent["max_tokens"] == 12 and sent["temperature"] == 0.3
             assert "max_completion_tokens" not in sent
 
+        # After New conversation, only the new turn is sent.
+        fresh = by_upstream_id[seen["fresh"]["upstream_request_id"]].json
+        assert fresh["messages"] == [system, {"role": "user", "content": "Fresh start"}]
+
         # Fast mode reached the priority deployment as service_tier "priority".
         fast = by_upstream_id[seen["fast"]["upstream_request_id"]]
         assert fast.deployment == "fast-dz"
@@ -71,7 +75,7 @@ async def test_playground_conversation_controls_and_stop(database_url):
 
         # The stopped stream closed the upstream and was charged what the turn shows.
         with trio.fail_after(10):
-            while fake.streams_disconnected < 1:
+            while fake.streams_disconnected < 2:  # the stopped turn and the one cleared
                 await trio.sleep(0.05)
         await gw.flushed()
         stopped = seen["stopped"]
