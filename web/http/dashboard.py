@@ -27,6 +27,7 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from omixa.engine.access import SigningKeyRefused
+from omixa.engine.chat_request import takes_sampling
 from omixa.engine.errors import InvalidApiKey
 from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket
@@ -124,8 +125,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 
     @app.get("/playground")
     async def playground_page() -> Response:
-        models = [m for m in _catalog_rows(engine) if m["modality"] == "chat"]
-        return await console.signed_in_page("playground.html", "playground", models=models)
+        return await console.signed_in_page("playground.html", "playground", models=_playground_rows(engine))
 
     @app.post("/playground/chat/completions")
     async def playground_chat() -> Response:
@@ -188,6 +188,25 @@ def _totals(buckets: list[Bucket]) -> dict[str, Any]:
         "latency_ms_mean": round(latency_sum / requests_, 1) if requests_ else None,
         "latency_ms_p95_max": max((b.latency_ms_p95 for b in buckets if b.latency_ms_p95), default=None),
     }
+
+
+def _playground_rows(engine: Engine) -> list[dict[str, Any]]:
+    """The enabled chat models as the API lists them, plus what the playground's controls
+    need: the output cap's parameter (reasoning models take ``max_completion_tokens``, which
+    also bounds their reasoning tokens), whether ``temperature`` reaches the model, and
+    whether ``service_tier: "priority"`` (Fast mode) can be served (an enabled deployment
+    with priority processing)."""
+    priority = engine.router.priority_models()
+    rows = []
+    for row in _catalog_rows(engine):
+        model = engine.catalog.models[row["id"]]
+        if model.modality != "chat":
+            continue
+        row["cap_param"] = "max_completion_tokens" if model.reasoning else "max_tokens"
+        row["temperature"] = takes_sampling(model)
+        row["fast_mode"] = model.id in priority and model.priority_prices is not None
+        rows.append(row)
+    return rows
 
 
 def _catalog_rows(engine: Engine) -> list[dict[str, Any]]:
