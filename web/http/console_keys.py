@@ -43,7 +43,12 @@ def register(app: QuartTrio, console: Console) -> None:
         used = await engine.accounts.last_used(key.account_id)
         limits = engine.config.limits
         rows = [key_view(k, used.get(k.id), key.id, limits.key_rpm, limits.key_tpm) for k in records]
-        defaults = {"rpm": limit_text(None, limits.key_rpm), "tpm": limit_text(None, limits.key_tpm)}
+        defaults = {
+            "rpm": limit_text(None, limits.key_rpm),
+            "tpm": limit_text(None, limits.key_tpm),
+            "rpm_value": limit_text(limits.key_rpm, 0),
+            "tpm_value": limit_text(limits.key_tpm, 0),
+        }
         response = await console.page(
             "keys.html",
             key,
