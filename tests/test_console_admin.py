@@ -5,6 +5,7 @@ sign-in and its refusals; the feeds; the top-up and its idempotency) and in a re
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -183,3 +184,15 @@ async def test_admin_page_in_a_real_browser(database_url, monkeypatch, aio_loop)
         database_url, aio_loop, f"SELECT note FROM ledger WHERE account_id = '{account}' AND type = 'top_up'"
     )
     assert sorted(r[0] or "" for r in rows) == ["", "operator top-up (console)"]
+
+
+async def test_operator_sessions_expire_and_end_in_storage(storage):
+    now = dt.datetime.now(dt.UTC)
+    await storage.create_admin_session("old", now - dt.timedelta(seconds=1))
+    await storage.create_admin_session("live", now + dt.timedelta(hours=1))
+    assert not await storage.admin_session_live("old")
+    assert await storage.admin_session_live("live")
+    assert not await storage.admin_session_live("unknown")
+    await storage.end_admin_session("live")
+    await storage.end_admin_session("live")  # gone already: a no-op
+    assert not await storage.admin_session_live("live")

@@ -5,6 +5,7 @@ check, screenshots and axe-core), each on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import trio
 from browser_kit import CHROMIUM, backend_of, run_driver
 from fake_azure import open_fake_azure
 from harness import MODEL, open_gateway
+from storage_helpers import request_log
 
 from omixa.storage import RequestLogFilter
 
@@ -129,3 +131,21 @@ async def test_keys_page_in_a_real_browser(database_url, secret_key):
         with trio.fail_after(10):
             await gw.flushed()
         assert await gw.storage.verify_ledger() == []
+
+
+async def test_key_last_used_is_each_keys_newest_log(storage):
+    account = await storage.create_account("dev@example.com")
+    used = await storage.create_api_key(account_id=account.id, key_hash="h1", prefix="omx_live_aaaaaa", rpm=None)
+    idle = await storage.create_api_key(account_id=account.id, key_hash="h2", prefix="omx_live_bbbbbb", rpm=None)
+    other = await storage.create_account("other@example.com")
+    base = dt.datetime(2026, 1, 5, 12, tzinfo=dt.UTC)
+    logs = [
+        request_log("req_1", account_id=account.id, key_id=used.id, created_at=base),
+        request_log("req_2", account_id=account.id, key_id=used.id, created_at=base + dt.timedelta(minutes=5)),
+        request_log("req_3", account_id=account.id, key_id=used.id, created_at=base - dt.timedelta(minutes=5)),
+        # Another account's log naming the key (no such log is written; the account counts).
+        request_log("req_4", account_id=other.id, key_id=used.id, created_at=base + dt.timedelta(hours=1)),
+    ]
+    await storage.insert_request_logs(logs)
+    assert await storage.key_last_used(account.id) == {used.id: base + dt.timedelta(minutes=5)}
+    assert idle.id not in await storage.key_last_used(account.id)
