@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from omixa.engine.errors import InvalidApiKey, storage_failures
+from omixa.engine.errors import InvalidApiKey, NotFoundError, storage_failures
 from omixa.engine.secretbox import SECRET_KEY_ENV, SecretBox, generate_signing_secret
 from omixa.storage import Account, ApiKeyRecord, Storage, WalletState
 
@@ -81,6 +81,28 @@ class Accounts:
     async def keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
         """The account's keys, revoked ones included, newest first."""
         return await self.storage.list_api_keys(account_id)
+
+    async def last_used(self, account_id: str) -> dict[str, dt.datetime]:
+        """Each of the account's used keys' last use: the time of its newest request log.
+
+        Read from the request logs (no write per request on the hot path); a request shows
+        here once the usage aggregator has written its log (``usage.flush_interval_seconds``).
+        Errors: ServiceUnavailable (the usage store).
+        """
+        with storage_failures("usage"):
+            return await self.storage.key_last_used(account_id)
+
+    async def revoke_own_key(self, account_id: str, key_id: str) -> ApiKeyRecord:
+        """Revoke one of the account's own keys (revoking twice keeps the first time); the
+        key as it was before. Errors: NotFoundError for a key of another account or none;
+        ServiceUnavailable."""
+        with storage_failures("key"):
+            owned = next((k for k in await self.storage.list_api_keys(account_id) if k.id == key_id), None)
+            if owned is None:
+                raise NotFoundError("No such key on this account.")
+            await self.storage.revoke_api_key(key_id)
+        self._recent = {h: seen for h, seen in self._recent.items() if seen[0].id != key_id}
+        return owned
 
     async def create_key(
         self,

@@ -252,6 +252,12 @@ def upstream_body(request: ChatRequest, output_tokens: int) -> dict[str, Any]:
     return body
 
 
+def takes_sampling(model: ModelInfo) -> bool:
+    """Whether ``model`` is sent ``temperature`` and the other :data:`REASONING_DROPS`
+    (Azure's reasoning models refuse them, so ``normalise`` drops them there)."""
+    return not (model.reasoning and model.provider == "azure")
+
+
 def normalise(body: dict[str, Any], model: ModelInfo) -> dict[str, Any]:
     """A copy of a checked ``body`` fitted to ``model``'s family (see the module docstring).
 
@@ -263,7 +269,7 @@ def normalise(body: dict[str, Any], model: ModelInfo) -> dict[str, Any]:
         body["reasoning_effort"] = mapped
     if not model.verbosity or body.get("verbosity") is None:
         body.pop("verbosity", None)
-    if model.reasoning and model.provider == "azure":
+    if not takes_sampling(model):
         for key in REASONING_DROPS:
             body.pop(key, None)
     body.pop("service_tier", None)

@@ -11,6 +11,7 @@ from omixa.storage.errors import IdempotencyConflict, KeyRevoked, MigrationError
 from omixa.storage.open import open_storage
 from omixa.storage.records import (
     Account,
+    AccountSummary,
     ApiKeyRecord,
     FinalizeHold,
     Hold,
@@ -34,6 +35,7 @@ from omixa.storage.records import (
 
 __all__ = [
     "Account",
+    "AccountSummary",
     "ApiKeyRecord",
     "FinalizeHold",
     "Hold",

@@ -48,6 +48,12 @@ def check_amount(value: int, name: str, *, allow_zero: bool = False) -> None:
         raise ValueError(f"{name} must be an integer >= {low}, got {value}")
 
 
+def contains_pattern(text: str) -> str:
+    """A LIKE pattern (with ``ESCAPE '\\'``) matching values that contain ``text`` as is."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
 # -- wallet steps ------------------------------------------------------------------------------
 
 # A step of apply_wallet_ops once checked: a new hold with the id it will have, or a finalize.

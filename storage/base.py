@@ -33,6 +33,7 @@ import trio
 
 from omixa.storage.records import (
     Account,
+    AccountSummary,
     ApiKeyRecord,
     FinalizeHold,
     Hold,
@@ -115,6 +116,19 @@ class Storage(abc.ABC):
         """The account's keys, revoked ones included, newest first (none for an unknown
         account)."""
 
+    @abc.abstractmethod
+    async def key_last_used(self, account_id: str) -> dict[str, dt.datetime]:
+        """For each of the account's keys with a request log, the newest log's time (keys
+        never used are left out). One index seek per key (request_logs_account_key_time)."""
+
+    @abc.abstractmethod
+    async def list_accounts(
+        self, *, email_contains: str | None, limit: int, after: str | None = None
+    ) -> Sequence[AccountSummary]:
+        """Up to ``limit`` accounts with their wallets, newest first (then by id), those
+        whose email contains ``email_contains`` (case-insensitive) when given; with ``after``
+        (an account id) only those that come after it in that order (none for an unknown id)."""
+
     # -- dashboard sessions ---------------------------------------------------------------
     @abc.abstractmethod
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
@@ -129,6 +143,20 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def end_dashboard_session(self, session_id: str) -> None:
         """Forget the session (signing out); a no-op if it is gone already."""
+
+    # -- operator sessions ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_admin_session(self, session_id: str, expires_at: dt.datetime) -> None:
+        """Record an operator sign-in until ``expires_at``, and forget the operator sessions
+        that have expired."""
+
+    @abc.abstractmethod
+    async def admin_session_live(self, session_id: str) -> bool:
+        """Whether the operator session exists and has not expired (the database's clock)."""
+
+    @abc.abstractmethod
+    async def end_admin_session(self, session_id: str) -> None:
+        """Forget the operator session (signing out); a no-op if it is gone already."""
 
     # -- wallet ---------------------------------------------------------------------------
     @abc.abstractmethod

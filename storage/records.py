@@ -59,6 +59,21 @@ class WalletState:
 
 
 @attrs.frozen(kw_only=True)
+class AccountSummary:
+    """An account with its wallet, as the operator's account list shows it."""
+
+    id: str
+    email: str
+    created_at: dt.datetime
+    balance: int
+    locked: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.locked
+
+
+@attrs.frozen(kw_only=True)
 class Hold:
     id: str
     account_id: str

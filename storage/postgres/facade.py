@@ -25,6 +25,7 @@ from omixa.storage._common import (
     StoredItemRow,
     bucket_start,
     check_amount,
+    contains_pattern,
     merge_rollup_rows,
     new_id,
     public_caller,
@@ -53,6 +54,7 @@ from omixa.storage.postgres.pool import ConnectionPool
 from omixa.storage.postgres.sql import SQL
 from omixa.storage.records import (
     Account,
+    AccountSummary,
     ApiKeyRecord,
     Hold,
     HoldSummary,
@@ -196,6 +198,27 @@ class PostgresStorage(Storage):
     async def list_api_keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
         rows = await self._run(fetch, SQL.LIST_API_KEYS, account_id)
         return [ApiKeyRecord(**row) for row in rows]
+
+    async def key_last_used(self, account_id: str) -> dict[str, dt.datetime]:
+        rows = await self._run(fetch, SQL.KEY_LAST_USED, account_id)
+        return {row["id"]: row["last_used"] for row in rows if row["last_used"] is not None}
+
+    async def list_accounts(
+        self, *, email_contains: str | None, limit: int, after: str | None = None
+    ) -> Sequence[AccountSummary]:
+        pattern = contains_pattern(email_contains) if email_contains else None
+        rows = await self._run(fetch, SQL.LIST_ACCOUNTS, pattern, after, limit)
+        return [AccountSummary(**row) for row in rows]
+
+    # -- operator sessions ------------------------------------------------------------------
+    async def create_admin_session(self, session_id: str, expires_at: dt.datetime) -> None:
+        await self._run(execute, SQL.CREATE_ADMIN_SESSION, session_id, require_aware(expires_at, "expires_at"))
+
+    async def admin_session_live(self, session_id: str) -> bool:
+        return await self._run(fetchval, SQL.ADMIN_SESSION_LIVE, session_id) is not None
+
+    async def end_admin_session(self, session_id: str) -> None:
+        await self._run(execute, SQL.END_ADMIN_SESSION, session_id)
 
     # -- dashboard sessions -------------------------------------------------------------------
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:

@@ -73,6 +73,23 @@ class SQL:
         RETURNING id"""
     DASHBOARD_SESSION_KEY = f"{SESSION_KEY_SELECT} WHERE s.id = $1 AND s.expires_at > now()"
     END_DASHBOARD_SESSION = "DELETE FROM dashboard_sessions WHERE id = $1"
+    CREATE_ADMIN_SESSION = """
+        WITH expired AS (DELETE FROM admin_sessions WHERE expires_at <= now())
+        INSERT INTO admin_sessions (id, expires_at) VALUES ($1, $2)"""
+    ADMIN_SESSION_LIVE = "SELECT 1 FROM admin_sessions WHERE id = $1 AND expires_at > now()"
+    END_ADMIN_SESSION = "DELETE FROM admin_sessions WHERE id = $1"
+    # Each key's newest log: one seek into request_logs_account_key_time per key.
+    KEY_LAST_USED = """
+        SELECT k.id, (SELECT r.created_at FROM request_logs AS r
+                      WHERE r.account_id = k.account_id AND r.key_id = k.id
+                      ORDER BY r.created_at DESC LIMIT 1) AS last_used
+        FROM api_keys AS k WHERE k.account_id = $1"""
+    # $1: a LIKE pattern or NULL; $2: the id of the last account of the previous page or NULL.
+    LIST_ACCOUNTS = """
+        SELECT id, email, created_at, balance, locked FROM accounts
+        WHERE ($1::text IS NULL OR lower(email) LIKE lower($1) ESCAPE '\\')
+          AND ($2::text IS NULL OR (created_at, id) < (SELECT created_at, id FROM accounts WHERE id = $2))
+        ORDER BY created_at DESC, id DESC LIMIT $3"""
     # One statement: the response, then its items (none when it was there already).
     SAVE_STORED_RESPONSE = """
         WITH r AS (

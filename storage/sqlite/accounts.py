@@ -4,17 +4,24 @@ is called inside the write transaction (BEGIN IMMEDIATE).
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from collections.abc import Sequence
 
-from omixa.storage._common import KEY_COLUMNS, SESSION_KEY_SELECT
+from omixa.storage._common import KEY_COLUMNS, SESSION_KEY_SELECT, contains_pattern
 from omixa.storage.errors import NotFound
 from omixa.storage.records import Account, ApiKeyRecord, SigningSummary, StoredResponse
-from omixa.storage.sqlite.rows import now_us, records, to_us
+from omixa.storage.sqlite.rows import from_us, now_us, records, to_us
 
 FIND_API_KEY = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
 LIST_API_KEYS = f"SELECT {KEY_COLUMNS} FROM api_keys WHERE account_id = ? ORDER BY created_at DESC, id DESC"
 SESSION_KEY = f"{SESSION_KEY_SELECT} WHERE s.id = ? AND s.expires_at > ?"
+# Each key's newest log: one seek into request_logs_account_key_time per key.
+KEY_LAST_USED = (
+    "SELECT k.id, (SELECT r.created_at FROM request_logs AS r WHERE r.account_id = k.account_id"
+    " AND r.key_id = k.id ORDER BY r.created_at DESC LIMIT 1) FROM api_keys AS k WHERE k.account_id = ?"
+)
+ADMIN_SESSION_LIVE = "SELECT 1 FROM admin_sessions WHERE id = ? AND expires_at > ?"
 
 
 def insert_account(conn: sqlite3.Connection, account: Account) -> None:
@@ -91,6 +98,42 @@ def create_dashboard_session(conn: sqlite3.Connection, session_id: str, key_id: 
 
 def end_dashboard_session(conn: sqlite3.Connection, session_id: str) -> None:
     conn.execute("DELETE FROM dashboard_sessions WHERE id = ?", (session_id,))
+
+
+def list_accounts_query(email_contains: str | None, limit: int, after: str | None) -> tuple[str, tuple]:
+    """The SELECT of Storage.list_accounts and its parameters."""
+    where, params = [], []
+    if email_contains:
+        where.append("lower(email) LIKE lower(?) ESCAPE '\\'")
+        params.append(contains_pattern(email_contains))
+    if after is not None:
+        where.append("(created_at, id) < (SELECT created_at, id FROM accounts WHERE id = ?)")
+        params.append(after)
+    sql = "SELECT id, email, created_at, balance, locked FROM accounts"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY created_at DESC, id DESC LIMIT ?", (*params, limit)
+
+
+def key_last_used(conn: sqlite3.Connection, account_id: str) -> dict[str, dt.datetime]:
+    rows = conn.execute(KEY_LAST_USED, (account_id,)).fetchall()
+    return {key_id: from_us(used) for key_id, used in rows if used is not None}
+
+
+def admin_session_live(conn: sqlite3.Connection, session_id: str) -> bool:
+    return conn.execute(ADMIN_SESSION_LIVE, (session_id, now_us())).fetchone() is not None
+
+
+def create_admin_session(conn: sqlite3.Connection, session_id: str, expires_us: int) -> None:
+    now = now_us()
+    conn.execute("DELETE FROM admin_sessions WHERE expires_at <= ?", (now,))
+    conn.execute(
+        "INSERT INTO admin_sessions (id, created_at, expires_at) VALUES (?, ?, ?)", (session_id, now, expires_us)
+    )
+
+
+def end_admin_session(conn: sqlite3.Connection, session_id: str) -> None:
+    conn.execute("DELETE FROM admin_sessions WHERE id = ?", (session_id,))
 
 
 def save_stored_response(conn: sqlite3.Connection, response: StoredResponse, item_ids: Sequence[str]) -> None:

@@ -42,6 +42,7 @@ from omixa.storage.errors import MigrationError, NotFound, StorageError
 from omixa.storage.migrations import verify_ledger_sql
 from omixa.storage.records import (
     Account,
+    AccountSummary,
     ApiKeyRecord,
     Hold,
     HoldSummary,
@@ -199,6 +200,24 @@ class SQLiteStorage(Storage):
         return await self._records(ApiKeyRecord, accounts.LIST_API_KEYS, account_id)
 
     # -- dashboard sessions -------------------------------------------------------------------
+    async def key_last_used(self, account_id: str) -> dict[str, dt.datetime]:
+        return await self._call(accounts.key_last_used, account_id)
+
+    async def list_accounts(
+        self, *, email_contains: str | None, limit: int, after: str | None = None
+    ) -> Sequence[AccountSummary]:
+        sql, params = accounts.list_accounts_query(email_contains, limit, after)
+        return await self._records(AccountSummary, sql, *params)
+
+    async def create_admin_session(self, session_id: str, expires_at: dt.datetime) -> None:
+        await self._call(accounts.create_admin_session, session_id, to_us(expires_at, "expires_at"), write=True)
+
+    async def admin_session_live(self, session_id: str) -> bool:
+        return await self._call(accounts.admin_session_live, session_id)
+
+    async def end_admin_session(self, session_id: str) -> None:
+        await self._call(accounts.end_admin_session, session_id, write=True)
+
     async def create_dashboard_session(self, session_id: str, key_id: str, expires_at: dt.datetime) -> None:
         expires_us = to_us(expires_at, "expires_at")
         if not await self._call(accounts.create_dashboard_session, session_id, key_id, expires_us, write=True):

@@ -20,7 +20,6 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from omixa.engine.deployment import DeploymentActor
 from omixa.engine.errors import (
     InternalError,
     InvalidApiKey,
@@ -36,6 +35,7 @@ from omixa.engine.money import format_usd
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
 from omixa.web.http import catalog_routes, dashboard, gate, model_calls, wallet_api
+from omixa.web.http.deployment_view import deployment_view
 from omixa.web.http.envelope import current_request_id, error_response, json_response
 from omixa.web.http.openapi import openapi_document
 
@@ -130,7 +130,7 @@ def create_app(engine: Engine) -> QuartTrio:
         """Each deployment's published state, for operators (bearer OMIXA_ADMIN_TOKEN)."""
         require_admin()
         now = trio.current_time()
-        return json_response({"object": "list", "data": [_deployment_view(actor, now) for actor in engine.deployments]})
+        return json_response({"object": "list", "data": [deployment_view(actor, now) for actor in engine.deployments]})
 
     catalog_routes.register(app, engine, authenticate)
     serve_chat = model_calls.register(
@@ -164,31 +164,6 @@ def create_app(engine: Engine) -> QuartTrio:
 
     dashboard.register(app, engine, serve_chat)
     return app
-
-
-def _deployment_view(actor: DeploymentActor, now: float) -> dict[str, Any]:
-    snap = actor.snapshot
-    cooldown = snap.available_at - now
-    return {
-        "name": snap.name,
-        "model": snap.model,
-        "provider": actor.config.provider,
-        "endpoint": actor.config.endpoint or None,
-        "region": snap.region,
-        "enabled": snap.enabled,
-        "weight": snap.weight,
-        "health": snap.health,
-        "cooldown_seconds": round(cooldown, 3) if cooldown > 0 else 0,
-        "in_flight": snap.in_flight,
-        "fleet_in_flight": snap.fleet_in_flight,
-        "requests": snap.requests,
-        "failures": snap.failures,
-        "tokens_used": snap.tokens_used,
-        "windows": {name: {"used": view.used, "limit": view.limit} for name, view in snap.windows.items()},
-        "latency_ms": round(snap.latency_s * 1000, 1) if snap.latency_s is not None else None,
-        "last_outcome": snap.last_outcome,
-        "last_error": snap.last_error,
-    }
 
 
 async def _json_body(max_body: int) -> Any:

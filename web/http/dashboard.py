@@ -28,10 +28,11 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from omixa.engine.access import SigningKeyRefused
+from omixa.engine.chat_request import takes_sampling
 from omixa.engine.errors import InvalidApiKey
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
-from omixa.web.http import console_usage
+from omixa.web.http import console_admin, console_keys, console_usage
 from omixa.web.http.catalog_routes import model_object
 from omixa.web.http.console import CSRF_HEADER, SESSION_COOKIE, Console, redirect, safe_next
 
@@ -62,6 +63,9 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
     app.static_folder = str(STATIC)  # Quart's own /static/<path> route serves it
     serializer = URLSafeTimedSerializer(session_secret(), salt="omixa-dashboard-session")
     console = Console(engine, config, serializer, int(config.session_hours * 3600))
+    console_usage.register(app, console)
+    console_keys.register(app, console)
+    console_admin.register(app, console)
 
     @app.get("/")
     async def home() -> Response:
@@ -117,8 +121,7 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
 
     @app.get("/playground")
     async def playground_page() -> Response:
-        models = [m for m in _catalog_rows(engine) if m["modality"] == "chat"]
-        return await console.signed_in_page("playground.html", "playground", models=models)
+        return await console.signed_in_page("playground.html", "playground", models=_playground_rows(engine))
 
     @app.post("/playground/chat/completions")
     async def playground_chat() -> Response:
@@ -126,7 +129,24 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         console.check_csrf(csrf, request.headers.get(CSRF_HEADER))
         return await serve_chat(key)
 
-    console_usage.register(app, console)
+
+def _playground_rows(engine: Engine) -> list[dict[str, Any]]:
+    """The enabled chat models as the API lists them, plus what the playground's controls
+    need: the output cap's parameter (reasoning models take ``max_completion_tokens``, which
+    also bounds their reasoning tokens), whether ``temperature`` reaches the model, and
+    whether ``service_tier: "priority"`` (Fast mode) can be served (an enabled deployment
+    with priority processing)."""
+    priority = engine.router.priority_models()
+    rows = []
+    for row in _catalog_rows(engine):
+        model = engine.catalog.models[row["id"]]
+        if model.modality != "chat":
+            continue
+        row["cap_param"] = "max_completion_tokens" if model.reasoning else "max_tokens"
+        row["temperature"] = takes_sampling(model)
+        row["fast_mode"] = model.id in priority and model.priority_prices is not None
+        rows.append(row)
+    return rows
 
 
 def _catalog_rows(engine: Engine) -> list[dict[str, Any]]:
