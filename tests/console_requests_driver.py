@@ -183,7 +183,7 @@ def drive(args: dict) -> dict:
 
             # Another account's request is no request of this one.
             response = page.goto(f"{root}/requests/{args['other_id']}")
-            assert response.status == 404
+            assert response is not None and response.status == 404
             expect(page.locator("#not-found")).to_be_visible()
 
             axe_check(browser, context, f"{root}/requests", settle="#requests-table tbody tr[data-request-id]")

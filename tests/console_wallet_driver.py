@@ -94,11 +94,11 @@ def drive(args: dict) -> dict:
             before = check_wallet(page, api)
             chart = page.locator("#chart-balance")
             expect(chart).to_have_attribute("data-points", "24")
-            assert int(chart.get_attribute("data-ticks")) >= 6  # five intervals or more, labelled
+            assert int(chart.get_attribute("data-ticks") or 0) >= 6  # five intervals or more, labelled
             seen["transactions"] = check_transactions(page, api)
             # A request's row links to its detail.
             link = page.locator("#transactions-table tbody a").first
-            assert re.fullmatch(r"/requests/req_[0-9a-f]+", link.get_attribute("href"))
+            assert re.fullmatch(r"/requests/req_[0-9a-f]+", link.get_attribute("href") or "")
 
             # A refused amount: the form again, with the reason.
             page.fill("#top-up-amount", "0.10")
@@ -108,7 +108,7 @@ def drive(args: dict) -> dict:
 
             # A top-up, clicked twice: credited once.
             page.fill("#top-up-amount", "12.34")
-            fields = {name: page.locator(f"#top-up-form input[name={name}]").get_attribute("value")
+            fields = {name: page.locator(f"#top-up-form input[name={name}]").get_attribute("value") or ""
                       for name in ("csrf", "idempotency_key")}  # fmt: skip
             page.dblclick("#top-up-submit")
             page.wait_for_url(re.compile(r".*/wallet\?top_up=txn_\d+$"))

@@ -32,8 +32,8 @@ from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord, RequestLogFilter
-from omixa.web.http.catalog_routes import model_object
 from omixa.web.http import console_requests, console_wallet
+from omixa.web.http.catalog_routes import model_object
 from omixa.web.http.console import CSRF_HEADER, SESSION_COOKIE, Console, redirect, safe_next
 from omixa.web.http.envelope import json_response
 from omixa.web.http.wallet_api import bucket_view, iso, request_view
