@@ -33,7 +33,7 @@ from omixa.engine.money import format_usd
 from omixa.engine.reports import STEP, Bucket
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord, RequestLogFilter
-from omixa.web.http import console_admin, console_keys
+from omixa.web.http import console_admin, console_keys, console_requests, console_wallet
 from omixa.web.http.catalog_routes import model_object
 from omixa.web.http.console import CSRF_HEADER, SESSION_COOKIE, Console, redirect, safe_next
 from omixa.web.http.envelope import json_response
@@ -67,6 +67,8 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
     app.static_folder = str(STATIC)  # Quart's own /static/<path> route serves it
     serializer = URLSafeTimedSerializer(session_secret(), salt="omixa-dashboard-session")
     console = Console(engine, config, serializer, int(config.session_hours * 3600))
+    console_requests.register(app, console)
+    console_wallet.register(app, console)
     console_keys.register(app, console)
     console_admin.register(app, console)
 
