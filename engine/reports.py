@@ -112,6 +112,14 @@ class RollupSummary:
     by_key: list[Bucket]
 
 
+@attrs.frozen(kw_only=True)
+class BalancePoint:
+    """The balance (nano-USD) at the end of the bucket that begins at ``start``."""
+
+    start: dt.datetime
+    balance: int
+
+
 def page_limit(value: int | None) -> int:
     if value is None:
         return DEFAULT_PAGE
@@ -231,6 +239,37 @@ class Reports:
         if entry is None:
             raise NotFoundError("No such transaction.")
         return entry
+
+    async def request_ledger(self, account_id: str, request_id: str) -> Sequence[LedgerEntry]:
+        """The wallet movements of one of the account's requests (its hold, then the charge
+        and release of its settlement, or the release of a void), oldest first.
+        Errors: NotFoundError (no such log of the account), ServiceUnavailable."""
+        await self.request(account_id, request_id)
+        with storage_failures("usage"):
+            return await self._storage.request_ledger(account_id, request_id)
+
+    async def balance_history(
+        self, account_id: str, *, granularity: str, since: dt.datetime | None, until: dt.datetime | None
+    ) -> tuple[dt.datetime, dt.datetime, list[BalancePoint]]:
+        """The balance at the end of each bucket in [since, until) (range and defaults as
+        :meth:`rollups`), from the ledger rows' ``balance_after``: the last row up to the
+        bucket's end. Before the account's first row the balance is 0.
+        Errors: InvalidRequest (granularity, range), ServiceUnavailable."""
+        since, until = _checked_range(granularity, since, until, model=None, key_id=None, group_by=None)
+        step = STEP[granularity]
+        with storage_failures("usage"):
+            rows = await self._storage.ledger_balances(
+                account_id, since=since, until=until, step_seconds=int(step.total_seconds())
+            )
+        points, balance, index = [], 0, 0
+        start = since
+        while start < until:
+            while index < len(rows) and rows[index].created_at < start + step:
+                balance = rows[index].balance_after
+                index += 1
+            points.append(BalancePoint(start=start, balance=balance))
+            start += step
+        return since, until, points
 
     async def request(self, account_id: str, request_id: str) -> RequestLog:
         with storage_failures("usage"):

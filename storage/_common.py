@@ -226,6 +226,8 @@ def request_log_where(
         add("key_id = {0}", query.key_id)
     if query.status is not None:
         add("status = {0}", query.status)
+    if query.stream is not None:
+        add("stream = {0}", query.stream)
     if query.since is not None:
         add("created_at >= {0}", time(query.since))
     if query.until is not None:

@@ -247,6 +247,19 @@ class Storage(abc.ABC):
         """The row, if it exists and belongs to the account."""
 
     @abc.abstractmethod
+    async def request_ledger(self, account_id: str, request_id: str) -> Sequence[LedgerEntry]:
+        """The account's ledger rows of one request (its hold, charge, release or refund),
+        oldest first; none for a request of another account."""
+
+    @abc.abstractmethod
+    async def ledger_balances(
+        self, account_id: str, *, since: dt.datetime, until: dt.datetime, step_seconds: int
+    ) -> Sequence[LedgerEntry]:
+        """The balance over time, oldest first: the last ledger row before ``since`` (if any:
+        the balance at ``since``), then the last row of each ``step_seconds``-long bucket
+        (buckets aligned to the Unix epoch) with ``since <= created_at < until``."""
+
+    @abc.abstractmethod
     async def verify_ledger(self) -> list[LedgerProblem]:
         """Recompute every account's balance and locked from the ledger and the holds.
 

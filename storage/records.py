@@ -218,6 +218,7 @@ class RequestLogFilter:
     model: str | None = None
     key_id: str | None = None
     status: str | None = None
+    stream: bool | None = None  # streamed requests only (True) or unstreamed only (False)
     since: dt.datetime | None = None  # created_at >= since
     until: dt.datetime | None = None  # created_at < until
 

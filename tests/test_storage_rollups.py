@@ -1,7 +1,7 @@
 """Rollups by model and key, on both backends: every rollup row, filtered by model, key or
 both, equals the sums over the request logs it stands for (counts, tokens, cost, latency and
 the latency histogram, the time to first token's sum and count), through retried batches;
-and migrations 0010, which added the key to the rollups, and 0012, which added the time to
+and migrations 0010, which added the key to the rollups, and 0013, which added the time to
 first token, rebuild them from the logs of a database written before them."""
 
 from __future__ import annotations

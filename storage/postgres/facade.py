@@ -296,6 +296,17 @@ class PostgresStorage(Storage):
         row = await self._run(fetchrow, SQL.GET_LEDGER_ENTRY, entry_id, account_id)
         return None if row is None else LedgerEntry(**row)
 
+    async def request_ledger(self, account_id: str, request_id: str) -> Sequence[LedgerEntry]:
+        rows = await self._run(fetch, SQL.REQUEST_LEDGER, account_id, request_id)
+        return [LedgerEntry(**r) for r in rows]
+
+    async def ledger_balances(
+        self, account_id: str, *, since: dt.datetime, until: dt.datetime, step_seconds: int
+    ) -> Sequence[LedgerEntry]:
+        since, until = require_aware(since, "since"), require_aware(until, "until")
+        rows = await self._run(fetch, SQL.LEDGER_BALANCES, account_id, since, until, step_seconds)
+        return [LedgerEntry(**r) for r in rows]
+
     async def verify_ledger(self) -> list[LedgerProblem]:
         rows = await self._run(fetch, verify_ledger_sql())
         return [LedgerProblem(**r) for r in rows]

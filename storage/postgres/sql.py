@@ -198,6 +198,14 @@ class SQL:
     LIST_LEDGER = f"""{LEDGER_SELECT}
         WHERE account_id = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"""
     GET_LEDGER_ENTRY = f"{LEDGER_SELECT} WHERE id = $1 AND account_id = $2"
+    REQUEST_LEDGER = f"{LEDGER_SELECT} WHERE request_id = $2 AND account_id = $1 ORDER BY id"
+    # The last row before since ($2), then the last of each bucket ($4 seconds) in [since, until).
+    LEDGER_BALANCES = f"""{LEDGER_SELECT} WHERE id IN (
+        SELECT max(id) FROM ledger WHERE account_id = $1 AND created_at < $2
+        UNION ALL
+        SELECT max(id) FROM ledger WHERE account_id = $1 AND created_at >= $2 AND created_at < $3
+        GROUP BY floor(extract(epoch FROM created_at) / $4)
+    ) ORDER BY id"""
     CLAIM_TOP_UP_KEY = """
         INSERT INTO top_up_requests (account_id, idempotency_key, amount, ledger_id, created_at)
         SELECT $1, $2, $3, 0, now() WHERE EXISTS (SELECT 1 FROM accounts WHERE id = $1)

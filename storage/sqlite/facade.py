@@ -289,6 +289,24 @@ class SQLiteStorage(Storage):
     async def get_ledger_entry(self, account_id: str, entry_id: int) -> LedgerEntry | None:
         return await self._one(LedgerEntry, f"{LEDGER_SELECT} WHERE id = ? AND account_id = ?", entry_id, account_id)
 
+    async def request_ledger(self, account_id: str, request_id: str) -> Sequence[LedgerEntry]:
+        return await self._records(
+            LedgerEntry, f"{LEDGER_SELECT} WHERE request_id = ? AND account_id = ? ORDER BY id", request_id, account_id
+        )
+
+    async def ledger_balances(
+        self, account_id: str, *, since: dt.datetime, until: dt.datetime, step_seconds: int
+    ) -> Sequence[LedgerEntry]:
+        # Times are microseconds since the epoch: a bucket is created_at // step (floored).
+        return await self._records(
+            LedgerEntry,
+            wallet.LEDGER_BALANCES,
+            account_id,
+            to_us(since, "since"),
+            to_us(until, "until"),
+            step_seconds * 1_000_000,
+        )
+
     async def verify_ledger(self) -> list[LedgerProblem]:
         return await self._records(LedgerProblem, verify_ledger_sql())
 

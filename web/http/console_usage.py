@@ -1,6 +1,6 @@
 """The /usage page and its feeds: everything the page shows, for a range and filters, in one
-poll (``GET /usage/data``), a request of the latest ones (``/usage/data/requests/<id>``), and
-the rollups as CSV (``/usage/data/rollups.csv``).
+poll (``GET /usage/data``); one request's log (``/usage/data/requests/<id>``, which the
+playground reads too); and the rollups as CSV (``/usage/data/rollups.csv``).
 
 The feed is built on the engine calls of ``GET /api/v1/usage/rollups`` and
 ``/api/v1/usage/requests`` (``Reports.rollup_summary`` reads the same rollup rows and sums them

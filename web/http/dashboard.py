@@ -32,7 +32,7 @@ from omixa.engine.chat_request import takes_sampling
 from omixa.engine.errors import InvalidApiKey
 from omixa.engine.runtime import Engine
 from omixa.storage import ApiKeyRecord
-from omixa.web.http import console_admin, console_keys, console_usage
+from omixa.web.http import console_admin, console_keys, console_requests, console_usage, console_wallet
 from omixa.web.http.catalog_routes import model_object
 from omixa.web.http.console import CSRF_HEADER, SESSION_COOKIE, Console, redirect, safe_next
 
@@ -64,6 +64,8 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
     serializer = URLSafeTimedSerializer(session_secret(), salt="omixa-dashboard-session")
     console = Console(engine, config, serializer, int(config.session_hours * 3600))
     console_usage.register(app, console)
+    console_requests.register(app, console)
+    console_wallet.register(app, console)
     console_keys.register(app, console)
     console_admin.register(app, console)
 

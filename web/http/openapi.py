@@ -237,6 +237,7 @@ PATHS: dict[str, dict[str, Any]] = {
             + USAGE_FILTERS
             + [
                 _query("status", QUERY_TEXT, "Only this status (ok, client_closed, interrupted, an error code)"),
+                _query("stream", {"enum": ["true", "false"]}, "Only streamed (true) or unstreamed (false) requests"),
                 _query("since", TIME_FILTER, "Created at or after"),
                 _query("until", TIME_FILTER, "Created before"),
                 FORMAT,

@@ -177,6 +177,45 @@ def _limit(params: dict[str, str]) -> int:
     return page_limit(int(raw))
 
 
+def _stream(params: dict[str, str]) -> bool | None:
+    raw = params.get("stream")
+    if raw is None:
+        return None
+    if raw not in ("true", "false"):
+        raise InvalidRequest("stream must be 'true' or 'false'.", param="stream")
+    return raw == "true"
+
+
+# The filters of the request log, as query parameters (with limit, after and format).
+REQUEST_FILTERS = ("model", "key_id", "status", "stream", "since", "until")
+
+
+def request_filter(account_id: str, params: dict[str, str]) -> RequestLogFilter:
+    """The request-log query that ``params`` (checked by :func:`query_params`) name.
+    Errors: InvalidRequest."""
+    since, until = _times(params)
+    return RequestLogFilter(
+        account_id=account_id,
+        limit=_limit(params),
+        model=params.get("model"),
+        key_id=params.get("key_id"),
+        status=params.get("status"),
+        stream=_stream(params),
+        since=since,
+        until=until,
+    )
+
+
+async def requests_csv(engine: Engine, query: RequestLogFilter, after: str | None) -> Response:
+    """The streamed CSV of every log ``query`` matches (after the log ``after``)."""
+    begun = dt.datetime.now(dt.UTC)
+    parts = await engine.reports.requests_export(query, after=after)
+    # Without since, from the earliest time a filter can name; without until, to the moment
+    # the export began (it lists nothing newer).
+    name = usage_export.file_name("requests", query.since or EARLIEST, query.until or begun)
+    return usage_export.csv_response(usage_export.request_columns(request_view), parts, request_view, name)
+
+
 def _transaction_id(value: str) -> int:
     digits = value.removeprefix(TXN_PREFIX)
     if not value.startswith(TXN_PREFIX) or not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
@@ -223,30 +262,14 @@ def register(
         query_params(())
         return json_response(transaction_view(await reports.transaction(key.account_id, _transaction_id(txn_id))))
 
-    request_columns = usage_export.request_columns(request_view)
-
     @app.get("/api/v1/usage/requests")
     async def usage_requests() -> Response:
         key = await authenticate()
-        params = query_params(("limit", "after", "model", "key_id", "status", "since", "until", "format"))
+        params = query_params(("limit", "after", *REQUEST_FILTERS, "format"))
         as_csv = _wants_csv(params)
-        since, until = _times(params)
-        query = RequestLogFilter(
-            account_id=key.account_id,
-            limit=_limit(params),
-            model=params.get("model"),
-            key_id=params.get("key_id"),
-            status=params.get("status"),
-            since=since,
-            until=until,
-        )
+        query = request_filter(key.account_id, params)
         if as_csv:
-            begun = dt.datetime.now(dt.UTC)
-            parts = await reports.requests_export(query, after=params.get("after"))
-            # Without since, from the earliest time a filter can name; without until, to the
-            # moment the export began (it lists nothing newer).
-            name = usage_export.file_name("requests", since or EARLIEST, until or begun)
-            return usage_export.csv_response(request_columns, parts, request_view, name)
+            return await requests_csv(engine, query, params.get("after"))
         page = await reports.requests(query, after=params.get("after"))
         return json_response(list_view(page, request_view), headers=VARY)
 

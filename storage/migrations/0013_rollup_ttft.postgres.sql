@@ -2,7 +2,7 @@
 -- ttft_ms and how many requests have one (a request that got no answer has none), so the
 -- usage page can chart its mean over a month from the rollups rather than from every
 -- request log. Keep in
--- step with 0012_rollup_ttft.sqlite.sql.
+-- step with 0013_rollup_ttft.sqlite.sql.
 --
 -- Existing rows: filled from request_logs, which the rollups sum by construction (both are
 -- written in one transaction and neither is deleted), in this migration's transaction.
