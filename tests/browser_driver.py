@@ -109,26 +109,6 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
             shot(page, "02-usage")
             seen["request_id"] = request_id
 
-            # The catalog shows the prices of the enabled models, with a filter and a search.
-            page.click("nav >> text=Catalog")
-            mini = page.locator(f'#catalog-table tr[data-model="{MODEL}"]')
-            expect(mini).to_contain_text("0.15")
-            expect(mini).to_contain_text("0.60")
-            page.fill("#catalog-search", "no-such-model")
-            expect(page.locator("#catalog-empty")).to_be_visible()
-            page.fill("#catalog-search", "mini")
-            expect(mini).to_be_visible()
-            page.fill("#catalog-search", "")
-            page.select_option("#catalog-modality", "embedding")
-            expect(mini).to_be_hidden()
-            expect(page.locator('#catalog-table tr[data-model="text-embedding-3-small"]').first).to_be_visible()
-            page.select_option("#catalog-modality", "")
-            expect(page.locator('#catalog-table tr[data-model="gpt-5.1"]').first).to_contain_text(
-                "none, low, medium, high"
-            )
-            expect(page.locator("#catalog-table")).to_contain_text("Per image")
-            shot(page, "03-catalog")
-
             # A phone-width view.
             phone = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2)
             # Playwright returns Cookie and takes SetCookieParam: the same keys, typed apart.

@@ -25,7 +25,7 @@ pytestmark = [
 ]
 DRIVER = Path(__file__).resolve().parent / "browser_driver.py"
 POLL_SECONDS = 1.0
-# A chat, a reasoning, an embedding and an image model, so the catalog has something to filter.
+# A chat, a reasoning, an embedding and an image model: the usage page's model filter lists them.
 DEPLOYED = ("gpt-4o-mini", "gpt-5.1", "text-embedding-3-small", "gpt-image-1")
 
 
