@@ -57,7 +57,9 @@ def read_line_with(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
         if not ready:
             continue
         chunk = os.read(fd, 4096)
-        if not chunk:
+        if not chunk:  # end of file: the process closed its output (or exited)
+            if proc.wait(timeout=max(0.0, deadline - time.monotonic())) is not None:
+                raise BenchError(f"{proc.args!r} exited with {proc.returncode} before printing {prefix}")
             continue
         buf += chunk
         while b"\n" in buf:

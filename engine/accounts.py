@@ -79,8 +79,9 @@ class Accounts:
         return await self.storage.create_account(email)
 
     async def keys(self, account_id: str) -> Sequence[ApiKeyRecord]:
-        """The account's keys, revoked ones included, newest first."""
-        return await self.storage.list_api_keys(account_id)
+        """The account's keys, revoked ones included, newest first. Errors: ServiceUnavailable."""
+        with storage_failures("key"):
+            return await self.storage.list_api_keys(account_id)
 
     async def last_used(self, account_id: str) -> dict[str, dt.datetime]:
         """Each of the account's used keys' last use: the time of its newest request log.

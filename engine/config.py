@@ -286,7 +286,8 @@ class LoggingConfig:
 
 @attrs.frozen(kw_only=True)
 class DashboardConfig:
-    """The developer dashboard (/usage, /catalog, /playground)."""
+    """The web console: the developers' pages (/usage, /requests, /wallet, /keys, /catalog,
+    /playground) and the operators' /admin."""
 
     enabled: bool = True
     # How often /usage refreshes its numbers, seconds.
@@ -296,6 +297,10 @@ class DashboardConfig:
     # Mark the session cookie Secure even when the request reached Omixa over plain HTTP
     # (set it behind a TLS-terminating proxy); requests over HTTPS always get Secure.
     secure_cookie: bool = False
+    # Live keys an account may hold before /keys stops creating more (the CLI is not bound).
+    max_keys: int = attrs.field(default=20, validator=_positive)
+    # The largest credit one /admin top-up may make; larger ones go through the CLI.
+    operator_top_up_max_usd: str = attrs.field(default="10000.00", validator=_usd)
 
 
 @attrs.frozen(kw_only=True)

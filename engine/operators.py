@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import attrs
 
 from omixa.engine.errors import IdempotencyKeyReused, InvalidRequest, NotFoundError, storage_failures
-from omixa.engine.money import parse_usd
+from omixa.engine.money import format_usd, parse_usd
 from omixa.storage import AccountSummary, IdempotencyConflict, NotFound, Storage, TopUpResult
 
 OPERATOR_NOTE = "operator top-up (console)"
@@ -35,8 +35,9 @@ class AccountPage:
 
 
 class Operators:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, max_top_up: int) -> None:
         self.storage = storage
+        self.max_top_up = max_top_up  # nano-USD: the largest credit one top-up may make
 
     async def start_session(self, seconds: float) -> str:
         """Record an operator sign-in lasting ``seconds``; the session id.
@@ -84,6 +85,12 @@ class Operators:
             raise InvalidRequest(str(exc), param="amount") from None
         if nano <= 0:
             raise InvalidRequest("amount must be more than 0 USD.", param="amount")
+        if nano > self.max_top_up:
+            raise InvalidRequest(
+                f"amount is above this console's limit of {format_usd(self.max_top_up)} USD per top-up "
+                "([dashboard] operator_top_up_max_usd); larger credits go through omixa wallet top-up.",
+                param="amount",
+            )
         with storage_failures("wallet"):
             try:
                 return await self.storage.credit_top_up(

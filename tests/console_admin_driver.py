@@ -65,7 +65,7 @@ def drive(root: str, chromium: str, token: str, key: str, account: str, backend:
             # The router spreads the requests over both deployments (all may go to either):
             # each one that served some shows its latency.
             for row in rows.all():
-                if int(row.locator("td.requests").text_content().replace(",", "")):
+                if int((row.locator("td.requests").text_content() or "0").replace(",", "")):
                     expect(row.locator(".latency")).to_contain_text("ms")
             seen["requests"] = REQUESTS
 
@@ -93,7 +93,12 @@ def drive(root: str, chromium: str, token: str, key: str, account: str, backend:
                 "idempotency_key": page.input_value("#top-up-key"),
             }
             page.click("#top-up-submit")
+            # Nothing is credited before the confirmation, which names the amount and account.
+            expect(page.locator("#top-up-confirm-text")).to_have_text("Credit $7.25 to dev@example.com?")
+            assert api.get("/wallet").json()["balance"] == wallet["balance"]
+            page.click("#top-up-confirm-yes")
             expect(page.locator("#top-up-result")).to_contain_text("Credited $7.25 as top_up txn_")
+            expect(page.locator("#top-up-confirm")).to_be_hidden()
             after = api.get("/wallet").json()
             assert Decimal(after["balance"]) == Decimal(wallet["balance"]) + Decimal("7.25"), (after, wallet)
             expect(row.locator(".balance .money")).to_have_attribute("data-exact", after["balance"])

@@ -126,6 +126,11 @@ async def test_admin_signin_feeds_and_top_up_over_http(database_url, monkeypatch
             assert again.json()["transaction"]["id"] == body["transaction"]["id"]
             other = await client.post("/admin/top-up", data={**form, "amount": "13", "csrf": csrf})
             assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+            # Above the console's limit per top-up (dashboard.operator_top_up_max_usd, 10,000).
+            over = await client.post(
+                "/admin/top-up", data={**form, "amount": "10000.01", "idempotency_key": "k-over", "csrf": csrf}
+            )
+            assert over.status_code == 400 and "operator_top_up_max_usd" in over.json()["error"]["message"]
             for amount in ("0", "-1", "abc", "1.0000000001", ""):
                 bad = await client.post(
                     "/admin/top-up", data={**form, "amount": amount, "idempotency_key": f"k-{amount}", "csrf": csrf}

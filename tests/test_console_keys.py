@@ -75,18 +75,26 @@ async def test_keys_refusals_over_http(database_url):
             assert bad.status_code == 400 and 'id="keys-error"' in bad.text and "RPM must be" in bad.text
             assert len(await gw.engine.accounts.keys(account)) == 1
 
-            # Created: the secret is in this answer only, with the limits spelt out.
-            made = await client.post("/keys", data={"rpm": "0", "tpm": "12,000", "csrf": csrf})
+            # Looser than the server's default (rpm 600): unlimited, or above it, or digits
+            # that are not ASCII: refused, nothing created.
+            for rpm in ("0", "601", "\u00b2"):
+                loose = await client.post("/keys", data={"rpm": rpm, "csrf": csrf})
+                assert loose.status_code == 400 and "RPM must be" in loose.text, rpm
+            assert len(await gw.engine.accounts.keys(account)) == 1
+
+            # Created: the secret is in this answer only, with the limits spelt out (the
+            # default tpm is unlimited, so any tpm is within it).
+            made = await client.post("/keys", data={"rpm": "30", "tpm": "12,000", "csrf": csrf})
             assert made.status_code == 201
             secret = re.search(r'id="new-key-secret"[^>]*value="(omx_live_[^"]+)"', made.text)
             assert secret is not None
             keys = await gw.engine.accounts.keys(account)
-            assert len(keys) == 2 and keys[0].rpm == 0 and keys[0].tpm == 12_000
+            assert len(keys) == 2 and keys[0].rpm == 30 and keys[0].tpm == 12_000
             assert keys[0].signature_required is False
             listed = await client.get("/keys")
             assert secret[1] not in listed.text and keys[0].prefix in listed.text
             row = re.search(rf'<tr data-key-id="{keys[0].id}".*?</tr>', listed.text, re.S)
-            assert row is not None and "unlimited" in row[0] and "12,000" in row[0] and "never" in row[0]
+            assert row is not None and ">30<" in row[0] and "12,000" in row[0] and "never" in row[0]
             mine = re.search(rf'<tr data-key-id="{keys[1].id}".*?</tr>', listed.text, re.S)
             assert mine is not None and "default (600)" in mine[0] and "this session" in mine[0]
 
@@ -100,6 +108,23 @@ async def test_keys_refusals_over_http(database_url):
             listed = await client.get("/keys")
             row = re.search(rf'<tr data-key-id="{keys[0].id}".*?</tr>', listed.text, re.S)
             assert row is not None and "never" not in row[0]
+
+
+async def test_the_console_creates_keys_up_to_max_keys_live_ones(database_url):
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, dashboard={"max_keys": 2}) as gw:
+        account, key = await gw.funded_account("1.00")
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            csrf = await signed_in(client, key)
+            assert (await client.post("/keys", data={"csrf": csrf})).status_code == 201
+            full = await client.post("/keys", data={"csrf": csrf})
+            assert full.status_code == 400 and "2 live keys" in full.text
+            assert len(await gw.engine.accounts.keys(account)) == 2
+            # A revoked key no longer counts; the CLI's path (the engine's create_key) is not bound.
+            newest = (await gw.engine.accounts.keys(account))[0]
+            await gw.engine.accounts.revoke_own_key(account, newest.id)
+            assert (await client.post("/keys", data={"csrf": csrf})).status_code == 201
+            await gw.engine.accounts.create_key(account)
+            assert sum(k.revoked_at is None for k in await gw.engine.accounts.keys(account)) == 3
 
 
 @pytest.mark.slow

@@ -75,6 +75,11 @@ async def test_the_wallet_feeds_and_top_up_refuse_what_they_must(database_url):
                     "/wallet/top-up", data={"amount": amount, "idempotency_key": form_key, "csrf": csrf}
                 )
                 assert shown.status_code == 400 and 'role="alert"' in shown.text and form_key in shown.text, amount
+            # A post without the form's idempotency key (not this page's form): refused, nothing
+            # credited; a hand-edited notice link shows the page without a notice.
+            keyless = await client.post("/wallet/top-up", data={"amount": "5.00", "csrf": csrf})
+            assert keyless.status_code == 400 and "idempotency key" in keyless.text
+            assert (await client.get("/wallet?top_up=not-a-transaction")).status_code == 200
             # The form's top-up, sent twice: one credit.
             fields = {"amount": "5.00", "idempotency_key": form_key, "csrf": csrf}
             first, second = [await client.post("/wallet/top-up", data=fields) for _ in range(2)]

@@ -64,7 +64,11 @@ async def test_signing_out_ends_the_session_on_the_server(database_url):
             cookie = client.cookies["omixa_session"]
             page = await client.get("/playground")
             csrf = re.search(r'data-csrf="([^"]+)"', page.text)
-            assert (await client.get("/usage/data")).status_code == 200
+            fed = await client.get("/usage/data")
+            assert fed.status_code == 200
+            # Feeds and exports carry the account's data: no cache keeps them (pages neither).
+            for path in ("/usage/data", "/requests/data", "/wallet/data", "/usage/data/rollups.csv", "/keys"):
+                assert (await client.get(path)).headers.get("cache-control") == "no-store", path
             out = await client.post("/signout", data={"csrf": csrf[1]})
             assert out.status_code == 302
         async with httpx.AsyncClient(base_url=gw.root_url, cookies={"omixa_session": cookie}) as copy:

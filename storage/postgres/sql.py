@@ -200,8 +200,10 @@ class SQL:
     GET_LEDGER_ENTRY = f"{LEDGER_SELECT} WHERE id = $1 AND account_id = $2"
     REQUEST_LEDGER = f"{LEDGER_SELECT} WHERE request_id = $2 AND account_id = $1 ORDER BY id"
     # The last row before since ($2), then the last of each bucket ($4 seconds) in [since, until).
+    # The row before $2 is one seek down ledger_account_time (migration 0014).
     LEDGER_BALANCES = f"""{LEDGER_SELECT} WHERE id IN (
-        SELECT max(id) FROM ledger WHERE account_id = $1 AND created_at < $2
+        SELECT (SELECT id FROM ledger WHERE account_id = $1 AND created_at < $2
+                ORDER BY created_at DESC, id DESC LIMIT 1)
         UNION ALL
         SELECT max(id) FROM ledger WHERE account_id = $1 AND created_at >= $2 AND created_at < $3
         GROUP BY floor(extract(epoch FROM created_at) / $4)

@@ -28,10 +28,11 @@ from omixa.storage.records import (
 from omixa.storage.sqlite.rows import from_us, now_us, records, to_us
 
 MAX_ROW_ID = 2**63 - 1  # list_ledger's cursor when none is given: above every row id
-# ledger_balances: the last row before since (?2), then the last of each bucket (?4 µs) in
-# [since, until).
+# ledger_balances: the last row before since (?2: one seek down ledger_account_time, migration
+# 0014), then the last of each bucket (?4 µs) in [since, until).
 LEDGER_BALANCES = f"""{LEDGER_SELECT} WHERE id IN (
-    SELECT max(id) FROM ledger WHERE account_id = ?1 AND created_at < ?2
+    SELECT (SELECT id FROM ledger WHERE account_id = ?1 AND created_at < ?2
+            ORDER BY created_at DESC, id DESC LIMIT 1)
     UNION ALL
     SELECT max(id) FROM ledger WHERE account_id = ?1 AND created_at >= ?2 AND created_at < ?3
     GROUP BY created_at / ?4

@@ -5,8 +5,9 @@ Without that token set, every route here answers 404, as ``GET /admin/deployment
 Sign-in. The form (/admin/signin) takes the token, compared in constant time; a wrong one gets
 the same refusal whatever was wrong. A sign-in is a row in ``admin_sessions`` (``Operators``)
 and a cookie of its own, ``omixa_admin``, scoped to /admin: the row's id, a CSRF token and a
-fingerprint of the admin token (an HMAC under the session secret, so changing the token ends
-every operator session), signed with itsdangerous under the session secret with a salt of its
+fingerprint of the admin token (an HMAC under the session secret, so a process restarted with
+a new token refuses every operator session made under the old one; the token is read when
+the process starts), signed with itsdangerous under the session secret with a salt of its
 own (a developer's session cookie is not an operator's). It is HttpOnly, SameSite=Strict,
 Secure as the developers' cookie is, and expires after ``dashboard.session_hours``, on the
 server too. Signing out deletes the row, so copies of the cookie stop working everywhere.
@@ -35,7 +36,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from omixa.engine.errors import InvalidApiKey, InvalidRequest, NotFoundError
-from omixa.engine.money import format_usd
+from omixa.engine.money import format_usd, parse_usd
 from omixa.engine.operators import Operators
 from omixa.storage import AccountSummary
 from omixa.web.http.console import CSRF_HEADER, Console, redirect
@@ -59,7 +60,7 @@ class NotSignedInAsOperator(InvalidApiKey):
 def register(app: QuartTrio, console: Console) -> None:
     token = os.environ.get(ADMIN_TOKEN_ENV, "")
     engine = console.engine
-    operators = Operators(engine.storage)
+    operators = Operators(engine.storage, max_top_up=parse_usd(console.config.operator_top_up_max_usd))
     secret = console.serializer.secret_keys[-1]
     serializer = URLSafeTimedSerializer(secret, salt="omixa-admin-session")
     fingerprint = hmac.new(secret, token.encode(), hashlib.sha256).hexdigest()

@@ -13,6 +13,12 @@ reloading shows the list, not the secret. A key that must sign every request is 
 here: the dashboard cannot sign in with such a key, and the console offers no signing flow
 (``omixa key create --require-signature`` makes one). Revoking the key the session was opened
 with ends the session: the next page goes to sign-in.
+
+A key made here can only be held tighter than the server's defaults (``[limits] key_rpm`` and
+``key_tpm``): a limit from 1 up to the default, or 0 (unlimited) where the default is
+unlimited, so a developer's key never outruns what the operator allows; and an account holds
+at most ``[dashboard] max_keys`` live keys from here. ``omixa key create`` is not bound by
+either.
 """
 
 from __future__ import annotations
@@ -75,9 +81,15 @@ def register(app: QuartTrio, console: Console) -> None:
     async def create_key() -> Response:
         key, form = await console.require_form()
         csrf = form.get("csrf") or request.headers.get(CSRF_HEADER, "")
+        limits, most = engine.config.limits, console.config.max_keys
         try:
-            rpm = parse_limit(form, "rpm")
-            tpm = parse_limit(form, "tpm")
+            rpm = parse_limit(form, "rpm", limits.key_rpm)
+            tpm = parse_limit(form, "tpm", limits.key_tpm)
+            live = sum(1 for k in await engine.accounts.keys(key.account_id) if k.revoked_at is None)
+            if live >= most:
+                raise InvalidRequest(
+                    f"This account has {live} live keys, the most the console creates: revoke one first."
+                )
         except InvalidRequest as exc:
             return await keys_page(key, csrf, status=400, error=exc.message, form=form)
         new = await engine.accounts.create_key(key.account_id, rpm=rpm, tpm=tpm)
@@ -104,18 +116,22 @@ def register(app: QuartTrio, console: Console) -> None:
         return redirect(f"/keys?revoked={key_id}")
 
 
-def parse_limit(form: Mapping[str, str], name: str) -> int | None:
-    """A limit field: empty for the server's default, 0 for unlimited, else a count per minute.
-    Errors: InvalidRequest."""
+def parse_limit(form: Mapping[str, str], name: str, default: int) -> int | None:
+    """A limit field: empty for the server's ``default``, else a count per minute no looser
+    than it (0, unlimited, only when the default is unlimited). Errors: InvalidRequest."""
     text = form.get(name, "").strip().replace(",", "").replace("_", "")
     if not text:
         return None
-    if not text.isdigit() or int(text) > MAX_LIMIT:
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_LIMIT:
+        raise InvalidRequest(f"{name.upper()} must be a whole number, or empty for the default.", param=name)
+    value = int(text)
+    if default and not 1 <= value <= default:
         raise InvalidRequest(
-            f"{name.upper()} must be a whole number from 0 (unlimited) to {MAX_LIMIT:,}, or empty for the default.",
+            f"{name.upper()} must be from 1 to {default:,} (this server's limit per key), or empty for that "
+            "default; an operator can set a higher one with omixa key create.",
             param=name,
         )
-    return int(text)
+    return value
 
 
 def limit_text(value: int | None, default: int) -> str:

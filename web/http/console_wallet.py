@@ -57,7 +57,7 @@ def register(app: QuartTrio, console: Console) -> None:
         if chosen:
             try:
                 entry = await reports.transaction(key.account_id, _transaction_id(chosen))
-            except NotFoundError:
+            except (NotFoundError, InvalidRequest):  # a link edited by hand: no notice
                 entry = None
             if entry is not None and entry.type == "top_up":
                 notice = {**transaction_view(entry), "replayed": request.args.get("replayed") == "true"}
@@ -88,8 +88,12 @@ def register(app: QuartTrio, console: Console) -> None:
     async def console_top_up() -> Response:
         key, form = await console.require_form()
         amount = form.get("amount", "").strip()
-        idempotency_key = form.get("idempotency_key") or None
+        # The page's form always carries one (drawn when it was rendered): one without it is
+        # not this page's, and would credit again on every resend.
+        idempotency_key = form.get("idempotency_key", "")
         try:
+            if not 1 <= len(idempotency_key) <= 255:
+                raise InvalidRequest("The form has no idempotency key; reload the page and retry.")
             result = await reports.top_up(key.account_id, amount, idempotency_key)
         except (InvalidRequest, IdempotencyKeyReused, TopUpDisabled) as exc:
             # The page again, with what went wrong; a refused amount left the key unused, so the
@@ -99,7 +103,7 @@ def register(app: QuartTrio, console: Console) -> None:
                 message = "This form was already used for a top-up of another amount; enter the amount again."
                 return await wallet_page(key, csrf, error=message, status=exc.status)
             return await wallet_page(
-                key, csrf, error=exc.message, amount=amount, idempotency_key=idempotency_key, status=exc.status
+                key, csrf, error=exc.message, amount=amount, idempotency_key=idempotency_key or None, status=exc.status
             )
         target = f"/wallet?top_up={transaction_view(result.entry)['id']}"
         return redirect(target + ("&replayed=true" if result.replayed else ""))

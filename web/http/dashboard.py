@@ -1,11 +1,12 @@
-"""The developer dashboard: sign-in with an API key, /catalog and /playground; /usage in
-``console_usage``.
+"""The web console: sign-in with an API key, /catalog and /playground here; /usage,
+/requests, /wallet, /keys and /admin in the ``console_*`` modules, registered from here.
 
-Pages are server-rendered HTML (Jinja templates in ``web/http/templates``) with one stylesheet and
-one script (``web/http/static``), all served by Omixa itself: no CDN, works offline. The script
-polls JSON feeds under ``/usage/data`` that are built from the same engine calls and the same
-renderings as the ``/api/v1`` wallet and usage routes, so the dashboard shows the API's
-numbers exactly.
+Pages are server-rendered HTML (Jinja templates in ``web/http/templates``) with the shared
+stylesheet and script and one of each per page (``web/http/static``), all served by Omixa
+itself: no CDN, works offline. The scripts poll JSON feeds (``/usage/data``,
+``/requests/data``, ...) built from the same engine calls and renderings as the ``/api/v1``
+wallet and usage routes, so the console shows the API's numbers exactly. Every console
+answer (pages, feeds, CSV exports) is sent ``Cache-Control: no-store``.
 
 Sessions, CSRF and page rendering live in ``console`` (``Console``); this module registers
 sign-in, sign-out and the catalog and playground pages, and hands the ``Console`` to
@@ -42,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 SIGNIN_COOKIE = "omixa_signin"
+CONSOLE_PATHS = ("/usage", "/requests", "/wallet", "/keys", "/playground", "/signin", "/signout", "/admin")
 
 
 def session_secret() -> str:
@@ -68,6 +70,14 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
     console_wallet.register(app, console)
     console_keys.register(app, console)
     console_admin.register(app, console)
+
+    @app.after_request
+    async def no_store(response: Response) -> Response:
+        # The pages, their JSON feeds and CSV exports carry an account's money, requests and
+        # keys (and /admin, every account's): no shared or browser cache keeps a copy.
+        if request.path.startswith(CONSOLE_PATHS):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
 
     @app.get("/")
     async def home() -> Response:

@@ -82,8 +82,11 @@ async function loadAccounts() {
   }
 }
 
+// getRandomValues, not randomUUID: the latter exists only on HTTPS or localhost, and /admin
+// may be reached over plain HTTP inside a private network.
 function newIdempotencyKey() {
-  $("#top-up-key").value = `console-${crypto.randomUUID()}`;
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  $("#top-up-key").value = `console-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 function openTopUp(account) {
@@ -92,11 +95,28 @@ function openTopUp(account) {
   $("#top-up-account").value = account.id;
   $("#top-up-result").textContent = "";
   newIdempotencyKey();
+  changeTopUp();
+}
+
+// Credit asks once more, naming the amount and the account: a typo credits real money.
+function askTopUp(event) {
+  event.preventDefault();
+  if (!$("#top-up-form").reportValidity()) return;
+  $("#top-up-confirm-text").textContent =
+    `Credit $${$("#top-up-amount").value.trim()} to ${$("#top-up-email").textContent}?`;
+  $("#top-up-confirm").hidden = false;
+  $("#top-up-submit").disabled = true;
+  $("#top-up-confirm-yes").focus();
+}
+
+function changeTopUp() {
+  $("#top-up-confirm").hidden = true;
+  $("#top-up-submit").disabled = false;
   $("#top-up-amount").focus();
 }
 
-async function submitTopUp(event) {
-  event.preventDefault();
+async function submitTopUp() {
+  $("#top-up-confirm").hidden = true;
   const form = $("#top-up-form");
   const submit = $("#top-up-submit");
   submit.disabled = true;
@@ -147,6 +167,8 @@ onPage("admin", () => {
   });
   $("#accounts-next").addEventListener("click", () => { accounts.page += 1; loadAccounts(); });
   $("#accounts-prev").addEventListener("click", () => { accounts.page = Math.max(0, accounts.page - 1); loadAccounts(); });
-  $("#top-up-form").addEventListener("submit", submitTopUp);
-  $("#top-up-cancel").addEventListener("click", () => { $("#top-up").hidden = true; });
+  $("#top-up-form").addEventListener("submit", askTopUp);
+  $("#top-up-confirm-yes").addEventListener("click", submitTopUp);
+  $("#top-up-confirm-no").addEventListener("click", changeTopUp);
+  $("#top-up-cancel").addEventListener("click", () => { changeTopUp(); $("#top-up").hidden = true; });
 });

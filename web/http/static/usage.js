@@ -58,10 +58,11 @@ function query(range, extra = {}) {
   return params.toString();
 }
 
-// A local date input's value ("2026-12-01") as that day's midnight in the browser's zone.
-function localMidnight(value) {
+// A local date input's value ("2026-12-01") as that day's midnight in the browser's zone,
+// or the midnight ``plusDays`` later (by the calendar: a DST change makes a day 23 or 25 hours).
+function localMidnight(value, plusDays = 0) {
   const [y, m, d] = value.split("-").map(Number);
-  return new Date(y, m - 1, d).getTime();
+  return new Date(y, m - 1, d + plusDays).getTime();
 }
 
 function inputDate(ms) {
@@ -264,10 +265,14 @@ function initUsage() {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const since = localMidnight($("#range-from").value);
-    const until = localMidnight($("#range-to").value) + DAY;  // "to" is included
+    const until = localMidnight($("#range-to").value, 1);  // "to" is included
     const error = $("#range-error");
     if (!(since < until)) { error.textContent = "“From” must not be after “To”."; return; }
-    if (until - since > 366 * DAY) { error.textContent = "At most 366 days."; return; }
+    // Daily buckets are UTC days, whole: the span the server counts is the rounded one.
+    if (Math.ceil(until / DAY) * DAY - Math.floor(since / DAY) * DAY > 366 * DAY) {
+      error.textContent = "At most 366 days, counted in whole UTC days: pick a shorter range.";
+      return;
+    }
     error.textContent = "";
     usage.preset = "custom";
     usage.custom = { since, until };

@@ -1,0 +1,6 @@
+-- The wallet page's balance over time reads an account's ledger rows by time (the last row
+-- before a range, the last of each hour or day in it): an index on (account_id, created_at,
+-- id) keeps that to the range's rows, not the account's whole ledger. Building it here keeps
+-- the ledger from being written while it builds; IF NOT EXISTS lets an operator build it
+-- first with CREATE INDEX CONCURRENTLY. Keep in step with 0014_ledger_by_time.sqlite.sql.
+CREATE INDEX IF NOT EXISTS ledger_account_time ON ledger (account_id, created_at, id);
