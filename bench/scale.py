@@ -13,9 +13,16 @@ its own (pinned with the load generator and the upstream to core 1):
   generator, so the ratio says what this machine allows, not what two free cores give.
 
 - ``metrics``: one ``omixa serve`` pinned to core 0, without Redis, with ``[metrics] enabled =
-  false`` and with metrics on (``[metrics] bind``, scraped every ``--scrape-seconds`` during
-  the window, as Prometheus would), in interleaved rounds: c64 req/s, CPU per request, p50
-  at one connection.
+  false`` ("off") and with metrics on ("on": ``[metrics] bind``, scraped every
+  ``--scrape-seconds`` during the window, as Prometheus would); ``--metrics-variants`` adds
+  "on-unscraped" and "off-again" (the "off" configuration measured twice per round: how far
+  two identical gateways drift apart, the yardstick for the others). In interleaved rounds:
+  c64 req/s, CPU per request, p50 at one connection; each ratio is per round against "off".
+
+Rounds run in ABBA order (the variants reversed every other round), and PostgreSQL's backends
+of the bench's database are pinned to core 1 after the warm-up, so neither the order nor the
+database sharing the gateway's core weighs on one variant. ``--profile`` records py-spy's
+stacks of each c64 window (raw folded format) into the results folder.
 
 ``--only redis,workers,metrics`` picks the studies (default: all three).
 

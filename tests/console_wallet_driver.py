@@ -95,6 +95,15 @@ def drive(args: dict) -> dict:
             chart = page.locator("#chart-balance")
             expect(chart).to_have_attribute("data-points", "24")
             assert int(chart.get_attribute("data-ticks") or 0) >= 6  # five intervals or more, labelled
+            labels = json.loads(chart.get_attribute("data-y-labels") or "[]")
+            assert len(labels) >= 5 and all(labels), labels
+            # Hovering the last hour shows the balance exactly, as the API gives it.
+            over = page.locator("#chart-balance .u-over")
+            box = over.bounding_box()
+            assert box is not None
+            page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)
+            expect(page.locator("#chart-balance .chart-tip")).to_contain_text(f"${before['balance']}")
+            page.mouse.move(0, 0)
             seen["transactions"] = check_transactions(page, api)
             # A request's row links to its detail.
             link = page.locator("#transactions-table tbody a").first
