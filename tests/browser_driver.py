@@ -3,50 +3,21 @@
 Run as its own process (Playwright's sync API needs a plain asyncio loop, and the test
 process runs trio-asyncio's): ``python browser_driver.py`` with a JSON object of arguments
 on stdin; prints a JSON object of what it saw. Every check is an assert: a failure exits
-non-zero with the traceback on stderr. Screenshots go to ``OUTPUT``.
+non-zero with the traceback on stderr. Screenshots go to ``browser_kit.OUTPUT``.
 """
 
 from __future__ import annotations
 
 import faulthandler
 import json
-import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
+from browser_kit import OMIXA, shot, sign_in
 from playwright.sync_api import expect, sync_playwright
 
 MODEL = "gpt-4o-mini"
-OUTPUT = (
-    Path(os.environ.get("OMIXA_TEST_OUTPUT", Path(__file__).resolve().parent.parent / "test-output")) / "screenshots"
-)
-OMIXA = str(Path(sys.executable).parent / "omixa")
-
-
-def shot(page, name: str) -> None:
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
-
-
-def wait_for_length(locator, at_least: int, timeout: float = 10.0) -> int:
-    """Poll the element's text until it is at least ``at_least`` long (the page's CSP
-    forbids the eval that page.wait_for_function needs)."""
-    deadline = time.monotonic() + timeout
-    while (length := len(locator.text_content())) < at_least:
-        assert time.monotonic() < deadline, f"text stayed at {length} characters"
-        time.sleep(0.02)
-    return length
-
-
-def sign_in(page, root: str, key: str) -> None:
-    page.goto(f"{root}/usage")
-    assert page.url.startswith(f"{root}/signin")
-    page.fill("#api_key", key)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{root}/usage")
 
 
 def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, config: str, poll_seconds: float) -> dict:
