@@ -18,6 +18,7 @@ from storage_helpers import raw
 from test_console_keys import signed_in
 
 from omixa.storage import RequestLogFilter
+from omixa.web.http.console_admin import SignInThrottle
 
 ADMIN = "operator-token-for-tests"
 DRIVER = Path(__file__).resolve().parent / "console_admin_driver.py"
@@ -37,6 +38,34 @@ async def admin_csrf(client: httpx.AsyncClient) -> str:
     found = re.search(r'data-csrf="([^"]+)"', page.text)
     assert found is not None
     return found[1]
+
+
+def test_the_sign_in_throttle_counts_refusals_per_address_over_a_window():
+    throttle = SignInThrottle(limit=3, window=60.0, addresses=2)
+    for at in (0.0, 10.0):
+        throttle.refused("a", at)
+    assert throttle.wait("a", 20.0) == 0.0  # two refusals: not yet
+    throttle.refused("a", 20.0)
+    assert throttle.wait("a", 30.0) == 30.0  # three: until the first is a minute old
+    assert throttle.wait("b", 30.0) == 0.0  # another address is not held back
+    assert throttle.wait("a", 60.0) == 0.0  # the first left the window
+    throttle.refused("b", 61.0)
+    throttle.refused("c", 62.0)  # a third address: the stalest ("a") is forgotten
+    assert throttle.wait("a", 62.0) == 0.0 and set(throttle._refused) == {"b", "c"}
+
+
+async def test_guessing_the_admin_token_is_throttled(database_url, monkeypatch):
+    monkeypatch.setenv("OMIXA_ADMIN_TOKEN", ADMIN)
+    async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            for _ in range(5):
+                assert (await admin_signed_in(client, "a-guess")).status_code == 401
+            # The sixth try from this address is not even compared, the right token neither.
+            held = await admin_signed_in(client)
+            assert held.status_code == 429 and "Too many refused sign-ins" in held.text
+            assert 0 < int(held.headers["retry-after"]) <= 900
+            assert "omixa_admin" not in held.cookies
+            assert (await client.get("/admin")).headers["location"] == "/admin/signin"
 
 
 async def test_admin_answers_404_without_a_token(database_url, monkeypatch):

@@ -12,6 +12,11 @@ own (a developer's session cookie is not an operator's). It is HttpOnly, SameSit
 Secure as the developers' cookie is, and expires after ``dashboard.session_hours``, on the
 server too. Signing out deletes the row, so copies of the cookie stop working everywhere.
 
+Guessing is throttled: after ``SignInThrottle.limit`` refused sign-ins from one client address
+within ``window`` seconds, that address is refused (429, ``Retry-After``) until the oldest
+leaves the window, right token or not. The count is per process and per address as this
+process sees it (behind a proxy, the proxy's: every client behind it shares the count).
+
 Every post carries the session's CSRF token (form field ``csrf`` or ``X-CSRF-Token``). The
 feeds answer errors in the API's envelope: 401 without an operator session.
 
@@ -23,11 +28,14 @@ newest first, searchable by email, paged), and a top-up form per account that cr
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
+import math
 import os
 import secrets
+import time
 from typing import Any
 
 import trio
@@ -53,6 +61,34 @@ ADMIN_TOKEN_ENV = "OMIXA_ADMIN_TOKEN"
 PAGE_SIZE = 20
 
 
+class SignInThrottle:
+    """Refused sign-ins per client address, over a sliding window (bounded: at most
+    ``addresses`` are remembered; the stalest is forgotten first)."""
+
+    def __init__(self, *, limit: int = 5, window: float = 900.0, addresses: int = 10_000) -> None:
+        self.limit, self.window, self.addresses = limit, window, addresses
+        self._refused: dict[str, collections.deque[float]] = {}
+
+    def wait(self, address: str, now: float) -> float:
+        """Seconds ``address`` must wait before it may try again (0: it may now)."""
+        times = self._refused.get(address)
+        if times is None:
+            return 0.0
+        while times and times[0] <= now - self.window:
+            times.popleft()
+        if not times:
+            del self._refused[address]
+            return 0.0
+        return times[0] + self.window - now if len(times) >= self.limit else 0.0
+
+    def refused(self, address: str, now: float) -> None:
+        times = self._refused.pop(address, None) or collections.deque(maxlen=self.limit)
+        times.append(now)
+        self._refused[address] = times  # re-inserted: the dict's order is staleness
+        while len(self._refused) > self.addresses:
+            del self._refused[next(iter(self._refused))]
+
+
 class NotSignedInAsOperator(InvalidApiKey):
     default_message = "Sign in to /admin first: the operator session is missing or has expired."
 
@@ -64,6 +100,9 @@ def register(app: QuartTrio, console: Console) -> None:
     secret = console.serializer.secret_keys[-1]
     serializer = URLSafeTimedSerializer(secret, salt="omixa-admin-session")
     fingerprint = hmac.new(secret, token.encode(), hashlib.sha256).hexdigest()
+    throttle = SignInThrottle()
+    if token and len(token) < 24:
+        log.warning("%s is %d characters: use a long random one (32 or more)", ADMIN_TOKEN_ENV, len(token))
 
     def configured() -> None:
         if not token:
@@ -122,9 +161,20 @@ def register(app: QuartTrio, console: Console) -> None:
         configured()
         form = await request.form
         console.check_csrf(request.cookies.get(ADMIN_SIGNIN_COOKIE, ""), form.get("csrf"))
+        address, now = request.remote_addr or "", time.monotonic()
+        wait = throttle.wait(address, now)
+        if wait > 0:
+            log.warning("operator sign-in from %s not tried: too many refused", address)
+            minutes = math.ceil(wait / 60)
+            response = await signin_page(
+                f"Too many refused sign-ins from this address: try again in {minutes} minute(s).", status=429
+            )
+            response.headers["Retry-After"] = str(math.ceil(wait))
+            return response
         given = form.get("token", "").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
-            log.warning("operator sign-in refused from %s", request.remote_addr)
+            throttle.refused(address, now)
+            log.warning("operator sign-in refused from %s", address)
             return await signin_page("Sign-in refused.", status=401)
         session_id = await operators.start_session(console.max_age)
         cookie = serializer.dumps({"sid": session_id, "csrf": secrets.token_urlsafe(24), "tok": fingerprint})
