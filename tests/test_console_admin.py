@@ -68,6 +68,22 @@ async def test_guessing_the_admin_token_is_throttled(database_url, monkeypatch):
             assert (await client.get("/admin")).headers["location"] == "/admin/signin"
 
 
+async def test_admin_follows_its_token_alone_when_the_developers_pages_are_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMIXA_ADMIN_TOKEN", ADMIN)
+    database_url = f"sqlite:///{tmp_path / 'omixa.db'}"
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, dashboard={"enabled": False}) as gw:
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            for path in ("/usage", "/signin", "/keys", "/usage/data"):
+                assert (await client.get(path)).status_code == 404, path
+            assert (await admin_signed_in(client)).status_code == 302
+            assert (await client.get("/admin")).status_code == 200
+    monkeypatch.delenv("OMIXA_ADMIN_TOKEN")
+    async with open_fake_azure() as fake, open_gateway(database_url, fake, dashboard={"enabled": False}) as gw:
+        async with httpx.AsyncClient(base_url=gw.root_url) as client:
+            for path in ("/admin", "/admin/signin", "/usage"):
+                assert (await client.get(path)).status_code == 404, path
+
+
 async def test_admin_answers_404_without_a_token(database_url, monkeypatch):
     monkeypatch.delenv("OMIXA_ADMIN_TOKEN", raising=False)
     async with open_fake_azure() as fake, open_gateway(database_url, fake) as gw:

@@ -59,16 +59,14 @@ def session_secret() -> str:
 
 def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord], Awaitable[Response]]) -> None:
     config = engine.config.dashboard
-    if not config.enabled:
-        return
+    if not config.enabled and not os.environ.get(console_admin.ADMIN_TOKEN_ENV):
+        return  # no page at all (so no session secret to draw)
     app.template_folder = str(TEMPLATES)
     app.static_folder = str(STATIC)  # Quart's own /static/<path> route serves it
     serializer = URLSafeTimedSerializer(session_secret(), salt="omixa-dashboard-session")
     console = Console(engine, config, serializer, int(config.session_hours * 3600))
-    console_usage.register(app, console)
-    console_requests.register(app, console)
-    console_wallet.register(app, console)
-    console_keys.register(app, console)
+    # The operators' page follows OMIXA_ADMIN_TOKEN alone (404 without it), like the admin
+    # API; dashboard.enabled turns off the developers' pages.
     console_admin.register(app, console)
 
     @app.after_request
@@ -78,6 +76,13 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
         if request.path.startswith(CONSOLE_PATHS):
             response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+    if not config.enabled:
+        return
+    console_usage.register(app, console)
+    console_requests.register(app, console)
+    console_wallet.register(app, console)
+    console_keys.register(app, console)
 
     @app.get("/")
     async def home() -> Response:
