@@ -62,6 +62,8 @@ log = logging.getLogger("omixa.chat")
 
 # Bound on the shielded settle-and-record step that ends every request.
 FINISH_TIMEOUT = 10.0
+# A request log keeps at most this much of the error message its client was given.
+ERROR_MESSAGE_MAX = 1000
 
 T = TypeVar("T")
 # Opens a call's stream on a deployment's adapter, with the body as sent there, as an attempt.
@@ -325,17 +327,24 @@ class Exchange:
         return "interrupted" if self._services.draining() else "client_closed"
 
     async def stream_ended(
-        self, status: str, *, usage: Usage | None, delivered: str, charge: bool, failure: OmixaError | None
+        self,
+        status: str,
+        *,
+        usage: Usage | None,
+        delivered: str,
+        charge: bool,
+        failure: OmixaError | None,
+        message: str | None = None,
     ) -> None:
         """The stream is over: settle and record. ``usage`` is what the upstream reported
         (None if it did not: then the ``delivered`` text is counted); ``charge`` False
         settles for nothing (an upstream failure before any content); ``failure`` is the
-        upstream's error, for the deployment's health."""
+        upstream's error, for the deployment's health; ``message`` the error event's."""
         if not charge:
             usage = None
         elif usage is None:
             usage = self._delivered_usage(delivered)
-        await self._finish(status, usage, failure)
+        await self._finish(status, usage, failure, message)
 
     # -- step 4: settle and record --------------------------------------------------------
 
@@ -355,20 +364,25 @@ class Exchange:
         """Finish a request that ended in ``exc`` before its answer or stream was handed out."""
         failure: OmixaError | None = None
         usage: Usage | None = None
+        message: str | None = None
         if isinstance(exc, OmixaError):
-            status = translate_upstream(exc).code
+            told = translate_upstream(exc)
+            status, message = told.code, told.message
             if isinstance(exc, (UpstreamError, UpstreamTimeout)):
                 failure = exc
         elif is_cancellation(exc):
             status, usage = self.cancelled_status(), self._delivered_usage("")
         else:
             log.exception("request %s failed", self.request_id, exc_info=exc)
-            status = "internal_error"
-        await self._finish(status, usage, failure)
+            status, message = "internal_error", OmixaError.default_message
+        await self._finish(status, usage, failure, message)
 
-    async def _finish(self, status: str, usage: Usage | None, failure: OmixaError | None = None) -> None:
+    async def _finish(
+        self, status: str, usage: Usage | None, failure: OmixaError | None = None, message: str | None = None
+    ) -> None:
         """Settle, give the slot back (with the upstream's ``failure``, if any, for its
-        health) and record. Shielded and bounded; never raises."""
+        health) and record (with ``message``, the error the client was given, if any).
+        Shielded and bounded; never raises."""
         if self._finished:
             return
         self._finished = True
@@ -381,7 +395,7 @@ class Exchange:
         if self._admitted is not None:
             used = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
             services.limits.settle(self._caller.key_id, self._admitted, request.estimated_tokens, used)
-        entry = self._log(status, usage or Usage(), latency)
+        entry = self._log(status, usage or Usage(), latency, message)
         settle_wait: float | None = None
         with trio.move_on_after(FINISH_TIMEOUT, shield=True) as scope:
             if self._hold is not None:
@@ -432,7 +446,7 @@ class Exchange:
             request_id=self.request_id,
         )
 
-    def _log(self, status: str, usage: Usage, latency: float) -> RequestLog:
+    def _log(self, status: str, usage: Usage, latency: float, message: str | None = None) -> RequestLog:
         lease, request, ttft = self._lease, self._request, self._first_token_at
         return RequestLog(
             id=self.request_id,
@@ -453,4 +467,5 @@ class Exchange:
             ttft_ms=round((ttft - self._started) * 1000) if ttft is not None else None,
             created_at=self._created_at,
             upstream_request_id=self._ids.upstream_id if self._ids is not None else None,
+            error_message=message[:ERROR_MESSAGE_MAX] if message else None,
         )

@@ -106,9 +106,17 @@ class StreamOwner(Protocol):
     def cancelled_status(self) -> str: ...
 
     async def stream_ended(
-        self, status: str, *, usage: Usage | None, delivered: str, charge: bool, failure: OmixaError | None
+        self,
+        status: str,
+        *,
+        usage: Usage | None,
+        delivered: str,
+        charge: bool,
+        failure: OmixaError | None,
+        message: str | None = None,
     ) -> None:
-        """Settle and record, once. Shielded and bounded; never raises."""
+        """Settle and record, once (``message``: the error the client was sent, if any).
+        Shielded and bounded; never raises."""
         ...
 
 
@@ -252,8 +260,9 @@ class StreamRelay:
             if not self._committed and await self._fail_over(failure):
                 continue
             upstream = failure if isinstance(failure, (UpstreamError, UpstreamTimeout)) else None
-            await self._close(failure.code, charge=bool(self._delivered), failure=upstream)
-            return self._frames.error_event(translate_upstream(failure), self._owner.request_id)
+            told = translate_upstream(failure)
+            await self._close(failure.code, charge=bool(self._delivered), failure=upstream, message=told.message)
+            return self._frames.error_event(told, self._owner.request_id)
 
     async def _relay_attempt(self) -> bytes | OmixaError:
         """The next bytes for the client from the current upstream, or its failure."""
@@ -398,11 +407,14 @@ class StreamRelay:
         """Close the upstream and settle; the client gets nothing more. Idempotent."""
         await self._close(self._owner.cancelled_status())
 
-    async def _close(self, status: str, *, charge: bool = True, failure: OmixaError | None = None) -> None:
+    async def _close(
+        self, status: str, *, charge: bool = True, failure: OmixaError | None = None, message: str | None = None
+    ) -> None:
         """End the stream once: stop the pump, close the upstream, report the end.
 
         ``charge`` False settles for nothing (an upstream failure before any content);
-        ``failure`` is the upstream's error, for the deployment's health.
+        ``failure`` is the upstream's error, for the deployment's health; ``message`` the
+        error the client was sent.
         """
         if self._closed:
             return
@@ -411,4 +423,6 @@ class StreamRelay:
         if status in ("client_closed", "interrupted") and self._usage is not None and self._done:
             status = "ok"  # everything was sent before the client left
         delivered = self._delivered.text() if charge and self._usage is None else ""
-        await self._owner.stream_ended(status, usage=self._usage, delivered=delivered, charge=charge, failure=failure)
+        await self._owner.stream_ended(
+            status, usage=self._usage, delivered=delivered, charge=charge, failure=failure, message=message
+        )

@@ -110,6 +110,7 @@ REQUEST_LOG_COLUMNS = (
     "latency_ms",
     "ttft_ms",
     "upstream_request_id",
+    "error_message",
     "created_at",  # last: the backends convert it on its own
 )
 # Summed columns of usage_rollups, in table order.
@@ -283,6 +284,7 @@ _HELD_LOG_FIELDS = (
     "latency_ms",
     "ttft_ms",
     "upstream_request_id",
+    "error_message",
 )
 
 
@@ -306,6 +308,7 @@ def log_from_hold(hold: Mapping[str, Any]) -> RequestLog:
     log = hold["log"]
     fields = json.loads(log) if isinstance(log, str) else dict(log)
     fields.setdefault("upstream_request_id", None)  # a copy kept before migration 0009 has none
+    fields.setdefault("error_message", None)  # nor one kept before migration 0015
     return RequestLog(
         id=hold["request_id"],
         account_id=hold["account_id"],

@@ -137,6 +137,9 @@ class RequestLog:
     # The upstream's id of the attempt that answered (the last one tried): Azure's
     # apim-request-id, Vertex's responseId; None when it named none (or none was reached).
     upstream_request_id: str | None = None
+    # For a request that ended in an error: the message the client was given with its code
+    # (``status``), cut to at most 1,000 characters by the engine; None otherwise.
+    error_message: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -263,10 +263,14 @@ async def test_request_logs(storage):
         status="client_closed",
         upstream_request_id=None,
     )
+    failed = request_log(
+        "req_3", status="content_filter", error_message='The response was filtered (\u00e9, "quoted", 1,000).'
+    )
     changed = request_log("req_1", cost=1)
-    await storage.insert_request_logs([changed, other, other])  # existing and repeated ids
+    await storage.insert_request_logs([changed, other, other, failed])  # existing and repeated ids
     assert await storage.get_request_log("req_1") == log  # the first write wins
     assert await storage.get_request_log("req_2") == other
+    assert await storage.get_request_log("req_3") == failed and log.error_message is None
     await storage.insert_request_logs([])
 
 

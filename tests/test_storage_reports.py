@@ -262,10 +262,17 @@ async def test_a_settled_requests_log_kept_with_its_hold_is_written_by_recovery(
 
 def test_a_log_kept_by_a_hold_before_the_upstream_id_was_recorded_still_recovers():
     """A hold whose copy of the log was written by a release before migration 0009 (no
-    upstream_request_id in it) is read back with None for it, not refused."""
-    entry = request_log("req_old", account_id="acct_1", key_id="key_1", model="gpt-4o", stream=True)
+    upstream_request_id in it) or 0015 (no error_message) is read back with None for them,
+    not refused; one written now keeps both."""
+    entry = request_log(
+        "req_old", account_id="acct_1", key_id="key_1", model="gpt-4o", stream=True, status="upstream_error",
+        error_message="Upstream or internal processing failure.",
+    )  # fmt: skip
     kept = json.loads(log_to_json(entry))
-    assert kept.pop("upstream_request_id") == entry.upstream_request_id  # what a hold keeps now
     hold = {"request_id": "req_old", "account_id": "acct_1", "key_id": "key_1", "model": "gpt-4o",
             "stream": True, "charged": 7, "log": json.dumps(kept)}  # fmt: skip
-    assert log_from_hold(hold) == attrs.evolve(entry, cost=7, upstream_request_id=None)
+    assert log_from_hold(hold) == attrs.evolve(entry, cost=7)  # what a hold keeps now
+    assert kept.pop("upstream_request_id") == entry.upstream_request_id
+    assert kept.pop("error_message") == entry.error_message
+    hold["log"] = json.dumps(kept)
+    assert log_from_hold(hold) == attrs.evolve(entry, cost=7, upstream_request_id=None, error_message=None)

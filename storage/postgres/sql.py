@@ -245,6 +245,7 @@ class SQL:
         "bigint",
         "bigint",
         "text",  # upstream_request_id
+        "text",  # error_message
         "timestamptz",
     )
     _LOG_INPUT = ", ".join(f"${i}::{t}[]" for i, t in enumerate((*_LOG_TYPES, "integer"), 1))

@@ -187,6 +187,7 @@ SCHEMAS: dict[str, Any] = {
             "latency_ms",
             "ttft_ms",
             "upstream_request_id",
+            "error_message",
             "created_at",
         ],
         id={"type": "string"},
@@ -209,6 +210,11 @@ SCHEMAS: dict[str, Any] = {
             **_nullable({"type": "string"}),
             "description": "The upstream's id of the call that answered (Azure's apim-request-id, "
             "Vertex's responseId); null when it named none",
+        },
+        error_message={
+            **_nullable({"type": "string"}),
+            "description": "For a request that ended in an error (its code is status): the message it "
+            "was answered with, at most 1,000 characters; null otherwise",
         },
         created_at=TIME,
     ),

@@ -4,7 +4,10 @@
 A CSV holds the JSON's rows with the JSON's fields as columns, in the JSON's order, less
 ``object`` (a field added to the JSON view is a column too), and the same values: money as
 the same exact decimal strings, times as the same ISO 8601 UTC strings with ``Z``; ``null``
-is an empty cell, booleans are ``true`` and ``false``. The first line is the header. Quoting
+is an empty cell, booleans are ``true`` and ``false``. One exception: a text value starting
+with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return (in practice only an error message
+can) gets a leading ``'``, so a spreadsheet opening the file shows it rather than running it
+as a formula. The first line is the header. Quoting
 is RFC 4180's (Python's :mod:`csv` ``excel`` dialect: a field holding a comma, quote or line
 break is quoted, quotes doubled; lines end with CRLF); the body is UTF-8.
 
@@ -68,12 +71,18 @@ def bucket_columns(render: Callable[[Bucket], dict[str, Any]], *, by_key: bool) 
     return columns_of(render(template))
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def cell(value: Any) -> str:
-    """A JSON value as a CSV cell: null empty, booleans as JSON writes them."""
+    """A JSON value as a CSV cell: null empty, booleans as JSON writes them, text that a
+    spreadsheet would take for a formula behind a ``'``."""
     if value is None:
         return ""
     if value is True or value is False:
         return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return str(value)
 
 

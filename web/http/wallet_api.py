@@ -94,6 +94,7 @@ def request_view(log: RequestLog) -> dict[str, Any]:
         "latency_ms": log.latency_ms,
         "ttft_ms": log.ttft_ms,
         "upstream_request_id": log.upstream_request_id,
+        "error_message": log.error_message,
         "created_at": iso(log.created_at),
     }
 

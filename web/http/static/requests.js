@@ -116,6 +116,7 @@ async function initDetail(detail) {
   set("latency_ms", ms(r.latency_ms));
   set("ttft_ms", ms(r.ttft_ms));
   set("upstream_request_id", r.upstream_request_id === null ? "–" : el("code", {}, r.upstream_request_id));
+  set("error_message", r.error_message === null ? "–" : r.error_message);
   $("#ledger-table tbody").replaceChildren(...(data.ledger.length ? data.ledger.map((t) => el("tr", { "data-transaction": t.id },
     el("td", {}, timeEl(t.created_at)), el("td", {}, el("code", {}, t.id)), el("td", {}, t.type),
     el("td", { class: "num" }, moneyEl(t.amount, 6)), el("td", { class: "num" }, moneyEl(t.balance_after, 6)),
