@@ -77,6 +77,11 @@ async def test_admin_follows_its_token_alone_when_the_developers_pages_are_off(t
                 assert (await client.get(path)).status_code == 404, path
             assert (await admin_signed_in(client)).status_code == 302
             assert (await client.get("/admin")).status_code == 200
+            # The pages' icon is served from memory, and /favicon.ico points to it.
+            icon = await client.get("/favicon.svg")
+            assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+            assert icon.content.startswith(b"<svg")
+            assert (await client.get("/favicon.ico")).headers["location"] == "/favicon.svg"
     monkeypatch.delenv("OMIXA_ADMIN_TOKEN")
     async with open_fake_azure() as fake, open_gateway(database_url, fake, dashboard={"enabled": False}) as gw:
         async with httpx.AsyncClient(base_url=gw.root_url) as client:

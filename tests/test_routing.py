@@ -351,7 +351,9 @@ async def test_a_stream_fails_over_after_comments_but_before_content(database_ur
         async with open_gateway(
             database_url,
             deployments=deployments,
-            upstream={"idle_timeout_seconds": 0.5},
+            # 1.5 s: far below the bad one's 5 s of silence, far above what the good one takes
+            # even on a machine busy with other tests (0.5 s was not, once).
+            upstream={"idle_timeout_seconds": 1.5},
             streaming={"heartbeat_seconds": 0.1},
         ) as gw:
             account, key = await gw.funded_account("1.00")

@@ -77,6 +77,18 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
+    icon = (STATIC / "favicon.svg").read_bytes()
+
+    @app.get("/favicon.svg")
+    async def favicon() -> Response:
+        # From memory, not the static route: browsers drop this request whenever the page
+        # navigates on, which would leave a static file's handle open until collected.
+        return Response(icon, content_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
+
+    @app.get("/favicon.ico")
+    async def favicon_ico() -> Response:
+        return redirect("/favicon.svg")  # for browsers and tools that ask without reading the page
+
     if not config.enabled:
         return
     console_usage.register(app, console)
@@ -87,11 +99,6 @@ def register(app: QuartTrio, engine: Engine, serve_chat: Callable[[ApiKeyRecord]
     @app.get("/")
     async def home() -> Response:
         return redirect("/usage")
-
-    @app.get("/favicon.ico")
-    async def favicon() -> Response:
-        # Pages name /static/favicon.svg; this answers browsers and tools that ask anyway.
-        return redirect("/static/favicon.svg")
 
     @app.get("/signin")
     async def signin_form() -> Response:
