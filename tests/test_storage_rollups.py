@@ -149,7 +149,9 @@ async def test_migration_0010_rebuilds_the_rollups_by_key_from_the_logs(database
     async with open_storage(database_url, loop=aio_loop):
         pass
     columns = [name for name in REQUEST_LOG_COLUMNS if name != "error_message"]  # version 15's
-    values = ", ".join("(" + ", ".join(sql_literal(getattr(log, name), postgres) for name in columns) + ")" for log in old)
+    values = ", ".join(
+        "(" + ", ".join(sql_literal(getattr(log, name), postgres) for name in columns) + ")" for log in old
+    )
     await raw(database_url, aio_loop, f"INSERT INTO request_logs ({', '.join(columns)}) VALUES {values}")
     # A rollup of version 9 (by model only) that sums nothing of the above: the rebuild drops it.
     start = sql_literal(floor_to(T0, "hour"), postgres)
