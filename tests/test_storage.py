@@ -346,9 +346,11 @@ async def test_sqlite_log_stays_bounded_under_steady_writes(tmp_path):
             nursery.cancel_scope.cancel()
         assert store.checkpoints > 0
         # The file keeps its high-water mark, so one late checkpoint on a loaded machine
-        # raises it for good (seen: 1.5x in a CI run); a log that is never rewound would
-        # end near 6x its size after the first phase.
-        assert sizes[-1] < 3 * sizes[0], sizes
+        # raises it for good (seen: 1.5x, and once 3.2x, in CI runs). A log that is never
+        # rewound grows in every phase, to near 6x its size after the first; a rewound one
+        # is reused below its mark: some phase leaves the file as it was.
+        assert any(later <= earlier for earlier, later in zip(sizes, sizes[1:])), sizes
+        assert sizes[-1] < 4.5 * sizes[0], sizes
         assert await store.verify_ledger() == []
     finally:
         await store.aclose()
