@@ -8,13 +8,10 @@ non-zero with the traceback on stderr. Screenshots go to ``browser_kit.OUTPUT``.
 
 from __future__ import annotations
 
-import faulthandler
-import json
 import subprocess
-import sys
 
 import httpx
-from browser_kit import OMIXA, shot, sign_in
+from browser_kit import OMIXA, driver_main, shot, sign_in
 from playwright.sync_api import expect, sync_playwright
 
 MODEL = "gpt-4o-mini"
@@ -129,6 +126,4 @@ def drive(root: str, chromium: str, key_a: str, key_b: str, key_b_id: str, confi
 
 
 if __name__ == "__main__":
-    # Stuck somewhere: print where, and exit, before the test's own deadline kills us silently.
-    faulthandler.dump_traceback_later(200, exit=True)
-    print(json.dumps(drive(**json.load(sys.stdin))))
+    driver_main(drive)

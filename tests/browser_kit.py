@@ -13,11 +13,13 @@ SQLite run's by ``tests/update_doc_images``.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,14 @@ def backend_of(database_url: str) -> str:
 
 
 # -- driver side ----------------------------------------------------------------------------
+
+
+def driver_main(drive: Callable[..., dict[str, Any]], *, stuck_after: float = 200) -> None:
+    """A driver script's entry: ``drive(**arguments)`` with the JSON object on stdin, what it
+    returns printed as JSON. Stuck past ``stuck_after`` seconds, it prints where and exits,
+    before the test's own deadline kills it silently."""
+    faulthandler.dump_traceback_later(stuck_after, exit=True)
+    print(json.dumps(drive(**json.load(sys.stdin))))
 
 
 def shot(page: Any, name: str, backend: str = "") -> Path:

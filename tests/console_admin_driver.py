@@ -5,14 +5,11 @@ it saw as JSON; every check is an assert."""
 
 from __future__ import annotations
 
-import faulthandler
-import json
-import sys
 import time
 from decimal import Decimal
 
 import httpx
-from browser_kit import axe_check, shot
+from browser_kit import axe_check, driver_main, shot
 from playwright.sync_api import expect, sync_playwright
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -126,6 +123,4 @@ def drive(root: str, chromium: str, token: str, key: str, account: str, backend:
 
 
 if __name__ == "__main__":
-    faulthandler.dump_traceback_later(200, exit=True)
-    args = json.load(sys.stdin)
-    print(json.dumps(drive(**args)))
+    driver_main(drive)

@@ -5,12 +5,8 @@ Prints what it saw as JSON; every check is an assert."""
 
 from __future__ import annotations
 
-import faulthandler
-import json
-import sys
-
 import httpx
-from browser_kit import axe_check, shot, sign_in
+from browser_kit import axe_check, driver_main, shot, sign_in
 from playwright.sync_api import expect, sync_playwright
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
@@ -101,6 +97,4 @@ def drive(root: str, chromium: str, key: str, spare_key: str, spare_id: str, bac
 
 
 if __name__ == "__main__":
-    faulthandler.dump_traceback_later(200, exit=True)
-    args = json.load(sys.stdin)
-    print(json.dumps(drive(**args)))
+    driver_main(drive)

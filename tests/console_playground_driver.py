@@ -9,13 +9,10 @@ content-filter error and reports 8 cached prompt tokens in every answer.
 
 from __future__ import annotations
 
-import faulthandler
-import json
-import sys
 from typing import Any
 
 import httpx
-from browser_kit import axe_check, shot, sign_in, wait_for_length
+from browser_kit import axe_check, driver_main, shot, sign_in, wait_for_length
 from playwright.sync_api import expect, sync_playwright
 
 MINI = "gpt-4o-mini"
@@ -248,6 +245,4 @@ def drive(root: str, chromium: str, key: str, key_poor: str, backend: str) -> di
 
 
 if __name__ == "__main__":
-    # Stuck somewhere: print where, and exit, before the test's own deadline kills us silently.
-    faulthandler.dump_traceback_later(200, exit=True)
-    print(json.dumps(drive(**json.load(sys.stdin))))
+    driver_main(drive)

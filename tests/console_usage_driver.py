@@ -13,9 +13,7 @@ is the API's CSV; screenshots (console-usage, console-usage-phone: no horizontal
 from __future__ import annotations
 
 import datetime as dt
-import faulthandler
 import json
-import sys
 import time
 import zoneinfo
 from decimal import Decimal
@@ -24,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from browser_kit import axe_check, shot, sign_in
+from browser_kit import axe_check, driver_main, shot, sign_in
 from playwright.sync_api import expect, sync_playwright
 
 from omixa.engine.money import format_usd
@@ -232,6 +230,4 @@ def drive(
 
 
 if __name__ == "__main__":
-    # Stuck somewhere: print where, and exit, before the test's own deadline kills us silently.
-    faulthandler.dump_traceback_later(220, exit=True)
-    print(json.dumps(drive(**json.load(sys.stdin))))
+    driver_main(drive, stuck_after=220)

@@ -4,13 +4,7 @@
 
 const HEALTH = { closed: "closed (healthy)", cooling: "cooling down", half_open: "half open (probing)", open: "open (refusing)" };
 
-async function getJson(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-  if (response.status === 401) { location.assign("/admin/signin"); throw new Error("signed out"); }
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
-  return body;
-}
+const getJson = (url) => getFeed(url, "/admin/signin");
 
 function showError(node, error) {
   node.textContent = error ? String(error.message || error) : "";

@@ -56,3 +56,59 @@ function onPage(name, init) {
     if (document.body.dataset.page === name) init();
   });
 }
+
+// A moment as a <time> element, shown in the browser's zone (fmtTime).
+function timeEl(iso) {
+  return el("time", { datetime: iso }, fmtTime(iso));
+}
+
+// Every ".zone" element (a column heading's) says the browser's zone: "(Europe/Paris (UTC+01:00))".
+function showZones() {
+  document.querySelectorAll(".zone").forEach((node) => { node.textContent = `(${zoneLabel()})`; });
+}
+
+// A console feed's JSON. On 401 (the session is gone) the page goes to ``signedOut`` (the
+// sign-in form, coming back here) and the call fails; another error fails with the
+// envelope's message.
+async function getFeed(url, signedOut) {
+  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+  if (response.status === 401) {
+    location.assign(signedOut);
+    throw new Error("signed out");
+  }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
+  return body;
+}
+
+// A list paged by the API's cursor, with the page's #page-newer and #page-older buttons and
+// #page-label. ``fetchPage(after)`` reads one page ({data, has_more, last_id}; ``after``
+// null for the first), ``render(page)`` draws it, ``onError(error)`` says a page could not be
+// read (the page shown stays; only Newer can be tried). Returns ``{show(index), shown()}``:
+// show(0) draws the first page; shown() is the index of the page shown.
+function cursorPager(fetchPage, render, onError) {
+  const newer = $("#page-newer"), older = $("#page-older");
+  const cursors = [null];  // the `after` of each page shown so far: page n is cursors[n - 1]
+  let current = 0;
+  async function show(index) {
+    newer.disabled = true;
+    older.disabled = true;
+    let page;
+    try {
+      page = await fetchPage(cursors[index]);
+    } catch (error) {
+      newer.disabled = index === 0;
+      onError(error);
+      return;
+    }
+    current = index;
+    render(page);
+    if (page.has_more) cursors[index + 1] = page.last_id;
+    newer.disabled = index === 0;
+    older.disabled = !page.has_more;
+    $("#page-label").textContent = `Page ${index + 1}`;
+  }
+  newer.addEventListener("click", () => show(current - 1));
+  older.addEventListener("click", () => show(current + 1));
+  return { show, shown: () => current };
+}

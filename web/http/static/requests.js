@@ -6,10 +6,6 @@
 
 const FILTER_NAMES = ["model", "key_id", "status", "stream"];
 
-function timeEl(iso) {
-  return el("time", { datetime: iso }, fmtTime(iso));
-}
-
 function statusEl(status) {
   return el("span", { class: status === "ok" ? "status-ok" : "status-err" }, status);
 }
@@ -18,20 +14,8 @@ function ms(value) {
   return value === null || value === undefined ? "–" : `${fmtInt(value)} ms`;
 }
 
-function showZones() {
-  document.querySelectorAll(".zone").forEach((node) => { node.textContent = `(${zoneLabel()})`; });
-}
-
-async function feed(url) {
-  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-  if (response.status === 401) {
-    location.href = `/signin?next=${encodeURIComponent(location.pathname + location.search)}`;
-    throw new Error("signed out");
-  }
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
-  return body;
-}
+// A feed of this page; signed out, the sign-in form comes back to this page with its filters.
+const feed = (url) => getFeed(url, `/signin?next=${encodeURIComponent(location.pathname + location.search)}`);
 
 // -- the log ----------------------------------------------------------------------------------
 
@@ -42,9 +26,6 @@ function initLog() {
   for (const name of FILTER_NAMES) if (given.get(name)) filters.set(name, given.get(name));
   const prefixes = new Map([...document.querySelectorAll("#filter-key option[data-prefix]")]
     .map((option) => [option.value, option.dataset.prefix]));
-  const cursors = [null];  // the `after` of each page shown so far: page n is cursors[n - 1]
-  let current = null;
-
   const row = (r) => el("tr", { "data-request-id": r.id },
     el("td", {}, timeEl(r.created_at)),
     el("td", {}, el("a", { href: `/requests/${encodeURIComponent(r.id)}` }, el("code", {}, r.id))),
@@ -57,35 +38,22 @@ function initLog() {
     el("td", { class: "num" }, ms(r.latency_ms)),
     el("td", { class: "num" }, ms(r.ttft_ms)));
 
-  async function show(index) {
-    const query = new URLSearchParams(filters);
-    query.set("limit", "50");
-    if (cursors[index]) query.set("after", cursors[index]);
-    $("#log-status").textContent = "Loading…";
-    $("#page-newer").disabled = true;
-    $("#page-older").disabled = true;
-    let page;
-    try {
-      page = await feed(`/requests/data?${query}`);
-    } catch (error) {
-      $("#log-status").textContent = `Could not load the log: ${error.message}`;
-      $("#page-newer").disabled = index === 0;
-      return;
-    }
-    current = index;
-    const body = $("#requests-table tbody");
-    body.replaceChildren(...(page.data.length ? page.data.map(row)
-      : [el("tr", {}, el("td", { colspan: 10, class: "muted" }, filters.toString() ? "No request matches these filters." : "No requests yet."))]));
-    if (page.has_more) cursors[index + 1] = page.last_id;
-    $("#page-newer").disabled = index === 0;
-    $("#page-older").disabled = !page.has_more;
-    $("#page-label").textContent = `Page ${index + 1}`;
-    $("#log-status").textContent = `${fmtInt(page.data.length)} requests on this page${page.has_more ? "; older ones on the next" : ""}`;
-  }
-
-  $("#page-newer").addEventListener("click", () => show(current - 1));
-  $("#page-older").addEventListener("click", () => show(current + 1));
-  show(0);
+  const pager = cursorPager(
+    (after) => {
+      const query = new URLSearchParams(filters);
+      query.set("limit", "50");
+      if (after) query.set("after", after);
+      $("#log-status").textContent = "Loading…";
+      return feed(`/requests/data?${query}`);
+    },
+    (page) => {
+      $("#requests-table tbody").replaceChildren(...(page.data.length ? page.data.map(row)
+        : [el("tr", {}, el("td", { colspan: 10, class: "muted" }, filters.toString() ? "No request matches these filters." : "No requests yet."))]));
+      $("#log-status").textContent = `${fmtInt(page.data.length)} requests on this page${page.has_more ? "; older ones on the next" : ""}`;
+    },
+    (error) => { $("#log-status").textContent = `Could not load the log: ${error.message}`; },
+  );
+  pager.show(0);
 }
 
 // -- one request ------------------------------------------------------------------------------

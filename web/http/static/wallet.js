@@ -5,20 +5,7 @@
 
 const STEP_MS = { hour: 3600e3, day: 86400e3 };
 
-function walletTime(iso) {
-  return el("time", { datetime: iso }, fmtTime(iso));
-}
-
-async function walletFeed(url) {
-  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-  if (response.status === 401) {
-    location.href = "/signin?next=/wallet";
-    throw new Error("signed out");
-  }
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error ? body.error.message : `HTTP ${response.status}`);
-  return body;
-}
+const walletFeed = (url) => getFeed(url, "/signin?next=/wallet");
 
 function drawBalance(data) {
   const points = data.balance_history;
@@ -39,10 +26,8 @@ function drawBalance(data) {
 }
 
 function initWallet() {
-  document.querySelectorAll(".zone").forEach((node) => { node.textContent = `(${zoneLabel()})`; });
+  showZones();
   let granularity = "hour";
-  const cursors = [null];
-  let current = 0;
 
   async function refresh() {
     const data = await walletFeed(`/wallet/data?granularity=${granularity}`);
@@ -55,27 +40,25 @@ function initWallet() {
   }
 
   const row = (t) => el("tr", { "data-transaction": t.id },
-    el("td", {}, walletTime(t.created_at)),
+    el("td", {}, timeEl(t.created_at)),
     el("td", {}, el("code", {}, t.id)),
     el("td", {}, t.type),
     el("td", { class: "num" }, moneyEl(t.amount, 6)),
     el("td", { class: "num" }, moneyEl(t.balance_after, 6)),
     el("td", {}, t.request_id ? el("a", { href: `/requests/${encodeURIComponent(t.request_id)}` }, el("code", {}, t.request_id)) : "–"));
 
-  async function show(index) {
-    const query = new URLSearchParams({ limit: "25" });
-    if (cursors[index]) query.set("after", cursors[index]);
-    $("#page-newer").disabled = true;
-    $("#page-older").disabled = true;
-    const page = await walletFeed(`/wallet/data/transactions?${query}`);
-    current = index;
-    $("#transactions-table tbody").replaceChildren(...(page.data.length ? page.data.map(row)
-      : [el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No transactions yet."))]));
-    if (page.has_more) cursors[index + 1] = page.last_id;
-    $("#page-newer").disabled = index === 0;
-    $("#page-older").disabled = !page.has_more;
-    $("#page-label").textContent = `Page ${index + 1}`;
-  }
+  const pager = cursorPager(
+    (after) => {
+      const query = new URLSearchParams({ limit: "25" });
+      if (after) query.set("after", after);
+      return walletFeed(`/wallet/data/transactions?${query}`);
+    },
+    (page) => {
+      $("#transactions-table tbody").replaceChildren(...(page.data.length ? page.data.map(row)
+        : [el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No transactions yet."))]));
+    },
+    (error) => { $("#wallet-updated").textContent = `Update failed (${error.message}); retrying`; },
+  );
 
   document.querySelectorAll("[data-granularity]").forEach((button) => {
     button.addEventListener("click", () => {
@@ -84,8 +67,6 @@ function initWallet() {
       refresh().catch((error) => { $("#wallet-updated").textContent = `Update failed: ${error.message}`; });
     });
   });
-  $("#page-newer").addEventListener("click", () => show(current - 1));
-  $("#page-older").addEventListener("click", () => show(current + 1));
 
   // One submission per rendering of the form: its idempotency key makes a second one a
   // no-op anyway; disabling the button spares the round trip.
@@ -96,7 +77,7 @@ function initWallet() {
   const loop = async () => {
     try {
       await refresh();
-      if (current === 0) await show(0);
+      if (pager.shown() === 0) await pager.show(0);
     } catch (error) {
       $("#wallet-updated").textContent = `Update failed (${error.message}); retrying`;
     }
